@@ -1,0 +1,80 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"microvm.dev/microvm/internal/plan"
+	"microvm.dev/microvm/internal/state"
+)
+
+func (a *app) planCommand() *cobra.Command {
+	var file string
+	var offline bool
+	cmd := &cobra.Command{
+		Use:   "plan",
+		Short: "Show what apply would change, VM by VM",
+		Long: `Plan compares the file with what the state directory records as started
+(vms/<name>/run.json) and lists for each VM whether apply would create it,
+restart it with a new spec (and which fields changed), remove it (its volumes
+are kept) or leave it alone, with the host steps of each. With no recorded
+state every VM is created.`,
+		Example: "  microvm plan -f examples/reference/infra.yaml\n  microvm plan -f infra.yaml --state-dir /tmp/state -o json",
+		Args:    exactArgs(0),
+		RunE: func(*cobra.Command, []string) error {
+			cfg, err := a.load(file, offline)
+			if err != nil {
+				return err
+			}
+			recs, err := state.Dir{Root: a.stateDir}.RunRecords()
+			if err != nil {
+				return err
+			}
+			p := plan.Compute(cfg, recs)
+			if a.output == "json" {
+				return a.printJSON(p)
+			}
+			a.printPlan(file, p)
+			return nil
+		},
+	}
+	fileFlag(cmd, &file)
+	cmd.Flags().BoolVar(&offline, "offline", false, "check the file alone, not against this machine's CPUs and addresses")
+	return cmd
+}
+
+var actionSign = map[plan.Action]string{plan.Create: "+", plan.Update: "~", plan.Remove: "-", plan.Unchanged: "="}
+
+func (a *app) printPlan(file string, p *plan.Plan) {
+	c := p.Counts()
+	fmt.Fprintf(a.stdout, "Plan for %s (state %s): %d to create, %d to update, %d to remove, %d unchanged\n\n",
+		file, a.stateDir, c[plan.Create], c[plan.Update], c[plan.Remove], c[plan.Unchanged])
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\tVM\tACTION\tSUBNET\tADDRESS\tBRIDGE\tTAP\tMAC")
+	for _, v := range p.VMs {
+		if v.Desired == nil {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\t-\n", actionSign[v.Action], v.Name, v.Action)
+			continue
+		}
+		n := v.Desired.Net
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", actionSign[v.Action], v.Name, v.Action, n.Subnet, n.Address, n.Bridge, n.TAP, n.MAC)
+	}
+	tw.Flush()
+	for _, v := range p.VMs {
+		if v.Action == plan.Unchanged {
+			continue
+		}
+		fmt.Fprintf(a.stdout, "\n%s %s (%s)\n", actionSign[v.Action], v.Name, v.Action)
+		for _, ch := range v.Changes {
+			fmt.Fprintf(a.stdout, "    %s: %s → %s\n", ch.Field, ch.From, ch.To)
+		}
+		for _, s := range v.Steps {
+			fmt.Fprintf(a.stdout, "    %-20s %s\n", s.Op, s.Detail)
+		}
+	}
+	if p.Empty() {
+		fmt.Fprintln(a.stdout, "\nNothing to do.")
+	}
+}

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/firewall"
+	"microvm.dev/microvm/internal/hostnet"
+	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmm/qemu"
+)
+
+func (a *app) renderCommand() *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "render nftables | render runner VM",
+		Short: "Print the generated nftables ruleset or a VM's hypervisor command line",
+		Long: `Render prints what microvm generates from the file, exactly as it is used:
+  nftables    the nft script that replaces the table "inet microvm" in one transaction
+  runner VM   the hypervisor command line that starts the VM`,
+		Example: "  microvm render nftables -f examples/reference/infra.yaml\n  microvm render runner vm1 -f examples/reference/infra.yaml",
+		Args: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case len(args) == 1 && args[0] == "nftables":
+			case len(args) == 2 && args[0] == "runner":
+			default:
+				return usagef("render takes 'nftables' or 'runner VM'")
+			}
+			return nil
+		},
+		ValidArgs: []string{"nftables", "runner"},
+		RunE: func(_ *cobra.Command, args []string) error {
+			cfg, err := a.load(file, true)
+			if err != nil {
+				return err
+			}
+			if args[0] == "nftables" {
+				return a.renderNftables(cfg)
+			}
+			return a.renderRunner(cfg, args[1])
+		},
+	}
+	fileFlag(cmd, &file)
+	return cmd
+}
+
+func (a *app) renderNftables(cfg *config.Config) error {
+	uplink, err := hostnet.ResolveUplink(cfg.Host)
+	if err != nil {
+		if !errors.Is(err, hostnet.ErrNoDefaultRoute) {
+			return err
+		}
+		fmt.Fprintf(a.stderr, "warning: %v; rendering without NAT\n", err)
+	}
+	rs := firewall.Render(cfg, firewall.Options{Uplink: uplink})
+	if a.output == "json" {
+		return a.printJSON(map[string]any{"table": firewall.Family + " " + firewall.Name, "hash": rs.Hash, "uplink": uplink, "rules": firewall.RuleCount(rs.Body), "script": rs.Script()})
+	}
+	_, err = fmt.Fprint(a.stdout, rs.Script())
+	return err
+}
+
+func (a *app) renderRunner(cfg *config.Config, name string) error {
+	vm := cfg.VM(name)
+	if vm == nil {
+		return fmt.Errorf("no VM named %q in the file", name)
+	}
+	if vm.Hypervisor != "qemu" {
+		return fmt.Errorf("vms.%s: the %s backend is not available yet; only qemu renders a runner", name, vm.Hypervisor)
+	}
+	l := vmm.DefaultLaunch(vm, a.stateDir, filepath.Dir(a.socket))
+	l.KVM = unix.Access("/dev/kvm", unix.R_OK|unix.W_OK) == nil
+	l.VHostNet = l.KVM && fileExists("/dev/vhost-net")
+	l.Kernel = hostKernelPath(vm.Kernel)
+	l.Initrd = filepath.Join(a.stateDir, "vms", name, "initramfs.cpio")
+	argv := qemu.Command(vm, l)
+	if a.output == "json" {
+		return a.printJSON(map[string]any{"vm": name, "argv": argv})
+	}
+	_, err := fmt.Fprintln(a.stdout, qemu.ShellQuote(argv))
+	return err
+}
+
+// hostKernelPath is the kernel image a VM boots: its own, or the host's
+// running kernel under /boot.
+func hostKernelPath(k config.Kernel) string {
+	if !k.IsHost() {
+		return k.Path
+	}
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "/boot/vmlinuz"
+	}
+	return "/boot/vmlinuz-" + unix.ByteSliceToString(u.Release[:])
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}

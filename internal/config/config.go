@@ -1,0 +1,239 @@
+package config
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+)
+
+// Built-in defaults, used where neither a VM nor the defaults: section sets a key.
+const (
+	DefaultHypervisor        = "qemu"
+	DefaultVCPU              = 1
+	DefaultMemory            = 512 * MiB
+	DefaultImage             = "base"
+	DefaultExternalInterface = "auto"
+)
+
+// Hypervisors is the set of VMM backends a VM may name.
+var hypervisors = map[string]bool{"qemu": true, "cloud-hypervisor": true, "firecracker": true}
+
+// Config is a validated file with defaults merged and addressing derived.
+type Config struct {
+	// Host holds the host settings with defaults applied.
+	Host Host `json:"host"`
+	// VMs are the VMs sorted by name.
+	VMs []*VM `json:"vms"`
+	// Allow lists the permitted VM-to-VM flows.
+	Allow []Allow `json:"allow,omitempty"`
+	// Forwards lists the host port forwards, resolved to VM and port.
+	Forwards []ResolvedForward `json:"forwards,omitempty"`
+
+	byName map[string]*VM
+}
+
+// VM is one VM with defaults merged and its addressing derived.
+type VM struct {
+	Name       string   `json:"name"`
+	Index      int      `json:"index,omitempty"`
+	Hypervisor string   `json:"hypervisor"`
+	VCPU       int      `json:"vcpu"`
+	Memory     Size     `json:"memory"`
+	Kernel     Kernel   `json:"kernel"`
+	Image      string   `json:"image"`
+	Volumes    []Volume `json:"volumes,omitempty"`
+	SSHKeys    []string `json:"sshKeys,omitempty"`
+	Ports      []Port   `json:"ports,omitempty"`
+	Net        Net      `json:"net"`
+}
+
+// Net is the addressing derived for a VM.
+type Net struct {
+	// Subnet is the VM's network.
+	Subnet netip.Prefix `json:"subnet"`
+	// Gateway is the host's address on the bridge (the subnet's first address).
+	Gateway netip.Addr `json:"gateway"`
+	// Address is the VM's address (the subnet's second address).
+	Address netip.Addr `json:"address"`
+	// Bridge is the host bridge, br-<name>.
+	Bridge string `json:"bridge"`
+	// TAP is the VM's TAP device, vm-<name>.
+	TAP string `json:"tap"`
+	// MAC is the VM NIC's locally administered MAC address.
+	MAC string `json:"mac"`
+}
+
+// ResolvedForward is a host port forward with its target split out.
+type ResolvedForward struct {
+	HostPort int    `json:"hostPort"`
+	Proto    string `json:"proto"`
+	VM       string `json:"vm"`
+	Port     int    `json:"port"`
+}
+
+// VM returns the VM of that name, or nil.
+func (c *Config) VM(name string) *VM { return c.byName[name] }
+
+// SpecHash is a digest of everything that defines the VM; a running VM whose
+// recorded hash differs must be restarted to take its new spec.
+func (vm *VM) SpecHash() string {
+	b, err := json.Marshal(vm)
+	if err != nil {
+		panic(fmt.Sprintf("config: marshal VM %s: %v", vm.Name, err)) // plain data, cannot fail
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// HostAddr is an address configured on one of the host's interfaces.
+type HostAddr struct {
+	Interface string
+	Prefix    netip.Prefix
+}
+
+// Options are facts about the host that validation checks against. The zero
+// value checks the file alone.
+type Options struct {
+	// HostCPUs, when above zero, is the most vCPUs a VM may have.
+	HostCPUs int
+	// HostAddrs are the host's addresses; a VM subnet must not overlap one,
+	// except on the VM's own bridge.
+	HostAddrs []HostAddr
+}
+
+// Load reads, decodes and validates the file at path.
+func Load(path string, opts Options) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, data, opts)
+}
+
+// Parse decodes and validates data; name is used in problem messages. On any
+// problem it returns a nil Config and a Problems error.
+func Parse(name string, data []byte, opts Options) (*Config, error) {
+	r := newReporter(name)
+	var f File
+	decodeFile(r, data, &f)
+	decodeProblems := len(r.problems)
+	if decodeProblems > 0 && f.VMs == nil {
+		sortProblems(r.problems)
+		return nil, r.problems
+	}
+	cfg := resolve(r, &f, opts)
+	if len(r.problems) > 0 {
+		ps := dropFollowUps(r.problems, decodeProblems)
+		sortProblems(ps)
+		return nil, ps
+	}
+	return cfg, nil
+}
+
+// dropFollowUps removes semantic problems about a key whose decoding already
+// failed (they would only repeat the first problem in other words).
+func dropFollowUps(ps Problems, nDecode int) Problems {
+	out := append(Problems(nil), ps[:nDecode]...)
+	for _, p := range ps[nDecode:] {
+		related := false
+		for _, q := range ps[:nDecode] {
+			if q.Path == p.Path || hasPathPrefix(q.Path, p.Path) || hasPathPrefix(p.Path, q.Path) {
+				related = true
+				break
+			}
+		}
+		if !related {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func hasPathPrefix(p, prefix string) bool {
+	if prefix == "" || len(p) <= len(prefix) || p[:len(prefix)] != prefix {
+		return false
+	}
+	return p[len(prefix)] == '.' || p[len(prefix)] == '['
+}
+
+// resolve merges defaults, derives addressing and validates everything,
+// reporting to r.
+func resolve(r *reporter, f *File, opts Options) *Config {
+	v := &validator{r: r, opts: opts}
+	cfg := &Config{Host: f.Host, byName: map[string]*VM{}}
+	if cfg.Host.ExternalInterface == "" {
+		cfg.Host.ExternalInterface = DefaultExternalInterface
+	}
+	v.host(&cfg.Host)
+	if f.VMs == nil {
+		r.addAt(0, "vms", "required: the file must have a vms: section (it may be empty: vms: {})")
+	}
+	if f.Defaults.Index != nil {
+		r.addf("defaults.index", "index is per VM; set it under vms.<name>")
+	}
+	if f.Defaults.Subnet != nil {
+		r.addf("defaults.subnet", "subnet is per VM; set it under vms.<name>")
+	}
+	names := make([]string, 0, len(f.VMs))
+	for name := range f.VMs {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		spec := f.VMs[name]
+		vm := merge(name, &f.Defaults, &spec)
+		v.vm(vm, spec)
+		cfg.VMs = append(cfg.VMs, vm)
+		cfg.byName[name] = vm
+	}
+	v.spec("defaults", &f.Defaults)
+	v.crossVM(cfg)
+	cfg.Allow = v.allows(cfg, f.Network.Allow)
+	cfg.Forwards = v.forwards(cfg, f.Network.Forwards)
+	return cfg
+}
+
+// merge lays a VM's own keys over the defaults over the built-in defaults.
+func merge(name string, d, s *VMSpec) *VM {
+	vm := &VM{
+		Name:       name,
+		Hypervisor: pick(s.Hypervisor, d.Hypervisor, DefaultHypervisor),
+		VCPU:       pick(s.VCPU, d.VCPU, DefaultVCPU),
+		Memory:     pick(s.Memory, d.Memory, DefaultMemory),
+		Kernel:     pick(s.Kernel, d.Kernel, Kernel{}),
+		Image:      pick(s.Image, d.Image, DefaultImage),
+		Volumes:    pickList(s.Volumes, d.Volumes),
+		SSHKeys:    pickList(s.SSHKeys, d.SSHKeys),
+		Ports:      pickList(s.Ports, d.Ports),
+	}
+	if s.Index != nil {
+		vm.Index = *s.Index
+	}
+	return vm
+}
+
+func pick[T any](own, def *T, builtin T) T {
+	if own != nil {
+		return *own
+	}
+	if def != nil {
+		return *def
+	}
+	return builtin
+}
+
+// pickList: a list written on the VM (even empty) replaces the default's.
+func pickList[T any](own, def []T) []T {
+	src := def
+	if own != nil {
+		src = own
+	}
+	if len(src) == 0 {
+		return nil
+	}
+	return append([]T(nil), src...)
+}

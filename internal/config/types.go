@@ -1,0 +1,159 @@
+package config
+
+import (
+	"github.com/invopop/jsonschema"
+	"go.yaml.in/yaml/v3"
+)
+
+// File is the config file as written: host settings, defaults merged into
+// every VM, the VMs by name, and the network exceptions.
+type File struct {
+	// Host holds settings of the machine the fleet runs on.
+	Host Host `yaml:"host,omitempty" json:"host,omitempty"`
+	// Defaults are merged into every VM; a VM's own keys win (lists replace, maps merge).
+	Defaults VMSpec `yaml:"defaults,omitempty" json:"defaults,omitempty"`
+	// VMs maps each VM's name to its settings. The name becomes the hostname and
+	// part of the interface names br-<name> and vm-<name>, so it is at most 12 bytes.
+	VMs map[string]VMSpec `yaml:"vms" json:"vms" jsonschema:"required"`
+	// Network holds the exceptions to VM isolation and the host port forwards.
+	Network Network `yaml:"network,omitempty" json:"network,omitempty"`
+}
+
+// Host holds settings of the hypervisor host.
+type Host struct {
+	// ExternalInterface is the NAT uplink; "auto" (the default) uses the
+	// interface of the default route.
+	ExternalInterface string `yaml:"externalInterface,omitempty" json:"externalInterface,omitempty"`
+	// AllowedTCPPorts are the host's own TCP ports open on its uplink (the host
+	// input firewall). Unset leaves the host's input policy alone.
+	AllowedTCPPorts []int `yaml:"allowedTCPPorts,omitempty" json:"allowedTCPPorts,omitempty"`
+	// Tailscale configures subnet routing over the tailnet.
+	Tailscale Tailscale `yaml:"tailscale,omitempty" json:"tailscale,omitempty"`
+}
+
+// Tailscale configures the host's tailnet integration.
+type Tailscale struct {
+	// AdvertiseRoutes keeps the host's advertised routes equal to the VM subnets.
+	AdvertiseRoutes bool `yaml:"advertiseRoutes,omitempty" json:"advertiseRoutes,omitempty"`
+}
+
+// VMSpec is one VM as written (or the defaults). Unset keys are nil so the
+// merge with defaults can tell "not written" from "written as zero".
+type VMSpec struct {
+	// Index numbers the VM: it gives the subnet 10.<index>.0.0/24 (unless
+	// subnet is set) and the MAC 02:00:00:00:00:<index>. 1-255.
+	Index *int `yaml:"index,omitempty" json:"index,omitempty" jsonschema:"minimum=1,maximum=255"`
+	// Subnet is the VM's IPv4 network in CIDR form; the host takes the first
+	// address (the gateway, .1) and the VM the second (.2).
+	Subnet *string `yaml:"subnet,omitempty" json:"subnet,omitempty"`
+	// Hypervisor is the VMM backend: qemu (default), cloud-hypervisor or firecracker.
+	Hypervisor *string `yaml:"hypervisor,omitempty" json:"hypervisor,omitempty" jsonschema:"enum=qemu,enum=cloud-hypervisor,enum=firecracker"`
+	// VCPU is the number of virtual CPUs (default 1).
+	VCPU *int `yaml:"vcpu,omitempty" json:"vcpu,omitempty" jsonschema:"minimum=1"`
+	// Memory is the guest RAM (default 512M, at least 128M).
+	Memory *Size `yaml:"memory,omitempty" json:"memory,omitempty"`
+	// Kernel is "host" (the host's running kernel and its modules, the default)
+	// or {path, modules} for a given one.
+	Kernel *Kernel `yaml:"kernel,omitempty" json:"kernel,omitempty"`
+	// Image is the root image: a store image name or an OCI reference (default "base").
+	Image *string `yaml:"image,omitempty" json:"image,omitempty"`
+	// Volumes are persistent data volumes (sparse ext4 images), created on
+	// first start and never deleted by a config change.
+	Volumes []Volume `yaml:"volumes,omitempty" json:"volumes,omitempty"`
+	// SSHKeys are authorized keys for root, in authorized_keys format.
+	SSHKeys []string `yaml:"sshKeys,omitempty" json:"sshKeys,omitempty"`
+	// Ports the VM serves, reachable from the host and the tailnet.
+	Ports []Port `yaml:"ports,omitempty" json:"ports,omitempty"`
+}
+
+// Volume is a persistent data volume of a VM.
+type Volume struct {
+	// Name identifies the volume: the image file <name>.img, the ext4 label
+	// and the virtio serial the guest finds it by (at most 20 bytes).
+	Name string `yaml:"name" json:"name" jsonschema:"required"`
+	// MountPoint is the absolute path the guest mounts the volume at.
+	MountPoint string `yaml:"mountPoint" json:"mountPoint" jsonschema:"required"`
+	// Size of the sparse image (at least 1M). Growing it grows the volume;
+	// shrinking is refused.
+	Size Size `yaml:"size" json:"size" jsonschema:"required"`
+}
+
+// Kernel selects the guest kernel.
+type Kernel struct {
+	// Path is the kernel image; empty means the host's running kernel.
+	Path string `yaml:"path,omitempty" json:"path,omitempty"`
+	// Modules is the modules directory matching Path (the one holding modules.dep).
+	Modules string `yaml:"modules,omitempty" json:"modules,omitempty"`
+}
+
+// IsHost reports whether the kernel is the host's own.
+func (k Kernel) IsHost() bool { return k.Path == "" }
+
+// String names the kernel as the file would.
+func (k Kernel) String() string {
+	if k.IsHost() {
+		return "host"
+	}
+	return k.Path
+}
+
+func (k *Kernel) decodeYAML(d *decoder, n *yaml.Node, path string) {
+	if n.Kind == yaml.ScalarNode {
+		if n.ShortTag() == "!!str" && n.Value == "host" {
+			*k = Kernel{}
+			return
+		}
+		d.wrongType(n, path, `"host" or a mapping {path, modules}`)
+		return
+	}
+	type plain Kernel // no decodeYAML: decoded field by field
+	var p plain
+	d.decodeStruct(n, reflectValueOf(&p), path)
+	*k = Kernel(p)
+	if k.Path == "" {
+		d.r.addAt(n.Line, joinPath(path, "path"), `a kernel mapping needs path (or write kernel: host)`)
+	}
+}
+
+// JSONSchema describes Kernel for editors.
+func (Kernel) JSONSchema() *jsonschema.Schema {
+	props := jsonschema.NewProperties()
+	props.Set("path", &jsonschema.Schema{Type: "string", Description: "The kernel image."})
+	props.Set("modules", &jsonschema.Schema{Type: "string", Description: "The modules directory matching path (holding modules.dep)."})
+	return &jsonschema.Schema{
+		OneOf: []*jsonschema.Schema{
+			{Type: "string", Enum: []any{"host"}},
+			{Type: "object", Properties: props, Required: []string{"path"}, AdditionalProperties: jsonschema.FalseSchema},
+		},
+		Description: `"host" for the host's running kernel, or {path, modules}.`,
+	}
+}
+
+// Network holds the exceptions to isolation and the host port forwards.
+type Network struct {
+	// Allow lists the traffic permitted between VMs; everything else between
+	// VMs is dropped.
+	Allow []Allow `yaml:"allow,omitempty" json:"allow,omitempty"`
+	// Forwards map host ports to VM ports.
+	Forwards []Forward `yaml:"forwards,omitempty" json:"forwards,omitempty"`
+}
+
+// Allow permits new connections from one VM to ports of another (replies flow back).
+type Allow struct {
+	// From is the VM that opens the connection.
+	From string `yaml:"from" json:"from" jsonschema:"required"`
+	// To is the VM that accepts it.
+	To string `yaml:"to" json:"to" jsonschema:"required"`
+	// Ports of To that From may reach, e.g. "5432/tcp".
+	Ports []Port `yaml:"ports" json:"ports" jsonschema:"required"`
+}
+
+// Forward sends a host port to a port of a VM.
+type Forward struct {
+	// HostPort is the port on the host.
+	HostPort int `yaml:"hostPort" json:"hostPort" jsonschema:"required,minimum=1,maximum=65535"`
+	// To is "vm:port".
+	To string `yaml:"to" json:"to" jsonschema:"required"`
+	// Proto is tcp (default) or udp.
+	Proto string `yaml:"proto,omitempty" json:"proto,omitempty" jsonschema:"enum=tcp,enum=udp"`
+}

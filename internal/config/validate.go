@@ -1,0 +1,387 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"path"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"golang.org/x/crypto/ssh"
+)
+
+// Limits checked by validation.
+const (
+	MinMemory     = 128 * MiB
+	MinVolumeSize = 1 * MiB
+	MaxVCPU       = 255
+	// MaxVolumeNameLen is the virtio-blk serial length; the guest finds a
+	// volume by serial = name.
+	MaxVolumeNameLen = 20
+)
+
+var (
+	vmNameRE     = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
+	volumeNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+	imageNameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,127}$`)
+	ifNameRE     = regexp.MustCompile(`^[A-Za-z0-9_.@-]+$`)
+	// reservedMounts may not be a volume's mount point.
+	reservedMounts = map[string]bool{"/": true, "/proc": true, "/sys": true, "/dev": true, "/run": true}
+)
+
+type validator struct {
+	r    *reporter
+	opts Options
+}
+
+func (v *validator) host(h *Host) {
+	if h.ExternalInterface != DefaultExternalInterface {
+		if msg := checkIfName(h.ExternalInterface); msg != "" {
+			v.r.addf("host.externalInterface", "%s (or write auto)", msg)
+		}
+	}
+	seen := map[int]int{}
+	for i, p := range h.AllowedTCPPorts {
+		ip := indexPath("host.allowedTCPPorts", i)
+		if p < 1 || p > 65535 {
+			v.r.addf(ip, "port %d is outside 1-65535", p)
+			continue
+		}
+		if j, dup := seen[p]; dup {
+			v.r.addf(ip, "port %d is listed twice (also at [%d])", p, j)
+		}
+		seen[p] = i
+	}
+}
+
+// checkIfName returns why name cannot be a Linux interface name, or "".
+func checkIfName(name string) string {
+	switch {
+	case name == "":
+		return "interface name is empty"
+	case len(name) > MaxIfNameLen:
+		return fmt.Sprintf("interface name %q is %d bytes, over the kernel's limit of %d", name, len(name), MaxIfNameLen)
+	case name == "." || name == ".." || !ifNameRE.MatchString(name):
+		return fmt.Sprintf("%q is not a valid interface name (letters, digits, _ . @ - only)", name)
+	}
+	return ""
+}
+
+// vm validates one merged VM; s is what the file wrote for it.
+func (v *validator) vm(vm *VM, s VMSpec) {
+	p := joinPath("vms", vm.Name)
+	switch {
+	case len(vm.Name) > MaxNameLen:
+		v.r.addf(p, "name %q is %d bytes: the bridge %q would be %d bytes, over the kernel's %d-byte interface name limit (names may be at most %d bytes)",
+			vm.Name, len(vm.Name), BridgeName(vm.Name), len(BridgeName(vm.Name)), MaxIfNameLen, MaxNameLen)
+	case !vmNameRE.MatchString(vm.Name):
+		v.r.addf(p, "name %q may use only lowercase letters, digits and '-', starting with a letter or digit (it becomes the hostname and interface names)", vm.Name)
+	}
+	v.spec(p, &s)
+	var subnet netip.Prefix
+	switch {
+	case s.Index != nil && (*s.Index < 1 || *s.Index > 255):
+		v.r.addf(joinPath(p, "index"), "index %d is outside 1-255", *s.Index)
+		return
+	case s.Subnet != nil:
+		var ok bool
+		if subnet, ok = v.subnet(joinPath(p, "subnet"), *s.Subnet); !ok {
+			return
+		}
+	case s.Index != nil:
+		subnet = IndexSubnet(*s.Index)
+	default:
+		v.r.addf(p, "needs index (for 10.<index>.0.0/24) or subnet")
+		return
+	}
+	vm.Net = deriveNet(vm.Name, vm.Index, subnet)
+}
+
+// spec validates the keys one VM (or the defaults) wrote, at path p.
+func (v *validator) spec(p string, s *VMSpec) {
+	if s.Hypervisor != nil && !hypervisors[*s.Hypervisor] {
+		v.r.addf(joinPath(p, "hypervisor"), "unknown hypervisor %q (qemu, cloud-hypervisor or firecracker)", *s.Hypervisor)
+	}
+	if s.VCPU != nil {
+		switch n := *s.VCPU; {
+		case n < 1:
+			v.r.addf(joinPath(p, "vcpu"), "vcpu must be at least 1, not %d", n)
+		case v.opts.HostCPUs > 0 && n > v.opts.HostCPUs:
+			v.r.addf(joinPath(p, "vcpu"), "vcpu %d is more than the host's %d CPUs", n, v.opts.HostCPUs)
+		case n > MaxVCPU:
+			v.r.addf(joinPath(p, "vcpu"), "vcpu %d is more than %d", n, MaxVCPU)
+		}
+	}
+	if s.Memory != nil && *s.Memory < MinMemory {
+		v.r.addf(joinPath(p, "memory"), "memory %s is below the minimum of %s (sizes take units: 512M, 1G)", s.Memory, MinMemory)
+	}
+	if k := s.Kernel; k != nil && !k.IsHost() {
+		if !path.IsAbs(k.Path) {
+			v.r.addf(joinPath(p, "kernel.path"), "kernel path %q must be absolute", k.Path)
+		}
+		if k.Modules != "" && !path.IsAbs(k.Modules) {
+			v.r.addf(joinPath(p, "kernel.modules"), "modules directory %q must be absolute", k.Modules)
+		}
+	}
+	if s.Image != nil {
+		if msg := checkImage(*s.Image); msg != "" {
+			v.r.addf(joinPath(p, "image"), "%s", msg)
+		}
+	}
+	v.volumes(joinPath(p, "volumes"), s.Volumes)
+	for i, key := range s.SSHKeys {
+		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(key)); err != nil {
+			v.r.addf(indexPath(joinPath(p, "sshKeys"), i), "not an SSH public key in authorized_keys format: %v", err)
+		}
+	}
+	for i, a := range s.Ports {
+		for j := range i {
+			if a.Overlaps(s.Ports[j]) {
+				v.r.addf(indexPath(joinPath(p, "ports"), i), "port %s overlaps %s at [%d]", a, s.Ports[j], j)
+				break
+			}
+		}
+	}
+}
+
+// checkImage returns why ref is neither a store image name nor an OCI reference.
+func checkImage(ref string) string {
+	switch {
+	case ref == "":
+		return "image is empty"
+	case strings.Contains(ref, ".."):
+		return fmt.Sprintf("image %q may not contain '..'", ref)
+	case strings.ContainsAny(ref, "/:@"):
+		if _, err := name.ParseReference(ref, name.StrictValidation); err != nil {
+			if _, err2 := name.ParseReference(ref); err2 != nil {
+				return fmt.Sprintf("image %q is not a valid OCI reference: %v", ref, err2)
+			}
+		}
+	case !imageNameRE.MatchString(ref):
+		return fmt.Sprintf("image %q is not a store image name (lowercase letters, digits, . _ -) nor an OCI reference", ref)
+	}
+	return ""
+}
+
+func (v *validator) volumes(p string, vols []Volume) {
+	names := map[string]int{}
+	mounts := map[string]int{}
+	for i, vol := range vols {
+		vp := indexPath(p, i)
+		switch {
+		case vol.Name == "":
+			v.r.addf(joinPath(vp, "name"), "a volume needs a name")
+		case len(vol.Name) > MaxVolumeNameLen:
+			v.r.addf(joinPath(vp, "name"), "volume name %q is %d bytes; at most %d (it is the disk's virtio serial)", vol.Name, len(vol.Name), MaxVolumeNameLen)
+		case !volumeNameRE.MatchString(vol.Name):
+			v.r.addf(joinPath(vp, "name"), "volume name %q may use only lowercase letters, digits, '_' and '-'", vol.Name)
+		default:
+			if j, dup := names[vol.Name]; dup {
+				v.r.addf(joinPath(vp, "name"), "volume name %q is used twice (also at [%d])", vol.Name, j)
+			}
+			names[vol.Name] = i
+		}
+		mp := vol.MountPoint
+		switch {
+		case mp == "":
+			v.r.addf(joinPath(vp, "mountPoint"), "a volume needs a mountPoint")
+		case !path.IsAbs(mp):
+			v.r.addf(joinPath(vp, "mountPoint"), "mount point %q must be an absolute path", mp)
+		case path.Clean(mp) != mp:
+			v.r.addf(joinPath(vp, "mountPoint"), "mount point %q is not clean; write %q", mp, path.Clean(mp))
+		case reservedMounts[mp]:
+			v.r.addf(joinPath(vp, "mountPoint"), "mount point %q is reserved for the system", mp)
+		default:
+			if j, dup := mounts[mp]; dup {
+				v.r.addf(joinPath(vp, "mountPoint"), "mount point %q is used twice (also at [%d])", mp, j)
+			}
+			mounts[mp] = i
+		}
+		if vol.Size < MinVolumeSize {
+			v.r.addf(joinPath(vp, "size"), "volume size %s is below the minimum of %s", vol.Size, MinVolumeSize)
+		}
+	}
+}
+
+// subnet parses and checks a VM subnet.
+func (v *validator) subnet(p, s string) (netip.Prefix, bool) {
+	pfx, err := netip.ParsePrefix(s)
+	if err != nil {
+		v.r.addf(p, "%q is not a CIDR subnet such as 192.168.50.0/24", s)
+		return netip.Prefix{}, false
+	}
+	switch a := pfx.Addr(); {
+	case !a.Is4():
+		v.r.addf(p, "subnet %s is not IPv4 (VM networks are IPv4)", pfx)
+	case pfx.Masked() != pfx:
+		v.r.addf(p, "subnet %s has host bits set; did you mean %s?", pfx, pfx.Masked())
+	case pfx.Bits() > 30:
+		v.r.addf(p, "subnet %s is too small: it needs room for the gateway (.1) and the VM (.2), so /30 or larger", pfx)
+	case a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() || a.As4()[0] == 0 || a.As4()[0] >= 224:
+		v.r.addf(p, "subnet %s is not usable for a VM network (loopback, link-local, multicast or reserved)", pfx)
+	default:
+		return pfx, true
+	}
+	return netip.Prefix{}, false
+}
+
+// crossVM checks what VMs must not share: index, subnet, and the host's own addresses.
+func (v *validator) crossVM(cfg *Config) {
+	byIndex := map[int]string{}
+	type span struct {
+		vm   *VM
+		from netip.Addr
+		to   netip.Addr
+	}
+	var spans []span
+	for _, vm := range cfg.VMs {
+		if vm.Index > 0 {
+			if other, dup := byIndex[vm.Index]; dup {
+				v.r.addf(joinPath(joinPath("vms", vm.Name), "index"), "index %d is also used by %s", vm.Index, other)
+			} else {
+				byIndex[vm.Index] = vm.Name
+			}
+		}
+		if vm.Net.Subnet.IsValid() {
+			spans = append(spans, span{vm, vm.Net.Subnet.Addr(), lastAddr(vm.Net.Subnet)})
+		}
+	}
+	// Sort by start; a span overlaps an earlier one iff it starts before the
+	// furthest end seen so far.
+	sort.Slice(spans, func(i, j int) bool {
+		if c := spans[i].from.Compare(spans[j].from); c != 0 {
+			return c < 0
+		}
+		return spans[i].vm.Name < spans[j].vm.Name
+	})
+	var far *span
+	for i := range spans {
+		s := &spans[i]
+		sameIndex := far != nil && s.vm.Index > 0 && s.vm.Index == far.vm.Index // reported as a duplicate index
+		if far != nil && s.from.Compare(far.to) <= 0 && !sameIndex {
+			v.r.addf(v.subnetPath(s.vm), "subnet %s overlaps %s of %s", s.vm.Net.Subnet, far.vm.Net.Subnet, far.vm.Name)
+		}
+		if far == nil || s.to.Compare(far.to) > 0 {
+			far = s
+		}
+	}
+	bridges := map[string]bool{}
+	for _, vm := range cfg.VMs {
+		bridges[vm.Net.Bridge] = true
+	}
+	for _, ha := range v.opts.HostAddrs {
+		if bridges[ha.Interface] || !ha.Prefix.Addr().Is4() {
+			continue
+		}
+		for _, vm := range cfg.VMs {
+			if vm.Net.Subnet.IsValid() && vm.Net.Subnet.Overlaps(ha.Prefix) {
+				v.r.addf(v.subnetPath(vm), "subnet %s overlaps %s on the host's interface %s", vm.Net.Subnet, ha.Prefix, ha.Interface)
+			}
+		}
+	}
+}
+
+// subnetPath is where a VM's subnet came from: its subnet key, or its index.
+func (v *validator) subnetPath(vm *VM) string {
+	p := joinPath("vms", vm.Name)
+	if _, ok := v.r.lines[joinPath(p, "subnet")]; ok {
+		return joinPath(p, "subnet")
+	}
+	return joinPath(p, "index")
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	n := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	n |= host
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+}
+
+func (v *validator) allows(cfg *Config, rules []Allow) []Allow {
+	var out []Allow
+	for i, a := range rules {
+		p := indexPath("network.allow", i)
+		ok := true
+		for _, side := range []struct{ key, vm string }{{"from", a.From}, {"to", a.To}} {
+			switch {
+			case side.vm == "":
+				v.r.addf(joinPath(p, side.key), "%s is required: the name of a VM", side.key)
+				ok = false
+			case cfg.VM(side.vm) == nil:
+				v.r.addf(joinPath(p, side.key), "unknown VM %q", side.vm)
+				ok = false
+			}
+		}
+		if ok && a.From == a.To {
+			v.r.addf(p, "from and to are the same VM (%s); a VM always reaches itself", a.From)
+			ok = false
+		}
+		if len(a.Ports) == 0 {
+			v.r.addf(joinPath(p, "ports"), `at least one port is required, e.g. ports: ["5432/tcp"]`)
+			ok = false
+		}
+		if ok {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func (v *validator) forwards(cfg *Config, rules []Forward) []ResolvedForward {
+	var out []ResolvedForward
+	type key struct {
+		port  int
+		proto string
+	}
+	seen := map[key]int{}
+	hostPorts := map[int]bool{}
+	for _, p := range cfg.Host.AllowedTCPPorts {
+		hostPorts[p] = true
+	}
+	for i, f := range rules {
+		p := indexPath("network.forwards", i)
+		rf := ResolvedForward{HostPort: f.HostPort, Proto: f.Proto}
+		if rf.Proto == "" {
+			rf.Proto = ProtoTCP
+		}
+		ok := true
+		if rf.Proto != ProtoTCP && rf.Proto != ProtoUDP {
+			v.r.addf(joinPath(p, "proto"), "protocol must be tcp or udp, not %q", f.Proto)
+			ok = false
+		}
+		if f.HostPort < 1 || f.HostPort > 65535 {
+			v.r.addf(joinPath(p, "hostPort"), "hostPort %d is outside 1-65535", f.HostPort)
+			ok = false
+		} else if j, dup := seen[key{f.HostPort, rf.Proto}]; dup {
+			v.r.addf(joinPath(p, "hostPort"), "host port %d/%s is already forwarded by [%d]", f.HostPort, rf.Proto, j)
+			ok = false
+		} else if rf.Proto == ProtoTCP && hostPorts[f.HostPort] {
+			v.r.addf(joinPath(p, "hostPort"), "host port %d is also in host.allowedTCPPorts, for the host itself", f.HostPort)
+			ok = false
+		} else {
+			seen[key{f.HostPort, rf.Proto}] = i
+		}
+		vmName, portStr, found := strings.Cut(f.To, ":")
+		port, err := strconv.Atoi(portStr)
+		switch {
+		case !found || vmName == "" || err != nil:
+			v.r.addf(joinPath(p, "to"), `to must be "vm:port", not %q`, f.To)
+			ok = false
+		case cfg.VM(vmName) == nil:
+			v.r.addf(joinPath(p, "to"), "unknown VM %q", vmName)
+			ok = false
+		case port < 1 || port > 65535:
+			v.r.addf(joinPath(p, "to"), "port %d is outside 1-65535", port)
+			ok = false
+		}
+		if ok {
+			rf.VM, rf.Port = vmName, port
+			out = append(out, rf)
+		}
+	}
+	return out
+}

@@ -1,0 +1,221 @@
+// Package firewall renders microvm's nftables ruleset from a config: one
+// table, "inet microvm", that isolates the VMs from each other and from the
+// host, masquerades their traffic out of the uplink, admits the allowed
+// VM-to-VM flows, the host port forwards and the VMs' service ports, and drops
+// spoofed source addresses. Per-VM facts live in sets, so the number of rules
+// does not grow with the number of VMs.
+package firewall
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"microvm.dev/microvm/internal/config"
+)
+
+// Family and Name identify the one table microvm owns.
+const (
+	Family = "inet"
+	Name   = "microvm"
+)
+
+// Options are the host facts the ruleset depends on.
+type Options struct {
+	// Uplink is the resolved NAT uplink interface; empty renders no masquerade.
+	Uplink string
+	// TailnetInterface is the VPN interface that may reach VMs over SSH when
+	// tailscale routing is on (default "tailscale0").
+	TailnetInterface string
+}
+
+// Ruleset is a rendered table.
+type Ruleset struct {
+	// Body is the table definition, as `nft list table` would show its shape.
+	Body string
+	// Hash is a digest of Body, carried in the table's comment so a later
+	// apply can tell whether the loaded table is already this one.
+	Hash string
+}
+
+// Script is the nft input that replaces the table atomically: nft applies a
+// file as one transaction, so the old table is never half-replaced.
+func (r Ruleset) Script() string {
+	return fmt.Sprintf("table %s %s\ndelete table %s %s\n%s", Family, Name, Family, Name, r.Body)
+}
+
+// Render builds the ruleset for cfg.
+func Render(cfg *config.Config, opts Options) Ruleset {
+	if opts.TailnetInterface == "" {
+		opts.TailnetInterface = "tailscale0"
+	}
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+
+	var bridges, subnets, sources, gateways, addrs, ports, allows []string
+	for _, vm := range cfg.VMs {
+		n := vm.Net
+		bridges = append(bridges, quote(n.Bridge))
+		subnets = append(subnets, n.Subnet.String())
+		sources = append(sources, fmt.Sprintf("%s . %s . %s", quote(n.Bridge), n.Address, n.MAC))
+		gateways = append(gateways, fmt.Sprintf("%s . %s", quote(n.Bridge), n.Gateway))
+		addrs = append(addrs, n.Address.String())
+		for _, p := range vm.Ports {
+			ports = append(ports, fmt.Sprintf("%s . %s . %s", n.Address, p.Proto, portRange(p)))
+		}
+	}
+	for _, a := range cfg.Allow {
+		from, to := cfg.VM(a.From), cfg.VM(a.To)
+		for _, p := range a.Ports {
+			allows = append(allows, fmt.Sprintf("%s . %s . %s . %s", quote(from.Net.Bridge), to.Net.Address, p.Proto, portRange(p)))
+		}
+	}
+
+	w("table %s %s {", Family, Name)
+	w("\tcomment %q", "managed by microvm: replaced whole on every apply; ruleset @HASH@")
+	set(w, "vm_bridges", "ifname", "", bridges)
+	set(w, "vm_subnets", "ipv4_addr", "interval", subnets)
+	set(w, "vm_addrs", "ipv4_addr", "", addrs)
+	set(w, "vm_sources", "ifname . ipv4_addr . ether_addr", "", sources)
+	set(w, "vm_gateways", "ifname . ipv4_addr", "", gateways)
+	set(w, "vm_ports", "ipv4_addr . inet_proto . inet_service", "interval", ports)
+	set(w, "vm_allow", "ifname . ipv4_addr . inet_proto . inet_service", "interval", allows)
+
+	// Anti-spoofing, before conntrack: a VM's bridge carries only IPv4 from
+	// the VM's own MAC and address (VM networks are IPv4-only).
+	w("\tchain antispoof {")
+	w("\t\ttype filter hook prerouting priority raw; policy accept;")
+	w("\t\tiifname @vm_bridges meta nfproto ipv6 drop")
+	w("\t\tiifname @vm_bridges iifname . ip saddr . ether saddr != @vm_sources drop")
+	w("\t}")
+
+	// Host port forwards: traffic to a local address (not from a VM) on the
+	// host port goes to the VM's port.
+	w("\tchain dnat_in {")
+	w("\t\ttype nat hook prerouting priority dstnat; policy accept;")
+	for _, f := range cfg.Forwards {
+		w("\t\tiifname != @vm_bridges fib daddr type local %s dport %d dnat ip to %s:%d", f.Proto, f.HostPort, cfg.VM(f.VM).Net.Address, f.Port)
+	}
+	w("\t}")
+	w("\tchain dnat_local {")
+	w("\t\ttype nat hook output priority -100; policy accept;")
+	for _, f := range cfg.Forwards {
+		w("\t\tfib daddr type local ip daddr != 127.0.0.0/8 %s dport %d dnat ip to %s:%d", f.Proto, f.HostPort, cfg.VM(f.VM).Net.Address, f.Port)
+	}
+	w("\t}")
+
+	w("\tchain nat_out {")
+	w("\t\ttype nat hook postrouting priority srcnat; policy accept;")
+	if opts.Uplink != "" {
+		w("\t\toifname %s ip saddr @vm_subnets masquerade", quote(opts.Uplink))
+	}
+	w("\t}")
+
+	// Forwarding: VM to VM only where allowed; into VMs only replies,
+	// forwards and declared ports; out of VMs to the world is free.
+	w("\tchain forward {")
+	w("\t\ttype filter hook forward priority filter; policy accept;")
+	w("\t\tiifname @vm_bridges ct state invalid drop")
+	w("\t\toifname @vm_bridges ct state invalid drop")
+	w("\t\tct state established,related accept")
+	w("\t\tiifname @vm_bridges oifname @vm_bridges jump vm_to_vm")
+	w("\t\toifname @vm_bridges jump into_vm")
+	w("\t}")
+	w("\tchain vm_to_vm {")
+	w("\t\tiifname . ip daddr . meta l4proto . th dport @vm_allow accept")
+	w("\t\tcounter drop")
+	w("\t}")
+	w("\tchain into_vm {")
+	w("\t\tct status dnat accept")
+	w("\t\tip daddr . meta l4proto . th dport @vm_ports accept")
+	if cfg.Host.Tailscale.AdvertiseRoutes {
+		w("\t\tiifname %s ip daddr @vm_addrs tcp dport 22 accept", quote(opts.TailnetInterface))
+	}
+	w("\t\tcounter drop")
+	w("\t}")
+
+	// VM to host: only ICMP echo to the VM's own gateway.
+	w("\tchain input {")
+	w("\t\ttype filter hook input priority filter; policy accept;")
+	w("\t\tiifname @vm_bridges jump vm_to_host")
+	if len(cfg.Host.AllowedTCPPorts) > 0 && opts.Uplink != "" {
+		up := quote(opts.Uplink)
+		w("\t\tiifname %s ct state established,related accept", up)
+		w("\t\tiifname %s icmp type { echo-request, destination-unreachable, time-exceeded } accept", up)
+		w("\t\tiifname %s tcp dport { %s } accept", up, joinInts(cfg.Host.AllowedTCPPorts))
+		w("\t\tiifname %s ct status dnat accept", up)
+		w("\t\tiifname %s counter drop", up)
+	}
+	w("\t}")
+	w("\tchain vm_to_host {")
+	w("\t\tct state established,related accept")
+	w("\t\ticmp type echo-request iifname . ip daddr @vm_gateways accept")
+	w("\t\tcounter drop")
+	w("\t}")
+	w("}")
+
+	body := b.String()
+	sum := sha256.Sum256([]byte(body))
+	hash := hex.EncodeToString(sum[:])[:16]
+	return Ruleset{Body: strings.Replace(body, "@HASH@", hash, 1), Hash: hash}
+}
+
+func set(w func(string, ...any), name, typ, flags string, elems []string) {
+	w("\tset %s {", name)
+	w("\t\ttype %s", typ)
+	if flags != "" {
+		w("\t\tflags %s", flags)
+	}
+	if len(elems) > 0 {
+		w("\t\telements = {")
+		for i, e := range elems {
+			sep := ","
+			if i == len(elems)-1 {
+				sep = ""
+			}
+			w("\t\t\t%s%s", e, sep)
+		}
+		w("\t\t}")
+	}
+	w("\t}")
+}
+
+func quote(s string) string { return `"` + s + `"` }
+
+func portRange(p config.Port) string {
+	if p.From == p.To {
+		return fmt.Sprint(p.From)
+	}
+	return fmt.Sprintf("%d-%d", p.From, p.To)
+}
+
+func joinInts(xs []int) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = fmt.Sprint(x)
+	}
+	return strings.Join(s, ", ")
+}
+
+// RuleCount counts the rules of a rendered body (set elements are not rules).
+func RuleCount(body string) int {
+	n, inElems := 0, false
+	for _, line := range strings.Split(body, "\n") {
+		t := strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(t, "elements = {"):
+			inElems = true
+		case inElems:
+			if t == "}" {
+				inElems = false
+			}
+		case t == "" || t == "}" || strings.HasPrefix(t, "table ") || strings.HasPrefix(t, "chain ") ||
+			strings.HasPrefix(t, "set ") || strings.HasPrefix(t, "type ") || strings.HasPrefix(t, "flags ") ||
+			strings.HasPrefix(t, "comment "):
+		default:
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,82 @@
+// Package vmm holds what every hypervisor backend shares: the inputs a VM is
+// started from (kernel, initramfs, shares, volumes, sockets) and the facts
+// about the host that choose between machine types.
+package vmm
+
+import (
+	"path/filepath"
+	"runtime"
+
+	"microvm.dev/microvm/internal/config"
+)
+
+// Architectures a host or guest may have, in QEMU's spelling.
+const (
+	ArchX86_64  = "x86_64"
+	ArchAArch64 = "aarch64"
+)
+
+// HostArch is the architecture this binary runs on.
+func HostArch() string {
+	if runtime.GOARCH == "arm64" {
+		return ArchAArch64
+	}
+	return ArchX86_64
+}
+
+// Share is a host directory given to the guest read-only.
+type Share struct {
+	// Tag is the mount tag the guest mounts it by.
+	Tag string
+	// Path is the host directory.
+	Path string
+	// VirtiofsSocket is the vhost-user socket of the virtiofsd serving the
+	// share; empty means 9p.
+	VirtiofsSocket string
+}
+
+// Disk is a volume image attached as a virtio block device.
+type Disk struct {
+	// Name is the volume name, given as the device serial.
+	Name string
+	// Path is the image file.
+	Path string
+}
+
+// Launch is everything needed to start one VM besides its spec.
+type Launch struct {
+	// Arch is the guest (and host) architecture.
+	Arch string
+	// KVM says whether /dev/kvm is usable; without it QEMU uses TCG.
+	KVM bool
+	// Kernel is the kernel image to boot directly.
+	Kernel string
+	// Initrd is the initramfs (the shared base with the per-VM config appended).
+	Initrd string
+	// Shares are the read-only directory shares (the image store).
+	Shares []Share
+	// Disks are the data volumes in the VM's order.
+	Disks []Disk
+	// ConsoleLog is the file the serial console is written to.
+	ConsoleLog string
+	// ControlSocket is the VMM's control socket (QMP for QEMU).
+	ControlSocket string
+	// VHostNet says whether /dev/vhost-net may be used for the TAP.
+	VHostNet bool
+}
+
+// DefaultLaunch fills a Launch with the standard locations under stateDir
+// and runDir for vm; kernel and initrd are left to the caller.
+func DefaultLaunch(vm *config.VM, stateDir, runDir string) Launch {
+	vmDir := filepath.Join(stateDir, "vms", vm.Name)
+	l := Launch{
+		Arch:          HostArch(),
+		ConsoleLog:    filepath.Join(vmDir, "console.log"),
+		ControlSocket: filepath.Join(runDir, vm.Name+".qmp"),
+		Shares:        []Share{{Tag: "store", Path: filepath.Join(stateDir, "store")}},
+	}
+	for _, v := range vm.Volumes {
+		l.Disks = append(l.Disks, Disk{Name: v.Name, Path: filepath.Join(vmDir, v.Name+".img")})
+	}
+	return l
+}
