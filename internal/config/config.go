@@ -122,14 +122,11 @@ func Parse(name string, data []byte, opts Options) (*Config, error) {
 	decodeFile(r, data, &f)
 	decodeProblems := len(r.problems)
 	if decodeProblems > 0 && f.VMs == nil {
-		sortProblems(r.problems)
-		return nil, r.problems
+		return nil, r.result(r.problems)
 	}
 	cfg := resolve(r, &f, opts)
 	if len(r.problems) > 0 {
-		ps := dropFollowUps(r.problems, decodeProblems)
-		sortProblems(ps)
-		return nil, ps
+		return nil, r.result(dropFollowUps(r.problems, decodeProblems))
 	}
 	return cfg, nil
 }

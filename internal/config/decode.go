@@ -1,7 +1,9 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"reflect"
 	"sort"
 	"strings"
@@ -37,7 +39,10 @@ func decodeFile(r *reporter, data []byte, out any) {
 	}
 	var root yaml.Node
 	dec := yaml.NewDecoder(strings.NewReader(string(data)))
-	if err := dec.Decode(&root); err != nil {
+	if err := dec.Decode(&root); errors.Is(err, io.EOF) {
+		r.addAt(0, "", "the file is empty; it needs at least a vms: section")
+		return
+	} else if err != nil {
 		r.addAt(yamlErrorLine(err), "", "not valid YAML: %s", trimYAMLError(err))
 		return
 	}
@@ -66,7 +71,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	d.nodes++
 	if d.nodes > maxNodes {
 		if d.nodes == maxNodes+1 {
-			d.r.addAt(n.Line, path, "the document expands to more than %d nodes (aliases nested too deep?)", maxNodes)
+			d.r.addAt(n.Line, "", "the document expands to more than %d nodes through aliases; refusing it", maxNodes)
 		}
 		return
 	}

@@ -71,11 +71,34 @@ func sortProblems(ps Problems) {
 	})
 }
 
+// maxProblems bounds how many problems one file reports; a hostile or badly
+// broken file would otherwise produce an unbounded list.
+const maxProblems = 200
+
 // reporter collects problems and knows the line of every key path decoded.
 type reporter struct {
 	file     string
 	lines    map[string]int
 	problems Problems
+	dropped  int
+}
+
+// add records p unless the list is full.
+func (r *reporter) add(p Problem) {
+	if len(r.problems) >= maxProblems {
+		r.dropped++
+		return
+	}
+	r.problems = append(r.problems, p)
+}
+
+// result returns the sorted problems, with a last line counting those left out.
+func (r *reporter) result(ps Problems) Problems {
+	sortProblems(ps)
+	if r.dropped > 0 {
+		ps = append(ps, Problem{File: r.file, Message: fmt.Sprintf("%d more problem(s) not shown; fix the ones above first", r.dropped)})
+	}
+	return ps
 }
 
 func newReporter(file string) *reporter {
@@ -85,7 +108,7 @@ func newReporter(file string) *reporter {
 // addf records a problem at path; its line is that of the path or of its
 // nearest ancestor that was seen in the file.
 func (r *reporter) addf(path, format string, args ...any) {
-	r.problems = append(r.problems, Problem{
+	r.add(Problem{
 		File:    r.file,
 		Line:    r.lineOf(path),
 		Path:    path,
@@ -95,7 +118,7 @@ func (r *reporter) addf(path, format string, args ...any) {
 
 // addAt records a problem at an explicit line.
 func (r *reporter) addAt(line int, path, format string, args ...any) {
-	r.problems = append(r.problems, Problem{File: r.file, Line: line, Path: path, Message: fmt.Sprintf(format, args...)})
+	r.add(Problem{File: r.file, Line: line, Path: path, Message: fmt.Sprintf(format, args...)})
 }
 
 func (r *reporter) lineOf(path string) int {

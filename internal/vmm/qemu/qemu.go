@@ -38,18 +38,27 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 	if l.KVM {
 		accel, cpu = "kvm", "host"
 	}
-	var console string
+	virtiofs := false
+	for _, s := range l.Shares {
+		if s.VirtiofsSocket != "" {
+			virtiofs = true
+		}
+	}
+	var machine, console string
 	switch {
 	case l.Arch == vmm.ArchAArch64:
-		args = append(args, "-machine", "virt,gic-version=max,accel="+accel)
-		console = "ttyAMA0"
+		machine, console = "virt,gic-version=max,accel="+accel, "ttyAMA0"
 	case mmio:
-		args = append(args, "-machine", "microvm,accel=kvm,pit=off,pic=off,rtc=off,isa-serial=on,x-option-roms=off")
-		console = "ttyS0"
+		machine, console = "microvm,accel=kvm,pit=off,pic=off,rtc=off,isa-serial=on,x-option-roms=off", "ttyS0"
 	default:
-		args = append(args, "-machine", "q35,accel=tcg")
-		console = "ttyS0"
+		machine, console = "q35,accel=tcg", "ttyS0"
 	}
+	if virtiofs {
+		// vhost-user needs guest memory that virtiofsd can map: a shared memfd.
+		machine += ",memory-backend=mem"
+		args = append(args, "-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", vm.Memory.MiB()))
+	}
+	args = append(args, "-machine", machine)
 	args = append(args,
 		"-cpu", cpu,
 		"-smp", fmt.Sprint(vm.VCPU),
@@ -63,19 +72,6 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 		"-serial", "chardev:console",
 		"-qmp", "unix:"+l.ControlSocket+",server=on,wait=off",
 	)
-
-	virtiofs := false
-	for _, s := range l.Shares {
-		if s.VirtiofsSocket != "" {
-			virtiofs = true
-		}
-	}
-	if virtiofs {
-		// vhost-user needs guest memory shared with virtiofsd.
-		args = append(args,
-			"-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", vm.Memory.MiB()),
-			"-numa", "node,memdev=mem")
-	}
 
 	netdev := "tap,id=net0,ifname=" + vm.Net.TAP + ",script=no,downscript=no"
 	if l.VHostNet {

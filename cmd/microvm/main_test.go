@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/state"
+)
+
+const reference = "../../examples/reference/infra.yaml"
+
+func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "infra.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestValidateReference(t *testing.T) {
+	code, out, errOut := runCLI(t, "validate", "-f", reference, "--offline")
+	if code != 0 || !strings.Contains(out, "valid, 5 VM(s)") {
+		t.Fatalf("code %d, out %q, err %q", code, out, errOut)
+	}
+}
+
+func TestValidateProblemsExit1(t *testing.T) {
+	f := writeFile(t, "vms:\n  a: { index: 1, memory: 1M }\n  b: { index: 2, vcpu: two }\n")
+	code, out, _ := runCLI(t, "validate", "-f", f, "--offline")
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], f+":2: vms.a.memory: ") || !strings.HasPrefix(lines[1], f+":3: vms.b.vcpu: ") {
+		t.Errorf("want one line per problem as file:line: path: message, got:\n%s", out)
+	}
+	code, out, _ = runCLI(t, "validate", "-f", f, "--offline", "-o", "json")
+	var res validateResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil || code != 1 || res.Valid || len(res.Problems) != 2 || res.Problems[0].Path != "vms.a.memory" {
+		t.Fatalf("json: code %d, %+v, %v\n%s", code, res, err, out)
+	}
+}
+
+func TestValidateMissingFile(t *testing.T) {
+	code, _, errOut := runCLI(t, "validate", "-f", filepath.Join(t.TempDir(), "nope.yaml"))
+	if code != 1 || !strings.Contains(errOut, "no such file") {
+		t.Fatalf("code %d, err %q", code, errOut)
+	}
+}
+
+func TestUsageErrorsExit2(t *testing.T) {
+	for _, args := range [][]string{
+		{"bogus"},
+		{"validate", "--nope"},
+		{"validate", "extra-arg"},
+		{"render"},
+		{"render", "runner"},
+		{"render", "firewall"},
+		{"plan", "-o", "yaml"},
+	} {
+		if code, _, errOut := runCLI(t, args...); code != 2 {
+			t.Errorf("%v: exit %d, want 2 (stderr %q)", args, code, errOut)
+		}
+	}
+}
+
+func TestHelpOnEveryVerb(t *testing.T) {
+	for _, verb := range []string{"validate", "plan", "render", "version", "completion"} {
+		code, out, _ := runCLI(t, verb, "--help")
+		if code != 0 || !strings.Contains(out, "Usage:") {
+			t.Errorf("%s --help: exit %d\n%s", verb, code, out)
+		}
+		if verb != "completion" && !strings.Contains(out, "Examples:") {
+			t.Errorf("%s --help has no examples", verb)
+		}
+	}
+	code, out, _ := runCLI(t, "completion", "bash")
+	if code != 0 || !strings.Contains(out, "bash completion") {
+		t.Errorf("completion bash: exit %d", code)
+	}
+}
+
+func TestPlanFromNothingCreatesFive(t *testing.T) {
+	stateDir := t.TempDir()
+	code, out, errOut := runCLI(t, "plan", "-f", reference, "--offline", "--state-dir", stateDir)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if !strings.Contains(out, "5 to create, 0 to update, 0 to remove, 0 unchanged") {
+		t.Errorf("summary missing:\n%s", out)
+	}
+	for i := 1; i <= 5; i++ {
+		n := string(rune('0' + i))
+		for _, want := range []string{"10." + n + ".0.0/24", "br-vm" + n, "vm-vm" + n, "02:00:00:00:00:0" + n} {
+			if !strings.Contains(out, want) {
+				t.Errorf("plan lacks %q", want)
+			}
+		}
+	}
+}
+
+func TestPlanAgainstState(t *testing.T) {
+	stateDir := t.TempDir()
+	cfg, err := config.Load(reference, config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := state.Dir{Root: stateDir}
+	for _, vm := range cfg.VMs {
+		if err := d.WriteRunRecord(state.RunRecord{Name: vm.Name, Spec: *vm}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out, _ := runCLI(t, "plan", "-f", reference, "--offline", "--state-dir", stateDir)
+	if code != 0 || !strings.Contains(out, "Nothing to do.") {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	ref, _ := os.ReadFile(reference)
+	changed := strings.Replace(string(ref), "vm2: { index: 2 }", "vm2: { index: 2, memory: 2G }", 1)
+	code, out, _ = runCLI(t, "plan", "-f", writeFile(t, changed), "--offline", "--state-dir", stateDir, "-o", "json")
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	var p struct {
+		VMs []struct {
+			Name    string `json:"name"`
+			Action  string `json:"action"`
+			Changes []struct{ Field, From, To string }
+		} `json:"vms"`
+	}
+	if err := json.Unmarshal([]byte(out), &p); err != nil {
+		t.Fatal(err)
+	}
+	if p.VMs[0].Name != "vm2" || p.VMs[0].Action != "update" || p.VMs[0].Changes[0].To != "2G" {
+		t.Errorf("want vm2 updated first, got %+v", p.VMs)
+	}
+	for _, v := range p.VMs[1:] {
+		if v.Action != "unchanged" {
+			t.Errorf("%s: %s, want unchanged", v.Name, v.Action)
+		}
+	}
+}
+
+func TestPlanInvalidFile(t *testing.T) {
+	f := writeFile(t, "vms: { a: { index: 1, bogus: 1 } }")
+	code, out, errOut := runCLI(t, "plan", "-f", f, "--offline", "--state-dir", t.TempDir())
+	if code != 1 || out != "" || !strings.Contains(errOut, `unknown key "bogus"`) {
+		t.Fatalf("exit %d, out %q, err %q", code, out, errOut)
+	}
+}
+
+func TestRenderNftables(t *testing.T) {
+	f := writeFile(t, "host: { externalInterface: lo }\nvms: { a: { index: 1 } }")
+	code, out, errOut := runCLI(t, "render", "nftables", "-f", f)
+	if code != 0 || !strings.HasPrefix(out, "table inet microvm\ndelete table inet microvm\n") || !strings.Contains(out, `oifname "lo" ip saddr @vm_subnets masquerade`) {
+		t.Fatalf("exit %d, err %q:\n%s", code, errOut, out)
+	}
+	f = writeFile(t, "host: { externalInterface: nosuchif0 }\nvms: { a: { index: 1 } }")
+	if code, _, errOut := runCLI(t, "render", "nftables", "-f", f); code != 1 || !strings.Contains(errOut, `host.externalInterface "nosuchif0"`) {
+		t.Fatalf("missing uplink: exit %d, err %q", code, errOut)
+	}
+}
+
+func TestRenderRunner(t *testing.T) {
+	code, out, errOut := runCLI(t, "render", "runner", "vm1", "-f", reference, "--state-dir", "/srv/mv")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"qemu-system-", "ifname=vm-vm1", "mac=02:00:00:00:00:01", "/srv/mv/vms/vm1/data.img", "serial=data", "-smp 2", "-m 1024M"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("runner lacks %q:\n%s", want, out)
+		}
+	}
+	if code, _, errOut := runCLI(t, "render", "runner", "ghost", "-f", reference); code != 1 || !strings.Contains(errOut, `no VM named "ghost"`) {
+		t.Errorf("unknown VM: exit %d, %q", code, errOut)
+	}
+}

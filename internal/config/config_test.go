@@ -1,0 +1,336 @@
+package config
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+)
+
+const testKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ test@example"
+
+func mustParse(t *testing.T, src string, opts Options) *Config {
+	t.Helper()
+	cfg, err := Parse("infra.yaml", []byte(src), opts)
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	return cfg
+}
+
+func TestReferenceExample(t *testing.T) {
+	data, err := os.ReadFile("../../examples/reference/infra.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := mustParse(t, string(data), Options{})
+	if len(cfg.VMs) != 5 {
+		t.Fatalf("got %d VMs, want 5", len(cfg.VMs))
+	}
+	for i, vm := range cfg.VMs {
+		n := i + 1
+		want := Net{
+			Subnet:  netip.MustParsePrefix("10." + itoa(n) + ".0.0/24"),
+			Gateway: netip.MustParseAddr("10." + itoa(n) + ".0.1"),
+			Address: netip.MustParseAddr("10." + itoa(n) + ".0.2"),
+			Bridge:  "br-vm" + itoa(n),
+			TAP:     "vm-vm" + itoa(n),
+			MAC:     "02:00:00:00:00:0" + itoa(n),
+		}
+		if vm.Net != want {
+			t.Errorf("%s: net = %+v, want %+v", vm.Name, vm.Net, want)
+		}
+		if vm.VCPU != 2 || vm.Memory != GiB || vm.Hypervisor != "qemu" || !vm.Kernel.IsHost() {
+			t.Errorf("%s: resources = %d vCPU %s %s %s", vm.Name, vm.VCPU, vm.Memory, vm.Hypervisor, vm.Kernel)
+		}
+		if len(vm.Volumes) != 1 || vm.Volumes[0] != (Volume{Name: "data", MountPoint: "/mnt/storage", Size: 64 * GiB}) {
+			t.Errorf("%s: volumes = %+v", vm.Name, vm.Volumes)
+		}
+	}
+	vm1 := cfg.VM("vm1")
+	if vm1.Image != "docker.io/wholelottahoopla/sandbox:latest" || len(vm1.Ports) != 1 || vm1.Ports[0] != (Port{8080, 8080, "tcp"}) {
+		t.Errorf("vm1 = %+v", vm1)
+	}
+	if cfg.VM("vm2").Image != "base" {
+		t.Errorf("vm2 image = %q, want the default base", cfg.VM("vm2").Image)
+	}
+}
+
+func itoa(n int) string { return string(rune('0' + n)) }
+
+func TestDefaultsMerge(t *testing.T) {
+	cfg := mustParse(t, `
+defaults:
+  vcpu: 2
+  memory: 1G
+  sshKeys: ["`+testKey+`"]
+  volumes:
+    - { name: data, mountPoint: /mnt/storage, size: 64G }
+vms:
+  a: { index: 1 }
+  b: { index: 2, memory: 4G, volumes: [] }
+  c:
+    index: 3
+    volumes:
+      - { name: db, mountPoint: /srv/db, size: 10G }
+  d: { subnet: 192.168.50.0/24, sshKeys: [] }
+`, Options{})
+	a, b, c, d := cfg.VM("a"), cfg.VM("b"), cfg.VM("c"), cfg.VM("d")
+	if a.VCPU != 2 || a.Memory != GiB || len(a.Volumes) != 1 || len(a.SSHKeys) != 1 {
+		t.Errorf("a should take every default: %+v", a)
+	}
+	if b.Memory != 4*GiB || b.VCPU != 2 {
+		t.Errorf("b's own memory should win and vcpu come from defaults: %+v", b)
+	}
+	if len(b.Volumes) != 0 {
+		t.Errorf("b wrote volumes: [] so it has none, got %+v", b.Volumes)
+	}
+	if len(c.Volumes) != 1 || c.Volumes[0].Name != "db" {
+		t.Errorf("c's list should replace the default's: %+v", c.Volumes)
+	}
+	if len(d.SSHKeys) != 0 {
+		t.Errorf("d wrote sshKeys: [] so it has none: %+v", d.SSHKeys)
+	}
+	if d.Net.Gateway.String() != "192.168.50.1" || d.Net.Address.String() != "192.168.50.2" || d.Net.MAC != "02:00:c0:a8:32:02" {
+		t.Errorf("d net = %+v", d.Net)
+	}
+	// Built-in defaults where nothing is written.
+	e := mustParse(t, "vms: { e: { index: 9 } }", Options{}).VM("e")
+	if e.VCPU != DefaultVCPU || e.Memory != DefaultMemory || e.Image != DefaultImage || e.Hypervisor != DefaultHypervisor {
+		t.Errorf("built-in defaults not applied: %+v", e)
+	}
+}
+
+func TestMACsUnique(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("vms:\n")
+	for i := 1; i <= 255; i++ {
+		b.WriteString("  i" + strings.TrimLeft(strings.Repeat("0", 3)+itoa3(i), "") + ": { index: " + itoa3(i) + " }\n")
+		b.WriteString("  s" + itoa3(i) + ": { subnet: 172.16." + itoa3(i) + ".0/24 }\n")
+	}
+	cfg := mustParse(t, b.String(), Options{})
+	seen := map[string]string{}
+	for _, vm := range cfg.VMs {
+		if other, dup := seen[vm.Net.MAC]; dup {
+			t.Fatalf("MAC %s of %s also given to %s", vm.Net.MAC, vm.Name, other)
+		}
+		seen[vm.Net.MAC] = vm.Name
+	}
+}
+
+func itoa3(i int) string {
+	s := ""
+	for ; i > 0; i /= 10 {
+		s = string(rune('0'+i%10)) + s
+	}
+	return s
+}
+
+func TestSpecHashChangesWithSpec(t *testing.T) {
+	a := mustParse(t, "vms: { a: { index: 1, memory: 1G } }", Options{}).VM("a")
+	b := mustParse(t, "vms: { a: { index: 1, memory: 2G } }", Options{}).VM("a")
+	a2 := mustParse(t, "defaults: { memory: 1G }\nvms: { a: { index: 1 } }", Options{}).VM("a")
+	if a.SpecHash() == b.SpecHash() {
+		t.Error("different memory, same hash")
+	}
+	if a.SpecHash() != a2.SpecHash() {
+		t.Error("same resolved spec written two ways should hash the same")
+	}
+}
+
+func TestAnchorsAndAliases(t *testing.T) {
+	cfg := mustParse(t, `
+vms:
+  a:
+    index: 1
+    volumes: &vols
+      - { name: data, mountPoint: /mnt/storage, size: 8G }
+  b: { index: 2, volumes: *vols }
+`, Options{})
+	if got := cfg.VM("b").Volumes; len(got) != 1 || got[0].Size != 8*GiB {
+		t.Errorf("b's aliased volumes = %+v", got)
+	}
+}
+
+// TestBadConfigs is the catalogue of rejected files: each must fail with a
+// problem at the given path whose message contains the given text.
+func TestBadConfigs(t *testing.T) {
+	cases := []struct {
+		name, src, path, msg string
+		opts                 Options
+	}{
+		{"empty file", "", "", "the file is empty", Options{}},
+		{"only comments", "# nothing\n", "", "the file is empty", Options{}},
+		{"not yaml", "vms: [unclosed", "", "not valid YAML", Options{}},
+		{"tab indentation", "vms:\n\ta: {}\n", "", "not valid YAML", Options{}},
+		{"two documents", "vms: {}\n---\nvms: {}\n", "", "more than one YAML document", Options{}},
+		{"top level list", "- a\n- b\n", "", "expected a mapping of keys", Options{}},
+		{"missing vms", "host: {}\n", "vms", "required", Options{}},
+		{"unknown top key", "vms: {}\nvmz: {}\n", "vmz", `unknown key "vmz"`, Options{}},
+		{"unknown vm key with hint", "vms: { a: { index: 1, memroy: 1G } }", "vms.a.memroy", `did you mean "memory"`, Options{}},
+		{"unknown nested key", "vms: { a: { index: 1, volumes: [{name: d, mountPoint: /d, size: 1G, fstype: xfs}] } }", "vms.a.volumes[0].fstype", "unknown key", Options{}},
+		{"duplicate vm", "vms:\n  a: { index: 1 }\n  a: { index: 2 }\n", "vms.a", "duplicate key", Options{}},
+		{"duplicate field", "vms:\n  a:\n    index: 1\n    index: 2\n", "vms.a.index", "duplicate key", Options{}},
+		{"wrong type vcpu", "vms: { a: { index: 1, vcpu: two } }", "vms.a.vcpu", "expected a whole number", Options{}},
+		{"wrong type vms", "vms: [a, b]", "vms", "expected a mapping of names", Options{}},
+		{"wrong type volumes", "vms: { a: { index: 1, volumes: data } }", "vms.a.volumes", "expected a list", Options{}},
+		{"wrong type image", "vms: { a: { index: 1, image: 5 } }", "vms.a.image", "expected a string", Options{}},
+		{"merge key", "base: &b { index: 1 }\nvms: { a: { <<: *b } }", "base", "unknown key", Options{}},
+		{"name too long", "vms: { averyveryverylongname: { index: 1 } }", "vms.averyveryverylongname", "over the kernel's 15-byte interface name limit", Options{}},
+		{"name bad chars", "vms: { \"vm/1\": { index: 1 } }", "vms.vm/1", "may use only lowercase letters", Options{}},
+		{"name uppercase", "vms: { VM1: { index: 1 } }", "vms.VM1", "may use only lowercase letters", Options{}},
+		{"name with space", "vms: { \"a b\": { index: 1 } }", "vms.a b", "may use only", Options{}},
+		{"no index nor subnet", "vms: { a: { vcpu: 1 } }", "vms.a", "needs index", Options{}},
+		{"index zero", "vms: { a: { index: 0 } }", "vms.a.index", "outside 1-255", Options{}},
+		{"index too big", "vms: { a: { index: 256 } }", "vms.a.index", "outside 1-255", Options{}},
+		{"duplicate index", "vms: { a: { index: 1 }, b: { index: 1 } }", "vms.b.index", "also used by a", Options{}},
+		{"bad cidr", "vms: { a: { subnet: 10.1.0.0/33 } }", "vms.a.subnet", "is not a CIDR subnet", Options{}},
+		{"not cidr", "vms: { a: { subnet: banana } }", "vms.a.subnet", "is not a CIDR subnet", Options{}},
+		{"prefix too small", "vms: { a: { subnet: 10.1.0.0/31 } }", "vms.a.subnet", "too small", Options{}},
+		{"host bits", "vms: { a: { subnet: 10.1.0.5/24 } }", "vms.a.subnet", "did you mean 10.1.0.0/24", Options{}},
+		{"ipv6 subnet", "vms: { a: { subnet: \"fd00::/64\" } }", "vms.a.subnet", "not IPv4", Options{}},
+		{"loopback subnet", "vms: { a: { subnet: 127.1.0.0/24 } }", "vms.a.subnet", "not usable", Options{}},
+		{"overlapping subnets", "vms: { a: { index: 1 }, b: { subnet: 10.1.0.128/25 } }", "vms.b.subnet", "overlaps 10.1.0.0/24 of a", Options{}},
+		{"duplicate subnet", "vms: { a: { subnet: 192.168.1.0/24 }, b: { subnet: 192.168.1.0/24 } }", "vms.b.subnet", "overlaps", Options{}},
+		{"overlaps host address", "vms: { a: { index: 1 } }", "vms.a.index", "on the host's interface eth0",
+			Options{HostAddrs: []HostAddr{{"eth0", netip.MustParsePrefix("10.1.2.3/16")}}}},
+		{"vcpu zero", "vms: { a: { index: 1, vcpu: 0 } }", "vms.a.vcpu", "at least 1", Options{}},
+		{"vcpu above host", "vms: { a: { index: 1, vcpu: 64 } }", "vms.a.vcpu", "more than the host's 2 CPUs", Options{HostCPUs: 2}},
+		{"memory too small", "vms: { a: { index: 1, memory: 64M } }", "vms.a.memory", "below the minimum of 128M", Options{}},
+		{"memory bare bytes", "vms: { a: { index: 1, memory: 1024 } }", "vms.a.memory", "below the minimum", Options{}},
+		{"memory unparsable", "vms: { a: { index: 1, memory: lots } }", "vms.a.memory", "cannot read", Options{}},
+		{"memory negative", "vms: { a: { index: 1, memory: -1G } }", "vms.a.memory", "negative", Options{}},
+		{"defaults memory too small", "defaults: { memory: 1M }\nvms: { a: { index: 1 } }", "defaults.memory", "below the minimum", Options{}},
+		{"defaults index", "defaults: { index: 1 }\nvms: {}", "defaults.index", "per VM", Options{}},
+		{"unknown hypervisor", "vms: { a: { index: 1, hypervisor: vmware } }", "vms.a.hypervisor", "unknown hypervisor", Options{}},
+		{"volume too small", "vms: { a: { index: 1, volumes: [{ name: d, mountPoint: /d, size: 512K }] } }", "vms.a.volumes[0].size", "below the minimum of 1M", Options{}},
+		{"volume duplicate name", "vms: { a: { index: 1, volumes: [{ name: d, mountPoint: /d, size: 1G }, { name: d, mountPoint: /e, size: 1G }] } }", "vms.a.volumes[1].name", "used twice", Options{}},
+		{"volume duplicate mount", "vms: { a: { index: 1, volumes: [{ name: d, mountPoint: /d, size: 1G }, { name: e, mountPoint: /d, size: 1G }] } }", "vms.a.volumes[1].mountPoint", "used twice", Options{}},
+		{"volume relative mount", "vms: { a: { index: 1, volumes: [{ name: d, mountPoint: mnt/d, size: 1G }] } }", "vms.a.volumes[0].mountPoint", "absolute", Options{}},
+		{"volume unclean mount", "vms: { a: { index: 1, volumes: [{ name: d, mountPoint: /mnt/../d, size: 1G }] } }", "vms.a.volumes[0].mountPoint", "not clean", Options{}},
+		{"volume at root", "vms: { a: { index: 1, volumes: [{ name: d, mountPoint: /, size: 1G }] } }", "vms.a.volumes[0].mountPoint", "reserved", Options{}},
+		{"volume name traversal", "vms: { a: { index: 1, volumes: [{ name: ../x, mountPoint: /d, size: 1G }] } }", "vms.a.volumes[0].name", "may use only", Options{}},
+		{"volume name too long", "vms: { a: { index: 1, volumes: [{ name: abcdefghijklmnopqrstuv, mountPoint: /d, size: 1G }] } }", "vms.a.volumes[0].name", "virtio serial", Options{}},
+		{"volume no name", "vms: { a: { index: 1, volumes: [{ mountPoint: /d, size: 1G }] } }", "vms.a.volumes[0].name", "needs a name", Options{}},
+		{"bad ssh key", "vms: { a: { index: 1, sshKeys: [\"ssh-rsa nope\"] } }", "vms.a.sshKeys[0]", "not an SSH public key", Options{}},
+		{"kernel relative", "vms: { a: { index: 1, kernel: { path: vmlinuz } } }", "vms.a.kernel.path", "absolute", Options{}},
+		{"kernel bad word", "vms: { a: { index: 1, kernel: guest } }", "vms.a.kernel", `"host" or a mapping`, Options{}},
+		{"kernel map without path", "vms: { a: { index: 1, kernel: { modules: /lib/modules/x } } }", "vms.a.kernel.path", "needs path", Options{}},
+		{"image traversal", "vms: { a: { index: 1, image: ../../etc } }", "vms.a.image", "may not contain '..'", Options{}},
+		{"image bad ref", "vms: { a: { index: 1, image: \"docker.io/UPPER/x:latest\" } }", "vms.a.image", "not a valid OCI reference", Options{}},
+		{"image bad name", "vms: { a: { index: 1, image: \"a b\" } }", "vms.a.image", "not a store image name", Options{}},
+		{"port out of range", "vms: { a: { index: 1, ports: [70000] } }", "vms.a.ports[0]", "outside 1-65535", Options{}},
+		{"port bad proto", "vms: { a: { index: 1, ports: [\"53/icmp\"] } }", "vms.a.ports[0]", "tcp or udp", Options{}},
+		{"port reversed range", "vms: { a: { index: 1, ports: [\"90-80\"] } }", "vms.a.ports[0]", "ends before it starts", Options{}},
+		{"port overlap", "vms: { a: { index: 1, ports: [8080, \"8000-9000/tcp\"] } }", "vms.a.ports[1]", "overlaps", Options{}},
+		{"allow unknown vm", "vms: { a: { index: 1 } }\nnetwork: { allow: [{ from: a, to: ghost, ports: [80] }] }", "network.allow[0].to", `unknown VM "ghost"`, Options{}},
+		{"allow same vm", "vms: { a: { index: 1 } }\nnetwork: { allow: [{ from: a, to: a, ports: [80] }] }", "network.allow[0]", "same VM", Options{}},
+		{"allow no ports", "vms: { a: { index: 1 }, b: { index: 2 } }\nnetwork: { allow: [{ from: a, to: b }] }", "network.allow[0].ports", "at least one port", Options{}},
+		{"allow bad proto", "vms: { a: { index: 1 }, b: { index: 2 } }\nnetwork: { allow: [{ from: a, to: b, ports: [\"5432/sctp\"] }] }", "network.allow[0].ports[0]", "tcp or udp", Options{}},
+		{"forward unknown vm", "vms: { a: { index: 1 } }\nnetwork: { forwards: [{ hostPort: 80, to: \"b:80\" }] }", "network.forwards[0].to", `unknown VM "b"`, Options{}},
+		{"forward bad target", "vms: { a: { index: 1 } }\nnetwork: { forwards: [{ hostPort: 80, to: \"a\" }] }", "network.forwards[0].to", `"vm:port"`, Options{}},
+		{"forward bad port", "vms: { a: { index: 1 } }\nnetwork: { forwards: [{ hostPort: 0, to: \"a:80\" }] }", "network.forwards[0].hostPort", "outside 1-65535", Options{}},
+		{"forward duplicate host port", "vms: { a: { index: 1 } }\nnetwork: { forwards: [{ hostPort: 80, to: \"a:80\" }, { hostPort: 80, to: \"a:81\" }] }", "network.forwards[1].hostPort", "already forwarded", Options{}},
+		{"forward host ssh port", "host: { allowedTCPPorts: [22] }\nvms: { a: { index: 1 } }\nnetwork: { forwards: [{ hostPort: 22, to: \"a:22\" }] }", "network.forwards[0].hostPort", "allowedTCPPorts", Options{}},
+		{"forward bad proto", "vms: { a: { index: 1 } }\nnetwork: { forwards: [{ hostPort: 80, to: \"a:80\", proto: sctp }] }", "network.forwards[0].proto", "tcp or udp", Options{}},
+		{"bad uplink name", "host: { externalInterface: \"this-name-is-too-long0\" }\nvms: {}", "host.externalInterface", "over the kernel's limit", Options{}},
+		{"host port range", "host: { allowedTCPPorts: [0] }\nvms: {}", "host.allowedTCPPorts[0]", "outside 1-65535", Options{}},
+		{"host port twice", "host: { allowedTCPPorts: [22, 22] }\nvms: {}", "host.allowedTCPPorts[1]", "listed twice", Options{}},
+		{"billion laughs", laughs(), "", "expands to more than", Options{}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := Parse("infra.yaml", []byte(c.src), c.opts)
+			if err == nil {
+				t.Fatalf("accepted: %+v", cfg)
+			}
+			if cfg != nil {
+				t.Error("a rejected file must not yield a config")
+			}
+			var ps Problems
+			if !errors.As(err, &ps) {
+				t.Fatalf("error %v is not Problems", err)
+			}
+			for _, p := range ps {
+				if p.Path == c.path && strings.Contains(p.Message, c.msg) {
+					if p.File != "infra.yaml" {
+						t.Errorf("problem does not name the file: %+v", p)
+					}
+					if !strings.HasPrefix(p.String(), "infra.yaml:") {
+						t.Errorf("problem line %q does not start with the file", p)
+					}
+					return
+				}
+			}
+			t.Errorf("no problem at %q containing %q; got:\n%v", c.path, c.msg, err)
+		})
+	}
+	if len(cases) < 30 {
+		t.Fatalf("only %d bad configs; the catalogue must hold at least 30", len(cases))
+	}
+}
+
+// laughs aliases one VM with a long aliased key list from many VMs, so the
+// short document expands to over a million nodes.
+func laughs() string {
+	var b strings.Builder
+	b.WriteString("junk: &s \"x\"\nvms:\n  v0: &v { index: 1, sshKeys: [")
+	for j := range 2000 {
+		if j > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString("*s")
+	}
+	b.WriteString("] }\n")
+	for i := 1; i < 600; i++ {
+		b.WriteString("  v" + itoa3(i) + ": *v\n")
+	}
+	return b.String()
+}
+
+func TestProblemsHaveLines(t *testing.T) {
+	src := "vms:\n  a:\n    index: 1\n    memory: 1M\n  b:\n    index: 1\n"
+	_, err := Parse("f.yaml", []byte(src), Options{})
+	var ps Problems
+	if !errors.As(err, &ps) {
+		t.Fatal(err)
+	}
+	want := []string{
+		"f.yaml:4: vms.a.memory: memory 1M is below the minimum of 128M (sizes take units: 512M, 1G)",
+		"f.yaml:6: vms.b.index: index 1 is also used by a",
+	}
+	if len(ps) != len(want) {
+		t.Fatalf("got %d problems:\n%v", len(ps), err)
+	}
+	for i, w := range want {
+		if ps[i].String() != w {
+			t.Errorf("problem %d = %q, want %q", i, ps[i], w)
+		}
+	}
+}
+
+func TestAllProblemsAtOnce(t *testing.T) {
+	src := `
+vms:
+  a: { index: 1, vcpu: 0, memory: 1M, hypervisor: xen, bogus: 1 }
+  b: { subnet: nope }
+network:
+  allow: [{ from: a, to: z, ports: [80] }]
+`
+	_, err := Parse("f.yaml", []byte(src), Options{})
+	var ps Problems
+	if !errors.As(err, &ps) {
+		t.Fatal(err)
+	}
+	if len(ps) != 6 {
+		t.Errorf("want 6 problems reported together, got %d:\n%v", len(ps), err)
+	}
+}
+
+func TestDecodeProblemSuppressesFollowUps(t *testing.T) {
+	_, err := Parse("f.yaml", []byte("vms: { a: { index: one } }"), Options{})
+	if got := err.Error(); strings.Count(got, "\n") != 0 || !strings.Contains(got, "expected a whole number") {
+		t.Errorf("want only the type problem, got:\n%s", got)
+	}
+}

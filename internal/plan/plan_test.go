@@ -1,0 +1,99 @@
+package plan
+
+import (
+	"testing"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/state"
+)
+
+func parse(t *testing.T, src string) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse("t.yaml", []byte(src), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// running records every VM of cfg as started with its current spec.
+func running(cfg *config.Config) []state.RunRecord {
+	var recs []state.RunRecord
+	for _, vm := range cfg.VMs {
+		recs = append(recs, state.RunRecord{Name: vm.Name, SpecHash: vm.SpecHash(), Spec: *vm, PID: 100})
+	}
+	return recs
+}
+
+const before = `
+defaults: { memory: 1G, volumes: [{ name: data, mountPoint: /mnt/storage, size: 8G }] }
+vms:
+  a: { index: 1 }
+  b: { index: 2 }
+  c: { index: 3 }
+`
+
+func TestNoStateCreatesEverything(t *testing.T) {
+	p := Compute(parse(t, before), nil)
+	if c := p.Counts(); c[Create] != 3 || len(p.VMs) != 3 {
+		t.Fatalf("counts = %v", c)
+	}
+	steps := p.VMs[0].Steps
+	if steps[0].Op != "create-bridge" || steps[0].Detail != "br-a 10.1.0.1/24" || steps[len(steps)-1].Op != "start" {
+		t.Errorf("steps = %+v", steps)
+	}
+}
+
+func TestSameSpecIsUnchanged(t *testing.T) {
+	cfg := parse(t, before)
+	p := Compute(cfg, running(cfg))
+	if !p.Empty() {
+		t.Fatalf("plan against identical state is not empty: %+v", p)
+	}
+}
+
+func TestChangeRemoveCreate(t *testing.T) {
+	old := parse(t, before)
+	cur := parse(t, `
+defaults: { memory: 1G, volumes: [{ name: data, mountPoint: /mnt/storage, size: 8G }] }
+vms:
+  a: { index: 1, memory: 2G, volumes: [{ name: data, mountPoint: /mnt/storage, size: 16G }] }
+  b: { index: 2 }
+  d: { index: 4 }
+`)
+	p := Compute(cur, running(old))
+	got := map[string]Action{}
+	for _, v := range p.VMs {
+		got[v.Name] = v.Action
+	}
+	want := map[string]Action{"a": Update, "b": Unchanged, "c": Remove, "d": Create}
+	for name, act := range want {
+		if got[name] != act {
+			t.Errorf("%s: %s, want %s", name, got[name], act)
+		}
+	}
+	if p.VMs[0].Name != "c" || p.VMs[1].Name != "a" || p.VMs[2].Name != "d" || p.VMs[3].Name != "b" {
+		t.Errorf("order should be remove, update, create, unchanged: %v", p.VMs)
+	}
+	a := p.VMs[1]
+	if len(a.Changes) != 2 || a.Changes[0] != (Change{"memory", "1G", "2G"}) || a.Changes[1].Field != "volumes" {
+		t.Errorf("a's changes = %+v", a.Changes)
+	}
+	hasGrow := false
+	for _, s := range a.Steps {
+		if s.Op == "grow-volume" && s.Detail == "data 8G → 16G" {
+			hasGrow = true
+		}
+	}
+	if !hasGrow {
+		t.Errorf("a's steps lack the volume growth: %+v", a.Steps)
+	}
+	for _, s := range p.VMs[0].Steps {
+		if s.Op == "delete-volume" {
+			t.Fatal("removing a VM must never delete its volume")
+		}
+	}
+	if last := p.VMs[0].Steps[len(p.VMs[0].Steps)-1]; last.Op != "keep-volume" {
+		t.Errorf("removal should say the volume is kept: %+v", p.VMs[0].Steps)
+	}
+}

@@ -1,0 +1,91 @@
+package qemu
+
+import (
+	"strings"
+	"testing"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/testutil"
+	"microvm.dev/microvm/internal/vmm"
+)
+
+const src = `
+vms:
+  vm1:
+    index: 1
+    vcpu: 2
+    memory: 1G
+    volumes:
+      - { name: data, mountPoint: /mnt/storage, size: 64G }
+      - { name: logs, mountPoint: /var/log/app, size: 1G }
+`
+
+func launch(t *testing.T, arch string, kvm bool, virtiofs bool) (*config.VM, vmm.Launch) {
+	t.Helper()
+	cfg, err := config.Parse("t.yaml", []byte(src), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := cfg.VM("vm1")
+	l := vmm.DefaultLaunch(vm, "/var/lib/microvm", "/run/microvm")
+	l.Arch, l.KVM, l.VHostNet = arch, kvm, kvm
+	l.Kernel, l.Initrd = "/boot/vmlinuz", "/var/lib/microvm/vms/vm1/initramfs.cpio"
+	if virtiofs {
+		l.Shares[0].VirtiofsSocket = "/run/microvm/vm1-store.sock"
+	}
+	return vm, l
+}
+
+func TestGoldenCommandLines(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		arch     string
+		kvm      bool
+		virtiofs bool
+	}{
+		{"x86_64-kvm", vmm.ArchX86_64, true, true},
+		{"x86_64-tcg", vmm.ArchX86_64, false, false},
+		{"aarch64-tcg", vmm.ArchAArch64, false, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			vm, l := launch(t, c.arch, c.kvm, c.virtiofs)
+			argv := Command(vm, l)
+			testutil.Golden(t, c.name+".args", []byte(strings.Join(argv, "\n")+"\n"))
+		})
+	}
+}
+
+func TestCommandShape(t *testing.T) {
+	vm, l := launch(t, vmm.ArchX86_64, false, false)
+	cmd := strings.Join(Command(vm, l), " ")
+	for _, want := range []string{
+		"-machine q35,accel=tcg", "-smp 2", "-m 1024M", "-nodefaults", "-no-user-config",
+		"ifname=vm-vm1", "mac=02:00:00:00:00:01", "serial=data", "serial=logs", "readonly=on", "console=ttyS0",
+	} {
+		if !strings.Contains(cmd, want) {
+			t.Errorf("TCG command line lacks %q:\n%s", want, cmd)
+		}
+	}
+	vm, l = launch(t, vmm.ArchX86_64, true, true)
+	cmd = strings.Join(Command(vm, l), " ")
+	for _, want := range []string{"microvm,accel=kvm", "virtio-net-device", "vhost-user-fs-device", "memory-backend-memfd", "memory-backend=mem", "vhost=on"} {
+		if !strings.Contains(cmd, want) {
+			t.Errorf("KVM command line lacks %q:\n%s", want, cmd)
+		}
+	}
+	vm, l = launch(t, vmm.ArchAArch64, false, false)
+	cmd = strings.Join(Command(vm, l), " ")
+	for _, want := range []string{"qemu-system-aarch64", "virt,gic-version=max", "console=ttyAMA0"} {
+		if !strings.Contains(cmd, want) {
+			t.Errorf("aarch64 command line lacks %q:\n%s", want, cmd)
+		}
+	}
+}
+
+func TestShellQuote(t *testing.T) {
+	got := ShellQuote([]string{"qemu", "-append", "console=ttyS0 quiet", "it's", ""})
+	want := `qemu -append 'console=ttyS0 quiet' 'it'\''s' ''`
+	if got != want {
+		t.Errorf("ShellQuote = %s, want %s", got, want)
+	}
+}

@@ -1,0 +1,40 @@
+# Shared by the scripts in this folder: finding Go and installing the Debian
+# packages the project needs. Source it; it defines functions only.
+
+# need_root stops unless running as root.
+need_root() {
+	if [ "$(id -u)" != 0 ]; then
+		echo "$0: run this as root (it installs packages and creates network namespaces)" >&2
+		exit 1
+	fi
+}
+
+# apt_install installs the Debian packages given that are not installed yet.
+apt_install() {
+	local missing=()
+	for p in "$@"; do
+		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	echo "==> installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# ensure_go puts a Go toolchain on PATH: the one in /usr/local/go if present,
+# else Debian's golang-go, which fetches the toolchain go.mod asks for from
+# the Go module proxy (GOTOOLCHAIN=auto, Go 1.21 or later).
+ensure_go() {
+	export PATH="/usr/local/go/bin:$HOME/go/bin:$PATH"
+	if ! command -v go >/dev/null 2>&1; then
+		apt_install golang-go ca-certificates
+	fi
+	export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
+	go version
+}
+
+# Packages the project needs on the host: nft for the firewall, iproute2 and
+# util-linux (unshare) for the network namespaces the tests create, git for
+# GitOps, ca-certificates for the module proxy.
+PROJECT_PACKAGES=(nftables iproute2 util-linux git ca-certificates)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test suite: installs what the tests need, then runs vet, every test
+# (host-network tests run in network namespaces they create and remove) and
+# each fuzz target for a bounded time. Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+need_root
+apt_install "${PROJECT_PACKAGES[@]}"
+ensure_go
+go mod download
+
+echo "==> go vet"
+go vet ./...
+
+echo "==> go test"
+go test -count=1 -timeout 20m ./...
+
+# Fuzz targets, each for a bounded time (FUZZTIME, default 20s).
+fuzztime="${FUZZTIME:-20s}"
+for target in "FuzzParse ./internal/config"; do
+	set -- $target
+	echo "==> fuzz $1 for $fuzztime"
+	go test -run '^$' -fuzz "^$1\$" -fuzztime "$fuzztime" "$2"
+done
