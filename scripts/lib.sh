@@ -34,7 +34,8 @@ ensure_go() {
 	go version
 }
 
-# Packages the project needs on the host: nft for the firewall, iproute2 and
-# util-linux (unshare) for the network namespaces the tests create, git for
-# GitOps, ca-certificates for the module proxy.
-PROJECT_PACKAGES=(nftables iproute2 util-linux git ca-certificates)
+# Packages the project needs on the host: nft for the firewall; iproute2 and
+# util-linux (unshare, nsenter) for the network namespaces the tests create;
+# iputils-ping for ICMP checks; git for GitOps; ca-certificates for the
+# module proxy.
+PROJECT_PACKAGES=(nftables iproute2 iputils-ping util-linux git ca-certificates)

@@ -29,6 +29,7 @@ const DefaultSocket = "/run/microvm/microvm.sock"
 type app struct {
 	stateDir string
 	socket   string
+	netns    string
 	output   string
 	stdout   io.Writer
 	stderr   io.Writer
@@ -105,7 +106,8 @@ read-only image store, an ephemeral /var and persistent data volumes.`,
 	pf.StringVar(&a.stateDir, "state-dir", state.DefaultDir, "directory of microvm's state (volumes, run records, generations)")
 	pf.StringVar(&a.socket, "socket", DefaultSocket, "the daemon's API socket")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(a.validateCommand(), a.planCommand(), a.renderCommand(), a.versionCommand())
+	pf.StringVar(&a.netns, "netns", "", "work in the network namespace at this path instead of the host's own (e.g. /run/netns/NAME)")
+	root.AddCommand(a.validateCommand(), a.planCommand(), a.renderCommand(), a.netCommand(), a.versionCommand())
 	return root
 }
 
@@ -124,21 +126,27 @@ func fileFlag(cmd *cobra.Command, dst *string) {
 	cmd.Flags().StringVarP(dst, "file", "f", "infra.yaml", "the config file")
 }
 
-// hostOptions gathers the host facts validation checks against.
-func hostOptions(offline bool) config.Options {
+// hostOptions gathers the facts of the host (or --netns) that validation
+// checks a file against.
+func (a *app) hostOptions(offline bool) (config.Options, error) {
 	if offline {
-		return config.Options{}
+		return config.Options{}, nil
 	}
-	opts := config.Options{HostCPUs: runtime.NumCPU()}
-	if addrs, err := hostnet.Addrs(); err == nil {
-		opts.HostAddrs = addrs
+	h, err := hostnet.Open(a.netns)
+	if err != nil {
+		return config.Options{}, err
 	}
-	return opts
+	defer h.Close()
+	return h.HostOptions(runtime.NumCPU())
 }
 
 // load reads and validates the file, printing its problems on failure.
 func (a *app) load(file string, offline bool) (*config.Config, error) {
-	cfg, err := config.Load(file, hostOptions(offline))
+	opts, err := a.hostOptions(offline)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := config.Load(file, opts)
 	var ps config.Problems
 	if errors.As(err, &ps) {
 		for _, p := range ps {

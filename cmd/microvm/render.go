@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/firewall"
 	"microvm.dev/microvm/internal/hostnet"
+	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmm/qemu"
 )
@@ -51,14 +51,18 @@ func (a *app) renderCommand() *cobra.Command {
 }
 
 func (a *app) renderNftables(cfg *config.Config) error {
-	uplink, err := hostnet.ResolveUplink(cfg.Host)
+	m, err := network.New(a.netns, hostnet.Options{})
 	if err != nil {
-		if !errors.Is(err, hostnet.ErrNoDefaultRoute) {
-			return err
-		}
-		fmt.Fprintf(a.stderr, "warning: %v; rendering without NAT\n", err)
+		return err
 	}
-	rs := firewall.Render(cfg, firewall.Options{Uplink: uplink})
+	defer m.Close()
+	rs, uplink, warnings, err := m.Ruleset(cfg)
+	if err != nil {
+		return err
+	}
+	for _, w := range warnings {
+		fmt.Fprintln(a.stderr, "warning:", w)
+	}
 	if a.output == "json" {
 		return a.printJSON(map[string]any{"table": firewall.Family + " " + firewall.Name, "hash": rs.Hash, "uplink": uplink, "rules": firewall.RuleCount(rs.Body), "script": rs.Script()})
 	}

@@ -33,7 +33,11 @@ its own addresses); --offline checks the file alone.`,
 		Example: "  microvm validate -f examples/reference/infra.yaml\n  microvm validate -f infra.yaml --offline -o json",
 		Args:    exactArgs(0),
 		RunE: func(*cobra.Command, []string) error {
-			cfg, err := config.Load(file, hostOptions(offline))
+			opts, err := a.hostOptions(offline)
+			if err != nil {
+				return err
+			}
+			cfg, err := config.Load(file, opts)
 			res := validateResult{File: file, Problems: []config.Problem{}}
 			var ps config.Problems
 			switch {

@@ -19,6 +19,8 @@ import (
 const (
 	Family = "inet"
 	Name   = "microvm"
+	// MarkerPrefix starts the name of the empty chain that carries the hash.
+	MarkerPrefix = "ruleset_"
 )
 
 // Options are the host facts the ruleset depends on.
@@ -74,6 +76,10 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 
 	w("table %s %s {", Family, Name)
 	w("\tcomment %q", "managed by microvm: replaced whole on every apply; ruleset @HASH@")
+	// An empty chain named after the hash lets an apply read back, over
+	// netlink, which ruleset is loaded.
+	w("\tchain %s@HASH@ {", MarkerPrefix)
+	w("\t}")
 	set(w, "vm_bridges", "ifname", "", bridges)
 	set(w, "vm_subnets", "ipv4_addr", "interval", subnets)
 	set(w, "vm_addrs", "ipv4_addr", "", addrs)
@@ -158,7 +164,7 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	body := b.String()
 	sum := sha256.Sum256([]byte(body))
 	hash := hex.EncodeToString(sum[:])[:16]
-	return Ruleset{Body: strings.Replace(body, "@HASH@", hash, 1), Hash: hash}
+	return Ruleset{Body: strings.ReplaceAll(body, "@HASH@", hash), Hash: hash}
 }
 
 func set(w func(string, ...any), name, typ, flags string, elems []string) {
@@ -200,7 +206,17 @@ func joinInts(xs []int) string {
 
 // RuleCount counts the rules of a rendered body (set elements are not rules).
 func RuleCount(body string) int {
-	n, inElems := 0, false
+	n := 0
+	for _, c := range ChainRules(body) {
+		n += c
+	}
+	return n
+}
+
+// ChainRules counts the rules of each chain of a rendered body.
+func ChainRules(body string) map[string]int {
+	counts := map[string]int{}
+	chain, inElems := "", false
 	for _, line := range strings.Split(body, "\n") {
 		t := strings.TrimSpace(line)
 		switch {
@@ -210,12 +226,18 @@ func RuleCount(body string) int {
 			if t == "}" {
 				inElems = false
 			}
-		case t == "" || t == "}" || strings.HasPrefix(t, "table ") || strings.HasPrefix(t, "chain ") ||
-			strings.HasPrefix(t, "set ") || strings.HasPrefix(t, "type ") || strings.HasPrefix(t, "flags ") ||
-			strings.HasPrefix(t, "comment "):
+		case strings.HasPrefix(t, "chain "):
+			chain = strings.TrimSuffix(strings.TrimSpace(strings.TrimPrefix(t, "chain ")), " {")
+			counts[chain] = 0
+		case strings.HasPrefix(t, "set "):
+			chain = ""
+		case t == "" || t == "}" || strings.HasPrefix(t, "table ") || strings.HasPrefix(t, "type ") ||
+			strings.HasPrefix(t, "flags ") || strings.HasPrefix(t, "comment "):
 		default:
-			n++
+			if chain != "" {
+				counts[chain]++
+			}
 		}
 	}
-	return n
+	return counts
 }

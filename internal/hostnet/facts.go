@@ -3,7 +3,6 @@ package hostnet
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -16,8 +15,8 @@ import (
 var ErrNoDefaultRoute = errors.New("no IPv4 default route, so the uplink cannot be found automatically; set host.externalInterface")
 
 // DefaultRouteInterface names the interface of the IPv4 default route.
-func DefaultRouteInterface() (string, error) {
-	routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+func (h *Host) DefaultRouteInterface() (string, error) {
+	routes, err := h.nl.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return "", fmt.Errorf("list routes: %w", err)
 	}
@@ -39,7 +38,7 @@ func DefaultRouteInterface() (string, error) {
 	if best < 0 {
 		return "", ErrNoDefaultRoute
 	}
-	link, err := netlink.LinkByIndex(bestRoute.LinkIndex)
+	link, err := h.nl.LinkByIndex(bestRoute.LinkIndex)
 	if err != nil {
 		return "", fmt.Errorf("default route interface %d: %w", bestRoute.LinkIndex, err)
 	}
@@ -48,38 +47,40 @@ func DefaultRouteInterface() (string, error) {
 
 // ResolveUplink returns the uplink the config names, finding it from the
 // default route for "auto" and checking that it exists otherwise.
-func ResolveUplink(h config.Host) (string, error) {
-	if h.ExternalInterface == "" || h.ExternalInterface == config.DefaultExternalInterface {
-		return DefaultRouteInterface()
+func (h *Host) ResolveUplink(hc config.Host) (string, error) {
+	if hc.ExternalInterface == "" || hc.ExternalInterface == config.DefaultExternalInterface {
+		return h.DefaultRouteInterface()
 	}
-	if _, err := netlink.LinkByName(h.ExternalInterface); err != nil {
-		return "", fmt.Errorf("host.externalInterface %q: no such interface on this host", h.ExternalInterface)
+	if _, err := h.nl.LinkByName(hc.ExternalInterface); err != nil {
+		return "", fmt.Errorf("host.externalInterface %q: no such interface on this host", hc.ExternalInterface)
 	}
-	return h.ExternalInterface, nil
+	return hc.ExternalInterface, nil
 }
 
-// Addrs lists the host's IPv4 addresses with their interfaces.
-func Addrs() ([]config.HostAddr, error) {
-	addrs, err := netlink.AddrList(nil, unix.AF_INET)
+// Addrs lists the namespace's IPv4 addresses with their interfaces.
+func (h *Host) Addrs() ([]config.HostAddr, error) {
+	o, err := h.observe()
 	if err != nil {
-		return nil, fmt.Errorf("list addresses: %w", err)
+		return nil, err
 	}
-	names := map[int]string{}
 	var out []config.HostAddr
-	for _, a := range addrs {
-		name, ok := names[a.LinkIndex]
-		if !ok {
-			if l, err := netlink.LinkByIndex(a.LinkIndex); err == nil {
-				name = l.Attrs().Name
+	for idx, addrs := range o.addrs {
+		for _, a := range addrs {
+			if p, ok := prefixOf(a); ok {
+				out = append(out, config.HostAddr{Interface: linkName(o, idx), Prefix: p})
 			}
-			names[a.LinkIndex] = name
 		}
-		ip, ok := netip.AddrFromSlice(a.IP.To4())
-		if !ok {
-			continue
-		}
-		ones, _ := a.Mask.Size()
-		out = append(out, config.HostAddr{Interface: name, Prefix: netip.PrefixFrom(ip, ones)})
 	}
 	return out, nil
 }
+
+// HostOptions are the facts of this namespace that validation checks a file
+// against: its addresses, and the given CPU count.
+func (h *Host) HostOptions(cpus int) (config.Options, error) {
+	addrs, err := h.Addrs()
+	if err != nil {
+		return config.Options{}, err
+	}
+	return config.Options{HostCPUs: cpus, HostAddrs: addrs}, nil
+}
+

@@ -42,7 +42,7 @@ func GoldenPath(t *testing.T, path string, got []byte) {
 
 // RequireRoot skips the test when not running as root. CI runs as root, so
 // these tests run there.
-func RequireRoot(t *testing.T) {
+func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces); CI runs it as root")
@@ -51,7 +51,7 @@ func RequireRoot(t *testing.T) {
 
 // RequireCommand fails the test when a command the project installs is
 // missing: a missing tool is a broken setup, not a reason to skip.
-func RequireCommand(t *testing.T, name string) string {
+func RequireCommand(t testing.TB, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {

@@ -1,0 +1,98 @@
+package hostnet
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Host is a handle on one network namespace: the process's own, or one named
+// by path (tests and the fleet command run microvm's network in a namespace
+// that stands in for the host).
+type Host struct {
+	nl     *netlink.Handle
+	nsPath string
+}
+
+// Open returns a handle on the namespace at nsPath ("" for the process's own).
+func Open(nsPath string) (*Host, error) {
+	if nsPath == "" {
+		nl, err := netlink.NewHandle()
+		if err != nil {
+			return nil, fmt.Errorf("netlink: %w", err)
+		}
+		return &Host{nl: nl}, nil
+	}
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return nil, fmt.Errorf("open network namespace %s: %w", nsPath, err)
+	}
+	defer ns.Close()
+	nl, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in %s: %w", nsPath, err)
+	}
+	return &Host{nl: nl, nsPath: nsPath}, nil
+}
+
+// Close releases the handle.
+func (h *Host) Close() { h.nl.Close() }
+
+// NetNS is the namespace path the handle works in ("" for the process's own).
+func (h *Host) NetNS() string { return h.nsPath }
+
+// Do runs fn on an OS thread that has entered the handle's namespace, for
+// work that netlink cannot do by handle (sysctls under /proc/sys/net).
+func (h *Host) Do(fn func() error) error {
+	if h.nsPath == "" {
+		return fn()
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return fmt.Errorf("current network namespace: %w", err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromPath(h.nsPath)
+	if err != nil {
+		return fmt.Errorf("open network namespace %s: %w", h.nsPath, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return fmt.Errorf("enter network namespace %s: %w", h.nsPath, err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		// The thread is stuck in the other namespace; it must not be reused.
+		panic(fmt.Sprintf("hostnet: cannot return to the original network namespace: %v", err))
+	}
+	return ferr
+}
+
+// Sysctl sets a sysctl (dotted name, e.g. "net.ipv4.ip_forward") in the
+// namespace if it differs, reporting whether it changed anything.
+func (h *Host) Sysctl(name, value string) (bool, error) {
+	changed := false
+	err := h.Do(func() error {
+		p := filepath.Join("/proc/sys", strings.ReplaceAll(name, ".", "/"))
+		cur, err := os.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("sysctl %s: %w", name, err)
+		}
+		if strings.TrimSpace(string(cur)) == value {
+			return nil
+		}
+		if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s=%s: %w", name, value, err)
+		}
+		changed = true
+		return nil
+	})
+	return changed, err
+}

@@ -1,0 +1,380 @@
+package hostnet
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"microvm.dev/microvm/internal/config"
+)
+
+// AliasPrefix marks an interface as microvm's: its alias is "microvm:<vm>".
+// An interface without it is foreign and is never changed or deleted.
+const AliasPrefix = "microvm:"
+
+// VMLink is the host side of one VM's network.
+type VMLink struct {
+	// VM is the VM's name.
+	VM string
+	// Bridge is br-<vm>.
+	Bridge string
+	// TAP is vm-<vm>.
+	TAP string
+	// Gateway is the bridge's address with the subnet's prefix length.
+	Gateway netip.Prefix
+}
+
+// LinksFor derives the host links of every VM in cfg.
+func LinksFor(cfg *config.Config) []VMLink {
+	out := make([]VMLink, 0, len(cfg.VMs))
+	for _, vm := range cfg.VMs {
+		out = append(out, VMLink{
+			VM:      vm.Name,
+			Bridge:  vm.Net.Bridge,
+			TAP:     vm.Net.TAP,
+			Gateway: netip.PrefixFrom(vm.Net.Gateway, vm.Net.Subnet.Bits()),
+		})
+	}
+	return out
+}
+
+// Options tune the reconcile.
+type Options struct {
+	// TAPOwner and TAPGroup own the TAPs, so a hypervisor running as that
+	// user can open them without privileges (0 = root).
+	TAPOwner, TAPGroup uint32
+}
+
+// Change is one operation the reconcile performed.
+type Change struct {
+	Op     string `json:"op"`
+	Target string `json:"target"`
+}
+
+func (c Change) String() string { return c.Op + " " + c.Target }
+
+// ConflictError says the host holds something microvm must not take over.
+type ConflictError struct{ Problems []string }
+
+func (e *ConflictError) Error() string {
+	return "the host's network conflicts with the config (nothing was changed):\n  " + strings.Join(e.Problems, "\n  ")
+}
+
+// observed is one snapshot of the namespace's links and addresses.
+type observed struct {
+	byName map[string]netlink.Link
+	addrs  map[int][]netlink.Addr // by link index
+	ours   map[string]netlink.Link
+}
+
+func (h *Host) observe() (*observed, error) {
+	links, err := h.nl.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list interfaces: %w", err)
+	}
+	addrs, err := h.nl.AddrList(nil, unix.AF_INET)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	o := &observed{byName: map[string]netlink.Link{}, addrs: map[int][]netlink.Addr{}, ours: map[string]netlink.Link{}}
+	for _, l := range links {
+		a := l.Attrs()
+		o.byName[a.Name] = l
+		if strings.HasPrefix(a.Alias, AliasPrefix) {
+			o.ours[a.Name] = l
+		}
+	}
+	for _, a := range addrs {
+		o.addrs[a.LinkIndex] = append(o.addrs[a.LinkIndex], a)
+	}
+	return o, nil
+}
+
+// conflicts lists what would make applying want unsafe: a foreign interface
+// holding one of our names, or a foreign interface holding an address in a
+// VM subnet. It is checked in full before anything is changed.
+func (o *observed) conflicts(want []VMLink) []string {
+	var problems []string
+	ourIdx := map[int]bool{}
+	for _, l := range o.ours {
+		ourIdx[l.Attrs().Index] = true
+	}
+	for _, w := range want {
+		for _, name := range []string{w.Bridge, w.TAP} {
+			if l, exists := o.byName[name]; exists && o.ours[name] == nil {
+				problems = append(problems, fmt.Sprintf("interface %s (%s) exists and is not managed by microvm (its alias is %q, not %s%s); remove or rename it", name, l.Type(), l.Attrs().Alias, AliasPrefix, w.VM))
+			}
+		}
+		subnet := w.Gateway.Masked()
+		for idx, addrs := range o.addrs {
+			if ourIdx[idx] {
+				continue
+			}
+			for _, a := range addrs {
+				p, ok := prefixOf(a)
+				if ok && p.Overlaps(subnet) {
+					problems = append(problems, fmt.Sprintf("address %s on interface %s overlaps %s's subnet %s", p, linkName(o, idx), w.VM, subnet))
+				}
+			}
+		}
+	}
+	sort.Strings(problems)
+	return problems
+}
+
+func linkName(o *observed, idx int) string {
+	for name, l := range o.byName {
+		if l.Attrs().Index == idx {
+			return name
+		}
+	}
+	return fmt.Sprintf("#%d", idx)
+}
+
+func prefixOf(a netlink.Addr) (netip.Prefix, bool) {
+	ip, ok := netip.AddrFromSlice(a.IP.To4())
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := a.Mask.Size()
+	return netip.PrefixFrom(ip, ones), true
+}
+
+// Check returns a *ConflictError if a foreign interface or address stands in
+// the way of want, without changing anything.
+func (h *Host) Check(want []VMLink) error {
+	o, err := h.observe()
+	if err != nil {
+		return err
+	}
+	if problems := o.conflicts(want); len(problems) > 0 {
+		return &ConflictError{Problems: problems}
+	}
+	return nil
+}
+
+// Reconcile makes the namespace's VM links equal to want: bridges with their
+// gateway addresses, TAPs enslaved to them, all up; microvm's links of VMs no
+// longer wanted are deleted. It measures first and acts only on differences,
+// so a second run changes nothing and a run after a crash finishes the job.
+// If a foreign interface stands in the way, it changes nothing and returns a
+// *ConflictError.
+func (h *Host) Reconcile(want []VMLink, opts Options) ([]Change, error) {
+	o, err := h.observe()
+	if err != nil {
+		return nil, err
+	}
+	if problems := o.conflicts(want); len(problems) > 0 {
+		return nil, &ConflictError{Problems: problems}
+	}
+	var changes []Change
+	record := func(op, target string) { changes = append(changes, Change{op, target}) }
+
+	// Remove what is ours and no longer wanted: TAPs first, then bridges.
+	keep := map[string]bool{}
+	for _, w := range want {
+		keep[w.Bridge], keep[w.TAP] = true, true
+	}
+	for _, pass := range []string{"tuntap", "bridge"} {
+		for _, name := range sortedNames(o.ours) {
+			l := o.ours[name]
+			if keep[name] || (l.Type() == "tuntap") != (pass == "tuntap") {
+				continue
+			}
+			if err := h.nl.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+				return changes, fmt.Errorf("delete %s: %w", name, err)
+			}
+			record("delete-"+l.Type(), name)
+		}
+	}
+
+	for _, w := range want {
+		if err := h.ensureVM(o, w, opts, record); err != nil {
+			return changes, fmt.Errorf("%s: %w", w.VM, err)
+		}
+	}
+	if len(want) > 0 {
+		if changed, err := h.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
+			return changes, err
+		} else if changed {
+			record("set-sysctl", "net.ipv4.ip_forward=1")
+		}
+	}
+	return changes, nil
+}
+
+func (h *Host) ensureVM(o *observed, w VMLink, opts Options, record func(op, target string)) error {
+	alias := AliasPrefix + w.VM
+	br, err := h.ensureLink(o, w.Bridge, "bridge", alias, func() netlink.Link {
+		return &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: w.Bridge}}
+	}, record)
+	if err != nil {
+		return err
+	}
+	if err := h.ensureAddr(o, br, w.Gateway, record); err != nil {
+		return err
+	}
+	if err := h.ensureNoIPv6(w.Bridge, record); err != nil {
+		return err
+	}
+	tap, err := h.ensureLink(o, w.TAP, "tuntap", alias, func() netlink.Link {
+		return &netlink.Tuntap{
+			LinkAttrs: netlink.LinkAttrs{Name: w.TAP},
+			Mode:      netlink.TUNTAP_MODE_TAP,
+			Flags:     netlink.TUNTAP_DEFAULTS | netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR,
+			Owner:     opts.TAPOwner,
+			Group:     opts.TAPGroup,
+		}
+	}, record)
+	if err != nil {
+		return err
+	}
+	if tap.Attrs().MasterIndex != br.Attrs().Index {
+		if err := h.nl.LinkSetMasterByIndex(tap, br.Attrs().Index); err != nil {
+			return fmt.Errorf("attach %s to %s: %w", w.TAP, w.Bridge, err)
+		}
+		record("attach", w.TAP+" to "+w.Bridge)
+	}
+	if err := h.ensureNoIPv6(w.TAP, record); err != nil {
+		return err
+	}
+	for _, l := range []netlink.Link{br, tap} {
+		if l.Attrs().Flags&net.FlagUp == 0 {
+			if err := h.nl.LinkSetUp(l); err != nil {
+				return fmt.Errorf("set %s up: %w", l.Attrs().Name, err)
+			}
+			record("set-up", l.Attrs().Name)
+		}
+	}
+	return nil
+}
+
+// ensureLink returns the link called name, creating it (marked with alias)
+// when missing or when ours but of the wrong type.
+func (h *Host) ensureLink(o *observed, name, typ, alias string, mk func() netlink.Link, record func(op, target string)) (netlink.Link, error) {
+	if l, ok := o.ours[name]; ok {
+		if l.Type() == typ && l.Attrs().Alias == alias {
+			return l, nil
+		}
+		if err := h.nl.LinkDel(l); err != nil {
+			return nil, fmt.Errorf("delete %s (%s, alias %q) to recreate it: %w", name, l.Type(), l.Attrs().Alias, err)
+		}
+		record("delete-"+l.Type(), name)
+	}
+	// A TAP is created by an ioctl on /dev/net/tun, which acts in the calling
+	// thread's namespace, not the netlink handle's: run it inside the
+	// namespace (bridges are created the same way for symmetry).
+	if err := h.Do(func() error { return h.nl.LinkAdd(mk()) }); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("create %s: an interface of that name appeared meanwhile: %w", name, err)
+		}
+		return nil, fmt.Errorf("create %s %s: %w", typ, name, err)
+	}
+	l, err := h.nl.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("find %s after creating it: %w", name, err)
+	}
+	if err := h.nl.LinkSetAlias(l, alias); err != nil {
+		h.nl.LinkDel(l)
+		return nil, fmt.Errorf("mark %s as microvm's: %w", name, err)
+	}
+	record("create-"+typ, name)
+	return l, nil
+}
+
+// ensureAddr makes the gateway the bridge's only IPv4 address.
+func (h *Host) ensureAddr(o *observed, br netlink.Link, gw netip.Prefix, record func(op, target string)) error {
+	have := false
+	for _, a := range o.addrs[br.Attrs().Index] {
+		p, ok := prefixOf(a)
+		if ok && p == gw {
+			have = true
+			continue
+		}
+		if err := h.nl.AddrDel(br, &a); err != nil {
+			return fmt.Errorf("remove stale address %s from %s: %w", a.IPNet, br.Attrs().Name, err)
+		}
+		record("delete-addr", fmt.Sprintf("%s on %s", a.IPNet, br.Attrs().Name))
+	}
+	if have {
+		return nil
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: gw.Addr().AsSlice(), Mask: net.CIDRMask(gw.Bits(), 32)}}
+	if err := h.nl.AddrAdd(br, addr); err != nil {
+		return fmt.Errorf("add %s to %s: %w", gw, br.Attrs().Name, err)
+	}
+	record("add-addr", fmt.Sprintf("%s on %s", gw, br.Attrs().Name))
+	return nil
+}
+
+// ensureNoIPv6 turns IPv6 off on a VM link: VM networks are IPv4, and a host
+// link-local address on them would only widen what a VM can reach.
+func (h *Host) ensureNoIPv6(name string, record func(op, target string)) error {
+	changed, err := h.Sysctl("net.ipv6.conf."+name+".disable_ipv6", "1")
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // the kernel has no IPv6
+	}
+	if err != nil {
+		return err
+	}
+	if changed {
+		record("set-sysctl", "net.ipv6.conf."+name+".disable_ipv6=1")
+	}
+	return nil
+}
+
+// Teardown deletes every interface microvm owns in the namespace and returns
+// what it deleted. Foreign interfaces are never touched.
+func (h *Host) Teardown() ([]Change, error) {
+	return h.Reconcile(nil, Options{})
+}
+
+// LinkState is the observed state of one of microvm's interfaces.
+type LinkState struct {
+	Name   string   `json:"name"`
+	VM     string   `json:"vm"`
+	Type   string   `json:"type"`
+	Up     bool     `json:"up"`
+	Master string   `json:"master,omitempty"`
+	Addrs  []string `json:"addrs,omitempty"`
+}
+
+// Show lists microvm's interfaces in the namespace, sorted by name.
+func (h *Host) Show() ([]LinkState, error) {
+	o, err := h.observe()
+	if err != nil {
+		return nil, err
+	}
+	var out []LinkState
+	for _, name := range sortedNames(o.ours) {
+		l := o.ours[name]
+		a := l.Attrs()
+		st := LinkState{Name: name, VM: strings.TrimPrefix(a.Alias, AliasPrefix), Type: l.Type(), Up: a.Flags&net.FlagUp != 0}
+		if a.MasterIndex != 0 {
+			st.Master = linkName(o, a.MasterIndex)
+		}
+		for _, ad := range o.addrs[a.Index] {
+			if p, ok := prefixOf(ad); ok {
+				st.Addrs = append(st.Addrs, p.String())
+			}
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+func sortedNames(m map[string]netlink.Link) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}

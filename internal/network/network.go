@@ -1,0 +1,146 @@
+// Package network makes a host's (or a network namespace's) networking match
+// a config: the nftables table first, so isolation holds before any VM link
+// comes up, then the bridges and TAPs. Each part measures before it acts, so
+// applying twice changes nothing the second time.
+package network
+
+import (
+	"errors"
+	"fmt"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/firewall"
+	"microvm.dev/microvm/internal/hostnet"
+)
+
+// Result says what an apply or teardown did.
+type Result struct {
+	// Uplink is the resolved NAT uplink ("" when none could be found).
+	Uplink string `json:"uplink,omitempty"`
+	// Firewall says whether the nftables table was (re)loaded or removed.
+	Firewall bool `json:"firewall"`
+	// Hash is the ruleset hash now loaded.
+	Hash string `json:"hash,omitempty"`
+	// Links lists the interface operations performed.
+	Links []hostnet.Change `json:"links"`
+	// Warnings are things the operator should know but that did not stop the apply.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// Changed reports whether anything on the host was changed.
+func (r *Result) Changed() bool { return r.Firewall || len(r.Links) > 0 }
+
+// Manager applies configs to one namespace.
+type Manager struct {
+	host *hostnet.Host
+	fw   *firewall.Applier
+	opts hostnet.Options
+}
+
+// New returns a Manager for the namespace at nsPath ("" for the process's own).
+func New(nsPath string, opts hostnet.Options) (*Manager, error) {
+	h, err := hostnet.Open(nsPath)
+	if err != nil {
+		return nil, err
+	}
+	return &Manager{host: h, fw: &firewall.Applier{NetNS: nsPath}, opts: opts}, nil
+}
+
+// Close releases the Manager.
+func (m *Manager) Close() { m.host.Close() }
+
+// Host is the namespace handle.
+func (m *Manager) Host() *hostnet.Host { return m.host }
+
+// Ruleset renders cfg's ruleset for this namespace (resolving the uplink).
+func (m *Manager) Ruleset(cfg *config.Config) (firewall.Ruleset, string, []string, error) {
+	var warnings []string
+	uplink, err := m.host.ResolveUplink(cfg.Host)
+	switch {
+	case errors.Is(err, hostnet.ErrNoDefaultRoute):
+		warnings = append(warnings, err.Error()+"; VMs get no NAT")
+	case err != nil:
+		return firewall.Ruleset{}, "", nil, err
+	}
+	return firewall.Render(cfg, firewall.Options{Uplink: uplink}), uplink, warnings, nil
+}
+
+// Apply makes the namespace's network match cfg.
+func (m *Manager) Apply(cfg *config.Config) (*Result, error) {
+	rs, uplink, warnings, err := m.Ruleset(cfg)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Uplink: uplink, Hash: rs.Hash, Warnings: warnings, Links: []hostnet.Change{}}
+	want := hostnet.LinksFor(cfg)
+	// Refuse before touching anything if a foreign interface or address is in the way.
+	if err := m.host.Check(want); err != nil {
+		return res, err
+	}
+	if res.Firewall, err = m.fw.Apply(rs); err != nil {
+		return res, fmt.Errorf("firewall: %w", err)
+	}
+	links, err := m.host.Reconcile(want, m.opts)
+	res.Links = append(res.Links, links...)
+	if err != nil {
+		return res, fmt.Errorf("interfaces: %w", err)
+	}
+	return res, nil
+}
+
+// Teardown removes microvm's interfaces and table from the namespace.
+func (m *Manager) Teardown() (*Result, error) {
+	res := &Result{Links: []hostnet.Change{}}
+	links, err := m.host.Teardown()
+	res.Links = append(res.Links, links...)
+	if err != nil {
+		return res, fmt.Errorf("interfaces: %w", err)
+	}
+	if res.Firewall, err = m.fw.Remove(); err != nil {
+		return res, fmt.Errorf("firewall: %w", err)
+	}
+	return res, nil
+}
+
+// Status is the observed network of the namespace against a config.
+type Status struct {
+	Uplink     string              `json:"uplink,omitempty"`
+	Links      []hostnet.LinkState `json:"links"`
+	Loaded     *firewall.Loaded    `json:"firewall"`
+	WantHash   string              `json:"wantHash"`
+	InSync     bool                `json:"inSync"`
+	MissingVMs []string            `json:"missingVMs,omitempty"`
+	Warnings   []string            `json:"warnings,omitempty"`
+}
+
+// Show reports the namespace's microvm interfaces and table, and whether
+// they match cfg.
+func (m *Manager) Show(cfg *config.Config) (*Status, error) {
+	rs, uplink, warnings, err := m.Ruleset(cfg)
+	if err != nil {
+		return nil, err
+	}
+	links, err := m.host.Show()
+	if err != nil {
+		return nil, err
+	}
+	loaded, err := m.fw.Loaded()
+	if err != nil {
+		return nil, err
+	}
+	st := &Status{Uplink: uplink, Links: links, Loaded: loaded, WantHash: rs.Hash, Warnings: warnings}
+	if st.Links == nil {
+		st.Links = []hostnet.LinkState{}
+	}
+	up := map[string]bool{}
+	for _, l := range links {
+		up[l.Name] = l.Up
+	}
+	for _, vm := range cfg.VMs {
+		if !up[vm.Net.Bridge] || !up[vm.Net.TAP] {
+			st.MissingVMs = append(st.MissingVMs, vm.Name)
+		}
+	}
+	st.InSync = loaded.Matches(rs) && len(st.MissingVMs) == 0 && len(links) == 2*len(cfg.VMs)
+	return st, nil
+}

@@ -1,0 +1,338 @@
+package network
+
+import (
+	"errors"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/hostnet"
+	"microvm.dev/microvm/internal/testutil"
+)
+
+// The lab: a "host" namespace (where microvm applies the network), an
+// "internet" namespace behind the host's uplink, and one namespace per VM
+// standing in for the guest, attached to the VM's bridge by a veth in place
+// of the TAP. Addresses are TEST-NET-3 and the VM subnets; every packet stays
+// inside these namespaces.
+const labConfig = `
+host: { externalInterface: auto }
+vms:
+  vm1: { index: 1, ports: [8080] }
+  vm2: { index: 2 }
+  db:  { subnet: 192.168.50.0/24 }
+network:
+  allow:
+    - { from: vm1, to: db, ports: ["5432/tcp"] }
+  forwards:
+    - { hostPort: 8080, to: "vm1:8080" }
+`
+
+const (
+	uplinkAddr   = "203.0.113.1"
+	internetAddr = "203.0.113.2"
+	dialTimeout  = 1500 * time.Millisecond
+)
+
+type lab struct {
+	host, inet *testutil.Netns
+	vms        map[string]*testutil.Netns
+	cfg        *config.Config
+	m          *Manager
+}
+
+func newLab(t *testing.T, src string) *lab {
+	t.Helper()
+	testutil.RequireRoot(t)
+	testutil.RequireCommand(t, "nft")
+	l := &lab{host: testutil.NewNetns(t, "host"), inet: testutil.NewNetns(t, "inet"), vms: map[string]*testutil.Netns{}}
+	testutil.Veth(t, l.host, "uplink0", l.inet, "wan0")
+	l.host.IP(t, "addr", "add", uplinkAddr+"/24", "dev", "uplink0")
+	l.host.IP(t, "link", "set", "uplink0", "up")
+	l.host.IP(t, "route", "add", "default", "via", internetAddr)
+	l.inet.IP(t, "addr", "add", internetAddr+"/24", "dev", "wan0")
+	l.inet.IP(t, "link", "set", "wan0", "up")
+	// The tailnet/LAN side knows the VM networks are behind the host.
+	l.inet.IP(t, "route", "add", "10.0.0.0/8", "via", uplinkAddr)
+	l.inet.IP(t, "route", "add", "192.168.0.0/16", "via", uplinkAddr)
+
+	var err error
+	if l.cfg, err = config.Parse("lab.yaml", []byte(src), config.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if l.m, err = New(l.host.Path, hostnet.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.m.Close)
+	return l
+}
+
+// attachGuests gives each VM a guest namespace on its bridge.
+func (l *lab) attachGuests(t *testing.T) {
+	t.Helper()
+	for _, vm := range l.cfg.VMs {
+		g := testutil.NewNetns(t, vm.Name)
+		port := "p-" + vm.Name
+		testutil.Veth(t, l.host, port, g, "eth0")
+		l.host.IP(t, "link", "set", port, "master", vm.Net.Bridge)
+		l.host.IP(t, "link", "set", port, "up")
+		g.IP(t, "link", "set", "eth0", "address", vm.Net.MAC)
+		g.IP(t, "addr", "add", vm.Net.Address.String()+"/"+itoa(vm.Net.Subnet.Bits()), "dev", "eth0")
+		g.IP(t, "link", "set", "eth0", "up")
+		g.IP(t, "route", "add", "default", "via", vm.Net.Gateway.String())
+		l.vms[vm.Name] = g
+	}
+}
+
+func itoa(n int) string {
+	if n < 10 {
+		return string(rune('0' + n))
+	}
+	return itoa(n/10) + string(rune('0'+n%10))
+}
+
+func TestIsolationNATAndForwards(t *testing.T) {
+	l := newLab(t, labConfig)
+	res, err := l.m.Apply(l.cfg)
+	if err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	if res.Uplink != "uplink0" || !res.Firewall {
+		t.Fatalf("apply result: %+v", res)
+	}
+	l.attachGuests(t)
+	vm1, vm2, db := l.vms["vm1"], l.vms["vm2"], l.vms["db"]
+	l.inet.Serve(t, internetAddr+":9000")
+	vm1.Serve(t, "0.0.0.0:8080")
+	vm1.Serve(t, "0.0.0.0:9000")
+	vm2.Serve(t, "0.0.0.0:9000")
+	db.Serve(t, "0.0.0.0:5432")
+	db.Serve(t, "0.0.0.0:5433")
+	l.host.Serve(t, "0.0.0.0:2222") // a host service VMs must not reach
+
+	ok := func(what string, got string, err error, wantPeer string) {
+		t.Helper()
+		if err != nil {
+			t.Errorf("%s: want a connection, got %v", what, err)
+		} else if wantPeer != "" && got != wantPeer {
+			t.Errorf("%s: the server saw %s, want %s", what, got, wantPeer)
+		}
+	}
+	blocked := func(what string, _ string, err error) {
+		t.Helper()
+		if err == nil {
+			t.Errorf("%s: connected, want it dropped", what)
+		}
+	}
+
+	if !vm1.Ping(t, "10.1.0.1") {
+		t.Error("vm1 cannot ping its gateway")
+	}
+	if vm1.Ping(t, "10.2.0.1") {
+		t.Error("vm1 can ping vm2's gateway")
+	}
+	got, err := vm1.Dial(t, "", internetAddr+":9000", dialTimeout)
+	ok("vm1 → internet (masqueraded)", got, err, uplinkAddr)
+	got, err = db.Dial(t, "", internetAddr+":9000", dialTimeout)
+	ok("db → internet (masqueraded)", got, err, uplinkAddr)
+
+	got, err = vm1.Dial(t, "", "10.2.0.2:9000", dialTimeout)
+	blocked("vm1 → vm2", got, err)
+	got, err = vm2.Dial(t, "", "10.1.0.2:9000", dialTimeout)
+	blocked("vm2 → vm1", got, err)
+
+	got, err = vm1.Dial(t, "", "192.168.50.2:5432", dialTimeout)
+	ok("vm1 → db:5432 (allowed)", got, err, "10.1.0.2")
+	got, err = vm1.Dial(t, "", "192.168.50.2:5433", dialTimeout)
+	blocked("vm1 → db:5433 (neighbouring port)", got, err)
+	got, err = db.Dial(t, "", "10.1.0.2:9000", dialTimeout)
+	blocked("db → vm1 (allow is one-way)", got, err)
+
+	got, err = l.inet.Dial(t, "", uplinkAddr+":8080", dialTimeout)
+	ok("internet → host:8080 forwarded to vm1:8080", got, err, internetAddr)
+	got, err = l.host.Dial(t, "", uplinkAddr+":8080", dialTimeout)
+	ok("host → its own uplink address:8080 forwarded to vm1", got, err, "")
+	got, err = vm2.Dial(t, "", uplinkAddr+":8080", dialTimeout)
+	blocked("vm2 → host:8080 (a forward is no path between VMs)", got, err)
+
+	got, err = l.inet.Dial(t, "", "10.1.0.2:8080", dialTimeout)
+	ok("tailnet/LAN → vm1's declared port 8080", got, err, internetAddr)
+	got, err = l.inet.Dial(t, "", "10.1.0.2:9000", dialTimeout)
+	blocked("tailnet/LAN → vm1's undeclared port 9000", got, err)
+
+	got, err = vm1.Dial(t, "", "10.1.0.1:2222", dialTimeout)
+	blocked("vm1 → host service on its gateway", got, err)
+	got, err = vm1.Dial(t, "", uplinkAddr+":2222", dialTimeout)
+	blocked("vm1 → host service on the uplink address", got, err)
+	got, err = l.inet.Dial(t, "", uplinkAddr+":2222", dialTimeout)
+	ok("internet → host service (host input untouched without allowedTCPPorts)", got, err, internetAddr)
+	got, err = l.host.Dial(t, "", "10.1.0.2:9000", dialTimeout)
+	ok("host → vm1 (management access)", got, err, "10.1.0.1")
+
+	// Spoofing: a second address in vm1's subnet is not vm1's.
+	vm1.IP(t, "addr", "add", "10.1.0.99/24", "dev", "eth0")
+	got, err = vm1.Dial(t, "10.1.0.99", internetAddr+":9000", dialTimeout)
+	blocked("vm1 with spoofed source 10.1.0.99", got, err)
+	// And vm1's address from a foreign MAC is dropped too.
+	vm1.IP(t, "link", "set", "eth0", "address", "02:00:00:00:00:99")
+	vm1.Exec("ip", "neigh", "flush", "all")
+	got, err = vm1.Dial(t, "", internetAddr+":9000", dialTimeout)
+	blocked("vm1 with a spoofed MAC", got, err)
+}
+
+func TestApplyTwiceChangesNothing(t *testing.T) {
+	l := newLab(t, labConfig)
+	first, err := l.m.Apply(l.cfg)
+	if err != nil || !first.Changed() {
+		t.Fatalf("first apply: %+v, %v", first, err)
+	}
+	second, err := l.m.Apply(l.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.Changed() {
+		t.Fatalf("second apply changed things: firewall=%v links=%v", second.Firewall, second.Links)
+	}
+	st, err := l.m.Show(l.cfg)
+	if err != nil || !st.InSync {
+		t.Fatalf("show after apply: %+v, %v", st, err)
+	}
+}
+
+func TestRepairsDrift(t *testing.T) {
+	l := newLab(t, labConfig)
+	if _, err := l.m.Apply(l.cfg); err != nil {
+		t.Fatal(err)
+	}
+	// Drift: a TAP deleted, a bridge taken down, a rule added to our table,
+	// a stale address on a bridge.
+	l.host.IP(t, "link", "del", "vm-vm2")
+	l.host.IP(t, "link", "set", "br-vm1", "down")
+	l.host.IP(t, "addr", "add", "10.1.0.77/24", "dev", "br-vm1")
+	if out, err := l.host.Exec("nft", "add", "rule", "inet", "microvm", "forward", "accept"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	res, err := l.m.Apply(l.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Firewall {
+		t.Error("a rule added by hand to microvm's table was not repaired")
+	}
+	want := map[string]bool{"create-tuntap vm-vm2": true, "set-up br-vm1": true, "delete-addr 10.1.0.77/24 on br-vm1": true}
+	for _, c := range res.Links {
+		delete(want, c.String())
+	}
+	if len(want) > 0 {
+		t.Errorf("repairs missing %v; did %v", want, res.Links)
+	}
+	if again, _ := l.m.Apply(l.cfg); again.Changed() {
+		t.Errorf("not converged after repair: %+v", again)
+	}
+}
+
+func TestRemovedVMLosesItsNetwork(t *testing.T) {
+	l := newLab(t, labConfig)
+	if _, err := l.m.Apply(l.cfg); err != nil {
+		t.Fatal(err)
+	}
+	smaller, err := config.Parse("lab.yaml", []byte(strings.Replace(labConfig, "  vm2: { index: 2 }\n", "", 1)), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := l.m.Apply(smaller)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, c := range res.Links {
+		got[c.String()] = true
+	}
+	if !got["delete-tuntap vm-vm2"] || !got["delete-bridge br-vm2"] || len(res.Links) != 2 || !res.Firewall {
+		t.Errorf("removing vm2 did: %+v", res)
+	}
+	if _, err := l.host.Exec("ip", "link", "show", "br-vm2"); err == nil {
+		t.Error("br-vm2 still exists")
+	}
+}
+
+func TestForeignThingsSurvive(t *testing.T) {
+	l := newLab(t, labConfig)
+	l.host.IP(t, "link", "add", "br-foreign", "type", "bridge")
+	l.host.IP(t, "addr", "add", "172.31.9.1/24", "dev", "br-foreign")
+	cmd := exec.Command("ip", "netns", "exec", l.host.Name, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader("table inet foreign {\n chain input { type filter hook input priority 10; policy accept; tcp dport 9999 counter accept; }\n}\ntable ip natty {\n chain post { type nat hook postrouting priority 100; }\n}\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("load foreign tables: %v\n%s", err, out)
+	}
+	if _, err := l.m.Apply(l.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.m.Teardown(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := l.host.Exec("nft", "list", "ruleset")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "table inet foreign") || !strings.Contains(out, "tcp dport 9999") || !strings.Contains(out, "table ip natty") {
+		t.Errorf("foreign tables did not survive:\n%s", out)
+	}
+	if strings.Contains(out, "table inet microvm") {
+		t.Errorf("teardown left microvm's table:\n%s", out)
+	}
+	links, _ := l.host.Exec("ip", "-br", "addr")
+	if !strings.Contains(links, "br-foreign") || !strings.Contains(links, "172.31.9.1/24") {
+		t.Errorf("the foreign bridge did not survive:\n%s", links)
+	}
+	for _, name := range []string{"br-vm1", "vm-vm1", "br-db", "vm-db"} {
+		if strings.Contains(links, name) {
+			t.Errorf("teardown left %s:\n%s", name, links)
+		}
+	}
+	if st, _ := l.m.Host().Show(); len(st) != 0 {
+		t.Errorf("microvm interfaces remain: %+v", st)
+	}
+}
+
+func TestConflictsChangeNothing(t *testing.T) {
+	l := newLab(t, labConfig)
+	// A foreign interface holding a VM's bridge name, and a foreign address
+	// inside another VM's subnet.
+	l.host.IP(t, "link", "add", "br-vm2", "type", "bridge")
+	l.host.IP(t, "link", "add", "lan9", "type", "bridge")
+	l.host.IP(t, "addr", "add", "192.168.50.7/24", "dev", "lan9")
+	before, _ := l.host.Exec("ip", "-br", "addr")
+	_, err := l.m.Apply(l.cfg)
+	var ce *hostnet.ConflictError
+	if !errors.As(err, &ce) || len(ce.Problems) != 2 {
+		t.Fatalf("want two conflicts, got %v", err)
+	}
+	if !strings.Contains(err.Error(), "interface br-vm2 (bridge) exists and is not managed by microvm") ||
+		!strings.Contains(err.Error(), "address 192.168.50.7/24 on interface lan9 overlaps db's subnet") {
+		t.Errorf("conflict message: %v", err)
+	}
+	after, _ := l.host.Exec("ip", "-br", "addr")
+	if before != after {
+		t.Errorf("a refused apply changed interfaces:\n%s\n→\n%s", before, after)
+	}
+	if loaded, _ := (l.m.fw).Loaded(); loaded.Present {
+		t.Error("a refused apply loaded the firewall table")
+	}
+	if _, err := l.m.Teardown(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.host.Exec("ip", "link", "show", "br-vm2"); err != nil {
+		t.Error("teardown deleted the foreign br-vm2")
+	}
+}
+
+func TestMissingUplinkIsAnError(t *testing.T) {
+	l := newLab(t, strings.Replace(labConfig, "externalInterface: auto", "externalInterface: eth7", 1))
+	_, err := l.m.Apply(l.cfg)
+	if err == nil || !strings.Contains(err.Error(), `host.externalInterface "eth7": no such interface`) {
+		t.Fatalf("want a missing-uplink error, got %v", err)
+	}
+}
