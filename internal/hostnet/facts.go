@@ -83,4 +83,3 @@ func (h *Host) HostOptions(cpus int) (config.Options, error) {
 	}
 	return config.Options{HostCPUs: cpus, HostAddrs: addrs}, nil
 }
-
