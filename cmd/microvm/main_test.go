@@ -78,12 +78,12 @@ func TestUsageErrorsExit2(t *testing.T) {
 }
 
 func TestHelpOnEveryVerb(t *testing.T) {
-	for _, verb := range []string{"validate", "plan", "render", "version", "completion"} {
-		code, out, _ := runCLI(t, verb, "--help")
+	for _, verb := range []string{"validate", "plan", "render", "net", "net apply", "net show", "net teardown", "version", "completion"} {
+		code, out, _ := runCLI(t, append(strings.Fields(verb), "--help")...)
 		if code != 0 || !strings.Contains(out, "Usage:") {
 			t.Errorf("%s --help: exit %d\n%s", verb, code, out)
 		}
-		if verb != "completion" && !strings.Contains(out, "Examples:") {
+		if verb != "completion" && verb != "net" && !strings.Contains(out, "Examples:") {
 			t.Errorf("%s --help has no examples", verb)
 		}
 	}

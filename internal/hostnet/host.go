@@ -75,23 +75,31 @@ func (h *Host) Do(fn func() error) error {
 	return ferr
 }
 
-// Sysctl sets a sysctl (dotted name, e.g. "net.ipv4.ip_forward") in the
-// namespace if it differs, reporting whether it changed anything.
-func (h *Host) Sysctl(name, value string) (bool, error) {
-	changed := false
+// SysctlSetting is one sysctl and its wanted value.
+type SysctlSetting struct {
+	Name, Value string
+}
+
+// Sysctls sets every setting that differs, entering the namespace once, and
+// returns the ones it changed. A missing sysctl is an error wrapping
+// fs.ErrNotExist.
+func (h *Host) Sysctls(settings []SysctlSetting) ([]SysctlSetting, error) {
+	var changed []SysctlSetting
 	err := h.Do(func() error {
-		p := filepath.Join("/proc/sys", strings.ReplaceAll(name, ".", "/"))
-		cur, err := os.ReadFile(p)
-		if err != nil {
-			return fmt.Errorf("sysctl %s: %w", name, err)
+		for _, st := range settings {
+			p := filepath.Join("/proc/sys", strings.ReplaceAll(st.Name, ".", "/"))
+			cur, err := os.ReadFile(p)
+			if err != nil {
+				return fmt.Errorf("sysctl %s: %w", st.Name, err)
+			}
+			if strings.TrimSpace(string(cur)) == st.Value {
+				continue
+			}
+			if err := os.WriteFile(p, []byte(st.Value), 0o644); err != nil {
+				return fmt.Errorf("sysctl %s=%s: %w", st.Name, st.Value, err)
+			}
+			changed = append(changed, st)
 		}
-		if strings.TrimSpace(string(cur)) == value {
-			return nil
-		}
-		if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
-			return fmt.Errorf("sysctl %s=%s: %w", name, value, err)
-		}
-		changed = true
 		return nil
 	})
 	return changed, err

@@ -3,7 +3,7 @@ package hostnet
 import (
 	"errors"
 	"fmt"
-	"io/fs"
+	"os"
 	"net"
 	"net/netip"
 	"sort"
@@ -50,6 +50,10 @@ type Options struct {
 	// TAPOwner and TAPGroup own the TAPs, so a hypervisor running as that
 	// user can open them without privileges (0 = root).
 	TAPOwner, TAPGroup uint32
+	// BeforeChanges, if set, runs after the conflict check passed and before
+	// any interface is changed (the firewall goes there, so isolation holds
+	// before a VM link comes up). Its error stops the reconcile.
+	BeforeChanges func() error
 }
 
 // Change is one operation the reconcile performed.
@@ -147,19 +151,6 @@ func prefixOf(a netlink.Addr) (netip.Prefix, bool) {
 	return netip.PrefixFrom(ip, ones), true
 }
 
-// Check returns a *ConflictError if a foreign interface or address stands in
-// the way of want, without changing anything.
-func (h *Host) Check(want []VMLink) error {
-	o, err := h.observe()
-	if err != nil {
-		return err
-	}
-	if problems := o.conflicts(want); len(problems) > 0 {
-		return &ConflictError{Problems: problems}
-	}
-	return nil
-}
-
 // Reconcile makes the namespace's VM links equal to want: bridges with their
 // gateway addresses, TAPs enslaved to them, all up; microvm's links of VMs no
 // longer wanted are deleted. It measures first and acts only on differences,
@@ -173,6 +164,11 @@ func (h *Host) Reconcile(want []VMLink, opts Options) ([]Change, error) {
 	}
 	if problems := o.conflicts(want); len(problems) > 0 {
 		return nil, &ConflictError{Problems: problems}
+	}
+	if opts.BeforeChanges != nil {
+		if err := opts.BeforeChanges(); err != nil {
+			return nil, err
+		}
 	}
 	var changes []Change
 	record := func(op, target string) { changes = append(changes, Change{op, target}) }
@@ -200,14 +196,32 @@ func (h *Host) Reconcile(want []VMLink, opts Options) ([]Change, error) {
 			return changes, fmt.Errorf("%s: %w", w.VM, err)
 		}
 	}
-	if len(want) > 0 {
-		if changed, err := h.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
-			return changes, err
-		} else if changed {
-			record("set-sysctl", "net.ipv4.ip_forward=1")
-		}
+	if err := h.ensureSysctls(want, record); err != nil {
+		return changes, err
 	}
 	return changes, nil
+}
+
+// ensureSysctls turns IPv4 forwarding on and IPv6 off on every VM link (VM
+// networks are IPv4; a host link-local address there would only widen what a
+// VM can reach), entering the namespace once for all of them.
+func (h *Host) ensureSysctls(want []VMLink, record func(op, target string)) error {
+	if len(want) == 0 {
+		return nil
+	}
+	settings := []SysctlSetting{{"net.ipv4.ip_forward", "1"}}
+	if _, err := os.Stat("/proc/sys/net/ipv6"); err == nil {
+		for _, w := range want {
+			for _, name := range []string{w.Bridge, w.TAP} {
+				settings = append(settings, SysctlSetting{"net.ipv6.conf." + name + ".disable_ipv6", "1"})
+			}
+		}
+	}
+	changed, err := h.Sysctls(settings)
+	for _, st := range changed {
+		record("set-sysctl", st.Name+"="+st.Value)
+	}
+	return err
 }
 
 func (h *Host) ensureVM(o *observed, w VMLink, opts Options, record func(op, target string)) error {
@@ -219,9 +233,6 @@ func (h *Host) ensureVM(o *observed, w VMLink, opts Options, record func(op, tar
 		return err
 	}
 	if err := h.ensureAddr(o, br, w.Gateway, record); err != nil {
-		return err
-	}
-	if err := h.ensureNoIPv6(w.Bridge, record); err != nil {
 		return err
 	}
 	tap, err := h.ensureLink(o, w.TAP, "tuntap", alias, func() netlink.Link {
@@ -241,9 +252,6 @@ func (h *Host) ensureVM(o *observed, w VMLink, opts Options, record func(op, tar
 			return fmt.Errorf("attach %s to %s: %w", w.TAP, w.Bridge, err)
 		}
 		record("attach", w.TAP+" to "+w.Bridge)
-	}
-	if err := h.ensureNoIPv6(w.TAP, record); err != nil {
-		return err
 	}
 	for _, l := range []netlink.Link{br, tap} {
 		if l.Attrs().Flags&net.FlagUp == 0 {
@@ -311,22 +319,6 @@ func (h *Host) ensureAddr(o *observed, br netlink.Link, gw netip.Prefix, record 
 		return fmt.Errorf("add %s to %s: %w", gw, br.Attrs().Name, err)
 	}
 	record("add-addr", fmt.Sprintf("%s on %s", gw, br.Attrs().Name))
-	return nil
-}
-
-// ensureNoIPv6 turns IPv6 off on a VM link: VM networks are IPv4, and a host
-// link-local address on them would only widen what a VM can reach.
-func (h *Host) ensureNoIPv6(name string, record func(op, target string)) error {
-	changed, err := h.Sysctl("net.ipv6.conf."+name+".disable_ipv6", "1")
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil // the kernel has no IPv6
-	}
-	if err != nil {
-		return err
-	}
-	if changed {
-		record("set-sysctl", "net.ipv6.conf."+name+".disable_ipv6=1")
-	}
 	return nil
 }
 

@@ -72,18 +72,25 @@ func (m *Manager) Apply(cfg *config.Config) (*Result, error) {
 		return nil, err
 	}
 	res := &Result{Uplink: uplink, Hash: rs.Hash, Warnings: warnings, Links: []hostnet.Change{}}
-	want := hostnet.LinksFor(cfg)
-	// Refuse before touching anything if a foreign interface or address is in the way.
-	if err := m.host.Check(want); err != nil {
-		return res, err
+	// The firewall goes in after the conflict check and before any link
+	// changes, so a refused apply changes nothing and isolation holds before
+	// a VM link comes up.
+	opts := m.opts
+	opts.BeforeChanges = func() error {
+		var err error
+		if res.Firewall, err = m.fw.Apply(rs); err != nil {
+			return fmt.Errorf("firewall: %w", err)
+		}
+		return nil
 	}
-	if res.Firewall, err = m.fw.Apply(rs); err != nil {
-		return res, fmt.Errorf("firewall: %w", err)
-	}
-	links, err := m.host.Reconcile(want, m.opts)
+	links, err := m.host.Reconcile(hostnet.LinksFor(cfg), opts)
 	res.Links = append(res.Links, links...)
 	if err != nil {
-		return res, fmt.Errorf("interfaces: %w", err)
+		var ce *hostnet.ConflictError
+		if errors.As(err, &ce) {
+			return res, err
+		}
+		return res, fmt.Errorf("apply network: %w", err)
 	}
 	return res, nil
 }
