@@ -3,9 +3,9 @@ package hostnet
 import (
 	"errors"
 	"fmt"
-	"os"
 	"net"
 	"net/netip"
+	"os"
 	"sort"
 	"strings"
 
