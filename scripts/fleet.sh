@@ -15,9 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-need_root
-apt_install "${PROJECT_PACKAGES[@]}"
-ensure_go
+setup
 FILE="${FILE:-examples/reference/infra.yaml}"
 HOSTNS=microvm-host
 INETNS=microvm-inet

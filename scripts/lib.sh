@@ -39,3 +39,10 @@ ensure_go() {
 # iputils-ping for ICMP checks; git for GitOps; ca-certificates for the
 # module proxy.
 PROJECT_PACKAGES=(nftables iproute2 iputils-ping util-linux git ca-certificates)
+
+# setup is every script's start: root, the project's packages, Go.
+setup() {
+	need_root
+	apt_install "${PROJECT_PACKAGES[@]}"
+	ensure_go
+}

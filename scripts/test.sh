@@ -5,9 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-need_root
-apt_install "${PROJECT_PACKAGES[@]}"
-ensure_go
+setup
 go mod download
 
 echo "==> go vet"
