@@ -107,7 +107,7 @@ read-only image store, an ephemeral /var and persistent data volumes.`,
 	pf.StringVar(&a.socket, "socket", DefaultSocket, "the daemon's API socket")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	pf.StringVar(&a.netns, "netns", "", "work in the network namespace at this path instead of the host's own (e.g. /run/netns/NAME)")
-	root.AddCommand(a.validateCommand(), a.planCommand(), a.renderCommand(), a.netCommand(), a.versionCommand())
+	root.AddCommand(a.validateCommand(), a.planCommand(), a.renderCommand(), a.netCommand(), a.runCommand(), a.versionCommand())
 	return root
 }
 

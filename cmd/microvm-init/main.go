@@ -1,0 +1,169 @@
+// Command microvm-init is PID 1 inside every microvm guest. Built static
+// (CGO_ENABLED=0), it is the initramfs's /init: it mounts the early
+// filesystems, loads the kernel modules the host chose, configures the NIC
+// found by MAC, mounts the store share read-only and builds the root as an
+// overlay (image lower, tmpfs upper) with an ephemeral /var, mounts each data
+// volume found by its virtio serial, serves SSH (shell with a PTY, exec,
+// SFTP) with the configured keys, runs the workload, prints a ready line on
+// the console and, on Ctrl-Alt-Del or the power button, stops everything,
+// unmounts the volumes cleanly and powers off.
+//
+// Run as anything but PID 1 it only serves SFTP on its standard streams
+// ("microvm-init sftp-server"), which the SSH server uses inside the root.
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"microvm.dev/microvm/internal/guest"
+)
+
+func main() {
+	if os.Getpid() != 1 {
+		if len(os.Args) == 2 && os.Args[1] == "sftp-server" {
+			if err := serveSFTP(); err != nil {
+				fmt.Fprintln(os.Stderr, "sftp-server:", err)
+				os.Exit(1)
+			}
+			return
+		}
+		fmt.Fprintln(os.Stderr, "microvm-init runs as PID 1 inside a microvm guest")
+		os.Exit(2)
+	}
+	in := &initd{procs: newReaper()}
+	if err := in.boot(); err != nil {
+		name := "?"
+		if in.spec != nil {
+			name = in.spec.Name
+		}
+		logf("%s vm=%s error=%q", guest.FailedPrefix, name, err.Error())
+		in.powerOff()
+	}
+	in.waitForShutdown()
+}
+
+// initd is the state of PID 1.
+type initd struct {
+	spec     *guest.Spec
+	procs    *reaper
+	volumes  []string // mount points (in the init's view) to unmount at shutdown
+	workload int      // pid of the workload, 0 if none
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stdout, "microvm-init: "+format+"\n", args...)
+}
+
+func (in *initd) boot() error {
+	if err := mountEarly(); err != nil {
+		return err
+	}
+	// Ctrl-Alt-Del sends SIGINT to PID 1 instead of rebooting.
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF); err != nil {
+		logf("cannot take over Ctrl-Alt-Del: %v", err)
+	}
+	in.procs.start()
+	spec, err := guest.ReadSpec("/" + guest.SpecPath)
+	if err != nil {
+		return err
+	}
+	in.spec = spec
+	loadModules("/" + guest.ModulesOrderPath)
+	if err := unix.Sethostname([]byte(spec.Name)); err != nil {
+		return fmt.Errorf("set hostname: %w", err)
+	}
+	if err := configureNetwork(spec.Net); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	if err := buildRoot(spec); err != nil {
+		return fmt.Errorf("root: %w", err)
+	}
+	for _, v := range spec.Volumes {
+		mp, err := mountVolume(v)
+		if err != nil {
+			return fmt.Errorf("volume %s: %w", v.Name, err)
+		}
+		in.volumes = append(in.volumes, mp)
+	}
+	if err := startSSH(spec.SSH, in.procs); err != nil {
+		return fmt.Errorf("ssh: %w", err)
+	}
+	if spec.Workload != nil && len(spec.Workload.Command) > 0 {
+		pid, err := in.startWorkload(spec.Workload)
+		if err != nil {
+			return fmt.Errorf("workload: %w", err)
+		}
+		in.workload = pid
+	}
+	watchPowerButton(in.requestShutdown)
+	fmt.Fprintf(os.Stdout, "%s vm=%s uptime=%s\n", guest.ReadyPrefix, spec.Name, uptime())
+	return nil
+}
+
+// uptime is the guest's uptime in seconds, as /proc/uptime says.
+func uptime() string {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
+}
+
+var shutdownRequests = make(chan string, 4)
+
+func (in *initd) requestShutdown(why string) {
+	select {
+	case shutdownRequests <- why:
+	default:
+	}
+}
+
+// waitForShutdown blocks until Ctrl-Alt-Del, a power button press or a
+// signal asks the VM to stop, then shuts down cleanly.
+func (in *initd) waitForShutdown() {
+	in.procs.onSignal(unix.SIGINT, func() { in.requestShutdown("ctrl-alt-del") })
+	in.procs.onSignal(unix.SIGTERM, func() { in.requestShutdown("SIGTERM") })
+	in.procs.onSignal(unix.SIGPWR, func() { in.requestShutdown("SIGPWR") })
+	why := <-shutdownRequests
+	logf("shutting down (%s)", why)
+	in.shutdown()
+}
+
+func (in *initd) shutdown() {
+	// Every process but PID 1: the workload first gets SIGTERM and a grace period.
+	unix.Kill(-1, unix.SIGTERM)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) && in.procs.running() > 0 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	unix.Kill(-1, unix.SIGKILL)
+	time.Sleep(50 * time.Millisecond)
+	unix.Sync()
+	for i := len(in.volumes) - 1; i >= 0; i-- {
+		if err := unix.Unmount(in.volumes[i], 0); err != nil {
+			logf("unmount %s: %v; remounting read-only", in.volumes[i], err)
+			unix.Mount("", in.volumes[i], "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
+		}
+	}
+	unix.Sync()
+	logf("microvm-shutdown vm=%s volumes=%d", in.spec.Name, len(in.volumes))
+	in.powerOff()
+}
+
+func (in *initd) powerOff() {
+	unix.Sync()
+	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	// Not reached; if power-off failed, PID 1 must not exit (kernel panic).
+	for {
+		time.Sleep(time.Hour)
+	}
+}

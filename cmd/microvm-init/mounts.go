@@ -1,0 +1,180 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"microvm.dev/microvm/internal/guest"
+)
+
+// root is where the guest's root is assembled; sessions and the workload
+// run chrooted into it.
+const root = "/newroot"
+
+type mountSpec struct {
+	source, target, fstype string
+	flags                  uintptr
+	data                   string
+}
+
+func mountAll(ms []mountSpec) error {
+	for _, m := range ms {
+		if err := os.MkdirAll(m.target, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data); err != nil {
+			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
+		}
+	}
+	return nil
+}
+
+func mountEarly() error {
+	return mountAll([]mountSpec{
+		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "mode=0620,ptmxmode=0666"},
+		{"tmpfs", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+	})
+}
+
+// loadModules loads the modules listed in order; a module that fails is
+// logged and skipped (its devices will then be missing, which later steps
+// report precisely).
+func loadModules(orderFile string) {
+	f, err := os.Open(orderFile)
+	if err != nil {
+		logf("no module list: %v", err)
+		return
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		path := strings.TrimSpace(s.Text())
+		if path == "" {
+			continue
+		}
+		mf, err := os.Open(path)
+		if err != nil {
+			logf("module %s: %v", path, err)
+			continue
+		}
+		err = unix.FinitModule(int(mf.Fd()), "", 0)
+		mf.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			logf("load %s: %v", filepath.Base(path), err)
+		}
+	}
+}
+
+// buildRoot mounts the store share read-only, the root overlay on it and the
+// guest's pseudo and ephemeral filesystems.
+func buildRoot(spec *guest.Spec) error {
+	st := spec.Store
+	var storeMount mountSpec
+	switch st.FSType {
+	case "virtiofs":
+		storeMount = mountSpec{st.Tag, guest.StoreMount, "virtiofs", unix.MS_RDONLY | unix.MS_NODEV | unix.MS_NOSUID, ""}
+	case "9p", "":
+		storeMount = mountSpec{st.Tag, guest.StoreMount, "9p", unix.MS_RDONLY | unix.MS_NODEV | unix.MS_NOSUID,
+			"trans=virtio,version=9p2000.L,msize=512000,cache=loose"}
+	default:
+		return fmt.Errorf("unknown store filesystem %q", st.FSType)
+	}
+	lower := filepath.Join(guest.StoreMount, st.Image)
+	if err := mountAll([]mountSpec{
+		storeMount,
+		{"tmpfs", "/run/microvm/rw", "tmpfs", unix.MS_NODEV, "mode=0755"},
+	}); err != nil {
+		return err
+	}
+	for _, d := range []string{"/run/microvm/rw/upper", "/run/microvm/rw/work"} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := mountAll([]mountSpec{
+		{"overlay", root, "overlay", 0, "lowerdir=" + lower + ",upperdir=/run/microvm/rw/upper,workdir=/run/microvm/rw/work"},
+	}); err != nil {
+		return err
+	}
+	if err := mountAll([]mountSpec{
+		{"proc", root + "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"sysfs", root + "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"/dev", root + "/dev", "", unix.MS_BIND | unix.MS_REC, ""},
+		{"tmpfs", root + "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+		{"tmpfs", root + "/var", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+		{"tmpfs", root + "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		// The store stays visible, read-only, inside the guest.
+		{guest.StoreMount, root + guest.StoreMount, "", unix.MS_BIND, ""},
+	}); err != nil {
+		return err
+	}
+	if err := unix.Mount("", root+guest.StoreMount, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		return fmt.Errorf("make the store read-only in the root: %w", err)
+	}
+	// The init binary, for the SFTP server that runs inside the root.
+	initInRoot := root + "/run/microvm/init"
+	if err := os.WriteFile(initInRoot, nil, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("/init", initInRoot, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind /init into the root: %w", err)
+	}
+	for _, d := range []string{"/var/log", "/var/tmp", "/var/lib", "/root", "/etc"} {
+		os.MkdirAll(root+d, 0o755)
+	}
+	dns := spec.Net.DNS
+	var resolv strings.Builder
+	for _, ns := range dns {
+		fmt.Fprintf(&resolv, "nameserver %s\n", ns)
+	}
+	os.Remove(root + "/etc/resolv.conf") // may be a symlink in the image
+	if err := os.WriteFile(root+"/etc/resolv.conf", []byte(resolv.String()), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(root+"/etc/hostname", []byte(spec.Name+"\n"), 0o644)
+}
+
+// mountVolume finds the virtio disk whose serial is the volume's name and
+// mounts it (ext4) at its mount point inside the root.
+func mountVolume(v guest.VolumeSpec) (string, error) {
+	dev, err := findDisk(v.Name, 10*time.Second)
+	if err != nil {
+		return "", err
+	}
+	target := filepath.Join(root, v.MountPoint)
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return "", err
+	}
+	if err := unix.Mount(dev, target, "ext4", unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
+		return "", fmt.Errorf("mount %s (ext4) on %s: %w", dev, v.MountPoint, err)
+	}
+	return target, nil
+}
+
+func findDisk(serial string, wait time.Duration) (string, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		disks, _ := filepath.Glob("/sys/block/vd*")
+		for _, d := range disks {
+			b, err := os.ReadFile(filepath.Join(d, "serial"))
+			if err == nil && strings.TrimSpace(string(b)) == serial {
+				return "/dev/" + filepath.Base(d), nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("no virtio disk with serial %q appeared (disks: %v)", serial, disks)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

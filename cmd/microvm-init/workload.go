@@ -1,0 +1,87 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"microvm.dev/microvm/internal/guest"
+)
+
+// defaultPath is the PATH of sessions and workloads.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// lookPathInRoot resolves a command name on PATH inside the guest's root
+// (exec.LookPath would search the initramfs).
+func lookPathInRoot(name string) string {
+	if strings.Contains(name, "/") {
+		return name
+	}
+	for _, dir := range filepath.SplitList(defaultPath) {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(root + p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return name
+}
+
+// rootCmd prepares a command that runs chrooted in the guest's root. It is
+// built by hand: exec.Command would look the program up in the initramfs.
+func rootCmd(argv []string, env map[string]string, dir string) *exec.Cmd {
+	cmd := &exec.Cmd{Path: lookPathInRoot(argv[0]), Args: argv}
+	base := map[string]string{"PATH": defaultPath, "HOME": "/root", "USER": "root", "LOGNAME": "root", "SHELL": "/bin/sh"}
+	for k, v := range env {
+		base[k] = v
+	}
+	keys := make([]string, 0, len(base))
+	for k := range base {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		cmd.Env = append(cmd.Env, k+"="+base[k])
+	}
+	if dir == "" {
+		dir = "/"
+		if fi, err := os.Stat(root + "/root"); err == nil && fi.IsDir() {
+			dir = "/root"
+		}
+	}
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root, Setsid: true}
+	return cmd
+}
+
+// startWorkload runs the VM's workload with its output on the console.
+func (in *initd) startWorkload(w *guest.Workload) (int, error) {
+	argv := w.Command
+	if len(argv) == 1 {
+		argv = []string{"/bin/sh", "-c", argv[0]}
+	}
+	cmd := rootCmd(argv, w.Env, w.Workdir)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start %v: %w", w.Command, err)
+	}
+	pid := cmd.Process.Pid
+	done := in.procs.wait(pid)
+	go func() {
+		ws := <-done
+		logf("workload exited: %v", describeExit(ws))
+	}()
+	return pid, nil
+}
+
+func describeExit(ws unix.WaitStatus) string {
+	if ws.Signaled() {
+		return "signal " + ws.Signal().String()
+	}
+	return fmt.Sprintf("status %d", ws.ExitStatus())
+}

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/hostnet"
+	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/network"
+	"microvm.dev/microvm/internal/state"
+)
+
+// runOptions are the flags of `microvm run`.
+type runOptions struct {
+	file        string
+	initDir     string
+	kernelCache string
+	readyWait   time.Duration
+	stopTimeout time.Duration
+	quiet       bool
+}
+
+func (a *app) runCommand() *cobra.Command {
+	var o runOptions
+	cmd := &cobra.Command{
+		Use:   "run VM",
+		Short: "Boot one VM of the file in the foreground (Ctrl-C shuts it down cleanly)",
+		Long: `Run applies the file's host network, creates the VM's volumes if needed, writes
+its initramfs and boots it with its hypervisor in the foreground, echoing the
+serial console. It says when the guest is ready and how to reach it over SSH.
+Ctrl-C presses the VM's power button and waits for a clean shutdown.`,
+		Example: "  microvm run vm2 -f examples/reference/infra.yaml",
+		Args:    exactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return a.run(args[0], o)
+		},
+	}
+	fileFlag(cmd, &o.file)
+	self, _ := os.Executable()
+	cmd.Flags().StringVar(&o.initDir, "init-dir", filepath.Dir(self), "directory holding microvm-init (and microvm-init.<arch> for other guest architectures)")
+	cmd.Flags().StringVar(&o.kernelCache, "kernel-cache", guest.DefaultKernelCache, "where scripts/fetch-kernel.sh keeps kernels")
+	cmd.Flags().DurationVar(&o.readyWait, "ready-timeout", 3*time.Minute, "how long the guest may take to become ready")
+	cmd.Flags().DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second, "how long a clean shutdown may take before the hypervisor is killed")
+	cmd.Flags().BoolVarP(&o.quiet, "quiet", "q", false, "do not echo the serial console")
+	return cmd
+}
+
+func (a *app) run(name string, o runOptions) error {
+	cfg, err := a.load(o.file, false)
+	if err != nil {
+		return err
+	}
+	vm := cfg.VM(name)
+	if vm == nil {
+		return fmt.Errorf("no VM named %q in %s", name, o.file)
+	}
+	if vm.Hypervisor != "qemu" {
+		return fmt.Errorf("vms.%s: the %s backend is not available yet", name, vm.Hypervisor)
+	}
+	m, err := network.New(a.netns, hostnet.Options{})
+	if err != nil {
+		return err
+	}
+	res, err := m.Apply(cfg)
+	m.Close()
+	if err != nil {
+		return err
+	}
+	for _, w := range res.Warnings {
+		fmt.Fprintln(a.stderr, "warning:", w)
+	}
+	env := launch.Env{StateDir: a.stateDir, RunDir: filepath.Dir(a.socket), KernelCache: o.kernelCache, InitDir: o.initDir, NetNS: a.netns}
+	t0 := time.Now()
+	p, err := launch.Prepare(env, vm)
+	if err != nil {
+		return err
+	}
+	for vol, act := range p.Volumes {
+		fmt.Fprintf(a.stderr, "volume %s: %s\n", vol, act)
+	}
+	fmt.Fprintf(a.stderr, "prepared %s in %s (initramfs base cached: %v)\n", name, time.Since(t0).Round(time.Millisecond), p.BaseCached)
+	r, err := launch.Start(p)
+	if err != nil {
+		return err
+	}
+	d := state.Dir{Root: a.stateDir}
+	if err := d.WriteRunRecord(r.Record()); err != nil {
+		r.Stop(o.stopTimeout)
+		return err
+	}
+	defer func() {
+		rec := r.Record()
+		rec.PID = 0
+		d.WriteRunRecord(rec)
+	}()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	echo := func(line string) {
+		if !o.quiet {
+			fmt.Fprintln(a.stdout, line)
+		}
+	}
+	ready, err := r.WaitReady(o.readyWait, echo)
+	if err != nil {
+		r.Stop(o.stopTimeout)
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	fmt.Fprintf(a.stderr, "%s is ready: %s after start (guest uptime %ss); ssh -i %s root@%s\n",
+		name, time.Since(r.Started).Round(time.Millisecond), ready.GuestUptime, p.ClientKey, vm.Net.Address)
+	go r.FollowConsole(echo)
+	select {
+	case <-r.Exited:
+		return r.ExitErr
+	case s := <-sigs:
+		fmt.Fprintf(a.stderr, "%s: shutting %s down\n", s, name)
+		if err := r.Stop(o.stopTimeout); err != nil {
+			return err
+		}
+		return nil
+	}
+}
