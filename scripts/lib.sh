@@ -35,10 +35,11 @@ ensure_go() {
 }
 
 # Packages the project needs on the host: nft for the firewall; iproute2 and
-# util-linux (unshare, nsenter) for the network namespaces the tests create;
-# iputils-ping for ICMP checks; git for GitOps; ca-certificates for the
-# module proxy.
-PROJECT_PACKAGES=(nftables iproute2 iputils-ping util-linux git ca-certificates)
+# util-linux (unshare, nsenter) for network namespaces; QEMU to run VMs;
+# e2fsprogs to format and check volumes; kmod (depmod) to index fetched
+# kernels' modules; busybox-static for the base image; iputils-ping for ICMP
+# checks; git for GitOps; ca-certificates for the module proxy.
+PROJECT_PACKAGES=(nftables iproute2 util-linux qemu-system-x86 e2fsprogs kmod busybox-static iputils-ping git ca-certificates)
 
 # setup is every script's start: root, the project's packages, Go.
 setup() {

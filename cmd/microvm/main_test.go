@@ -175,16 +175,27 @@ func TestRenderNftables(t *testing.T) {
 }
 
 func TestRenderRunner(t *testing.T) {
-	code, out, errOut := runCLI(t, "render", "runner", "vm1", "-f", reference, "--state-dir", "/srv/mv")
+	// A stand-in kernel, so the test does not depend on a fetched one.
+	kdir := t.TempDir()
+	os.WriteFile(filepath.Join(kdir, "vmlinuz"), []byte("kernel"), 0o644)
+	os.WriteFile(filepath.Join(kdir, "modules.dep"), nil, 0o644)
+	ref, _ := os.ReadFile(reference)
+	src := strings.Replace(string(ref), "kernel: host", "kernel: { path: "+kdir+"/vmlinuz, modules: "+kdir+" }", 1)
+	f := writeFile(t, src)
+	code, out, errOut := runCLI(t, "render", "runner", "vm1", "-f", f, "--state-dir", "/srv/mv", "--arch", "x86_64")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"qemu-system-", "ifname=vm-vm1", "mac=02:00:00:00:00:01", "/srv/mv/vms/vm1/data.img", "serial=data", "-smp 2", "-m 1024M"} {
+	for _, want := range []string{"qemu-system-x86_64", "-kernel " + kdir + "/vmlinuz", "-initrd /srv/mv/vms/vm1/initramfs.cpio", "ifname=vm-vm1", "mac=02:00:00:00:00:01", "/srv/mv/vms/vm1/data.img", "serial=data", "-smp 2", "-m 1024M"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("runner lacks %q:\n%s", want, out)
 		}
 	}
-	if code, _, errOut := runCLI(t, "render", "runner", "ghost", "-f", reference); code != 1 || !strings.Contains(errOut, `no VM named "ghost"`) {
+	code, out, _ = runCLI(t, "render", "runner", "vm1", "-f", f, "--arch", "aarch64", "-o", "json")
+	if code != 0 || !strings.Contains(out, `"qemu-system-aarch64"`) || !strings.Contains(out, "console=ttyAMA0") {
+		t.Errorf("aarch64 runner: exit %d\n%s", code, out)
+	}
+	if code, _, errOut := runCLI(t, "render", "runner", "ghost", "-f", f); code != 1 || !strings.Contains(errOut, `no VM named "ghost"`) {
 		t.Errorf("unknown VM: exit %d, %q", code, errOut)
 	}
 }

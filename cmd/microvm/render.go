@@ -2,22 +2,20 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/firewall"
 	"microvm.dev/microvm/internal/hostnet"
+	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
-	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmm/qemu"
 )
 
 func (a *app) renderCommand() *cobra.Command {
 	var file string
+	var o runOptions
 	cmd := &cobra.Command{
 		Use:   "render nftables | render runner VM",
 		Short: "Print the generated nftables ruleset or a VM's hypervisor command line",
@@ -43,10 +41,11 @@ func (a *app) renderCommand() *cobra.Command {
 			if args[0] == "nftables" {
 				return a.renderNftables(cfg)
 			}
-			return a.renderRunner(cfg, args[1])
+			return a.renderRunner(cfg, args[1], o)
 		},
 	}
 	fileFlag(cmd, &file)
+	launchFlags(cmd, &o)
 	return cmd
 }
 
@@ -70,7 +69,7 @@ func (a *app) renderNftables(cfg *config.Config) error {
 	return err
 }
 
-func (a *app) renderRunner(cfg *config.Config, name string) error {
+func (a *app) renderRunner(cfg *config.Config, name string, o runOptions) error {
 	vm := cfg.VM(name)
 	if vm == nil {
 		return fmt.Errorf("no VM named %q in the file", name)
@@ -78,33 +77,13 @@ func (a *app) renderRunner(cfg *config.Config, name string) error {
 	if vm.Hypervisor != "qemu" {
 		return fmt.Errorf("vms.%s: the %s backend is not available yet; only qemu renders a runner", name, vm.Hypervisor)
 	}
-	l := vmm.DefaultLaunch(vm, a.stateDir, filepath.Dir(a.socket))
-	l.KVM = unix.Access("/dev/kvm", unix.R_OK|unix.W_OK) == nil
-	l.VHostNet = l.KVM && fileExists("/dev/vhost-net")
-	l.Kernel = hostKernelPath(vm.Kernel)
-	l.Initrd = filepath.Join(a.stateDir, "vms", name, "initramfs.cpio")
-	argv := qemu.Command(vm, l)
+	_, argv, err := launch.Command(a.launchEnv(o), vm)
+	if err != nil {
+		return err
+	}
 	if a.output == "json" {
 		return a.printJSON(map[string]any{"vm": name, "argv": argv})
 	}
-	_, err := fmt.Fprintln(a.stdout, qemu.ShellQuote(argv))
+	_, err = fmt.Fprintln(a.stdout, qemu.ShellQuote(argv))
 	return err
-}
-
-// hostKernelPath is the kernel image a VM boots: its own, or the host's
-// running kernel under /boot.
-func hostKernelPath(k config.Kernel) string {
-	if !k.IsHost() {
-		return k.Path
-	}
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return "/boot/vmlinuz"
-	}
-	return "/boot/vmlinuz-" + unix.ByteSliceToString(u.Release[:])
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }

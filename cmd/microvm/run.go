@@ -15,6 +15,7 @@ import (
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/state"
+	"microvm.dev/microvm/internal/vmm"
 )
 
 // runOptions are the flags of `microvm run`.
@@ -22,6 +23,7 @@ type runOptions struct {
 	file        string
 	initDir     string
 	kernelCache string
+	arch        string
 	readyWait   time.Duration
 	stopTimeout time.Duration
 	quiet       bool
@@ -43,13 +45,24 @@ Ctrl-C presses the VM's power button and waits for a clean shutdown.`,
 		},
 	}
 	fileFlag(cmd, &o.file)
-	self, _ := os.Executable()
-	cmd.Flags().StringVar(&o.initDir, "init-dir", filepath.Dir(self), "directory holding microvm-init (and microvm-init.<arch> for other guest architectures)")
-	cmd.Flags().StringVar(&o.kernelCache, "kernel-cache", guest.DefaultKernelCache, "where scripts/fetch-kernel.sh keeps kernels")
+	launchFlags(cmd, &o)
 	cmd.Flags().DurationVar(&o.readyWait, "ready-timeout", 3*time.Minute, "how long the guest may take to become ready")
 	cmd.Flags().DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second, "how long a clean shutdown may take before the hypervisor is killed")
 	cmd.Flags().BoolVarP(&o.quiet, "quiet", "q", false, "do not echo the serial console")
 	return cmd
+}
+
+// launchFlags adds the flags that say where kernels and microvm-init are.
+func launchFlags(cmd *cobra.Command, o *runOptions) {
+	self, _ := os.Executable()
+	cmd.Flags().StringVar(&o.initDir, "init-dir", filepath.Dir(self), "directory holding microvm-init (and microvm-init.<arch> for other guest architectures)")
+	cmd.Flags().StringVar(&o.kernelCache, "kernel-cache", guest.DefaultKernelCache, "where scripts/fetch-kernel.sh keeps kernels")
+	cmd.Flags().StringVar(&o.arch, "arch", vmm.HostArch(), "guest architecture: x86_64 or aarch64")
+}
+
+// launchEnv is the launch environment the flags describe.
+func (a *app) launchEnv(o runOptions) launch.Env {
+	return launch.Env{StateDir: a.stateDir, RunDir: filepath.Dir(a.socket), KernelCache: o.kernelCache, InitDir: o.initDir, NetNS: a.netns, Arch: o.arch}
 }
 
 func (a *app) run(name string, o runOptions) error {
@@ -76,9 +89,8 @@ func (a *app) run(name string, o runOptions) error {
 	for _, w := range res.Warnings {
 		fmt.Fprintln(a.stderr, "warning:", w)
 	}
-	env := launch.Env{StateDir: a.stateDir, RunDir: filepath.Dir(a.socket), KernelCache: o.kernelCache, InitDir: o.initDir, NetNS: a.netns}
 	t0 := time.Now()
-	p, err := launch.Prepare(env, vm)
+	p, err := launch.Prepare(a.launchEnv(o), vm)
 	if err != nil {
 		return err
 	}

@@ -95,6 +95,28 @@ func ImageDir(stateDir, image string) (string, error) {
 	return dir, nil
 }
 
+// Command resolves what vm boots with and returns the hypervisor launch and
+// command line, without writing anything: `microvm render runner` prints
+// exactly what Prepare will run.
+func Command(env Env, vm *config.VM) (vmm.Launch, []string, error) {
+	arch := env.arch()
+	kern, err := guest.ResolveKernel(vm.Kernel, arch, vmm.HostArch(), env.KernelCache)
+	if err != nil {
+		return vmm.Launch{}, nil, err
+	}
+	l := vmm.DefaultLaunch(vm, env.StateDir, env.RunDir)
+	l.Arch = arch
+	l.KVM = arch == vmm.HostArch() && unix.Access("/dev/kvm", unix.R_OK|unix.W_OK) == nil
+	l.VHostNet = l.KVM && unix.Access("/dev/vhost-net", unix.R_OK|unix.W_OK) == nil
+	l.Kernel = kern.Image
+	l.Initrd = filepath.Join(env.StateDir, "vms", vm.Name, "initramfs.cpio")
+	argv := qemu.Command(vm, l)
+	if env.NetNS != "" {
+		argv = append([]string{"nsenter", "--net=" + env.NetNS, "--"}, argv...)
+	}
+	return l, argv, nil
+}
+
 // Prepare makes everything vm needs to boot and returns the command line.
 func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	arch := env.arch()
@@ -103,6 +125,10 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 		return nil, err
 	}
 	if _, err := ImageDir(env.StateDir, vm.Image); err != nil {
+		return nil, err
+	}
+	l, argv, err := Command(env, vm)
+	if err != nil {
 		return nil, err
 	}
 	kern, err := guest.ResolveKernel(vm.Kernel, arch, vmm.HostArch(), env.KernelCache)
@@ -147,16 +173,10 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	for _, v := range vm.Volumes {
 		spec.Volumes = append(spec.Volumes, guest.VolumeSpec{Name: v.Name, MountPoint: v.MountPoint})
 	}
-	l := vmm.DefaultLaunch(vm, env.StateDir, env.RunDir)
-	l.Arch = arch
-	l.KVM = arch == vmm.HostArch() && unix.Access("/dev/kvm", unix.R_OK|unix.W_OK) == nil
-	l.VHostNet = l.KVM && unix.Access("/dev/vhost-net", unix.R_OK|unix.W_OK) == nil
-	l.Kernel = kern.Image
-	l.Initrd = filepath.Join(vmDir, "initramfs.cpio")
 	if err := guest.WriteVM(base, l.Initrd, spec); err != nil {
 		return nil, err
 	}
-	p := &Prepared{VM: vm, Launch: l, BaseCached: cached, Volumes: map[string]volume.Action{},
+	p := &Prepared{VM: vm, Launch: l, Argv: argv, BaseCached: cached, Volumes: map[string]volume.Action{},
 		ClientKey: ClientKeyPath(env.StateDir), HostKeyPub: sshkey.AuthorizedLine(hostKey)}
 	for _, v := range vm.Volumes {
 		act, err := volume.Ensure(vmDir, v)
@@ -167,10 +187,6 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	}
 	if err := os.MkdirAll(env.RunDir, 0o755); err != nil {
 		return nil, err
-	}
-	p.Argv = qemu.Command(vm, l)
-	if env.NetNS != "" {
-		p.Argv = append([]string{"nsenter", "--net=" + env.NetNS, "--"}, p.Argv...)
 	}
 	return p, nil
 }

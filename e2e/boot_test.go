@@ -1,0 +1,182 @@
+package e2e
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/hostnet"
+	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/network"
+	"microvm.dev/microvm/internal/testutil"
+	"microvm.dev/microvm/internal/volume"
+)
+
+const bootConfig = `
+host: { externalInterface: auto }
+vms:
+  vm1:
+    index: 1
+    vcpu: 2
+    memory: 1G
+    volumes:
+      - { name: data, mountPoint: /mnt/storage, size: 1G }
+`
+
+// TestBootVolumeSurvivesReboot boots a VM under QEMU, checks it over SSH,
+// shuts it down cleanly and boots it again: the data volume keeps its file,
+// /var does not.
+func TestBootVolumeSurvivesReboot(t *testing.T) {
+	requireGuestEnv(t)
+	ns := testutil.NewNetns(t, "boot")
+	cfg, err := config.Parse("boot.yaml", []byte(bootConfig), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := network.New(ns.Path, hostnet.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := m.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	env := newEnv(t, ns)
+	vm := cfg.VM("vm1")
+	token := randomToken(t)
+
+	// First boot.
+	p, r := boot(t, env, vm)
+	if _, argv, err := launch.Command(env, vm); err != nil || strings.Join(argv, " ") != strings.Join(p.Argv, " ") {
+		t.Errorf("render runner would print %v (%v), but the VM was started with %v", argv, err, p.Argv)
+	}
+	if p.Volumes["data"] != volume.Created {
+		t.Errorf("first boot: volume %s, want created", p.Volumes["data"])
+	}
+	c := sshTo(t, ns, p)
+	if got := run(t, c, "hostname"); got != "vm1" {
+		t.Errorf("hostname = %q", got)
+	}
+	if got := run(t, c, "ip -4 addr show eth0"); !strings.Contains(got, "inet 10.1.0.2/24") {
+		t.Errorf("address:\n%s", got)
+	}
+	if got := run(t, c, "ip route"); !strings.Contains(got, "default via 10.1.0.1") {
+		t.Errorf("route:\n%s", got)
+	}
+	if got := run(t, c, "nproc"); got != "2" {
+		t.Errorf("nproc = %q, want 2", got)
+	}
+	memKB, _ := strconv.Atoi(strings.Fields(run(t, c, "grep MemTotal /proc/meminfo"))[1])
+	if memKB < 900_000 || memKB > 1_048_576 {
+		t.Errorf("MemTotal = %d kB, want about 1 GiB", memKB)
+	}
+	mounts := run(t, c, "cat /proc/mounts")
+	for _, want := range []string{" /var tmpfs ", " /mnt/storage ext4 ", " / overlay ", " /run/microvm/store 9p ro,"} {
+		if !strings.Contains(mounts, want) {
+			t.Errorf("mounts lack %q:\n%s", want, mounts)
+		}
+	}
+	if out, err := runErr(c, "touch /run/microvm/store/x"); err == nil || !strings.Contains(out, "Read-only") {
+		t.Errorf("writing to the store: %v %q, want a read-only error", err, out)
+	}
+	run(t, c, "echo "+token+" > /mnt/storage/keep && echo gone > /var/gone && sync")
+	var exit *ssh.ExitError
+	if _, err := runErr(c, "exit 7"); !errors.As(err, &exit) || exit.ExitStatus() != 7 {
+		t.Errorf("exit status: %v, want 7", err)
+	}
+	checkSFTP(t, c)
+	stop(t, r)
+	state := dumpe2fs(t, volume.Path(env.StateDir+"/vms/vm1", "data"))
+	if !strings.Contains(state, "Filesystem state:         clean") || strings.Contains(state, "needs_recovery") {
+		t.Errorf("the volume was not left clean:\n%s", state)
+	}
+
+	// Second boot: the volume keeps its file, /var starts empty.
+	p, r = boot(t, env, vm)
+	if p.Volumes["data"] != volume.Kept || !p.BaseCached {
+		t.Errorf("second boot: volume %s (want kept), base cached %v (want true)", p.Volumes["data"], p.BaseCached)
+	}
+	c = sshTo(t, ns, p)
+	if got := run(t, c, "cat /mnt/storage/keep"); got != token {
+		t.Errorf("the volume lost its file: %q, want %q", got, token)
+	}
+	if out, err := runErr(c, "cat /var/gone"); err == nil {
+		t.Errorf("/var kept a file across reboots: %q", out)
+	}
+	stop(t, r)
+}
+
+func boot(t *testing.T, env launch.Env, vm *config.VM) (*launch.Prepared, *launch.Running) {
+	t.Helper()
+	p, err := launch.Prepare(env, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := launch.Start(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Process.Kill() })
+	ready, err := r.WaitReady(3*time.Minute, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s ready %s after start (guest uptime %ss)", vm.Name, time.Since(r.Started).Round(time.Millisecond), ready.GuestUptime)
+	return p, r
+}
+
+func stop(t *testing.T, r *launch.Running) {
+	t.Helper()
+	t0 := time.Now()
+	if err := r.Stop(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); d > 20*time.Second {
+		t.Errorf("clean shutdown took %s: the guest ignored the power button and Ctrl-Alt-Del", d)
+	}
+}
+
+func checkSFTP(t *testing.T, c *ssh.Client) {
+	t.Helper()
+	sc, err := sftp.NewClient(c)
+	if err != nil {
+		t.Fatalf("sftp: %v", err)
+	}
+	defer sc.Close()
+	f, err := sc.Create("/root/sftp.txt")
+	if err != nil {
+		t.Fatalf("sftp create: %v", err)
+	}
+	io.WriteString(f, "via sftp")
+	f.Close()
+	if got := run(t, c, "cat /root/sftp.txt"); got != "via sftp" {
+		t.Errorf("sftp upload reads back %q", got)
+	}
+}
+
+func dumpe2fs(t *testing.T, img string) string {
+	t.Helper()
+	out, err := exec.Command("dumpe2fs", "-h", img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dumpe2fs: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+func randomToken(t *testing.T) string {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
