@@ -74,10 +74,14 @@ func requireGuestEnv(t *testing.T) {
 // newEnv gives a test its own state directory sharing the store and the
 // initramfs cache, with VMs' hypervisors in the namespace ns.
 func newEnv(t *testing.T, ns *testutil.Netns) launch.Env {
+	return newEnvStore(t, ns, "store")
+}
+
+func newEnvStore(t *testing.T, ns *testutil.Netns, store string) launch.Env {
 	t.Helper()
 	st := t.TempDir()
-	for _, d := range []string{"store", "cache"} {
-		if err := os.Symlink(filepath.Join(shared.dir, d), filepath.Join(st, d)); err != nil {
+	for link, target := range map[string]string{"store": store, "cache": "cache"} {
+		if err := os.Symlink(filepath.Join(shared.dir, target), filepath.Join(st, link)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -15,7 +15,9 @@ var (
 	anyOfBus        = []string{"virtio_pci", "virtio_mmio"} // at least one
 	// crc32c is a soft dependency of ext4 (requested through the crypto API,
 	// which would need modprobe in the guest), so it is loaded up front.
-	optionalModules = []string{"virtio_pci", "virtio_mmio", "crc32c_generic", "crc32c_intel", "virtio_rng", "virtiofs", "vmw_vsock_virtio_transport", "button", "evdev"}
+	// button (ACPI, x86) and gpio_keys (aarch64 virt) deliver the power
+	// button; evdev makes it readable.
+	optionalModules = []string{"virtio_pci", "virtio_mmio", "crc32c_generic", "crc32c_intel", "virtio_rng", "virtiofs", "vmw_vsock_virtio_transport", "button", "gpio_keys", "evdev"}
 )
 
 // ModuleSet is the kernel's modules.dep, modules.builtin and the chosen
