@@ -31,6 +31,10 @@ vms:
     memory: 1G
     volumes:
       - { name: data, mountPoint: /mnt/storage, size: 1G }
+    command: ["id -u > /tmp/wl-uid; echo $GREETING > /tmp/wl-env; pwd > /tmp/wl-pwd; exec sleep 100000"]
+    env: { GREETING: hello }
+    workdir: /tmp
+    user: nobody
 `
 
 // TestBootVolumeSurvivesReboot boots a VM under QEMU, checks it over SSH,
@@ -72,6 +76,10 @@ func TestBootVolumeSurvivesReboot(t *testing.T) {
 	}
 	if got := run(t, c, "ip route"); !strings.Contains(got, "default via 10.1.0.1") {
 		t.Errorf("route:\n%s", got)
+	}
+	// The workload runs as the configured user, with its env and workdir.
+	if got := run(t, c, "sleep 0.5; cat /tmp/wl-uid /tmp/wl-env /tmp/wl-pwd"); got != "65534\nhello\n/tmp" {
+		t.Errorf("workload wrote %q, want uid 65534, hello, /tmp", got)
 	}
 	if got := run(t, c, "nproc"); got != "2" {
 		t.Errorf("nproc = %q, want 2", got)

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -59,13 +60,54 @@ func rootCmd(argv []string, env map[string]string, dir string) *exec.Cmd {
 	return cmd
 }
 
+// lookupUser finds a user name or uid in the root's /etc/passwd and returns
+// its uid, gid and home; a bare uid not listed there runs with gid = uid.
+func lookupUser(user string) (uid, gid uint32, home string, err error) {
+	b, _ := os.ReadFile(root + "/etc/passwd")
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) < 7 || (f[0] != user && f[2] != user) {
+			continue
+		}
+		u, err1 := strconv.ParseUint(f[2], 10, 32)
+		g, err2 := strconv.ParseUint(f[3], 10, 32)
+		if err1 != nil || err2 != nil {
+			return 0, 0, "", fmt.Errorf("user %q: bad passwd entry %q", user, line)
+		}
+		return uint32(u), uint32(g), f[5], nil
+	}
+	if n, err := strconv.ParseUint(user, 10, 32); err == nil {
+		return uint32(n), uint32(n), "/", nil
+	}
+	return 0, 0, "", fmt.Errorf("user %q is not in the image's /etc/passwd", user)
+}
+
 // startWorkload runs the VM's workload with its output on the console.
 func (in *initd) startWorkload(w *guest.Workload) (int, error) {
 	argv := w.Command
 	if len(argv) == 1 {
 		argv = []string{"/bin/sh", "-c", argv[0]}
 	}
-	cmd := rootCmd(argv, w.Env, w.Workdir)
+	env := map[string]string{}
+	for k, v := range w.Env {
+		env[k] = v
+	}
+	var cred *syscall.Credential
+	if w.User != "" && w.User != "root" && w.User != "0" {
+		uid, gid, home, err := lookupUser(w.User)
+		if err != nil {
+			return 0, err
+		}
+		cred = &syscall.Credential{Uid: uid, Gid: gid}
+		if _, set := env["HOME"]; !set {
+			env["HOME"] = home
+		}
+		if _, set := env["USER"]; !set {
+			env["USER"], env["LOGNAME"] = w.User, w.User
+		}
+	}
+	cmd := rootCmd(argv, env, w.Workdir)
+	cmd.SysProcAttr.Credential = cred
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("start %v: %w", w.Command, err)

@@ -46,9 +46,13 @@ type VM struct {
 	Kernel     Kernel   `json:"kernel"`
 	Image      string   `json:"image"`
 	Volumes    []Volume `json:"volumes,omitempty"`
-	SSHKeys    []string `json:"sshKeys,omitempty"`
-	Ports      []Port   `json:"ports,omitempty"`
-	Net        Net      `json:"net"`
+	SSHKeys    []string          `json:"sshKeys,omitempty"`
+	Ports      []Port            `json:"ports,omitempty"`
+	Command    []string          `json:"command,omitempty"`
+	Env        map[string]string `json:"env,omitempty"`
+	Workdir    string            `json:"workdir,omitempty"`
+	User       string            `json:"user,omitempty"`
+	Net        Net               `json:"net"`
 }
 
 // Net is the addressing derived for a VM.
@@ -206,6 +210,10 @@ func merge(name string, d, s *VMSpec) *VM {
 		Volumes:    pickList(s.Volumes, d.Volumes),
 		SSHKeys:    pickList(s.SSHKeys, d.SSHKeys),
 		Ports:      pickList(s.Ports, d.Ports),
+		Command:    pickList(s.Command, d.Command),
+		Env:        mergeMaps(d.Env, s.Env),
+		Workdir:    pick(s.Workdir, d.Workdir, ""),
+		User:       pick(s.User, d.User, ""),
 	}
 	if s.Index != nil {
 		vm.Index = *s.Index
@@ -221,6 +229,21 @@ func pick[T any](own, def *T, builtin T) T {
 		return *def
 	}
 	return builtin
+}
+
+// mergeMaps: a map merges key by key with the default's, the VM's keys winning.
+func mergeMaps(def, own map[string]string) map[string]string {
+	if len(def) == 0 && len(own) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(def)+len(own))
+	for k, v := range def {
+		out[k] = v
+	}
+	for k, v := range own {
+		out[k] = v
+	}
+	return out
 }
 
 // pickList: a list written on the VM (even empty) replaces the default's.

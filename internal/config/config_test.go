@@ -102,6 +102,27 @@ vms:
 	}
 }
 
+func TestWorkloadMerge(t *testing.T) {
+	cfg := mustParse(t, `
+defaults:
+  env: { LANG: C.UTF-8, MODE: prod }
+  user: nobody
+vms:
+  a: { index: 1, command: [/bin/app, --serve], env: { MODE: dev, PORT: "8080" } }
+  b: { index: 2, command: ["sleep 1"], user: "0", workdir: /srv }
+`, Options{})
+	a, b := cfg.VM("a"), cfg.VM("b")
+	if a.Env["LANG"] != "C.UTF-8" || a.Env["MODE"] != "dev" || a.Env["PORT"] != "8080" || len(a.Env) != 3 {
+		t.Errorf("env should merge key by key with the VM's keys winning: %v", a.Env)
+	}
+	if a.User != "nobody" || len(a.Command) != 2 {
+		t.Errorf("a = %+v", a)
+	}
+	if b.User != "0" || b.Workdir != "/srv" || b.Env["MODE"] != "prod" {
+		t.Errorf("b = %+v", b)
+	}
+}
+
 func TestMACsUnique(t *testing.T) {
 	var b strings.Builder
 	b.WriteString("vms:\n")
@@ -237,6 +258,10 @@ func TestBadConfigs(t *testing.T) {
 		{"bad uplink name", "host: { externalInterface: \"this-name-is-too-long0\" }\nvms: {}", "host.externalInterface", "over the kernel's limit", Options{}},
 		{"host port range", "host: { allowedTCPPorts: [0] }\nvms: {}", "host.allowedTCPPorts[0]", "outside 1-65535", Options{}},
 		{"host port twice", "host: { allowedTCPPorts: [22, 22] }\nvms: {}", "host.allowedTCPPorts[1]", "listed twice", Options{}},
+		{"workdir relative", "vms: { a: { index: 1, command: [x], workdir: srv } }", "vms.a.workdir", "absolute", Options{}},
+		{"bad user", "vms: { a: { index: 1, command: [x], user: \"Bob Smith\" } }", "vms.a.user", "neither a user name nor a uid", Options{}},
+		{"empty command", "vms: { a: { index: 1, command: [\"\"] } }", "vms.a.command[0]", "the command is empty", Options{}},
+		{"env bad name", "vms: { a: { index: 1, env: { \"A=B\": x } } }", "vms.a.env.A=B", "not an environment variable name", Options{}},
 		{"billion laughs", laughs(), "", "expands to more than", Options{}},
 	}
 	for _, c := range cases {

@@ -64,6 +64,15 @@ type VMSpec struct {
 	SSHKeys []string `yaml:"sshKeys,omitempty" json:"sshKeys,omitempty"`
 	// Ports the VM serves, reachable from the host and the tailnet.
 	Ports []Port `yaml:"ports,omitempty" json:"ports,omitempty"`
+	// Command is the workload: argv, or one string run by /bin/sh -c. It runs
+	// in the VM's root once the VM is up, its output on the serial console.
+	Command []string `yaml:"command,omitempty" json:"command,omitempty"`
+	// Env is the workload's environment; merged key by key with the defaults'.
+	Env map[string]string `yaml:"env,omitempty" json:"env,omitempty"`
+	// Workdir is the workload's working directory (default /root or /).
+	Workdir *string `yaml:"workdir,omitempty" json:"workdir,omitempty"`
+	// User runs the workload as this user name or uid (default root).
+	User *string `yaml:"user,omitempty" json:"user,omitempty"`
 }
 
 // Volume is a persistent data volume of a VM.

@@ -28,6 +28,7 @@ var (
 	volumeNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
 	imageNameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,127}$`)
 	ifNameRE     = regexp.MustCompile(`^[A-Za-z0-9_.@-]+$`)
+	userRE       = regexp.MustCompile(`^([0-9]+|[a-z_][a-z0-9_-]*[$]?)$`)
 	// reservedMounts may not be a volume's mount point.
 	reservedMounts = map[string]bool{"/": true, "/proc": true, "/sys": true, "/dev": true, "/run": true}
 )
@@ -136,6 +137,22 @@ func (v *validator) spec(p string, s *VMSpec) {
 		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(key)); err != nil {
 			v.r.addf(indexPath(joinPath(p, "sshKeys"), i), "not an SSH public key in authorized_keys format: %v", err)
 		}
+	}
+	for i, arg := range s.Command {
+		if i == 0 && strings.TrimSpace(arg) == "" {
+			v.r.addf(indexPath(joinPath(p, "command"), i), "the command is empty")
+		}
+	}
+	for k := range s.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			v.r.addf(joinPath(joinPath(p, "env"), k), "%q is not an environment variable name", k)
+		}
+	}
+	if s.Workdir != nil && !path.IsAbs(*s.Workdir) {
+		v.r.addf(joinPath(p, "workdir"), "workdir %q must be an absolute path", *s.Workdir)
+	}
+	if s.User != nil && !userRE.MatchString(*s.User) {
+		v.r.addf(joinPath(p, "user"), "user %q is neither a user name nor a uid", *s.User)
 	}
 	for i, a := range s.Ports {
 		for j := range i {

@@ -74,6 +74,8 @@ type Workload struct {
 	Command []string          `json:"command"`
 	Env     map[string]string `json:"env,omitempty"`
 	Workdir string            `json:"workdir,omitempty"`
+	// User is a user name (looked up in the root's /etc/passwd) or a uid.
+	User string `json:"user,omitempty"`
 }
 
 // ReadSpec reads the spec microvm-init finds in its initramfs.

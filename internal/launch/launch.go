@@ -173,6 +173,9 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	for _, v := range vm.Volumes {
 		spec.Volumes = append(spec.Volumes, guest.VolumeSpec{Name: v.Name, MountPoint: v.MountPoint})
 	}
+	if len(vm.Command) > 0 {
+		spec.Workload = &guest.Workload{Command: vm.Command, Env: vm.Env, Workdir: vm.Workdir, User: vm.User}
+	}
 	if err := guest.WriteVM(base, l.Initrd, spec); err != nil {
 		return nil, err
 	}
