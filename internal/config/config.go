@@ -38,14 +38,14 @@ type Config struct {
 
 // VM is one VM with defaults merged and its addressing derived.
 type VM struct {
-	Name       string   `json:"name"`
-	Index      int      `json:"index,omitempty"`
-	Hypervisor string   `json:"hypervisor"`
-	VCPU       int      `json:"vcpu"`
-	Memory     Size     `json:"memory"`
-	Kernel     Kernel   `json:"kernel"`
-	Image      string   `json:"image"`
-	Volumes    []Volume `json:"volumes,omitempty"`
+	Name       string            `json:"name"`
+	Index      int               `json:"index,omitempty"`
+	Hypervisor string            `json:"hypervisor"`
+	VCPU       int               `json:"vcpu"`
+	Memory     Size              `json:"memory"`
+	Kernel     Kernel            `json:"kernel"`
+	Image      string            `json:"image"`
+	Volumes    []Volume          `json:"volumes,omitempty"`
 	SSHKeys    []string          `json:"sshKeys,omitempty"`
 	Ports      []Port            `json:"ports,omitempty"`
 	Command    []string          `json:"command,omitempty"`
