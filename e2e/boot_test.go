@@ -5,7 +5,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -89,7 +91,7 @@ func TestBootVolumeSurvivesReboot(t *testing.T) {
 		t.Errorf("MemTotal = %d kB, want about 1 GiB", memKB)
 	}
 	mounts := run(t, c, "cat /proc/mounts")
-	for _, want := range []string{" /var tmpfs ", " /mnt/storage ext4 ", " / overlay ", " /run/microvm/store 9p ro,"} {
+	for _, want := range []string{" /var tmpfs ", " /mnt/storage ext4 ", " / overlay ", " /run/microvm/store "} {
 		if !strings.Contains(mounts, want) {
 			t.Errorf("mounts lack %q:\n%s", want, mounts)
 		}
@@ -122,6 +124,58 @@ func TestBootVolumeSurvivesReboot(t *testing.T) {
 		t.Errorf("/var kept a file across reboots: %q", out)
 	}
 	stop(t, r)
+}
+
+// TestStoreShares boots a VM once per share type and checks the store is
+// read-only in the guest and on the host side: even after the guest remounts
+// it read-write, nothing reaches the host's tree.
+func TestStoreShares(t *testing.T) {
+	requireGuestEnv(t)
+	types := []string{"9p"}
+	if launch.Virtiofsd() != "" {
+		types = append(types, "virtiofs")
+	} else {
+		t.Log("no virtiofsd on this host: only 9p is tested")
+	}
+	for _, share := range types {
+		t.Run(share, func(t *testing.T) {
+			ns := testutil.NewNetns(t, "sh"+share[:2])
+			cfg, err := config.Parse("share.yaml", []byte("vms: { vm1: { index: 1, memory: 512M } }"), config.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := network.New(ns.Path, hostnet.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			if _, err := m.Apply(cfg); err != nil {
+				t.Fatal(err)
+			}
+			env := newEnv(t, ns)
+			env.Share = share
+			p, r := boot(t, env, cfg.VM("vm1"))
+			c := sshTo(t, ns, p)
+			fields := strings.Fields(run(t, c, "grep ' /run/microvm/store ' /proc/mounts"))
+			if len(fields) < 4 || fields[2] != share || !strings.HasPrefix(fields[3], "ro") {
+				t.Errorf("store mount = %v, want %s read-only", fields, share)
+			}
+			// The root is the image with a writable tmpfs layer on top.
+			run(t, c, "echo mine > /etc/motd && test -f /bin/busybox")
+			run(t, c, "mount -o remount,rw /run/microvm/store || true")
+			out, err := runErr(c, "echo evil > /run/microvm/store/evil")
+			if err == nil {
+				t.Errorf("the guest wrote to the store after remounting it: %q", out)
+			}
+			stop(t, r)
+			imageDir := filepath.Join(env.StateDir, "store", "base")
+			for _, f := range []string{"evil", "etc/motd"} {
+				if _, err := os.Stat(filepath.Join(imageDir, f)); err == nil {
+					t.Errorf("%s reached the host's image tree", f)
+				}
+			}
+		})
+	}
 }
 
 func boot(t *testing.T, env launch.Env, vm *config.VM) (*launch.Prepared, *launch.Running) {

@@ -42,6 +42,44 @@ type Env struct {
 	NetNS string
 	// DNS servers given to guests (default 1.1.1.1, as the reference setup).
 	DNS []string
+	// Share is how the store reaches guests: "virtiofs", "9p", or "" (auto:
+	// virtiofs when a virtiofsd is installed, else 9p).
+	Share string
+}
+
+// virtiofsdPaths are where distributions install virtiofsd.
+var virtiofsdPaths = []string{"/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd", "/usr/bin/virtiofsd"}
+
+// Virtiofsd returns the installed virtiofsd, or "".
+func Virtiofsd() string {
+	for _, p := range virtiofsdPaths {
+		if unix.Access(p, unix.X_OK) == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("virtiofsd"); err == nil {
+		return p
+	}
+	return ""
+}
+
+// shareType decides how the store is shared.
+func (e Env) shareType() (string, error) {
+	switch e.Share {
+	case "9p":
+		return "9p", nil
+	case "virtiofs":
+		if Virtiofsd() == "" {
+			return "", fmt.Errorf("share virtiofs: no virtiofsd installed (looked in %v and PATH)", virtiofsdPaths)
+		}
+		return "virtiofs", nil
+	case "", "auto":
+		if Virtiofsd() != "" {
+			return "virtiofs", nil
+		}
+		return "9p", nil
+	}
+	return "", fmt.Errorf("unknown share type %q (virtiofs, 9p or auto)", e.Share)
 }
 
 // Prepared is a VM ready to start.
@@ -104,7 +142,16 @@ func Command(env Env, vm *config.VM) (vmm.Launch, []string, error) {
 	if err != nil {
 		return vmm.Launch{}, nil, err
 	}
+	share, err := env.shareType()
+	if err != nil {
+		return vmm.Launch{}, nil, err
+	}
 	l := vmm.DefaultLaunch(vm, env.StateDir, env.RunDir)
+	// Each VM is given only its own image tree.
+	l.Shares = []vmm.Share{{Tag: "store", Path: filepath.Join(env.StateDir, "store", vm.Image)}}
+	if share == "virtiofs" {
+		l.Shares[0].VirtiofsSocket = filepath.Join(env.RunDir, vm.Name+"-store.sock")
+	}
 	l.Arch = arch
 	l.KVM = arch == vmm.HostArch() && unix.Access("/dev/kvm", unix.R_OK|unix.W_OK) == nil
 	l.VHostNet = l.KVM && unix.Access("/dev/vhost-net", unix.R_OK|unix.W_OK) == nil
@@ -164,7 +211,7 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 			Gateway: vm.Net.Gateway.String(),
 			DNS:     dns,
 		},
-		Store: guest.ShareSpec{Tag: "store", FSType: "9p", Image: vm.Image},
+		Store: guest.ShareSpec{Tag: "store", FSType: "9p"},
 		SSH: guest.SSHSpec{
 			HostKey:        string(hostPEM),
 			AuthorizedKeys: append([]string{sshkey.AuthorizedLine(client)}, vm.SSHKeys...),
@@ -172,6 +219,9 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	}
 	for _, v := range vm.Volumes {
 		spec.Volumes = append(spec.Volumes, guest.VolumeSpec{Name: v.Name, MountPoint: v.MountPoint})
+	}
+	if l.Shares[0].VirtiofsSocket != "" {
+		spec.Store.FSType = "virtiofs"
 	}
 	if len(vm.Command) > 0 {
 		spec.Workload = &guest.Workload{Command: vm.Command, Env: vm.Env, Workdir: vm.Workdir, User: vm.User}
@@ -222,17 +272,38 @@ func Start(p *Prepared) (*Running, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s is not installed: %w", p.Argv[0], err)
 	}
+	var helpers []*os.Process
+	for _, sh := range p.Launch.Shares {
+		if sh.VirtiofsSocket == "" {
+			continue
+		}
+		proc, err := startVirtiofsd(sh, logf)
+		if err != nil {
+			for _, h := range helpers {
+				h.Kill()
+			}
+			return nil, err
+		}
+		helpers = append(helpers, proc)
+	}
 	cmd := exec.Command(bin, p.Argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	r := &Running{Prepared: p, Exited: make(chan struct{})}
 	r.Started = time.Now()
 	if err := cmd.Start(); err != nil {
+		for _, h := range helpers {
+			h.Kill()
+		}
 		return nil, fmt.Errorf("start %s: %w", p.Argv[0], err)
 	}
 	r.Process = cmd.Process
 	go func() {
 		r.ExitErr = cmd.Wait()
+		// Helpers never outlive the hypervisor.
+		for _, h := range helpers {
+			h.Kill() // reaped by startVirtiofsd's waiter
+		}
 		if r.ExitErr != nil {
 			if b, _ := os.ReadFile(filepath.Join(vmDir, "qemu.log")); len(b) > 0 {
 				r.ExitErr = fmt.Errorf("%w: %s", r.ExitErr, strings.TrimSpace(string(b)))
@@ -241,6 +312,40 @@ func Start(p *Prepared) (*Running, error) {
 		close(r.Exited)
 	}()
 	return r, nil
+}
+
+// startVirtiofsd serves a share read-only over vhost-user. virtiofsd has no
+// read-only mode, so it runs in a private mount namespace where the tree is
+// a read-only bind mount of itself: a guest that remounts its store
+// read-write still cannot write through to the host.
+func startVirtiofsd(sh vmm.Share, log *os.File) (*os.Process, error) {
+	bin := Virtiofsd()
+	os.Remove(sh.VirtiofsSocket)
+	script := `mount --bind -o ro "$1" "$1" && exec "$2" --socket-path="$3" -o source="$1" -o sandbox=namespace -o cache=always -o no_posix_lock -o no_flock`
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", sh.Path, bin, sh.VirtiofsSocket)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start virtiofsd: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(sh.VirtiofsSocket); err == nil {
+			return cmd.Process, nil
+		}
+		select {
+		case err := <-exited:
+			return nil, fmt.Errorf("virtiofsd for %s exited: %v (see qemu.log)", sh.Path, err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			return nil, fmt.Errorf("virtiofsd for %s did not create %s", sh.Path, sh.VirtiofsSocket)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // WaitReady waits for the guest's ready line on the console.
