@@ -38,8 +38,9 @@ ensure_go() {
 # util-linux (unshare, nsenter) for network namespaces; QEMU to run VMs;
 # e2fsprogs to format and check volumes; kmod (depmod) to index fetched
 # kernels' modules; busybox-static for the base image; iputils-ping for ICMP
-# checks; git for GitOps; ca-certificates for the module proxy.
-PROJECT_PACKAGES=(nftables iproute2 util-linux qemu-system-x86 e2fsprogs kmod busybox-static iputils-ping git ca-certificates)
+# checks; openssh-client to reach VMs from the fleet script; git for GitOps;
+# ca-certificates for the module proxy.
+PROJECT_PACKAGES=(nftables iproute2 util-linux qemu-system-x86 e2fsprogs kmod busybox-static iputils-ping openssh-client git ca-certificates)
 
 # setup is every script's start: root, the project's packages, Go.
 setup() {
