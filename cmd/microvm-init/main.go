@@ -90,6 +90,9 @@ func (in *initd) boot() error {
 		}
 		in.volumes = append(in.volumes, mp)
 	}
+	if spec.SwitchRoot {
+		return in.switchRoot()
+	}
 	if err := startSSH(spec.SSH, in.procs); err != nil {
 		return fmt.Errorf("ssh: %w", err)
 	}
@@ -103,6 +106,41 @@ func (in *initd) boot() error {
 	watchPowerButton(in.requestShutdown)
 	fmt.Fprintf(os.Stdout, "%s vm=%s uptime=%s\n", guest.ReadyPrefix, spec.Name, uptime())
 	return nil
+}
+
+// switchRoot makes the assembled root the real root and execs the image's
+// init as PID 1 (what switch_root does): the ready line is printed first,
+// since from then on the image's init owns the console, SSH and shutdown.
+func (in *initd) switchRoot() error {
+	initPath := ""
+	for _, p := range []string{"/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd", "/bin/init"} {
+		// Lstat: the link (often absolute, to /bin/busybox or systemd)
+		// resolves only inside the new root.
+		if fi, err := os.Lstat(root + p); err == nil && !fi.IsDir() {
+			initPath = p
+			break
+		}
+	}
+	if initPath == "" {
+		return fmt.Errorf("init: image: the image has no /sbin/init")
+	}
+	unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_ON) // the image's init decides about Ctrl-Alt-Del
+	signalReset()
+	fmt.Fprintf(os.Stdout, "%s vm=%s uptime=%s init=%s\n", guest.ReadyPrefix, in.spec.Name, uptime(), initPath)
+	if err := unix.Chdir(root); err != nil {
+		return err
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("switch root: move %s to /: %w", root, err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("switch root: chroot: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return err
+	}
+	env := []string{"PATH=" + defaultPath, "HOME=/", "TERM=linux"}
+	return unix.Exec(initPath, []string{initPath}, env)
 }
 
 // uptime is the guest's uptime in seconds, as /proc/uptime says.

@@ -46,6 +46,13 @@ func (r *reaper) start() {
 	}()
 }
 
+// signalReset restores default signal handling before exec'ing another
+// program as PID 1 (Go's handlers do not survive exec, but its mask must not
+// leak either).
+func signalReset() {
+	signal.Reset()
+}
+
 func (r *reaper) onSignal(s os.Signal, fn func()) {
 	r.mu.Lock()
 	r.handlers[s] = fn

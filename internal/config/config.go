@@ -19,6 +19,12 @@ const (
 	DefaultExternalInterface = "auto"
 )
 
+// Who runs as PID 1 in a VM (VMSpec.Init).
+const (
+	InitMicrovm = "microvm"
+	InitImage   = "image"
+)
+
 // Hypervisors is the set of VMM backends a VM may name.
 var hypervisors = map[string]bool{"qemu": true, "cloud-hypervisor": true, "firecracker": true}
 
@@ -52,6 +58,7 @@ type VM struct {
 	Env        map[string]string `json:"env,omitempty"`
 	Workdir    string            `json:"workdir,omitempty"`
 	User       string            `json:"user,omitempty"`
+	Init       string            `json:"init"`
 	Net        Net               `json:"net"`
 }
 
@@ -214,6 +221,7 @@ func merge(name string, d, s *VMSpec) *VM {
 		Env:        mergeMaps(d.Env, s.Env),
 		Workdir:    pick(s.Workdir, d.Workdir, ""),
 		User:       pick(s.User, d.User, ""),
+		Init:       pick(s.Init, d.Init, InitMicrovm),
 	}
 	if s.Index != nil {
 		vm.Index = *s.Index

@@ -73,6 +73,11 @@ type VMSpec struct {
 	Workdir *string `yaml:"workdir,omitempty" json:"workdir,omitempty"`
 	// User runs the workload as this user name or uid (default root).
 	User *string `yaml:"user,omitempty" json:"user,omitempty"`
+	// Init is who runs as PID 1 once the VM is set up: "microvm" (the default:
+	// microvm-init stays, serving SSH and the workload) or "image" (the
+	// image's own /sbin/init takes over by switch_root, e.g. for systemd
+	// images; it then owns SSH and shutdown).
+	Init *string `yaml:"init,omitempty" json:"init,omitempty" jsonschema:"enum=microvm,enum=image"`
 }
 
 // Volume is a persistent data volume of a VM.

@@ -151,6 +151,9 @@ func (v *validator) spec(p string, s *VMSpec) {
 	if s.Workdir != nil && !path.IsAbs(*s.Workdir) {
 		v.r.addf(joinPath(p, "workdir"), "workdir %q must be an absolute path", *s.Workdir)
 	}
+	if s.Init != nil && *s.Init != InitMicrovm && *s.Init != InitImage {
+		v.r.addf(joinPath(p, "init"), "init must be microvm or image, not %q", *s.Init)
+	}
 	if s.User != nil && !userRE.MatchString(*s.User) {
 		v.r.addf(joinPath(p, "user"), "user %q is neither a user name nor a uid", *s.User)
 	}

@@ -36,6 +36,9 @@ type Spec struct {
 	SSH SSHSpec `json:"ssh"`
 	// Workload is what runs in the VM once it is up (optional).
 	Workload *Workload `json:"workload,omitempty"`
+	// SwitchRoot hands PID 1 to the image's own init (/sbin/init) once the
+	// root, network and volumes are set up.
+	SwitchRoot bool `json:"switchRoot,omitempty"`
 }
 
 // NetSpec is the guest's static network configuration.

@@ -223,7 +223,8 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	if l.Shares[0].VirtiofsSocket != "" {
 		spec.Store.FSType = "virtiofs"
 	}
-	if len(vm.Command) > 0 {
+	spec.SwitchRoot = vm.Init == config.InitImage
+	if len(vm.Command) > 0 && !spec.SwitchRoot {
 		spec.Workload = &guest.Workload{Command: vm.Command, Env: vm.Env, Workdir: vm.Workdir, User: vm.User}
 	}
 	if err := guest.WriteVM(base, l.Initrd, spec); err != nil {

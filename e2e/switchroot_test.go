@@ -1,0 +1,52 @@
+package e2e
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/hostnet"
+	"microvm.dev/microvm/internal/network"
+	"microvm.dev/microvm/internal/testutil"
+)
+
+// TestImageInit hands PID 1 to the image's own init (init: image): the
+// busybox base image's init takes over the console, the network set up
+// before the hand-over answers, and the VM still stops on request.
+func TestImageInit(t *testing.T) {
+	requireGuestEnv(t)
+	ns := testutil.NewNetns(t, "swr")
+	cfg, err := config.Parse("swr.yaml", []byte("vms: { vm1: { index: 1, memory: 512M, init: image } }"), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := network.New(ns.Path, hostnet.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := m.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	env := newEnv(t, ns)
+	p, r := boot(t, env, cfg.VM("vm1"))
+	deadline := time.Now().Add(60 * time.Second)
+	var console string
+	for time.Now().Before(deadline) {
+		b, _ := os.ReadFile(p.Launch.ConsoleLog)
+		console = string(b)
+		if strings.Contains(console, "activate this console") {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(console, "init=/sbin/init") || !strings.Contains(console, "activate this console") {
+		t.Fatalf("busybox init did not take over the console:\n%s", console)
+	}
+	if !ns.Ping(t, "10.1.0.2") {
+		t.Error("the VM's network, configured before the hand-over, does not answer")
+	}
+	stop(t, r)
+}
