@@ -10,8 +10,6 @@ import (
 
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
-	"microvm.dev/microvm/internal/hostnet"
-	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/testutil"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/volume"
@@ -42,19 +40,7 @@ func TestAarch64GuestBoots(t *testing.T) {
 		t.Fatalf("build the arm64 microvm-init: %v\n%s", err, out)
 	}
 
-	ns := testutil.NewNetns(t, "arm")
-	cfg, err := config.Parse("arm.yaml", []byte(bootConfig), config.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := network.New(ns.Path, hostnet.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if _, err := m.Apply(cfg); err != nil {
-		t.Fatal(err)
-	}
+	ns, cfg := netLab(t, "arm", bootConfig)
 	env := newEnvStore(t, ns, "store-arm64")
 	env.Arch = vmm.ArchAArch64
 	p, r := boot(t, env, cfg.VM("vm1"))

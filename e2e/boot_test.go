@@ -17,10 +17,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"microvm.dev/microvm/internal/config"
-	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
-	"microvm.dev/microvm/internal/network"
-	"microvm.dev/microvm/internal/testutil"
 	"microvm.dev/microvm/internal/volume"
 )
 
@@ -44,19 +41,7 @@ vms:
 // /var does not.
 func TestBootVolumeSurvivesReboot(t *testing.T) {
 	requireGuestEnv(t)
-	ns := testutil.NewNetns(t, "boot")
-	cfg, err := config.Parse("boot.yaml", []byte(bootConfig), config.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := network.New(ns.Path, hostnet.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if _, err := m.Apply(cfg); err != nil {
-		t.Fatal(err)
-	}
+	ns, cfg := netLab(t, "boot", bootConfig)
 	env := newEnv(t, ns)
 	vm := cfg.VM("vm1")
 	token := randomToken(t)
@@ -139,19 +124,7 @@ func TestStoreShares(t *testing.T) {
 	}
 	for _, share := range types {
 		t.Run(share, func(t *testing.T) {
-			ns := testutil.NewNetns(t, "sh"+share[:2])
-			cfg, err := config.Parse("share.yaml", []byte("vms: { vm1: { index: 1, memory: 512M } }"), config.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			m, err := network.New(ns.Path, hostnet.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer m.Close()
-			if _, err := m.Apply(cfg); err != nil {
-				t.Fatal(err)
-			}
+			ns, cfg := netLab(t, "sh"+share[:2], "vms: { vm1: { index: 1, memory: 512M } }")
 			env := newEnv(t, ns)
 			env.Share = share
 			p, r := boot(t, env, cfg.VM("vm1"))

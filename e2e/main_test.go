@@ -15,7 +15,9 @@ import (
 
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/testutil"
 	"microvm.dev/microvm/internal/vmm"
 )
@@ -86,6 +88,26 @@ func newEnvStore(t *testing.T, ns *testutil.Netns, store string) launch.Env {
 		}
 	}
 	return launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), KernelCache: guest.DefaultKernelCache, InitDir: shared.initDir, NetNS: ns.Path}
+}
+
+// netLab creates a namespace standing in for the host, parses src and
+// applies its network there.
+func netLab(t *testing.T, tag, src string) (*testutil.Netns, *config.Config) {
+	t.Helper()
+	ns := testutil.NewNetns(t, tag)
+	cfg, err := config.Parse(tag+".yaml", []byte(src), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := network.New(ns.Path, hostnet.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := m.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	return ns, cfg
 }
 
 // sshTo connects to the VM from inside ns with microvm's client key,

@@ -5,11 +5,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"microvm.dev/microvm/internal/config"
-	"microvm.dev/microvm/internal/hostnet"
-	"microvm.dev/microvm/internal/network"
-	"microvm.dev/microvm/internal/testutil"
 )
 
 // TestImageInit hands PID 1 to the image's own init (init: image): the
@@ -17,19 +12,7 @@ import (
 // before the hand-over answers, and the VM still stops on request.
 func TestImageInit(t *testing.T) {
 	requireGuestEnv(t)
-	ns := testutil.NewNetns(t, "swr")
-	cfg, err := config.Parse("swr.yaml", []byte("vms: { vm1: { index: 1, memory: 512M, init: image } }"), config.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := network.New(ns.Path, hostnet.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if _, err := m.Apply(cfg); err != nil {
-		t.Fatal(err)
-	}
+	ns, cfg := netLab(t, "swr", "vms: { vm1: { index: 1, memory: 512M, init: image } }")
 	env := newEnv(t, ns)
 	p, r := boot(t, env, cfg.VM("vm1"))
 	deadline := time.Now().Add(60 * time.Second)
