@@ -54,6 +54,10 @@ func setup() error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build microvm-init: %v\n%s", err, out)
 	}
+	cmd = exec.Command(gobin, "build", "-o", filepath.Join(shared.initDir, "microvm"), "microvm.dev/microvm/cmd/microvm")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build microvm: %v\n%s", err, out)
+	}
 	if out, err := exec.Command("bash", "../scripts/build-base-image.sh", filepath.Join(dir, "store", "base")).CombinedOutput(); err != nil {
 		return fmt.Errorf("build the base image: %v\n%s", err, out)
 	}

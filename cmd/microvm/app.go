@@ -107,7 +107,13 @@ read-only image store, an ephemeral /var and persistent data volumes.`,
 	pf.StringVar(&a.socket, "socket", DefaultSocket, "the daemon's API socket")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	pf.StringVar(&a.netns, "netns", "", "work in the network namespace at this path instead of the host's own (e.g. /run/netns/NAME)")
-	root.AddCommand(a.validateCommand(), a.planCommand(), a.renderCommand(), a.netCommand(), a.runCommand(), a.versionCommand())
+	root.AddCommand(a.validateCommand(), a.planCommand(), a.renderCommand(), a.netCommand(), a.runCommand(),
+		a.daemonCommand(), a.applyCommand(), a.listCommand(),
+		a.vmVerb("status", "Show one VM's state, process, boot time and restarts", "GET", ""),
+		a.vmVerb("start", "Start a VM of the applied file", "POST", "/start"),
+		a.vmVerb("stop", "Shut a VM down cleanly (it stays stopped)", "POST", "/stop"),
+		a.vmVerb("restart", "Shut a VM down cleanly and start it again", "POST", "/restart"),
+		a.logsCommand(), a.rmCommand(), a.versionCommand())
 	return root
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"sort"
+	"time"
 )
 
 // Built-in defaults, used where neither a VM nor the defaults: section sets a key.
@@ -60,7 +61,26 @@ type VM struct {
 	User       string            `json:"user,omitempty"`
 	Init       string            `json:"init"`
 	Net        Net               `json:"net"`
+	// Supervision is how the daemon runs the VM; it is not part of the spec
+	// hash, so changing it never restarts the VM.
+	Supervision Supervision `json:"supervision"`
 }
+
+// Supervision is how the daemon runs a VM.
+type Supervision struct {
+	Autostart   bool     `json:"autostart"`
+	Restart     string   `json:"restart"`
+	StopTimeout Duration `json:"stopTimeout"`
+}
+
+// Restart policies.
+const (
+	RestartAlways    = "always"
+	RestartOnFailure = "on-failure"
+	RestartNo        = "no"
+	// DefaultStopTimeout is how long a clean shutdown may take by default.
+	DefaultStopTimeout = Duration(30 * time.Second)
+)
 
 // Net is the addressing derived for a VM.
 type Net struct {
@@ -90,9 +110,12 @@ type ResolvedForward struct {
 func (c *Config) VM(name string) *VM { return c.byName[name] }
 
 // SpecHash is a digest of everything that defines the VM; a running VM whose
-// recorded hash differs must be restarted to take its new spec.
+// recorded hash differs must be restarted to take its new spec. Supervision
+// settings are left out.
 func (vm *VM) SpecHash() string {
-	b, err := json.Marshal(vm)
+	c := *vm
+	c.Supervision = Supervision{}
+	b, err := json.Marshal(c)
 	if err != nil {
 		panic(fmt.Sprintf("config: marshal VM %s: %v", vm.Name, err)) // plain data, cannot fail
 	}
@@ -222,6 +245,11 @@ func merge(name string, d, s *VMSpec) *VM {
 		Workdir:    pick(s.Workdir, d.Workdir, ""),
 		User:       pick(s.User, d.User, ""),
 		Init:       pick(s.Init, d.Init, InitMicrovm),
+		Supervision: Supervision{
+			Autostart:   pick(s.Autostart, d.Autostart, true),
+			Restart:     pick(s.Restart, d.Restart, RestartAlways),
+			StopTimeout: pick(s.StopTimeout, d.StopTimeout, DefaultStopTimeout),
+		},
 	}
 	if s.Index != nil {
 		vm.Index = *s.Index

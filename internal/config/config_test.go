@@ -160,6 +160,20 @@ func TestSpecHashChangesWithSpec(t *testing.T) {
 	}
 }
 
+func TestSupervisionNotInHash(t *testing.T) {
+	a := mustParse(t, "vms: { a: { index: 1 } }", Options{}).VM("a")
+	b := mustParse(t, "vms: { a: { index: 1, restart: no, stopTimeout: 5s, autostart: false } }", Options{}).VM("a")
+	if a.SpecHash() != b.SpecHash() {
+		t.Error("changing supervision settings must not change the spec hash")
+	}
+	if !a.Supervision.Autostart || a.Supervision.Restart != RestartAlways || a.Supervision.StopTimeout != DefaultStopTimeout {
+		t.Errorf("defaults: %+v", a.Supervision)
+	}
+	if b.Supervision.Autostart || b.Supervision.Restart != RestartNo || b.Supervision.StopTimeout.String() != "5s" {
+		t.Errorf("b: %+v", b.Supervision)
+	}
+}
+
 func TestAnchorsAndAliases(t *testing.T) {
 	cfg := mustParse(t, `
 vms:
@@ -262,6 +276,9 @@ func TestBadConfigs(t *testing.T) {
 		{"bad user", "vms: { a: { index: 1, command: [x], user: \"Bob Smith\" } }", "vms.a.user", "neither a user name nor a uid", Options{}},
 		{"empty command", "vms: { a: { index: 1, command: [\"\"] } }", "vms.a.command[0]", "the command is empty", Options{}},
 		{"env bad name", "vms: { a: { index: 1, env: { \"A=B\": x } } }", "vms.a.env.A=B", "not an environment variable name", Options{}},
+		{"bad restart", "vms: { a: { index: 1, restart: sometimes } }", "vms.a.restart", "always, on-failure or no", Options{}},
+		{"bad stop timeout", "vms: { a: { index: 1, stopTimeout: soon } }", "vms.a.stopTimeout", "not a duration", Options{}},
+		{"stop timeout too short", "vms: { a: { index: 1, stopTimeout: 10ms } }", "vms.a.stopTimeout", "outside 1s-1h", Options{}},
 		{"billion laughs", laughs(), "", "expands to more than", Options{}},
 	}
 	for _, c := range cases {

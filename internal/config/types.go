@@ -78,6 +78,15 @@ type VMSpec struct {
 	// image's own /sbin/init takes over by switch_root, e.g. for systemd
 	// images; it then owns SSH and shutdown).
 	Init *string `yaml:"init,omitempty" json:"init,omitempty" jsonschema:"enum=microvm,enum=image"`
+	// Autostart says whether the daemon starts the VM (default true).
+	Autostart *bool `yaml:"autostart,omitempty" json:"autostart,omitempty"`
+	// Restart is the daemon's policy when the VM's hypervisor exits on its
+	// own: always (default), on-failure or no. Restarts back off
+	// exponentially; a crash loop leaves the VM failed.
+	Restart *string `yaml:"restart,omitempty" json:"restart,omitempty" jsonschema:"enum=always,enum=on-failure,enum=no"`
+	// StopTimeout is how long a clean shutdown may take before the
+	// hypervisor is killed (default 30s).
+	StopTimeout *Duration `yaml:"stopTimeout,omitempty" json:"stopTimeout,omitempty"`
 }
 
 // Volume is a persistent data volume of a VM.

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"golang.org/x/crypto/ssh"
@@ -150,6 +151,12 @@ func (v *validator) spec(p string, s *VMSpec) {
 	}
 	if s.Workdir != nil && !path.IsAbs(*s.Workdir) {
 		v.r.addf(joinPath(p, "workdir"), "workdir %q must be an absolute path", *s.Workdir)
+	}
+	if s.Restart != nil && *s.Restart != RestartAlways && *s.Restart != RestartOnFailure && *s.Restart != RestartNo {
+		v.r.addf(joinPath(p, "restart"), "restart must be always, on-failure or no, not %q", *s.Restart)
+	}
+	if s.StopTimeout != nil && (*s.StopTimeout < Duration(time.Second) || *s.StopTimeout > Duration(time.Hour)) {
+		v.r.addf(joinPath(p, "stopTimeout"), "stopTimeout %s is outside 1s-1h", *s.StopTimeout)
 	}
 	if s.Init != nil && *s.Init != InitMicrovm && *s.Init != InitImage {
 		v.r.addf(joinPath(p, "init"), "init must be microvm or image, not %q", *s.Init)

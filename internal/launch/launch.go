@@ -254,7 +254,9 @@ type Running struct {
 	// Exited is closed when the process has exited; ExitErr is then its error.
 	Exited  chan struct{}
 	ExitErr error
-	console int64
+	// ProcStart is the process's start time (see ProcStartTime).
+	ProcStart uint64
+	console   int64
 }
 
 // Start starts the hypervisor in its own session (so a signal to microvm's
@@ -299,6 +301,7 @@ func Start(p *Prepared) (*Running, error) {
 		return nil, fmt.Errorf("start %s: %w", p.Argv[0], err)
 	}
 	r.Process = cmd.Process
+	r.ProcStart, _ = ProcStartTime(cmd.Process.Pid)
 	go func() {
 		r.ExitErr = cmd.Wait()
 		// Helpers never outlive the hypervisor.
@@ -406,5 +409,5 @@ func (r *Running) Stop(timeout time.Duration) error {
 
 // Record is the run record of a started VM.
 func (r *Running) Record() state.RunRecord {
-	return state.RunRecord{Name: r.Prepared.VM.Name, Spec: *r.Prepared.VM, PID: r.Process.Pid, StartedAt: r.Started}
+	return state.RunRecord{Name: r.Prepared.VM.Name, Spec: *r.Prepared.VM, PID: r.Process.Pid, ProcStart: r.ProcStart, StartedAt: r.Started}
 }

@@ -179,8 +179,8 @@ func Diff(old, cur *config.VM) []Change {
 	for i := range t.NumField() {
 		f := t.Field(i)
 		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		if name == "" || name == "-" {
-			continue
+		if name == "" || name == "-" || name == "supervision" {
+			continue // supervision changes need no restart
 		}
 		a, b := show(ov.Field(i).Interface()), show(cv.Field(i).Interface())
 		if a != b {

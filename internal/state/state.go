@@ -42,6 +42,9 @@ type RunRecord struct {
 	Spec config.VM `json:"spec"`
 	// PID of the hypervisor process (0 when not running).
 	PID int `json:"pid,omitempty"`
+	// ProcStart is the process's start time in clock ticks since boot, so a
+	// reused pid is not mistaken for the hypervisor.
+	ProcStart uint64 `json:"procStart,omitempty"`
 	// StartedAt is when the process was started.
 	StartedAt time.Time `json:"startedAt,omitzero"`
 }

@@ -1,0 +1,284 @@
+// Package api is the daemon's HTTP+JSON API on a unix socket, and the client
+// the command line uses. Errors are JSON {"error": "..."} with a fitting
+// status; an apply with problems answers 422 with the problems.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"syscall"
+	"time"
+
+	"microvm.dev/microvm/internal/daemon"
+	"microvm.dev/microvm/internal/supervisor"
+)
+
+// MaxBody bounds request bodies (a config file).
+const MaxBody = 4 << 20
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
+
+// Handler serves d's API.
+func Handler(d *daemon.Daemon) http.Handler {
+	mux := http.NewServeMux()
+	sup := d.Supervisor()
+	mux.HandleFunc("GET /v1/vms", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, sup.List())
+	})
+	mux.HandleFunc("GET /v1/vms/{name}", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
+		st, ok := sup.Status(name)
+		if !ok {
+			writeErr(w, http.StatusNotFound, fmt.Errorf("no VM named %q", name))
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	}))
+	mux.HandleFunc("POST /v1/apply", func(w http.ResponseWriter, r *http.Request) {
+		data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+		if err != nil {
+			writeErr(w, http.StatusRequestEntityTooLarge, fmt.Errorf("read the file: %w", err))
+			return
+		}
+		name := r.URL.Query().Get("file")
+		if name == "" {
+			name = "infra.yaml"
+		}
+		res, err := d.ApplyFile(name, data)
+		switch {
+		case errors.Is(err, daemon.ErrInvalid):
+			writeJSON(w, http.StatusUnprocessableEntity, res)
+		case err != nil && res != nil:
+			writeJSON(w, http.StatusInternalServerError, struct {
+				*daemon.ApplyResult
+				Error string `json:"error"`
+			}{res, err.Error()})
+		case err != nil:
+			writeErr(w, http.StatusInternalServerError, err)
+		default:
+			writeJSON(w, http.StatusOK, res)
+		}
+	})
+	action := func(do func(name string) error) http.HandlerFunc {
+		return withVM(func(w http.ResponseWriter, r *http.Request, name string) {
+			if err := do(name); err != nil {
+				writeErr(w, http.StatusConflict, err)
+				return
+			}
+			st, _ := sup.Status(name)
+			writeJSON(w, http.StatusOK, st)
+		})
+	}
+	start := func(name string) error {
+		vm := d.VMConfig(name)
+		if vm == nil {
+			return fmt.Errorf("%s is not in the applied file", name)
+		}
+		return sup.Start(vm)
+	}
+	mux.HandleFunc("POST /v1/vms/{name}/start", action(start))
+	mux.HandleFunc("POST /v1/vms/{name}/stop", action(sup.Stop))
+	mux.HandleFunc("POST /v1/vms/{name}/restart", action(func(name string) error {
+		if err := sup.Stop(name); err != nil {
+			return err
+		}
+		return start(name)
+	}))
+	mux.HandleFunc("DELETE /v1/vms/{name}", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
+		purge, _ := strconv.ParseBool(r.URL.Query().Get("purge"))
+		if err := d.Remove(name, purge); err != nil {
+			writeErr(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"removed": name, "purged": purge})
+	}))
+	mux.HandleFunc("GET /v1/vms/{name}/logs", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
+		follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
+		streamFile(w, r, d.ConsoleLog(name), follow)
+	}))
+	return mux
+}
+
+func withVM(h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		if !nameRE.MatchString(name) {
+			writeErr(w, http.StatusBadRequest, fmt.Errorf("%q is not a VM name", name))
+			return
+		}
+		h(w, r, name)
+	}
+}
+
+// streamFile copies a log file, and with follow keeps sending what is
+// appended until the client goes away.
+func streamFile(w http.ResponseWriter, r *http.Request, path string, follow bool) {
+	f, err := os.Open(path)
+	if err != nil {
+		writeErr(w, http.StatusNotFound, fmt.Errorf("no console log: %w", err))
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fl, _ := w.(http.Flusher)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			w.Write(buf[:n])
+			if fl != nil {
+				fl.Flush()
+			}
+		}
+		if err == io.EOF {
+			if !follow {
+				return
+			}
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, map[string]string{"error": err.Error()})
+}
+
+// Listen opens the API socket (mode 0660; group microvm when that group
+// exists), replacing a stale socket but refusing one a live daemon serves.
+func Listen(socket string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {
+		return nil, err
+	}
+	if c, err := net.DialTimeout("unix", socket, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("a daemon is already listening on %s", socket)
+	}
+	os.Remove(socket)
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", socket, err)
+	}
+	if err := os.Chmod(socket, 0o660); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if g, err := user.LookupGroup("microvm"); err == nil {
+		if gid, err := strconv.Atoi(g.Gid); err == nil {
+			os.Chown(socket, 0, gid)
+		}
+	}
+	return ln, nil
+}
+
+// Client talks to a daemon.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// ErrNoDaemon says nothing listens on the socket.
+var ErrNoDaemon = errors.New("no daemon is listening")
+
+// NewClient returns a client for the daemon on socket.
+func NewClient(socket string) *Client {
+	return &Client{socket: socket, http: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}}
+}
+
+// Do sends a request and decodes a JSON answer into out; a non-2xx answer
+// is an error carrying the daemon's message (out is still filled when the
+// answer has a body of that shape, e.g. apply problems).
+func (c *Client) Do(method, path string, body io.Reader, out any) error {
+	req, err := http.NewRequest(method, "http://microvm"+path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%w on %s (start one with: microvm daemon --config FILE)", ErrNoDaemon, c.socket)
+		}
+		return fmt.Errorf("talk to the daemon on %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if out != nil && len(data) > 0 {
+		json.Unmarshal(data, out)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		json.Unmarshal(data, &e)
+		if e.Error == "" {
+			e.Error = resp.Status
+		}
+		return &StatusError{Code: resp.StatusCode, Message: e.Error}
+	}
+	return nil
+}
+
+// StatusError is a daemon's refusal.
+type StatusError struct {
+	Code    int
+	Message string
+}
+
+func (e *StatusError) Error() string { return e.Message }
+
+// Stream copies a streamed answer (logs) to w.
+func (c *Client) Stream(path string, w io.Writer) error {
+	resp, err := c.http.Get("http://microvm" + path)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%w on %s (start one with: microvm daemon --config FILE)", ErrNoDaemon, c.socket)
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		json.NewDecoder(resp.Body).Decode(&e)
+		return &StatusError{Code: resp.StatusCode, Message: e.Error}
+	}
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
+
+// VMs lists the VMs.
+func (c *Client) VMs() ([]supervisor.Status, error) {
+	var out []supervisor.Status
+	return out, c.Do("GET", "/v1/vms", nil, &out)
+}

@@ -1,0 +1,219 @@
+// Package daemon is `microvm daemon`: it makes the host match the config
+// file and keeps it there. It adopts the VMs a previous daemon started,
+// applies files (validate first; then stop removed and changed VMs,
+// reconcile the network, boot new and changed VMs in parallel), and serves
+// the API the command line uses. Stopping the daemon never stops a VM.
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"sync"
+	"time"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/hostnet"
+	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/network"
+	"microvm.dev/microvm/internal/state"
+	"microvm.dev/microvm/internal/supervisor"
+)
+
+// Daemon is the running daemon.
+type Daemon struct {
+	env   launch.Env
+	log   *slog.Logger
+	sup   *supervisor.Supervisor
+	net   *network.Manager
+	apply sync.Mutex // one apply at a time
+	mu    sync.Mutex
+	cfg   *config.Config
+	file  string
+}
+
+// New creates a daemon for env, adopting VMs that are already running.
+func New(env launch.Env, log *slog.Logger) (*Daemon, error) {
+	m, err := network.New(env.NetNS, hostnet.Options{})
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{env: env, log: log, sup: supervisor.New(env, log), net: m}
+	if _, err := d.sup.Adopt(); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("adopt running VMs: %w", err)
+	}
+	return d, nil
+}
+
+// Close releases the daemon; VMs keep running.
+func (d *Daemon) Close() { d.net.Close() }
+
+// Supervisor gives access to the VMs.
+func (d *Daemon) Supervisor() *supervisor.Supervisor { return d.sup }
+
+// VMAction is what an apply did to one VM.
+type VMAction struct {
+	Name   string `json:"name"`
+	Action string `json:"action"` // created, restarted, removed, unchanged, started
+	Error  string `json:"error,omitempty"`
+	// BootSeconds is how long the VM took to become ready.
+	BootSeconds float64 `json:"bootSeconds,omitempty"`
+}
+
+// ApplyResult is the outcome of an apply.
+type ApplyResult struct {
+	File     string          `json:"file"`
+	Problems config.Problems `json:"problems,omitempty"`
+	VMs      []VMAction      `json:"vms"`
+	Network  *network.Result `json:"network,omitempty"`
+	Seconds  float64         `json:"seconds"`
+}
+
+// ErrInvalid is returned (wrapped) when the file has problems; nothing was changed.
+var ErrInvalid = errors.New("the file has problems; nothing was changed")
+
+// Parse validates a file against this host.
+func (d *Daemon) Parse(name string, data []byte) (*config.Config, error) {
+	opts, err := d.net.Host().HostOptions(runtime.NumCPU())
+	if err != nil {
+		return nil, err
+	}
+	return config.Parse(name, data, opts)
+}
+
+// ApplyFile validates data and applies it. A file with problems changes
+// nothing and returns them with ErrInvalid.
+func (d *Daemon) ApplyFile(name string, data []byte) (*ApplyResult, error) {
+	cfg, err := d.Parse(name, data)
+	var ps config.Problems
+	if errors.As(err, &ps) {
+		return &ApplyResult{File: name, Problems: ps, VMs: []VMAction{}}, ErrInvalid
+	}
+	if err != nil {
+		return nil, err
+	}
+	return d.Apply(name, cfg)
+}
+
+// Apply makes the fleet match cfg: removed VMs are stopped (volumes kept),
+// VMs whose spec changed are restarted, new ones created, and the network
+// reconciled between the stops and the starts.
+func (d *Daemon) Apply(name string, cfg *config.Config) (*ApplyResult, error) {
+	d.apply.Lock()
+	defer d.apply.Unlock()
+	t0 := time.Now()
+	res := &ApplyResult{File: name, VMs: []VMAction{}}
+	running := d.sup.Running()
+	known := map[string]bool{}
+	for _, st := range d.sup.List() {
+		known[st.Name] = true
+	}
+	var toStart []*config.VM
+	actions := map[string]*VMAction{}
+	act := func(name, what string) *VMAction {
+		a := &VMAction{Name: name, Action: what}
+		actions[name] = a
+		return a
+	}
+	for n := range known {
+		if cfg.VM(n) == nil {
+			a := act(n, "removed")
+			if err := d.sup.Forget(n); err != nil {
+				a.Error = err.Error()
+			}
+		}
+	}
+	for _, vm := range cfg.VMs {
+		hash, isRunning := running[vm.Name]
+		switch {
+		case isRunning && hash == vm.SpecHash():
+			d.sup.Start(vm) // same spec: only updates supervision settings
+			act(vm.Name, "unchanged")
+		case isRunning:
+			a := act(vm.Name, "restarted")
+			if err := d.sup.Stop(vm.Name); err != nil {
+				a.Error = err.Error()
+				continue
+			}
+			toStart = append(toStart, vm)
+		case vm.Supervision.Autostart:
+			if known[vm.Name] {
+				act(vm.Name, "started")
+			} else {
+				act(vm.Name, "created")
+			}
+			toStart = append(toStart, vm)
+		default:
+			act(vm.Name, "unchanged")
+		}
+	}
+	netRes, err := d.net.Apply(cfg)
+	res.Network = netRes
+	if err != nil {
+		return res, fmt.Errorf("network: %w", err)
+	}
+	d.mu.Lock()
+	d.cfg, d.file = cfg, name
+	d.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, vm := range toStart {
+		a := actions[vm.Name]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.sup.Start(vm); err != nil {
+				a.Error = err.Error()
+			} else if st, ok := d.sup.Status(vm.Name); ok {
+				a.BootSeconds = st.BootSeconds
+			}
+		}()
+	}
+	wg.Wait()
+	for _, a := range actions {
+		res.VMs = append(res.VMs, *a)
+	}
+	sort.Slice(res.VMs, func(i, j int) bool { return res.VMs[i].Name < res.VMs[j].Name })
+	res.Seconds = time.Since(t0).Seconds()
+	for _, a := range res.VMs {
+		if a.Error != "" {
+			return res, fmt.Errorf("%s: %s", a.Name, a.Error)
+		}
+	}
+	d.log.Info("applied", "file", name, "seconds", res.Seconds)
+	return res, nil
+}
+
+// VMConfig returns a VM of the applied file.
+func (d *Daemon) VMConfig(name string) *config.VM {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cfg == nil {
+		return nil
+	}
+	return d.cfg.VM(name)
+}
+
+// Remove forgets a VM (stopping it) and, with purge, deletes its directory
+// with its volumes. A VM still in the applied file is refused.
+func (d *Daemon) Remove(name string, purge bool) error {
+	if d.VMConfig(name) != nil {
+		return fmt.Errorf("%s is in the applied file; remove it from the file and apply", name)
+	}
+	if err := d.sup.Forget(name); err != nil {
+		return err
+	}
+	if purge {
+		return os.RemoveAll(state.Dir{Root: d.env.StateDir}.VMDir(name))
+	}
+	return nil
+}
+
+// ConsoleLog is the path of a VM's console log.
+func (d *Daemon) ConsoleLog(name string) string {
+	return filepath.Join(state.Dir{Root: d.env.StateDir}.VMDir(name), "console.log")
+}

@@ -1,0 +1,73 @@
+package launch
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"microvm.dev/microvm/internal/config"
+)
+
+// ProcStartTime is the start time of pid in clock ticks since boot (field 22
+// of /proc/PID/stat); with the pid it identifies a process across pid reuse.
+func ProcStartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; fields resume after ")".
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("unreadable /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// ErrNotOurs says a recorded pid no longer runs the VM (it exited, or the
+// pid was reused by another process).
+var ErrNotOurs = errors.New("the recorded process is not this VM's hypervisor")
+
+// Adopt takes over a hypervisor started earlier (by a daemon that has since
+// restarted): it checks that pid still is vm's hypervisor (same start time,
+// command line naming the VM) and watches it through a pidfd.
+func Adopt(env Env, vm *config.VM, pid int, startTime uint64) (*Running, error) {
+	st, err := ProcStartTime(pid)
+	if err != nil || st != startTime {
+		return nil, ErrNotOurs
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || !bytes.Contains(cmdline, []byte("guest="+vm.Name+",")) {
+		return nil, ErrNotOurs
+	}
+	l, argv, err := Command(env, vm)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("watch pid %d: %w", pid, err)
+	}
+	proc, _ := os.FindProcess(pid)
+	r := &Running{Prepared: &Prepared{VM: vm, Launch: l, Argv: argv}, Process: proc, Exited: make(chan struct{})}
+	go func() {
+		defer unix.Close(fd)
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(fds, -1); err == nil || !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		r.ExitErr = errors.New("the adopted hypervisor exited (its exit status is not visible to an adopting daemon)")
+		close(r.Exited)
+	}()
+	return r, nil
+}

@@ -1,0 +1,362 @@
+// Package supervisor runs a fleet's VM processes: it starts them detached
+// (their own session, so the daemon can exit, crash or restart without
+// touching them), adopts the ones a previous daemon started, watches them,
+// restarts them by policy with exponential backoff (a crash loop leaves the
+// VM failed with its last console lines), stops them cleanly, and keeps each
+// VM's run record on disk.
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/state"
+)
+
+// State is where a VM is in its life.
+type State string
+
+// The states of a VM.
+const (
+	Starting State = "starting"
+	Running  State = "running"
+	Stopping State = "stopping"
+	Stopped  State = "stopped"
+	Backoff  State = "backoff" // waiting to be restarted
+	Failed   State = "failed"  // crash loop or failed start; needs start or apply
+)
+
+// Tuning of restarts.
+const (
+	// ReadyTimeout is how long a guest may take to report ready.
+	ReadyTimeout = 3 * time.Minute
+	firstBackoff = time.Second
+	maxBackoff   = time.Minute
+	// A VM that exits crashLoopCount times within crashLoopWindow is failed.
+	crashLoopCount  = 5
+	crashLoopWindow = 3 * time.Minute
+	// A VM that ran this long has its backoff reset.
+	stableAfter = time.Minute
+)
+
+// Status is what the supervisor knows about one VM.
+type Status struct {
+	Name        string     `json:"name"`
+	State       State      `json:"state"`
+	PID         int        `json:"pid,omitempty"`
+	StartedAt   time.Time  `json:"startedAt,omitzero"`
+	BootSeconds float64    `json:"bootSeconds,omitempty"`
+	Restarts    int        `json:"restarts"`
+	LastExit    string     `json:"lastExit,omitempty"`
+	Failure     string     `json:"failure,omitempty"`
+	SpecHash    string     `json:"specHash"`
+	Spec        *config.VM `json:"spec"`
+}
+
+type vmProc struct {
+	spec     *config.VM
+	run      *launch.Running
+	state    State
+	wanted   bool // should be running
+	gen      int  // bumped on every start and stop; stale watchers give up
+	restarts int
+	exits    []time.Time
+	lastExit string
+	failure  string
+	boot     time.Duration
+	started  time.Time
+}
+
+// Supervisor owns the VM processes of one state directory.
+type Supervisor struct {
+	env launch.Env
+	dir state.Dir
+	log *slog.Logger
+	mu  sync.Mutex
+	vms map[string]*vmProc
+}
+
+// New returns a supervisor for env's state directory.
+func New(env launch.Env, log *slog.Logger) *Supervisor {
+	return &Supervisor{env: env, dir: state.Dir{Root: env.StateDir}, log: log, vms: map[string]*vmProc{}}
+}
+
+// Adopt takes over the VMs whose run records name a live hypervisor
+// (checked by pid, start time and command line); stale records are cleared.
+// It returns the names adopted.
+func (s *Supervisor) Adopt() ([]string, error) {
+	recs, err := s.dir.RunRecords()
+	if err != nil {
+		return nil, err
+	}
+	var adopted []string
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, rec := range recs {
+		if rec.PID == 0 {
+			continue
+		}
+		spec := rec.Spec
+		r, err := launch.Adopt(s.env, &spec, rec.PID, rec.ProcStart)
+		if err != nil {
+			s.log.Info("clearing a stale run record", "vm", rec.Name, "pid", rec.PID, "reason", err)
+			rec.PID = 0
+			if err := s.dir.WriteRunRecord(rec); err != nil {
+				return adopted, err
+			}
+			continue
+		}
+		r.Started, r.ProcStart = rec.StartedAt, rec.ProcStart
+		v := &vmProc{spec: &spec, run: r, state: Running, wanted: true, started: rec.StartedAt}
+		s.vms[rec.Name] = v
+		v.gen++
+		go s.watch(rec.Name, v, v.gen)
+		adopted = append(adopted, rec.Name)
+		s.log.Info("adopted a running VM", "vm", rec.Name, "pid", rec.PID)
+	}
+	return adopted, nil
+}
+
+// Running reports the spec hash of each VM that is running or starting.
+func (s *Supervisor) Running() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]string{}
+	for name, v := range s.vms {
+		if v.run != nil {
+			out[name] = v.spec.SpecHash()
+		}
+	}
+	return out
+}
+
+// Start boots vm (replacing the spec the supervisor knew) and waits until
+// the guest is ready. A VM already running with the same spec is left alone.
+func (s *Supervisor) Start(vm *config.VM) error {
+	s.mu.Lock()
+	v := s.vms[vm.Name]
+	if v == nil {
+		v = &vmProc{}
+		s.vms[vm.Name] = v
+	}
+	if v.run != nil {
+		same := v.spec.SpecHash() == vm.SpecHash()
+		v.spec.Supervision = vm.Supervision
+		s.mu.Unlock()
+		if same {
+			return nil
+		}
+		return fmt.Errorf("%s runs another spec; stop it first", vm.Name)
+	}
+	v.spec, v.wanted, v.failure, v.exits = vm, true, "", nil
+	s.mu.Unlock()
+	return s.boot(vm.Name, v)
+}
+
+// boot starts the hypervisor and waits for the ready line.
+func (s *Supervisor) boot(name string, v *vmProc) error {
+	s.mu.Lock()
+	v.state = Starting
+	v.gen++
+	gen := v.gen
+	spec := v.spec
+	s.mu.Unlock()
+	p, err := launch.Prepare(s.env, spec)
+	if err == nil {
+		var r *launch.Running
+		if r, err = launch.Start(p); err == nil {
+			s.mu.Lock()
+			v.run, v.started = r, r.Started
+			s.mu.Unlock()
+			if werr := s.dir.WriteRunRecord(r.Record()); werr != nil {
+				s.log.Error("write run record", "vm", name, "err", werr)
+			}
+			go s.watch(name, v, gen)
+			var ready error
+			if _, ready = r.WaitReady(ReadyTimeout, nil); ready == nil {
+				s.mu.Lock()
+				if v.gen == gen && v.state == Starting {
+					v.state, v.boot = Running, time.Since(r.Started)
+				}
+				s.mu.Unlock()
+				s.log.Info("VM ready", "vm", name, "pid", r.Process.Pid, "boot", time.Since(r.Started).Round(time.Millisecond))
+				return nil
+			}
+			err = ready
+			r.Stop(time.Duration(spec.Supervision.StopTimeout))
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v.gen == gen {
+		v.state, v.failure, v.wanted = Failed, err.Error(), false
+	}
+	s.log.Error("VM failed to start", "vm", name, "err", err)
+	return fmt.Errorf("%s: %w", name, err)
+}
+
+// watch waits for a hypervisor to exit and applies the restart policy.
+func (s *Supervisor) watch(name string, v *vmProc, gen int) {
+	s.mu.Lock()
+	r := v.run
+	s.mu.Unlock()
+	<-r.Exited
+	s.mu.Lock()
+	if v.gen != gen || v.run != r {
+		s.mu.Unlock()
+		return // stopped or restarted on purpose
+	}
+	v.run = nil
+	rec := r.Record()
+	rec.PID, rec.ProcStart = 0, 0
+	s.dir.WriteRunRecord(rec)
+	clean := r.ExitErr == nil
+	v.lastExit = "powered off"
+	if !clean {
+		v.lastExit = r.ExitErr.Error()
+	}
+	now := time.Now()
+	if now.Sub(v.started) > stableAfter {
+		v.exits = nil
+	}
+	v.exits = append(v.exits, now)
+	policy := v.spec.Supervision.Restart
+	restart := v.wanted && (policy == config.RestartAlways || (policy == config.RestartOnFailure && !clean))
+	if !restart {
+		v.state = Stopped
+		s.mu.Unlock()
+		s.log.Info("VM exited", "vm", name, "exit", v.lastExit, "restart", false)
+		return
+	}
+	recent := 0
+	for _, t := range v.exits {
+		if now.Sub(t) < crashLoopWindow {
+			recent++
+		}
+	}
+	if recent >= crashLoopCount {
+		v.state, v.wanted = Failed, false
+		v.failure = fmt.Sprintf("crash loop: exited %d times within %s; last console lines:\n%s", recent, crashLoopWindow, consoleTail(r.Prepared.Launch.ConsoleLog, 10))
+		s.mu.Unlock()
+		s.log.Error("VM in a crash loop; not restarting", "vm", name, "exits", recent)
+		return
+	}
+	delay := firstBackoff << (len(v.exits) - 1)
+	if delay > maxBackoff || delay <= 0 {
+		delay = maxBackoff
+	}
+	v.state = Backoff
+	v.restarts++
+	s.mu.Unlock()
+	s.log.Warn("VM exited; restarting after backoff", "vm", name, "exit", v.lastExit, "backoff", delay)
+	time.Sleep(delay)
+	s.mu.Lock()
+	if v.gen != gen || !v.wanted || v.state != Backoff {
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	s.boot(name, v)
+}
+
+// Stop shuts vm down cleanly (power button, then Ctrl-Alt-Del, then
+// signals) and leaves it stopped.
+func (s *Supervisor) Stop(name string) error {
+	s.mu.Lock()
+	v := s.vms[name]
+	if v == nil {
+		s.mu.Unlock()
+		return fmt.Errorf("no VM named %q", name)
+	}
+	v.wanted = false
+	v.gen++
+	r := v.run
+	if r == nil {
+		v.state = Stopped
+		s.mu.Unlock()
+		return nil
+	}
+	v.state = Stopping
+	timeout := time.Duration(v.spec.Supervision.StopTimeout)
+	s.mu.Unlock()
+	err := r.Stop(timeout)
+	s.mu.Lock()
+	v.run, v.state = nil, Stopped
+	rec := r.Record()
+	rec.PID, rec.ProcStart = 0, 0
+	s.mu.Unlock()
+	if werr := s.dir.WriteRunRecord(rec); werr != nil && err == nil {
+		err = werr
+	}
+	s.log.Info("VM stopped", "vm", name)
+	return err
+}
+
+// Forget stops vm and drops it and its run record; its volumes stay.
+func (s *Supervisor) Forget(name string) error {
+	if err := s.Stop(name); err != nil && !strings.HasPrefix(err.Error(), "no VM named") {
+		return err
+	}
+	s.mu.Lock()
+	delete(s.vms, name)
+	s.mu.Unlock()
+	if err := os.Remove(s.dir.RunRecordPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Status reports one VM.
+func (s *Supervisor) Status(name string) (Status, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.vms[name]
+	if v == nil {
+		return Status{}, false
+	}
+	return s.status(name, v), true
+}
+
+func (s *Supervisor) status(name string, v *vmProc) Status {
+	st := Status{Name: name, State: v.state, Restarts: v.restarts, LastExit: v.lastExit, Failure: v.failure, Spec: v.spec,
+		BootSeconds: v.boot.Seconds()}
+	if v.spec != nil {
+		st.SpecHash = v.spec.SpecHash()
+	}
+	if v.run != nil {
+		st.PID, st.StartedAt = v.run.Process.Pid, v.started
+	}
+	return st
+}
+
+// List reports every VM, by name.
+func (s *Supervisor) List() []Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Status, 0, len(s.vms))
+	for name, v := range s.vms {
+		out = append(out, s.status(name, v))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func consoleTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(no console log)"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
