@@ -258,6 +258,13 @@ func TestDaemonFleet(t *testing.T) {
 	if out, err := l.cli("logs", "b"); err != nil || !strings.Contains(out, "microvm-ready vm=b") {
 		t.Errorf("logs b: %v\n%.500s", err, out)
 	}
+	before := l.list()["b"].PID
+	if out, err := l.cli("restart", "b"); err != nil || !strings.Contains(out, "b: running") {
+		t.Errorf("restart b: %v\n%s", err, out)
+	}
+	if after := l.list()["b"]; after.PID == before || after.State != supervisor.Running {
+		t.Errorf("restart b: pid %d → %d, state %s", before, after.PID, after.State)
+	}
 
 	// rm --purge deletes the removed VM's files, volume included; a VM
 	// still in the file is refused.

@@ -78,7 +78,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 }
 
 func TestHelpOnEveryVerb(t *testing.T) {
-	for _, verb := range []string{"validate", "plan", "render", "net", "net apply", "net show", "net teardown", "version", "completion"} {
+	for _, verb := range []string{"validate", "plan", "render", "net", "net apply", "net show", "net teardown", "run", "daemon", "apply", "list", "status", "start", "stop", "restart", "logs", "rm", "version", "completion"} {
 		code, out, _ := runCLI(t, append(strings.Fields(verb), "--help")...)
 		if code != 0 || !strings.Contains(out, "Usage:") {
 			t.Errorf("%s --help: exit %d\n%s", verb, code, out)
@@ -197,5 +197,16 @@ func TestRenderRunner(t *testing.T) {
 	}
 	if code, _, errOut := runCLI(t, "render", "runner", "ghost", "-f", f); code != 1 || !strings.Contains(errOut, `no VM named "ghost"`) {
 		t.Errorf("unknown VM: exit %d, %q", code, errOut)
+	}
+}
+
+func TestClientVerbsWithoutDaemon(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	f := writeFile(t, "vms: {}")
+	for _, args := range [][]string{{"list"}, {"status", "a"}, {"start", "a"}, {"stop", "a"}, {"restart", "a"}, {"logs", "a"}, {"rm", "a"}, {"apply", "-f", f}} {
+		code, _, errOut := runCLI(t, append(args, "--socket", sock)...)
+		if code != 1 || !strings.Contains(errOut, "no daemon is listening on "+sock) {
+			t.Errorf("%v: exit %d, %q", args, code, errOut)
+		}
 	}
 }

@@ -1,0 +1,81 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"microvm.dev/microvm/internal/daemon"
+	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/testutil"
+)
+
+// serve runs the API of a daemon with no VMs, in a namespace of the test's.
+func serve(t *testing.T) *Client {
+	t.Helper()
+	ns := testutil.NewNetns(t, "api")
+	st := t.TempDir()
+	d, err := daemon.New(launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), NetNS: ns.Path}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	sock := filepath.Join(st, "api.sock")
+	ln, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: Handler(d), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	if _, err := Listen(sock); err == nil || !strings.Contains(err.Error(), "already listening") {
+		t.Errorf("a second daemon on the same socket: %v", err)
+	}
+	return NewClient(sock)
+}
+
+func wantStatus(t *testing.T, err error, code int, msg string) {
+	t.Helper()
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != code || !strings.Contains(se.Message, msg) {
+		t.Errorf("got %v, want %d %q", err, code, msg)
+	}
+}
+
+func TestAPIRefusals(t *testing.T) {
+	c := serve(t)
+	vms, err := c.VMs()
+	if err != nil || len(vms) != 0 {
+		t.Fatalf("list: %v, %v", vms, err)
+	}
+	wantStatus(t, c.Do("GET", "/v1/vms/..%2Fetc", nil, nil), http.StatusBadRequest, "is not a VM name")
+	wantStatus(t, c.Do("GET", "/v1/vms/Bad_Name", nil, nil), http.StatusBadRequest, "is not a VM name")
+	wantStatus(t, c.Do("GET", "/v1/vms/ghost", nil, nil), http.StatusNotFound, `no VM named "ghost"`)
+	wantStatus(t, c.Do("POST", "/v1/vms/ghost/start", nil, nil), http.StatusConflict, "not in the applied file")
+	wantStatus(t, c.Do("POST", "/v1/vms/ghost/restart", nil, nil), http.StatusConflict, `no VM named "ghost"`)
+	wantStatus(t, c.Do("POST", "/v1/vms/ghost/stop", nil, nil), http.StatusConflict, `no VM named "ghost"`)
+	wantStatus(t, c.Stream("/v1/vms/ghost/logs", io.Discard), http.StatusNotFound, "no console log")
+
+	var res daemon.ApplyResult
+	err = c.Do("POST", "/v1/apply?file=bad.yaml", strings.NewReader("vms: { a: { index: 1, memory: 1M, bogus: 2 } }"), &res)
+	wantStatus(t, err, http.StatusUnprocessableEntity, "")
+	if len(res.Problems) != 2 || res.Problems[0].File != "bad.yaml" {
+		t.Errorf("problems = %+v", res.Problems)
+	}
+	err = c.Do("POST", "/v1/apply", bytes.NewReader(make([]byte, MaxBody+1)), nil)
+	wantStatus(t, err, http.StatusRequestEntityTooLarge, "")
+	err = c.Do("POST", "/v1/apply", strings.NewReader("vms: { a: { index: 1, autostart: false } }"), &res)
+	if err != nil || len(res.VMs) != 1 || res.VMs[0].Action != "unchanged" {
+		t.Fatalf("apply without autostart: %+v, %v", res, err)
+	}
+	wantStatus(t, c.Do("DELETE", "/v1/vms/a", nil, nil), http.StatusConflict, "is in the applied file")
+	var raw json.RawMessage
+	wantStatus(t, c.Do("POST", "/v1/nowhere", nil, &raw), http.StatusNotFound, "")
+}
