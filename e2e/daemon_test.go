@@ -266,6 +266,23 @@ func TestDaemonFleet(t *testing.T) {
 		t.Errorf("restart b: pid %d → %d, state %s", before, after.PID, after.State)
 	}
 
+	// exec, ssh and console reach the VM.
+	if out, err := l.cli("exec", "b", "--", "hostname"); err != nil || strings.TrimSpace(out) != "b" {
+		t.Errorf("exec hostname: %v %q", err, out)
+	}
+	cmd := exec.Command(filepath.Join(shared.initDir, "microvm"), l.args("exec", "b", "--", "sh", "-c", "exit 3")...)
+	if err := cmd.Run(); cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 3 {
+		t.Errorf("exec exit status: %v, want 3", err)
+	}
+	if out, err := l.cli("ssh", "b", "--", "-o", "BatchMode=yes", "cat /etc/hostname"); err != nil || strings.TrimSpace(out) != "b" {
+		t.Errorf("ssh: %v %q", err, out)
+	}
+	con := exec.Command(filepath.Join(shared.initDir, "microvm"), l.args("console", "b")...)
+	con.Stdin = strings.NewReader("echo $((6*7))\n")
+	if out, err := con.CombinedOutput(); err != nil || !strings.Contains(string(out), "42") {
+		t.Errorf("console: %v\n%s", err, out)
+	}
+
 	// rm --purge deletes the removed VM's files, volume included; a VM
 	// still in the file is refused.
 	if out, err := l.cli("rm", "a"); err == nil || !strings.Contains(out, "is in the applied file") {

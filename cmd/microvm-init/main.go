@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -53,6 +54,10 @@ type initd struct {
 	procs    *reaper
 	volumes  []string // mount points (in the init's view) to unmount at shutdown
 	workload int      // pid of the workload, 0 if none
+	stopping atomic.Bool
+	// consolePID is the console shell's pid (0 if none): an interactive
+	// shell ignores SIGTERM, so shutdown hangs it up instead.
+	consolePID atomic.Int64
 }
 
 func logf(format string, args ...any) {
@@ -105,6 +110,7 @@ func (in *initd) boot() error {
 	}
 	watchPowerButton(in.requestShutdown)
 	fmt.Fprintf(os.Stdout, "%s vm=%s uptime=%s\n", guest.ReadyPrefix, spec.Name, uptime())
+	in.serveConsole()
 	return nil
 }
 
@@ -177,6 +183,11 @@ func (in *initd) waitForShutdown() {
 }
 
 func (in *initd) shutdown() {
+	in.stopping.Store(true)
+	if pid := in.consolePID.Load(); pid > 0 {
+		unix.Kill(-int(pid), unix.SIGHUP) // the console session's process group
+		unix.Kill(int(pid), unix.SIGKILL)
+	}
 	// Every process but PID 1: the workload first gets SIGTERM and a grace period.
 	unix.Kill(-1, unix.SIGTERM)
 	deadline := time.Now().Add(10 * time.Second)

@@ -26,7 +26,10 @@ func lookPathInRoot(name string) string {
 	}
 	for _, dir := range filepath.SplitList(defaultPath) {
 		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(root + p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+		// Lstat: images link their tools absolutely (to /bin/busybox, say),
+		// and such a link resolves only inside the root.
+		fi, err := os.Lstat(root + p)
+		if err == nil && (fi.Mode()&os.ModeSymlink != 0 || (!fi.IsDir() && fi.Mode()&0o111 != 0)) {
 			return p
 		}
 	}

@@ -64,6 +64,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	case errors.As(err, new(reportedError)):
 		return exitFailed
+	case errors.As(err, new(exitCodeError)):
+		var ec exitCodeError
+		errors.As(err, &ec)
+		return ec.code
 	default:
 		fmt.Fprintf(stderr, "microvm: %v\n", err)
 		return exitFailed
@@ -113,7 +117,7 @@ read-only image store, an ephemeral /var and persistent data volumes.`,
 		a.vmVerb("start", "Start a VM of the applied file", "POST", "/start"),
 		a.vmVerb("stop", "Shut a VM down cleanly (it stays stopped)", "POST", "/stop"),
 		a.vmVerb("restart", "Shut a VM down cleanly and start it again", "POST", "/restart"),
-		a.logsCommand(), a.rmCommand(), a.versionCommand())
+		a.logsCommand(), a.rmCommand(), a.execCommand(), a.sshCommand(), a.consoleCommand(), a.versionCommand())
 	return root
 }
 

@@ -59,6 +59,8 @@ type Launch struct {
 	Disks []Disk
 	// ConsoleLog is the file the serial console is written to.
 	ConsoleLog string
+	// ConsoleSocket is the unix socket an interactive console attaches to.
+	ConsoleSocket string
 	// ControlSocket is the VMM's control socket (QMP for QEMU).
 	ControlSocket string
 	// VHostNet says whether /dev/vhost-net may be used for the TAP.
@@ -73,6 +75,7 @@ func DefaultLaunch(vm *config.VM, stateDir, runDir string) Launch {
 		Arch:          HostArch(),
 		ConsoleLog:    filepath.Join(vmDir, "console.log"),
 		ControlSocket: filepath.Join(runDir, vm.Name+".qmp"),
+		ConsoleSocket: filepath.Join(runDir, vm.Name+".console"),
 		Shares:        []Share{{Tag: "store", Path: filepath.Join(stateDir, "store")}},
 	}
 	for _, v := range vm.Volumes {

@@ -68,7 +68,9 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 		"-kernel", l.Kernel,
 		"-initrd", l.Initrd,
 		"-append", KernelCmdline(vm, console),
-		"-chardev", "file,id=console,path="+l.ConsoleLog,
+		// A socket for `microvm console`, logging everything to the console
+		// log whether or not a client is connected.
+		"-chardev", "socket,id=console,path="+l.ConsoleSocket+",server=on,wait=off,logfile="+l.ConsoleLog+",logappend=off",
 		"-serial", "chardev:console",
 		"-qmp", "unix:"+l.ControlSocket+",server=on,wait=off",
 	)

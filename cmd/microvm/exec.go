@@ -1,0 +1,118 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
+
+	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/vmm/qemu"
+	"microvm.dev/microvm/internal/vmssh"
+)
+
+// vmAddress asks the daemon for a running VM's address.
+func (a *app) vmAddress(name string) (string, error) {
+	var st supervisor.Status
+	if err := a.client().Do("GET", "/v1/vms/"+url.PathEscape(name), nil, &st); err != nil {
+		return "", err
+	}
+	if st.State != supervisor.Running || st.Spec == nil {
+		return "", fmt.Errorf("%s is %s, not running", name, st.State)
+	}
+	return st.Spec.Net.Address.String(), nil
+}
+
+// exitCodeError carries a remote command's exit status out of the CLI.
+type exitCodeError struct{ code int }
+
+func (e exitCodeError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+func (a *app) execCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "exec VM -- CMD [ARG…]",
+		Short: "Run a command in a VM over SSH; its exit status becomes microvm's",
+		Long: `Exec runs a command in the VM as root over SSH with microvm's own key,
+pinning the VM's host key, with the command's output on microvm's output and
+its exit status as microvm's.`,
+		Example: "  microvm exec vm1 -- uname -a\n  microvm exec vm1 -- sh -c 'df -h /mnt/storage'",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 2 {
+				return usagef("exec takes a VM and a command: microvm exec VM -- CMD")
+			}
+			return nil
+		},
+		RunE: func(_ *cobra.Command, args []string) error {
+			addr, err := a.vmAddress(args[0])
+			if err != nil {
+				return err
+			}
+			c, err := vmssh.Dial(a.stateDir, args[0], addr, a.netns, 10*time.Second)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			s, err := c.NewSession()
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			s.Stdin, s.Stdout, s.Stderr = os.Stdin, a.stdout, a.stderr
+			err = s.Run(qemu.ShellQuote(args[1:]))
+			var ee *ssh.ExitError
+			if errors.As(err, &ee) {
+				return exitCodeError{ee.ExitStatus()}
+			}
+			return err
+		},
+	}
+}
+
+func (a *app) sshCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "ssh VM [SSH ARGS…]",
+		Short: "Open an interactive SSH session to a VM (with the system ssh client)",
+		Long: `Ssh runs the system ssh client to the VM as root with microvm's key and a
+known_hosts file holding the VM's pinned host key. Arguments after the VM go
+to ssh after the destination: options, or a command to run.`,
+		Example: "  microvm ssh vm1\n  microvm ssh vm1 -- -L 8080:localhost:8080\n  microvm ssh vm1 -- uptime",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 1 {
+				return usagef("ssh takes a VM")
+			}
+			return nil
+		},
+		RunE: func(_ *cobra.Command, args []string) error {
+			addr, err := a.vmAddress(args[0])
+			if err != nil {
+				return err
+			}
+			known, err := vmssh.KnownHosts(a.stateDir, args[0], addr)
+			if err != nil {
+				return err
+			}
+			bin, err := exec.LookPath("ssh")
+			if err != nil {
+				return fmt.Errorf("the ssh client is not installed (apt-get install openssh-client); microvm exec works without it")
+			}
+			argv := []string{bin, "-i", launch.ClientKeyPath(a.stateDir), "-o", "UserKnownHostsFile=" + known,
+				"-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes"}
+			argv = append(append(argv, "root@"+addr), args[1:]...)
+			if a.netns != "" {
+				nsenter, err := exec.LookPath("nsenter")
+				if err != nil {
+					return err
+				}
+				argv = append([]string{nsenter, "--net=" + a.netns, "--"}, argv...)
+			}
+			return syscall.Exec(argv[0], argv, os.Environ())
+		},
+	}
+}

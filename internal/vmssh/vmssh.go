@@ -1,0 +1,109 @@
+// Package vmssh reaches a VM over SSH the way microvm's verbs do: with
+// microvm's own client key, pinning the VM's host key kept in the state
+// directory, from inside a network namespace when one is given.
+package vmssh
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/crypto/ssh"
+
+	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/state"
+)
+
+// HostKeyPath is the VM's SSH host key.
+func HostKeyPath(stateDir, vm string) string {
+	return filepath.Join(state.Dir{Root: stateDir}.VMDir(vm), "ssh_host_ed25519_key")
+}
+
+// HostPublicKey reads the VM's host key and returns its public half.
+func HostPublicKey(stateDir, vm string) (ssh.PublicKey, error) {
+	b, err := os.ReadFile(HostKeyPath(stateDir, vm))
+	if err != nil {
+		return nil, fmt.Errorf("the host key of %s: %w (has it ever been started?)", vm, err)
+	}
+	s, err := ssh.ParsePrivateKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("the host key of %s is corrupt: %w", vm, err)
+	}
+	return s.PublicKey(), nil
+}
+
+// KnownHosts writes a known_hosts file for the VM's address and returns its path.
+func KnownHosts(stateDir, vm, addr string) (string, error) {
+	pk, err := HostPublicKey(stateDir, vm)
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(state.Dir{Root: stateDir}.VMDir(vm), "known_hosts")
+	line := addr + " " + string(ssh.MarshalAuthorizedKey(pk))
+	return p, state.WriteFile(p, []byte(line), 0o600)
+}
+
+// Dial connects to addr as root, from the namespace at nsPath when set.
+func Dial(stateDir, vm, addr, nsPath string, timeout time.Duration) (*ssh.Client, error) {
+	key, err := os.ReadFile(launch.ClientKeyPath(stateDir))
+	if err != nil {
+		return nil, fmt.Errorf("microvm's SSH key: %w", err)
+	}
+	signer, err := ssh.ParsePrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("microvm's SSH key: %w", err)
+	}
+	hostKey, err := HostPublicKey(stateDir, vm)
+	if err != nil {
+		return nil, err
+	}
+	hostport := net.JoinHostPort(addr, "22")
+	conn, err := dialIn(nsPath, hostport, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s (%s): %w", vm, hostport, err)
+	}
+	c, chans, reqs, err := ssh.NewClientConn(conn, hostport, &ssh.ClientConfig{
+		User:            "root",
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.FixedHostKey(hostKey),
+		Timeout:         timeout,
+	})
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("ssh to %s: %w", vm, err)
+	}
+	return ssh.NewClient(c, chans, reqs), nil
+}
+
+// dialIn dials from inside the namespace: the socket belongs to the
+// namespace it was created in, whatever thread uses it afterwards.
+func dialIn(nsPath, addr string, timeout time.Duration) (net.Conn, error) {
+	if nsPath == "" {
+		return net.DialTimeout("tcp", addr, timeout)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return nil, err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return nil, fmt.Errorf("network namespace %s: %w", nsPath, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			panic(fmt.Sprintf("vmssh: cannot return to the original network namespace: %v", err))
+		}
+	}()
+	return net.DialTimeout("tcp", addr, timeout)
+}
