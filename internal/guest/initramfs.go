@@ -1,7 +1,6 @@
 package guest
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -14,6 +13,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/u-root/u-root/pkg/cpio"
 	"github.com/ulikunitz/xz"
+	"golang.org/x/sys/unix"
 
 	"microvm.dev/microvm/internal/state"
 )
@@ -45,14 +45,36 @@ func (b *Initramfs) Base(k Kernel) (path string, cached bool, err error) {
 	if _, err := os.Stat(path); err == nil {
 		return path, true, nil
 	}
-	var buf bytes.Buffer
-	if err := b.write(&buf, mods); err != nil {
+	// One builder at a time (across processes too): VMs started together
+	// wait for the first build and then reuse it.
+	unlock, err := lockDir(b.CacheDir)
+	if err != nil {
 		return "", false, err
 	}
-	if err := state.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+	defer unlock()
+	if _, err := os.Stat(path); err == nil {
+		return path, true, nil
+	}
+	if err := state.WriteFileFunc(path, 0o644, func(w io.Writer) error { return b.write(w, mods) }); err != nil {
 		return "", false, fmt.Errorf("initramfs: %w", err)
 	}
 	return path, false, nil
+}
+
+// lockDir takes an exclusive lock on dir/.lock until the returned func is called.
+func lockDir(dir string) (func(), error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("initramfs cache: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("initramfs cache: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("initramfs cache lock: %w", err)
+	}
+	return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
 }
 
 // key digests everything the base archive is made of: the init binary's
@@ -78,6 +100,8 @@ func (b *Initramfs) key(mods *ModuleSet) (string, error) {
 	return hex.EncodeToString(h.Sum(nil))[:32], nil
 }
 
+// write streams the base archive: one record at a time, so memory holds at
+// most one module, never the whole archive.
 func (b *Initramfs) write(w io.Writer, mods *ModuleSet) error {
 	rw := cpio.Newc.Writer(w)
 	recs := []cpio.Record{
@@ -97,11 +121,21 @@ func (b *Initramfs) write(w io.Writer, mods *ModuleSet) error {
 		cpio.Directory("lib/microvm", 0o755),
 		cpio.Directory("lib/microvm/modules", 0o755),
 	}
-	initBin, err := os.ReadFile(b.Init)
+	if err := cpio.WriteRecords(rw, recs); err != nil {
+		return fmt.Errorf("write initramfs: %w", err)
+	}
+	initFile, err := os.Open(b.Init)
 	if err != nil {
 		return fmt.Errorf("read microvm-init: %w", err)
 	}
-	recs = append(recs, cpio.StaticRecord(initBin, cpio.Info{Name: "init", Mode: cpio.S_IFREG | 0o755}))
+	defer initFile.Close()
+	fi, err := initFile.Stat()
+	if err != nil {
+		return err
+	}
+	if err := rw.WriteRecord(cpio.Record{ReaderAt: initFile, Info: cpio.Info{Name: "init", Mode: cpio.S_IFREG | 0o755, FileSize: uint64(fi.Size())}}); err != nil {
+		return fmt.Errorf("write initramfs: %w", err)
+	}
 	var order []string
 	for _, m := range mods.Files {
 		data, err := readModule(filepath.Join(mods.Dir, m))
@@ -109,11 +143,12 @@ func (b *Initramfs) write(w io.Writer, mods *ModuleSet) error {
 			return err
 		}
 		name := "lib/microvm/modules/" + normName(m) + ".ko"
-		recs = append(recs, cpio.StaticRecord(data, cpio.Info{Name: name, Mode: cpio.S_IFREG | 0o644}))
+		if err := rw.WriteRecord(cpio.StaticRecord(data, cpio.Info{Name: name, Mode: cpio.S_IFREG | 0o644})); err != nil {
+			return fmt.Errorf("write initramfs: %w", err)
+		}
 		order = append(order, "/"+name)
 	}
-	recs = append(recs, cpio.StaticFile(ModulesOrderPath, strings.Join(order, "\n")+"\n", 0o644))
-	if err := cpio.WriteRecords(rw, recs); err != nil {
+	if err := rw.WriteRecord(cpio.StaticFile(ModulesOrderPath, strings.Join(order, "\n")+"\n", 0o644)); err != nil {
 		return fmt.Errorf("write initramfs: %w", err)
 	}
 	return cpio.WriteTrailer(rw)
@@ -155,22 +190,25 @@ func readModule(path string) ([]byte, error) {
 // WriteVM writes a VM's initramfs to dst (mode 0600, it holds the VM's SSH
 // host key): the base archive followed by a second archive with the spec.
 func WriteVM(base, dst string, spec *Spec) error {
-	baseData, err := os.ReadFile(base)
-	if err != nil {
-		return fmt.Errorf("initramfs: %w", err)
-	}
 	js, err := json.Marshal(spec)
 	if err != nil {
 		return fmt.Errorf("initramfs: encode spec: %w", err)
 	}
-	var buf bytes.Buffer
-	buf.Write(baseData)
-	rw := cpio.Newc.Writer(&buf)
-	if err := cpio.WriteRecords(rw, []cpio.Record{cpio.StaticRecord(js, cpio.Info{Name: SpecPath, Mode: cpio.S_IFREG | 0o600})}); err != nil {
-		return fmt.Errorf("initramfs: %w", err)
-	}
-	if err := cpio.WriteTrailer(rw); err != nil {
-		return fmt.Errorf("initramfs: %w", err)
-	}
-	return state.WriteFile(dst, buf.Bytes(), 0o600)
+	// Streamed: the base archive is copied, not loaded, so starting many VMs
+	// at once does not hold many copies of it in memory.
+	return state.WriteFileFunc(dst, 0o600, func(w io.Writer) error {
+		f, err := os.Open(base)
+		if err != nil {
+			return fmt.Errorf("initramfs: %w", err)
+		}
+		defer f.Close()
+		if _, err := io.Copy(w, f); err != nil {
+			return fmt.Errorf("initramfs: %w", err)
+		}
+		rw := cpio.Newc.Writer(w)
+		if err := cpio.WriteRecords(rw, []cpio.Record{cpio.StaticRecord(js, cpio.Info{Name: SpecPath, Mode: cpio.S_IFREG | 0o600})}); err != nil {
+			return fmt.Errorf("initramfs: %w", err)
+		}
+		return cpio.WriteTrailer(rw)
+	})
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -111,10 +112,23 @@ func WriteJSON(path string, v any) error {
 	return WriteFile(path, append(b, '\n'), 0o644)
 }
 
+// WriteFileFunc is WriteFile for content produced by fill, streamed to the
+// temp file instead of held in memory.
+func WriteFileFunc(path string, perm os.FileMode, fill func(w io.Writer) error) error {
+	return writeAtomic(path, perm, fill)
+}
+
 // WriteFile replaces path with data so that a reader (or a crash) sees either
 // the old or the new content, never a mix: it writes a temp file in the same
 // directory, fsyncs it, renames it over path and fsyncs the directory.
 func WriteFile(path string, data []byte, perm os.FileMode) error {
+	return writeAtomic(path, perm, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+func writeAtomic(path string, perm os.FileMode, fill func(w io.Writer) error) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("state: %w", err)
@@ -124,7 +138,7 @@ func WriteFile(path string, data []byte, perm os.FileMode) error {
 		return fmt.Errorf("state: %w", err)
 	}
 	cleanup := func() { tmp.Close(); os.Remove(tmp.Name()) }
-	if _, err := tmp.Write(data); err != nil {
+	if err := fill(tmp); err != nil {
 		cleanup()
 		return fmt.Errorf("state: write %s: %w", path, err)
 	}

@@ -1,0 +1,191 @@
+// Command daemonbench measures the daemon (run as root, with bin/microvm,
+// bin/microvm-init and a store holding the base image): its resident memory
+// with 0, 10 and 50 tiny VMs running, and the latency of applying a file in
+// which one VM of 50 changed, with that VM's boot taken out; also a no-op
+// apply of the 50-VM file. It runs the real binaries in a throwaway
+// network namespace.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	bin := flag.String("bin", "bin", "directory holding microvm and microvm-init")
+	store := flag.String("store", "", "store directory holding base/")
+	sizes := flag.String("sizes", "0,10,50", "fleet sizes")
+	flag.Parse()
+	if err := run(*bin, *store, *sizes); err != nil {
+		fmt.Fprintln(os.Stderr, "daemonbench:", err)
+		os.Exit(1)
+	}
+}
+
+func fleet(n int, changed int) string {
+	var b strings.Builder
+	b.WriteString("defaults: { vcpu: 1, memory: 128M, stopTimeout: 5s }\nvms:")
+	if n == 0 {
+		b.WriteString(" {}\n")
+	}
+	b.WriteString("\n")
+	for i := 1; i <= n; i++ {
+		mem := ""
+		if i == changed {
+			mem = ", memory: 160M"
+		}
+		fmt.Fprintf(&b, "  t%d: { subnet: 10.%d.%d.0/24%s }\n", i, 100+i/250, i%250, mem)
+	}
+	return b.String()
+}
+
+type lab struct {
+	bin, state, socket, ns string
+	daemon                 *exec.Cmd
+}
+
+func (l *lab) cli(args ...string) ([]byte, error) {
+	full := append([]string{"--state-dir", l.state, "--socket", l.socket, "--netns", "/run/netns/" + l.ns}, args...)
+	return exec.Command(filepath.Join(l.bin, "microvm"), full...).CombinedOutput()
+}
+
+func rssKB(pid int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			var kb int
+			fmt.Sscan(f[1], &kb)
+			return kb
+		}
+	}
+	return 0
+}
+
+type applyResult struct {
+	VMs []struct {
+		Name        string  `json:"name"`
+		Action      string  `json:"action"`
+		BootSeconds float64 `json:"bootSeconds"`
+	} `json:"vms"`
+	Seconds float64 `json:"seconds"`
+}
+
+func (l *lab) apply(src string) (applyResult, time.Duration, error) {
+	f := filepath.Join(l.state, "infra.yaml")
+	os.WriteFile(f, []byte(src), 0o644)
+	t0 := time.Now()
+	out, err := l.cli("apply", "-f", f, "-o", "json")
+	d := time.Since(t0)
+	var res applyResult
+	json.Unmarshal(out, &res)
+	if err != nil {
+		return res, d, fmt.Errorf("apply: %v: %.2000s", err, out)
+	}
+	return res, d, nil
+}
+
+func run(bin, store, sizes string) error {
+	bin, _ = filepath.Abs(bin)
+	store, _ = filepath.Abs(store)
+	st, err := os.MkdirTemp("", "daemonbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(st)
+	os.Symlink(store, filepath.Join(st, "store"))
+	l := &lab{bin: bin, state: st, socket: filepath.Join(st, "run", "microvm.sock"), ns: fmt.Sprintf("dbench%d", os.Getpid())}
+	if out, err := exec.Command("ip", "netns", "add", l.ns).CombinedOutput(); err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	defer exec.Command("ip", "netns", "del", l.ns).Run()
+	l.daemon = exec.Command(filepath.Join(bin, "microvm"), "--state-dir", st, "--socket", l.socket, "--netns", "/run/netns/"+l.ns, "daemon")
+	logf, _ := os.Create(filepath.Join(st, "daemon.log"))
+	l.daemon.Stdout, l.daemon.Stderr = logf, logf
+	l.daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := l.daemon.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		l.apply(fleet(0, 0)) // stops every VM
+		l.daemon.Process.Kill()
+		l.daemon.Wait()
+	}()
+	for i := 0; ; i++ {
+		if c, err := net.Dial("unix", l.socket); err == nil {
+			c.Close()
+			break
+		}
+		if i > 200 {
+			return fmt.Errorf("the daemon did not listen")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	pid := l.daemon.Process.Pid
+	fmt.Printf("%-46s %s\n", "measurement", "value")
+	for _, s := range strings.Split(sizes, ",") {
+		var n int
+		fmt.Sscan(s, &n)
+		t0 := time.Now()
+		if _, _, err := l.apply(fleet(n, 0)); err != nil {
+			return err
+		}
+		up := time.Since(t0)
+		time.Sleep(2 * time.Second)
+		fmt.Printf("%-46s %.1f MB (fleet up in %s)\n", fmt.Sprintf("daemon RSS with %d VMs running", n), float64(rssKB(pid))/1024, up.Round(time.Second))
+		if n == 50 {
+			var noop []time.Duration
+			for range 5 {
+				_, d, err := l.apply(fleet(50, 0))
+				if err != nil {
+					return err
+				}
+				noop = append(noop, d)
+			}
+			fmt.Printf("%-46s %s (median of 5)\n", "apply of the unchanged 50-VM file", median(noop))
+			var over []time.Duration
+			for i := range 5 {
+				changed := 7
+				src := fleet(50, changed)
+				if i%2 == 1 {
+					src = fleet(50, 0) // change it back: every apply restarts t7
+				}
+				res, d, err := l.apply(src)
+				if err != nil {
+					return err
+				}
+				boot := 0.0
+				for _, v := range res.VMs {
+					if v.Name == fmt.Sprintf("t%d", changed) && v.Action == "restarted" {
+						boot = v.BootSeconds
+					}
+				}
+				if boot == 0 {
+					return fmt.Errorf("t%d was not restarted: %+v", changed, res.VMs)
+				}
+				over = append(over, d-time.Duration(boot*float64(time.Second)))
+			}
+			fmt.Printf("%-46s %s (median of 5)\n", "one-VM change in 50: apply minus the guest boot", median(over))
+		}
+	}
+	return nil
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	for i := range s {
+		for j := i + 1; j < len(s); j++ {
+			if s[j] < s[i] {
+				s[i], s[j] = s[j], s[i]
+			}
+		}
+	}
+	return s[len(s)/2].Round(time.Millisecond)
+}
