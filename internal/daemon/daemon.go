@@ -28,6 +28,9 @@ import (
 type Daemon struct {
 	env   launch.Env
 	log   *slog.Logger
+	// boots limits how many VMs boot at once: emulated or CPU-bound boots
+	// started all together only slow each other down.
+	boots chan struct{}
 	sup   *supervisor.Supervisor
 	net   *network.Manager
 	apply sync.Mutex // one apply at a time
@@ -42,7 +45,7 @@ func New(env launch.Env, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{env: env, log: log, sup: supervisor.New(env, log), net: m}
+	d := &Daemon{env: env, log: log, sup: supervisor.New(env, log), net: m, boots: make(chan struct{}, max(2, runtime.NumCPU()))}
 	if _, err := d.sup.Adopt(); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("adopt running VMs: %w", err)
@@ -166,6 +169,8 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (*ApplyResult, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			d.boots <- struct{}{}
+			defer func() { <-d.boots }()
 			if err := d.sup.Start(vm); err != nil {
 				a.Error = err.Error()
 			} else if st, ok := d.sup.Status(vm.Name); ok {

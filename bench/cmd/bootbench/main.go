@@ -8,16 +8,11 @@ package main
 import (
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"time"
-
-	"github.com/vishvananda/netns"
-	"golang.org/x/crypto/ssh"
 
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
@@ -25,6 +20,7 @@ import (
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmssh"
 )
 
 const vmConfig = `
@@ -154,57 +150,23 @@ func canKVM() bool {
 // sshTrue runs `true` in the VM over SSH from inside the namespace,
 // retrying the connection until it is accepted.
 func sshTrue(nsPath string, p *launch.Prepared) error {
-	key, err := os.ReadFile(p.ClientKey)
-	if err != nil {
-		return err
-	}
-	signer, err := ssh.ParsePrivateKey(key)
-	if err != nil {
-		return err
-	}
-	addr := net.JoinHostPort(p.VM.Net.Address.String(), "22")
 	deadline := time.Now().Add(time.Minute)
 	for {
-		conn, err := dialIn(nsPath, addr)
+		c, err := vmssh.Dial(filepath.Dir(filepath.Dir(filepath.Dir(p.Launch.ConsoleLog))), p.VM.Name, p.VM.Net.Address.String(), nsPath, time.Second)
 		if err == nil {
-			c, chans, reqs, err := ssh.NewClientConn(conn, addr, &ssh.ClientConfig{User: "root", Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
-				HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 10 * time.Second})
-			if err == nil {
-				client := ssh.NewClient(c, chans, reqs)
-				s, err := client.NewSession()
-				if err == nil {
-					err = s.Run("true")
-					s.Close()
-				}
-				client.Close()
-				return err
+			s, serr := c.NewSession()
+			if serr == nil {
+				serr = s.Run("true")
+				s.Close()
 			}
+			c.Close()
+			return serr
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("ssh %s: %v", addr, err)
+			return err
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func dialIn(nsPath, addr string) (net.Conn, error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return nil, err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		return nil, err
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return nil, err
-	}
-	defer netns.Set(orig)
-	return net.DialTimeout("tcp", addr, time.Second)
 }
 
 func sorted(ds []time.Duration) []time.Duration {
