@@ -123,6 +123,12 @@ func allRunning(names ...string) func(map[string]supervisor.Status) bool {
 	}
 }
 
+// killLeftovers kills whatever is left of a test's VMs (their command lines
+// name the test's state directory).
+func killLeftovers(state string) {
+	exec.Command("pkill", "-9", "-f", state).Run()
+}
+
 // alive reports whether pid runs (a zombie, whose parent has not reaped it
 // yet, has exited).
 func alive(pid int) bool {
@@ -146,8 +152,7 @@ func TestDaemonFleet(t *testing.T) {
 			l.daemon.Process.Kill()
 			l.daemon.Wait()
 		}
-		// Whatever is left of this test's VMs.
-		exec.Command("pkill", "-9", "-f", l.state).Run()
+		killLeftovers(l.state)
 	})
 	file := filepath.Join(l.state, "infra.yaml")
 	os.WriteFile(file, []byte(fleet3), 0o644)

@@ -1,0 +1,60 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/testutil"
+)
+
+// TestCrashLoop kills a VM every time it comes up: after five exits within
+// the crash-loop window the daemon stops restarting it and reports it
+// failed, with the reason and its last console lines; an explicit start
+// clears that.
+func TestCrashLoop(t *testing.T) {
+	requireGuestEnv(t)
+	l := &daemonLab{t: t, ns: testutil.NewNetns(t, "crl"), state: t.TempDir()}
+	l.socket = filepath.Join(l.state, "run", "microvm.sock")
+	for link, target := range map[string]string{"store": "store", "cache": "cache"} {
+		os.Symlink(filepath.Join(shared.dir, target), filepath.Join(l.state, link))
+	}
+	t.Cleanup(func() {
+		if l.daemon != nil && l.daemon.Process != nil {
+			l.daemon.Process.Kill()
+			l.daemon.Wait()
+		}
+		killLeftovers(l.state)
+	})
+	file := filepath.Join(l.state, "infra.yaml")
+	os.WriteFile(file, []byte("vms: { z: { index: 1, memory: 256M, stopTimeout: 5s } }\n"), 0o644)
+	l.startDaemon(file)
+	lastPID := 0
+	for kills := 0; kills < 5; kills++ {
+		vms := l.waitFor("z running again", 2*time.Minute, func(v map[string]supervisor.Status) bool {
+			return v["z"].State == supervisor.Running && v["z"].PID != lastPID && v["z"].PID != 0
+		})
+		lastPID = vms["z"].PID
+		syscall.Kill(lastPID, syscall.SIGKILL)
+	}
+	vms := l.waitFor("z failed", time.Minute, func(v map[string]supervisor.Status) bool {
+		return v["z"].State == supervisor.Failed
+	})
+	if vms["z"].Restarts != 4 || !strings.Contains(vms["z"].Failure, "crash loop: exited 5 times") || !strings.Contains(vms["z"].Failure, "microvm-ready vm=z") {
+		t.Errorf("failed status: restarts %d, failure %q", vms["z"].Restarts, vms["z"].Failure)
+	}
+	time.Sleep(3 * time.Second)
+	if st := l.list()["z"]; st.State != supervisor.Failed || st.PID != 0 {
+		t.Errorf("a failed VM was restarted anyway: %+v", st)
+	}
+	if out, err := l.cli("start", "z"); err != nil || !strings.Contains(out, "z: running") {
+		t.Fatalf("start after a crash loop: %v\n%s", err, out)
+	}
+	if out, err := l.cli("stop", "z"); err != nil {
+		t.Errorf("stop z: %v\n%s", err, out)
+	}
+}
