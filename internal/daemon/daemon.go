@@ -26,8 +26,8 @@ import (
 
 // Daemon is the running daemon.
 type Daemon struct {
-	env   launch.Env
-	log   *slog.Logger
+	env launch.Env
+	log *slog.Logger
 	// boots limits how many VMs boot at once: emulated or CPU-bound boots
 	// started all together only slow each other down.
 	boots chan struct{}
