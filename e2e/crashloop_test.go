@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"microvm.dev/microvm/internal/supervisor"
-	"microvm.dev/microvm/internal/testutil"
 )
 
 // TestCrashLoop kills a VM every time it comes up: after five exits within
@@ -18,18 +17,7 @@ import (
 // clears that.
 func TestCrashLoop(t *testing.T) {
 	requireGuestEnv(t)
-	l := &daemonLab{t: t, ns: testutil.NewNetns(t, "crl"), state: t.TempDir()}
-	l.socket = filepath.Join(l.state, "run", "microvm.sock")
-	for link, target := range map[string]string{"store": "store", "cache": "cache"} {
-		os.Symlink(filepath.Join(shared.dir, target), filepath.Join(l.state, link))
-	}
-	t.Cleanup(func() {
-		if l.daemon != nil && l.daemon.Process != nil {
-			l.daemon.Process.Kill()
-			l.daemon.Wait()
-		}
-		killLeftovers(l.state)
-	})
+	l := newDaemonLab(t, "crl")
 	file := filepath.Join(l.state, "infra.yaml")
 	os.WriteFile(file, []byte("vms: { z: { index: 1, memory: 256M, stopTimeout: 5s } }\n"), 0o644)
 	l.startDaemon(file)

@@ -36,6 +36,30 @@ type daemonLab struct {
 	daemon *exec.Cmd
 }
 
+// newDaemonLab gives a test its own namespace, state directory (sharing the
+// store and the initramfs cache) and socket; whatever it leaves running is
+// killed at the end.
+func newDaemonLab(t *testing.T, tag string) *daemonLab {
+	t.Helper()
+	l := &daemonLab{t: t, ns: testutil.NewNetns(t, tag), state: t.TempDir()}
+	l.socket = filepath.Join(l.state, "run", "microvm.sock")
+	for _, d := range []string{"store", "cache"} {
+		if err := os.Symlink(filepath.Join(shared.dir, d), filepath.Join(l.state, d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		if l.daemon != nil && l.daemon.Process != nil {
+			l.daemon.Process.Kill()
+			l.daemon.Wait()
+		}
+		// Whatever is left of this test's VMs (their command lines name the
+		// test's state directory).
+		exec.Command("pkill", "-9", "-f", l.state).Run()
+	})
+	return l
+}
+
 func (l *daemonLab) args(a ...string) []string {
 	return append([]string{"--state-dir", l.state, "--socket", l.socket, "--netns", l.ns.Path}, a...)
 }
@@ -123,12 +147,6 @@ func allRunning(names ...string) func(map[string]supervisor.Status) bool {
 	}
 }
 
-// killLeftovers kills whatever is left of a test's VMs (their command lines
-// name the test's state directory).
-func killLeftovers(state string) {
-	exec.Command("pkill", "-9", "-f", state).Run()
-}
-
 // alive reports whether pid runs (a zombie, whose parent has not reaped it
 // yet, has exited).
 func alive(pid int) bool {
@@ -142,18 +160,7 @@ func alive(pid int) bool {
 
 func TestDaemonFleet(t *testing.T) {
 	requireGuestEnv(t)
-	l := &daemonLab{t: t, ns: testutil.NewNetns(t, "dmn"), state: t.TempDir()}
-	l.socket = filepath.Join(l.state, "run", "microvm.sock")
-	for link, target := range map[string]string{"store": "store", "cache": "cache"} {
-		os.Symlink(filepath.Join(shared.dir, target), filepath.Join(l.state, link))
-	}
-	t.Cleanup(func() {
-		if l.daemon != nil && l.daemon.Process != nil {
-			l.daemon.Process.Kill()
-			l.daemon.Wait()
-		}
-		killLeftovers(l.state)
-	})
+	l := newDaemonLab(t, "dmn")
 	file := filepath.Join(l.state, "infra.yaml")
 	os.WriteFile(file, []byte(fleet3), 0o644)
 
