@@ -137,14 +137,21 @@ func ImageDir(stateDir, image string) (string, error) {
 // command line, without writing anything: `microvm render runner` prints
 // exactly what Prepare will run.
 func Command(env Env, vm *config.VM) (vmm.Launch, []string, error) {
+	l, argv, _, err := command(env, vm)
+	return l, argv, err
+}
+
+// command is Command that also returns the resolved kernel, so Prepare
+// resolves it once.
+func command(env Env, vm *config.VM) (vmm.Launch, []string, guest.Kernel, error) {
 	arch := env.arch()
 	kern, err := guest.ResolveKernel(vm.Kernel, arch, vmm.HostArch(), env.KernelCache)
 	if err != nil {
-		return vmm.Launch{}, nil, err
+		return vmm.Launch{}, nil, guest.Kernel{}, err
 	}
 	share, err := env.shareType()
 	if err != nil {
-		return vmm.Launch{}, nil, err
+		return vmm.Launch{}, nil, guest.Kernel{}, err
 	}
 	l := vmm.DefaultLaunch(vm, env.StateDir, env.RunDir)
 	// Each VM is given only its own image tree.
@@ -161,7 +168,7 @@ func Command(env Env, vm *config.VM) (vmm.Launch, []string, error) {
 	if env.NetNS != "" {
 		argv = append([]string{"nsenter", "--net=" + env.NetNS, "--"}, argv...)
 	}
-	return l, argv, nil
+	return l, argv, kern, nil
 }
 
 // Prepare makes everything vm needs to boot and returns the command line.
@@ -174,11 +181,7 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	if _, err := ImageDir(env.StateDir, vm.Image); err != nil {
 		return nil, err
 	}
-	l, argv, err := Command(env, vm)
-	if err != nil {
-		return nil, err
-	}
-	kern, err := guest.ResolveKernel(vm.Kernel, arch, vmm.HostArch(), env.KernelCache)
+	l, argv, kern, err := command(env, vm)
 	if err != nil {
 		return nil, err
 	}
