@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -16,6 +18,7 @@ import (
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 
+	"microvm.dev/microvm/internal/cgroup"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/volume"
@@ -48,8 +51,8 @@ func TestBootVolumeSurvivesReboot(t *testing.T) {
 
 	// First boot.
 	p, r := boot(t, env, vm)
-	if _, argv, err := launch.Command(env, vm); err != nil || strings.Join(argv, " ") != strings.Join(p.Argv, " ") {
-		t.Errorf("render runner would print %v (%v), but the VM was started with %v", argv, err, p.Argv)
+	if _, cmd, err := launch.Command(env, vm); err != nil || strings.Join(cmd.Argv, " ") != strings.Join(p.Argv, " ") {
+		t.Errorf("render runner would print %v (%v), but the VM was started with %v", cmd.Argv, err, p.Argv)
 	}
 	if p.Volumes["data"] != volume.Created {
 		t.Errorf("first boot: volume %s, want created", p.Volumes["data"])
@@ -113,10 +116,13 @@ func TestBootVolumeSurvivesReboot(t *testing.T) {
 
 // TestStoreShares boots a VM once per share type and checks the store is
 // read-only in the guest and on the host side: even after the guest remounts
-// it read-write, nothing reaches the host's tree.
+// it read-write, nothing reaches the host's tree. The block share is the one
+// Firecracker uses (a read-only ext4 image of the tree); booting it under
+// QEMU checks the guest side of that path for real. That boot also caps the
+// hypervisor with cgroup limits.
 func TestStoreShares(t *testing.T) {
 	requireGuestEnv(t)
-	types := []string{"9p"}
+	types := []string{"9p", "block"}
 	if launch.Virtiofsd() != "" {
 		types = append(types, "virtiofs")
 	} else {
@@ -124,14 +130,35 @@ func TestStoreShares(t *testing.T) {
 	}
 	for _, share := range types {
 		t.Run(share, func(t *testing.T) {
-			ns, cfg := netLab(t, "sh"+share[:2], "vms: { vm1: { index: 1, memory: 512M } }")
+			src := "vms: { vm1: { index: 1, memory: 512M } }"
+			fstype := share
+			if share == "block" {
+				src = "vms: { vm1: { index: 1, memory: 512M, limits: { cpuWeight: 50, cpus: 1.5, memory: 1536M } } }"
+				fstype = "ext4"
+			}
+			ns, cfg := netLab(t, "sh"+share[:2], src)
 			env := newEnv(t, ns)
 			env.Share = share
+			var cg *cgroup.Manager
+			if share == "block" {
+				var err error
+				if cg, err = cgroup.Detect(cgroup.DefaultRoot); err != nil {
+					t.Fatalf("this host has no usable cgroups: %v", err)
+				}
+				env.Cgroups = cg
+			}
 			p, r := boot(t, env, cfg.VM("vm1"))
+			if cg != nil && !cg.Contains("vm1", r.Process.Pid) {
+				t.Errorf("the hypervisor (pid %d) is not in its cgroup %v", r.Process.Pid, cg.Dirs("vm1"))
+			}
+			var blockSum string
+			if blk := p.Launch.Shares[0].Block; blk != "" {
+				blockSum = fileSum(t, blk)
+			}
 			c := sshTo(t, ns, p)
 			fields := strings.Fields(run(t, c, "grep ' /run/microvm/store ' /proc/mounts"))
-			if len(fields) < 4 || fields[2] != share || !strings.HasPrefix(fields[3], "ro") {
-				t.Errorf("store mount = %v, want %s read-only", fields, share)
+			if len(fields) < 4 || fields[2] != fstype || !strings.HasPrefix(fields[3], "ro") {
+				t.Errorf("store mount = %v, want %s read-only", fields, fstype)
 			}
 			// The root is the image with a writable tmpfs layer on top.
 			run(t, c, "echo mine > /etc/motd && test -f /bin/busybox")
@@ -141,6 +168,16 @@ func TestStoreShares(t *testing.T) {
 				t.Errorf("the guest wrote to the store after remounting it: %q", out)
 			}
 			stop(t, r)
+			if blockSum != "" && fileSum(t, p.Launch.Shares[0].Block) != blockSum {
+				t.Error("the store's disk image changed on the host")
+			}
+			if cg != nil {
+				for _, d := range cg.Dirs("vm1") {
+					if _, err := os.Stat(d); !os.IsNotExist(err) {
+						t.Errorf("cgroup %s is left after the VM stopped", d)
+					}
+				}
+			}
 			imageDir := filepath.Join(env.StateDir, "store", "base")
 			for _, f := range []string{"evil", "etc/motd"} {
 				if _, err := os.Stat(filepath.Join(imageDir, f)); err == nil {
@@ -214,4 +251,13 @@ func randomToken(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(b)
+}
+
+func fileSum(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", sha256.Sum256(b))
 }

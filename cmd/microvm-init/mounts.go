@@ -87,6 +87,13 @@ func buildRoot(spec *guest.Spec) error {
 	case "9p", "":
 		storeMount = mountSpec{st.Tag, guest.StoreMount, "9p", unix.MS_RDONLY | unix.MS_NODEV | unix.MS_NOSUID,
 			"trans=virtio,version=9p2000.L,msize=512000,cache=loose"}
+	case "ext4":
+		dev, err := findDisk(st.Serial, st.Device, 10*time.Second)
+		if err != nil {
+			return fmt.Errorf("store disk: %w", err)
+		}
+		// noload: never replay a journal on a disk that is read-only.
+		storeMount = mountSpec{dev, guest.StoreMount, "ext4", unix.MS_RDONLY | unix.MS_NODEV | unix.MS_NOSUID, "noload"}
 	default:
 		return fmt.Errorf("unknown store filesystem %q", st.FSType)
 	}
@@ -148,7 +155,7 @@ func buildRoot(spec *guest.Spec) error {
 // mountVolume finds the virtio disk whose serial is the volume's name and
 // mounts it (ext4) at its mount point inside the root.
 func mountVolume(v guest.VolumeSpec) (string, error) {
-	dev, err := findDisk(v.Name, 10*time.Second)
+	dev, err := findDisk(v.Name, v.Device, 10*time.Second)
 	if err != nil {
 		return "", err
 	}
@@ -162,8 +169,19 @@ func mountVolume(v guest.VolumeSpec) (string, error) {
 	return target, nil
 }
 
-func findDisk(serial string, wait time.Duration) (string, error) {
+// findDisk waits for the virtio disk named device (when given) or carrying
+// serial, and returns its /dev path.
+func findDisk(serial, device string, wait time.Duration) (string, error) {
 	deadline := time.Now().Add(wait)
+	for device != "" {
+		if _, err := os.Stat("/sys/block/" + device); err == nil {
+			return "/dev/" + device, nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("disk %s (%s) did not appear", device, serial)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	for {
 		disks, _ := filepath.Glob("/sys/block/vd*")
 		for _, d := range disks {

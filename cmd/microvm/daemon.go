@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -18,12 +17,13 @@ import (
 
 	"microvm.dev/microvm/internal/api"
 	"microvm.dev/microvm/internal/daemon"
+	"microvm.dev/microvm/internal/logging"
 	"microvm.dev/microvm/internal/supervisor"
 )
 
 func (a *app) daemonCommand() *cobra.Command {
 	var o runOptions
-	var file string
+	var file, logFormat string
 	cmd := &cobra.Command{
 		Use:   "daemon --config FILE",
 		Short: "Run the daemon: apply the file, supervise the VMs, serve the API",
@@ -31,20 +31,26 @@ func (a *app) daemonCommand() *cobra.Command {
 previous daemon started, applies the file (VMs whose spec changed are
 restarted, and only those), restarts VMs that exit by their restart policy,
 and serves the API on --socket that the other verbs use. Stopping or killing
-the daemon never stops a VM. Logs are structured, on standard error.`,
+the daemon never stops a VM. Logs are structured: sent to the journal (with
+VM=… fields) when systemd connected standard error to it, text lines on
+standard error otherwise (--log-format picks).`,
 		Example: "  microvm daemon --config /etc/microvm/infra.yaml",
 		Args:    exactArgs(0),
 		RunE: func(*cobra.Command, []string) error {
-			return a.runDaemon(file, o)
+			return a.runDaemon(file, logFormat, o)
 		},
 	}
 	cmd.Flags().StringVar(&file, "config", "", "the config file to apply at start")
+	cmd.Flags().StringVar(&logFormat, "log-format", logging.FormatAuto, "auto (journald under systemd, else text), text, json or journald")
 	launchFlags(cmd, &o)
 	return cmd
 }
 
-func (a *app) runDaemon(file string, o runOptions) error {
-	log := slog.New(slog.NewTextHandler(a.stderr, nil))
+func (a *app) runDaemon(file, logFormat string, o runOptions) error {
+	log, _, err := logging.New(logFormat, a.stderr)
+	if err != nil {
+		return usageError{err}
+	}
 	d, err := daemon.New(a.launchEnv(o), log)
 	if err != nil {
 		return err

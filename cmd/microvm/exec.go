@@ -14,7 +14,7 @@ import (
 
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/supervisor"
-	"microvm.dev/microvm/internal/vmm/qemu"
+	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmssh"
 )
 
@@ -65,7 +65,7 @@ its exit status as microvm's.`,
 			}
 			defer s.Close()
 			s.Stdin, s.Stdout, s.Stderr = os.Stdin, a.stdout, a.stderr
-			err = s.Run(qemu.ShellQuote(args[1:]))
+			err = s.Run(vmm.ShellQuote(args[1:]))
 			var ee *ssh.ExitError
 			if errors.As(err, &ee) {
 				return exitCodeError{ee.ExitStatus()}

@@ -210,3 +210,42 @@ func TestClientVerbsWithoutDaemon(t *testing.T) {
 		}
 	}
 }
+
+// Firecracker cannot be installed here: verify must say so, naming the VM.
+func TestVerifyReportsAbsentHypervisor(t *testing.T) {
+	f := writeFile(t, "vms: { fc: { index: 1, hypervisor: firecracker } }")
+	code, out, _ := runCLI(t, "verify", "-f", f, "--state-dir", t.TempDir())
+	if code != 1 || !strings.Contains(out, "FAIL  hypervisor firecracker") || !strings.Contains(out, "needed by VM fc") {
+		t.Errorf("exit %d:\n%s", code, out)
+	}
+	code, out, _ = runCLI(t, "verify", "-f", f, "--state-dir", t.TempDir(), "-o", "json")
+	var res struct {
+		Results []struct{ Name, Status, Evidence string }
+		Failed  int
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || code != 1 || res.Failed == 0 || len(res.Results) == 0 {
+		t.Errorf("json: exit %d, %v:\n%s", code, err, out)
+	}
+}
+
+func TestRenderRunnerFirecracker(t *testing.T) {
+	kdir := t.TempDir()
+	os.WriteFile(filepath.Join(kdir, "vmlinux"), []byte("\x7fELF"), 0o644)
+	os.WriteFile(filepath.Join(kdir, "modules.dep"), nil, 0o644)
+	st := t.TempDir()
+	os.MkdirAll(filepath.Join(st, "store", "base", "etc"), 0o755)
+	f := writeFile(t, "vms: { fc: { index: 1, hypervisor: firecracker, kernel: { path: "+kdir+"/vmlinux, modules: "+kdir+" } } }")
+	code, out, errOut := runCLI(t, "render", "runner", "fc", "-f", f, "--state-dir", st, "--arch", "x86_64")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"# " + st + "/vms/fc/firecracker.json:", `"kernel_image_path": "` + kdir + `/vmlinux"`, `"is_read_only": true`, "firecracker --id fc --api-sock"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("runner lacks %q:\n%s", want, out)
+		}
+	}
+	code, _, errOut = runCLI(t, "render", "runner", "fc", "-f", f, "--state-dir", st, "--share", "virtiofs")
+	if code != 1 || !strings.Contains(errOut, "firecracker cannot share the store over virtiofs") {
+		t.Errorf("virtiofs share: exit %d, %s", code, errOut)
+	}
+}

@@ -2,6 +2,9 @@ package main
 
 import (
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -10,7 +13,7 @@ import (
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
-	"microvm.dev/microvm/internal/vmm/qemu"
+	"microvm.dev/microvm/internal/vmm"
 )
 
 func (a *app) renderCommand() *cobra.Command {
@@ -74,16 +77,27 @@ func (a *app) renderRunner(cfg *config.Config, name string, o runOptions) error 
 	if vm == nil {
 		return fmt.Errorf("no VM named %q in the file", name)
 	}
-	if vm.Hypervisor != "qemu" {
-		return fmt.Errorf("vms.%s: the %s backend is not available yet; only qemu renders a runner", name, vm.Hypervisor)
-	}
-	_, argv, err := launch.Command(a.launchEnv(o), vm)
+	_, cmd, err := launch.Command(a.launchEnv(o), vm)
 	if err != nil {
 		return err
 	}
-	if a.output == "json" {
-		return a.printJSON(map[string]any{"vm": name, "argv": argv})
+	files := map[string]string{}
+	for path, b := range cmd.Files {
+		files[path] = string(b)
 	}
-	_, err = fmt.Fprintln(a.stdout, qemu.ShellQuote(argv))
+	if a.output == "json" {
+		return a.printJSON(map[string]any{"vm": name, "hypervisor": vm.Hypervisor, "argv": cmd.Argv, "files": files})
+	}
+	// Configuration files first, as comments, then the command line.
+	for _, path := range slices.Sorted(maps.Keys(files)) {
+		if files[path] == "" {
+			continue
+		}
+		fmt.Fprintf(a.stdout, "# %s:\n", path)
+		for _, line := range strings.Split(strings.TrimRight(files[path], "\n"), "\n") {
+			fmt.Fprintf(a.stdout, "#   %s\n", line)
+		}
+	}
+	_, err = fmt.Fprintln(a.stdout, vmm.ShellQuote(cmd.Argv))
 	return err
 }

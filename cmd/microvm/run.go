@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"microvm.dev/microvm/internal/cgroup"
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
@@ -24,6 +25,7 @@ type runOptions struct {
 	initDir     string
 	kernelCache string
 	arch        string
+	share       string
 	readyWait   time.Duration
 	stopTimeout time.Duration
 	quiet       bool
@@ -58,11 +60,18 @@ func launchFlags(cmd *cobra.Command, o *runOptions) {
 	cmd.Flags().StringVar(&o.initDir, "init-dir", filepath.Dir(self), "directory holding microvm-init (and microvm-init.<arch> for other guest architectures)")
 	cmd.Flags().StringVar(&o.kernelCache, "kernel-cache", guest.DefaultKernelCache, "where scripts/fetch-kernel.sh keeps kernels")
 	cmd.Flags().StringVar(&o.arch, "arch", vmm.HostArch(), "guest architecture: x86_64 or aarch64")
+	cmd.Flags().StringVar(&o.share, "share", "auto", "how the store reaches guests: virtiofs, 9p, block (a read-only disk image) or auto (the hypervisor's first choice available)")
 }
 
 // launchEnv is the launch environment the flags describe.
+// Without usable cgroups, VMs without limits still run; one with limits
+// is refused when it starts.
 func (a *app) launchEnv(o runOptions) launch.Env {
-	return launch.Env{StateDir: a.stateDir, RunDir: filepath.Dir(a.socket), KernelCache: o.kernelCache, InitDir: o.initDir, NetNS: a.netns, Arch: o.arch}
+	env := launch.Env{StateDir: a.stateDir, RunDir: filepath.Dir(a.socket), KernelCache: o.kernelCache, InitDir: o.initDir, NetNS: a.netns, Arch: o.arch, Share: o.share}
+	if cg, err := cgroup.Detect(cgroup.DefaultRoot); err == nil {
+		env.Cgroups = cg
+	}
+	return env
 }
 
 func (a *app) run(name string, o runOptions) error {
@@ -73,9 +82,6 @@ func (a *app) run(name string, o runOptions) error {
 	vm := cfg.VM(name)
 	if vm == nil {
 		return fmt.Errorf("no VM named %q in %s", name, o.file)
-	}
-	if vm.Hypervisor != "qemu" {
-		return fmt.Errorf("vms.%s: the %s backend is not available yet", name, vm.Hypervisor)
 	}
 	m, err := network.New(a.netns, hostnet.Options{})
 	if err != nil {

@@ -60,6 +60,7 @@ type VM struct {
 	Workdir    string            `json:"workdir,omitempty"`
 	User       string            `json:"user,omitempty"`
 	Init       string            `json:"init"`
+	Limits     Limits            `json:"limits,omitzero"`
 	Net        Net               `json:"net"`
 	// Supervision is how the daemon runs the VM; it is not part of the spec
 	// hash, so changing it never restarts the VM.
@@ -245,6 +246,7 @@ func merge(name string, d, s *VMSpec) *VM {
 		Workdir:    pick(s.Workdir, d.Workdir, ""),
 		User:       pick(s.User, d.User, ""),
 		Init:       pick(s.Init, d.Init, InitMicrovm),
+		Limits:     pick(s.Limits, d.Limits, Limits{}),
 		Supervision: Supervision{
 			Autostart:   pick(s.Autostart, d.Autostart, true),
 			Restart:     pick(s.Restart, d.Restart, RestartAlways),

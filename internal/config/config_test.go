@@ -278,6 +278,13 @@ func TestBadConfigs(t *testing.T) {
 		{"env bad name", "vms: { a: { index: 1, env: { \"A=B\": x } } }", "vms.a.env.A=B", "not an environment variable name", Options{}},
 		{"bad restart", "vms: { a: { index: 1, restart: sometimes } }", "vms.a.restart", "always, on-failure or no", Options{}},
 		{"bad stop timeout", "vms: { a: { index: 1, stopTimeout: soon } }", "vms.a.stopTimeout", "not a duration", Options{}},
+		{"cpu weight negative", "vms: { a: { index: 1, limits: { cpuWeight: -1 } } }", "vms.a.limits.cpuWeight", "outside 1-10000", Options{}},
+		{"cpu weight too big", "vms: { a: { index: 1, limits: { cpuWeight: 20000 } } }", "vms.a.limits.cpuWeight", "outside 1-10000", Options{}},
+		{"cpus not a number", "vms: { a: { index: 1, limits: { cpus: many } } }", "vms.a.limits.cpus", "a number", Options{}},
+		{"cpus over host", "vms: { a: { index: 1, limits: { cpus: 3.5 } } }", "vms.a.limits.cpus", "more than the host's 2 CPUs", Options{HostCPUs: 2}},
+		{"memory limit below guest", "vms: { a: { index: 1, memory: 1G, limits: { memory: 1G } } }", "vms.a.limits.memory", "leaves no room", Options{}},
+		{"memory limit below default guest", "defaults: { limits: { memory: 256M } }\nvms: { a: { index: 1 } }", "vms.a.limits.memory", "at least memory (512M)", Options{}},
+		{"unknown limit", "vms: { a: { index: 1, limits: { io: 5 } } }", "vms.a.limits.io", "unknown", Options{}},
 		{"stop timeout too short", "vms: { a: { index: 1, stopTimeout: 10ms } }", "vms.a.stopTimeout", "outside 1s-1h", Options{}},
 		{"billion laughs", laughs(), "", "expands to more than", Options{}},
 	}
@@ -374,5 +381,18 @@ func TestDecodeProblemSuppressesFollowUps(t *testing.T) {
 	_, err := Parse("f.yaml", []byte("vms: { a: { index: one } }"), Options{})
 	if got := err.Error(); strings.Count(got, "\n") != 0 || !strings.Contains(got, "expected a whole number") {
 		t.Errorf("want only the type problem, got:\n%s", got)
+	}
+}
+
+func TestLimitsMergeAndParse(t *testing.T) {
+	c := mustParse(t, "defaults: { limits: { cpuWeight: 50 } }\nvms: { a: { index: 1, limits: { cpus: 1.5, memory: 1G } }, b: { index: 2 } }", Options{})
+	if got := c.VM("a").Limits; got != (Limits{CPUs: 1.5, Memory: GiB}) {
+		t.Errorf("a limits = %+v (a VM's limits replace the defaults' as a whole)", got)
+	}
+	if got := c.VM("b").Limits; got != (Limits{CPUWeight: 50}) {
+		t.Errorf("b limits = %+v", got)
+	}
+	if c.VM("a").SpecHash() == mustParse(t, "vms: { a: { index: 1 } }", Options{}).VM("a").SpecHash() {
+		t.Error("limits do not change the spec hash")
 	}
 }

@@ -87,6 +87,20 @@ type VMSpec struct {
 	// StopTimeout is how long a clean shutdown may take before the
 	// hypervisor is killed (default 30s).
 	StopTimeout *Duration `yaml:"stopTimeout,omitempty" json:"stopTimeout,omitempty"`
+	// Limits caps the VM's hypervisor process with cgroups (unset: no caps).
+	Limits *Limits `yaml:"limits,omitempty" json:"limits,omitempty"`
+}
+
+// Limits are cgroup caps on a VM's hypervisor process. Each is optional.
+type Limits struct {
+	// CPUWeight is the VMM's share of CPU time under contention, 1-10000
+	// (cgroup cpu.weight; every other process has 100).
+	CPUWeight int `yaml:"cpuWeight,omitempty" json:"cpuWeight,omitempty" jsonschema:"minimum=1,maximum=10000"`
+	// CPUs caps the VMM's CPU time at this many host CPUs (cgroup cpu.max), e.g. 1.5.
+	CPUs float64 `yaml:"cpus,omitempty" json:"cpus,omitempty" jsonschema:"exclusiveMinimum=0"`
+	// Memory caps the VMM process's memory (cgroup memory.max); it must leave
+	// room for the hypervisor: at least the VM's memory plus 64M.
+	Memory Size `yaml:"memory,omitempty" json:"memory,omitempty"`
 }
 
 // Volume is a persistent data volume of a VM.

@@ -16,9 +16,12 @@ import (
 
 // Limits checked by validation.
 const (
-	MinMemory     = 128 * MiB
-	MinVolumeSize = 1 * MiB
-	MaxVCPU       = 255
+	MinMemory = 128 * MiB
+	// LimitMemoryHeadroom is what a memory limit must allow beyond the
+	// guest's RAM for the hypervisor itself.
+	LimitMemoryHeadroom = 64 * MiB
+	MinVolumeSize       = 1 * MiB
+	MaxVCPU             = 255
 	// MaxVolumeNameLen is the virtio-blk serial length; the guest finds a
 	// volume by serial = name.
 	MaxVolumeNameLen = 20
@@ -83,6 +86,9 @@ func (v *validator) vm(vm *VM, s VMSpec) {
 		v.r.addf(p, "name %q may use only lowercase letters, digits and '-', starting with a letter or digit (it becomes the hostname and interface names)", vm.Name)
 	}
 	v.spec(p, &s)
+	if m := vm.Limits.Memory; m != 0 && m < vm.Memory+LimitMemoryHeadroom {
+		v.r.addf(joinPath(p, "limits.memory"), "limits.memory %s leaves no room for the hypervisor: it must be at least memory (%s) plus %s", m, vm.Memory, LimitMemoryHeadroom)
+	}
 	var subnet netip.Prefix
 	switch {
 	case s.Index != nil && (*s.Index < 1 || *s.Index > 255):
@@ -157,6 +163,18 @@ func (v *validator) spec(p string, s *VMSpec) {
 	}
 	if s.StopTimeout != nil && (*s.StopTimeout < Duration(time.Second) || *s.StopTimeout > Duration(time.Hour)) {
 		v.r.addf(joinPath(p, "stopTimeout"), "stopTimeout %s is outside 1s-1h", *s.StopTimeout)
+	}
+	if l := s.Limits; l != nil {
+		lp := joinPath(p, "limits")
+		if l.CPUWeight != 0 && (l.CPUWeight < 1 || l.CPUWeight > 10000) {
+			v.r.addf(joinPath(lp, "cpuWeight"), "cpuWeight %d is outside 1-10000", l.CPUWeight)
+		}
+		switch {
+		case l.CPUs < 0 || (l.CPUs > 0 && l.CPUs < 0.01):
+			v.r.addf(joinPath(lp, "cpus"), "cpus %g must be at least 0.01", l.CPUs)
+		case v.opts.HostCPUs > 0 && l.CPUs > float64(v.opts.HostCPUs):
+			v.r.addf(joinPath(lp, "cpus"), "cpus %g is more than the host's %d CPUs", l.CPUs, v.opts.HostCPUs)
+		}
 	}
 	if s.Init != nil && *s.Init != InitMicrovm && *s.Init != InitImage {
 		v.r.addf(joinPath(p, "init"), "init must be microvm or image, not %q", *s.Init)

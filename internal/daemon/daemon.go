@@ -64,8 +64,24 @@ type VMAction struct {
 	Name   string `json:"name"`
 	Action string `json:"action"` // created, restarted, removed, unchanged, started
 	Error  string `json:"error,omitempty"`
+	// StopSeconds is how long the old VM took to shut down (restarted, removed).
+	StopSeconds float64 `json:"stopSeconds,omitempty"`
+	// PrepareSeconds is how long the start took before the hypervisor ran.
+	PrepareSeconds float64 `json:"prepareSeconds,omitempty"`
 	// BootSeconds is how long the VM took to become ready.
 	BootSeconds float64 `json:"bootSeconds,omitempty"`
+}
+
+// Phases splits an apply's wall time, in seconds.
+type Phases struct {
+	// Parse is reading and validating the file (ApplyFile only).
+	Parse float64 `json:"parse"`
+	// Stop is stopping removed and changed VMs (their clean shutdowns).
+	Stop float64 `json:"stop"`
+	// Network is reconciling bridges, TAPs and the firewall.
+	Network float64 `json:"network"`
+	// Start is starting new and changed VMs until all are ready.
+	Start float64 `json:"start"`
 }
 
 // ApplyResult is the outcome of an apply.
@@ -75,6 +91,7 @@ type ApplyResult struct {
 	VMs      []VMAction      `json:"vms"`
 	Network  *network.Result `json:"network,omitempty"`
 	Seconds  float64         `json:"seconds"`
+	Phases   Phases          `json:"phases"`
 }
 
 // ErrInvalid is returned (wrapped) when the file has problems; nothing was changed.
@@ -92,6 +109,7 @@ func (d *Daemon) Parse(name string, data []byte) (*config.Config, error) {
 // ApplyFile validates data and applies it. A file with problems changes
 // nothing and returns them with ErrInvalid.
 func (d *Daemon) ApplyFile(name string, data []byte) (*ApplyResult, error) {
+	t0 := time.Now()
 	cfg, err := d.Parse(name, data)
 	var ps config.Problems
 	if errors.As(err, &ps) {
@@ -100,7 +118,13 @@ func (d *Daemon) ApplyFile(name string, data []byte) (*ApplyResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	return d.Apply(name, cfg)
+	parse := time.Since(t0).Seconds()
+	res, err := d.Apply(name, cfg)
+	if res != nil {
+		res.Phases.Parse = parse
+		res.Seconds += parse
+	}
+	return res, err
 }
 
 // Apply makes the fleet match cfg: removed VMs are stopped (volumes kept),
@@ -123,10 +147,16 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (*ApplyResult, error) {
 		actions[name] = a
 		return a
 	}
+	timed := func(a *VMAction, f func() error) error {
+		t := time.Now()
+		err := f()
+		a.StopSeconds = time.Since(t).Seconds()
+		return err
+	}
 	for n := range known {
 		if cfg.VM(n) == nil {
 			a := act(n, "removed")
-			if err := d.sup.Forget(n); err != nil {
+			if err := timed(a, func() error { return d.sup.Forget(n) }); err != nil {
 				a.Error = err.Error()
 			}
 		}
@@ -139,7 +169,7 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (*ApplyResult, error) {
 			act(vm.Name, "unchanged")
 		case isRunning:
 			a := act(vm.Name, "restarted")
-			if err := d.sup.Stop(vm.Name); err != nil {
+			if err := timed(a, func() error { return d.sup.Stop(vm.Name) }); err != nil {
 				a.Error = err.Error()
 				continue
 			}
@@ -155,7 +185,10 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (*ApplyResult, error) {
 			act(vm.Name, "unchanged")
 		}
 	}
+	res.Phases.Stop = time.Since(t0).Seconds()
+	tNet := time.Now()
 	netRes, err := d.net.Apply(cfg)
+	res.Phases.Network = time.Since(tNet).Seconds()
 	res.Network = netRes
 	if err != nil {
 		return res, fmt.Errorf("network: %w", err)
@@ -163,6 +196,7 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (*ApplyResult, error) {
 	d.mu.Lock()
 	d.cfg, d.file = cfg, name
 	d.mu.Unlock()
+	tStart := time.Now()
 	var wg sync.WaitGroup
 	for _, vm := range toStart {
 		a := actions[vm.Name]
@@ -174,11 +208,12 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (*ApplyResult, error) {
 			if err := d.sup.Start(vm); err != nil {
 				a.Error = err.Error()
 			} else if st, ok := d.sup.Status(vm.Name); ok {
-				a.BootSeconds = st.BootSeconds
+				a.BootSeconds, a.PrepareSeconds = st.BootSeconds, st.PrepareSeconds
 			}
 		}()
 	}
 	wg.Wait()
+	res.Phases.Start = time.Since(tStart).Seconds()
 	for _, a := range actions {
 		res.VMs = append(res.VMs, *a)
 	}

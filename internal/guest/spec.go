@@ -52,7 +52,12 @@ type NetSpec struct {
 // ShareSpec is a directory share from the host.
 type ShareSpec struct {
 	Tag    string `json:"tag"`
-	FSType string `json:"fstype"` // "9p" or "virtiofs"
+	FSType string `json:"fstype"` // "9p", "virtiofs" or "ext4" (a read-only disk)
+	// Serial finds the disk of an ext4 store by its virtio serial.
+	Serial string `json:"serial,omitempty"`
+	// Device names the disk of an ext4 store directly (vda) for
+	// hypervisors that give disks no serial.
+	Device string `json:"device,omitempty"`
 	// Image is the image tree's path inside the share ("" = the share's root).
 	Image string `json:"image,omitempty"`
 }
@@ -61,6 +66,9 @@ type ShareSpec struct {
 type VolumeSpec struct {
 	Name       string `json:"name"`
 	MountPoint string `json:"mountPoint"`
+	// Device names the disk directly (vdb) for hypervisors that give disks
+	// no serial; empty means find it by serial = name.
+	Device string `json:"device,omitempty"`
 }
 
 // SSHSpec is the SSH server's identity and who may log in.

@@ -38,26 +38,28 @@ var ErrNotOurs = errors.New("the recorded process is not this VM's hypervisor")
 
 // Adopt takes over a hypervisor started earlier (by a daemon that has since
 // restarted): it checks that pid still is vm's hypervisor (same start time,
-// command line naming the VM) and watches it through a pidfd.
+// command line naming the VM's control socket, which is unique to it) and
+// watches it through a pidfd.
 func Adopt(env Env, vm *config.VM, pid int, startTime uint64) (*Running, error) {
 	st, err := ProcStartTime(pid)
 	if err != nil || st != startTime {
 		return nil, ErrNotOurs
 	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || !bytes.Contains(cmdline, []byte("guest="+vm.Name+",")) {
-		return nil, ErrNotOurs
-	}
-	l, argv, err := Command(env, vm)
+	l, cmd, b, _, err := command(env, vm)
 	if err != nil {
 		return nil, err
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || !bytes.Contains(cmdline, []byte(l.ControlSocket)) {
+		return nil, ErrNotOurs
 	}
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return nil, fmt.Errorf("watch pid %d: %w", pid, err)
 	}
 	proc, _ := os.FindProcess(pid)
-	r := &Running{Prepared: &Prepared{VM: vm, Launch: l, Argv: argv}, Process: proc, Exited: make(chan struct{})}
+	p := &Prepared{VM: vm, Backend: b, Launch: l, Argv: cmd.Argv, Files: cmd.Files, SerialToStdout: cmd.SerialToStdout, Cgroups: env.Cgroups}
+	r := &Running{Prepared: p, Process: proc, Exited: make(chan struct{})}
 	go func() {
 		defer unix.Close(fd)
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
@@ -67,6 +69,9 @@ func Adopt(env Env, vm *config.VM, pid int, startTime uint64) (*Running, error) 
 			}
 		}
 		r.ExitErr = errors.New("the adopted hypervisor exited (its exit status is not visible to an adopting daemon)")
+		if env.Cgroups != nil {
+			env.Cgroups.Remove(vm.Name)
+		}
 		close(r.Exited)
 	}()
 	return r, nil

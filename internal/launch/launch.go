@@ -9,17 +9,22 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"microvm.dev/microvm/internal/cgroup"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/sshkey"
 	"microvm.dev/microvm/internal/state"
+	"microvm.dev/microvm/internal/storeimage"
 	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmm/cloudhypervisor"
+	"microvm.dev/microvm/internal/vmm/firecracker"
 	"microvm.dev/microvm/internal/vmm/qemu"
 	"microvm.dev/microvm/internal/volume"
 )
@@ -42,9 +47,32 @@ type Env struct {
 	NetNS string
 	// DNS servers given to guests (default 1.1.1.1, as the reference setup).
 	DNS []string
-	// Share is how the store reaches guests: "virtiofs", "9p", or "" (auto:
-	// virtiofs when a virtiofsd is installed, else 9p).
+	// Share is how the store reaches guests: "virtiofs", "9p", "block" (a
+	// read-only ext4 disk image), or "" (auto: the backend's first choice
+	// that works here; for QEMU virtiofs when a virtiofsd is installed, else
+	// 9p).
 	Share string
+	// Cgroups, when set, caps each VM's hypervisor with its limits; a VM
+	// with limits fails to start without it.
+	Cgroups *cgroup.Manager
+}
+
+// Backend returns the hypervisor backend of that name (vms.*.hypervisor).
+func Backend(name string) (vmm.Backend, error) {
+	switch name {
+	case "", "qemu":
+		return qemu.Backend{}, nil
+	case "cloud-hypervisor":
+		return cloudhypervisor.Backend{}, nil
+	case "firecracker":
+		return firecracker.Backend{}, nil
+	}
+	return nil, fmt.Errorf("unknown hypervisor %q", name)
+}
+
+// Backends are every backend, for checks that cover them all.
+func Backends() []vmm.Backend {
+	return []vmm.Backend{qemu.Backend{}, cloudhypervisor.Backend{}, firecracker.Backend{}}
 }
 
 // virtiofsdPaths are where distributions install virtiofsd.
@@ -63,29 +91,46 @@ func Virtiofsd() string {
 	return ""
 }
 
-// shareType decides how the store is shared.
-func (e Env) shareType() (string, error) {
+// ShareKind decides how the store reaches a guest of backend b.
+func (e Env) ShareKind(b vmm.Backend) (string, error) {
+	kinds := b.ShareKinds()
 	switch e.Share {
-	case "9p":
-		return "9p", nil
-	case "virtiofs":
-		if Virtiofsd() == "" {
+	case "", "auto":
+		for _, k := range kinds {
+			if k != vmm.ShareVirtiofs || Virtiofsd() != "" {
+				return k, nil
+			}
+		}
+		return "", fmt.Errorf("%s shares the store only over virtiofs, and no virtiofsd is installed (looked in %v and PATH)", b.Name(), virtiofsdPaths)
+	case vmm.ShareVirtiofs, vmm.Share9p, vmm.ShareBlock:
+		if !slices.Contains(kinds, e.Share) {
+			return "", fmt.Errorf("%s cannot share the store over %s (it supports %s)", b.Name(), e.Share, strings.Join(kinds, ", "))
+		}
+		if e.Share == vmm.ShareVirtiofs && Virtiofsd() == "" {
 			return "", fmt.Errorf("share virtiofs: no virtiofsd installed (looked in %v and PATH)", virtiofsdPaths)
 		}
-		return "virtiofs", nil
-	case "", "auto":
-		if Virtiofsd() != "" {
-			return "virtiofs", nil
-		}
-		return "9p", nil
+		return e.Share, nil
 	}
-	return "", fmt.Errorf("unknown share type %q (virtiofs, 9p or auto)", e.Share)
+	return "", fmt.Errorf("unknown share type %q (virtiofs, 9p, block or auto)", e.Share)
 }
+
+// BlockCache is where read-only disk images of store trees are cached.
+func BlockCache(stateDir string) string { return filepath.Join(stateDir, "cache", "store-blocks") }
 
 // Prepared is a VM ready to start.
 type Prepared struct {
-	VM         *config.VM
-	Argv       []string
+	VM *config.VM
+	// Backend is the VM's hypervisor.
+	Backend vmm.Backend
+	// Argv is the command line, binary first (after nsenter when the VM
+	// runs in a network namespace).
+	Argv []string
+	// Files are written before the hypervisor starts (its configuration).
+	Files map[string][]byte
+	// SerialToStdout points the hypervisor's stdout at the console log.
+	SerialToStdout bool
+	// Cgroups caps the hypervisor when the VM has limits.
+	Cgroups    *cgroup.Manager
 	Launch     vmm.Launch
 	Volumes    map[string]volume.Action
 	BaseCached bool
@@ -134,41 +179,60 @@ func ImageDir(stateDir, image string) (string, error) {
 }
 
 // Command resolves what vm boots with and returns the hypervisor launch and
-// command line, without writing anything: `microvm render runner` prints
+// command, without writing anything: `microvm render runner` prints
 // exactly what Prepare will run.
-func Command(env Env, vm *config.VM) (vmm.Launch, []string, error) {
-	l, argv, _, err := command(env, vm)
-	return l, argv, err
+func Command(env Env, vm *config.VM) (vmm.Launch, vmm.Command, error) {
+	l, cmd, _, _, err := command(env, vm)
+	return l, cmd, err
 }
 
-// command is Command that also returns the resolved kernel, so Prepare
-// resolves it once.
-func command(env Env, vm *config.VM) (vmm.Launch, []string, guest.Kernel, error) {
+// command is Command that also returns the backend and the resolved kernel,
+// so Prepare resolves them once.
+func command(env Env, vm *config.VM) (vmm.Launch, vmm.Command, vmm.Backend, guest.Kernel, error) {
+	fail := func(err error) (vmm.Launch, vmm.Command, vmm.Backend, guest.Kernel, error) {
+		return vmm.Launch{}, vmm.Command{}, nil, guest.Kernel{}, fmt.Errorf("vms.%s: %w", vm.Name, err)
+	}
+	b, err := Backend(vm.Hypervisor)
+	if err != nil {
+		return fail(err)
+	}
 	arch := env.arch()
 	kern, err := guest.ResolveKernel(vm.Kernel, arch, vmm.HostArch(), env.KernelCache)
 	if err != nil {
-		return vmm.Launch{}, nil, guest.Kernel{}, err
+		return vmm.Launch{}, vmm.Command{}, nil, guest.Kernel{}, err
 	}
-	share, err := env.shareType()
+	share, err := env.ShareKind(b)
 	if err != nil {
-		return vmm.Launch{}, nil, guest.Kernel{}, err
+		return fail(err)
 	}
 	l := vmm.DefaultLaunch(vm, env.StateDir, env.RunDir)
+	if b.Name() != "qemu" {
+		l.ControlSocket = filepath.Join(env.RunDir, vm.Name+".api")
+	}
 	// Each VM is given only its own image tree.
-	l.Shares = []vmm.Share{{Tag: "store", Path: filepath.Join(env.StateDir, "store", vm.Image)}}
-	if share == "virtiofs" {
+	tree := filepath.Join(env.StateDir, "store", vm.Image)
+	l.Shares = []vmm.Share{{Tag: "store", Path: tree}}
+	switch share {
+	case vmm.ShareVirtiofs:
 		l.Shares[0].VirtiofsSocket = filepath.Join(env.RunDir, vm.Name+"-store.sock")
+	case vmm.ShareBlock:
+		if l.Shares[0].Block, err = storeimage.Path(BlockCache(env.StateDir), tree); err != nil {
+			return fail(err)
+		}
 	}
 	l.Arch = arch
 	l.KVM = arch == vmm.HostArch() && unix.Access("/dev/kvm", unix.R_OK|unix.W_OK) == nil
 	l.VHostNet = l.KVM && unix.Access("/dev/vhost-net", unix.R_OK|unix.W_OK) == nil
 	l.Kernel = kern.Image
 	l.Initrd = filepath.Join(env.StateDir, "vms", vm.Name, "initramfs.cpio")
-	argv := qemu.Command(vm, l)
-	if env.NetNS != "" {
-		argv = append([]string{"nsenter", "--net=" + env.NetNS, "--"}, argv...)
+	cmd, err := b.Command(vm, l)
+	if err != nil {
+		return vmm.Launch{}, vmm.Command{}, nil, guest.Kernel{}, err
 	}
-	return l, argv, kern, nil
+	if env.NetNS != "" {
+		cmd.Argv = append([]string{"nsenter", "--net=" + env.NetNS, "--"}, cmd.Argv...)
+	}
+	return l, cmd, b, kern, nil
 }
 
 // Prepare makes everything vm needs to boot and returns the command line.
@@ -181,9 +245,21 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	if _, err := ImageDir(env.StateDir, vm.Image); err != nil {
 		return nil, err
 	}
-	l, argv, kern, err := command(env, vm)
+	l, cmd, b, kern, err := command(env, vm)
 	if err != nil {
 		return nil, err
+	}
+	if err := b.CheckKernel(kern.Image, arch); err != nil {
+		return nil, fmt.Errorf("vms.%s: %w", vm.Name, err)
+	}
+	limits := Limits(vm)
+	if !limits.IsZero() && env.Cgroups == nil {
+		return nil, fmt.Errorf("vms.%s.limits: this host has no usable cgroups to enforce them", vm.Name)
+	}
+	if blk := l.Shares[0].Block; blk != "" {
+		if _, err := storeimage.Ensure(blk, l.Shares[0].Path); err != nil {
+			return nil, fmt.Errorf("vms.%s: %w", vm.Name, err)
+		}
 	}
 	initBin, err := InitBinary(env.InitDir, arch)
 	if err != nil {
@@ -223,8 +299,15 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	for _, v := range vm.Volumes {
 		spec.Volumes = append(spec.Volumes, guest.VolumeSpec{Name: v.Name, MountPoint: v.MountPoint})
 	}
-	if l.Shares[0].VirtiofsSocket != "" {
+	devices := b.DiskDevices(l)
+	switch l.Shares[0].Kind() {
+	case vmm.ShareVirtiofs:
 		spec.Store.FSType = "virtiofs"
+	case vmm.ShareBlock:
+		spec.Store = guest.ShareSpec{FSType: "ext4", Serial: vmm.StoreSerial, Device: devices[vmm.StoreSerial]}
+	}
+	for i := range spec.Volumes {
+		spec.Volumes[i].Device = devices[spec.Volumes[i].Name]
 	}
 	spec.SwitchRoot = vm.Init == config.InitImage
 	if len(vm.Command) > 0 && !spec.SwitchRoot {
@@ -233,7 +316,8 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	if err := guest.WriteVM(base, l.Initrd, spec); err != nil {
 		return nil, err
 	}
-	p := &Prepared{VM: vm, Launch: l, Argv: argv, BaseCached: cached, Volumes: map[string]volume.Action{},
+	p := &Prepared{VM: vm, Backend: b, Launch: l, Argv: cmd.Argv, Files: cmd.Files, SerialToStdout: cmd.SerialToStdout,
+		BaseCached: cached, Volumes: map[string]volume.Action{}, Cgroups: env.Cgroups,
 		ClientKey: ClientKeyPath(env.StateDir), HostKeyPub: sshkey.AuthorizedLine(hostKey)}
 	for _, v := range vm.Volumes {
 		act, err := volume.Ensure(vmDir, v)
@@ -262,59 +346,114 @@ type Running struct {
 	console   int64
 }
 
+// VMMLog is the hypervisor's own output (and its helpers') for the VM
+// whose directory is vmDir.
+func VMMLog(vmDir string) string { return filepath.Join(vmDir, "vmm.log") }
+
+// Limits are the cgroup caps of vm's hypervisor.
+func Limits(vm *config.VM) cgroup.Limits {
+	return cgroup.Limits{CPUWeight: vm.Limits.CPUWeight, CPUs: vm.Limits.CPUs, MemoryMax: int64(vm.Limits.Memory)}
+}
+
 // Start starts the hypervisor in its own session (so a signal to microvm's
-// process group does not reach it), with its own output in qemu.log.
+// process group does not reach it), with its own output in vmm.log, inside
+// the VM's cgroup when it has limits.
 func Start(p *Prepared) (*Running, error) {
 	vmDir := filepath.Dir(p.Launch.ConsoleLog)
 	// Keep the previous boot's console as console.log.1.
 	os.Rename(p.Launch.ConsoleLog, p.Launch.ConsoleLog+".1")
 	os.Remove(p.Launch.ControlSocket)
-	logf, err := os.OpenFile(filepath.Join(vmDir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	for path, b := range p.Files {
+		if err := state.WriteFile(path, b, 0o600); err != nil {
+			return nil, fmt.Errorf("vms.%s: %w", p.VM.Name, err)
+		}
+	}
+	logf, err := os.OpenFile(VMMLog(vmDir), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close()
+	stdout := logf
+	if p.SerialToStdout {
+		if stdout, err = os.OpenFile(p.Launch.ConsoleLog, os.O_CREATE|os.O_WRONLY|os.O_TRUNC|os.O_APPEND, 0o600); err != nil {
+			return nil, err
+		}
+		defer stdout.Close()
+	}
 	bin, err := exec.LookPath(p.Argv[0])
 	if err != nil {
-		return nil, fmt.Errorf("%s is not installed: %w", p.Argv[0], err)
+		return nil, fmt.Errorf("vms.%s: %s is not installed: %w", p.VM.Name, p.Argv[0], err)
+	}
+	if p.Argv[0] == "nsenter" {
+		if _, err := exec.LookPath(p.Argv[3]); err != nil {
+			return nil, fmt.Errorf("vms.%s: %s is not installed (%s backend): %w", p.VM.Name, p.Argv[3], p.Backend.Name(), err)
+		}
+	}
+	limits := Limits(p.VM)
+	cmd := exec.Command(bin, p.Argv[1:]...)
+	cmd.Stdout, cmd.Stderr = stdout, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if p.Cgroups != nil {
+		// Always (re)create the group, so removed limits are reset.
+		if err := p.Cgroups.Create(p.VM.Name, limits); err != nil {
+			return nil, fmt.Errorf("vms.%s.limits: %w", p.VM.Name, err)
+		}
+		if dir := p.Cgroups.StartDir(p.VM.Name); dir != "" {
+			// cgroup v2: the hypervisor starts inside its group (clone3).
+			fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return nil, fmt.Errorf("vms.%s.limits: %w", p.VM.Name, err)
+			}
+			defer unix.Close(fd)
+			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
+		}
 	}
 	var helpers []*os.Process
+	killHelpers := func() {
+		for _, h := range helpers {
+			h.Kill() // reaped by startVirtiofsd's waiter
+		}
+	}
 	for _, sh := range p.Launch.Shares {
-		if sh.VirtiofsSocket == "" {
+		if sh.Kind() != vmm.ShareVirtiofs {
 			continue
 		}
 		proc, err := startVirtiofsd(sh, logf)
 		if err != nil {
-			for _, h := range helpers {
-				h.Kill()
-			}
+			killHelpers()
 			return nil, err
 		}
 		helpers = append(helpers, proc)
 	}
-	cmd := exec.Command(bin, p.Argv[1:]...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	r := &Running{Prepared: p, Exited: make(chan struct{})}
 	r.Started = time.Now()
 	if err := cmd.Start(); err != nil {
-		for _, h := range helpers {
-			h.Kill()
-		}
+		killHelpers()
 		return nil, fmt.Errorf("start %s: %w", p.Argv[0], err)
+	}
+	if p.Cgroups != nil && !cmd.SysProcAttr.UseCgroupFD {
+		// cgroup v1: moved in right after the start, before the guest runs
+		// for long; a hypervisor that cannot be capped is not left running.
+		if err := p.Cgroups.Place(p.VM.Name, cmd.Process.Pid); err != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			killHelpers()
+			return nil, fmt.Errorf("vms.%s.limits: %w", p.VM.Name, err)
+		}
 	}
 	r.Process = cmd.Process
 	r.ProcStart, _ = ProcStartTime(cmd.Process.Pid)
 	go func() {
 		r.ExitErr = cmd.Wait()
 		// Helpers never outlive the hypervisor.
-		for _, h := range helpers {
-			h.Kill() // reaped by startVirtiofsd's waiter
-		}
+		killHelpers()
 		if r.ExitErr != nil {
-			if b, _ := os.ReadFile(filepath.Join(vmDir, "qemu.log")); len(b) > 0 {
+			if b, _ := os.ReadFile(VMMLog(vmDir)); len(b) > 0 {
 				r.ExitErr = fmt.Errorf("%w: %s", r.ExitErr, strings.TrimSpace(string(b)))
 			}
+		}
+		if p.Cgroups != nil {
+			p.Cgroups.Remove(p.VM.Name)
 		}
 		close(r.Exited)
 	}()
@@ -371,26 +510,25 @@ func (r *Running) FollowConsole(echo func(string)) {
 }
 
 // Stop asks the guest to shut down cleanly and waits up to timeout in all:
-// first the ACPI power button through QMP, then (after a third of the time)
-// Ctrl-Alt-Del, which microvm-init also takes as a shutdown request; then
-// SIGTERM and, 5 s later, SIGKILL to the hypervisor.
+// first the backend's polite request (the ACPI power button for QEMU and
+// cloud-hypervisor, Ctrl-Alt-Del for Firecracker), after a third of the
+// time its second request (Ctrl-Alt-Del for QEMU, which microvm-init also
+// takes as a shutdown request); then SIGTERM and, 5 s later, SIGKILL.
 func (r *Running) Stop(timeout time.Duration) error {
 	select {
 	case <-r.Exited:
 		return nil
 	default:
 	}
-	qmp := r.Prepared.Launch.ControlSocket
-	if _, err := qemu.QMP(qmp, "system_powerdown", nil, 5*time.Second); err != nil {
+	b, l := r.Prepared.Backend, r.Prepared.Launch
+	if err := b.Shutdown(l, 0); err != nil {
 		r.Process.Signal(syscall.SIGTERM)
 	}
-	cad := map[string]any{"keys": []map[string]string{
-		{"type": "qcode", "data": "ctrl"}, {"type": "qcode", "data": "alt"}, {"type": "qcode", "data": "delete"}}}
 	steps := []struct {
 		wait time.Duration
 		act  func()
 	}{
-		{timeout / 3, func() { qemu.QMP(qmp, "send-key", cad, 5*time.Second) }},
+		{timeout / 3, func() { b.Shutdown(l, 1) }},
 		{timeout - timeout/3, func() { r.Process.Signal(syscall.SIGTERM) }},
 		{5 * time.Second, func() { r.Process.Signal(syscall.SIGKILL) }},
 	}

@@ -54,6 +54,9 @@ type Status struct {
 	PID         int        `json:"pid,omitempty"`
 	StartedAt   time.Time  `json:"startedAt,omitzero"`
 	BootSeconds float64    `json:"bootSeconds,omitempty"`
+	// PrepareSeconds is how long the last start took before the hypervisor
+	// ran: initramfs, keys, volumes, process start.
+	PrepareSeconds float64 `json:"prepareSeconds,omitempty"`
 	Restarts    int        `json:"restarts"`
 	LastExit    string     `json:"lastExit,omitempty"`
 	Failure     string     `json:"failure,omitempty"`
@@ -72,6 +75,7 @@ type vmProc struct {
 	lastExit string
 	failure  string
 	boot     time.Duration
+	prepare  time.Duration
 	started  time.Time
 }
 
@@ -169,12 +173,13 @@ func (s *Supervisor) boot(name string, v *vmProc) error {
 	gen := v.gen
 	spec := v.spec
 	s.mu.Unlock()
+	t0 := time.Now()
 	p, err := launch.Prepare(s.env, spec)
 	if err == nil {
 		var r *launch.Running
 		if r, err = launch.Start(p); err == nil {
 			s.mu.Lock()
-			v.run, v.started = r, r.Started
+			v.run, v.started, v.prepare = r, r.Started, time.Since(t0)
 			s.mu.Unlock()
 			if werr := s.dir.WriteRunRecord(r.Record()); werr != nil {
 				s.log.Error("write run record", "vm", name, "err", werr)
@@ -327,7 +332,7 @@ func (s *Supervisor) Status(name string) (Status, bool) {
 
 func (s *Supervisor) status(name string, v *vmProc) Status {
 	st := Status{Name: name, State: v.state, Restarts: v.restarts, LastExit: v.lastExit, Failure: v.failure, Spec: v.spec,
-		BootSeconds: v.boot.Seconds()}
+		BootSeconds: v.boot.Seconds(), PrepareSeconds: v.prepare.Seconds()}
 	if v.spec != nil {
 		st.SpecHash = v.spec.SpecHash()
 	}

@@ -6,6 +6,7 @@ package vmm
 import (
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	"microvm.dev/microvm/internal/config"
 )
@@ -31,8 +32,22 @@ type Share struct {
 	// Path is the host directory.
 	Path string
 	// VirtiofsSocket is the vhost-user socket of the virtiofsd serving the
-	// share; empty means 9p.
+	// share; empty means 9p unless Block is set.
 	VirtiofsSocket string
+	// Block is a read-only ext4 image of Path given as a disk instead
+	// (ShareBlock), for backends without shared directories.
+	Block string
+}
+
+// Kind is how the share reaches the guest (ShareVirtiofs, Share9p or ShareBlock).
+func (s Share) Kind() string {
+	switch {
+	case s.Block != "":
+		return ShareBlock
+	case s.VirtiofsSocket != "":
+		return ShareVirtiofs
+	}
+	return Share9p
 }
 
 // Disk is a volume image attached as a virtio block device.
@@ -82,4 +97,40 @@ func DefaultLaunch(vm *config.VM, stateDir, runDir string) Launch {
 		l.Disks = append(l.Disks, Disk{Name: v.Name, Path: filepath.Join(vmDir, v.Name+".img")})
 	}
 	return l
+}
+
+// KernelCmdline is the guest kernel's command line: the console device, no
+// reboot (a guest reboot ends the VMM; the daemon restarts it), the VM's
+// name for microvm-init, and backend-specific extras last (they win).
+func KernelCmdline(vm *config.VM, console string, extra ...string) string {
+	return strings.Join(append([]string{
+		"console=" + console,
+		"panic=-1", "reboot=t", "quiet", "loglevel=4",
+		// A loaded host can starve an emulated guest long enough to fail the
+		// kernel's IO-APIC timer check (it panicked with 50 guests booting
+		// on 2 cores); virtual machines do not need that check.
+		"no_timer_check",
+		"microvm.name=" + vm.Name,
+	}, extra...), " ")
+}
+
+// SerialConsole is the guest's serial console device on arch.
+func SerialConsole(arch string) string {
+	if arch == ArchAArch64 {
+		return "ttyAMA0"
+	}
+	return "ttyS0"
+}
+
+// ShellQuote renders argv as one shell command line, quoting where needed.
+func ShellQuote(argv []string) string {
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		if a != "" && !strings.ContainsAny(a, " \t\n'\"\\$`!*?[]{}()<>|&;#~") {
+			out[i] = a
+			continue
+		}
+		out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(out, " ")
 }

@@ -71,12 +71,19 @@ func rssKB(pid int) int {
 
 type applyResult struct {
 	VMs []struct {
-		Name        string  `json:"name"`
-		Action      string  `json:"action"`
-		BootSeconds float64 `json:"bootSeconds"`
+		Name           string  `json:"name"`
+		Action         string  `json:"action"`
+		StopSeconds    float64 `json:"stopSeconds"`
+		PrepareSeconds float64 `json:"prepareSeconds"`
+		BootSeconds    float64 `json:"bootSeconds"`
 	} `json:"vms"`
 	Seconds float64 `json:"seconds"`
+	Phases  struct {
+		Parse, Stop, Network, Start float64
+	} `json:"phases"`
 }
+
+func secs(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 
 func (l *lab) apply(src string) (applyResult, time.Duration, error) {
 	f := filepath.Join(l.state, "infra.yaml")
@@ -150,7 +157,7 @@ func run(bin, store, sizes string) error {
 				noop = append(noop, d)
 			}
 			fmt.Printf("%-46s %s (median of 5)\n", "apply of the unchanged 50-VM file", median(noop))
-			var over []time.Duration
+			var over, total, parse, stop, netw, prep, boot, cli []time.Duration
 			for i := range 5 {
 				changed := 7
 				src := fleet(50, changed)
@@ -161,18 +168,42 @@ func run(bin, store, sizes string) error {
 				if err != nil {
 					return err
 				}
-				boot := 0.0
+				found := false
 				for _, v := range res.VMs {
 					if v.Name == fmt.Sprintf("t%d", changed) && v.Action == "restarted" {
-						boot = v.BootSeconds
+						found = true
+						total = append(total, d)
+						stop = append(stop, secs(v.StopSeconds))
+						prep = append(prep, secs(v.PrepareSeconds))
+						boot = append(boot, secs(v.BootSeconds))
+						// The daemon's own work: everything but the old
+						// guest's shutdown and the new guest's boot.
+						over = append(over, d-secs(v.StopSeconds)-secs(v.BootSeconds))
+						cli = append(cli, d-secs(res.Seconds))
 					}
 				}
-				if boot == 0 {
+				if !found {
 					return fmt.Errorf("t%d was not restarted: %+v", changed, res.VMs)
 				}
-				over = append(over, d-time.Duration(boot*float64(time.Second)))
+				parse = append(parse, secs(res.Phases.Parse))
+				netw = append(netw, secs(res.Phases.Network))
 			}
-			fmt.Printf("%-46s %s (median of 5)\n", "one-VM change in 50: apply minus the guest boot", median(over))
+			fmt.Printf("one-VM change in 50 (medians of 5):\n")
+			for _, row := range []struct {
+				name string
+				ds   []time.Duration
+			}{
+				{"whole `microvm apply` (CLI process included)", total},
+				{"  CLI process and API round trip", cli},
+				{"  parse and validate", parse},
+				{"  old guest's clean shutdown", stop},
+				{"  network reconcile", netw},
+				{"  prepare and start the hypervisor", prep},
+				{"  guest boot to ready", boot},
+				{"apply minus shutdown and boot", over},
+			} {
+				fmt.Printf("  %-46s %s\n", row.name, median(row.ds))
+			}
 		}
 	}
 	return nil

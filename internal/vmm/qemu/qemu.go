@@ -8,12 +8,80 @@
 package qemu
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/vmm"
 )
+
+// Backend is QEMU as a vmm.Backend.
+type Backend struct{}
+
+// Name is "qemu".
+func (Backend) Name() string { return "qemu" }
+
+// Binary is the QEMU executable for arch.
+func (Backend) Binary(arch string) string { return Binary(arch) }
+
+// ShareKinds: virtiofs when a virtiofsd is installed, else QEMU's own 9p;
+// a block image works too.
+func (Backend) ShareKinds() []string {
+	return []string{vmm.ShareVirtiofs, vmm.Share9p, vmm.ShareBlock}
+}
+
+// Command is the QEMU command line.
+func (Backend) Command(vm *config.VM, l vmm.Launch) (vmm.Command, error) {
+	return vmm.Command{Argv: Command(vm, l)}, nil
+}
+
+// Shutdown presses the ACPI power button (attempt 0), then sends
+// Ctrl-Alt-Del, which microvm-init also takes as a shutdown request.
+func (Backend) Shutdown(l vmm.Launch, attempt int) error {
+	if attempt == 0 {
+		_, err := QMP(l.ControlSocket, "system_powerdown", nil, 5*time.Second)
+		return err
+	}
+	cad := map[string]any{"keys": []map[string]string{
+		{"type": "qcode", "data": "ctrl"}, {"type": "qcode", "data": "alt"}, {"type": "qcode", "data": "delete"}}}
+	_, err := QMP(l.ControlSocket, "send-key", cad, 5*time.Second)
+	return err
+}
+
+// Info is QMP's query-status and query-version.
+func (Backend) Info(l vmm.Launch) (vmm.Info, error) {
+	raw, err := QMP(l.ControlSocket, "query-status", nil, 5*time.Second)
+	if err != nil {
+		return vmm.Info{}, err
+	}
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return vmm.Info{}, fmt.Errorf("qmp query-status: %w", err)
+	}
+	info := vmm.Info{State: st.Status}
+	if raw, err := QMP(l.ControlSocket, "query-version", nil, 5*time.Second); err == nil {
+		var v struct {
+			QEMU struct{ Major, Minor, Micro int } `json:"qemu"`
+		}
+		if json.Unmarshal(raw, &v) == nil {
+			info.Version = fmt.Sprintf("%d.%d.%d", v.QEMU.Major, v.QEMU.Minor, v.QEMU.Micro)
+		}
+	}
+	return info, nil
+}
+
+// CheckKernel accepts any kernel image QEMU's direct boot loads.
+func (Backend) CheckKernel(string, string) error { return nil }
+
+// InteractiveConsole: the console is a socket chardev.
+func (Backend) InteractiveConsole() bool { return true }
+
+// DiskDevices is nil: disks carry serials.
+func (Backend) DiskDevices(vmm.Launch) map[string]string { return nil }
 
 // Binary is the QEMU executable for an architecture.
 func Binary(arch string) string {
@@ -44,14 +112,14 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 			virtiofs = true
 		}
 	}
-	var machine, console string
+	var machine string
 	switch {
 	case l.Arch == vmm.ArchAArch64:
-		machine, console = "virt,gic-version=max,accel="+accel, "ttyAMA0"
+		machine = "virt,gic-version=max,accel=" + accel
 	case mmio:
-		machine, console = "microvm,accel=kvm,pit=off,pic=off,rtc=off,isa-serial=on,x-option-roms=off", "ttyS0"
+		machine = "microvm,accel=kvm,pit=off,pic=off,rtc=off,isa-serial=on,x-option-roms=off"
 	default:
-		machine, console = "q35,accel=tcg", "ttyS0"
+		machine = "q35,accel=tcg"
 	}
 	if virtiofs {
 		// vhost-user needs guest memory that virtiofsd can map: a shared memfd.
@@ -67,7 +135,7 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 		"-display", "none",
 		"-kernel", l.Kernel,
 		"-initrd", l.Initrd,
-		"-append", KernelCmdline(vm, console),
+		"-append", vmm.KernelCmdline(vm, vmm.SerialConsole(l.Arch)),
 		// A socket for `microvm console`, logging everything to the console
 		// log whether or not a client is connected.
 		"-chardev", "socket,id=console,path="+l.ConsoleSocket+",server=on,wait=off,logfile="+l.ConsoleLog+",logappend=off",
@@ -84,6 +152,13 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 		"-device", dev("virtio-net-pci")+",netdev=net0,mac="+vm.Net.MAC,
 	)
 	for i, s := range l.Shares {
+		if s.Block != "" {
+			id := fmt.Sprintf("fs%d", i)
+			args = append(args,
+				"-drive", "file="+s.Block+",format=raw,if=none,id="+id+",readonly=on,cache=none,aio=threads",
+				"-device", dev("virtio-blk-pci")+",drive="+id+",serial="+vmm.StoreSerial)
+			continue
+		}
 		if s.VirtiofsSocket != "" {
 			id := fmt.Sprintf("fs%d", i)
 			args = append(args,
@@ -104,30 +179,4 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 	}
 	args = append(args, "-device", dev("virtio-rng-pci"))
 	return args
-}
-
-// KernelCmdline is the guest kernel's command line.
-func KernelCmdline(vm *config.VM, console string) string {
-	return strings.Join([]string{
-		"console=" + console,
-		"panic=-1", "reboot=t", "quiet", "loglevel=4",
-		// A loaded host can starve an emulated guest long enough to fail the
-		// kernel's IO-APIC timer check (it panicked with 50 guests booting
-		// on 2 cores); virtual machines do not need that check.
-		"no_timer_check",
-		"microvm.name=" + vm.Name,
-	}, " ")
-}
-
-// ShellQuote renders argv as one shell command line, quoting where needed.
-func ShellQuote(argv []string) string {
-	out := make([]string, len(argv))
-	for i, a := range argv {
-		if a != "" && !strings.ContainsAny(a, " \t\n'\"\\$`!*?[]{}()<>|&;#~") {
-			out[i] = a
-			continue
-		}
-		out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-	}
-	return strings.Join(out, " ")
 }

@@ -81,11 +81,3 @@ func TestCommandShape(t *testing.T) {
 		}
 	}
 }
-
-func TestShellQuote(t *testing.T) {
-	got := ShellQuote([]string{"qemu", "-append", "console=ttyS0 quiet", "it's", ""})
-	want := `qemu -append 'console=ttyS0 quiet' 'it'\''s' ''`
-	if got != want {
-		t.Errorf("ShellQuote = %s, want %s", got, want)
-	}
-}

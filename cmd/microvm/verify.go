@@ -1,0 +1,51 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"microvm.dev/microvm/internal/verify"
+)
+
+func (a *app) verifyCommand() *cobra.Command {
+	var o runOptions
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Check the host against the file and print PASS/FAIL/SKIP per check",
+		Long: `Verify checks that this host has what the file's VMs need: each hypervisor
+binary the file names, each VM's kernel (and that its hypervisor can boot it),
+how the store reaches guests (virtiofsd where needed), mkfs.ext4, nft, and
+cgroups for VMs with limits. Each check prints its evidence; the exit status
+is 1 when any check fails.`,
+		Example: "  microvm verify -f examples/reference/infra.yaml\n  microvm verify -f infra.yaml -o json",
+		Args:    exactArgs(0),
+		RunE: func(*cobra.Command, []string) error {
+			cfg, err := a.load(o.file, true)
+			if err != nil {
+				return err
+			}
+			results := verify.Run(verify.Prerequisites(cfg, a.launchEnv(o), nil))
+			failed := verify.Failed(results)
+			if a.output == "json" {
+				if err := a.printJSON(map[string]any{"results": results, "failed": failed}); err != nil {
+					return err
+				}
+			} else {
+				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+				for _, r := range results {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Status, r.Name, r.Evidence)
+				}
+				tw.Flush()
+			}
+			if failed > 0 {
+				return reportedError{fmt.Errorf("%d of %d checks failed", failed, len(results))}
+			}
+			return nil
+		},
+	}
+	fileFlag(cmd, &o.file)
+	launchFlags(cmd, &o)
+	return cmd
+}

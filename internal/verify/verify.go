@@ -1,0 +1,208 @@
+// Package verify checks a host against a fleet file and reports each check
+// as PASS, FAIL or SKIP with its evidence. This file holds the framework
+// and the host's prerequisites: the hypervisor binaries, kernels and
+// helpers the file's VMs need, so a missing binary is reported before a VM
+// fails to start.
+package verify
+
+import (
+	"fmt"
+	"os/exec"
+	"sort"
+	"strings"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/vmm"
+)
+
+// Status is a check's outcome.
+type Status string
+
+// Outcomes.
+const (
+	Pass Status = "PASS"
+	Fail Status = "FAIL"
+	Skip Status = "SKIP"
+)
+
+// Result is one check's outcome with what it saw.
+type Result struct {
+	Name     string `json:"name"`
+	Status   Status `json:"status"`
+	Evidence string `json:"evidence"`
+}
+
+// Check is one named check.
+type Check struct {
+	Name string
+	Run  func() (Status, string)
+}
+
+// Run runs checks in order.
+func Run(checks []Check) []Result {
+	out := make([]Result, 0, len(checks))
+	for _, c := range checks {
+		st, ev := c.Run()
+		out = append(out, Result{Name: c.Name, Status: st, Evidence: ev})
+	}
+	return out
+}
+
+// Failed counts the failed results.
+func Failed(rs []Result) int {
+	n := 0
+	for _, r := range rs {
+		if r.Status == Fail {
+			n++
+		}
+	}
+	return n
+}
+
+// LookPath finds an executable; tests replace it to stand in for a host.
+type LookPath func(file string) (string, error)
+
+// Prerequisites are the checks that the host has what cfg's VMs need with
+// env: each hypervisor binary (for the guest architecture), each kernel
+// (resolvable, and bootable by the VM's hypervisor), virtiofsd where the
+// store is shared over virtiofs, mkfs.ext4 for volumes and block stores,
+// nft, and cgroups where a VM has limits. look is exec.LookPath unless a
+// test stands in for the host.
+func Prerequisites(cfg *config.Config, env launch.Env, look LookPath) []Check {
+	if look == nil {
+		look = exec.LookPath
+	}
+	byBackend := map[string][]string{}
+	var limited, withVolumes []string
+	for _, vm := range cfg.VMs {
+		byBackend[vm.Hypervisor] = append(byBackend[vm.Hypervisor], vm.Name)
+		if vm.Limits != (config.Limits{}) {
+			limited = append(limited, vm.Name)
+		}
+		if len(vm.Volumes) > 0 {
+			withVolumes = append(withVolumes, vm.Name)
+		}
+	}
+	arch := env.Arch
+	if arch == "" {
+		arch = vmm.HostArch()
+	}
+	var checks []Check
+	for _, name := range sortedKeys(byBackend) {
+		vms := byBackend[name]
+		b, err := launch.Backend(name)
+		if err != nil {
+			continue // validation rejects unknown backends
+		}
+		bin := b.Binary(arch)
+		checks = append(checks, Check{Name: "hypervisor " + name, Run: func() (Status, string) {
+			p, err := look(bin)
+			if err != nil {
+				return Fail, fmt.Sprintf("%s is not installed (not in PATH), needed by %s: %s", bin, vmList(vms), installHint(name))
+			}
+			return Pass, fmt.Sprintf("%s at %s for %s", bin, p, vmList(vms))
+		}})
+	}
+	for _, vm := range cfg.VMs {
+		checks = append(checks, Check{Name: "kernel of " + vm.Name, Run: func() (Status, string) {
+			k, err := guest.ResolveKernel(vm.Kernel, arch, vmm.HostArch(), env.KernelCache)
+			if err != nil {
+				return Fail, err.Error()
+			}
+			b, err := launch.Backend(vm.Hypervisor)
+			if err != nil {
+				return Fail, err.Error()
+			}
+			if err := b.CheckKernel(k.Image, arch); err != nil {
+				return Fail, err.Error()
+			}
+			return Pass, fmt.Sprintf("%s (modules %s)", k.Image, k.Modules)
+		}})
+	}
+	for _, name := range sortedKeys(byBackend) {
+		b, err := launch.Backend(name)
+		if err != nil {
+			continue
+		}
+		vms := byBackend[name]
+		checks = append(checks, Check{Name: "store share for " + name, Run: func() (Status, string) {
+			kind, err := env.ShareKind(b)
+			if err != nil {
+				return Fail, fmt.Sprintf("%s: %v", vmList(vms), err)
+			}
+			ev := kind
+			if kind == vmm.ShareVirtiofs {
+				ev += " (virtiofsd at " + launch.Virtiofsd() + ")"
+			}
+			return Pass, ev
+		}})
+	}
+	checks = append(checks, Check{Name: "mkfs.ext4", Run: func() (Status, string) {
+		if len(withVolumes) == 0 && !usesBlock(cfg, env) {
+			return Skip, "no VM has volumes or a block store"
+		}
+		p, err := look("mkfs.ext4")
+		if err != nil {
+			return Fail, "mkfs.ext4 is not installed (apt install e2fsprogs)"
+		}
+		return Pass, p
+	}})
+	checks = append(checks, Check{Name: "nftables", Run: func() (Status, string) {
+		p, err := look("nft")
+		if err != nil {
+			return Fail, "nft is not installed (apt install nftables)"
+		}
+		return Pass, p
+	}})
+	checks = append(checks, Check{Name: "cgroups", Run: func() (Status, string) {
+		if len(limited) == 0 {
+			return Skip, "no VM has limits"
+		}
+		if env.Cgroups == nil {
+			return Fail, fmt.Sprintf("%s set limits, but this host has no usable cgroups (cgroup v2 with cpu and memory, or the v1 cpu and memory hierarchies)", vmList(limited))
+		}
+		return Pass, fmt.Sprintf("cgroup v%d for %s", env.Cgroups.Version(), vmList(limited))
+	}})
+	return checks
+}
+
+func usesBlock(cfg *config.Config, env launch.Env) bool {
+	for _, vm := range cfg.VMs {
+		if b, err := launch.Backend(vm.Hypervisor); err == nil {
+			if kind, _ := env.ShareKind(b); kind == vmm.ShareBlock {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func installHint(backend string) string {
+	switch backend {
+	case "qemu":
+		return "apt install qemu-system-x86 (or qemu-system-arm for aarch64 guests)"
+	case "cloud-hypervisor":
+		return "install a release binary from github.com/cloud-hypervisor/cloud-hypervisor/releases into PATH"
+	case "firecracker":
+		return "install a release binary from github.com/firecracker-microvm/firecracker/releases into PATH"
+	}
+	return "install it"
+}
+
+func vmList(vms []string) string {
+	if len(vms) == 1 {
+		return "VM " + vms[0]
+	}
+	return "VMs " + strings.Join(vms, ", ")
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,89 @@
+package verify
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/launch"
+)
+
+// The host here has QEMU but neither cloud-hypervisor nor Firecracker (they
+// cannot be installed on this machine); look stands in for PATH so the
+// checks are tested for both outcomes.
+func TestPrerequisites(t *testing.T) {
+	dir := t.TempDir()
+	bz, elf := filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "vmlinux")
+	os.WriteFile(bz, []byte("MZ compressed"), 0o644)
+	os.WriteFile(elf, []byte("\x7fELF\x02\x01\x01\x00"), 0o644)
+	os.WriteFile(filepath.Join(dir, "modules.dep"), nil, 0o644)
+	src := `
+vms:
+  a: { index: 1, kernel: { path: ` + bz + `, modules: ` + dir + ` } }
+  b: { index: 2, hypervisor: firecracker, kernel: { path: ` + bz + `, modules: ` + dir + ` } }
+  c: { index: 3, hypervisor: firecracker, kernel: { path: ` + elf + `, modules: ` + dir + ` }, limits: { cpus: 1 } }
+`
+	cfg, err := config.Parse("t.yaml", []byte(src), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	installed := map[string]string{"qemu-system-x86_64": "/usr/bin/qemu-system-x86_64", "nft": "/usr/sbin/nft"}
+	look := func(f string) (string, error) {
+		if p, ok := installed[f]; ok {
+			return p, nil
+		}
+		return "", errors.New("not found")
+	}
+	env := launch.Env{StateDir: t.TempDir(), Arch: "x86_64", Share: "auto"}
+	got := map[string]Result{}
+	for _, r := range Run(Prerequisites(cfg, env, look)) {
+		got[r.Name] = r
+	}
+	want := map[string]struct {
+		st   Status
+		text string
+	}{
+		"hypervisor qemu":             {Pass, "/usr/bin/qemu-system-x86_64 for VM a"},
+		"hypervisor firecracker":      {Fail, "firecracker is not installed (not in PATH), needed by VMs b, c"},
+		"kernel of a":                 {Pass, bz},
+		"kernel of b":                 {Fail, "uncompressed ELF kernel"},
+		"kernel of c":                 {Pass, elf},
+		"store share for firecracker": {Pass, "block"},
+		"mkfs.ext4":                   {Fail, "apt install e2fsprogs"},
+		"nftables":                    {Pass, "/usr/sbin/nft"},
+		"cgroups":                     {Fail, "VM c set limits"},
+	}
+	for name, w := range want {
+		r, ok := got[name]
+		if !ok {
+			t.Errorf("no check %q (have %v)", name, got)
+			continue
+		}
+		if r.Status != w.st || !strings.Contains(r.Evidence, w.text) {
+			t.Errorf("%s = %s %q, want %s containing %q", name, r.Status, r.Evidence, w.st, w.text)
+		}
+	}
+	if n := Failed(Run(Prerequisites(cfg, env, look))); n != 4 {
+		t.Errorf("failed = %d, want 4", n)
+	}
+}
+
+func TestCloudHypervisorWithoutVirtiofsdFails(t *testing.T) {
+	cfg, err := config.Parse("t.yaml", []byte("vms: { a: { index: 1, hypervisor: cloud-hypervisor } }"), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := launch.Env{StateDir: t.TempDir(), Share: "9p"}
+	for _, r := range Run(Prerequisites(cfg, env, nil)) {
+		if r.Name == "store share for cloud-hypervisor" {
+			if r.Status != Fail || !strings.Contains(r.Evidence, "cannot share the store over 9p") {
+				t.Errorf("got %s %q", r.Status, r.Evidence)
+			}
+			return
+		}
+	}
+	t.Error("no store share check")
+}

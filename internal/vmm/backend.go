@@ -1,0 +1,90 @@
+package vmm
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+
+	"microvm.dev/microvm/internal/config"
+)
+
+// How the store reaches a guest.
+const (
+	// ShareVirtiofs serves the image tree with virtiofsd over vhost-user.
+	ShareVirtiofs = "virtiofs"
+	// Share9p serves the image tree with the VMM's own 9p server.
+	Share9p = "9p"
+	// ShareBlock gives the image tree as a read-only ext4 disk image.
+	ShareBlock = "block"
+)
+
+// StoreSerial is the virtio serial of the store disk (ShareBlock) where
+// the backend sets serials.
+const StoreSerial = "microvm-store"
+
+// Backend is one hypervisor: the command line that starts a VM, how the
+// running VMM is asked to shut the guest down, and what it reports about
+// itself. Implementations live in the subpackages qemu, cloudhypervisor and
+// firecracker.
+type Backend interface {
+	// Name is the config's name for the backend (vms.*.hypervisor).
+	Name() string
+	// Binary is the executable for a guest architecture.
+	Binary(arch string) string
+	// ShareKinds are the ways the backend can give the store to a guest,
+	// preferred first.
+	ShareKinds() []string
+	// Command is how to start vm with l.
+	Command(vm *config.VM, l Launch) (Command, error)
+	// Shutdown asks the guest to power off. Attempt 0 is the polite request
+	// (ACPI power button where there is one); later attempts escalate
+	// (Ctrl-Alt-Del), before the caller falls back to signals.
+	Shutdown(l Launch, attempt int) error
+	// Info asks the running VMM for its state.
+	Info(l Launch) (Info, error)
+	// CheckKernel says whether the backend can boot the kernel image at path.
+	CheckKernel(path, arch string) error
+	// InteractiveConsole says whether l.ConsoleSocket takes an interactive
+	// serial console client.
+	InteractiveConsole() bool
+	// DiskDevices maps each disk (volume names, and StoreSerial for a block
+	// store) to its guest device name for backends that cannot give disks a
+	// serial; nil when the guest finds disks by serial.
+	DiskDevices(l Launch) map[string]string
+}
+
+// Command is how a backend starts one VM.
+type Command struct {
+	// Argv is the command line, binary first.
+	Argv []string
+	// Files are written (mode 0600) before the VMM starts, by path.
+	Files map[string][]byte
+	// SerialToStdout says the VMM writes the serial console to its standard
+	// output, which is then pointed at the console log.
+	SerialToStdout bool
+}
+
+// Info is what a running VMM reports.
+type Info struct {
+	// State is the VMM's own word for the VM's state (running, paused, …).
+	State string `json:"state"`
+	// Version is the VMM's version when it reports one.
+	Version string `json:"version,omitempty"`
+}
+
+// RequireELF fails unless path is an uncompressed ELF kernel (vmlinux),
+// which cloud-hypervisor and Firecracker need on x86_64: they do not boot
+// the compressed bzImage that distributions install as /boot/vmlinuz.
+func RequireELF(backend, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("%s kernel: %w", backend, err)
+	}
+	defer f.Close()
+	magic := make([]byte, 4)
+	if _, err := f.Read(magic); err != nil || !bytes.Equal(magic, []byte("\x7fELF")) {
+		return fmt.Errorf("%s boots only an uncompressed ELF kernel (vmlinux) on x86_64; %s is not one "+
+			"(set kernel: {path: /path/to/vmlinux, modules: …}; extract one from a bzImage with the kernel's scripts/extract-vmlinux)", backend, path)
+	}
+	return nil
+}

@@ -1,0 +1,107 @@
+// Package cloudhypervisor runs VMs with cloud-hypervisor: the command line
+// (direct kernel boot, virtio-net on the VM's TAP, the store over virtiofs,
+// volumes as virtio-blk disks with their names as serials, the serial
+// console to the console log) and its REST API on the api socket for
+// shutdown (the ACPI power button) and state.
+package cloudhypervisor
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/vmm"
+)
+
+// Backend is cloud-hypervisor as a vmm.Backend.
+type Backend struct{}
+
+// Name is "cloud-hypervisor".
+func (Backend) Name() string { return "cloud-hypervisor" }
+
+// Binary is the same executable on every architecture.
+func (Backend) Binary(string) string { return "cloud-hypervisor" }
+
+// ShareKinds: cloud-hypervisor shares directories only over virtiofs (it
+// has no 9p); a block image works too.
+func (Backend) ShareKinds() []string { return []string{vmm.ShareVirtiofs, vmm.ShareBlock} }
+
+// Command is the cloud-hypervisor command line.
+func (b Backend) Command(vm *config.VM, l vmm.Launch) (vmm.Command, error) {
+	mem := fmt.Sprintf("size=%dM", vm.Memory.MiB())
+	var fs, disks []string
+	for _, s := range l.Shares {
+		switch s.Kind() {
+		case vmm.ShareVirtiofs:
+			// vhost-user needs guest memory virtiofsd can map.
+			mem += ",shared=on"
+			fs = append(fs, "tag="+s.Tag+",socket="+s.VirtiofsSocket)
+		case vmm.ShareBlock:
+			disks = append(disks, "path="+s.Block+",readonly=on,serial="+vmm.StoreSerial)
+		default:
+			return vmm.Command{}, fmt.Errorf("vms.%s: cloud-hypervisor cannot share the store over %s (it supports virtiofs and block)", vm.Name, s.Kind())
+		}
+	}
+	for _, d := range l.Disks {
+		disks = append(disks, "path="+d.Path+",serial="+d.Name)
+	}
+	argv := []string{b.Binary(l.Arch),
+		"--api-socket", "path=" + l.ControlSocket,
+		"--kernel", l.Kernel,
+		"--initramfs", l.Initrd,
+		"--cmdline", vmm.KernelCmdline(vm, vmm.SerialConsole(l.Arch)),
+		"--cpus", fmt.Sprintf("boot=%d", vm.VCPU),
+		"--memory", mem,
+		"--console", "off",
+		"--serial", "file=" + l.ConsoleLog,
+		"--net", "tap=" + vm.Net.TAP + ",mac=" + vm.Net.MAC,
+		"--rng", "src=/dev/urandom",
+	}
+	if len(fs) > 0 {
+		argv = append(append(argv, "--fs"), fs...)
+	}
+	if len(disks) > 0 {
+		argv = append(append(argv, "--disk"), disks...)
+	}
+	return vmm.Command{Argv: argv}, nil
+}
+
+// Shutdown presses the ACPI power button through the API (every attempt:
+// cloud-hypervisor has no keyboard to send Ctrl-Alt-Del to).
+func (Backend) Shutdown(l vmm.Launch, _ int) error {
+	return vmm.APICall(l.ControlSocket, "PUT", "/api/v1/vm.power-button", nil, nil, 5*time.Second)
+}
+
+// Info is GET vm.info (the VM's state) and vmm.ping (the version).
+func (Backend) Info(l vmm.Launch) (vmm.Info, error) {
+	var vi struct {
+		State string `json:"state"`
+	}
+	if err := vmm.APICall(l.ControlSocket, "GET", "/api/v1/vm.info", nil, &vi, 5*time.Second); err != nil {
+		return vmm.Info{}, err
+	}
+	info := vmm.Info{State: strings.ToLower(vi.State)}
+	var ping struct {
+		Version string `json:"version"`
+	}
+	if vmm.APICall(l.ControlSocket, "GET", "/api/v1/vmm.ping", nil, &ping, 5*time.Second) == nil {
+		info.Version = ping.Version
+	}
+	return info, nil
+}
+
+// CheckKernel: on x86_64 cloud-hypervisor boots an ELF vmlinux (PVH), not a bzImage.
+func (b Backend) CheckKernel(path, arch string) error {
+	if arch != vmm.ArchX86_64 {
+		return nil
+	}
+	return vmm.RequireELF(b.Name(), path)
+}
+
+// InteractiveConsole is false: the serial console goes to the log file;
+// follow it with `microvm logs -f` and log in over SSH.
+func (Backend) InteractiveConsole() bool { return false }
+
+// DiskDevices is nil: disks carry serials.
+func (Backend) DiskDevices(vmm.Launch) map[string]string { return nil }

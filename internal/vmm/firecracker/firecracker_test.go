@@ -1,0 +1,110 @@
+package firecracker
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/testutil"
+	"microvm.dev/microvm/internal/vmm"
+)
+
+// Firecracker cannot run on this machine (no /dev/kvm, no package), so
+// these tests check its configuration file against a recorded golden file
+// and the API calls against a fake API server.
+
+const src = `
+vms:
+  vm1:
+    index: 1
+    vcpu: 2
+    memory: 1G
+    hypervisor: firecracker
+    volumes:
+      - { name: data, mountPoint: /mnt/storage, size: 64G }
+      - { name: logs, mountPoint: /var/log/app, size: 1G }
+`
+
+func launch(t *testing.T) (*config.VM, vmm.Launch) {
+	t.Helper()
+	cfg, err := config.Parse("t.yaml", []byte(src), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := cfg.VM("vm1")
+	l := vmm.DefaultLaunch(vm, "/var/lib/microvm", "/run/microvm")
+	l.ControlSocket = "/run/microvm/vm1.api"
+	l.Kernel, l.Initrd = "/var/lib/microvm/kernels/vmlinux", "/var/lib/microvm/vms/vm1/initramfs.cpio"
+	l.Shares[0].Block = "/var/lib/microvm/cache/store-blocks/0123abcd.ext4"
+	return vm, l
+}
+
+func TestGoldenConfig(t *testing.T) {
+	vm, l := launch(t)
+	cmd, err := Backend{}.Command(vm, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cmd.SerialToStdout {
+		t.Error("firecracker's console is its stdout")
+	}
+	testutil.Golden(t, "x86_64.args", []byte(strings.Join(cmd.Argv, "\n")+"\n"))
+	js := cmd.Files[ConfigPath(l)]
+	testutil.Golden(t, "x86_64.json", js)
+	var back Config
+	if err := json.Unmarshal(js, &back); err != nil {
+		t.Fatal(err)
+	}
+	if len(back.Drives) != 3 || !back.Drives[0].IsReadOnly || back.Drives[1].IsReadOnly || back.Drives[0].IsRootDevice {
+		t.Errorf("drives = %+v: the store must be first and read-only, volumes writable, none the root", back.Drives)
+	}
+	if _, ok := cmd.Files[LogPath(l)]; !ok {
+		t.Error("the log file is not created beforehand (firecracker does not create it)")
+	}
+	want := map[string]string{vmm.StoreSerial: "vda", "data": "vdb", "logs": "vdc"}
+	if got := (Backend{}).DiskDevices(l); !reflect.DeepEqual(got, want) {
+		t.Errorf("disk devices = %v, want %v", got, want)
+	}
+}
+
+func TestRefusesSharedDirectories(t *testing.T) {
+	vm, l := launch(t)
+	l.Shares[0].Block = ""
+	for _, sock := range []string{"", "/run/microvm/vm1-store.sock"} {
+		l.Shares[0].VirtiofsSocket = sock
+		if _, err := (Backend{}).Command(vm, l); err == nil || !strings.Contains(err.Error(), "no shared directories") {
+			t.Errorf("share %q: err = %v", l.Shares[0].Kind(), err)
+		}
+	}
+}
+
+func TestAPI(t *testing.T) {
+	api := testutil.NewFakeAPI(t, map[string]string{
+		"PUT /actions": "",
+		"GET /":        `{"id":"vm1","state":"Running","vmm_version":"1.9.0","app_name":"Firecracker"}`,
+	})
+	l := vmm.Launch{Arch: vmm.ArchX86_64, ControlSocket: api.Socket}
+	if err := (Backend{}).Shutdown(l, 0); err != nil {
+		t.Fatal(err)
+	}
+	info, err := Backend{}.Info(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info != (vmm.Info{State: "running", Version: "1.9.0"}) {
+		t.Errorf("info = %+v", info)
+	}
+	want := []testutil.APIRequest{
+		{Method: "PUT", Path: "/actions", Body: `{"action_type":"SendCtrlAltDel"}`},
+		{Method: "GET", Path: "/"},
+	}
+	if got := api.Requests(); !reflect.DeepEqual(got, want) {
+		t.Errorf("requests = %+v, want %+v", got, want)
+	}
+	l.Arch = vmm.ArchAArch64
+	if err := (Backend{}).Shutdown(l, 0); err == nil {
+		t.Error("aarch64 has no Ctrl-Alt-Del action; Shutdown must say so")
+	}
+}
