@@ -1,0 +1,580 @@
+package store
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/klauspost/compress/zstd"
+)
+
+// Options tune an import or pull.
+type Options struct {
+	// Jobs is how many layers are fetched at once (default 8). With 1, each
+	// layer is fetched and unpacked before the next is requested, the way
+	// the reference setup's image pull works.
+	Jobs int
+	// Arch is the guest architecture in GOARCH spelling (default the host's);
+	// it picks the image from a multi-platform index.
+	Arch string
+	// Progress, when set, receives events as layers are fetched and unpacked.
+	Progress func(Event)
+	// Remote are extra options for registry access (tests give a transport).
+	Remote []remote.Option
+}
+
+// Event reports progress of one layer.
+type Event struct {
+	// Kind is "fetched" (downloaded and verified), "cached" (already had it),
+	// "unpacked", or "exists" (the whole tree was already in the store).
+	Kind   string `json:"kind"`
+	Layer  int    `json:"layer"`
+	Layers int    `json:"layers"`
+	Digest string `json:"digest,omitempty"`
+	Bytes  int64  `json:"bytes,omitempty"`
+}
+
+func (o Options) jobs() int {
+	if o.Jobs <= 0 {
+		return 8
+	}
+	return o.Jobs
+}
+
+func (o Options) emit(e Event) {
+	if o.Progress != nil {
+		o.Progress(e)
+	}
+}
+
+// Pull fetches ref from its registry (credentials from the docker config
+// file, as docker and crane use) and records it under the reference.
+func (s *Store) Pull(ctx context.Context, ref string, o Options) (Image, error) {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return Image{}, fmt.Errorf("image %q: %w", ref, err)
+	}
+	arch := o.Arch
+	if arch == "" {
+		arch = runtime.GOARCH
+	}
+	opts := append([]remote.Option{
+		remote.WithContext(ctx),
+		remote.WithAuthFromKeychain(authn.DefaultKeychain),
+		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: arch}),
+	}, o.Remote...)
+	img, err := remote.Image(r, opts...)
+	if err != nil {
+		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	return s.install(ctx, ref, r.Context().Name()+"@"+digest.String(), img, true, o)
+}
+
+// Import records the image at src under name. src is a directory (its
+// tree is copied), a rootfs tarball (plain, gzip or zstd), a `docker save`
+// archive, or an OCI image layout directory.
+func (s *Store) Import(ctx context.Context, imgName, src string, o Options) (Image, error) {
+	if err := CheckName(imgName); err != nil {
+		return Image{}, err
+	}
+	fi, err := os.Stat(src)
+	if err != nil {
+		return Image{}, fmt.Errorf("import %s: %w", src, err)
+	}
+	abs, _ := filepath.Abs(src)
+	if fi.IsDir() {
+		if _, err := os.Stat(filepath.Join(src, "oci-layout")); err == nil {
+			img, err := layoutImage(src, o)
+			if err != nil {
+				return Image{}, fmt.Errorf("import OCI layout %s: %w", src, err)
+			}
+			return s.install(ctx, imgName, "oci-layout:"+abs, img, false, o)
+		}
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(tarDir(pw, src)) }()
+		defer pr.Close()
+		return s.installTar(ctx, imgName, "dir:"+abs, pr, o)
+	}
+	if img, err := tarball.ImageFromPath(src, nil); err == nil {
+		if _, err := img.ConfigFile(); err == nil {
+			return s.install(ctx, imgName, "docker-archive:"+abs, img, false, o)
+		}
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return Image{}, err
+	}
+	defer f.Close()
+	rd, err := decompress(f)
+	if err != nil {
+		return Image{}, fmt.Errorf("import %s: %w", src, err)
+	}
+	return s.installTar(ctx, imgName, "tarball:"+abs, rd, o)
+}
+
+// CheckName refuses names that are neither store names nor references.
+func CheckName(n string) error {
+	if n == "" || strings.Contains(n, "..") || strings.ContainsAny(n, " \t\n\x00\\") {
+		return fmt.Errorf("image name %q is not a store image name nor an OCI reference", n)
+	}
+	if strings.ContainsAny(n, "/:@") {
+		if _, err := name.ParseReference(n); err != nil {
+			return fmt.Errorf("image name %q: %w", n, err)
+		}
+	} else if idRE.MatchString(n) {
+		return fmt.Errorf("image name %q looks like a tree id; pick another", n)
+	}
+	return nil
+}
+
+// layoutImage picks the image for the platform from an OCI layout.
+func layoutImage(dir string, o Options) (v1.Image, error) {
+	idx, err := layout.ImageIndexFromPath(dir)
+	if err != nil {
+		return nil, err
+	}
+	arch := o.Arch
+	if arch == "" {
+		arch = runtime.GOARCH
+	}
+	for depth := 0; depth < 4; depth++ {
+		im, err := idx.IndexManifest()
+		if err != nil {
+			return nil, err
+		}
+		if len(im.Manifests) == 0 {
+			return nil, errors.New("the layout holds no image")
+		}
+		pick := im.Manifests[0]
+		for _, m := range im.Manifests {
+			if m.Platform != nil && m.Platform.OS == "linux" && m.Platform.Architecture == arch {
+				pick = m
+				break
+			}
+		}
+		if pick.MediaType.IsIndex() {
+			if idx, err = idx.ImageIndex(pick.Digest); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		return idx.Image(pick.Digest)
+	}
+	return nil, errors.New("image indexes nested too deeply")
+}
+
+// ChainID is the tree id of layers with these uncompressed digests: the
+// first digest, then sha256("<previous> <next>") for each next one (the
+// OCI image spec's ChainID), as bare hex.
+func ChainID(diffIDs []v1.Hash) string {
+	if len(diffIDs) == 0 {
+		sum := sha256.Sum256(nil)
+		return hex.EncodeToString(sum[:])
+	}
+	id := diffIDs[0].String()
+	for _, d := range diffIDs[1:] {
+		sum := sha256.Sum256([]byte(id + " " + d.String()))
+		id = "sha256:" + hex.EncodeToString(sum[:])
+	}
+	return strings.TrimPrefix(id, "sha256:")
+}
+
+// install unpacks img's layers into a new tree (unless the store has it)
+// and names it. Remote layers are cached as blobs first, fetched
+// concurrently and unpacked in order as they arrive.
+func (s *Store) install(ctx context.Context, imgName, source string, img v1.Image, cache bool, o Options) (Image, error) {
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return Image{}, fmt.Errorf("%s: config: %w", source, err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return Image{}, fmt.Errorf("%s: layers: %w", source, err)
+	}
+	diffIDs := cf.RootFS.DiffIDs
+	if len(diffIDs) != len(layers) {
+		return Image{}, fmt.Errorf("%s: the config lists %d layers, the manifest %d", source, len(diffIDs), len(layers))
+	}
+	out := Image{Name: imgName, ID: ChainID(diffIDs), Source: source, Config: configOf(cf)}
+	for _, l := range layers {
+		d, err := l.Digest()
+		if err != nil {
+			return Image{}, err
+		}
+		out.Layers = append(out.Layers, d.String())
+	}
+	if !cache {
+		out.Layers = nil
+	}
+	unlock, err := s.lock()
+	if err != nil {
+		return Image{}, err
+	}
+	defer unlock()
+	if _, err := os.Stat(s.TreeDir(out.ID)); err == nil {
+		// Identical content is stored once: only the name is new.
+		o.emit(Event{Kind: "exists", Layers: len(layers)})
+		out.Size = treeSize(s.TreeDir(out.ID))
+		return out, s.setName(out)
+	}
+	tmp, u, err := s.newTmp(out.ID)
+	if err != nil {
+		return Image{}, err
+	}
+	defer removeTree(tmp) // a no-op once renamed
+	open := func(i int) (io.ReadCloser, error) { return layers[i].Uncompressed() }
+	if cache {
+		f := &fetcher{s: s, layers: layers, o: o}
+		open = f.start(ctx)
+		defer f.wait()
+	}
+	for i := range layers {
+		if err := ctx.Err(); err != nil {
+			return Image{}, err
+		}
+		rc, err := open(i)
+		if err != nil {
+			return Image{}, fmt.Errorf("%s: layer %d (%s): %w", source, i+1, layerDigest(layers[i]), err)
+		}
+		h := sha256.New()
+		err = u.layer(io.TeeReader(rc, h))
+		if err == nil {
+			_, err = io.Copy(h, rc) // the tar's end padding is part of the digest
+		}
+		rc.Close()
+		if err != nil {
+			return Image{}, fmt.Errorf("%s: layer %d: %w", source, i+1, err)
+		}
+		if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != diffIDs[i].String() {
+			return Image{}, fmt.Errorf("%s: layer %d unpacks to %s, but the config says %s", source, i+1, got, diffIDs[i])
+		}
+		o.emit(Event{Kind: "unpacked", Layer: i + 1, Layers: len(layers)})
+	}
+	return s.finish(tmp, out)
+}
+
+// layerDigest names a layer for an error.
+func layerDigest(l v1.Layer) string {
+	if d, err := l.Digest(); err == nil {
+		return d.String()
+	}
+	return "?"
+}
+
+// installTar unpacks one uncompressed tar stream as a single-layer image;
+// its digest is the tree id.
+func (s *Store) installTar(ctx context.Context, imgName, source string, r io.Reader, o Options) (Image, error) {
+	unlock, err := s.lock()
+	if err != nil {
+		return Image{}, err
+	}
+	defer unlock()
+	tmp, u, err := s.newTmp("import")
+	if err != nil {
+		return Image{}, err
+	}
+	defer removeTree(tmp)
+	h := sha256.New()
+	tee := io.TeeReader(r, h)
+	if err := u.layer(tee); err != nil {
+		return Image{}, fmt.Errorf("%s: %w", source, err)
+	}
+	if _, err := io.Copy(io.Discard, tee); err != nil {
+		return Image{}, fmt.Errorf("%s: %w", source, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return Image{}, err
+	}
+	o.emit(Event{Kind: "unpacked", Layer: 1, Layers: 1})
+	d, _ := v1.NewHash("sha256:" + hex.EncodeToString(h.Sum(nil)))
+	out := Image{Name: imgName, ID: ChainID([]v1.Hash{d}), Source: source}
+	if _, err := os.Stat(s.TreeDir(out.ID)); err == nil {
+		out.Size = treeSize(s.TreeDir(out.ID))
+		return out, s.setName(out)
+	}
+	return s.finish(tmp, out)
+}
+
+func (s *Store) newTmp(hint string) (string, *unpacker, error) {
+	if err := os.MkdirAll(s.tmpDir(), 0o700); err != nil {
+		return "", nil, fmt.Errorf("image store: %w", err)
+	}
+	tmp, err := os.MkdirTemp(s.tmpDir(), hint[:min(12, len(hint))]+"-")
+	if err != nil {
+		return "", nil, fmt.Errorf("image store: %w", err)
+	}
+	return tmp, &unpacker{root: tmp}, nil
+}
+
+// finish renames the unpacked tree into place and names it.
+func (s *Store) finish(tmp string, out Image) (Image, error) {
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return Image{}, err
+	}
+	if err := os.Rename(tmp, s.TreeDir(out.ID)); err != nil {
+		return Image{}, fmt.Errorf("image store: %w", err)
+	}
+	syncDir(s.Trees)
+	out.Size = treeSize(s.TreeDir(out.ID))
+	return out, s.setName(out)
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}
+
+// fetcher downloads remote layers into the blob cache concurrently.
+type fetcher struct {
+	s      *Store
+	layers []v1.Layer
+	o      Options
+	wg     sync.WaitGroup
+	ready  []chan error
+	cancel context.CancelFunc
+}
+
+// start begins the downloads and returns the function that waits for
+// layer i and opens it uncompressed.
+func (f *fetcher) start(ctx context.Context) func(int) (io.ReadCloser, error) {
+	ctx, f.cancel = context.WithCancel(ctx)
+	n := len(f.layers)
+	f.ready = make([]chan error, n)
+	for i := range f.ready {
+		f.ready[i] = make(chan error, 1)
+	}
+	jobs := f.o.jobs()
+	if jobs > 1 {
+		// Workers take layers in order, so the first ones (unpacked first)
+		// arrive first.
+		next := make(chan int, n)
+		for i := range n {
+			next <- i
+		}
+		close(next)
+		for range min(jobs, n) {
+			f.wg.Add(1)
+			go func() {
+				defer f.wg.Done()
+				for i := range next {
+					if err := ctx.Err(); err != nil {
+						f.ready[i] <- err
+						continue
+					}
+					f.ready[i] <- f.fetch(ctx, i)
+				}
+			}()
+		}
+	}
+	return func(i int) (io.ReadCloser, error) {
+		var err error
+		if jobs > 1 {
+			err = <-f.ready[i]
+		} else {
+			err = f.fetch(ctx, i) // strictly one layer at a time
+		}
+		if err != nil {
+			f.cancel()
+			return nil, err
+		}
+		d, _ := f.layers[i].Digest()
+		file, err := os.Open(f.s.BlobPath(d.String()))
+		if err != nil {
+			return nil, err
+		}
+		rd, err := decompress(file)
+		if err != nil {
+			file.Close()
+			return nil, err
+		}
+		return struct {
+			io.Reader
+			io.Closer
+		}{rd, file}, nil
+	}
+}
+
+func (f *fetcher) wait() {
+	f.cancel()
+	f.wg.Wait()
+}
+
+// fetch downloads layer i into the blob cache unless it is there, checking
+// its digest before it becomes visible.
+func (f *fetcher) fetch(ctx context.Context, i int) error {
+	l := f.layers[i]
+	d, err := l.Digest()
+	if err != nil {
+		return err
+	}
+	path := f.s.BlobPath(d.String())
+	if _, err := os.Stat(path); err == nil {
+		f.o.emit(Event{Kind: "cached", Layer: i + 1, Layers: len(f.layers), Digest: d.String()})
+		return nil
+	}
+	if d.Algorithm != "sha256" {
+		return fmt.Errorf("layer %s: unsupported digest algorithm", d)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(path), d.Hex[:12]+".partial-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(tmp, h), ctxReader{ctx, rc})
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fetch layer %s: %w", d, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != d.Hex {
+		return fmt.Errorf("layer %s: the registry sent content with digest sha256:%s", d, got)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	f.o.emit(Event{Kind: "fetched", Layer: i + 1, Layers: len(f.layers), Digest: d.String(), Bytes: n})
+	return nil
+}
+
+// ctxReader stops a copy when ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// decompress detects gzip and zstd by their magic numbers; anything else
+// is read as a plain tar.
+func decompress(r io.Reader) (io.Reader, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	magic, _ := br.Peek(4)
+	switch {
+	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+		return gzip.NewReader(br)
+	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		z, err := zstd.NewReader(br)
+		if err != nil {
+			return nil, err
+		}
+		return z.IOReadCloser(), nil
+	}
+	return br, nil
+}
+
+func configOf(cf *v1.ConfigFile) Config {
+	c := cf.Config
+	out := Config{Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User}
+	for p := range c.ExposedPorts {
+		out.ExposedPorts = append(out.ExposedPorts, p)
+	}
+	sort.Strings(out.ExposedPorts)
+	return out
+}
+
+// tarDir writes the tree at dir as a tar stream in a stable order, with
+// owners, modes, times, links and device numbers.
+func tarDir(w io.Writer, dir string) error {
+	tw := tar.NewWriter(w)
+	links := map[uint64]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == "." {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		link := ""
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			if link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		}
+		h, err := tar.FileInfoHeader(fi, link)
+		if err != nil {
+			return err
+		}
+		h.Name = rel
+		if fi.IsDir() {
+			h.Name += "/"
+		}
+		h.Uname, h.Gname = "", ""
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			h.Uid, h.Gid = int(st.Uid), int(st.Gid)
+			if fi.Mode().IsRegular() && st.Nlink > 1 {
+				if first, ok := links[st.Ino]; ok {
+					h.Typeflag, h.Linkname, h.Size = tar.TypeLink, first, 0
+				} else {
+					links[st.Ino] = rel
+				}
+			}
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if h.Typeflag == tar.TypeReg {
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(tw, f)
+			f.Close()
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
+}
