@@ -249,3 +249,48 @@ func TestRenderRunnerFirecracker(t *testing.T) {
 		t.Errorf("virtiofs share: exit %d, %s", code, errOut)
 	}
 }
+
+func TestImageVerbs(t *testing.T) {
+	st := t.TempDir()
+	tree := filepath.Join(t.TempDir(), "rootfs")
+	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)
+	os.WriteFile(filepath.Join(tree, "etc", "hostname"), []byte("x\n"), 0o644)
+	code, out, errOut := runCLI(t, "image", "import", "web", tree, "--state-dir", st)
+	if code != 0 || !strings.HasPrefix(out, "web: ") {
+		t.Fatalf("import: exit %d %q %q", code, out, errOut)
+	}
+	if !strings.Contains(errOut, "layer 1/1 unpacked") {
+		t.Errorf("no plain progress lines off a terminal: %q", errOut)
+	}
+	runCLI(t, "image", "import", "web2", tree, "--state-dir", st)
+	code, out, _ = runCLI(t, "image", "list", "--state-dir", st, "-o", "json")
+	var rows []struct {
+		Name, ID string
+		VMs      []string
+	}
+	if err := json.Unmarshal([]byte(out), &rows); err != nil || code != 0 || len(rows) != 2 || rows[0].ID != rows[1].ID {
+		t.Fatalf("list: exit %d %v\n%s", code, err, out)
+	}
+	// A VM using web keeps it from rm and gc.
+	rec := state.RunRecord{Name: "vm1", Spec: config.VM{Name: "vm1", Image: "web"}}
+	if err := (state.Dir{Root: st}).WriteRunRecord(rec); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := runCLI(t, "image", "rm", "web", "--state-dir", st); code != 1 || !strings.Contains(errOut, "used by vm1") {
+		t.Errorf("rm of an image in use: exit %d %q", code, errOut)
+	}
+	code, out, _ = runCLI(t, "image", "gc", "--state-dir", st)
+	if code != 0 || !strings.Contains(out, "removed 1 name(s), 0 tree(s)") || !strings.Contains(out, "web2") {
+		t.Errorf("gc: exit %d %q", code, out)
+	}
+	code, out, _ = runCLI(t, "image", "list", "--state-dir", st)
+	if code != 0 || !strings.Contains(out, "web ") || !strings.Contains(out, "vm1") || strings.Contains(out, "web2") {
+		t.Errorf("list after gc: %q", out)
+	}
+	if code, _, errOut := runCLI(t, "image", "import", "x", "/nonexistent", "--state-dir", st); code != 1 || !strings.Contains(errOut, "/nonexistent") {
+		t.Errorf("bad source: exit %d %q", code, errOut)
+	}
+	if code, _, _ := runCLI(t, "image", "--state-dir", st); code != 2 {
+		t.Errorf("image without subcommand: exit %d", code)
+	}
+}

@@ -72,6 +72,8 @@ type Supervision struct {
 	Autostart   bool     `json:"autostart"`
 	Restart     string   `json:"restart"`
 	StopTimeout Duration `json:"stopTimeout"`
+	// PullPolicy is when an OCI image is pulled (missing, always, never).
+	PullPolicy string `json:"pullPolicy"`
 }
 
 // Restart policies.
@@ -79,6 +81,10 @@ const (
 	RestartAlways    = "always"
 	RestartOnFailure = "on-failure"
 	RestartNo        = "no"
+	// Pull policies for OCI images.
+	PullMissing = "missing"
+	PullAlways  = "always"
+	PullNever   = "never"
 	// DefaultStopTimeout is how long a clean shutdown may take by default.
 	DefaultStopTimeout = Duration(30 * time.Second)
 )
@@ -251,6 +257,7 @@ func merge(name string, d, s *VMSpec) *VM {
 			Autostart:   pick(s.Autostart, d.Autostart, true),
 			Restart:     pick(s.Restart, d.Restart, RestartAlways),
 			StopTimeout: pick(s.StopTimeout, d.StopTimeout, DefaultStopTimeout),
+			PullPolicy:  pick(s.PullPolicy, d.PullPolicy, PullMissing),
 		},
 	}
 	if s.Index != nil {

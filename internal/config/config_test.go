@@ -285,6 +285,7 @@ func TestBadConfigs(t *testing.T) {
 		{"memory limit below guest", "vms: { a: { index: 1, memory: 1G, limits: { memory: 1G } } }", "vms.a.limits.memory", "leaves no room", Options{}},
 		{"memory limit below default guest", "defaults: { limits: { memory: 256M } }\nvms: { a: { index: 1 } }", "vms.a.limits.memory", "at least memory (512M)", Options{}},
 		{"unknown limit", "vms: { a: { index: 1, limits: { io: 5 } } }", "vms.a.limits.io", "unknown", Options{}},
+		{"bad pull policy", "vms: { a: { index: 1, pullPolicy: sometimes } }", "vms.a.pullPolicy", "missing, always or never", Options{}},
 		{"stop timeout too short", "vms: { a: { index: 1, stopTimeout: 10ms } }", "vms.a.stopTimeout", "outside 1s-1h", Options{}},
 		{"billion laughs", laughs(), "", "expands to more than", Options{}},
 	}

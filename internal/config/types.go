@@ -87,6 +87,10 @@ type VMSpec struct {
 	// StopTimeout is how long a clean shutdown may take before the
 	// hypervisor is killed (default 30s).
 	StopTimeout *Duration `yaml:"stopTimeout,omitempty" json:"stopTimeout,omitempty"`
+	// PullPolicy says when an image given as an OCI reference is pulled:
+	// missing (default: when the store does not have it), always (at every
+	// start, to follow a moving tag) or never (it must have been pulled).
+	PullPolicy *string `yaml:"pullPolicy,omitempty" json:"pullPolicy,omitempty" jsonschema:"enum=missing,enum=always,enum=never"`
 	// Limits caps the VM's hypervisor process with cgroups (unset: no caps).
 	Limits *Limits `yaml:"limits,omitempty" json:"limits,omitempty"`
 }

@@ -176,6 +176,9 @@ func (v *validator) spec(p string, s *VMSpec) {
 			v.r.addf(joinPath(lp, "cpus"), "cpus %g is more than the host's %d CPUs", l.CPUs, v.opts.HostCPUs)
 		}
 	}
+	if s.PullPolicy != nil && *s.PullPolicy != PullMissing && *s.PullPolicy != PullAlways && *s.PullPolicy != PullNever {
+		v.r.addf(joinPath(p, "pullPolicy"), "pullPolicy must be missing, always or never, not %q", *s.PullPolicy)
+	}
 	if s.Init != nil && *s.Init != InitMicrovm && *s.Init != InitImage {
 		v.r.addf(joinPath(p, "init"), "init must be microvm or image, not %q", *s.Init)
 	}

@@ -45,7 +45,7 @@ func Adopt(env Env, vm *config.VM, pid int, startTime uint64) (*Running, error) 
 	if err != nil || st != startTime {
 		return nil, ErrNotOurs
 	}
-	l, cmd, b, _, err := command(env, vm)
+	l, cmd, b, _, err := command(env, vm, false)
 	if err != nil {
 		return nil, err
 	}

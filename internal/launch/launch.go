@@ -4,6 +4,7 @@
 package launch
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/sshkey"
 	"microvm.dev/microvm/internal/state"
+	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/storeimage"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmm/cloudhypervisor"
@@ -166,29 +168,104 @@ func InitBinary(dir, arch string) (string, error) {
 		arch, dir, map[string]string{vmm.ArchX86_64: "amd64", vmm.ArchAArch64: "arm64"}[arch], filepath.Join(dir, names[0]))
 }
 
-// ImageDir is the directory tree of a store image.
-func ImageDir(stateDir, image string) (string, error) {
-	if strings.ContainsAny(image, "/:@") {
-		return "", fmt.Errorf("image %q: OCI images are pulled by the image store, which is not built yet; use a store image name", image)
+// ResolveImage returns the store image vm boots from. An OCI reference
+// is pulled when pull is set and the VM's pull policy asks for it
+// (missing: when the store lacks it; always: every time; never: not).
+func ResolveImage(ctx context.Context, env Env, vm *config.VM, pull bool) (store.Image, error) {
+	st := store.Open(env.StateDir)
+	ref := strings.ContainsAny(vm.Image, "/:@")
+	policy := vm.Supervision.PullPolicy
+	if ref && pull && policy == config.PullAlways {
+		return pullImage(ctx, env, st, vm)
 	}
-	dir := filepath.Join(stateDir, "store", image)
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return "", fmt.Errorf("image %q is not in the store (%s); build the base image with scripts/build-base-image.sh %s", image, dir, dir)
+	img, err := st.Get(vm.Image)
+	switch {
+	case err == nil:
+		return img, nil
+	case !errors.Is(err, store.ErrNotFound):
+		return store.Image{}, fmt.Errorf("vms.%s.image: %w", vm.Name, err)
+	case !ref:
+		return store.Image{}, notFound("vms.%s.image: image %q is not in the store (import it: microvm image import %s DIR|TARBALL; the base image: scripts/build-base-image.sh %s)",
+			vm.Name, vm.Image, vm.Image, filepath.Join(st.Trees, vm.Image))
+	case policy == config.PullNever:
+		return store.Image{}, notFound("vms.%s.image: %s has not been pulled and pullPolicy is never (microvm image pull %s)", vm.Name, vm.Image, vm.Image)
+	case !pull:
+		return store.Image{}, notFound("vms.%s.image: %s has not been pulled yet (microvm image pull %s)", vm.Name, vm.Image, vm.Image)
 	}
-	return dir, nil
+	return pullImage(ctx, env, st, vm)
+}
+
+// notFound is an error saying an image is not in the store; it matches
+// store.ErrNotFound.
+func notFound(format string, args ...any) error {
+	return notFoundError{fmt.Sprintf(format, args...)}
+}
+
+type notFoundError struct{ msg string }
+
+func (e notFoundError) Error() string { return e.msg }
+func (e notFoundError) Unwrap() error { return store.ErrNotFound }
+
+func pullImage(ctx context.Context, env Env, st *store.Store, vm *config.VM) (store.Image, error) {
+	goarch := map[string]string{vmm.ArchX86_64: "amd64", vmm.ArchAArch64: "arm64"}[env.arch()]
+	img, err := st.Pull(ctx, vm.Image, store.Options{Arch: goarch})
+	if err != nil {
+		return store.Image{}, fmt.Errorf("vms.%s.image: %w", vm.Name, err)
+	}
+	return img, nil
+}
+
+// Workload is what runs in vm with image's config: the VM's command, env,
+// workdir and user where it sets them, else the image's entrypoint and
+// cmd, environment (the VM's variables win), working directory and user.
+// It is nil when neither gives a command.
+func Workload(vm *config.VM, img store.Config) *guest.Workload {
+	cmd := vm.Command
+	if len(cmd) == 0 {
+		cmd = append(append([]string(nil), img.Entrypoint...), img.Cmd...)
+	}
+	if len(cmd) == 0 {
+		return nil
+	}
+	var env map[string]string
+	if len(img.Env) > 0 || len(vm.Env) > 0 {
+		env = map[string]string{}
+		for _, kv := range img.Env {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				env[k] = v
+			}
+		}
+		for k, v := range vm.Env {
+			env[k] = v
+		}
+	}
+	w := &guest.Workload{Command: cmd, Env: env, Workdir: vm.Workdir, User: vm.User}
+	if w.Workdir == "" {
+		w.Workdir = img.WorkingDir
+	}
+	if w.User == "" {
+		w.User = img.User
+	}
+	return w
 }
 
 // Command resolves what vm boots with and returns the hypervisor launch and
 // command, without writing anything: `microvm render runner` prints
 // exactly what Prepare will run.
+// An image that is not in the store yet (an OCI reference Prepare would
+// pull) is shown as the placeholder tree store/<pending>.
 func Command(env Env, vm *config.VM) (vmm.Launch, vmm.Command, error) {
-	l, cmd, _, _, err := command(env, vm)
+	l, cmd, _, _, err := command(env, vm, true)
 	return l, cmd, err
 }
 
+// PendingTree is the placeholder tree of an image not in the store yet.
+const PendingTree = "<pending>"
+
+
 // command is Command that also returns the backend and the resolved kernel,
 // so Prepare resolves them once.
-func command(env Env, vm *config.VM) (vmm.Launch, vmm.Command, vmm.Backend, guest.Kernel, error) {
+func command(env Env, vm *config.VM, lenient bool) (vmm.Launch, vmm.Command, vmm.Backend, guest.Kernel, error) {
 	fail := func(err error) (vmm.Launch, vmm.Command, vmm.Backend, guest.Kernel, error) {
 		return vmm.Launch{}, vmm.Command{}, nil, guest.Kernel{}, fmt.Errorf("vms.%s: %w", vm.Name, err)
 	}
@@ -210,13 +287,23 @@ func command(env Env, vm *config.VM) (vmm.Launch, vmm.Command, vmm.Backend, gues
 		l.ControlSocket = filepath.Join(env.RunDir, vm.Name+".api")
 	}
 	// Each VM is given only its own image tree.
-	tree := filepath.Join(env.StateDir, "store", vm.Image)
+	img, err := ResolveImage(context.Background(), env, vm, false)
+	pending := lenient && errors.Is(err, store.ErrNotFound)
+	if pending {
+		img, err = store.Image{ID: PendingTree}, nil
+	}
+	if err != nil {
+		return vmm.Launch{}, vmm.Command{}, nil, guest.Kernel{}, err
+	}
+	tree := store.Open(env.StateDir).TreeDir(img.ID)
 	l.Shares = []vmm.Share{{Tag: "store", Path: tree}}
 	switch share {
 	case vmm.ShareVirtiofs:
 		l.Shares[0].VirtiofsSocket = filepath.Join(env.RunDir, vm.Name+"-store.sock")
 	case vmm.ShareBlock:
-		if l.Shares[0].Block, err = storeimage.Path(BlockCache(env.StateDir), tree); err != nil {
+		if pending {
+			l.Shares[0].Block = filepath.Join(BlockCache(env.StateDir), PendingTree+".ext4")
+		} else if l.Shares[0].Block, err = storeimage.Path(BlockCache(env.StateDir), tree); err != nil {
 			return fail(err)
 		}
 	}
@@ -242,10 +329,11 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	if err := os.MkdirAll(vmDir, 0o700); err != nil {
 		return nil, err
 	}
-	if _, err := ImageDir(env.StateDir, vm.Image); err != nil {
+	img, err := ResolveImage(context.Background(), env, vm, true)
+	if err != nil {
 		return nil, err
 	}
-	l, cmd, b, kern, err := command(env, vm)
+	l, cmd, b, kern, err := command(env, vm, false)
 	if err != nil {
 		return nil, err
 	}
@@ -310,8 +398,8 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 		spec.Volumes[i].Device = devices[spec.Volumes[i].Name]
 	}
 	spec.SwitchRoot = vm.Init == config.InitImage
-	if len(vm.Command) > 0 && !spec.SwitchRoot {
-		spec.Workload = &guest.Workload{Command: vm.Command, Env: vm.Env, Workdir: vm.Workdir, User: vm.User}
+	if !spec.SwitchRoot {
+		spec.Workload = Workload(vm, img.Config)
 	}
 	if err := guest.WriteVM(base, l.Initrd, spec); err != nil {
 		return nil, err

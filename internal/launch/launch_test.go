@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/vmm"
 )
 
@@ -57,5 +59,20 @@ func TestShareKind(t *testing.T) {
 	}
 	if got, _ := (Env{}).ShareKind(q); got != want {
 		t.Errorf("qemu auto = %s, want %s", got, want)
+	}
+}
+
+func TestWorkloadFromImageConfig(t *testing.T) {
+	img := store.Config{Entrypoint: []string{"/bin/httpd"}, Cmd: []string{"-f", "-p", "8080"}, Env: []string{"PATH=/bin", "MODE=img"}, WorkingDir: "/srv", User: "www"}
+	w := Workload(&config.VM{Env: map[string]string{"MODE": "vm"}}, img)
+	if strings.Join(w.Command, " ") != "/bin/httpd -f -p 8080" || w.Env["MODE"] != "vm" || w.Env["PATH"] != "/bin" || w.Workdir != "/srv" || w.User != "www" {
+		t.Errorf("workload = %+v", w)
+	}
+	w = Workload(&config.VM{Command: []string{"sleep", "1"}, User: "root", Workdir: "/"}, img)
+	if strings.Join(w.Command, " ") != "sleep 1" || w.User != "root" || w.Workdir != "/" {
+		t.Errorf("the VM's own settings do not win: %+v", w)
+	}
+	if Workload(&config.VM{}, store.Config{}) != nil {
+		t.Error("a workload without a command")
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -17,7 +16,6 @@ import (
 	"runtime"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -26,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -83,6 +82,10 @@ func (s *Store) Pull(ctx context.Context, ref string, o Options) (Image, error) 
 		remote.WithContext(ctx),
 		remote.WithAuthFromKeychain(authn.DefaultKeychain),
 		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: arch}),
+		// go-containerregistry limits blob fetches in flight (4 by default)
+		// and a layer waiting for the unpacker holds its slot: give it one
+		// per fetcher, or later layers could starve the one being unpacked.
+		remote.WithJobs(o.jobs()),
 	}, o.Remote...)
 	img, err := remote.Image(r, opts...)
 	if err != nil {
@@ -116,7 +119,7 @@ func (s *Store) Import(ctx context.Context, imgName, src string, o Options) (Ima
 			return s.install(ctx, imgName, "oci-layout:"+abs, img, false, o)
 		}
 		pr, pw := io.Pipe()
-		go func() { pw.CloseWithError(tarDir(pw, src)) }()
+		go func() { pw.CloseWithError(TarTree(pw, src)) }()
 		defer pr.Close()
 		return s.installTar(ctx, imgName, "dir:"+abs, pr, o)
 	}
@@ -205,7 +208,7 @@ func ChainID(diffIDs []v1.Hash) string {
 }
 
 // install unpacks img's layers into a new tree (unless the store has it)
-// and names it. Remote layers are cached as blobs first, fetched
+// and names it. Layers are fetched (and, from a registry, cached as blobs)
 // concurrently and unpacked in order as they arrive.
 func (s *Store) install(ctx context.Context, imgName, source string, img v1.Image, cache bool, o Options) (Image, error) {
 	cf, err := img.ConfigFile()
@@ -247,32 +250,30 @@ func (s *Store) install(ctx context.Context, imgName, source string, img v1.Imag
 		return Image{}, err
 	}
 	defer removeTree(tmp) // a no-op once renamed
-	open := func(i int) (io.ReadCloser, error) { return layers[i].Uncompressed() }
-	if cache {
-		f := &fetcher{s: s, layers: layers, o: o}
-		open = f.start(ctx)
-		defer f.wait()
-	}
-	for i := range layers {
-		if err := ctx.Err(); err != nil {
-			return Image{}, err
-		}
-		rc, err := open(i)
-		if err != nil {
-			return Image{}, fmt.Errorf("%s: layer %d (%s): %w", source, i+1, layerDigest(layers[i]), err)
-		}
-		h := sha256.New()
-		err = u.layer(io.TeeReader(rc, h))
+	p := &pipeline{s: s, layers: layers, diffIDs: diffIDs, cache: cache, o: o}
+	streams, stop := p.start(ctx)
+	defer stop()
+	for i, ls := range streams {
+		rd := &chunkReader{ch: ls.chunks}
+		err := u.layer(rd)
 		if err == nil {
-			_, err = io.Copy(h, rc) // the tar's end padding is part of the digest
+			_, err = io.Copy(io.Discard, rd) // the tar's end padding
 		}
-		rc.Close()
 		if err != nil {
-			return Image{}, fmt.Errorf("%s: layer %d: %w", source, i+1, err)
+			// A damaged download often breaks the tar before its digest
+			// check runs: read the layer to its end and report the cause.
+			for range ls.chunks {
+			}
+			<-ls.done
+			if ls.err == nil {
+				return Image{}, fmt.Errorf("%s: layer %d: %w", source, i+1, err)
+			}
 		}
-		if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != diffIDs[i].String() {
-			return Image{}, fmt.Errorf("%s: layer %d unpacks to %s, but the config says %s", source, i+1, got, diffIDs[i])
+		<-ls.done
+		if ls.err != nil {
+			return Image{}, fmt.Errorf("%s: layer %d (%s): %w", source, i+1, layerDigest(layers[i]), ls.err)
 		}
+		close(ls.consumed)
 		o.emit(Event{Kind: "unpacked", Layer: i + 1, Layers: len(layers)})
 	}
 	return s.finish(tmp, out)
@@ -351,131 +352,6 @@ func syncDir(dir string) {
 	}
 }
 
-// fetcher downloads remote layers into the blob cache concurrently.
-type fetcher struct {
-	s      *Store
-	layers []v1.Layer
-	o      Options
-	wg     sync.WaitGroup
-	ready  []chan error
-	cancel context.CancelFunc
-}
-
-// start begins the downloads and returns the function that waits for
-// layer i and opens it uncompressed.
-func (f *fetcher) start(ctx context.Context) func(int) (io.ReadCloser, error) {
-	ctx, f.cancel = context.WithCancel(ctx)
-	n := len(f.layers)
-	f.ready = make([]chan error, n)
-	for i := range f.ready {
-		f.ready[i] = make(chan error, 1)
-	}
-	jobs := f.o.jobs()
-	if jobs > 1 {
-		// Workers take layers in order, so the first ones (unpacked first)
-		// arrive first.
-		next := make(chan int, n)
-		for i := range n {
-			next <- i
-		}
-		close(next)
-		for range min(jobs, n) {
-			f.wg.Add(1)
-			go func() {
-				defer f.wg.Done()
-				for i := range next {
-					if err := ctx.Err(); err != nil {
-						f.ready[i] <- err
-						continue
-					}
-					f.ready[i] <- f.fetch(ctx, i)
-				}
-			}()
-		}
-	}
-	return func(i int) (io.ReadCloser, error) {
-		var err error
-		if jobs > 1 {
-			err = <-f.ready[i]
-		} else {
-			err = f.fetch(ctx, i) // strictly one layer at a time
-		}
-		if err != nil {
-			f.cancel()
-			return nil, err
-		}
-		d, _ := f.layers[i].Digest()
-		file, err := os.Open(f.s.BlobPath(d.String()))
-		if err != nil {
-			return nil, err
-		}
-		rd, err := decompress(file)
-		if err != nil {
-			file.Close()
-			return nil, err
-		}
-		return struct {
-			io.Reader
-			io.Closer
-		}{rd, file}, nil
-	}
-}
-
-func (f *fetcher) wait() {
-	f.cancel()
-	f.wg.Wait()
-}
-
-// fetch downloads layer i into the blob cache unless it is there, checking
-// its digest before it becomes visible.
-func (f *fetcher) fetch(ctx context.Context, i int) error {
-	l := f.layers[i]
-	d, err := l.Digest()
-	if err != nil {
-		return err
-	}
-	path := f.s.BlobPath(d.String())
-	if _, err := os.Stat(path); err == nil {
-		f.o.emit(Event{Kind: "cached", Layer: i + 1, Layers: len(f.layers), Digest: d.String()})
-		return nil
-	}
-	if d.Algorithm != "sha256" {
-		return fmt.Errorf("layer %s: unsupported digest algorithm", d)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	rc, err := l.Compressed()
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(path), d.Hex[:12]+".partial-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), ctxReader{ctx, rc})
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fetch layer %s: %w", d, err)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != d.Hex {
-		return fmt.Errorf("layer %s: the registry sent content with digest sha256:%s", d, got)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	f.o.emit(Event{Kind: "fetched", Layer: i + 1, Layers: len(f.layers), Digest: d.String(), Bytes: n})
-	return nil
-}
-
 // ctxReader stops a copy when ctx is done.
 type ctxReader struct {
 	ctx context.Context
@@ -517,9 +393,9 @@ func configOf(cf *v1.ConfigFile) Config {
 	return out
 }
 
-// tarDir writes the tree at dir as a tar stream in a stable order, with
+// TarTree writes the tree at dir as a tar stream in a stable order, with
 // owners, modes, times, links and device numbers.
-func tarDir(w io.Writer, dir string) error {
+func TarTree(w io.Writer, dir string) error {
 	tw := tar.NewWriter(w)
 	links := map[uint64]string{}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {

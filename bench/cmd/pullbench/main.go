@@ -1,0 +1,204 @@
+// Command pullbench measures pulling a many-layer image into the store from
+// go-containerregistry's registry served on loopback, with a fixed delay
+// added to every request (standing in for a remote registry's round trip):
+// layers fetched concurrently against one layer at a time (fetch, unpack,
+// next), alternated in one run, and then a second name for the same image
+// (as a second VM on it), which copies nothing.
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"microvm.dev/microvm/internal/store"
+)
+
+func main() {
+	layers := flag.Int("layers", 69, "layers in the image")
+	totalMB := flag.Int("mb", 200, "total uncompressed size in MB")
+	delay := flag.Duration("delay", 20*time.Millisecond, "delay added to every registry request")
+	rounds := flag.Int("rounds", 3, "pulls of each kind")
+	jobs := flag.Int("jobs", 8, "concurrent layer fetches")
+	profile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
+	flag.Parse()
+	if *profile != "" {
+		f, err := os.Create(*profile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "pullbench:", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+	if err := run(*layers, *totalMB, *delay, *rounds, *jobs); err != nil {
+		fmt.Fprintln(os.Stderr, "pullbench:", err)
+		pprof.StopCPUProfile()
+		os.Exit(1)
+	}
+}
+
+// slow adds a delay to every request.
+type slow struct {
+	rt    http.RoundTripper
+	delay time.Duration
+	n     atomic.Int64
+	bytes atomic.Int64
+}
+
+func (s *slow) RoundTrip(r *http.Request) (*http.Response, error) {
+	time.Sleep(s.delay)
+	s.n.Add(1)
+	resp, err := s.rt.RoundTrip(r)
+	if err == nil && resp.ContentLength > 0 && r.Method == http.MethodGet {
+		s.bytes.Add(resp.ContentLength)
+	}
+	return resp, err
+}
+
+func run(nLayers, totalMB int, delay time.Duration, rounds, jobs int) error {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/sandbox:latest"
+	t0 := time.Now()
+	img, err := build(nLayers, totalMB)
+	if err != nil {
+		return err
+	}
+	parsed, _ := name.ParseReference(ref)
+	if err := remote.Write(parsed, img); err != nil {
+		return err
+	}
+	fmt.Printf("image: %d layers, %d MB uncompressed, pushed in %s; %s added per request\n", nLayers, totalMB, time.Since(t0).Round(time.Millisecond), delay)
+
+	var conc, seq []time.Duration
+	for i := range rounds * 2 {
+		j := jobs
+		if i%2 == 1 {
+			j = 1
+		}
+		d, err := pullOnce(ref, j, delay, i == rounds*2-2, img)
+		if err != nil {
+			return err
+		}
+		if j == 1 {
+			seq = append(seq, d)
+		} else {
+			conc = append(conc, d)
+		}
+	}
+	mc, ms := median(conc), median(seq)
+	fmt.Printf("concurrent (%d jobs): median %s\none layer at a time:  median %s\nratio: %.1fx\n", jobs, mc, ms, float64(ms)/float64(mc))
+	return nil
+}
+
+// pullOnce pulls ref into a fresh store with jobs fetchers and returns the
+// time taken; the store is removed and the page cache written back before
+// the next round, so rounds do not slow each other down. With second, it
+// also pulls the image again under its digest (a second VM on the image).
+func pullOnce(ref string, jobs int, delay time.Duration, second bool, img v1.Image) (time.Duration, error) {
+	dir, err := os.MkdirTemp("", "pullbench-")
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		os.RemoveAll(dir)
+		syscall.Sync()
+	}()
+	syscall.Sync()
+	s := store.Open(dir)
+	tr := &slow{rt: http.DefaultTransport, delay: delay}
+	start := time.Now()
+	if _, err := s.Pull(context.Background(), ref, store.Options{Jobs: jobs, Remote: []remote.Option{remote.WithTransport(tr)}}); err != nil {
+		return 0, err
+	}
+	d := time.Since(start)
+	fmt.Printf("  jobs %d: %s (%d requests, %.0f MB fetched)\n", jobs, d.Round(time.Millisecond), tr.n.Load(), float64(tr.bytes.Load())/1e6)
+	if second {
+		tr := &slow{rt: http.DefaultTransport, delay: delay}
+		blobs := func() int {
+			m, _ := filepath.Glob(filepath.Join(dir, "images", "blobs", "sha256", "*"))
+			return len(m)
+		}
+		before := blobs()
+		start := time.Now()
+		again, err := s.Pull(context.Background(), strings.Replace(ref, "sandbox:latest", "sandbox@"+digest(img), 1), store.Options{Remote: []remote.Option{remote.WithTransport(tr)}})
+		if err != nil {
+			return 0, err
+		}
+		fmt.Printf("  second name for the same image: %s, %d requests, %.2f MB fetched, %d new blobs, tree %s shared\n",
+			time.Since(start).Round(time.Millisecond), tr.n.Load(), float64(tr.bytes.Load())/1e6, blobs()-before, again.ID[:12])
+	}
+	return d, nil
+}
+
+func digest(img v1.Image) string {
+	d, _ := img.Digest()
+	return d.String()
+}
+
+// build makes an image of n layers of incompressible files.
+func build(n, totalMB int) (v1.Image, error) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	per := totalMB << 20 / n
+	img := empty.Image
+	for i := range n {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("layer%02d/", i), Typeflag: tar.TypeDir, Mode: 0o755})
+		for f, left := 0, per; left > 0; f++ {
+			size := min(left, 256<<10)
+			data := make([]byte, size)
+			for k := 0; k+8 <= len(data); k += 8 {
+				v := rng.Uint64()
+				for b := range 8 {
+					data[k+b] = byte(v >> (8 * b))
+				}
+			}
+			tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("layer%02d/f%03d", i, f), Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(size)})
+			tw.Write(data)
+			left -= size
+		}
+		tw.Close()
+		b := buf.Bytes()
+		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil },
+			tarball.WithCompressionLevel(gzip.BestSpeed))
+		if err != nil {
+			return nil, err
+		}
+		if img, err = mutate.AppendLayers(img, l); err != nil {
+			return nil, err
+		}
+	}
+	return mutate.Config(img, v1.Config{Entrypoint: []string{"/bin/sh"}})
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2].Round(time.Millisecond)
+}
