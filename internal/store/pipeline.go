@@ -82,7 +82,7 @@ func (p *pipeline) start(ctx context.Context) ([]*layerStream, func()) {
 
 // produce streams layer i uncompressed into chunks, checking it against
 // its diff id, and caches the compressed blob of a registry layer.
-func (p *pipeline) produce(ctx context.Context, i int, chunks chan<- []byte) error {
+func (p *pipeline) produce(ctx context.Context, i int, chunks chan<- []byte) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -91,6 +91,13 @@ func (p *pipeline) produce(ctx context.Context, i int, chunks chan<- []byte) err
 	var tmp *os.File
 	var blob string
 	cached := false
+	defer func() {
+		// A cached blob that fails to unpack (damaged on disk) is dropped
+		// so the next pull fetches it again.
+		if err != nil && cached && ctx.Err() == nil {
+			os.Remove(blob)
+		}
+	}()
 	switch {
 	case p.cache:
 		d, err := l.Digest()
@@ -174,9 +181,6 @@ func (p *pipeline) produce(ctx context.Context, i int, chunks chan<- []byte) err
 		}
 	}
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != p.diffIDs[i].String() {
-		if cached {
-			os.Remove(blob) // a damaged cache entry is fetched again next time
-		}
 		return fmt.Errorf("the layer unpacks to %s, but the image config says %s", got, p.diffIDs[i])
 	}
 	if tmp != nil {

@@ -514,3 +514,33 @@ func TestManyLargeLayersConcurrently(t *testing.T) {
 		t.Errorf("last layer: %v %v", fi, err)
 	}
 }
+
+// A cached blob damaged on disk fails the pull with the layer named, is
+// dropped, and the next pull fetches it again and succeeds.
+func TestDamagedCachedBlobIsFetchedAgain(t *testing.T) {
+	reg := newRegistry(t)
+	img := layeredImage(t)
+	ref := reg.push(t, "app:1", img)
+	s := Open(t.TempDir())
+	first, err := s.Pull(context.Background(), ref, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Forget the image, then leave a damaged entry for its first layer.
+	if _, err := s.GC(map[string]bool{}); err != nil {
+		t.Fatal(err)
+	}
+	blob := s.BlobPath(first.Layers[0])
+	if err := os.WriteFile(blob, []byte("not a layer"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pull(context.Background(), ref, Options{}); err == nil || !strings.Contains(err.Error(), "layer 1") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := os.Stat(blob); !os.IsNotExist(err) {
+		t.Error("the damaged blob is still cached")
+	}
+	if _, err := s.Pull(context.Background(), ref, Options{}); err != nil {
+		t.Fatalf("the pull after dropping the damaged blob: %v", err)
+	}
+}
