@@ -11,6 +11,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+
+	"microvm.dev/microvm/internal/launch"
 )
 
 // detachKey is Ctrl-], which leaves an interactive console.
@@ -26,8 +28,13 @@ microvm logs VM. Without a terminal, standard input is sent as typed.`,
 		Example: "  microvm console vm1",
 		Args:    exactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			if _, err := a.vmAddress(args[0]); err != nil {
+			st, err := a.runningVM(args[0])
+			if err != nil {
 				return err
+			}
+			if b, err := launch.Backend(st.Spec.Hypervisor); err == nil && !b.InteractiveConsole() {
+				return fmt.Errorf("%s runs on %s, whose serial console is a log only: follow it with microvm logs -f %s and log in with microvm ssh %s",
+					args[0], b.Name(), args[0], args[0])
 			}
 			sock := filepath.Join(filepath.Dir(a.socket), args[0]+".console")
 			conn, err := net.Dial("unix", sock)

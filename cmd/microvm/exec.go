@@ -20,14 +20,23 @@ import (
 
 // vmAddress asks the daemon for a running VM's address.
 func (a *app) vmAddress(name string) (string, error) {
-	var st supervisor.Status
-	if err := a.client().Do("GET", "/v1/vms/"+url.PathEscape(name), nil, &st); err != nil {
+	st, err := a.runningVM(name)
+	if err != nil {
 		return "", err
 	}
-	if st.State != supervisor.Running || st.Spec == nil {
-		return "", fmt.Errorf("%s is %s, not running", name, st.State)
-	}
 	return st.Spec.Net.Address.String(), nil
+}
+
+// runningVM asks the daemon for a VM that must be running.
+func (a *app) runningVM(name string) (supervisor.Status, error) {
+	var st supervisor.Status
+	if err := a.client().Do("GET", "/v1/vms/"+url.PathEscape(name), nil, &st); err != nil {
+		return st, err
+	}
+	if st.State != supervisor.Running || st.Spec == nil {
+		return st, fmt.Errorf("%s is %s, not running", name, st.State)
+	}
+	return st, nil
 }
 
 // exitCodeError carries a remote command's exit status out of the CLI.

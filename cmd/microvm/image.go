@@ -28,7 +28,9 @@ content-addressed: identical content is stored once however many names and VMs
 use it, and each VM is given only its own image. A VM's image: names a store
 image ("base") or an OCI reference, pulled on first use.`,
 		Args: exactArgs(0),
-		RunE: func(cmd *cobra.Command, _ []string) error { return usageError{fmt.Errorf("image needs a subcommand: list, import, pull, rm or gc")} },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return usageError{fmt.Errorf("image needs a subcommand: list, import, pull, rm or gc")}
+		},
 	}
 	var jobs int
 	cmd.PersistentFlags().IntVar(&jobs, "jobs", 8, "layers fetched at once")
