@@ -61,7 +61,9 @@ type VM struct {
 	User       string            `json:"user,omitempty"`
 	Init       string            `json:"init"`
 	Limits     Limits            `json:"limits,omitzero"`
-	Net        Net               `json:"net"`
+	// Host is the hypervisor host the VM runs on ("" = every host).
+	Host string `json:"host,omitempty"`
+	Net  Net    `json:"net"`
 	// Supervision is how the daemon runs the VM; it is not part of the spec
 	// hash, so changing it never restarts the VM.
 	Supervision Supervision `json:"supervision"`
@@ -74,6 +76,8 @@ type Supervision struct {
 	StopTimeout Duration `json:"stopTimeout"`
 	// PullPolicy is when an OCI image is pulled (missing, always, never).
 	PullPolicy string `json:"pullPolicy"`
+	// HealthCheck is checked after a deploy starts the VM (optional).
+	HealthCheck *HealthCheck `json:"healthCheck,omitempty"`
 }
 
 // Restart policies.
@@ -258,12 +262,21 @@ func merge(name string, d, s *VMSpec) *VM {
 			Restart:     pick(s.Restart, d.Restart, RestartAlways),
 			StopTimeout: pick(s.StopTimeout, d.StopTimeout, DefaultStopTimeout),
 			PullPolicy:  pick(s.PullPolicy, d.PullPolicy, PullMissing),
+			HealthCheck: pickPtr(s.HealthCheck, d.HealthCheck),
 		},
+		Host: pick(s.Host, d.Host, ""),
 	}
 	if s.Index != nil {
 		vm.Index = *s.Index
 	}
 	return vm
+}
+
+func pickPtr[T any](own, def *T) *T {
+	if own != nil {
+		return own
+	}
+	return def
 }
 
 func pick[T any](own, def *T, builtin T) T {
@@ -301,4 +314,41 @@ func pickList[T any](own, def []T) []T {
 		return nil
 	}
 	return append([]T(nil), src...)
+}
+
+// ForHost is the part of the file host runs: the VMs that name it (all of
+// them when no VM names a host), with the allow rules and forwards between
+// those VMs. The subnets of every VM stay reserved by validation, so hosts
+// never overlap.
+func (c *Config) ForHost(host string) *Config {
+	named := false
+	for _, vm := range c.VMs {
+		if vm.Host != "" {
+			named = true
+		}
+	}
+	if !named {
+		return c
+	}
+	out := *c
+	out.VMs, out.byName = nil, map[string]*VM{}
+	for _, vm := range c.VMs {
+		if vm.Host == host {
+			out.VMs = append(out.VMs, vm)
+			out.byName[vm.Name] = vm
+		}
+	}
+	out.Allow = nil
+	for _, a := range c.Allow {
+		if out.byName[a.From] != nil && out.byName[a.To] != nil {
+			out.Allow = append(out.Allow, a)
+		}
+	}
+	out.Forwards = nil
+	for _, f := range c.Forwards {
+		if out.byName[f.VM] != nil {
+			out.Forwards = append(out.Forwards, f)
+		}
+	}
+	return &out
 }

@@ -285,6 +285,12 @@ func TestBadConfigs(t *testing.T) {
 		{"memory limit below guest", "vms: { a: { index: 1, memory: 1G, limits: { memory: 1G } } }", "vms.a.limits.memory", "leaves no room", Options{}},
 		{"memory limit below default guest", "defaults: { limits: { memory: 256M } }\nvms: { a: { index: 1 } }", "vms.a.limits.memory", "at least memory (512M)", Options{}},
 		{"unknown limit", "vms: { a: { index: 1, limits: { io: 5 } } }", "vms.a.limits.io", "unknown", Options{}},
+		{"health check empty", "vms: { a: { index: 1, healthCheck: {} } }", "vms.a.healthCheck", "needs tcp: PORT or http: PORT", Options{}},
+		{"health check both", "vms: { a: { index: 1, healthCheck: { tcp: 1, http: 2 } } }", "vms.a.healthCheck", "not both", Options{}},
+		{"health check port", "vms: { a: { index: 1, healthCheck: { tcp: 70000 } } }", "vms.a.healthCheck.tcp", "outside 1-65535", Options{}},
+		{"health check path", "vms: { a: { index: 1, healthCheck: { http: 80, path: healthz } } }", "vms.a.healthCheck.path", "must start with /", Options{}},
+		{"host name", "vms: { a: { index: 1, host: \"bad host\" } }", "vms.a.host", "not a host name", Options{}},
+		{"hosts mixed", "vms: { a: { index: 1, host: h1 }, b: { index: 2 } }", "vms.b.host", "every VM names its host", Options{}},
 		{"bad pull policy", "vms: { a: { index: 1, pullPolicy: sometimes } }", "vms.a.pullPolicy", "missing, always or never", Options{}},
 		{"stop timeout too short", "vms: { a: { index: 1, stopTimeout: 10ms } }", "vms.a.stopTimeout", "outside 1s-1h", Options{}},
 		{"billion laughs", laughs(), "", "expands to more than", Options{}},
@@ -395,5 +401,33 @@ func TestLimitsMergeAndParse(t *testing.T) {
 	}
 	if c.VM("a").SpecHash() == mustParse(t, "vms: { a: { index: 1 } }", Options{}).VM("a").SpecHash() {
 		t.Error("limits do not change the spec hash")
+	}
+}
+
+func TestForHost(t *testing.T) {
+	c := mustParse(t, `vms:
+  a: { index: 1, host: h1, healthCheck: { tcp: 8080 } }
+  b: { index: 2, host: h1 }
+  c: { index: 3, host: h2 }
+network:
+  allow: [{ from: a, to: b, ports: [80] }, { from: a, to: c, ports: [80] }]
+  forwards: [{ hostPort: 8080, to: "a:8080" }, { hostPort: 8081, to: "c:80" }]
+`, Options{})
+	h1 := c.ForHost("h1")
+	if len(h1.VMs) != 2 || h1.VM("c") != nil || len(h1.Allow) != 1 || len(h1.Forwards) != 1 {
+		t.Errorf("h1 = %d VMs, %d allows, %d forwards", len(h1.VMs), len(h1.Allow), len(h1.Forwards))
+	}
+	if h3 := c.ForHost("h3"); len(h3.VMs) != 0 {
+		t.Errorf("an unnamed host runs %d VMs", len(h3.VMs))
+	}
+	if len(c.VMs) != 3 {
+		t.Error("ForHost changed the whole file")
+	}
+	if c.VM("a").Supervision.HealthCheck == nil || c.VM("a").Supervision.HealthCheck.TCP != 8080 {
+		t.Error("healthCheck lost")
+	}
+	all := mustParse(t, "vms: { a: { index: 1 }, b: { index: 2 } }", Options{})
+	if all.ForHost("anything") != all {
+		t.Error("a file naming no host is not wholly every host's")
 	}
 }

@@ -91,8 +91,25 @@ type VMSpec struct {
 	// missing (default: when the store does not have it), always (at every
 	// start, to follow a moving tag) or never (it must have been pulled).
 	PullPolicy *string `yaml:"pullPolicy,omitempty" json:"pullPolicy,omitempty" jsonschema:"enum=missing,enum=always,enum=never"`
+	// Host names the hypervisor host that runs the VM when one repository
+	// drives several: each daemon applies only its own VMs. Either every VM
+	// names its host or none does.
+	Host *string `yaml:"host,omitempty" json:"host,omitempty"`
+	// HealthCheck is checked from the host after a deploy starts the VM:
+	// {tcp: PORT} connects, {http: PORT, path: /healthz} expects a 2xx or 3xx.
+	HealthCheck *HealthCheck `yaml:"healthCheck,omitempty" json:"healthCheck,omitempty"`
 	// Limits caps the VM's hypervisor process with cgroups (unset: no caps).
 	Limits *Limits `yaml:"limits,omitempty" json:"limits,omitempty"`
+}
+
+// HealthCheck is a check made from the host once the VM is ready.
+type HealthCheck struct {
+	// TCP is a port that must accept a connection.
+	TCP int `yaml:"tcp,omitempty" json:"tcp,omitempty" jsonschema:"minimum=1,maximum=65535"`
+	// HTTP is a port that must answer GET Path with a 2xx or 3xx status.
+	HTTP int `yaml:"http,omitempty" json:"http,omitempty" jsonschema:"minimum=1,maximum=65535"`
+	// Path is the HTTP check's path (default /).
+	Path string `yaml:"path,omitempty" json:"path,omitempty"`
 }
 
 // Limits are cgroup caps on a VM's hypervisor process. Each is optional.

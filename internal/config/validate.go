@@ -33,6 +33,8 @@ var (
 	imageNameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,127}$`)
 	ifNameRE     = regexp.MustCompile(`^[A-Za-z0-9_.@-]+$`)
 	userRE       = regexp.MustCompile(`^([0-9]+|[a-z_][a-z0-9_-]*[$]?)$`)
+	// hostNameRE is a host name as os.Hostname reports it.
+	hostNameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$`)
 	// reservedMounts may not be a volume's mount point.
 	reservedMounts = map[string]bool{"/": true, "/proc": true, "/sys": true, "/dev": true, "/run": true}
 )
@@ -176,6 +178,25 @@ func (v *validator) spec(p string, s *VMSpec) {
 			v.r.addf(joinPath(lp, "cpus"), "cpus %g is more than the host's %d CPUs", l.CPUs, v.opts.HostCPUs)
 		}
 	}
+	if hc := s.HealthCheck; hc != nil {
+		hp := joinPath(p, "healthCheck")
+		switch {
+		case hc.TCP == 0 && hc.HTTP == 0:
+			v.r.addf(hp, "healthCheck needs tcp: PORT or http: PORT")
+		case hc.TCP != 0 && hc.HTTP != 0:
+			v.r.addf(hp, "healthCheck takes tcp or http, not both")
+		case hc.TCP < 0 || hc.TCP > 65535:
+			v.r.addf(joinPath(hp, "tcp"), "port %d is outside 1-65535", hc.TCP)
+		case hc.HTTP < 0 || hc.HTTP > 65535:
+			v.r.addf(joinPath(hp, "http"), "port %d is outside 1-65535", hc.HTTP)
+		}
+		if hc.Path != "" && (hc.HTTP == 0 || !strings.HasPrefix(hc.Path, "/") || strings.ContainsAny(hc.Path, " \t\r\n")) {
+			v.r.addf(joinPath(hp, "path"), "path %q must start with / and goes with http", hc.Path)
+		}
+	}
+	if s.Host != nil && !hostNameRE.MatchString(*s.Host) {
+		v.r.addf(joinPath(p, "host"), "host %q is not a host name", *s.Host)
+	}
 	if s.PullPolicy != nil && *s.PullPolicy != PullMissing && *s.PullPolicy != PullAlways && *s.PullPolicy != PullNever {
 		v.r.addf(joinPath(p, "pullPolicy"), "pullPolicy must be missing, always or never, not %q", *s.PullPolicy)
 	}
@@ -278,6 +299,17 @@ func (v *validator) subnet(p, s string) (netip.Prefix, bool) {
 
 // crossVM checks what VMs must not share: index, subnet, and the host's own addresses.
 func (v *validator) crossVM(cfg *Config) {
+	var hosted, unhosted []string
+	for _, vm := range cfg.VMs {
+		if vm.Host != "" {
+			hosted = append(hosted, vm.Name)
+		} else {
+			unhosted = append(unhosted, vm.Name)
+		}
+	}
+	if len(hosted) > 0 && len(unhosted) > 0 {
+		v.r.addf(joinPath(joinPath("vms", unhosted[0]), "host"), "%s names no host while %s does: when one file drives several hosts, every VM names its host", unhosted[0], hosted[0])
+	}
 	byIndex := map[int]string{}
 	type span struct {
 		vm   *VM

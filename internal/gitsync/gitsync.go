@@ -1,0 +1,172 @@
+// Package gitsync keeps a local mirror of the fleet's git repository with
+// go-git: it force-fetches the tracked branch (a rewritten history is
+// followed, never merged), reads the config file at a commit, and checks a
+// commit's signature against OpenPGP keys or SSH allowed signers.
+// Credentials come from a token file (HTTPS) or an SSH key and are never
+// logged or put on a command line.
+package gitsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/go-git/go-git/v5"
+	gitconfig "github.com/go-git/go-git/v5/config"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/go-git/go-git/v5/plumbing/transport"
+	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
+	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
+)
+
+// Options say what to mirror and how to authenticate.
+type Options struct {
+	// URL is the remote (https://, ssh://, git@host:path or a local path).
+	URL string
+	// Branch is the branch deployed (default main).
+	Branch string
+	// Dir is the local bare mirror.
+	Dir string
+	// TokenFile holds an HTTPS access token (sent as the password).
+	TokenFile string
+	// SSHKeyFile is a private key for ssh:// remotes (host keys are checked
+	// against ~/.ssh/known_hosts or $SSH_KNOWN_HOSTS).
+	SSHKeyFile string
+}
+
+// Commit is the facts of one commit a deploy records.
+type Commit struct {
+	Hash    string    `json:"hash"`
+	Message string    `json:"message"`
+	Author  string    `json:"author"`
+	Time    time.Time `json:"time"`
+	// Signed says whether the commit carries a signature (checked or not).
+	Signed bool `json:"signed"`
+}
+
+// Mirror is the local mirror of one branch.
+type Mirror struct {
+	o    Options
+	repo *git.Repository
+}
+
+// Open opens the mirror in o.Dir, creating it (bare) on first use.
+func Open(o Options) (*Mirror, error) {
+	if o.URL == "" {
+		return nil, errors.New("git: no URL")
+	}
+	if o.Branch == "" {
+		o.Branch = "main"
+	}
+	repo, err := git.PlainOpen(o.Dir)
+	if errors.Is(err, git.ErrRepositoryNotExists) {
+		if repo, err = git.PlainInit(o.Dir, true); err == nil {
+			_, err = repo.CreateRemote(&gitconfig.RemoteConfig{Name: "origin", URLs: []string{o.URL}})
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("git mirror %s: %w", o.Dir, err)
+	}
+	// The URL may have changed since the mirror was made.
+	if rc, err := repo.Remote("origin"); err == nil && (len(rc.Config().URLs) == 0 || rc.Config().URLs[0] != o.URL) {
+		repo.DeleteRemote("origin")
+		if _, err := repo.CreateRemote(&gitconfig.RemoteConfig{Name: "origin", URLs: []string{o.URL}}); err != nil {
+			return nil, fmt.Errorf("git mirror %s: %w", o.Dir, err)
+		}
+	}
+	return &Mirror{o: o, repo: repo}, nil
+}
+
+func (m *Mirror) auth() (transport.AuthMethod, error) {
+	switch {
+	case m.o.TokenFile != "":
+		b, err := os.ReadFile(m.o.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("git token: %w", err)
+		}
+		return &githttp.BasicAuth{Username: "microvm", Password: strings.TrimSpace(string(b))}, nil
+	case m.o.SSHKeyFile != "":
+		k, err := gitssh.NewPublicKeysFromFile("git", m.o.SSHKeyFile, "")
+		if err != nil {
+			return nil, fmt.Errorf("git ssh key %s: %w", m.o.SSHKeyFile, err)
+		}
+		return k, nil
+	}
+	return nil, nil
+}
+
+func (m *Mirror) remoteRef() plumbing.ReferenceName {
+	return plumbing.NewRemoteReferenceName("origin", m.o.Branch)
+}
+
+// Fetch force-fetches the branch and returns its head. A branch whose
+// history was rewritten is followed to its new head.
+func (m *Mirror) Fetch(ctx context.Context) (Commit, error) {
+	auth, err := m.auth()
+	if err != nil {
+		return Commit{}, err
+	}
+	spec := gitconfig.RefSpec(fmt.Sprintf("+refs/heads/%s:%s", m.o.Branch, m.remoteRef()))
+	err = m.repo.FetchContext(ctx, &git.FetchOptions{RemoteName: "origin", RefSpecs: []gitconfig.RefSpec{spec}, Auth: auth, Force: true, Tags: git.NoTags})
+	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
+		return Commit{}, fmt.Errorf("git fetch %s %s: %w", redact(m.o.URL), m.o.Branch, err)
+	}
+	ref, err := m.repo.Reference(m.remoteRef(), true)
+	if err != nil {
+		return Commit{}, fmt.Errorf("git: branch %s: %w", m.o.Branch, err)
+	}
+	return m.Commit(ref.Hash().String())
+}
+
+// Commit describes the commit hash.
+func (m *Mirror) Commit(hash string) (Commit, error) {
+	c, err := m.repo.CommitObject(plumbing.NewHash(hash))
+	if err != nil {
+		return Commit{}, fmt.Errorf("git: commit %s: %w", hash, err)
+	}
+	return Commit{Hash: c.Hash.String(), Message: strings.TrimSpace(c.Message), Author: c.Author.Name + " <" + c.Author.Email + ">",
+		Time: c.Author.When.UTC(), Signed: c.PGPSignature != ""}, nil
+}
+
+// ReadFile returns the file at path in commit hash.
+func (m *Mirror) ReadFile(hash, path string) ([]byte, error) {
+	c, err := m.repo.CommitObject(plumbing.NewHash(hash))
+	if err != nil {
+		return nil, fmt.Errorf("git: commit %s: %w", hash, err)
+	}
+	f, err := c.File(strings.TrimPrefix(path, "/"))
+	if err != nil {
+		return nil, fmt.Errorf("git: %s at %s: %w", path, short(hash), err)
+	}
+	s, err := f.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("git: %s at %s: %w", path, short(hash), err)
+	}
+	return []byte(s), nil
+}
+
+// commitObject is for Verify.
+func (m *Mirror) commitObject(hash string) (*object.Commit, error) {
+	return m.repo.CommitObject(plumbing.NewHash(hash))
+}
+
+// redact drops credentials from a URL before it is shown.
+func redact(u string) string {
+	if i := strings.Index(u, "://"); i >= 0 {
+		if j := strings.LastIndex(u[i+3:], "@"); j >= 0 && !strings.HasPrefix(u, "ssh://") {
+			return u[:i+3] + "***@" + u[i+3+j+1:]
+		}
+	}
+	return u
+}
+
+func short(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return h
+}
