@@ -69,12 +69,13 @@ func (l *daemonLab) cli(a ...string) (string, error) {
 	return string(out), err
 }
 
-func (l *daemonLab) startDaemon(file string) {
+func (l *daemonLab) startDaemon(file string, extra ...string) {
 	l.t.Helper()
 	args := []string{"daemon"}
 	if file != "" {
 		args = append(args, "--config", file)
 	}
+	args = append(args, extra...)
 	cmd := exec.Command(filepath.Join(shared.initDir, "microvm"), l.args(args...)...)
 	logf, err := os.OpenFile(filepath.Join(l.state, "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {

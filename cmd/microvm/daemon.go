@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 
 	"microvm.dev/microvm/internal/api"
 	"microvm.dev/microvm/internal/daemon"
+	"microvm.dev/microvm/internal/deploy"
 	"microvm.dev/microvm/internal/logging"
 	"microvm.dev/microvm/internal/supervisor"
 )
@@ -24,6 +26,7 @@ import (
 func (a *app) daemonCommand() *cobra.Command {
 	var o runOptions
 	var file, logFormat string
+	var g gitOptions
 	cmd := &cobra.Command{
 		Use:   "daemon --config FILE",
 		Short: "Run the daemon: apply the file, supervise the VMs, serve the API",
@@ -37,32 +40,56 @@ standard error otherwise (--log-format picks).`,
 		Example: "  microvm daemon --config /etc/microvm/infra.yaml",
 		Args:    exactArgs(0),
 		RunE: func(*cobra.Command, []string) error {
-			return a.runDaemon(file, logFormat, o)
+			return a.runDaemon(file, logFormat, o, g)
 		},
 	}
 	cmd.Flags().StringVar(&file, "config", "", "the config file to apply at start")
+	gitFlags(cmd, &g)
 	cmd.Flags().StringVar(&logFormat, "log-format", logging.FormatAuto, "auto (journald under systemd, else text), text, json or journald")
 	launchFlags(cmd, &o)
 	return cmd
 }
 
-func (a *app) runDaemon(file, logFormat string, o runOptions) error {
+func (a *app) runDaemon(file, logFormat string, o runOptions, g gitOptions) error {
 	log, _, err := logging.New(logFormat, a.stderr)
 	if err != nil {
 		return usageError{err}
+	}
+	if g.url != "" && file != "" {
+		return usagef("--config and --git-url exclude each other: in GitOps mode the file comes from the repository")
 	}
 	d, err := daemon.New(a.launchEnv(o), log)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var dep *deploy.Engine
+	if g.url != "" {
+		if dep, err = a.deployEngine(d, g, log); err != nil {
+			return err
+		}
+	}
 	ln, err := api.Listen(a.socket)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: api.Handler(d), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: api.Handler(d, dep), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	log.Info("listening", "socket", a.socket)
+	if dep != nil {
+		if err := a.serveWebhook(ctx, dep, g, log); err != nil {
+			srv.Close()
+			return err
+		}
+		go func() {
+			if err := dep.Recover(ctx); err != nil {
+				log.Error("recover the deployed generation", "err", err)
+			}
+			dep.Run(ctx)
+		}()
+	}
 	if file != "" {
 		data, err := os.ReadFile(file)
 		if err != nil {
@@ -84,6 +111,7 @@ func (a *app) runDaemon(file, logFormat string, o runOptions) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	s := <-sigs
 	log.Info("stopping the daemon; VMs keep running", "signal", s.String())
+	cancel()
 	srv.Close()
 	os.Remove(a.socket)
 	return nil

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"microvm.dev/microvm/internal/daemon"
+	"microvm.dev/microvm/internal/deploy"
 	"microvm.dev/microvm/internal/supervisor"
 )
 
@@ -28,9 +29,11 @@ const MaxBody = 4 << 20
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
 
-// Handler serves d's API.
-func Handler(d *daemon.Daemon) http.Handler {
+// Handler serves d's API; dep is the GitOps loop (nil when the daemon
+// applies a file instead, and the deploy endpoints answer 409).
+func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 	mux := http.NewServeMux()
+	deployRoutes(mux, dep)
 	sup := d.Supervisor()
 	mux.HandleFunc("GET /v1/vms", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, sup.List())
@@ -106,6 +109,65 @@ func Handler(d *daemon.Daemon) http.Handler {
 		streamFile(w, r, d.ConsoleLog(name), follow)
 	}))
 	return mux
+}
+
+// deployRoutes are the GitOps endpoints.
+func deployRoutes(mux *http.ServeMux, dep *deploy.Engine) {
+	with := func(h func(w http.ResponseWriter, r *http.Request)) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if dep == nil {
+				writeErr(w, http.StatusConflict, errors.New("the daemon is not deploying from git (start it with --git-url)"))
+				return
+			}
+			h(w, r)
+		}
+	}
+	mux.HandleFunc("GET /v1/deploy", with(func(w http.ResponseWriter, r *http.Request) {
+		st, err := dep.Status()
+		if err != nil {
+			writeErr(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	}))
+	mux.HandleFunc("GET /v1/deploy/history", with(func(w http.ResponseWriter, r *http.Request) {
+		h, err := dep.History()
+		if err != nil {
+			writeErr(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, h)
+	}))
+	mux.HandleFunc("POST /v1/deploy/trigger", with(func(w http.ResponseWriter, r *http.Request) {
+		dep.Trigger()
+		writeJSON(w, http.StatusAccepted, map[string]bool{"triggered": true})
+	}))
+	for path, on := range map[string]bool{"suspend": true, "resume": false} {
+		mux.HandleFunc("POST /v1/deploy/"+path, with(func(w http.ResponseWriter, r *http.Request) {
+			dep.Suspend(on)
+			writeJSON(w, http.StatusOK, map[string]bool{"suspended": on})
+		}))
+	}
+	mux.HandleFunc("POST /v1/deploy/rollback", with(func(w http.ResponseWriter, r *http.Request) {
+		n := 0
+		if s := r.URL.Query().Get("generation"); s != "" {
+			var err error
+			if n, err = strconv.Atoi(s); err != nil || n < 1 {
+				writeErr(w, http.StatusBadRequest, fmt.Errorf("generation %q is not a generation number", s))
+				return
+			}
+		}
+		g, err := dep.Rollback(r.Context(), n)
+		if err != nil && g == nil {
+			writeErr(w, http.StatusConflict, err)
+			return
+		}
+		code := http.StatusOK
+		if err != nil {
+			code = http.StatusInternalServerError
+		}
+		writeJSON(w, code, g)
+	}))
 }
 
 func withVM(h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {

@@ -32,7 +32,7 @@ func serve(t *testing.T) *Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: Handler(d), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: Handler(d, nil), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	if _, err := Listen(sock); err == nil || !strings.Contains(err.Error(), "already listening") {

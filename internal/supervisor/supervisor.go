@@ -49,19 +49,19 @@ const (
 
 // Status is what the supervisor knows about one VM.
 type Status struct {
-	Name        string     `json:"name"`
-	State       State      `json:"state"`
-	PID         int        `json:"pid,omitempty"`
-	StartedAt   time.Time  `json:"startedAt,omitzero"`
-	BootSeconds float64    `json:"bootSeconds,omitempty"`
+	Name        string    `json:"name"`
+	State       State     `json:"state"`
+	PID         int       `json:"pid,omitempty"`
+	StartedAt   time.Time `json:"startedAt,omitzero"`
+	BootSeconds float64   `json:"bootSeconds,omitempty"`
 	// PrepareSeconds is how long the last start took before the hypervisor
 	// ran: initramfs, keys, volumes, process start.
-	PrepareSeconds float64 `json:"prepareSeconds,omitempty"`
-	Restarts    int        `json:"restarts"`
-	LastExit    string     `json:"lastExit,omitempty"`
-	Failure     string     `json:"failure,omitempty"`
-	SpecHash    string     `json:"specHash"`
-	Spec        *config.VM `json:"spec"`
+	PrepareSeconds float64    `json:"prepareSeconds,omitempty"`
+	Restarts       int        `json:"restarts"`
+	LastExit       string     `json:"lastExit,omitempty"`
+	Failure        string     `json:"failure,omitempty"`
+	SpecHash       string     `json:"specHash"`
+	Spec           *config.VM `json:"spec"`
 }
 
 type vmProc struct {
@@ -81,16 +81,19 @@ type vmProc struct {
 
 // Supervisor owns the VM processes of one state directory.
 type Supervisor struct {
-	env launch.Env
-	dir state.Dir
-	log *slog.Logger
-	mu  sync.Mutex
-	vms map[string]*vmProc
+	// ReadyTimeout is how long a guest may take to report ready (default
+	// the package's ReadyTimeout; a GitOps daemon uses its health timeout).
+	ReadyTimeout time.Duration
+	env          launch.Env
+	dir          state.Dir
+	log          *slog.Logger
+	mu           sync.Mutex
+	vms          map[string]*vmProc
 }
 
 // New returns a supervisor for env's state directory.
 func New(env launch.Env, log *slog.Logger) *Supervisor {
-	return &Supervisor{env: env, dir: state.Dir{Root: env.StateDir}, log: log, vms: map[string]*vmProc{}}
+	return &Supervisor{ReadyTimeout: ReadyTimeout, env: env, dir: state.Dir{Root: env.StateDir}, log: log, vms: map[string]*vmProc{}}
 }
 
 // Adopt takes over the VMs whose run records name a live hypervisor
@@ -186,7 +189,7 @@ func (s *Supervisor) boot(name string, v *vmProc) error {
 			}
 			go s.watch(name, v, gen)
 			var ready error
-			if _, ready = r.WaitReady(ReadyTimeout, nil); ready == nil {
+			if _, ready = r.WaitReady(s.ReadyTimeout, nil); ready == nil {
 				s.mu.Lock()
 				if v.gen == gen && v.state == Starting {
 					v.state, v.boot = Running, time.Since(r.Started)

@@ -62,7 +62,7 @@ func Dial(stateDir, vm, addr, nsPath string, timeout time.Duration) (*ssh.Client
 		return nil, err
 	}
 	hostport := net.JoinHostPort(addr, "22")
-	conn, err := dialIn(nsPath, hostport, timeout)
+	conn, err := DialIn(nsPath, hostport, timeout)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s (%s): %w", vm, hostport, err)
 	}
@@ -79,9 +79,10 @@ func Dial(stateDir, vm, addr, nsPath string, timeout time.Duration) (*ssh.Client
 	return ssh.NewClient(c, chans, reqs), nil
 }
 
-// dialIn dials from inside the namespace: the socket belongs to the
+// DialIn dials addr over TCP from inside the network namespace nsPath
+// ("" = this one): the socket belongs to the
 // namespace it was created in, whatever thread uses it afterwards.
-func dialIn(nsPath, addr string, timeout time.Duration) (net.Conn, error) {
+func DialIn(nsPath, addr string, timeout time.Duration) (net.Conn, error) {
 	if nsPath == "" {
 		return net.DialTimeout("tcp", addr, timeout)
 	}

@@ -1,0 +1,252 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"microvm.dev/microvm/internal/deploy"
+	"microvm.dev/microvm/internal/generation"
+	"microvm.dev/microvm/internal/supervisor"
+)
+
+// gitRepo is a bare remote and a working clone on disk.
+type gitRepo struct {
+	t            *testing.T
+	remote, work string
+}
+
+func newGitRepo(t *testing.T) *gitRepo {
+	t.Helper()
+	dir := t.TempDir()
+	r := &gitRepo{t: t, remote: filepath.Join(dir, "fleet.git"), work: filepath.Join(dir, "work")}
+	r.git(dir, "init", "-q", "--bare", "-b", "main", r.remote)
+	r.git(dir, "clone", "-q", r.remote, r.work)
+	r.git(r.work, "checkout", "-q", "-b", "main")
+	return r
+}
+
+func (r *gitRepo) git(dir string, args ...string) string {
+	r.t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=Ops", "GIT_AUTHOR_EMAIL=ops@example.com",
+		"GIT_COMMITTER_NAME=Ops", "GIT_COMMITTER_EMAIL=ops@example.com", "GIT_CONFIG_GLOBAL=/dev/null")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		r.t.Fatalf("git %v: %v\n%s", args, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// push commits infra.yaml with content and pushes it; it returns the hash.
+func (r *gitRepo) push(content, msg string) string {
+	r.t.Helper()
+	os.WriteFile(filepath.Join(r.work, "infra.yaml"), []byte(content), 0o644)
+	r.git(r.work, "add", "infra.yaml")
+	r.git(r.work, "commit", "-q", "-m", msg)
+	r.git(r.work, "push", "-q", "-f", "origin", "main")
+	return r.git(r.work, "rev-parse", "HEAD")
+}
+
+func (l *daemonLab) deployStatus() deploy.Status {
+	l.t.Helper()
+	out, err := l.cli("deploy", "status", "-o", "json")
+	if err != nil {
+		l.t.Fatalf("deploy status: %v\n%s", err, out)
+	}
+	var st deploy.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		l.t.Fatalf("deploy status: %v\n%s", err, out)
+	}
+	return st
+}
+
+// waitGeneration triggers a fetch and waits until generation n is final.
+func (l *daemonLab) waitGeneration(n int, timeout time.Duration) *generation.Generation {
+	l.t.Helper()
+	l.cli("deploy", "trigger")
+	deadline := time.Now().Add(timeout)
+	for {
+		st := l.deployStatus()
+		if g := st.Last; g != nil && g.Number == n && g.Status != generation.Applying {
+			return g
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("generation %d not final within %s: %+v\ndaemon log:\n%s", n, timeout, st.Last, l.log())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+const gitFleet = `defaults: { vcpu: 1, memory: 256M, stopTimeout: 10s }
+vms:
+  a: { index: 1 }
+  b: { index: 2, memory: %s%s }
+`
+
+func fleetFile(bMemory, bExtra string) string {
+	return strings.Replace(strings.Replace(gitFleet, "%s%s", bMemory+bExtra, 1), "%s", "", 1)
+}
+
+// TestGitOpsDeploys drives the real daemon from a real git repository:
+// a commit that changes one VM restarts that VM only; an invalid commit is
+// refused with the fleet untouched; a commit whose VM never passes its
+// health check is rolled back automatically; the hook sees the documented
+// environment; the daemon killed with -9 in the middle of a deploy
+// completes it (or rolls it back) when it starts again; with signatures
+// required an unsigned commit is refused.
+func TestGitOpsDeploys(t *testing.T) {
+	requireGuestEnv(t)
+	requireGit(t)
+	repo := newGitRepo(t)
+	l := newDaemonLab(t, "gitops")
+	hookOut := filepath.Join(l.state, "hook.env")
+	hook := `env | grep ^MICROVM_ | sort > ` + hookOut + `.tmp && mv ` + hookOut + `.tmp ` + hookOut
+	daemonArgs := []string{"--git-url", repo.remote, "--git-interval", "1h", "--health-timeout", "25s", "--post-deploy-hook", hook}
+
+	first := repo.push(fleetFile("256M", ""), "two VMs")
+	l.startDaemon("", daemonArgs...)
+	g1 := l.waitGeneration(1, 3*time.Minute)
+	if g1.Status != generation.Succeeded || g1.Commit.Hash != first {
+		t.Fatalf("generation 1 = %+v", g1)
+	}
+	vms := l.waitFor("both VMs running", time.Minute, func(m map[string]supervisor.Status) bool {
+		return m["a"].State == supervisor.Running && m["b"].State == supervisor.Running
+	})
+	hookEnv := waitFile(t, hookOut, first)
+	for _, want := range []string{"MICROVM_GIT_SHA=" + first, "MICROVM_GIT_REF=main", "MICROVM_GIT_MSG=two VMs", "MICROVM_GENERATION=1",
+		"MICROVM_STATUS=succeeded", "MICROVM_ERROR=", "MICROVM_VMS_ACTIVE=2", "MICROVM_VMS_TOTAL=2"} {
+		if !strings.Contains(hookEnv, want+"\n") {
+			t.Errorf("hook environment lacks %s:\n%s", want, hookEnv)
+		}
+	}
+
+	// One VM changed: only it restarts.
+	second := repo.push(fleetFile("320M", ""), "more memory for b")
+	if g := l.waitGeneration(2, 3*time.Minute); g.Status != generation.Succeeded {
+		t.Fatalf("generation 2 = %+v", g)
+	}
+	after := l.list()
+	if after["a"].PID != vms["a"].PID {
+		t.Errorf("a restarted (pid %d → %d) though it did not change", vms["a"].PID, after["a"].PID)
+	}
+	if after["b"].PID == vms["b"].PID || after["b"].Spec.Memory.MiB() != 320 {
+		t.Errorf("b was not restarted with 320M: %+v", after["b"])
+	}
+	waitFile(t, hookOut, second)
+
+	// An invalid commit changes nothing.
+	repo.push(fleetFile("320M", ", bogus: 1"), "typo")
+	g3 := l.waitGeneration(3, time.Minute)
+	if g3.Status != generation.Failed || !strings.Contains(g3.Error, "bogus") {
+		t.Errorf("generation 3 = %s %q", g3.Status, g3.Error)
+	}
+	if now := l.list(); now["a"].PID != after["a"].PID || now["b"].PID != after["b"].PID {
+		t.Error("an invalid commit restarted VMs")
+	}
+	if st := l.deployStatus(); st.Current == nil || st.Current.Number != 2 {
+		t.Errorf("current = %+v, want generation 2", st.Current)
+	}
+
+	// A VM that never passes its health check: rolled back to generation 2.
+	repo.push(fleetFile("288M", ", healthCheck: { tcp: 9 }"), "b must answer on 9")
+	g4 := l.waitGeneration(4, 3*time.Minute)
+	if g4.Status != generation.RolledBack || g4.RolledBackTo != 2 || !strings.Contains(g4.Error, "not healthy") {
+		t.Errorf("generation 4 = %s to %d: %q", g4.Status, g4.RolledBackTo, g4.Error)
+	}
+	rolled := l.waitFor("b back on generation 2", time.Minute, func(m map[string]supervisor.Status) bool {
+		return m["b"].State == supervisor.Running && m["b"].Spec.Memory.MiB() == 320
+	})
+	if rolled["a"].PID != after["a"].PID {
+		t.Error("the rollback restarted a")
+	}
+	if env := waitFile(t, hookOut, "MICROVM_GENERATION=4"); !strings.Contains(env, "MICROVM_STATUS=rolled-back\n") {
+		t.Errorf("hook after the rollback:\n%s", env)
+	}
+
+	// kill -9 in the middle of a deploy: the next daemon completes it.
+	fifth := repo.push(fleetFile("352M", ""), "b grows again")
+	l.cli("deploy", "trigger")
+	genFile := filepath.Join(l.state, "generations", "5.json")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var g generation.Generation
+		if b, err := os.ReadFile(genFile); err == nil && json.Unmarshal(b, &g) == nil && g.Status == generation.Applying {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("generation 5 never started applying; log:\n%s", l.log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	l.daemon.Process.Kill()
+	l.daemon.Wait()
+	l.startDaemon("", daemonArgs...)
+	deadline = time.Now().Add(3 * time.Minute)
+	for {
+		st := l.deployStatus()
+		if st.Last != nil && st.Last.Number == 5 && st.Last.Status != generation.Applying {
+			if st.Last.Status != generation.Succeeded || st.Current.Commit.Hash != fifth {
+				t.Errorf("the interrupted deploy ended %s: %q", st.Last.Status, st.Last.Error)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the interrupted deploy did not finish; log:\n%s", l.log())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	final := l.waitFor("the fleet on generation 5", time.Minute, func(m map[string]supervisor.Status) bool {
+		return m["a"].State == supervisor.Running && m["b"].State == supervisor.Running && m["b"].Spec.Memory.MiB() == 352
+	})
+	if final["a"].PID != after["a"].PID {
+		t.Error("a was restarted across the interrupted deploy")
+	}
+
+	// Signatures required: an unsigned commit is refused, the fleet stays.
+	l.daemon.Process.Kill()
+	l.daemon.Wait()
+	keys := filepath.Join(l.state, "allowed_signers")
+	os.WriteFile(keys, []byte("ops@example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGlrmKfA6K/ZhnXWFg/3+2cXLTlKQKp8mVYiFKsZLmDM\n"), 0o644)
+	l.startDaemon("", append(daemonArgs, "--require-signed-by", keys)...)
+	repo.push(fleetFile("384M", ""), "unsigned change")
+	g6 := l.waitGeneration(6, time.Minute)
+	if g6.Status != generation.Failed || !strings.Contains(g6.Error, "not signed") {
+		t.Errorf("generation 6 = %s %q", g6.Status, g6.Error)
+	}
+	if now := l.list(); now["b"].PID != final["b"].PID || now["b"].Spec.Memory.MiB() != 352 {
+		t.Error("an unsigned commit changed the fleet")
+	}
+
+	out, err := l.cli("deploy", "history")
+	if err != nil || !strings.Contains(out, "rolled-back") || !strings.Contains(out, "b must answer on 9") {
+		t.Errorf("history: %v\n%s", err, out)
+	}
+}
+
+func requireGit(t *testing.T) {
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("git is not installed")
+	}
+}
+
+// waitFile waits until path exists and contains want, and returns it.
+func waitFile(t *testing.T, path, want string) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, _ := os.ReadFile(path)
+		if strings.Contains(string(b), want) {
+			return string(b)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not contain %q:\n%s", path, want, b)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

@@ -1,0 +1,514 @@
+// Package deploy is the daemon's GitOps loop: it fetches the fleet's git
+// branch on an interval and on demand, turns each new commit into a
+// generation, checks its signature and its config, applies it (only the
+// VMs that changed restart), health-checks the VMs it started and rolls
+// back to the last good generation when they fail, and runs a post-deploy
+// hook. A deploy interrupted by a crash is completed or rolled back when
+// the daemon starts again.
+package deploy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/daemon"
+	"microvm.dev/microvm/internal/generation"
+	"microvm.dev/microvm/internal/gitsync"
+	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/vmssh"
+)
+
+// Options configure the loop.
+type Options struct {
+	// Mirror is the repository; Branch and Path say what is deployed.
+	Mirror *gitsync.Mirror
+	Branch string
+	Path   string
+	// Interval between polls (default 60 s).
+	Interval time.Duration
+	// HealthTimeout is how long changed and new VMs have to become ready
+	// and pass their health checks (default 120 s).
+	HealthTimeout time.Duration
+	// Keys, when set, are the only signers whose commits are deployed.
+	Keys *gitsync.Keys
+	// Hook is a shell command run after every deploy (optional).
+	Hook string
+	// HostName picks this host's VMs when the file names hosts.
+	HostName string
+	// NetNS is where health checks are made from ("" = here).
+	NetNS string
+}
+
+// Engine runs deploys for one daemon.
+type Engine struct {
+	d    *daemon.Daemon
+	gens *generation.Store
+	o    Options
+	log  *slog.Logger
+
+	deploying sync.Mutex // one deploy at a time
+	trigger   chan struct{}
+	hooks     sync.WaitGroup
+
+	mu        sync.Mutex
+	suspended bool
+	nextPoll  time.Time
+	lastFetch time.Time
+	fetchErr  string
+	failures  int
+	lastHead  string
+}
+
+// New returns the engine; Start runs it.
+func New(d *daemon.Daemon, gens *generation.Store, o Options, log *slog.Logger) *Engine {
+	if o.Interval <= 0 {
+		o.Interval = time.Minute
+	}
+	if o.HealthTimeout <= 0 {
+		o.HealthTimeout = 2 * time.Minute
+	}
+	if o.Branch == "" {
+		o.Branch = "main"
+	}
+	return &Engine{d: d, gens: gens, o: o, log: log.With("component", "deploy"), trigger: make(chan struct{}, 1)}
+}
+
+// Recover puts the host back in a known state at start: a deploy that was
+// interrupted is completed (and health-checked, so it may roll back); else
+// the last good generation is applied (adopted VMs keep running).
+func (e *Engine) Recover(ctx context.Context) error {
+	e.deploying.Lock()
+	defer e.deploying.Unlock()
+	gens, err := e.gens.List()
+	if err != nil {
+		return err
+	}
+	latest := generation.Latest(gens)
+	if latest != nil && latest.Status == generation.Applying {
+		e.log.Warn("completing a deploy interrupted by a restart", "generation", latest.Number, "commit", short(latest.Commit.Hash))
+		e.finish(ctx, latest, gens)
+		return nil
+	}
+	if good := generation.LastGood(gens); good != nil {
+		cfg, err := e.parse(good)
+		if err != nil {
+			return fmt.Errorf("generation %d: %w", good.Number, err)
+		}
+		if _, err := e.d.Apply(label(good), cfg); err != nil {
+			e.log.Error("re-applying the running generation", "generation", good.Number, "err", err)
+		}
+	}
+	return nil
+}
+
+// Run polls until ctx ends: every Interval, on Trigger, and with backoff
+// (up to the interval) while the remote cannot be reached.
+func (e *Engine) Run(ctx context.Context) {
+	for {
+		e.mu.Lock()
+		suspended := e.suspended
+		e.mu.Unlock()
+		if !suspended {
+			if _, err := e.Sync(ctx); err != nil && ctx.Err() == nil {
+				e.log.Error("deploy", "err", err)
+			}
+		}
+		wait := e.o.Interval
+		e.mu.Lock()
+		if e.failures > 0 {
+			wait = min(e.o.Interval, time.Second<<min(e.failures, 6))
+		}
+		e.nextPoll = time.Now().Add(wait)
+		e.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			e.hooks.Wait()
+			return
+		case <-time.After(wait):
+		case <-e.trigger:
+		}
+	}
+}
+
+// Trigger asks for a fetch now.
+func (e *Engine) Trigger() {
+	select {
+	case e.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Suspend stops polling (a manual trigger or rollback still works).
+func (e *Engine) Suspend(on bool) {
+	e.mu.Lock()
+	e.suspended = on
+	e.mu.Unlock()
+	e.log.Info("polling", "suspended", on)
+}
+
+// Sync fetches the branch and deploys its head if no generation tried it
+// yet. It returns the new generation, or nil when there was nothing new.
+func (e *Engine) Sync(ctx context.Context) (*generation.Generation, error) {
+	head, err := e.o.Mirror.Fetch(ctx)
+	e.mu.Lock()
+	e.lastFetch = time.Now()
+	if err != nil {
+		e.failures++
+		e.fetchErr = err.Error()
+		e.mu.Unlock()
+		return nil, err
+	}
+	e.failures, e.fetchErr, e.lastHead = 0, "", head.Hash
+	e.mu.Unlock()
+	e.deploying.Lock()
+	defer e.deploying.Unlock()
+	gens, err := e.gens.List()
+	if err != nil {
+		return nil, err
+	}
+	if latest := generation.Latest(gens); latest != nil && latest.Commit.Hash == head.Hash {
+		return nil, nil // already tried (succeeded, refused or rolled back)
+	}
+	return e.deploy(ctx, head, gens)
+}
+
+// deploy makes a generation of commit c and applies it.
+func (e *Engine) deploy(ctx context.Context, c gitsync.Commit, gens []*generation.Generation) (*generation.Generation, error) {
+	g := &generation.Generation{Number: generation.Next(gens), Commit: c, Ref: e.o.Branch, Path: e.o.Path, Started: time.Now().UTC()}
+	log := e.log.With("generation", g.Number, "commit", short(c.Hash))
+	refuse := func(err error) (*generation.Generation, error) {
+		g.Status, g.Error, g.Finished = generation.Failed, err.Error(), time.Now().UTC()
+		g.VMsTotal, g.VMsActive = e.counts(nil)
+		if serr := e.gens.Save(g); serr != nil {
+			return g, serr
+		}
+		log.Error("refused; the running generation stays", "err", err)
+		e.hook(g)
+		return g, err
+	}
+	if e.o.Keys != nil {
+		who, err := e.o.Mirror.Verify(c.Hash, e.o.Keys)
+		if err != nil {
+			return refuse(fmt.Errorf("signature: %w", err))
+		}
+		g.Signer = who
+	}
+	data, err := e.o.Mirror.ReadFile(c.Hash, e.o.Path)
+	if err != nil {
+		return refuse(err)
+	}
+	g.Config = string(data)
+	if _, err := e.parse(g); err != nil {
+		return refuse(err)
+	}
+	g.Status = generation.Applying
+	if err := e.gens.Save(g); err != nil {
+		return g, err
+	}
+	log.Info("deploying", "message", firstLine(c.Message), "author", c.Author)
+	e.finish(ctx, g, gens)
+	if g.Status != generation.Succeeded {
+		return g, errors.New(g.Error)
+	}
+	return g, nil
+}
+
+// finish applies g (already saved as applying), health-checks it and
+// records the outcome, rolling back to the last good generation on failure.
+func (e *Engine) finish(ctx context.Context, g *generation.Generation, gens []*generation.Generation) {
+	log := e.log.With("generation", g.Number, "commit", short(g.Commit.Hash))
+	cfg, err := e.parse(g)
+	var res *daemon.ApplyResult
+	if err == nil {
+		res, err = e.d.Apply(label(g), cfg)
+	}
+	if err == nil {
+		err = e.healthy(ctx, cfg, res)
+	}
+	g.Finished = time.Now().UTC()
+	if err == nil {
+		g.Status = generation.Succeeded
+		g.VMsTotal, g.VMsActive = e.counts(cfg)
+		if serr := e.gens.Save(g); serr != nil {
+			log.Error("record generation", "err", serr)
+		}
+		log.Info("deployed", "seconds", g.Finished.Sub(g.Started).Seconds())
+		e.hook(g)
+		return
+	}
+	g.Error = err.Error()
+	prev := generation.LastGood(gens)
+	if prev != nil && prev.Number != g.Number {
+		log.Error("unhealthy; rolling back", "err", err, "to", prev.Number)
+		pcfg, perr := e.parse(prev)
+		if perr == nil {
+			_, perr = e.d.Apply(label(prev), pcfg)
+		}
+		g.Status, g.RolledBackTo = generation.RolledBack, prev.Number
+		if perr != nil {
+			g.Error += "; the rollback failed too: " + perr.Error()
+		}
+		g.VMsTotal, g.VMsActive = e.counts(pcfg)
+	} else {
+		log.Error("failed, with no earlier generation to go back to", "err", err)
+		g.Status = generation.Failed
+		g.VMsTotal, g.VMsActive = e.counts(cfg)
+	}
+	if serr := e.gens.Save(g); serr != nil {
+		log.Error("record generation", "err", serr)
+	}
+	e.hook(g)
+}
+
+// Rollback applies generation n (default: the newest succeeded one before
+// the running one) by hand, recording it as a new generation.
+func (e *Engine) Rollback(ctx context.Context, n int) (*generation.Generation, error) {
+	e.deploying.Lock()
+	defer e.deploying.Unlock()
+	gens, err := e.gens.List()
+	if err != nil {
+		return nil, err
+	}
+	var target *generation.Generation
+	if n > 0 {
+		if target, err = e.gens.Get(n); err != nil {
+			return nil, err
+		}
+	} else {
+		cur := generation.LastGood(gens)
+		for i := len(gens) - 1; i >= 0 && target == nil; i-- {
+			if gens[i].Status == generation.Succeeded && (cur == nil || gens[i].Number != cur.Number) {
+				target = gens[i]
+			}
+		}
+		if target == nil {
+			return nil, errors.New("no earlier good generation to roll back to")
+		}
+	}
+	g := &generation.Generation{Number: generation.Next(gens), Commit: target.Commit, Ref: target.Ref, Signer: target.Signer,
+		Path: target.Path, Config: target.Config, Started: time.Now().UTC(), Status: generation.Applying}
+	if err := e.gens.Save(g); err != nil {
+		return nil, err
+	}
+	e.log.Info("rolling back by hand", "to", target.Number, "generation", g.Number)
+	e.finish(ctx, g, gens)
+	if g.Status != generation.Succeeded {
+		return g, errors.New(g.Error)
+	}
+	return g, nil
+}
+
+func (e *Engine) parse(g *generation.Generation) (*config.Config, error) {
+	cfg, err := e.d.Parse(g.Path, []byte(g.Config))
+	if err != nil {
+		return nil, err
+	}
+	return cfg.ForHost(e.o.HostName), nil
+}
+
+// healthy waits for every VM the apply started to be running and to pass
+// its health check, within the health timeout.
+func (e *Engine) healthy(ctx context.Context, cfg *config.Config, res *daemon.ApplyResult) error {
+	deadline := time.Now().Add(e.o.HealthTimeout)
+	for _, a := range res.VMs {
+		if a.Action != "created" && a.Action != "restarted" && a.Action != "started" {
+			continue
+		}
+		vm := cfg.VM(a.Name)
+		if vm == nil {
+			continue
+		}
+		for {
+			err := e.check(vm)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return fmt.Errorf("%s is not healthy after %s: %w", vm.Name, e.o.HealthTimeout, err)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	return nil
+}
+
+// check is one health check of vm: running, and its check passing.
+func (e *Engine) check(vm *config.VM) error {
+	st, ok := e.d.Supervisor().Status(vm.Name)
+	if !ok || st.State != supervisor.Running {
+		state := "unknown"
+		if ok {
+			state = string(st.State)
+		}
+		return fmt.Errorf("state %s", state)
+	}
+	hc := vm.Supervision.HealthCheck
+	if hc == nil {
+		return nil
+	}
+	port := hc.TCP
+	if hc.HTTP != 0 {
+		port = hc.HTTP
+	}
+	addr := net.JoinHostPort(vm.Net.Address.String(), strconv.Itoa(port))
+	conn, err := vmssh.DialIn(e.o.NetNS, addr, 3*time.Second)
+	if err != nil {
+		return fmt.Errorf("tcp %s: %w", addr, err)
+	}
+	defer conn.Close()
+	if hc.HTTP == 0 {
+		return nil
+	}
+	path := hc.Path
+	if path == "" {
+		path = "/"
+	}
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(conn, "GET %s HTTP/1.0\r\nHost: %s\r\nUser-Agent: microvm-health\r\n\r\n", path, vm.Name)
+	resp, err := http.ReadResponse(bufioReader(conn), nil)
+	if err != nil {
+		return fmt.Errorf("http %s%s: %w", addr, path, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode >= 400 {
+		return fmt.Errorf("http %s%s: %s", addr, path, resp.Status)
+	}
+	return nil
+}
+
+// counts is how many of cfg's VMs there are and how many run.
+func (e *Engine) counts(cfg *config.Config) (total, active int) {
+	for _, st := range e.d.Supervisor().List() {
+		if st.State == supervisor.Running {
+			active++
+		}
+	}
+	if cfg != nil {
+		total = len(cfg.VMs)
+	} else {
+		total = len(e.d.Supervisor().List())
+	}
+	return total, active
+}
+
+// hook runs the post-deploy hook in the background with the deploy's facts
+// in its environment; its failure is logged and never blocks a deploy.
+func (e *Engine) hook(g *generation.Generation) {
+	if e.o.Hook == "" {
+		return
+	}
+	env := append(os.Environ(),
+		"MICROVM_GIT_SHA="+g.Commit.Hash,
+		"MICROVM_GIT_REF="+g.Ref,
+		"MICROVM_GIT_MSG="+g.Commit.Message,
+		"MICROVM_GENERATION="+strconv.Itoa(g.Number),
+		"MICROVM_STATUS="+hookStatus(g.Status),
+		"MICROVM_ERROR="+g.Error,
+		"MICROVM_VMS_ACTIVE="+strconv.Itoa(g.VMsActive),
+		"MICROVM_VMS_TOTAL="+strconv.Itoa(g.VMsTotal),
+	)
+	e.hooks.Add(1)
+	go func() {
+		defer e.hooks.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "sh", "-c", e.o.Hook)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			e.log.Error("post-deploy hook failed", "generation", g.Number, "err", err, "output", strings.TrimSpace(string(out)))
+			return
+		}
+		e.log.Info("post-deploy hook ran", "generation", g.Number)
+	}()
+}
+
+// WaitHooks waits for running hooks (tests and shutdown).
+func (e *Engine) WaitHooks() { e.hooks.Wait() }
+
+func hookStatus(s generation.Status) string {
+	if s == generation.Applying {
+		return "failed"
+	}
+	return string(s)
+}
+
+// Status is what `microvm deploy status` shows.
+type Status struct {
+	Branch     string                 `json:"branch"`
+	Path       string                 `json:"path"`
+	Current    *generation.Generation `json:"current,omitempty"`
+	LastGood   *generation.Generation `json:"lastGood,omitempty"`
+	Last       *generation.Generation `json:"lastAttempt,omitempty"`
+	RemoteHead string                 `json:"remoteHead,omitempty"`
+	LastFetch  time.Time              `json:"lastFetch,omitzero"`
+	FetchErr   string                 `json:"fetchError,omitempty"`
+	NextPoll   time.Time              `json:"nextPoll,omitzero"`
+	Suspended  bool                   `json:"suspended"`
+}
+
+// Status reports the loop's state. Current is the generation the fleet
+// runs: the last good one (a rolled-back attempt put it back).
+func (e *Engine) Status() (Status, error) {
+	gens, err := e.gens.List()
+	if err != nil {
+		return Status{}, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st := Status{Branch: e.o.Branch, Path: e.o.Path, LastGood: generation.LastGood(gens), Last: generation.Latest(gens),
+		RemoteHead: e.lastHead, LastFetch: e.lastFetch, FetchErr: e.fetchErr, NextPoll: e.nextPoll, Suspended: e.suspended}
+	st.Current = st.LastGood
+	for _, g := range []*generation.Generation{st.Current, st.LastGood, st.Last} {
+		if g != nil {
+			g.Config = "" // not needed for status; history has it
+		}
+	}
+	return st, nil
+}
+
+// History lists the retained generations, newest first.
+func (e *Engine) History() ([]*generation.Generation, error) {
+	gens, err := e.gens.List()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*generation.Generation, 0, len(gens))
+	for i := len(gens) - 1; i >= 0; i-- {
+		out = append(out, gens[i])
+	}
+	return out, nil
+}
+
+func label(g *generation.Generation) string {
+	return fmt.Sprintf("%s@%s (generation %d)", g.Path, short(g.Commit.Hash), g.Number)
+}
+
+func short(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return h
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}
+
+func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
