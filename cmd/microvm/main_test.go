@@ -203,7 +203,8 @@ func TestRenderRunner(t *testing.T) {
 func TestClientVerbsWithoutDaemon(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "none.sock")
 	f := writeFile(t, "vms: {}")
-	for _, args := range [][]string{{"list"}, {"status", "a"}, {"start", "a"}, {"stop", "a"}, {"restart", "a"}, {"logs", "a"}, {"rm", "a"}, {"apply", "-f", f}} {
+	for _, args := range [][]string{{"list"}, {"status", "a"}, {"start", "a"}, {"stop", "a"}, {"restart", "a"}, {"logs", "a"}, {"rm", "a"}, {"apply", "-f", f},
+		{"deploy", "status"}, {"deploy", "history"}, {"deploy", "trigger"}, {"deploy", "rollback"}, {"deploy", "suspend"}, {"deploy", "resume"}} {
 		code, _, errOut := runCLI(t, append(args, "--socket", sock)...)
 		if code != 1 || !strings.Contains(errOut, "no daemon is listening on "+sock) {
 			t.Errorf("%v: exit %d, %q", args, code, errOut)
@@ -292,5 +293,17 @@ func TestImageVerbs(t *testing.T) {
 	}
 	if code, _, _ := runCLI(t, "image", "--state-dir", st); code != 2 {
 		t.Errorf("image without subcommand: exit %d", code)
+	}
+}
+
+func TestDeployUsage(t *testing.T) {
+	if code, _, _ := runCLI(t, "deploy"); code != 2 {
+		t.Errorf("deploy without a subcommand: exit %d", code)
+	}
+	if code, _, errOut := runCLI(t, "deploy", "rollback", "two"); code != 2 || !strings.Contains(errOut, "not a generation number") {
+		t.Errorf("rollback two: exit %d %q", code, errOut)
+	}
+	if code, _, errOut := runCLI(t, "daemon", "--config", "x.yaml", "--git-url", "/tmp/r.git", "--socket", filepath.Join(t.TempDir(), "s")); code != 2 || !strings.Contains(errOut, "exclude each other") {
+		t.Errorf("daemon with both sources: exit %d %q", code, errOut)
 	}
 }
