@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/verify"
 )
 
@@ -17,8 +18,13 @@ func (a *app) verifyCommand() *cobra.Command {
 		Long: `Verify checks that this host has what the file's VMs need: each hypervisor
 binary the file names, each VM's kernel (and that its hypervisor can boot it),
 how the store reaches guests (virtiofsd where needed), mkfs.ext4, nft, and
-cgroups for VMs with limits. Each check prints its evidence; the exit status
-is 1 when any check fails.`,
+cgroups for VMs with limits. With a daemon running the file, it then checks
+the live fleet: bridges and their gateways, forwarding, NAT, every VM
+running and answering over SSH with its hostname, vCPUs and memory, reaching
+its gateway and the host's default gateway, unable to reach the other VMs
+(except allowed pairs), a read-only store, a tmpfs /var, its volumes
+mounted, and its declared ports answering from the host. Each check prints
+its evidence; the exit status is 1 when any check fails.`,
 		Example: "  microvm verify -f examples/reference/infra.yaml\n  microvm verify -f infra.yaml -o json",
 		Args:    exactArgs(0),
 		RunE: func(*cobra.Command, []string) error {
@@ -26,7 +32,21 @@ is 1 when any check fails.`,
 			if err != nil {
 				return err
 			}
-			results := verify.Run(verify.Prerequisites(cfg, a.launchEnv(o), nil))
+			checks := verify.Prerequisites(cfg, a.launchEnv(o), nil)
+			var vms []supervisor.Status
+			if err := a.client().Do("GET", "/v1/vms", nil, &vms); err != nil {
+				checks = append(checks, verify.Check{Name: "live fleet", Run: func() (verify.Status, string) {
+					return verify.Skip, err.Error()
+				}})
+			} else {
+				byName := map[string]supervisor.Status{}
+				for _, v := range vms {
+					byName[v.Name] = v
+				}
+				checks = append(checks, verify.Live(verify.Fleet{Config: cfg, StateDir: a.stateDir, NetNS: a.netns,
+					Status: func(n string) (supervisor.Status, bool) { st, ok := byName[n]; return st, ok }})...)
+			}
+			results := verify.Run(checks)
 			failed := verify.Failed(results)
 			if a.output == "json" {
 				if err := a.printJSON(map[string]any{"results": results, "failed": failed}); err != nil {

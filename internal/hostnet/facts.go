@@ -45,6 +45,25 @@ func (h *Host) DefaultRouteInterface() (string, error) {
 	return link.Attrs().Name, nil
 }
 
+// DefaultGateway is the next hop of the IPv4 default route, if it has one.
+func (h *Host) DefaultGateway() (string, error) {
+	routes, err := h.nl.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return "", fmt.Errorf("list routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst != nil {
+			if ones, _ := r.Dst.Mask.Size(); ones != 0 {
+				continue
+			}
+		}
+		if r.Gw != nil {
+			return r.Gw.String(), nil
+		}
+	}
+	return "", ErrNoDefaultRoute
+}
+
 // ResolveUplink returns the uplink the config names, finding it from the
 // default route for "auto" and checking that it exists otherwise.
 func (h *Host) ResolveUplink(hc config.Host) (string, error) {

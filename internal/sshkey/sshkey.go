@@ -11,30 +11,22 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/crypto/ssh"
-
-	"microvm.dev/microvm/internal/state"
 )
 
 // Ensure loads the private key at path, generating it (mode 0600) first if
-// it does not exist. It returns the key's signer and PEM text.
+// it does not exist. It returns the key's signer and PEM text. Callers
+// racing to create the same key (VMs booting in parallel) all get the one
+// that was written first: a new key is linked into place, never renamed
+// over an existing one.
 func Ensure(path, comment string) (ssh.Signer, []byte, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		_, priv, gerr := ed25519.GenerateKey(rand.Reader)
-		if gerr != nil {
-			return nil, nil, fmt.Errorf("generate key: %w", gerr)
-		}
-		block, merr := ssh.MarshalPrivateKey(priv, comment)
-		if merr != nil {
-			return nil, nil, fmt.Errorf("encode key: %w", merr)
-		}
-		data = pem.EncodeToMemory(block)
-		if werr := state.WriteFile(path, data, 0o600); werr != nil {
-			return nil, nil, werr
-		}
-	} else if err != nil {
+		data, err = create(path, comment)
+	}
+	if err != nil {
 		return nil, nil, fmt.Errorf("read key: %w", err)
 	}
 	signer, err := ssh.ParsePrivateKey(data)
@@ -42,6 +34,49 @@ func Ensure(path, comment string) (ssh.Signer, []byte, error) {
 		return nil, nil, fmt.Errorf("key %s is corrupt: %w", path, err)
 	}
 	return signer, data, nil
+}
+
+// create writes a new key to path unless one appears there first, and
+// returns the key that is there.
+func create(path, comment string) ([]byte, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate key: %w", err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, comment)
+	if err != nil {
+		return nil, fmt.Errorf("encode key: %w", err)
+	}
+	data := pem.EncodeToMemory(block)
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".new-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("write key %s: %w", path, err)
+	}
+	if err := os.Link(tmp.Name(), path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return os.ReadFile(path) // another caller's key won
+		}
+		return nil, fmt.Errorf("write key %s: %w", path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return data, nil
 }
 
 // AuthorizedLine is the public key in authorized_keys format.

@@ -1,0 +1,320 @@
+package verify
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/hostnet"
+	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/vmssh"
+)
+
+// Fleet is what the live checks look at: the applied file, the state
+// directory, the network namespace standing for the host ("" = this one)
+// and the daemon's view of each VM.
+type Fleet struct {
+	Config   *config.Config
+	StateDir string
+	NetNS    string
+	// Status is the daemon's status of a VM.
+	Status func(name string) (supervisor.Status, bool)
+}
+
+// Live are the checks of the running fleet, modelled on the reference
+// setup's testing guide: bridges with their gateways, forwarding, NAT,
+// every VM running and answering over SSH with its hostname, vCPUs and
+// memory, reaching its gateway and (when the host has a default gateway)
+// beyond it, failing to reach every other VM except allowed pairs, a
+// read-only store, a tmpfs /var, the data volumes mounted, and the declared
+// ports answering from the host.
+func Live(f Fleet) []Check {
+	cfg := f.Config
+	var checks []Check
+	h, herr := hostnet.Open(f.NetNS)
+	var links []hostnet.LinkState
+	if herr == nil {
+		links, herr = h.Show()
+	}
+	for _, vm := range cfg.VMs {
+		gw := netip.PrefixFrom(vm.Net.Gateway, vm.Net.Subnet.Bits()).String()
+		checks = append(checks, Check{Name: "bridge " + vm.Net.Bridge, Run: func() (Status, string) {
+			if herr != nil {
+				return Fail, herr.Error()
+			}
+			for _, l := range links {
+				if l.Name == vm.Net.Bridge {
+					if !l.Up || !slices.Contains(l.Addrs, gw) {
+						return Fail, fmt.Sprintf("%s is up=%t with %v, want up with %s", l.Name, l.Up, l.Addrs, gw)
+					}
+					return Pass, fmt.Sprintf("up with %s", gw)
+				}
+			}
+			return Fail, fmt.Sprintf("%s does not exist", vm.Net.Bridge)
+		}})
+	}
+	checks = append(checks, Check{Name: "ip forwarding", Run: func() (Status, string) {
+		if h == nil {
+			return Fail, herr.Error()
+		}
+		var v []byte
+		err := h.Do(func() error {
+			var err error
+			v, err = os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+			return err
+		})
+		if err != nil {
+			return Fail, err.Error()
+		}
+		if strings.TrimSpace(string(v)) != "1" {
+			return Fail, "net.ipv4.ip_forward = " + strings.TrimSpace(string(v))
+		}
+		return Pass, "net.ipv4.ip_forward = 1"
+	}})
+	gateway := ""
+	checks = append(checks, Check{Name: "NAT", Run: func() (Status, string) {
+		if h == nil {
+			return Fail, herr.Error()
+		}
+		uplink, err := h.ResolveUplink(cfg.Host)
+		if err != nil {
+			return Skip, "no uplink: " + err.Error()
+		}
+		gateway, _ = h.DefaultGateway()
+		out, err := nft(f.NetNS, "list", "chain", "inet", "microvm", "nat_out")
+		if err != nil {
+			return Fail, err.Error()
+		}
+		want := fmt.Sprintf("oifname %q ip saddr @vm_subnets masquerade", uplink)
+		if !strings.Contains(out, want) {
+			return Fail, fmt.Sprintf("nat_out lacks %q", want)
+		}
+		return Pass, "masquerade to " + uplink
+	}})
+
+	// One SSH session per VM gathers its facts and probes, all in parallel.
+	var once sync.Once
+	facts := map[string]map[string]string{}
+	errs := map[string]error{}
+	gather := func() {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for _, vm := range cfg.VMs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				fs, err := probe(f, vm, gateway)
+				mu.Lock()
+				facts[vm.Name], errs[vm.Name] = fs, err
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+	}
+	for _, vm := range cfg.VMs {
+		name := vm.Name
+		checks = append(checks, Check{Name: name + " running", Run: func() (Status, string) {
+			st, ok := f.Status(name)
+			if !ok {
+				return Fail, "the daemon does not know it"
+			}
+			if st.State != supervisor.Running {
+				return Fail, fmt.Sprintf("state %s %s", st.State, st.Failure)
+			}
+			return Pass, fmt.Sprintf("pid %d, up since %s, booted in %.1fs", st.PID, st.StartedAt.Format(time.RFC3339), st.BootSeconds)
+		}})
+		fact := func(check func(map[string]string) (Status, string)) func() (Status, string) {
+			return func() (Status, string) {
+				once.Do(gather)
+				if err := errs[name]; err != nil {
+					return Fail, err.Error()
+				}
+				return check(facts[name])
+			}
+		}
+		checks = append(checks, Check{Name: name + " over SSH", Run: fact(func(m map[string]string) (Status, string) {
+			memKB, _ := strconv.ParseInt(m["memkb"], 10, 64)
+			wantKB := int64(vm.Memory) / 1024
+			ev := fmt.Sprintf("hostname %s, %s vCPU, %d MiB", m["hostname"], m["nproc"], memKB/1024)
+			if m["hostname"] != name || m["nproc"] != strconv.Itoa(vm.VCPU) || memKB > wantKB || memKB < wantKB*7/10 {
+				return Fail, ev + fmt.Sprintf("; want hostname %s, %d vCPU, %s", name, vm.VCPU, vm.Memory)
+			}
+			return Pass, ev
+		})})
+		checks = append(checks, Check{Name: name + " store read-only", Run: fact(func(m map[string]string) (Status, string) {
+			if m["store_write"] != "refused" {
+				return Fail, "a write to /run/microvm/store succeeded"
+			}
+			return Pass, "writes to /run/microvm/store are refused"
+		})})
+		checks = append(checks, Check{Name: name + " /var ephemeral", Run: fact(func(m map[string]string) (Status, string) {
+			if m["var"] != "tmpfs" {
+				return Fail, "/var is " + m["var"]
+			}
+			return Pass, "/var is tmpfs"
+		})})
+		for _, v := range vm.Volumes {
+			checks = append(checks, Check{Name: name + " volume " + v.Name, Run: fact(func(m map[string]string) (Status, string) {
+				if m["mount "+v.MountPoint] != "ext4" {
+					return Fail, fmt.Sprintf("%s is not mounted (found %q)", v.MountPoint, m["mount "+v.MountPoint])
+				}
+				return Pass, v.MountPoint + " is ext4"
+			})})
+		}
+		checks = append(checks, Check{Name: name + " → gateway", Run: fact(func(m map[string]string) (Status, string) {
+			return reachable(m["ping_gateway"], vm.Net.Gateway.String())
+		})})
+		checks = append(checks, Check{Name: name + " → internet", Run: fact(func(m map[string]string) (Status, string) {
+			if gateway == "" {
+				return Skip, "the host has no default gateway"
+			}
+			return reachable(m["ping_internet"], gateway+" (the host's default gateway, through NAT)")
+		})})
+		checks = append(checks, Check{Name: name + " isolation", Run: fact(func(m map[string]string) (Status, string) {
+			var broken, allowedOK, notes []string
+			for _, other := range cfg.VMs {
+				if other.Name == name {
+					continue
+				}
+				got := m["to "+other.Name]
+				port := allowedPort(cfg, name, other.Name)
+				switch {
+				case got == "":
+					notes = append(notes, other.Name+": not probed")
+				case port != 0 && got == "blocked":
+					broken = append(broken, fmt.Sprintf("%s → %s:%d is allowed but blocked", name, other.Name, port))
+				case port != 0:
+					allowedOK = append(allowedOK, fmt.Sprintf("%s:%d", other.Name, port))
+				case got != "blocked":
+					broken = append(broken, fmt.Sprintf("%s → %s (%s:22) is reachable (%s): isolation is broken", name, other.Name, other.Net.Address, got))
+				}
+			}
+			if m["nc"] == "missing" {
+				return Skip, "the image has no nc to probe with"
+			}
+			if len(broken) > 0 {
+				return Fail, strings.Join(broken, "; ")
+			}
+			ev := fmt.Sprintf("cannot reach the %d other VMs", len(cfg.VMs)-1-len(allowedOK))
+			if len(allowedOK) > 0 {
+				ev += "; reaches allowed " + strings.Join(allowedOK, ", ")
+			}
+			if len(notes) > 0 {
+				ev += "; " + strings.Join(notes, ", ")
+			}
+			return Pass, ev
+		})})
+		for _, p := range vm.Ports {
+			if p.Proto != "tcp" {
+				continue
+			}
+			addr := net.JoinHostPort(vm.Net.Address.String(), strconv.Itoa(p.From))
+			checks = append(checks, Check{Name: fmt.Sprintf("%s port %d", name, p.From), Run: func() (Status, string) {
+				c, err := vmssh.DialIn(f.NetNS, addr, 3*time.Second)
+				if err != nil {
+					return Fail, fmt.Sprintf("%s from the host: %v", addr, err)
+				}
+				c.Close()
+				return Pass, addr + " answers from the host"
+			}})
+		}
+	}
+	return checks
+}
+
+func reachable(result, what string) (Status, string) {
+	if result == "ok" {
+		return Pass, "reaches " + what
+	}
+	return Fail, fmt.Sprintf("cannot reach %s (%s)", what, result)
+}
+
+// allowedPort is a TCP port from may open to `to`, or 0.
+func allowedPort(cfg *config.Config, from, to string) int {
+	for _, a := range cfg.Allow {
+		if a.From == from && a.To == to {
+			for _, p := range a.Ports {
+				if p.Proto == "tcp" {
+					return p.From
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// probe runs one shell script in vm over SSH and parses its key=value lines.
+func probe(f Fleet, vm *config.VM, gateway string) (map[string]string, error) {
+	c, err := vmssh.Dial(f.StateDir, vm.Name, vm.Net.Address.String(), f.NetNS, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	var sb strings.Builder
+	sb.WriteString(`echo "hostname=$(hostname)"; echo "nproc=$(nproc)"
+echo "memkb=$(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)"
+echo "var=$(stat -f -c %T /var)"
+if (echo x > /run/microvm/store/.microvm-verify) 2>/dev/null; then echo store_write=succeeded; rm -f /run/microvm/store/.microvm-verify; else echo store_write=refused; fi
+p() { if ping -c 1 -W 2 "$1" >/dev/null 2>&1; then echo ok; else echo unreachable; fi; }
+`)
+	fmt.Fprintf(&sb, "echo \"ping_gateway=$(p %s)\"\n", vm.Net.Gateway)
+	if gateway != "" {
+		fmt.Fprintf(&sb, "echo \"ping_internet=$(p %s)\"\n", gateway)
+	}
+	for _, v := range vm.Volumes {
+		fmt.Fprintf(&sb, "echo \"mount %s=$(awk '$2 == \"%s\" {print $3}' /proc/mounts | head -1)\"\n", v.MountPoint, v.MountPoint)
+	}
+	sb.WriteString(`command -v nc >/dev/null 2>&1 || echo nc=missing
+t() { out=$(nc -w 2 "$1" "$2" </dev/null 2>&1); rc=$?; case "$out" in *refused*) echo refused;; *timed*|*"No route"*|*unreachable*) echo blocked;; *) if [ $rc = 0 ]; then echo connected; else echo blocked; fi;; esac; }
+`)
+	for _, other := range f.Config.VMs {
+		if other.Name == vm.Name {
+			continue
+		}
+		port := allowedPort(f.Config, vm.Name, other.Name)
+		if port == 0 {
+			port = 22
+		}
+		fmt.Fprintf(&sb, "echo \"to %s=$(t %s %d)\" &\n", other.Name, other.Net.Address, port)
+	}
+	sb.WriteString("wait\n")
+	s, err := c.NewSession()
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	var out bytes.Buffer
+	s.Stdout = &out
+	if err := s.Run(sb.String()); err != nil {
+		return nil, fmt.Errorf("probe over SSH: %v: %s", err, out.String())
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(out.String(), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			m[k] = strings.TrimSpace(v)
+		}
+	}
+	return m, nil
+}
+
+// nft runs nft inside the namespace.
+func nft(ns string, args ...string) (string, error) {
+	argv := append([]string{"nft"}, args...)
+	if ns != "" {
+		argv = append([]string{"nsenter", "--net=" + ns, "--"}, argv...)
+	}
+	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("%s: %v: %s", strings.Join(argv, " "), err, bytes.TrimSpace(out))
+	}
+	return string(out), nil
+}
