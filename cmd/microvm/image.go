@@ -33,7 +33,31 @@ image ("base") or an OCI reference, pulled on first use.`,
 		},
 	}
 	var jobs int
+	var entrypoint, cmdArgs, env []string
+	var workdir, user string
 	cmd.PersistentFlags().IntVar(&jobs, "jobs", 8, "layers fetched at once")
+	importCmd := &cobra.Command{
+		Use:   "import NAME SRC",
+		Short: "Import a directory, rootfs tarball, docker save archive or OCI layout as NAME",
+		Example: "  microvm image import base /srv/rootfs\n  microvm image import app app.tar      # docker save app:1 > app.tar\n" +
+			"  microvm image import web ./oci-layout\n  microvm image import web ./rootfs --entrypoint /bin/busybox,httpd,-f,-p,8080",
+		Args: exactArgs(2),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var over *store.Config
+			if len(entrypoint)+len(cmdArgs)+len(env) > 0 || workdir != "" || user != "" {
+				over = &store.Config{Entrypoint: entrypoint, Cmd: cmdArgs, Env: env, WorkingDir: workdir, User: user}
+			}
+			return a.imageFetch(args[0], func(ctx context.Context, s *store.Store, o store.Options) (store.Image, error) {
+				o.Config = over
+				return s.Import(ctx, args[0], args[1], o)
+			}, jobs)
+		},
+	}
+	importCmd.Flags().StringSliceVar(&entrypoint, "entrypoint", nil, "the image's entrypoint, comma-separated argv (directories and tarballs have none)")
+	importCmd.Flags().StringSliceVar(&cmdArgs, "cmd", nil, "the image's default arguments, comma-separated")
+	importCmd.Flags().StringArrayVar(&env, "env", nil, "an environment variable KEY=VALUE of the image (repeatable)")
+	importCmd.Flags().StringVar(&workdir, "workdir", "", "the image's working directory")
+	importCmd.Flags().StringVar(&user, "user", "", "the user the image runs as")
 	cmd.AddCommand(
 		&cobra.Command{
 			Use:     "list",
@@ -42,18 +66,7 @@ image ("base") or an OCI reference, pulled on first use.`,
 			Args:    exactArgs(0),
 			RunE:    func(*cobra.Command, []string) error { return a.imageList() },
 		},
-		&cobra.Command{
-			Use:   "import NAME SRC",
-			Short: "Import a directory, rootfs tarball, docker save archive or OCI layout as NAME",
-			Example: "  microvm image import base /srv/rootfs\n  microvm image import app app.tar      # docker save app:1 > app.tar\n" +
-				"  microvm image import web ./oci-layout",
-			Args: exactArgs(2),
-			RunE: func(_ *cobra.Command, args []string) error {
-				return a.imageFetch(args[0], func(ctx context.Context, s *store.Store, o store.Options) (store.Image, error) {
-					return s.Import(ctx, args[0], args[1], o)
-				}, jobs)
-			},
-		},
+		importCmd,
 		&cobra.Command{
 			Use:     "pull REF",
 			Short:   "Pull an image from its registry (credentials from ~/.docker/config.json)",

@@ -41,6 +41,36 @@ type Options struct {
 	Progress func(Event)
 	// Remote are extra options for registry access (tests give a transport).
 	Remote []remote.Option
+	// Config, when set, is how the imported image runs (a directory or
+	// rootfs tarball has no config of its own; for images with one, the
+	// fields set here replace theirs).
+	Config *Config
+}
+
+// with lays the fields set in o over c.
+func (c Config) with(o *Config) Config {
+	if o == nil {
+		return c
+	}
+	if len(o.Entrypoint) > 0 {
+		c.Entrypoint = o.Entrypoint
+	}
+	if len(o.Cmd) > 0 {
+		c.Cmd = o.Cmd
+	}
+	if len(o.Env) > 0 {
+		c.Env = o.Env
+	}
+	if o.WorkingDir != "" {
+		c.WorkingDir = o.WorkingDir
+	}
+	if o.User != "" {
+		c.User = o.User
+	}
+	if len(o.ExposedPorts) > 0 {
+		c.ExposedPorts = o.ExposedPorts
+	}
+	return c
 }
 
 // Event reports progress of one layer.
@@ -223,7 +253,7 @@ func (s *Store) install(ctx context.Context, imgName, source string, img v1.Imag
 	if len(diffIDs) != len(layers) {
 		return Image{}, fmt.Errorf("%s: the config lists %d layers, the manifest %d", source, len(diffIDs), len(layers))
 	}
-	out := Image{Name: imgName, ID: ChainID(diffIDs), Source: source, Config: configOf(cf)}
+	out := Image{Name: imgName, ID: ChainID(diffIDs), Source: source, Config: configOf(cf).with(o.Config)}
 	for _, l := range layers {
 		d, err := l.Digest()
 		if err != nil {
@@ -313,7 +343,7 @@ func (s *Store) installTar(ctx context.Context, imgName, source string, r io.Rea
 	}
 	o.emit(Event{Kind: "unpacked", Layer: 1, Layers: 1})
 	d, _ := v1.NewHash("sha256:" + hex.EncodeToString(h.Sum(nil)))
-	out := Image{Name: imgName, ID: ChainID([]v1.Hash{d}), Source: source}
+	out := Image{Name: imgName, ID: ChainID([]v1.Hash{d}), Source: source, Config: Config{}.with(o.Config)}
 	if _, err := os.Stat(s.TreeDir(out.ID)); err == nil {
 		out.Size = treeSize(s.TreeDir(out.ID))
 		return out, s.setName(out)
