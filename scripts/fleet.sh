@@ -41,10 +41,12 @@ teardown() {
 	set +e
 	if [ -n "$daemon_pid" ]; then
 		echo "==> stopping the fleet cleanly"
+		stops=()
 		for vm in $(microvm list -o json 2>/dev/null | sed -n 's/^    "name": "\(.*\)",$/\1/p'); do
 			microvm stop "$vm" >/dev/null 2>&1 &
+			stops+=("$!")
 		done
-		wait
+		for p in "${stops[@]}"; do wait "$p"; done
 		kill -TERM "$daemon_pid" 2>/dev/null
 		wait "$daemon_pid" 2>/dev/null
 	fi
