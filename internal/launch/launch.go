@@ -262,7 +262,6 @@ func Command(env Env, vm *config.VM) (vmm.Launch, vmm.Command, error) {
 // PendingTree is the placeholder tree of an image not in the store yet.
 const PendingTree = "<pending>"
 
-
 // command is Command that also returns the backend and the resolved kernel,
 // so Prepare resolves them once.
 func command(env Env, vm *config.VM, lenient bool) (vmm.Launch, vmm.Command, vmm.Backend, guest.Kernel, error) {
