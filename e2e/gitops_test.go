@@ -2,10 +2,15 @@ package e2e
 
 import (
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -107,7 +112,9 @@ func TestGitOpsDeploys(t *testing.T) {
 	l := newDaemonLab(t, "gitops")
 	hookOut := filepath.Join(l.state, "hook.env")
 	hook := `env | grep ^MICROVM_ | sort > ` + hookOut + `.tmp && mv ` + hookOut + `.tmp ` + hookOut
-	daemonArgs := []string{"--git-url", repo.remote, "--git-interval", "1h", "--health-timeout", "25s", "--post-deploy-hook", hook}
+	metricsAddr := freeLoopbackAddr(t)
+	daemonArgs := []string{"--git-url", repo.remote, "--git-interval", "1h", "--health-timeout", "25s", "--post-deploy-hook", hook,
+		"--metrics-listen", metricsAddr}
 
 	first := repo.push(fleetFile("256M", ""), "two VMs")
 	l.startDaemon("", daemonArgs...)
@@ -118,6 +125,17 @@ func TestGitOpsDeploys(t *testing.T) {
 	vms := l.waitFor("both VMs running", time.Minute, func(m map[string]supervisor.Status) bool {
 		return m["a"].State == supervisor.Running && m["b"].State == supervisor.Running
 	})
+	m := scrape(t, metricsAddr)
+	for series, want := range map[string]float64{`microvm_vm_up{hypervisor="qemu",vm="a"}`: 1, `microvm_vm_up{hypervisor="qemu",vm="b"}`: 1,
+		`microvm_vm_state{state="running",vm="b"}`: 1, `microvm_deploy_generation`: 1, `microvm_vm_vcpus{vm="a"}`: 1,
+		`microvm_vm_memory_bytes{vm="b"}`: 256 << 20, `microvm_deploy_failures_total`: 0} {
+		if got, ok := m[series]; !ok || got != want {
+			t.Errorf("metrics after generation 1: %s = %v (present %t), want %v", series, got, ok, want)
+		}
+	}
+	if m[`microvm_reconcile_duration_seconds_count{outcome="ok"}`] < 1 || m[`microvm_vm_boot_seconds{vm="a"}`] <= 0 {
+		t.Errorf("no reconcile or boot time in the metrics")
+	}
 	hookEnv := waitFile(t, hookOut, first)
 	for _, want := range []string{"MICROVM_GIT_SHA=" + first, "MICROVM_GIT_REF=main", "MICROVM_GIT_MSG=two VMs", "MICROVM_GENERATION=1",
 		"MICROVM_STATUS=succeeded", "MICROVM_ERROR=", "MICROVM_VMS_ACTIVE=2", "MICROVM_VMS_TOTAL=2"} {
@@ -139,6 +157,9 @@ func TestGitOpsDeploys(t *testing.T) {
 		t.Errorf("b was not restarted with 320M: %+v", after["b"])
 	}
 	waitFile(t, hookOut, second)
+	if m := scrape(t, metricsAddr); m["microvm_deploy_generation"] != 2 || m[`microvm_vm_memory_bytes{vm="b"}`] != 320<<20 {
+		t.Errorf("metrics after generation 2: generation %v, b memory %v", m["microvm_deploy_generation"], m[`microvm_vm_memory_bytes{vm="b"}`])
+	}
 
 	// An invalid commit changes nothing.
 	repo.push(fleetFile("320M", ", bogus: 1"), "typo")
@@ -167,6 +188,19 @@ func TestGitOpsDeploys(t *testing.T) {
 	}
 	if env := waitFile(t, hookOut, "MICROVM_GENERATION=4"); !strings.Contains(env, "MICROVM_STATUS=rolled-back\n") {
 		t.Errorf("hook after the rollback:\n%s", env)
+	}
+	if m := scrape(t, metricsAddr); m["microvm_deploy_rollbacks_total"] != 1 || m["microvm_deploy_failures_total"] != 2 ||
+		m["microvm_deploy_generation"] != 2 || m["microvm_deploy_last_attempt_generation"] != 4 {
+		t.Errorf("metrics after the rollback: rollbacks %v, failures %v, generation %v, last attempt %v", m["microvm_deploy_rollbacks_total"],
+			m["microvm_deploy_failures_total"], m["microvm_deploy_generation"], m["microvm_deploy_last_attempt_generation"])
+	}
+	// A VM killed from outside is restarted; the restart is counted.
+	syscall.Kill(rolled["b"].PID, syscall.SIGKILL)
+	rolled = l.waitFor("b restarted after a kill", time.Minute, func(m map[string]supervisor.Status) bool {
+		return m["b"].State == supervisor.Running && m["b"].PID != rolled["b"].PID
+	})
+	if m := scrape(t, metricsAddr); m[`microvm_vm_restarts_total{vm="b"}`] != 1 || m[`microvm_vm_restarts_total{vm="a"}`] != 0 {
+		t.Errorf("restarts: b %v, a %v", m[`microvm_vm_restarts_total{vm="b"}`], m[`microvm_vm_restarts_total{vm="a"}`])
 	}
 
 	// kill -9 in the middle of a deploy: the next daemon completes it.
@@ -233,6 +267,38 @@ func requireGit(t *testing.T) {
 	if _, err := exec.LookPath("git"); err != nil {
 		t.Skip("git is not installed")
 	}
+}
+
+// freeLoopbackAddr is a loopback address with a port nothing listens on.
+func freeLoopbackAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// scrape reads /metrics into series (name with labels, as exposed) → value.
+func scrape(t *testing.T, addr string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
 }
 
 // waitFile waits until path exists and contains want, and returns it.

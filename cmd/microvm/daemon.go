@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"microvm.dev/microvm/internal/daemon"
 	"microvm.dev/microvm/internal/deploy"
 	"microvm.dev/microvm/internal/logging"
+	"microvm.dev/microvm/internal/metrics"
 	"microvm.dev/microvm/internal/supervisor"
 )
 
@@ -45,6 +47,7 @@ standard error otherwise (--log-format picks).`,
 	}
 	cmd.Flags().StringVar(&file, "config", "", "the config file to apply at start")
 	gitFlags(cmd, &g)
+	cmd.Flags().StringVar(&g.metrics, "metrics-listen", "", "serve Prometheus metrics at /metrics on this address (off by default; a bare :PORT binds loopback)")
 	cmd.Flags().StringVar(&logFormat, "log-format", logging.FormatAuto, "auto (journald under systemd, else text), text, json or journald")
 	launchFlags(cmd, &o)
 	return cmd
@@ -78,6 +81,12 @@ func (a *app) runDaemon(file, logFormat string, o runOptions, g gitOptions) erro
 	srv := &http.Server{Handler: api.Handler(d, dep), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	log.Info("listening", "socket", a.socket)
+	if g.metrics != "" {
+		if err := serveMetrics(ctx, g.metrics, metrics.New(d, dep), log); err != nil {
+			srv.Close()
+			return err
+		}
+	}
 	if dep != nil {
 		if err := a.serveWebhook(ctx, dep, g, log); err != nil {
 			srv.Close()
@@ -308,4 +317,22 @@ is refused.`,
 	}
 	cmd.Flags().BoolVar(&purge, "purge", false, "also delete the VM's volumes and files")
 	return cmd
+}
+
+// serveMetrics serves h at /metrics on addr; a bare ":PORT" binds loopback.
+func serveMetrics(ctx context.Context, addr string, h http.Handler, log interface{ Info(string, ...any) }) error {
+	if strings.HasPrefix(addr, ":") {
+		addr = "127.0.0.1" + addr
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	go func() { <-ctx.Done(); srv.Close() }()
+	log.Info("metrics listening", "addr", ln.Addr().String(), "path", "/metrics")
+	return nil
 }

@@ -31,6 +31,7 @@ type gitOptions struct {
 	hook, hostName        string
 	webhook, webhookToken string
 	history               int
+	metrics               string
 }
 
 func gitFlags(cmd *cobra.Command, g *gitOptions) {

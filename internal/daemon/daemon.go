@@ -37,6 +37,15 @@ type Daemon struct {
 	mu    sync.Mutex
 	cfg   *config.Config
 	file  string
+	// onApply, when set, is told about every apply (metrics).
+	onApply func(*ApplyResult, error)
+}
+
+// OnApply registers f to be called after every apply with its result.
+func (d *Daemon) OnApply(f func(*ApplyResult, error)) {
+	d.mu.Lock()
+	d.onApply = f
+	d.mu.Unlock()
 }
 
 // New creates a daemon for env, adopting VMs that are already running.
@@ -130,11 +139,19 @@ func (d *Daemon) ApplyFile(name string, data []byte) (*ApplyResult, error) {
 // Apply makes the fleet match cfg: removed VMs are stopped (volumes kept),
 // VMs whose spec changed are restarted, new ones created, and the network
 // reconciled between the stops and the starts.
-func (d *Daemon) Apply(name string, cfg *config.Config) (*ApplyResult, error) {
+func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err error) {
 	d.apply.Lock()
 	defer d.apply.Unlock()
+	defer func() {
+		d.mu.Lock()
+		f := d.onApply
+		d.mu.Unlock()
+		if f != nil && res != nil {
+			f(res, err)
+		}
+	}()
 	t0 := time.Now()
-	res := &ApplyResult{File: name, VMs: []VMAction{}}
+	res = &ApplyResult{File: name, VMs: []VMAction{}}
 	running := d.sup.Running()
 	known := map[string]bool{}
 	for _, st := range d.sup.List() {

@@ -63,6 +63,7 @@ type Engine struct {
 	hooks     sync.WaitGroup
 
 	mu        sync.Mutex
+	counters  Counters
 	suspended bool
 	nextPoll  time.Time
 	lastFetch time.Time
@@ -71,7 +72,28 @@ type Engine struct {
 	lastHead  string
 }
 
-// New returns the engine; Start runs it.
+// Counters count what the loop did since the daemon started.
+type Counters struct {
+	Deploys     int `json:"deploys"`
+	Failures    int `json:"failures"`
+	Rollbacks   int `json:"rollbacks"`
+	FetchErrors int `json:"fetchErrors"`
+}
+
+// Counters returns the loop's counters.
+func (e *Engine) Counters() Counters {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.counters
+}
+
+func (e *Engine) count(f func(*Counters)) {
+	e.mu.Lock()
+	f(&e.counters)
+	e.mu.Unlock()
+}
+
+// New returns the engine; Run runs it.
 func New(d *daemon.Daemon, gens *generation.Store, o Options, log *slog.Logger) *Engine {
 	if o.Interval <= 0 {
 		o.Interval = time.Minute
@@ -166,6 +188,7 @@ func (e *Engine) Sync(ctx context.Context) (*generation.Generation, error) {
 	e.lastFetch = time.Now()
 	if err != nil {
 		e.failures++
+		e.counters.FetchErrors++
 		e.fetchErr = err.Error()
 		e.mu.Unlock()
 		return nil, err
@@ -189,6 +212,7 @@ func (e *Engine) deploy(ctx context.Context, c gitsync.Commit, gens []*generatio
 	g := &generation.Generation{Number: generation.Next(gens), Commit: c, Ref: e.o.Branch, Path: e.o.Path, Started: time.Now().UTC()}
 	log := e.log.With("generation", g.Number, "commit", short(c.Hash))
 	refuse := func(err error) (*generation.Generation, error) {
+		e.count(func(c *Counters) { c.Deploys++; c.Failures++ })
 		g.Status, g.Error, g.Finished = generation.Failed, err.Error(), time.Now().UTC()
 		g.VMsTotal, g.VMsActive = e.counts(nil)
 		if serr := e.gens.Save(g); serr != nil {
@@ -238,6 +262,12 @@ func (e *Engine) finish(ctx context.Context, g *generation.Generation, gens []*g
 		err = e.healthy(ctx, cfg, res)
 	}
 	g.Finished = time.Now().UTC()
+	e.count(func(c *Counters) {
+		c.Deploys++
+		if err != nil {
+			c.Failures++
+		}
+	})
 	if err == nil {
 		g.Status = generation.Succeeded
 		g.VMsTotal, g.VMsActive = e.counts(cfg)
@@ -257,6 +287,7 @@ func (e *Engine) finish(ctx context.Context, g *generation.Generation, gens []*g
 			_, perr = e.d.Apply(label(prev), pcfg)
 		}
 		g.Status, g.RolledBackTo = generation.RolledBack, prev.Number
+		e.count(func(c *Counters) { c.Rollbacks++ })
 		if perr != nil {
 			g.Error += "; the rollback failed too: " + perr.Error()
 		}
