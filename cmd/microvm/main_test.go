@@ -307,3 +307,14 @@ func TestDeployUsage(t *testing.T) {
 		t.Errorf("daemon with both sources: exit %d %q", code, errOut)
 	}
 }
+
+func TestDoctorJSON(t *testing.T) {
+	code, out, _ := runCLI(t, "doctor", "-o", "json")
+	var res struct {
+		Results []struct{ Name, Status, Evidence string }
+		Failed  int
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Results) < 9 || (code != 0) != (res.Failed > 0) {
+		t.Errorf("doctor: exit %d, %v\n%s", code, err, out)
+	}
+}

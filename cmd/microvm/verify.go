@@ -46,26 +46,49 @@ its evidence; the exit status is 1 when any check fails.`,
 				checks = append(checks, verify.Live(verify.Fleet{Config: cfg, StateDir: a.stateDir, NetNS: a.netns,
 					Status: func(n string) (supervisor.Status, bool) { st, ok := byName[n]; return st, ok }})...)
 			}
-			results := verify.Run(checks)
-			failed := verify.Failed(results)
-			if a.output == "json" {
-				if err := a.printJSON(map[string]any{"results": results, "failed": failed}); err != nil {
-					return err
-				}
-			} else {
-				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-				for _, r := range results {
-					fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Status, r.Name, r.Evidence)
-				}
-				tw.Flush()
-			}
-			if failed > 0 {
-				return reportedError{fmt.Errorf("%d of %d checks failed", failed, len(results))}
-			}
-			return nil
+			return a.printResults(verify.Run(checks))
 		},
 	}
 	fileFlag(cmd, &o.file)
 	launchFlags(cmd, &o)
 	return cmd
+}
+
+func (a *app) doctorCommand() *cobra.Command {
+	var o runOptions
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Check this host's prerequisites, with the fix for each",
+		Long: `Doctor checks what any fleet needs on this host: KVM (else VMs are emulated),
+TUN, vhost-net, nftables, cgroups, QEMU, virtiofsd, mkfs.ext4 and a guest
+kernel. A failing check says how to fix it; the exit status is 1 when one
+fails. SKIP marks what is missing but has a slower fallback.`,
+		Example: "  microvm doctor\n  microvm doctor -o json",
+		Args:    exactArgs(0),
+		RunE: func(*cobra.Command, []string) error {
+			return a.printResults(verify.Run(verify.Doctor(a.launchEnv(o), nil)))
+		},
+	}
+	launchFlags(cmd, &o)
+	return cmd
+}
+
+// printResults prints check results and fails when one failed.
+func (a *app) printResults(results []verify.Result) error {
+	failed := verify.Failed(results)
+	if a.output == "json" {
+		if err := a.printJSON(map[string]any{"results": results, "failed": failed}); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+		for _, r := range results {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Status, r.Name, r.Evidence)
+		}
+		tw.Flush()
+	}
+	if failed > 0 {
+		return reportedError{fmt.Errorf("%d of %d checks failed", failed, len(results))}
+	}
+	return nil
 }

@@ -87,3 +87,24 @@ func TestCloudHypervisorWithoutVirtiofsdFails(t *testing.T) {
 	}
 	t.Error("no store share check")
 }
+
+func TestDoctor(t *testing.T) {
+	missing := func(string) (string, error) { return "", errors.New("not found") }
+	got := map[string]Result{}
+	for _, r := range Run(Doctor(launch.Env{Arch: "x86_64", KernelCache: t.TempDir()}, missing)) {
+		got[r.Name] = r
+	}
+	for name, fix := range map[string]string{"qemu": "apt install qemu-system-x86", "nftables": "apt install nftables", "mkfs.ext4": "apt install e2fsprogs"} {
+		if r := got[name]; r.Status != Fail || !strings.Contains(r.Evidence, "fix: "+fix) {
+			t.Errorf("%s = %s %q, want FAIL with fix %q", name, r.Status, r.Evidence, fix)
+		}
+	}
+	for _, name := range []string{"kvm", "tun", "vhost-net", "cgroups", "virtiofsd", "guest kernel"} {
+		if _, ok := got[name]; !ok {
+			t.Errorf("no %s check", name)
+		}
+	}
+	if r := got["kvm"]; r.Status == Fail {
+		t.Error("a host without KVM fails; it should only warn (TCG works)")
+	}
+}

@@ -1,0 +1,96 @@
+package verify
+
+import (
+	"fmt"
+	"os/exec"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"microvm.dev/microvm/internal/cgroup"
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmm/qemu"
+)
+
+// Doctor are the host's prerequisites independent of any file: KVM, TUN,
+// vhost-net, nftables, cgroups, virtiofsd, QEMU, mkfs.ext4 and a guest
+// kernel, each failing one with the fix. KVM and vhost-net only warn (as
+// SKIP): without them VMs run, emulated and slower.
+func Doctor(env launch.Env, look LookPath) []Check {
+	if look == nil {
+		look = exec.LookPath
+	}
+	access := func(path string) error { return unix.Access(path, unix.R_OK|unix.W_OK) }
+	arch := env.Arch
+	if arch == "" {
+		arch = vmm.HostArch()
+	}
+	return []Check{
+		{Name: "kvm", Run: func() (Status, string) {
+			if err := access("/dev/kvm"); err != nil {
+				return Skip, fmt.Sprintf("/dev/kvm is not usable (%v): VMs run under TCG emulation, several times slower; fix: enable virtualization in the firmware, then modprobe kvm_intel (or kvm_amd)", err)
+			}
+			return Pass, "/dev/kvm is usable"
+		}},
+		{Name: "tun", Run: func() (Status, string) {
+			if err := access("/dev/net/tun"); err != nil {
+				return Fail, fmt.Sprintf("/dev/net/tun: %v; fix: modprobe tun", err)
+			}
+			return Pass, "/dev/net/tun is usable"
+		}},
+		{Name: "vhost-net", Run: func() (Status, string) {
+			if err := access("/dev/vhost-net"); err != nil {
+				return Skip, fmt.Sprintf("/dev/vhost-net is not usable (%v): networking runs in QEMU, slower; fix: modprobe vhost_net", err)
+			}
+			return Pass, "/dev/vhost-net is usable"
+		}},
+		{Name: "nftables", Run: func() (Status, string) {
+			p, err := look("nft")
+			if err != nil {
+				return Fail, "nft is not installed; fix: apt install nftables"
+			}
+			if out, err := exec.Command(p, "list", "tables").CombinedOutput(); err != nil {
+				return Fail, fmt.Sprintf("nft cannot talk to the kernel: %v %s; fix: modprobe nf_tables", err, strings.TrimSpace(string(out)))
+			}
+			return Pass, p
+		}},
+		{Name: "cgroups", Run: func() (Status, string) {
+			m, err := cgroup.Detect(cgroup.DefaultRoot)
+			if err != nil {
+				return Skip, err.Error() + ": VM limits cannot be enforced; fix: mount cgroup2 with the cpu and memory controllers"
+			}
+			return Pass, fmt.Sprintf("cgroup v%d", m.Version())
+		}},
+		{Name: "qemu", Run: func() (Status, string) {
+			bin := qemu.Binary(arch)
+			p, err := look(bin)
+			if err != nil {
+				return Fail, fmt.Sprintf("%s is not installed; fix: apt install qemu-system-x86 (qemu-system-arm for aarch64)", bin)
+			}
+			return Pass, p
+		}},
+		{Name: "virtiofsd", Run: func() (Status, string) {
+			if p := launch.Virtiofsd(); p != "" {
+				return Pass, p
+			}
+			return Skip, "no virtiofsd: QEMU shares the store over 9p, cloud-hypervisor cannot run; fix: apt install virtiofsd (or qemu-system-common on Debian 12)"
+		}},
+		{Name: "mkfs.ext4", Run: func() (Status, string) {
+			p, err := look("mkfs.ext4")
+			if err != nil {
+				return Fail, "mkfs.ext4 is not installed (volumes need it); fix: apt install e2fsprogs"
+			}
+			return Pass, p
+		}},
+		{Name: "guest kernel", Run: func() (Status, string) {
+			k, err := guest.ResolveKernel(config.Kernel{}, arch, vmm.HostArch(), env.KernelCache)
+			if err != nil {
+				return Fail, err.Error() + "; fix: scripts/fetch-kernel.sh (or set kernel: {path, modules} per VM)"
+			}
+			return Pass, k.Image
+		}},
+	}
+}
