@@ -174,6 +174,9 @@ ones, and answers when every VM it started is ready.`,
 				}
 				return err
 			}
+			for _, w := range res.Warnings {
+				fmt.Fprintln(a.stderr, "warning:", w)
+			}
 			if a.output != "json" {
 				fmt.Fprintf(a.stdout, "applied in %.1fs\n", res.Seconds)
 			}

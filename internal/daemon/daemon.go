@@ -6,13 +6,16 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +25,7 @@ import (
 	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/tailnet"
 )
 
 // Daemon is the running daemon.
@@ -39,6 +43,8 @@ type Daemon struct {
 	file  string
 	// onApply, when set, is told about every apply (metrics).
 	onApply func(*ApplyResult, error)
+	// Tailscale advertises the VM subnets when the file asks for it.
+	Tailscale tailnet.Client
 }
 
 // OnApply registers f to be called after every apply with its result.
@@ -101,6 +107,8 @@ type ApplyResult struct {
 	Network  *network.Result `json:"network,omitempty"`
 	Seconds  float64         `json:"seconds"`
 	Phases   Phases          `json:"phases"`
+	// Warnings are problems that did not fail the apply.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // ErrInvalid is returned (wrapped) when the file has problems; nothing was changed.
@@ -213,6 +221,9 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 	d.mu.Lock()
 	d.cfg, d.file = cfg, name
 	d.mu.Unlock()
+	if cfg.Host.Tailscale.AdvertiseRoutes {
+		d.syncTailnet(cfg, res)
+	}
 	tStart := time.Now()
 	var wg sync.WaitGroup
 	for _, vm := range toStart {
@@ -243,6 +254,24 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 	}
 	d.log.Info("applied", "file", name, "seconds", res.Seconds)
 	return res, nil
+}
+
+// syncTailnet keeps the advertised routes equal to the VM subnets. Its
+// failure (no tailscale installed, tailscaled down) is reported in the
+// result and the log, never fails the apply: the VMs do not need it.
+func (d *Daemon) syncTailnet(cfg *config.Config, res *ApplyResult) {
+	var subnets []netip.Prefix
+	for _, vm := range cfg.VMs {
+		subnets = append(subnets, vm.Net.Subnet)
+	}
+	changed, err := d.Tailscale.Sync(context.Background(), subnets)
+	switch {
+	case err != nil:
+		res.Warnings = append(res.Warnings, "tailscale: "+err.Error())
+		d.log.Warn("tailscale routes", "err", err)
+	case changed:
+		d.log.Info("tailscale routes advertised", "routes", strings.Join(tailnet.Routes(subnets), ","))
+	}
 }
 
 // VMConfig returns a VM of the applied file.

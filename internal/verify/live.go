@@ -2,6 +2,8 @@ package verify
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,6 +18,7 @@ import (
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/tailnet"
 	"microvm.dev/microvm/internal/vmssh"
 )
 
@@ -28,6 +31,8 @@ type Fleet struct {
 	NetNS    string
 	// Status is the daemon's status of a VM.
 	Status func(name string) (supervisor.Status, bool)
+	// Tailscale reads the advertised routes.
+	Tailscale tailnet.Client
 }
 
 // Live are the checks of the running fleet, modelled on the reference
@@ -100,6 +105,27 @@ func Live(f Fleet) []Check {
 		}
 		return Pass, "masquerade to " + uplink
 	}})
+
+	if cfg.Host.Tailscale.AdvertiseRoutes {
+		checks = append(checks, Check{Name: "tailscale routes", Run: func() (Status, string) {
+			var subnets []netip.Prefix
+			for _, vm := range cfg.VMs {
+				subnets = append(subnets, vm.Net.Subnet)
+			}
+			want := tailnet.Routes(subnets)
+			have, err := f.Tailscale.Advertised(context.Background())
+			if errors.Is(err, tailnet.ErrNoTailscale) {
+				return Skip, err.Error()
+			}
+			if err != nil {
+				return Fail, err.Error()
+			}
+			if !slices.Equal(have, want) {
+				return Fail, fmt.Sprintf("advertised %v, want the VM subnets %v", have, want)
+			}
+			return Pass, "advertises " + strings.Join(want, ", ")
+		}})
+	}
 
 	// One SSH session per VM gathers its facts and probes, all in parallel.
 	var once sync.Once

@@ -1,7 +1,9 @@
 package verify
 
 import (
+	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +11,9 @@ import (
 
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/tailnet"
+	"microvm.dev/microvm/internal/testutil"
 )
 
 // The host here has QEMU but neither cloud-hypervisor nor Firecracker (they
@@ -106,5 +111,39 @@ func TestDoctor(t *testing.T) {
 	}
 	if r := got["kvm"]; r.Status == Fail {
 		t.Error("a host without KVM fails; it should only warn (TCG works)")
+	}
+}
+
+// Tailscale cannot run here: a fake `tailscale` command stands in.
+func TestTailscaleRoutesCheck(t *testing.T) {
+	cfg, err := config.Parse("t.yaml", []byte("host: { tailscale: { advertiseRoutes: true } }\nvms: { a: { index: 1 }, b: { index: 2 } }"), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	fake := tailnet.Client{Bin: testutil.FakeTailscale(t, dir)}
+	find := func(f Fleet) Result {
+		for _, c := range Live(f) {
+			if c.Name == "tailscale routes" {
+				st, ev := c.Run()
+				return Result{Name: c.Name, Status: st, Evidence: ev}
+			}
+		}
+		t.Fatal("no tailscale check")
+		return Result{}
+	}
+	f := Fleet{Config: cfg, NetNS: "", Tailscale: fake, Status: func(string) (supervisor.Status, bool) { return supervisor.Status{}, false }}
+	if r := find(f); r.Status != Fail || !strings.Contains(r.Evidence, "want the VM subnets [10.1.0.0/24 10.2.0.0/24]") {
+		t.Errorf("nothing advertised: %+v", r)
+	}
+	if _, err := fake.Sync(context.Background(), []netip.Prefix{cfg.VM("a").Net.Subnet, cfg.VM("b").Net.Subnet}); err != nil {
+		t.Fatal(err)
+	}
+	if r := find(f); r.Status != Pass {
+		t.Errorf("routes advertised: %+v", r)
+	}
+	f.Tailscale = tailnet.Client{Bin: filepath.Join(dir, "none")}
+	if r := find(f); r.Status != Skip || !strings.Contains(r.Evidence, "not installed") {
+		t.Errorf("no tailscale: %+v", r)
 	}
 }

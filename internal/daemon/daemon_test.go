@@ -1,0 +1,58 @@
+package daemon
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/tailnet"
+	"microvm.dev/microvm/internal/testutil"
+)
+
+// Tailscale cannot run here: a fake `tailscale` command records what the
+// daemon asks of it (testutil.FakeTailscale).
+func TestApplyAdvertisesVMSubnets(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetns(t, "dts")
+	st := t.TempDir()
+	d, err := New(launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), NetNS: ns.Path}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	dir := t.TempDir()
+	d.Tailscale = tailnet.Client{Bin: testutil.FakeTailscale(t, dir)}
+	src := `host: { externalInterface: none0, tailscale: { advertiseRoutes: true } }
+vms:
+  a: { index: 1, autostart: false }
+  b: { subnet: 192.168.50.0/24, autostart: false }
+`
+	// The uplink must exist for validation: give the namespace one.
+	ns.IP(t, "link", "add", "none0", "type", "bridge")
+	res, err := d.ApplyFile("t.yaml", []byte(src))
+	if err != nil {
+		t.Fatalf("apply: %v %+v", err, res)
+	}
+	calls, _ := os.ReadFile(filepath.Join(dir, "calls"))
+	if !strings.Contains(string(calls), "set --advertise-routes=10.1.0.0/24,192.168.50.0/24") {
+		t.Errorf("tailscale calls:\n%s", calls)
+	}
+	// Applying again changes nothing.
+	os.Remove(filepath.Join(dir, "calls"))
+	if _, err := d.ApplyFile("t.yaml", []byte(src)); err != nil {
+		t.Fatal(err)
+	}
+	if calls, _ := os.ReadFile(filepath.Join(dir, "calls")); strings.Contains(string(calls), "set ") {
+		t.Errorf("an unchanged apply set routes again:\n%s", calls)
+	}
+	// Without tailscale the apply succeeds and says why routes are missing.
+	d.Tailscale = tailnet.Client{Bin: filepath.Join(dir, "missing")}
+	res, err = d.ApplyFile("t.yaml", []byte(src))
+	if err != nil || len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "tailscale command is not installed") {
+		t.Errorf("without tailscale: %v %v", err, res.Warnings)
+	}
+}
