@@ -56,11 +56,31 @@ Ctrl-C presses the VM's power button and waits for a clean shutdown.`,
 
 // launchFlags adds the flags that say where kernels and microvm-init are.
 func launchFlags(cmd *cobra.Command, o *runOptions) {
-	self, _ := os.Executable()
-	cmd.Flags().StringVar(&o.initDir, "init-dir", filepath.Dir(self), "directory holding microvm-init (and microvm-init.<arch> for other guest architectures)")
+	cmd.Flags().StringVar(&o.initDir, "init-dir", defaultInitDir(), "directory holding microvm-init (and microvm-init.<arch> for other guest architectures)")
 	cmd.Flags().StringVar(&o.kernelCache, "kernel-cache", guest.DefaultKernelCache, "where scripts/fetch-kernel.sh keeps kernels")
 	cmd.Flags().StringVar(&o.arch, "arch", vmm.HostArch(), "guest architecture: x86_64 or aarch64")
 	cmd.Flags().StringVar(&o.share, "share", "auto", "how the store reaches guests: virtiofs, 9p, block (a read-only disk image) or auto (the hypervisor's first choice available)")
+}
+
+// PackagedInitDir is where the Debian package installs microvm-init.
+const PackagedInitDir = "/usr/libexec/microvm"
+
+// defaultInitDir is the directory of the running binary when microvm-init
+// is next to it (a build tree), else the packaged location.
+func defaultInitDir() string {
+	self, err := os.Executable()
+	if err == nil {
+		if _, err := os.Stat(filepath.Join(filepath.Dir(self), "microvm-init")); err == nil {
+			return filepath.Dir(self)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(PackagedInitDir, "microvm-init")); err == nil {
+		return PackagedInitDir
+	}
+	if err == nil {
+		return filepath.Dir(self)
+	}
+	return PackagedInitDir
 }
 
 // launchEnv is the launch environment the flags describe.
