@@ -1,0 +1,174 @@
+# NixOS module for microvm, for users of the reference setup (NixOS +
+# microvm.nix + comin). It writes /etc/microvm/infra.yaml from
+# services.microvm.settings (the options mirror the config file; see
+# docs/configuration.md) and runs the daemon, either from that file or
+# from git (services.microvm.gitops).
+#
+#   imports = [ ./nix/module.nix ];
+#   services.microvm = {
+#     enable = true;
+#     settings = {
+#       defaults = { vcpu = 2; memory = "1G"; volumes = [ { name = "data"; mountPoint = "/mnt/storage"; size = "64G"; } ]; };
+#       vms.vm1 = { index = 1; image = "docker.io/wholelottahoopla/sandbox:latest"; ports = [ 8080 ]; };
+#       vms.vm2.index = 2;
+#     };
+#   };
+#
+# Tested here only by parsing (nix-instantiate --parse) when Nix is
+# installed, and by a Go test that checks every key of the config file has
+# its option; the machine this project is built on has no Nix.
+{ config, lib, pkgs, ... }:
+
+let
+  inherit (lib) mkOption mkEnableOption mkIf types literalExpression;
+  cfg = config.services.microvm;
+  yaml = pkgs.formats.yaml { };
+
+  size = types.either types.str types.int;
+  port = types.either types.port types.str;
+
+  volume = types.submodule {
+    options = {
+      name = mkOption { type = types.str; description = "Volume name: the image file, ext4 label and virtio serial (at most 20 bytes)."; };
+      mountPoint = mkOption { type = types.str; description = "Absolute path the guest mounts it at."; };
+      size = mkOption { type = size; description = "Size of the sparse image, e.g. \"64G\"; growing grows the volume, shrinking is refused."; };
+    };
+  };
+
+  kernel = types.either (types.enum [ "host" ]) (types.submodule {
+    options = {
+      path = mkOption { type = types.str; description = "The kernel image."; };
+      modules = mkOption { type = types.nullOr types.str; default = null; description = "Its modules directory (holding modules.dep)."; };
+    };
+  });
+
+  # Every key is optional: unset keys come from defaults, then built-ins.
+  vmOptions = {
+    index = mkOption { type = types.nullOr (types.ints.between 1 255); default = null; description = "Gives the subnet 10.<index>.0.0/24 and the MAC."; };
+    subnet = mkOption { type = types.nullOr types.str; default = null; description = "The VM's IPv4 network in CIDR form."; };
+    hypervisor = mkOption { type = types.nullOr (types.enum [ "qemu" "cloud-hypervisor" "firecracker" ]); default = null; description = "The VMM backend."; };
+    vcpu = mkOption { type = types.nullOr types.ints.positive; default = null; description = "Virtual CPUs."; };
+    memory = mkOption { type = types.nullOr size; default = null; description = "Guest RAM, e.g. \"1G\"."; };
+    kernel = mkOption { type = types.nullOr kernel; default = null; description = "\"host\" or { path, modules }."; };
+    image = mkOption { type = types.nullOr types.str; default = null; description = "A store image name or an OCI reference."; };
+    pullPolicy = mkOption { type = types.nullOr (types.enum [ "missing" "always" "never" ]); default = null; description = "When an OCI image is pulled."; };
+    volumes = mkOption { type = types.nullOr (types.listOf volume); default = null; description = "Persistent data volumes (never deleted by a config change)."; };
+    sshKeys = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "Root's authorized keys."; };
+    ports = mkOption { type = types.nullOr (types.listOf port); default = null; description = "Ports reachable from the host and the tailnet."; };
+    command = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "The workload's argv."; };
+    env = mkOption { type = types.nullOr (types.attrsOf types.str); default = null; description = "The workload's environment."; };
+    workdir = mkOption { type = types.nullOr types.str; default = null; description = "The workload's working directory."; };
+    user = mkOption { type = types.nullOr types.str; default = null; description = "The workload's user."; };
+    init = mkOption { type = types.nullOr (types.enum [ "microvm" "image" ]); default = null; description = "Who runs as PID 1."; };
+    autostart = mkOption { type = types.nullOr types.bool; default = null; description = "Whether the daemon starts the VM."; };
+    restart = mkOption { type = types.nullOr (types.enum [ "always" "on-failure" "no" ]); default = null; description = "Restart policy."; };
+    stopTimeout = mkOption { type = types.nullOr types.str; default = null; description = "How long a clean shutdown may take, e.g. \"30s\"."; };
+    host = mkOption { type = types.nullOr types.str; default = null; description = "The hypervisor host that runs the VM (multi-host repositories)."; };
+    healthCheck = mkOption { type = types.nullOr (types.attrsOf (types.either types.int types.str)); default = null; description = "{ tcp = PORT; } or { http = PORT; path = \"/healthz\"; }"; };
+    limits = mkOption { type = types.nullOr (types.attrsOf (types.either types.number types.str)); default = null; description = "{ cpuWeight, cpus, memory } cgroup caps on the hypervisor."; };
+  };
+
+  # Drop unset (null) keys so the file says only what was written.
+  clean = v:
+    if builtins.isAttrs v then lib.filterAttrs (_: x: x != null) (lib.mapAttrs (_: clean) v)
+    else if builtins.isList v then map clean v
+    else v;
+
+  file = yaml.generate "infra.yaml" (clean cfg.settings);
+in
+{
+  options.services.microvm = {
+    enable = mkEnableOption "the microvm daemon";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = literalExpression "pkgs.callPackage ./nix/package.nix { }";
+      description = "The microvm package (microvm and microvm-init).";
+    };
+
+    settings = mkOption {
+      description = "The fleet file, as Nix values (docs/configuration.md).";
+      default = { vms = { }; };
+      type = types.submodule {
+        options = {
+          host = mkOption {
+            default = { };
+            type = types.submodule {
+              options = {
+                externalInterface = mkOption { type = types.nullOr types.str; default = null; description = "The NAT uplink (\"auto\": the default route's)."; };
+                allowedTCPPorts = mkOption { type = types.nullOr (types.listOf types.port); default = null; description = "The host's own open TCP ports."; };
+                tailscale = mkOption { type = types.nullOr (types.submodule { options.advertiseRoutes = mkOption { type = types.bool; default = false; description = "Advertise the VM subnets."; }; }); default = null; description = "Tailscale subnet routing."; };
+              };
+            };
+            description = "Host settings.";
+          };
+          defaults = mkOption { type = types.submodule { options = vmOptions; }; default = { }; description = "Merged into every VM."; };
+          vms = mkOption { type = types.attrsOf (types.submodule { options = vmOptions; }); default = { }; description = "The VMs by name."; };
+          network = mkOption {
+            type = types.nullOr (types.submodule {
+              options = {
+                allow = mkOption { type = types.nullOr (types.listOf (types.submodule { options = { from = mkOption { type = types.str; }; to = mkOption { type = types.str; }; ports = mkOption { type = types.listOf port; }; }; })); default = null; description = "VM-to-VM exceptions to isolation."; };
+                forwards = mkOption { type = types.nullOr (types.listOf (types.submodule { options = { hostPort = mkOption { type = types.port; }; to = mkOption { type = types.str; }; proto = mkOption { type = types.nullOr (types.enum [ "tcp" "udp" ]); default = null; }; }; })); default = null; description = "Host port forwards."; };
+              };
+            });
+            default = null;
+            description = "Exceptions to isolation and forwards.";
+          };
+        };
+      };
+    };
+
+    gitops = {
+      url = mkOption { type = types.nullOr types.str; default = null; description = "Deploy from this repository instead of settings (docs/gitops.md)."; };
+      branch = mkOption { type = types.str; default = "main"; description = "The branch deployed."; };
+      path = mkOption { type = types.str; default = "infra.yaml"; description = "The file's path in the repository."; };
+      interval = mkOption { type = types.str; default = "60s"; description = "Poll interval."; };
+      tokenFile = mkOption { type = types.nullOr types.path; default = null; description = "HTTPS access token file."; };
+      sshKeyFile = mkOption { type = types.nullOr types.path; default = null; description = "SSH key for ssh:// remotes."; };
+      requireSignedBy = mkOption { type = types.listOf types.path; default = [ ]; description = "OpenPGP key or allowed_signers files; only commits they signed are deployed."; };
+      healthTimeout = mkOption { type = types.str; default = "120s"; description = "Time changed VMs have to become healthy."; };
+      postDeployHook = mkOption { type = types.nullOr types.str; default = null; description = "Shell command run after every deploy."; };
+    };
+
+    metricsListen = mkOption { type = types.nullOr types.str; default = null; example = "127.0.0.1:9190"; description = "Serve Prometheus metrics here."; };
+    extraArgs = mkOption { type = types.listOf types.str; default = [ ]; description = "More daemon flags."; };
+  };
+
+  config = mkIf cfg.enable {
+    environment.systemPackages = [ cfg.package ];
+    environment.etc."microvm/infra.yaml".source = file;
+    users.groups.microvm = { };
+    boot.kernelModules = [ "tun" "vhost_net" ];
+    networking.nftables.enable = lib.mkDefault true;
+
+    systemd.services.microvm = {
+      description = "microvm: a fleet of micro-VMs from a declarative file";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network-online.target" ];
+      wants = [ "network-online.target" ];
+      path = with pkgs; [ qemu nftables e2fsprogs iproute2 kmod util-linux git ];
+      restartTriggers = [ file ];
+      serviceConfig = {
+        ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/microvm" "daemon" "--init-dir" "${cfg.package}/libexec/microvm" ]
+          ++ (if cfg.gitops.url == null then [ "--config" "/etc/microvm/infra.yaml" ] else
+            [ "--git-url" cfg.gitops.url "--git-branch" cfg.gitops.branch "--git-path" cfg.gitops.path
+              "--git-interval" cfg.gitops.interval "--health-timeout" cfg.gitops.healthTimeout ]
+            ++ lib.optionals (cfg.gitops.tokenFile != null) [ "--git-token-file" cfg.gitops.tokenFile ]
+            ++ lib.optionals (cfg.gitops.sshKeyFile != null) [ "--git-ssh-key" cfg.gitops.sshKeyFile ]
+            ++ lib.concatMap (k: [ "--require-signed-by" k ]) cfg.gitops.requireSignedBy
+            ++ lib.optionals (cfg.gitops.postDeployHook != null) [ "--post-deploy-hook" cfg.gitops.postDeployHook ])
+          ++ lib.optionals (cfg.metricsListen != null) [ "--metrics-listen" cfg.metricsListen ]
+          ++ cfg.extraArgs);
+        # VMs outlive the daemon; a restart adopts them.
+        KillMode = "process";
+        Restart = "always";
+        RestartSec = 2;
+        StateDirectory = "microvm";
+        CacheDirectory = "microvm";
+        RuntimeDirectory = "microvm";
+        RuntimeDirectoryPreserve = true;
+      };
+    };
+  };
+}
