@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -63,6 +66,17 @@ func TestVerifyLiveFleet(t *testing.T) {
 		}
 	}
 
+	// The daemon's own log is reachable through the CLI.
+	if out, err := l.cli("logs", "--daemon"); err != nil || !strings.Contains(out, `msg="VM ready" vm=a`) {
+		t.Errorf("logs --daemon: %v\n%s", err, out)
+	}
+	// QEMU writes the console log in append mode, so copy-truncate rotation
+	// is safe while it runs.
+	vms := l.list()
+	if !appendMode(t, vms["a"].PID, filepath.Join(l.state, "vms", "a", "console.log")) {
+		t.Error("QEMU's console log is not opened with O_APPEND")
+	}
+
 	// Break isolation by hand in the lab's namespace.
 	if out, err := l.ns.Exec("nft", "insert", "rule", "inet", "microvm", "vm_to_vm", "accept"); err != nil {
 		t.Fatalf("nft: %v %s", err, out)
@@ -76,4 +90,27 @@ func TestVerifyLiveFleet(t *testing.T) {
 			t.Errorf("verify output lacks %q:\n%s", want, out)
 		}
 	}
+}
+
+// appendMode reports whether process pid holds path open with O_APPEND.
+func appendMode(t *testing.T, pid int, path string) bool {
+	t.Helper()
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	for _, fd := range fds {
+		if target, err := os.Readlink(fd); err != nil || target != path {
+			continue
+		}
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, filepath.Base(fd)))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(line, "flags:"); ok {
+				flags, _ := strconv.ParseInt(strings.TrimSpace(v), 8, 64)
+				return flags&syscall.O_APPEND != 0
+			}
+		}
+	}
+	t.Errorf("pid %d does not hold %s open", pid, path)
+	return false
 }

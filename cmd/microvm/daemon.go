@@ -54,7 +54,12 @@ standard error otherwise (--log-format picks).`,
 }
 
 func (a *app) runDaemon(file, logFormat string, o runOptions, g gitOptions) error {
-	log, _, err := logging.New(logFormat, a.stderr)
+	logFile, err := logging.OpenRotating(daemon.DaemonLog(a.stateDir), 10<<20, 3)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	log, _, err := logging.New(logFormat, a.stderr, logFile)
 	if err != nil {
 		return usageError{err}
 	}
@@ -278,17 +283,26 @@ func (a *app) printStatus(st supervisor.Status) {
 }
 
 func (a *app) logsCommand() *cobra.Command {
-	var follow bool
+	var follow, daemonLog bool
 	cmd := &cobra.Command{
-		Use:     "logs VM",
-		Short:   "Print a VM's serial console (-f to follow)",
-		Example: "  microvm logs vm1\n  microvm logs -f vm1",
-		Args:    exactArgs(1),
+		Use:     "logs VM | logs --daemon",
+		Short:   "Print a VM's serial console, or the daemon's own log (-f to follow)",
+		Example: "  microvm logs vm1\n  microvm logs -f vm1\n  microvm logs --daemon -f",
+		Args: func(_ *cobra.Command, args []string) error {
+			if daemonLog != (len(args) == 0) {
+				return usagef("logs takes a VM name, or --daemon without one")
+			}
+			return nil
+		},
 		RunE: func(_ *cobra.Command, args []string) error {
+			if daemonLog {
+				return a.client().Stream(fmt.Sprintf("/v1/daemon/logs?follow=%v", follow), a.stdout)
+			}
 			return a.client().Stream(fmt.Sprintf("/v1/vms/%s/logs?follow=%v", url.PathEscape(args[0]), follow), a.stdout)
 		},
 	}
-	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing what the console writes")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing what is written")
+	cmd.Flags().BoolVar(&daemonLog, "daemon", false, "the daemon's own log (structured, with vm= and generation= attributes)")
 	return cmd
 }
 

@@ -104,6 +104,10 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"removed": name, "purged": purge})
 	}))
+	mux.HandleFunc("GET /v1/daemon/logs", func(w http.ResponseWriter, r *http.Request) {
+		follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
+		streamFile(w, r, d.DaemonLog(), follow)
+	})
 	mux.HandleFunc("GET /v1/vms/{name}/logs", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
 		follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
 		streamFile(w, r, d.ConsoleLog(name), follow)
@@ -186,7 +190,7 @@ func withVM(h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc
 func streamFile(w http.ResponseWriter, r *http.Request, path string, follow bool) {
 	f, err := os.Open(path)
 	if err != nil {
-		writeErr(w, http.StatusNotFound, fmt.Errorf("no console log: %w", err))
+		writeErr(w, http.StatusNotFound, fmt.Errorf("no log: %w", err))
 		return
 	}
 	defer f.Close()
@@ -204,6 +208,12 @@ func streamFile(w http.ResponseWriter, r *http.Request, path string, follow bool
 		if err == io.EOF {
 			if !follow {
 				return
+			}
+			// A log rotated by copy and truncate starts over.
+			if pos, perr := f.Seek(0, io.SeekCurrent); perr == nil {
+				if fi, serr := os.Stat(path); serr == nil && fi.Size() < pos {
+					f.Seek(0, io.SeekStart)
+				}
 			}
 			select {
 			case <-r.Context().Done():

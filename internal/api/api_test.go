@@ -61,7 +61,7 @@ func TestAPIRefusals(t *testing.T) {
 	wantStatus(t, c.Do("POST", "/v1/vms/ghost/start", nil, nil), http.StatusConflict, "not in the applied file")
 	wantStatus(t, c.Do("POST", "/v1/vms/ghost/restart", nil, nil), http.StatusConflict, `no VM named "ghost"`)
 	wantStatus(t, c.Do("POST", "/v1/vms/ghost/stop", nil, nil), http.StatusConflict, `no VM named "ghost"`)
-	wantStatus(t, c.Stream("/v1/vms/ghost/logs", io.Discard), http.StatusNotFound, "no console log")
+	wantStatus(t, c.Stream("/v1/vms/ghost/logs", io.Discard), http.StatusNotFound, "no log")
 	for _, ep := range []struct{ method, path string }{{"GET", "/v1/deploy"}, {"GET", "/v1/deploy/history"}, {"POST", "/v1/deploy/trigger"},
 		{"POST", "/v1/deploy/rollback"}, {"POST", "/v1/deploy/suspend"}, {"POST", "/v1/deploy/resume"}} {
 		wantStatus(t, c.Do(ep.method, ep.path, nil, nil), http.StatusConflict, "not deploying from git")

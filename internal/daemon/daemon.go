@@ -45,6 +45,7 @@ type Daemon struct {
 	onApply func(*ApplyResult, error)
 	// Tailscale advertises the VM subnets when the file asks for it.
 	Tailscale tailnet.Client
+	stop      chan struct{}
 }
 
 // OnApply registers f to be called after every apply with its result.
@@ -65,11 +66,44 @@ func New(env launch.Env, log *slog.Logger) (*Daemon, error) {
 		m.Close()
 		return nil, fmt.Errorf("adopt running VMs: %w", err)
 	}
+	d.stop = make(chan struct{})
+	go d.rotateConsoles(15 * time.Second)
 	return d, nil
 }
 
 // Close releases the daemon; VMs keep running.
-func (d *Daemon) Close() { d.net.Close() }
+func (d *Daemon) Close() {
+	close(d.stop)
+	d.net.Close()
+}
+
+// rotateConsoles keeps every running VM's console log under
+// launch.MaxConsoleLog (copy and truncate; the previous part in
+// console.log.1), for backends that write it in append mode.
+func (d *Daemon) rotateConsoles(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-t.C:
+		}
+		for _, st := range d.sup.List() {
+			if st.State != supervisor.Running || st.Spec == nil {
+				continue
+			}
+			if b, err := launch.Backend(st.Spec.Hypervisor); err != nil || !b.AppendsConsole() {
+				continue
+			}
+			if rotated, err := launch.RotateConsole(d.ConsoleLog(st.Name), launch.MaxConsoleLog); err != nil {
+				d.log.Error("rotate console log", "vm", st.Name, "err", err)
+			} else if rotated {
+				d.log.Info("console log rotated", "vm", st.Name)
+			}
+		}
+	}
+}
 
 // Supervisor gives access to the VMs.
 func (d *Daemon) Supervisor() *supervisor.Supervisor { return d.sup }
@@ -298,6 +332,12 @@ func (d *Daemon) Remove(name string, purge bool) error {
 	}
 	return nil
 }
+
+// DaemonLog is the daemon's own log file (text, rotated by size).
+func DaemonLog(stateDir string) string { return filepath.Join(stateDir, "log", "daemon.log") }
+
+// DaemonLog is this daemon's own log file.
+func (d *Daemon) DaemonLog() string { return DaemonLog(d.env.StateDir) }
 
 // ConsoleLog is the path of a VM's console log.
 func (d *Daemon) ConsoleLog(name string) string {

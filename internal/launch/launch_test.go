@@ -1,6 +1,8 @@
 package launch
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -74,5 +76,25 @@ func TestWorkloadFromImageConfig(t *testing.T) {
 	}
 	if Workload(&config.VM{}, store.Config{}) != nil {
 		t.Error("a workload without a command")
+	}
+}
+
+func TestRotateConsole(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "console.log")
+	f, _ := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600) // as the VMM holds it
+	defer f.Close()
+	f.WriteString(strings.Repeat("a", 100))
+	if rotated, err := RotateConsole(path, 200); rotated || err != nil {
+		t.Fatalf("rotated a small log: %v %v", rotated, err)
+	}
+	f.WriteString(strings.Repeat("b", 150))
+	if rotated, err := RotateConsole(path, 200); !rotated || err != nil {
+		t.Fatalf("did not rotate: %v %v", rotated, err)
+	}
+	f.WriteString("after\n") // the writer keeps its descriptor
+	old, _ := os.ReadFile(path + ".1")
+	cur, _ := os.ReadFile(path)
+	if len(old) != 250 || string(cur) != "after\n" {
+		t.Errorf("old %d bytes, current %q", len(old), cur)
 	}
 }

@@ -26,8 +26,17 @@ const (
 
 // New returns a logger in format (auto picks journald when stderr is the
 // journal stream systemd set up, else text) writing to stderr, and the
-// format it chose.
-func New(format string, stderr io.Writer) (*slog.Logger, string, error) {
+// format it chose. With file set, every record is also written there as a
+// text line (the daemon's own log that `microvm logs --daemon` shows).
+func New(format string, stderr io.Writer, file io.Writer) (*slog.Logger, string, error) {
+	l, f, err := newPrimary(format, stderr)
+	if err != nil || file == nil {
+		return l, f, err
+	}
+	return slog.New(slog.NewMultiHandler(l.Handler(), slog.NewTextHandler(file, nil))), f, nil
+}
+
+func newPrimary(format string, stderr io.Writer) (*slog.Logger, string, error) {
 	if format == FormatAuto || format == "" {
 		format = FormatText
 		if f, ok := stderr.(*os.File); ok && IsJournalStream(f, os.Getenv("JOURNAL_STREAM")) {

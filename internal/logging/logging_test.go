@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"os/exec"
 	"strings"
 	"testing"
@@ -46,7 +47,7 @@ func TestJournalHelper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, format, err := New(FormatJournal, os.Stderr)
+	log, format, err := New(FormatJournal, os.Stderr, nil)
 	if err != nil || format != FormatJournal {
 		t.Fatal(format, err)
 	}
@@ -73,10 +74,10 @@ func TestAutoPicksJournalOnlyForItsStream(t *testing.T) {
 		t.Error("a foreign or empty JOURNAL_STREAM is taken as the journal")
 	}
 	t.Setenv("JOURNAL_STREAM", "")
-	if _, format, err := New(FormatAuto, f); err != nil || format != FormatText {
+	if _, format, err := New(FormatAuto, f, nil); err != nil || format != FormatText {
 		t.Errorf("auto without systemd = %s, %v", format, err)
 	}
-	if _, _, err := New("xml", f); err == nil || !strings.Contains(err.Error(), "unknown log format") {
+	if _, _, err := New("xml", f, nil); err == nil || !strings.Contains(err.Error(), "unknown log format") {
 		t.Errorf("err = %v", err)
 	}
 }
@@ -86,5 +87,44 @@ func TestFieldName(t *testing.T) {
 		if got := fieldName(in); got != want {
 			t.Errorf("fieldName(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestRotatingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log", "daemon.log")
+	r, err := OpenRotating(path, 100, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := strings.Repeat("x", 39) + "\n" // 40 bytes
+	for range 7 {
+		if _, err := r.Write([]byte(line)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.Close()
+	size := func(p string) int64 {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return -1
+		}
+		return fi.Size()
+	}
+	// 7 lines of 40 bytes, at most 2 per 100-byte file: 1 + 2 + 2 kept, the
+	// oldest 2 dropped (Keep 2).
+	if size(path) != 40 || size(path+".1") != 80 || size(path+".2") != 80 || size(path+".3") != -1 {
+		t.Errorf("sizes: %d %d %d %d", size(path), size(path+".1"), size(path+".2"), size(path+".3"))
+	}
+}
+
+func TestAlsoToFile(t *testing.T) {
+	var stderr, file strings.Builder
+	log, _, err := New(FormatText, &stderr, &file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("applied", "vm", "vm1")
+	if !strings.Contains(stderr.String(), "vm=vm1") || !strings.Contains(file.String(), "msg=applied vm=vm1") {
+		t.Errorf("stderr %q, file %q", stderr.String(), file.String())
 	}
 }

@@ -47,6 +47,9 @@ type Backend interface {
 	// InteractiveConsole says whether l.ConsoleSocket takes an interactive
 	// serial console client.
 	InteractiveConsole() bool
+	// AppendsConsole says whether the VMM writes the console log in append
+	// mode, so the log can be rotated by copy and truncate while it runs.
+	AppendsConsole() bool
 	// DiskDevices maps each disk (volume names, and StoreSerial for a block
 	// store) to its guest device name for backends that cannot give disks a
 	// serial; nil when the guest finds disks by serial.

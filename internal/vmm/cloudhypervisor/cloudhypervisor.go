@@ -105,3 +105,6 @@ func (Backend) InteractiveConsole() bool { return false }
 
 // DiskDevices is nil: disks carry serials.
 func (Backend) DiskDevices(vmm.Launch) map[string]string { return nil }
+
+// AppendsConsole: cloud-hypervisor's serial file mode is not documented to append; its log is rotated only at restart.
+func (Backend) AppendsConsole() bool { return false }

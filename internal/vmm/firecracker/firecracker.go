@@ -175,3 +175,6 @@ func (Backend) DiskDevices(l vmm.Launch) map[string]string {
 	}
 	return out
 }
+
+// AppendsConsole: its stdout is opened in append mode.
+func (Backend) AppendsConsole() bool { return true }

@@ -138,7 +138,7 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 		"-append", vmm.KernelCmdline(vm, vmm.SerialConsole(l.Arch)),
 		// A socket for `microvm console`, logging everything to the console
 		// log whether or not a client is connected.
-		"-chardev", "socket,id=console,path="+l.ConsoleSocket+",server=on,wait=off,logfile="+l.ConsoleLog+",logappend=off",
+		"-chardev", "socket,id=console,path="+l.ConsoleSocket+",server=on,wait=off,logfile="+l.ConsoleLog+",logappend=on",
 		"-serial", "chardev:console",
 		"-qmp", "unix:"+l.ControlSocket+",server=on,wait=off",
 	)
@@ -180,3 +180,6 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 	args = append(args, "-device", dev("virtio-rng-pci"))
 	return args
 }
+
+// AppendsConsole: the chardev log is opened with logappend=on.
+func (Backend) AppendsConsole() bool { return true }
