@@ -67,7 +67,7 @@ func TestVerifyLiveFleet(t *testing.T) {
 	}
 
 	// The daemon's own log is reachable through the CLI.
-	if out, err := l.cli("logs", "--daemon"); err != nil || !strings.Contains(out, `msg="VM ready" vm=a`) {
+	if out, err := l.cli("logs", "--daemon"); err != nil || !strings.Contains(out, `msg="VM ready" component=supervisor vm=a`) {
 		t.Errorf("logs --daemon: %v\n%s", err, out)
 	}
 	// QEMU writes the console log in append mode, so copy-truncate rotation

@@ -81,9 +81,10 @@ func (a *app) printResults(results []verify.Result) error {
 			return err
 		}
 	} else {
+		colour := colourful(a.stdout)
 		tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 		for _, r := range results {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Status, r.Name, r.Evidence)
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", statusWord(r.Status, colour), r.Name, r.Evidence)
 		}
 		tw.Flush()
 	}

@@ -61,7 +61,7 @@ func New(env launch.Env, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{env: env, log: log, sup: supervisor.New(env, log), net: m, boots: make(chan struct{}, max(2, runtime.NumCPU()))}
+	d := &Daemon{env: env, log: log.With("component", "daemon"), sup: supervisor.New(env, log.With("component", "supervisor")), net: m, boots: make(chan struct{}, max(2, runtime.NumCPU()))}
 	if _, err := d.sup.Adopt(); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("adopt running VMs: %w", err)
