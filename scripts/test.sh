@@ -23,7 +23,7 @@ go test -count=1 -timeout 20m ./...
 
 # Fuzz targets, each for a bounded time (FUZZTIME, default 20s).
 fuzztime="${FUZZTIME:-20s}"
-for target in "FuzzParse ./internal/config"; do
+for target in "FuzzParse ./internal/config" "FuzzParseSpec ./internal/guest" "FuzzAPIRequest ./internal/api"; do
 	set -- $target
 	echo "==> fuzz $1 for $fuzztime"
 	go test -run '^$' -fuzz "^$1\$" -fuzztime "$fuzztime" "$2"

@@ -161,7 +161,7 @@ func TestInitramfs(t *testing.T) {
 		t.Fatal("a new microvm-init must make a new base archive")
 	}
 	dst := filepath.Join(t.TempDir(), "initramfs.cpio")
-	spec := &Spec{Name: "vm1", SSH: SSHSpec{HostKey: "secret"}}
+	spec := &Spec{Name: "vm1", Net: NetSpec{MAC: "02:00:00:00:00:01", Address: "10.1.0.2/24", Gateway: "10.1.0.1"}, SSH: SSHSpec{HostKey: "secret"}}
 	if err := WriteVM(base, dst, spec); err != nil {
 		t.Fatal(err)
 	}

@@ -194,6 +194,10 @@ func WriteVM(base, dst string, spec *Spec) error {
 	if err != nil {
 		return fmt.Errorf("initramfs: encode spec: %w", err)
 	}
+	// The guest refuses a spec that does not check; so does the host, first.
+	if _, err := ParseSpec(js); err != nil {
+		return fmt.Errorf("initramfs: the spec of %s: %w", spec.Name, err)
+	}
 	// Streamed: the base archive is copied, not loaded, so starting many VMs
 	// at once does not hold many copies of it in memory.
 	return state.WriteFileFunc(dst, 0o600, func(w io.Writer) error {

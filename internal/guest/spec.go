@@ -2,8 +2,14 @@ package guest
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
+	"path"
+	"regexp"
+	"strings"
 )
 
 // SpecPath is where the per-VM spec sits in the initramfs.
@@ -95,9 +101,86 @@ func ReadSpec(path string) (*Spec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read VM spec: %w", err)
 	}
+	s, err := ParseSpec(b)
+	if err != nil {
+		return nil, fmt.Errorf("VM spec %s: %w", path, err)
+	}
+	return s, nil
+}
+
+var (
+	specNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	deviceRE   = regexp.MustCompile(`^vd[a-z]{1,3}$`)
+)
+
+// ParseSpec decodes and checks a spec. microvm-init runs as PID 1 with it,
+// mounting, configuring the network and starting processes, so anything
+// that could make it act outside what the spec means is refused: unknown
+// store filesystems, device names other than virtio disks, mount points
+// that are not clean absolute paths, addresses that do not parse.
+func ParseSpec(b []byte) (*Spec, error) {
 	var s Spec
 	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("VM spec %s is corrupt: %w", path, err)
+		return nil, fmt.Errorf("corrupt: %w", err)
+	}
+	if !specNameRE.MatchString(s.Name) {
+		return nil, fmt.Errorf("name %q is not a VM name", s.Name)
+	}
+	if _, err := net.ParseMAC(s.Net.MAC); err != nil {
+		return nil, fmt.Errorf("net.mac: %w", err)
+	}
+	pfx, err := netip.ParsePrefix(s.Net.Address)
+	if err != nil || !pfx.Addr().Is4() {
+		return nil, fmt.Errorf("net.address %q is not an IPv4 address with its prefix", s.Net.Address)
+	}
+	if gw, err := netip.ParseAddr(s.Net.Gateway); err != nil || !pfx.Masked().Contains(gw) {
+		return nil, fmt.Errorf("net.gateway %q is not an address of %s", s.Net.Gateway, pfx.Masked())
+	}
+	for _, d := range s.Net.DNS {
+		if _, err := netip.ParseAddr(d); err != nil {
+			return nil, fmt.Errorf("net.dns %q is not an address", d)
+		}
+	}
+	switch s.Store.FSType {
+	case "", "9p", "virtiofs":
+	case "ext4":
+		if s.Store.Device != "" && !deviceRE.MatchString(s.Store.Device) {
+			return nil, fmt.Errorf("store.device %q is not a virtio disk", s.Store.Device)
+		}
+	default:
+		return nil, fmt.Errorf("store.fstype %q is not 9p, virtiofs or ext4", s.Store.FSType)
+	}
+	if s.Store.Image != "" && !cleanRelative(s.Store.Image) {
+		return nil, fmt.Errorf("store.image %q leaves the store", s.Store.Image)
+	}
+	for i, v := range s.Volumes {
+		if v.Name == "" || strings.ContainsAny(v.Name, "/\x00") {
+			return nil, fmt.Errorf("volumes[%d].name %q", i, v.Name)
+		}
+		if !path.IsAbs(v.MountPoint) || path.Clean(v.MountPoint) != v.MountPoint || v.MountPoint == "/" {
+			return nil, fmt.Errorf("volumes[%d].mountPoint %q is not a clean absolute path below /", i, v.MountPoint)
+		}
+		if v.Device != "" && !deviceRE.MatchString(v.Device) {
+			return nil, fmt.Errorf("volumes[%d].device %q is not a virtio disk", i, v.Device)
+		}
+	}
+	if w := s.Workload; w != nil {
+		if len(w.Command) == 0 || w.Command[0] == "" {
+			return nil, errors.New("workload.command is empty")
+		}
+		if w.Workdir != "" && !path.IsAbs(w.Workdir) {
+			return nil, fmt.Errorf("workload.workdir %q is not absolute", w.Workdir)
+		}
+		for k := range w.Env {
+			if k == "" || strings.ContainsAny(k, "=\x00") {
+				return nil, fmt.Errorf("workload.env %q is not a variable name", k)
+			}
+		}
 	}
 	return &s, nil
+}
+
+// cleanRelative reports whether p is a relative path that stays inside.
+func cleanRelative(p string) bool {
+	return !path.IsAbs(p) && path.Clean(p) == p && p != ".." && !strings.HasPrefix(p, "../")
 }
