@@ -56,3 +56,19 @@ vms:
 		t.Errorf("without tailscale: %v %v", err, res.Warnings)
 	}
 }
+
+// A run record damaged on disk: the daemon refuses to start with an error
+// naming the file, rather than inventing state (and never touches a VM).
+func TestCorruptRunRecordRefused(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetns(t, "dcr")
+	st := t.TempDir()
+	os.MkdirAll(filepath.Join(st, "vms", "vm1"), 0o700)
+	rec := filepath.Join(st, "vms", "vm1", "run.json")
+	os.WriteFile(rec, []byte(`{"name": "vm1", "pid": 12`), 0o600) // truncated
+	_, err := New(launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), NetNS: ns.Path}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err == nil || !strings.Contains(err.Error(), rec) {
+		t.Fatalf("err = %v, want one naming %s", err, rec)
+	}
+	testutil.Report(t, testutil.FaultResult{Fault: "a run record truncated on disk", Trials: 1, Result: "the daemon refuses to start, naming the file; no state invented"})
+}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"microvm.dev/microvm/internal/gitsync"
+	"microvm.dev/microvm/internal/testutil"
 )
 
 func TestSaveListPrune(t *testing.T) {
@@ -63,4 +64,5 @@ func TestCorruptGenerationIsAnError(t *testing.T) {
 	if _, err := s.List(); err == nil {
 		t.Error("a file whose number does not match its name was accepted")
 	}
+	testutil.Report(t, testutil.FaultResult{Fault: "a generation file truncated or renumbered on disk", Trials: 2, Result: "refused, naming the generation"})
 }

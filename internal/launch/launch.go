@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -496,6 +497,8 @@ func Start(p *Prepared) (*Running, error) {
 		}
 	}
 	var helpers []*os.Process
+	var helperDone []<-chan struct{}
+	var vmmGone atomic.Bool
 	killHelpers := func() {
 		for _, h := range helpers {
 			h.Kill() // reaped by startVirtiofsd's waiter
@@ -505,12 +508,13 @@ func Start(p *Prepared) (*Running, error) {
 		if sh.Kind() != vmm.ShareVirtiofs {
 			continue
 		}
-		proc, err := startVirtiofsd(sh, logf)
+		proc, done, err := startVirtiofsd(sh, logf)
 		if err != nil {
 			killHelpers()
 			return nil, err
 		}
 		helpers = append(helpers, proc)
+		helperDone = append(helperDone, done)
 	}
 	r := &Running{Prepared: p, Exited: make(chan struct{})}
 	r.Started = time.Now()
@@ -530,8 +534,27 @@ func Start(p *Prepared) (*Running, error) {
 	}
 	r.Process = cmd.Process
 	r.ProcStart, _ = ProcStartTime(cmd.Process.Pid)
+	// A guest whose store server died cannot go on (its root is gone): the
+	// hypervisor is stopped, and the supervisor restarts the VM by policy.
+	for _, done := range helperDone {
+		go func() {
+			select {
+			case <-done:
+				if vmmGone.Load() {
+					return // the hypervisor exited first and took its helpers
+				}
+				if f, err := os.OpenFile(VMMLog(vmDir), os.O_WRONLY|os.O_APPEND, 0); err == nil {
+					fmt.Fprintln(f, "microvm: virtiofsd exited while the VM ran; stopping the hypervisor")
+					f.Close()
+				}
+				r.Process.Signal(syscall.SIGTERM)
+			case <-r.Exited:
+			}
+		}()
+	}
 	go func() {
 		r.ExitErr = cmd.Wait()
+		vmmGone.Store(true)
 		// Helpers never outlive the hypervisor.
 		killHelpers()
 		if r.ExitErr != nil {
@@ -551,7 +574,8 @@ func Start(p *Prepared) (*Running, error) {
 // read-only mode, so it runs in a private mount namespace where the tree is
 // a read-only bind mount of itself: a guest that remounts its store
 // read-write still cannot write through to the host.
-func startVirtiofsd(sh vmm.Share, log *os.File) (*os.Process, error) {
+// The returned channel is closed when virtiofsd exits.
+func startVirtiofsd(sh vmm.Share, log *os.File) (*os.Process, <-chan struct{}, error) {
 	bin := Virtiofsd()
 	os.Remove(sh.VirtiofsSocket)
 	script := `mount --bind -o ro "$1" "$1" && exec "$2" --socket-path="$3" -o source="$1" -o sandbox=namespace -o cache=always -o no_posix_lock -o no_flock`
@@ -559,23 +583,24 @@ func startVirtiofsd(sh vmm.Share, log *os.File) (*os.Process, error) {
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start virtiofsd: %w", err)
+		return nil, nil, fmt.Errorf("start virtiofsd: %w", err)
 	}
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	done := make(chan struct{})
+	go func() { err := cmd.Wait(); exited <- err; close(done) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := os.Stat(sh.VirtiofsSocket); err == nil {
-			return cmd.Process, nil
+			return cmd.Process, done, nil
 		}
 		select {
 		case err := <-exited:
-			return nil, fmt.Errorf("virtiofsd for %s exited: %v (see qemu.log)", sh.Path, err)
+			return nil, nil, fmt.Errorf("virtiofsd for %s exited: %v (see vmm.log)", sh.Path, err)
 		default:
 		}
 		if time.Now().After(deadline) {
 			cmd.Process.Kill()
-			return nil, fmt.Errorf("virtiofsd for %s did not create %s", sh.Path, sh.VirtiofsSocket)
+			return nil, nil, fmt.Errorf("virtiofsd for %s did not create %s", sh.Path, sh.VirtiofsSocket)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

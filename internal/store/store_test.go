@@ -26,6 +26,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"microvm.dev/microvm/internal/testutil"
 )
 
 // entry is one tar entry of a test layer.
@@ -265,6 +267,7 @@ func TestCorruptLayerLeavesNothing(t *testing.T) {
 		t.Error("the corrupt blob was cached")
 	}
 	assertNoTemp(t, s)
+	testutil.Report(t, testutil.FaultResult{Fault: "a registry serving a corrupted layer", Trials: 1, Result: "the pull fails on the digest; no name, tree, blob or temporary left"})
 }
 
 func TestInterruptedPullResumes(t *testing.T) {
@@ -313,6 +316,7 @@ func TestInterruptedPullResumes(t *testing.T) {
 		}
 	}
 	assertNoTemp(t, s)
+	testutil.Report(t, testutil.FaultResult{Fault: "a pull interrupted after two layers", Trials: 1, Result: "nothing visible; the next pull fetches only the missing layers"})
 }
 
 func TestSameContentStoredOnce(t *testing.T) {
@@ -441,6 +445,7 @@ func TestHostileLayers(t *testing.T) {
 			assertNoTemp(t, s)
 		})
 	}
+	testutil.Report(t, testutil.FaultResult{Fault: "hostile image layers (.. paths, symlink and hard-link escapes)", Trials: 4, Result: "refused; nothing written outside the image root"})
 }
 
 func TestGC(t *testing.T) {

@@ -1,12 +1,16 @@
 package volume
 
 import (
+	"bytes"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/testutil"
@@ -88,4 +92,42 @@ func TestFullDisk(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "data.img")); !os.IsNotExist(err) {
 		t.Error("image exists after a refused create")
 	}
+	testutil.Report(t, testutil.FaultResult{Fault: "disk full while creating a volume (a 40M tmpfs, an 8G volume)", Trials: 1, Result: "refused before writing, with the space needed; nothing left behind"})
+}
+
+// A disk too full to grow a volume: a clear error and the existing image
+// untouched (its bytes compared). The "disk" is a small tmpfs.
+func TestFullDiskKeepsExistingVolume(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireCommand(t, "mkfs.ext4")
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=96m"); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	small := config.Volume{Name: "small", MountPoint: "/mnt/s", Size: 16 * config.MiB}
+	if act, err := Ensure(dir, small); err != nil || act != Created {
+		t.Fatalf("a 16M volume: %v %v", act, err)
+	}
+	path := Path(dir, "small")
+	before, _ := os.ReadFile(path)
+	// Fill the disk, then ask for more room than is left.
+	filler, _ := os.Create(filepath.Join(dir, "filler"))
+	io.Copy(filler, io.LimitReader(zeroReader{}, 90<<20))
+	filler.Close()
+	small.Size = 8 * config.GiB
+	if _, err := Ensure(dir, small); err == nil || !strings.Contains(err.Error(), "free") {
+		t.Errorf("growing on a full disk: %v", err)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Error("the existing volume changed after a failed grow")
+	}
+	testutil.Report(t, testutil.FaultResult{Fault: "disk full while growing a volume", Trials: 1, Result: "refused; the existing image byte-identical"})
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }

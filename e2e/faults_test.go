@@ -1,0 +1,138 @@
+package e2e
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/testutil"
+)
+
+const faultFleet = `defaults: { vcpu: 1, memory: %s, stopTimeout: 10s }
+vms:
+  f:
+    index: 1
+    volumes: [{ name: data, mountPoint: /data, size: 64M }]
+`
+
+// TestFaults injects faults into a running fleet and checks after each that
+// no VM is lost, no byte of a file written (and synced) to the data volume
+// before the fault is lost, and the daemon converges: the VM's hypervisor
+// killed, virtiofsd killed under a running guest, and the daemon killed
+// with -9 at seeded random moments of an apply that restarts the VM.
+func TestFaults(t *testing.T) {
+	requireGuestEnv(t)
+	l := newDaemonLab(t, "flt")
+	file := filepath.Join(l.state, "infra.yaml")
+	write := func(mem string) { os.WriteFile(file, []byte(fmt.Sprintf(faultFleet, mem)), 0o644) }
+	write("256M")
+	l.startDaemon(file)
+	vms := l.waitFor("f running", 3*time.Minute, allRunning("f"))
+
+	// Data written and synced before any fault.
+	if out, err := l.cli("exec", "f", "--", "sh", "-c", "head -c 1048576 /dev/urandom > /data/precious && sync && md5sum /data/precious"); err != nil {
+		t.Fatalf("write the data: %v %s", err, out)
+	}
+	// The checksum, retried while the guest finishes booting (an adopted
+	// VM counts as running from the moment it is adopted).
+	sum := func() string {
+		var out string
+		var err error
+		for range 60 {
+			if out, err = l.cli("exec", "f", "--", "md5sum", "/data/precious"); err == nil {
+				return strings.Fields(out)[0]
+			}
+			time.Sleep(time.Second)
+		}
+		return "unreadable: " + out
+	}
+	want := sum()
+	lostBytes := func() int64 {
+		if sum() != want {
+			return 1 << 20
+		}
+		return 0
+	}
+
+	converge := func(what string, old int) (supervisor.Status, float64) {
+		t0 := time.Now()
+		m := l.waitFor(what, 3*time.Minute, func(m map[string]supervisor.Status) bool {
+			return m["f"].State == supervisor.Running && m["f"].PID != old && alive(m["f"].PID)
+		})
+		return m["f"], time.Since(t0).Seconds()
+	}
+
+	// The hypervisor killed from outside, twice.
+	var lost int64
+	var slowest float64
+	for range 2 {
+		syscall.Kill(vms["f"].PID, syscall.SIGKILL)
+		st, secs := converge("f restarted after its hypervisor was killed", vms["f"].PID)
+		vms["f"], slowest = st, max(slowest, secs)
+		lost += lostBytes()
+	}
+	testutil.Report(t, testutil.FaultResult{Fault: "the VM's hypervisor killed (SIGKILL)", Trials: 2, LostBytes: lost, Converge: slowest,
+		Result: "restarted by the supervisor with backoff"})
+
+	// virtiofsd killed under the running guest, twice.
+	lost, slowest = 0, 0
+	for range 2 {
+		out, err := exec.Command("pgrep", "-f", filepath.Join(l.state, "run", "f-store.sock")).Output()
+		pids := strings.Fields(string(out))
+		if err != nil || len(pids) == 0 {
+			t.Skipf("no virtiofsd serves the store here (shared over 9p): %v", err)
+		}
+		for _, p := range pids {
+			if pid, err := strconv.Atoi(p); err == nil {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		st, secs := converge("f restarted after virtiofsd was killed", vms["f"].PID)
+		vms["f"], slowest = st, max(slowest, secs)
+		lost += lostBytes()
+	}
+	if out, _ := l.cli("status", "f", "-o", "json"); !strings.Contains(out, "virtiofsd exited while the VM ran") {
+		t.Errorf("the VM's last exit does not say why it was stopped:\n%s", out)
+	}
+	testutil.Report(t, testutil.FaultResult{Fault: "virtiofsd killed under a running guest", Trials: 2, LostBytes: lost, Converge: slowest,
+		Result: "the hypervisor is stopped and the VM restarted"})
+
+	// kill -9 of the daemon at seeded random moments of an apply.
+	rng := rand.New(rand.NewPCG(2026, 11))
+	const trials = 4
+	lost, slowest = 0, 0
+	lostVMs := 0
+	mems := []string{"288M", "256M"}
+	for i := range trials {
+		write(mems[i%2])
+		apply := exec.Command(filepath.Join(shared.initDir, "microvm"), l.args("apply", "-f", file)...)
+		apply.Start()
+		time.Sleep(time.Duration(rng.IntN(4000)) * time.Millisecond)
+		l.daemon.Process.Signal(syscall.SIGKILL)
+		l.daemon.Wait()
+		apply.Wait()
+		t0 := time.Now()
+		l.startDaemon(file)
+		m := l.waitFor("the fleet converges after the daemon was killed mid-apply", 3*time.Minute, func(m map[string]supervisor.Status) bool {
+			return m["f"].State == supervisor.Running && m["f"].Spec != nil && m["f"].Spec.Memory.String() == mems[i%2]
+		})
+		slowest = max(slowest, time.Since(t0).Seconds())
+		if !alive(m["f"].PID) {
+			lostVMs++
+		}
+		lost += lostBytes()
+	}
+	testutil.Report(t, testutil.FaultResult{Fault: "the daemon killed (-9) at a random moment of an apply that restarts the VM (seeded)", Trials: trials,
+		LostVMs: lostVMs, LostBytes: lost, Converge: slowest, Result: "the restarted daemon adopts or restarts the VM on the file's spec"})
+	if lost != 0 || lostVMs != 0 {
+		t.Errorf("lost %d bytes and %d VMs", lost, lostVMs)
+	}
+}
