@@ -148,6 +148,9 @@ func TestStoreShares(t *testing.T) {
 				env.Cgroups = cg
 			}
 			p, r := boot(t, env, cfg.VM("vm1"))
+			if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", r.Process.Pid)); !strings.Contains(string(st), "Seccomp:\t2") {
+				t.Error("QEMU does not run under its seccomp sandbox (-sandbox on)")
+			}
 			if cg != nil && !cg.Contains("vm1", r.Process.Pid) {
 				t.Errorf("the hypervisor (pid %d) is not in its cgroup %v", r.Process.Pid, cg.Dirs("vm1"))
 			}

@@ -122,10 +122,24 @@ func (s *Supervisor) Adopt() ([]string, error) {
 			continue
 		}
 		r.Started, r.ProcStart = rec.StartedAt, rec.ProcStart
-		v := &vmProc{spec: &spec, run: r, state: Running, wanted: true, started: rec.StartedAt}
+		// Starting until its console shows the ready line (at once when the
+		// guest had finished booting before the daemon went away).
+		v := &vmProc{spec: &spec, run: r, state: Starting, wanted: true, started: rec.StartedAt}
 		s.vms[rec.Name] = v
 		v.gen++
-		go s.watch(rec.Name, v, v.gen)
+		gen := v.gen
+		go s.watch(rec.Name, v, gen)
+		go func(name string) {
+			if _, err := r.WaitReady(s.ReadyTimeout, nil); err != nil {
+				s.log.Warn("an adopted VM did not report ready", "vm", name, "err", err)
+				return
+			}
+			s.mu.Lock()
+			if v.gen == gen && v.state == Starting {
+				v.state = Running
+			}
+			s.mu.Unlock()
+		}(rec.Name)
 		adopted = append(adopted, rec.Name)
 		s.log.Info("adopted a running VM", "vm", rec.Name, "pid", rec.PID)
 	}

@@ -132,6 +132,9 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 		"-smp", fmt.Sprint(vm.VCPU),
 		"-m", fmt.Sprintf("%dM", vm.Memory.MiB()),
 		"-nodefaults", "-no-user-config", "-no-reboot",
+		// seccomp: no obsolete system calls, no privilege changes, no new
+		// processes, no resource-control calls, whatever a guest makes of QEMU.
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-display", "none",
 		"-kernel", l.Kernel,
 		"-initrd", l.Initrd,
