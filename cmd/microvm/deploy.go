@@ -106,7 +106,8 @@ func (a *app) deployCommand() *cobra.Command {
 becomes a generation that is verified, validated, applied (only changed VMs
 restart), health-checked and rolled back on failure. These verbs inspect and
 steer that loop.`,
-		Args: exactArgs(0),
+		Example: "  microvm deploy status\n  microvm deploy history\n  microvm deploy rollback 12",
+		Args:    exactArgs(0),
 		RunE: func(*cobra.Command, []string) error {
 			return usageError{errors.New("deploy needs a subcommand: status, history, trigger, rollback, suspend or resume")}
 		},

@@ -27,7 +27,8 @@ func (a *app) imageCommand() *cobra.Command {
 content-addressed: identical content is stored once however many names and VMs
 use it, and each VM is given only its own image. A VM's image: names a store
 image ("base") or an OCI reference, pulled on first use.`,
-		Args: exactArgs(0),
+		Example: "  microvm image list\n  microvm image pull docker.io/library/nginx:1.27\n  microvm image gc -f infra.yaml",
+		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return usageError{fmt.Errorf("image needs a subcommand: list, import, pull, rm or gc")}
 		},
