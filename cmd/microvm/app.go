@@ -31,8 +31,10 @@ type app struct {
 	socket   string
 	netns    string
 	output   string
-	stdout   io.Writer
-	stderr   io.Writer
+	// apiURL, apiToken and apiCA reach a daemon's TCP API instead of the socket.
+	apiURL, apiTokenFile, apiCA string
+	stdout                      io.Writer
+	stderr                      io.Writer
 }
 
 // usageError marks a mistake in the command line (exit 2).
@@ -110,6 +112,9 @@ read-only image store, an ephemeral /var and persistent data volumes.`,
 	pf.StringVar(&a.stateDir, "state-dir", state.DefaultDir, "directory of microvm's state (volumes, run records, generations)")
 	pf.StringVar(&a.socket, "socket", DefaultSocket, "the daemon's API socket")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
+	pf.StringVar(&a.apiURL, "api-url", "", "reach the daemon's TCP API (https://host:port) instead of --socket")
+	pf.StringVar(&a.apiTokenFile, "api-token-file", "", "file holding the TCP API's bearer token (the client's for --api-url, the daemon's for --api-listen)")
+	pf.StringVar(&a.apiCA, "api-ca", "", "CA certificate (PEM) to trust for --api-url (default the system's)")
 	pf.StringVar(&a.netns, "netns", "", "work in the network namespace at this path instead of the host's own (e.g. /run/netns/NAME)")
 	root.AddCommand(a.validateCommand(), a.planCommand(), a.renderCommand(), a.netCommand(), a.runCommand(),
 		a.daemonCommand(), a.applyCommand(), a.listCommand(),

@@ -47,6 +47,9 @@ standard error otherwise (--log-format picks).`,
 	}
 	cmd.Flags().StringVar(&file, "config", "", "the config file to apply at start")
 	gitFlags(cmd, &g)
+	cmd.Flags().StringVar(&g.apiListen, "api-listen", "", "also serve the API on this TCP address, TLS with a bearer token (off by default)")
+	cmd.Flags().StringVar(&g.apiCert, "api-tls-cert", "", "certificate (PEM) for --api-listen")
+	cmd.Flags().StringVar(&g.apiKey, "api-tls-key", "", "private key (PEM) for --api-listen")
 	cmd.Flags().StringVar(&g.metrics, "metrics-listen", "", "serve Prometheus metrics at /metrics on this address (off by default; a bare :PORT binds loopback)")
 	cmd.Flags().StringVar(&logFormat, "log-format", logging.FormatAuto, "auto (journald under systemd, else text), text, json or journald")
 	launchFlags(cmd, &o)
@@ -54,6 +57,12 @@ standard error otherwise (--log-format picks).`,
 }
 
 func (a *app) runDaemon(file, logFormat string, o runOptions, g gitOptions) error {
+	if g.url != "" && file != "" {
+		return usagef("--config and --git-url exclude each other: in GitOps mode the file comes from the repository")
+	}
+	if g.apiListen != "" && (g.apiCert == "" || g.apiKey == "" || a.apiTokenFile == "") {
+		return usagef("--api-listen needs --api-tls-cert, --api-tls-key and --api-token-file: the TCP API is TLS with a bearer token only")
+	}
 	logFile, err := logging.OpenRotating(daemon.DaemonLog(a.stateDir), 10<<20, 3)
 	if err != nil {
 		return err
@@ -62,9 +71,6 @@ func (a *app) runDaemon(file, logFormat string, o runOptions, g gitOptions) erro
 	log, _, err := logging.New(logFormat, a.stderr, logFile)
 	if err != nil {
 		return usageError{err}
-	}
-	if g.url != "" && file != "" {
-		return usagef("--config and --git-url exclude each other: in GitOps mode the file comes from the repository")
 	}
 	d, err := daemon.New(a.launchEnv(o), log)
 	if err != nil {
@@ -83,9 +89,16 @@ func (a *app) runDaemon(file, logFormat string, o runOptions, g gitOptions) erro
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: api.Handler(d, dep), ReadHeaderTimeout: 10 * time.Second}
+	handler := api.Handler(d, dep)
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	log.Info("listening", "socket", a.socket)
+	if g.apiListen != "" {
+		if err := serveTCPAPI(ctx, g.apiListen, g.apiCert, g.apiKey, a.apiTokenFile, handler, log); err != nil {
+			srv.Close()
+			return err
+		}
+	}
 	if g.metrics != "" {
 		if err := serveMetrics(ctx, g.metrics, metrics.New(d, dep), log); err != nil {
 			srv.Close()
@@ -131,7 +144,50 @@ func (a *app) runDaemon(file, logFormat string, o runOptions, g gitOptions) erro
 	return nil
 }
 
-func (a *app) client() *api.Client { return api.NewClient(a.socket) }
+// client talks to the daemon: on its socket, or on its TCP API with --api-url.
+func (a *app) client() *api.Client {
+	if a.apiURL == "" {
+		return api.NewClient(a.socket)
+	}
+	token := ""
+	if a.apiTokenFile != "" {
+		b, err := os.ReadFile(a.apiTokenFile)
+		if err == nil {
+			token = strings.TrimSpace(string(b))
+		}
+	}
+	c, err := api.NewRemoteClient(a.apiURL, token, a.apiCA)
+	if err != nil {
+		// An unusable URL fails every request with the reason.
+		c, _ = api.NewRemoteClient("https://invalid.invalid", "", "")
+		fmt.Fprintln(a.stderr, "microvm:", err)
+	}
+	return c
+}
+
+// serveTCPAPI serves the API on addr over TLS, bearer token required.
+func serveTCPAPI(ctx context.Context, addr, certFile, keyFile, tokenFile string, h http.Handler, log interface{ Info(string, ...any) }) error {
+	if certFile == "" || keyFile == "" || tokenFile == "" {
+		return usagef("--api-listen needs --api-tls-cert, --api-tls-key and --api-token-file: the TCP API is TLS with a bearer token only")
+	}
+	b, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return fmt.Errorf("API token: %w", err)
+	}
+	token := strings.TrimSpace(string(b))
+	if len(token) < 16 {
+		return fmt.Errorf("the API token in %s is shorter than 16 bytes", tokenFile)
+	}
+	ln, err := api.ListenTLS(addr, certFile, keyFile)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: api.WithToken(h, []byte(token)), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	go func() { <-ctx.Done(); srv.Close() }()
+	log.Info("TCP API listening", "addr", ln.Addr().String())
+	return nil
+}
 
 func (a *app) applyCommand() *cobra.Command {
 	var file string

@@ -32,6 +32,8 @@ type gitOptions struct {
 	webhook, webhookToken string
 	history               int
 	metrics               string
+	apiListen, apiCert    string
+	apiKey                string
 }
 
 func gitFlags(cmd *cobra.Command, g *gitOptions) {

@@ -340,3 +340,13 @@ func TestDoctorJSON(t *testing.T) {
 		t.Errorf("doctor: exit %d, %v\n%s", code, err, out)
 	}
 }
+
+func TestTCPAPINeedsTLSAndToken(t *testing.T) {
+	code, _, errOut := runCLI(t, "daemon", "--api-listen", "127.0.0.1:0", "--socket", filepath.Join(t.TempDir(), "s"), "--state-dir", t.TempDir(), "--netns", "/nonexistent")
+	if code != 2 || !strings.Contains(errOut, "TLS with a bearer token") {
+		t.Errorf("exit %d: %s", code, errOut)
+	}
+	if code, _, errOut := runCLI(t, "list", "--api-url", "http://127.0.0.1:1"); code != 1 || !strings.Contains(errOut, "TLS only") {
+		t.Errorf("plain http API URL: exit %d %q", code, errOut)
+	}
+}

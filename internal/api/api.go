@@ -5,17 +5,22 @@ package api
 
 import (
 	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -269,8 +274,12 @@ func Listen(socket string) (net.Listener, error) {
 
 // Client talks to a daemon.
 type Client struct {
-	socket string
-	http   *http.Client
+	// where names the daemon in errors (the socket or the URL).
+	where string
+	// base is the URL prefix requests go to.
+	base  string
+	token string
+	http  *http.Client
 }
 
 // ErrNoDaemon says nothing listens on the socket.
@@ -278,7 +287,7 @@ var ErrNoDaemon = errors.New("no daemon is listening")
 
 // NewClient returns a client for the daemon on socket.
 func NewClient(socket string) *Client {
-	return &Client{socket: socket, http: &http.Client{Transport: &http.Transport{
+	return &Client{where: socket, base: "http://microvm", http: &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
@@ -286,20 +295,78 @@ func NewClient(socket string) *Client {
 	}}}
 }
 
+// NewRemoteClient returns a client for a daemon's TCP API at baseURL
+// (https://host:port), sending token as a bearer token and trusting the
+// CA certificates in caFile (the system's when empty).
+func NewRemoteClient(baseURL, token, caFile string) (*Client, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("API URL %q: want https://host:port (the TCP API is TLS only)", baseURL)
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("API CA: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("API CA %s holds no PEM certificate", caFile)
+		}
+	}
+	return &Client{where: baseURL, base: strings.TrimSuffix(baseURL, "/"), token: token,
+		http: &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}}, nil
+}
+
+func (c *Client) newRequest(method, path string, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequest(method, c.base+path, body)
+	if err == nil && c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	return req, err
+}
+
+// WithToken admits only requests carrying token as their bearer token
+// (compared in constant time); others get 401.
+func WithToken(h http.Handler, token []byte) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || len(token) == 0 || subtle.ConstantTimeCompare([]byte(got), token) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="microvm"`)
+			writeErr(w, http.StatusUnauthorized, errors.New("a valid bearer token is required"))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// ListenTLS opens the TCP API on addr with the certificate and key.
+func ListenTLS(addr, certFile, keyFile string) (net.Listener, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("API TLS: %w", err)
+	}
+	ln, err := tls.Listen("tcp", addr, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		return nil, fmt.Errorf("API listen on %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
 // Do sends a request and decodes a JSON answer into out; a non-2xx answer
 // is an error carrying the daemon's message (out is still filled when the
 // answer has a body of that shape, e.g. apply problems).
 func (c *Client) Do(method, path string, body io.Reader, out any) error {
-	req, err := http.NewRequest(method, "http://microvm"+path, body)
+	req, err := c.newRequest(method, path, body)
 	if err != nil {
 		return err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("%w on %s (start one with: microvm daemon --config FILE)", ErrNoDaemon, c.socket)
+			return fmt.Errorf("%w on %s (start one with: microvm daemon --config FILE)", ErrNoDaemon, c.where)
 		}
-		return fmt.Errorf("talk to the daemon on %s: %w", c.socket, err)
+		return fmt.Errorf("talk to the daemon on %s: %w", c.where, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
@@ -332,10 +399,14 @@ func (e *StatusError) Error() string { return e.Message }
 
 // Stream copies a streamed answer (logs) to w.
 func (c *Client) Stream(path string, w io.Writer) error {
-	resp, err := c.http.Get("http://microvm" + path)
+	req, err := c.newRequest("GET", path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("%w on %s (start one with: microvm daemon --config FILE)", ErrNoDaemon, c.socket)
+			return fmt.Errorf("%w on %s (start one with: microvm daemon --config FILE)", ErrNoDaemon, c.where)
 		}
 		return err
 	}
