@@ -58,8 +58,8 @@ Each target's seed corpus is committed under its package's
 
 Twenty seeded daemon kills during GitOps deploys (one kill during a deploy
 is covered by e2e/TestGitOpsDeploys), the uplink disappearing and coming
-back, the VMM as an unprivileged user, a TCP API with TLS and tokens,
-volume snapshots and encrypted secrets are still to come.
+back, the VMM as an unprivileged user and encrypted secrets are still to
+come.
 T
 } > docs/reliability.md
 echo "docs/reliability.md written" >&2

@@ -26,13 +26,18 @@ import (
 
 	"microvm.dev/microvm/internal/daemon"
 	"microvm.dev/microvm/internal/deploy"
+	"microvm.dev/microvm/internal/snapshot"
 	"microvm.dev/microvm/internal/supervisor"
 )
 
 // MaxBody bounds request bodies (a config file).
 const MaxBody = 4 << 20
 
-var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
+var (
+	nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
+	volRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,19}$`)
+	snapRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,19}@[0-9]{8}T[0-9]{6}\.[0-9]{3}Z$`)
+)
 
 // Handler serves d's API; dep is the GitOps loop (nil when the daemon
 // applies a file instead, and the deploy endpoints answer 409).
@@ -108,6 +113,53 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"removed": name, "purged": purge})
+	}))
+	mux.HandleFunc("GET /v1/vms/{name}/snapshots", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
+		list, err := d.Snapshots(name)
+		if err != nil {
+			writeErr(w, http.StatusInternalServerError, err)
+			return
+		}
+		if list == nil {
+			list = []snapshot.Snapshot{}
+		}
+		writeJSON(w, http.StatusOK, list)
+	}))
+	mux.HandleFunc("POST /v1/vms/{name}/snapshots", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
+		vol := r.URL.Query().Get("volume")
+		if vol != "" && !volRE.MatchString(vol) {
+			writeErr(w, http.StatusBadRequest, fmt.Errorf("%q is not a volume name", vol))
+			return
+		}
+		list, err := d.Snapshot(name, vol)
+		switch {
+		case errors.Is(err, daemon.ErrUnknownVM):
+			writeErr(w, http.StatusNotFound, err)
+		case err != nil && len(list) == 0 && strings.Contains(err.Error(), "has no volume"):
+			writeErr(w, http.StatusBadRequest, err)
+		case err != nil:
+			writeErr(w, http.StatusInternalServerError, err)
+		default:
+			writeJSON(w, http.StatusOK, list)
+		}
+	}))
+	mux.HandleFunc("POST /v1/vms/{name}/snapshots/restore", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
+		snap := r.URL.Query().Get("snapshot")
+		if !snapRE.MatchString(snap) {
+			writeErr(w, http.StatusBadRequest, fmt.Errorf("%q is not a snapshot name (volume@time, from microvm volume snapshots)", snap))
+			return
+		}
+		before, err := d.Restore(name, snap)
+		switch {
+		case errors.Is(err, daemon.ErrUnknownVM):
+			writeErr(w, http.StatusNotFound, err)
+		case errors.Is(err, daemon.ErrRunning):
+			writeErr(w, http.StatusConflict, err)
+		case err != nil:
+			writeErr(w, http.StatusBadRequest, err)
+		default:
+			writeJSON(w, http.StatusOK, map[string]any{"restored": snap, "previous": before})
+		}
 	}))
 	mux.HandleFunc("GET /v1/daemon/logs", func(w http.ResponseWriter, r *http.Request) {
 		follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))

@@ -78,6 +78,8 @@ type Supervision struct {
 	PullPolicy string `json:"pullPolicy"`
 	// HealthCheck is checked after a deploy starts the VM (optional).
 	HealthCheck *HealthCheck `json:"healthCheck,omitempty"`
+	// Snapshots is the volume snapshot retention and schedule.
+	Snapshots Snapshots `json:"snapshots,omitzero"`
 }
 
 // Restart policies.
@@ -263,6 +265,7 @@ func merge(name string, d, s *VMSpec) *VM {
 			StopTimeout: pick(s.StopTimeout, d.StopTimeout, DefaultStopTimeout),
 			PullPolicy:  pick(s.PullPolicy, d.PullPolicy, PullMissing),
 			HealthCheck: pickPtr(s.HealthCheck, d.HealthCheck),
+			Snapshots:   pick(s.Snapshots, d.Snapshots, Snapshots{}),
 		},
 		Host: pick(s.Host, d.Host, ""),
 	}

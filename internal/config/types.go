@@ -98,8 +98,18 @@ type VMSpec struct {
 	// HealthCheck is checked from the host after a deploy starts the VM:
 	// {tcp: PORT} connects, {http: PORT, path: /healthz} expects a 2xx or 3xx.
 	HealthCheck *HealthCheck `yaml:"healthCheck,omitempty" json:"healthCheck,omitempty"`
+	// Snapshots sets the retention and schedule of volume snapshots.
+	Snapshots *Snapshots `yaml:"snapshots,omitempty" json:"snapshots,omitempty"`
 	// Limits caps the VM's hypervisor process with cgroups (unset: no caps).
 	Limits *Limits `yaml:"limits,omitempty" json:"limits,omitempty"`
+}
+
+// Snapshots are the volume snapshot settings of a VM.
+type Snapshots struct {
+	// Keep is how many snapshots of each volume are kept (0: all).
+	Keep int `yaml:"keep,omitempty" json:"keep,omitempty" jsonschema:"minimum=0"`
+	// Every takes a snapshot of every volume this often (unset: only by hand).
+	Every Duration `yaml:"every,omitempty" json:"every,omitempty"`
 }
 
 // HealthCheck is a check made from the host once the VM is ready.

@@ -194,6 +194,14 @@ func (v *validator) spec(p string, s *VMSpec) {
 			v.r.addf(joinPath(hp, "path"), "path %q must start with / and goes with http", hc.Path)
 		}
 	}
+	if sn := s.Snapshots; sn != nil {
+		if sn.Keep < 0 {
+			v.r.addf(joinPath(p, "snapshots.keep"), "keep %d is negative", sn.Keep)
+		}
+		if sn.Every != 0 && sn.Every < Duration(time.Minute) {
+			v.r.addf(joinPath(p, "snapshots.every"), "every %s is under a minute", sn.Every)
+		}
+	}
 	if s.Host != nil && !hostNameRE.MatchString(*s.Host) {
 		v.r.addf(joinPath(p, "host"), "host %q is not a host name", *s.Host)
 	}

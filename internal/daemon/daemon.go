@@ -89,6 +89,7 @@ func (d *Daemon) rotateConsoles(every time.Duration) {
 			return
 		case <-t.C:
 		}
+		d.snapshotDue()
 		for _, st := range d.sup.List() {
 			if st.State != supervisor.Running || st.Spec == nil {
 				continue

@@ -336,6 +336,17 @@ func (s *Supervisor) Forget(name string) error {
 	return nil
 }
 
+// Process returns the running hypervisor of a VM that is running.
+func (s *Supervisor) Process(name string) (*launch.Running, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.vms[name]
+	if v == nil || v.run == nil || v.state != Running {
+		return nil, false
+	}
+	return v.run, true
+}
+
 // Status reports one VM.
 func (s *Supervisor) Status(name string) (Status, bool) {
 	s.mu.Lock()

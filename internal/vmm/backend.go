@@ -50,6 +50,10 @@ type Backend interface {
 	// AppendsConsole says whether the VMM writes the console log in append
 	// mode, so the log can be rotated by copy and truncate while it runs.
 	AppendsConsole() bool
+	// Pause stops the guest's vCPUs (for a consistent volume snapshot);
+	// Resume lets them run again.
+	Pause(l Launch) error
+	Resume(l Launch) error
 	// DiskDevices maps each disk (volume names, and StoreSerial for a block
 	// store) to its guest device name for backends that cannot give disks a
 	// serial; nil when the guest finds disks by serial.

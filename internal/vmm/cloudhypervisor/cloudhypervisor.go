@@ -108,3 +108,13 @@ func (Backend) DiskDevices(vmm.Launch) map[string]string { return nil }
 
 // AppendsConsole: cloud-hypervisor's serial file mode is not documented to append; its log is rotated only at restart.
 func (Backend) AppendsConsole() bool { return false }
+
+// Pause is PUT vm.pause.
+func (Backend) Pause(l vmm.Launch) error {
+	return vmm.APICall(l.ControlSocket, "PUT", "/api/v1/vm.pause", nil, nil, 5*time.Second)
+}
+
+// Resume is PUT vm.resume.
+func (Backend) Resume(l vmm.Launch) error {
+	return vmm.APICall(l.ControlSocket, "PUT", "/api/v1/vm.resume", nil, nil, 5*time.Second)
+}

@@ -119,3 +119,18 @@ func TestCheckKernel(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestPauseResume(t *testing.T) {
+	api := testutil.NewFakeAPI(t, map[string]string{"PUT /api/v1/vm.pause": "", "PUT /api/v1/vm.resume": ""})
+	l := vmm.Launch{ControlSocket: api.Socket}
+	if err := (Backend{}).Pause(l); err != nil {
+		t.Fatal(err)
+	}
+	if err := (Backend{}).Resume(l); err != nil {
+		t.Fatal(err)
+	}
+	want := []testutil.APIRequest{{Method: "PUT", Path: "/api/v1/vm.pause"}, {Method: "PUT", Path: "/api/v1/vm.resume"}}
+	if got := api.Requests(); !reflect.DeepEqual(got, want) {
+		t.Errorf("requests = %+v", got)
+	}
+}

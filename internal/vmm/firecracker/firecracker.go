@@ -178,3 +178,13 @@ func (Backend) DiskDevices(l vmm.Launch) map[string]string {
 
 // AppendsConsole: its stdout is opened in append mode.
 func (Backend) AppendsConsole() bool { return true }
+
+// Pause is PATCH /vm {"state": "Paused"}.
+func (Backend) Pause(l vmm.Launch) error {
+	return vmm.APICall(l.ControlSocket, "PATCH", "/vm", map[string]string{"state": "Paused"}, nil, 5*time.Second)
+}
+
+// Resume is PATCH /vm {"state": "Resumed"}.
+func (Backend) Resume(l vmm.Launch) error {
+	return vmm.APICall(l.ControlSocket, "PATCH", "/vm", map[string]string{"state": "Resumed"}, nil, 5*time.Second)
+}

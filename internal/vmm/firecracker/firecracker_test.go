@@ -108,3 +108,18 @@ func TestAPI(t *testing.T) {
 		t.Error("aarch64 has no Ctrl-Alt-Del action; Shutdown must say so")
 	}
 }
+
+func TestPauseResume(t *testing.T) {
+	api := testutil.NewFakeAPI(t, map[string]string{"PATCH /vm": ""})
+	l := vmm.Launch{ControlSocket: api.Socket}
+	if err := (Backend{}).Pause(l); err != nil {
+		t.Fatal(err)
+	}
+	if err := (Backend{}).Resume(l); err != nil {
+		t.Fatal(err)
+	}
+	want := []testutil.APIRequest{{Method: "PATCH", Path: "/vm", Body: `{"state":"Paused"}`}, {Method: "PATCH", Path: "/vm", Body: `{"state":"Resumed"}`}}
+	if got := api.Requests(); !reflect.DeepEqual(got, want) {
+		t.Errorf("requests = %+v", got)
+	}
+}

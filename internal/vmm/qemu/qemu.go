@@ -186,3 +186,15 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 
 // AppendsConsole: the chardev log is opened with logappend=on.
 func (Backend) AppendsConsole() bool { return true }
+
+// Pause stops the vCPUs (QMP stop).
+func (Backend) Pause(l vmm.Launch) error {
+	_, err := QMP(l.ControlSocket, "stop", nil, 5*time.Second)
+	return err
+}
+
+// Resume lets the vCPUs run (QMP cont).
+func (Backend) Resume(l vmm.Launch) error {
+	_, err := QMP(l.ControlSocket, "cont", nil, 5*time.Second)
+	return err
+}
