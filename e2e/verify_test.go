@@ -66,6 +66,17 @@ func TestVerifyLiveFleet(t *testing.T) {
 		}
 	}
 
+	// A real VM trying the host's own services: a TCP service listening on
+	// every address of the host (its gateway address included) is out of
+	// reach; only ICMP to the VM's own gateway passes.
+	l.ns.Serve(t, "0.0.0.0:7777")
+	if out, err := l.cli("exec", "a", "--", "sh", "-c", "nc -w 3 10.1.0.1 7777 </dev/null; echo rc=$?"); err != nil || !strings.Contains(out, "rc=1") || strings.Contains(out, "10.1.0.2") {
+		t.Errorf("a VM reached a host service: %v %q", err, out)
+	}
+	if out, err := l.cli("exec", "a", "--", "sh", "-c", "nc -w 3 10.2.0.1 7777 </dev/null; echo rc=$?"); err != nil || !strings.Contains(out, "rc=1") || strings.Contains(out, "10.1.0.2") {
+		t.Errorf("a VM reached a host service through another bridge's address: %v %q", err, out)
+	}
+
 	// The daemon's own log is reachable through the CLI.
 	if out, err := l.cli("logs", "--daemon"); err != nil || !strings.Contains(out, `msg="VM ready" component=supervisor vm=a`) {
 		t.Errorf("logs --daemon: %v\n%s", err, out)
