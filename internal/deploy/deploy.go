@@ -201,8 +201,13 @@ func (e *Engine) Sync(ctx context.Context) (*generation.Generation, error) {
 	if err != nil {
 		return nil, err
 	}
-	if latest := generation.Latest(gens); latest != nil && latest.Commit.Hash == head.Hash {
-		return nil, nil // already tried (succeeded, refused or rolled back)
+	// A head some retained generation already tried is not deployed again:
+	// refused or rolled back, it would fail the same way, and after a
+	// rollback by hand the operator chose the older generation.
+	for _, g := range gens {
+		if g.Commit.Hash == head.Hash {
+			return nil, nil
+		}
 	}
 	return e.deploy(ctx, head, gens)
 }
