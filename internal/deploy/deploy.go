@@ -201,15 +201,38 @@ func (e *Engine) Sync(ctx context.Context) (*generation.Generation, error) {
 	if err != nil {
 		return nil, err
 	}
-	// A head some retained generation already tried is not deployed again:
-	// refused or rolled back, it would fail the same way, and after a
-	// rollback by hand the operator chose the older generation.
-	for _, g := range gens {
-		if g.Commit.Hash == head.Hash {
-			return nil, nil
-		}
+	if skip(gens, head.Hash) {
+		return nil, nil
 	}
 	return e.deploy(ctx, head, gens)
+}
+
+// skip says whether head is not to be deployed: it is what runs (or was
+// just tried), its last attempt was refused or rolled back (it would fail
+// the same way), or the operator rolled back from it by hand since. A
+// branch force-pushed back to an older good commit is deployed.
+func skip(gens []*generation.Generation, head string) bool {
+	if latest := generation.Latest(gens); latest != nil && latest.Commit.Hash == head {
+		return true
+	}
+	last := -1
+	for i, g := range gens {
+		if g.Commit.Hash == head && !g.Manual {
+			last = i
+		}
+	}
+	if last < 0 {
+		return false
+	}
+	if st := gens[last].Status; st == generation.Failed || st == generation.RolledBack {
+		return true
+	}
+	for _, g := range gens[last+1:] {
+		if g.Manual {
+			return true
+		}
+	}
+	return false
 }
 
 // deploy makes a generation of commit c and applies it.
@@ -334,7 +357,7 @@ func (e *Engine) Rollback(ctx context.Context, n int) (*generation.Generation, e
 		}
 	}
 	g := &generation.Generation{Number: generation.Next(gens), Commit: target.Commit, Ref: target.Ref, Signer: target.Signer,
-		Path: target.Path, Config: target.Config, Started: time.Now().UTC(), Status: generation.Applying}
+		Path: target.Path, Config: target.Config, Started: time.Now().UTC(), Status: generation.Applying, Manual: true}
 	if err := e.gens.Save(g); err != nil {
 		return nil, err
 	}

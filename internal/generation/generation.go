@@ -49,6 +49,8 @@ type Generation struct {
 	Signer string `json:"signer,omitempty"`
 	Status Status `json:"status"`
 	Error  string `json:"error,omitempty"`
+	// Manual marks a generation made by `microvm deploy rollback`.
+	Manual bool `json:"manual,omitempty"`
 	// RolledBackTo is the generation put back after this one failed.
 	RolledBackTo int       `json:"rolledBackTo,omitempty"`
 	Started      time.Time `json:"started"`
