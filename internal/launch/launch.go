@@ -481,8 +481,11 @@ func Start(p *Prepared) (*Running, error) {
 	cmd := exec.Command(bin, p.Argv[1:]...)
 	cmd.Stdout, cmd.Stderr = stdout, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if p.Cgroups != nil {
-		// Always (re)create the group, so removed limits are reset.
+	if p.Cgroups != nil && limits.IsZero() {
+		p.Cgroups.Remove(p.VM.Name) // limits removed from the file: no group
+	}
+	if p.Cgroups != nil && !limits.IsZero() {
+		// (Re)created with this spec's limits, so changed limits apply.
 		if err := p.Cgroups.Create(p.VM.Name, limits); err != nil {
 			return nil, fmt.Errorf("vms.%s.limits: %w", p.VM.Name, err)
 		}
@@ -522,7 +525,7 @@ func Start(p *Prepared) (*Running, error) {
 		killHelpers()
 		return nil, fmt.Errorf("start %s: %w", p.Argv[0], err)
 	}
-	if p.Cgroups != nil && !cmd.SysProcAttr.UseCgroupFD {
+	if p.Cgroups != nil && !limits.IsZero() && !cmd.SysProcAttr.UseCgroupFD {
 		// cgroup v1: moved in right after the start, before the guest runs
 		// for long; a hypervisor that cannot be capped is not left running.
 		if err := p.Cgroups.Place(p.VM.Name, cmd.Process.Pid); err != nil {
@@ -562,7 +565,7 @@ func Start(p *Prepared) (*Running, error) {
 				r.ExitErr = fmt.Errorf("%w: %s", r.ExitErr, strings.TrimSpace(string(b)))
 			}
 		}
-		if p.Cgroups != nil {
+		if p.Cgroups != nil && !limits.IsZero() {
 			p.Cgroups.Remove(p.VM.Name)
 		}
 		close(r.Exited)
