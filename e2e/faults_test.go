@@ -136,3 +136,54 @@ func TestFaults(t *testing.T) {
 		t.Errorf("lost %d bytes and %d VMs", lost, lostVMs)
 	}
 }
+
+// TestUplinkLoss takes the host's uplink away under a running fleet and
+// brings it back: the VM loses the outside while it is gone and reaches it
+// again once it is back, with no apply (NAT matches the uplink by name),
+// and nothing else is disturbed.
+func TestUplinkLoss(t *testing.T) {
+	requireGuestEnv(t)
+	l := newDaemonLab(t, "upl")
+	inet := testutil.NewNetns(t, "upli")
+	plug := func() {
+		testutil.Veth(t, l.ns, "uplink0", inet, "wan0")
+		l.ns.IP(t, "addr", "add", "203.0.113.1/24", "dev", "uplink0")
+		l.ns.IP(t, "link", "set", "uplink0", "up")
+		l.ns.IP(t, "route", "add", "default", "via", "203.0.113.2")
+		inet.IP(t, "addr", "add", "203.0.113.2/24", "dev", "wan0")
+		inet.IP(t, "link", "set", "wan0", "up")
+	}
+	plug()
+	file := filepath.Join(l.state, "infra.yaml")
+	os.WriteFile(file, []byte("vms: { u: { index: 1, vcpu: 1, memory: 256M } }\n"), 0o644)
+	l.startDaemon(file)
+	vms := l.waitFor("u running", 3*time.Minute, allRunning("u"))
+	reach := func() bool {
+		out, err := l.cli("exec", "u", "--", "sh", "-c", "ping -c 1 -W 2 203.0.113.2 >/dev/null && echo yes || echo no")
+		return err == nil && strings.Contains(out, "yes")
+	}
+	if !reach() {
+		t.Fatal("no way out before the fault")
+	}
+	l.ns.IP(t, "link", "del", "uplink0") // the uplink disappears
+	if reach() {
+		t.Error("the VM reaches the outside with the uplink gone")
+	}
+	t0 := time.Now()
+	plug() // and comes back
+	deadline := time.Now().Add(time.Minute)
+	for !reach() {
+		if time.Now().After(deadline) {
+			t.Fatal("the VM does not reach the outside after the uplink came back")
+		}
+		time.Sleep(time.Second)
+	}
+	secs := time.Since(t0).Seconds()
+	lostVMs := 0
+	if now := l.list(); now["u"].PID != vms["u"].PID || now["u"].State != supervisor.Running {
+		lostVMs = 1
+		t.Errorf("the VM was disturbed: %+v", now["u"])
+	}
+	testutil.Report(t, testutil.FaultResult{Fault: "the uplink disappearing and coming back", Trials: 1, LostVMs: lostVMs, Converge: secs,
+		Result: "the outside unreachable while it is gone, reachable again without an apply; the VM untouched"})
+}
