@@ -107,7 +107,8 @@ func TestFaults(t *testing.T) {
 
 	// kill -9 of the daemon at seeded random moments of an apply.
 	rng := rand.New(rand.NewPCG(2026, 11))
-	const trials = 4
+	// With TestDeployKills' 8, twenty seeded daemon kills in all.
+	const trials = 12
 	lost, slowest = 0, 0
 	lostVMs := 0
 	mems := []string{"288M", "256M"}

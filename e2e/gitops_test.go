@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +19,7 @@ import (
 	"microvm.dev/microvm/internal/deploy"
 	"microvm.dev/microvm/internal/generation"
 	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/testutil"
 )
 
 // gitRepo is a bare remote and a working clone on disk.
@@ -314,5 +317,72 @@ func waitFile(t *testing.T, path, want string) string {
 			t.Fatalf("%s does not contain %q:\n%s", path, want, b)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestDeployKills kills the daemon with -9 at seeded random moments of
+// GitOps deploys that restart a VM, restarts it, and checks each time that
+// the deploy ended (succeeded or rolled back), that the VM runs the spec of
+// the generation that is current (never half-applied), and that data
+// synced to its volume before the kill is intact.
+func TestDeployKills(t *testing.T) {
+	requireGuestEnv(t)
+	requireGit(t)
+	repo := newGitRepo(t)
+	l := newDaemonLab(t, "dkl")
+	args := []string{"--git-url", repo.remote, "--git-interval", "1h", "--health-timeout", "60s"}
+	fleet := func(mem string) string {
+		return "defaults: { vcpu: 1, stopTimeout: 10s }\nvms:\n  k: { index: 1, memory: " + mem + ", volumes: [{ name: data, mountPoint: /data, size: 64M }] }\n"
+	}
+	repo.push(fleet("256M"), "first")
+	l.startDaemon("", args...)
+	l.waitGeneration(1, 3*time.Minute)
+	l.waitFor("k running", 3*time.Minute, allRunning("k"))
+	if out, err := l.cli("exec", "k", "--", "sh", "-c", "head -c 262144 /dev/urandom > /data/keep && sync"); err != nil {
+		t.Fatalf("write: %v %s", err, out)
+	}
+	sum := func() string {
+		for range 60 {
+			if out, err := l.cli("exec", "k", "--", "md5sum", "/data/keep"); err == nil {
+				return strings.Fields(out)[0]
+			}
+			time.Sleep(time.Second)
+		}
+		return "unreadable"
+	}
+	want := sum()
+	rng := rand.New(rand.NewPCG(8, 2026))
+	const trials = 8
+	var lostBytes int64
+	halfApplied, slowest := 0, 0.0
+	mems := []string{"288M", "256M"}
+	for i := range trials {
+		repo.push(fleet(mems[i%2]), fmt.Sprintf("trial %d", i))
+		l.cli("deploy", "trigger")
+		time.Sleep(time.Duration(rng.IntN(5000)) * time.Millisecond)
+		l.daemon.Process.Signal(syscall.SIGKILL)
+		l.daemon.Wait()
+		t0 := time.Now()
+		l.startDaemon("", args...)
+		st := l.waitGeneration(i+2, 3*time.Minute)
+		m := l.waitFor("k running after the restart", 3*time.Minute, allRunning("k"))
+		slowest = max(slowest, time.Since(t0).Seconds())
+		var cur *generation.Generation
+		if c := l.deployStatus().Current; c != nil {
+			b, _ := os.ReadFile(filepath.Join(l.state, "generations", fmt.Sprintf("%d.json", c.Number)))
+			json.Unmarshal(b, &cur)
+		}
+		if cur == nil || !strings.Contains(cur.Config, "memory: "+m["k"].Spec.Memory.String()) {
+			halfApplied++
+			t.Errorf("trial %d (%s): k runs %s, the current generation is %+v", i, st.Status, m["k"].Spec.Memory, cur)
+		}
+		if sum() != want {
+			lostBytes += 262144
+		}
+	}
+	testutil.Report(t, testutil.FaultResult{Fault: "the daemon killed (-9) at a random moment of a GitOps deploy that restarts the VM (seeded)", Trials: trials,
+		LostVMs: halfApplied, LostBytes: lostBytes, Converge: slowest, Result: "each deploy completed or rolled back after the restart; the VM on the current generation's spec"})
+	if lostBytes != 0 {
+		t.Errorf("lost %d bytes", lostBytes)
 	}
 }
