@@ -152,15 +152,14 @@ func (a *app) client() *api.Client {
 	token := ""
 	if a.apiTokenFile != "" {
 		b, err := os.ReadFile(a.apiTokenFile)
-		if err == nil {
-			token = strings.TrimSpace(string(b))
+		if err != nil {
+			return api.Unusable(fmt.Errorf("API token: %w", err))
 		}
+		token = strings.TrimSpace(string(b))
 	}
 	c, err := api.NewRemoteClient(a.apiURL, token, a.apiCA)
 	if err != nil {
-		// An unusable URL fails every request with the reason.
-		c, _ = api.NewRemoteClient("https://invalid.invalid", "", "")
-		fmt.Fprintln(a.stderr, "microvm:", err)
+		return api.Unusable(err)
 	}
 	return c
 }

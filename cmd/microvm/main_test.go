@@ -349,4 +349,7 @@ func TestTCPAPINeedsTLSAndToken(t *testing.T) {
 	if code, _, errOut := runCLI(t, "list", "--api-url", "http://127.0.0.1:1"); code != 1 || !strings.Contains(errOut, "TLS only") {
 		t.Errorf("plain http API URL: exit %d %q", code, errOut)
 	}
+	if code, _, errOut := runCLI(t, "list", "--api-url", "https://127.0.0.1:1", "--api-token-file", "/nonexistent/token"); code != 1 || !strings.Contains(errOut, "API token") {
+		t.Errorf("unreadable token file: exit %d %q", code, errOut)
+	}
 }

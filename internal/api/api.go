@@ -332,7 +332,13 @@ type Client struct {
 	base  string
 	token string
 	http  *http.Client
+	// err, when set, is returned by every request: the client could not be
+	// made (a bad --api-url or token file), and nothing is sent anywhere.
+	err error
 }
+
+// Unusable returns a client whose every request fails with err.
+func Unusable(err error) *Client { return &Client{err: err} }
 
 // ErrNoDaemon says nothing listens on the socket.
 var ErrNoDaemon = errors.New("no daemon is listening")
@@ -371,6 +377,9 @@ func NewRemoteClient(baseURL, token, caFile string) (*Client, error) {
 }
 
 func (c *Client) newRequest(method, path string, body io.Reader) (*http.Request, error) {
+	if c.err != nil {
+		return nil, c.err
+	}
 	req, err := http.NewRequest(method, c.base+path, body)
 	if err == nil && c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
