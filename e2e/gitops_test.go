@@ -110,7 +110,7 @@ func fleetFile(bMemory, bExtra string) string {
 // required an unsigned commit is refused.
 func TestGitOpsDeploys(t *testing.T) {
 	requireGuestEnv(t)
-	requireGit(t)
+	testutil.RequireCommand(t, "git")
 	repo := newGitRepo(t)
 	l := newDaemonLab(t, "gitops")
 	hookOut := filepath.Join(l.state, "hook.env")
@@ -266,12 +266,6 @@ func TestGitOpsDeploys(t *testing.T) {
 	}
 }
 
-func requireGit(t *testing.T) {
-	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git is not installed")
-	}
-}
-
 // freeLoopbackAddr is a loopback address with a port nothing listens on.
 func freeLoopbackAddr(t *testing.T) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -327,7 +321,7 @@ func waitFile(t *testing.T, path, want string) string {
 // synced to its volume before the kill is intact.
 func TestDeployKills(t *testing.T) {
 	requireGuestEnv(t)
-	requireGit(t)
+	testutil.RequireCommand(t, "git")
 	repo := newGitRepo(t)
 	l := newDaemonLab(t, "dkl")
 	args := []string{"--git-url", repo.remote, "--git-interval", "1h", "--health-timeout", "60s"}

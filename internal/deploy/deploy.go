@@ -439,7 +439,7 @@ func (e *Engine) check(vm *config.VM) error {
 	}
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
 	fmt.Fprintf(conn, "GET %s HTTP/1.0\r\nHost: %s\r\nUser-Agent: microvm-health\r\n\r\n", path, vm.Name)
-	resp, err := http.ReadResponse(bufioReader(conn), nil)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
 		return fmt.Errorf("http %s%s: %w", addr, path, err)
 	}
@@ -569,5 +569,3 @@ func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
 }
-
-func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }

@@ -14,14 +14,15 @@ import (
 // network namespace has no IPv4 default route.
 var ErrNoDefaultRoute = errors.New("no IPv4 default route, so the uplink cannot be found automatically; set host.externalInterface")
 
-// DefaultRouteInterface names the interface of the IPv4 default route.
-func (h *Host) DefaultRouteInterface() (string, error) {
+// defaultRoute is the IPv4 default route of the main table with the lowest
+// metric that has an interface.
+func (h *Host) defaultRoute() (netlink.Route, error) {
 	routes, err := h.nl.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
-		return "", fmt.Errorf("list routes: %w", err)
+		return netlink.Route{}, fmt.Errorf("list routes: %w", err)
 	}
-	best := -1
-	var bestRoute netlink.Route
+	found := false
+	var best netlink.Route
 	for _, r := range routes {
 		if r.Dst != nil {
 			if ones, _ := r.Dst.Mask.Size(); ones != 0 {
@@ -31,37 +32,39 @@ func (h *Host) DefaultRouteInterface() (string, error) {
 		if r.LinkIndex == 0 {
 			continue
 		}
-		if best < 0 || r.Priority < best {
-			best, bestRoute = r.Priority, r
+		if !found || r.Priority < best.Priority {
+			found, best = true, r
 		}
 	}
-	if best < 0 {
-		return "", ErrNoDefaultRoute
+	if !found {
+		return netlink.Route{}, ErrNoDefaultRoute
 	}
-	link, err := h.nl.LinkByIndex(bestRoute.LinkIndex)
+	return best, nil
+}
+
+// DefaultRouteInterface names the interface of the IPv4 default route.
+func (h *Host) DefaultRouteInterface() (string, error) {
+	r, err := h.defaultRoute()
 	if err != nil {
-		return "", fmt.Errorf("default route interface %d: %w", bestRoute.LinkIndex, err)
+		return "", err
+	}
+	link, err := h.nl.LinkByIndex(r.LinkIndex)
+	if err != nil {
+		return "", fmt.Errorf("default route interface %d: %w", r.LinkIndex, err)
 	}
 	return link.Attrs().Name, nil
 }
 
 // DefaultGateway is the next hop of the IPv4 default route, if it has one.
 func (h *Host) DefaultGateway() (string, error) {
-	routes, err := h.nl.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	r, err := h.defaultRoute()
 	if err != nil {
-		return "", fmt.Errorf("list routes: %w", err)
+		return "", err
 	}
-	for _, r := range routes {
-		if r.Dst != nil {
-			if ones, _ := r.Dst.Mask.Size(); ones != 0 {
-				continue
-			}
-		}
-		if r.Gw != nil {
-			return r.Gw.String(), nil
-		}
+	if r.Gw == nil {
+		return "", fmt.Errorf("the default route has no gateway")
 	}
-	return "", ErrNoDefaultRoute
+	return r.Gw.String(), nil
 }
 
 // ResolveUplink returns the uplink the config names, finding it from the

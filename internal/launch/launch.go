@@ -73,11 +73,6 @@ func Backend(name string) (vmm.Backend, error) {
 	return nil, fmt.Errorf("unknown hypervisor %q", name)
 }
 
-// Backends are every backend, for checks that cover them all.
-func Backends() []vmm.Backend {
-	return []vmm.Backend{qemu.Backend{}, cloudhypervisor.Backend{}, firecracker.Backend{}}
-}
-
 // virtiofsdPaths are where distributions install virtiofsd.
 var virtiofsdPaths = []string{"/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd", "/usr/bin/virtiofsd"}
 

@@ -7,8 +7,9 @@ package verify
 
 import (
 	"fmt"
+	"maps"
 	"os/exec"
-	"sort"
+	"slices"
 	"strings"
 
 	"microvm.dev/microvm/internal/config"
@@ -90,7 +91,7 @@ func Prerequisites(cfg *config.Config, env launch.Env, look LookPath) []Check {
 		arch = vmm.HostArch()
 	}
 	var checks []Check
-	for _, name := range sortedKeys(byBackend) {
+	for _, name := range slices.Sorted(maps.Keys(byBackend)) {
 		vms := byBackend[name]
 		b, err := launch.Backend(name)
 		if err != nil {
@@ -121,7 +122,7 @@ func Prerequisites(cfg *config.Config, env launch.Env, look LookPath) []Check {
 			return Pass, fmt.Sprintf("%s (modules %s)", k.Image, k.Modules)
 		}})
 	}
-	for _, name := range sortedKeys(byBackend) {
+	for _, name := range slices.Sorted(maps.Keys(byBackend)) {
 		b, err := launch.Backend(name)
 		if err != nil {
 			continue
@@ -196,13 +197,4 @@ func vmList(vms []string) string {
 		return "VM " + vms[0]
 	}
 	return "VMs " + strings.Join(vms, ", ")
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
