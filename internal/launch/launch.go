@@ -296,10 +296,16 @@ func command(env Env, vm *config.VM, lenient bool) (vmm.Launch, vmm.Command, vmm
 	case vmm.ShareVirtiofs:
 		l.Shares[0].VirtiofsSocket = filepath.Join(env.RunDir, vm.Name+"-store.sock")
 	case vmm.ShareBlock:
-		if pending {
+		switch {
+		case pending:
 			l.Shares[0].Block = filepath.Join(BlockCache(env.StateDir), PendingTree+".ext4")
-		} else if l.Shares[0].Block, err = storeimage.Path(BlockCache(env.StateDir), tree); err != nil {
-			return fail(err)
+		case store.IsTreeID(img.ID):
+			// A content-addressed tree never changes: its id is the key, no walk.
+			l.Shares[0].Block = filepath.Join(BlockCache(env.StateDir), img.ID+".ext4")
+		default: // a plain directory made by hand: keyed by walking it
+			if l.Shares[0].Block, err = storeimage.Path(BlockCache(env.StateDir), tree); err != nil {
+				return fail(err)
+			}
 		}
 	}
 	l.Arch = arch

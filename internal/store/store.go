@@ -72,6 +72,10 @@ type Image struct {
 // idRE is a tree id: 64 hex digits.
 var idRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
+// IsTreeID reports whether id names a content-addressed tree (a chain id),
+// whose content never changes, rather than a plain directory.
+func IsTreeID(id string) bool { return idRE.MatchString(id) }
+
 // TreeDir is the directory of the tree with id.
 func (s *Store) TreeDir(id string) string { return filepath.Join(s.Trees, id) }
 
