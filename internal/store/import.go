@@ -275,19 +275,23 @@ func (s *Store) install(ctx context.Context, imgName, source string, img v1.Imag
 		out.Size = treeSize(s.TreeDir(out.ID))
 		return out, s.setName(out)
 	}
-	tmp, u, err := s.newTmp(out.ID)
+	tmp, u, err := s.newTmp(out.ID, o)
 	if err != nil {
 		return Image{}, err
 	}
 	defer removeTree(tmp) // a no-op once renamed
+	defer u.close()
 	p := &pipeline{s: s, layers: layers, diffIDs: diffIDs, cache: cache, o: o}
 	streams, stop := p.start(ctx)
 	defer stop()
 	for i, ls := range streams {
-		rd := &chunkReader{ch: ls.chunks}
+		rd := p.reader(ls)
 		err := u.layer(rd)
 		if err == nil {
 			_, err = io.Copy(io.Discard, rd) // the tar's end padding
+		}
+		if err == nil && p.o.jobs() == 1 {
+			err = u.drain() // one layer at a time: this one is on disk before the next
 		}
 		if err != nil {
 			// A damaged download often breaks the tar before its digest
@@ -305,6 +309,9 @@ func (s *Store) install(ctx context.Context, imgName, source string, img v1.Imag
 		}
 		close(ls.consumed)
 		o.emit(Event{Kind: "unpacked", Layer: i + 1, Layers: len(layers)})
+	}
+	if err := u.close(); err != nil {
+		return Image{}, fmt.Errorf("%s: %w", source, err)
 	}
 	return s.finish(tmp, out)
 }
@@ -325,17 +332,21 @@ func (s *Store) installTar(ctx context.Context, imgName, source string, r io.Rea
 		return Image{}, err
 	}
 	defer unlock()
-	tmp, u, err := s.newTmp("import")
+	tmp, u, err := s.newTmp("import", o)
 	if err != nil {
 		return Image{}, err
 	}
 	defer removeTree(tmp)
+	defer u.close()
 	h := sha256.New()
 	tee := io.TeeReader(r, h)
 	if err := u.layer(tee); err != nil {
 		return Image{}, fmt.Errorf("%s: %w", source, err)
 	}
 	if _, err := io.Copy(io.Discard, tee); err != nil {
+		return Image{}, fmt.Errorf("%s: %w", source, err)
+	}
+	if err := u.close(); err != nil {
 		return Image{}, fmt.Errorf("%s: %w", source, err)
 	}
 	if err := ctx.Err(); err != nil {
@@ -351,7 +362,9 @@ func (s *Store) installTar(ctx context.Context, imgName, source string, r io.Rea
 	return s.finish(tmp, out)
 }
 
-func (s *Store) newTmp(hint string) (string, *unpacker, error) {
+// newTmp makes a temporary directory in the store to unpack into, and its
+// unpacker with one file worker per job (up to the CPUs, at least 2).
+func (s *Store) newTmp(hint string, o Options) (string, *unpacker, error) {
 	if err := os.MkdirAll(s.tmpDir(), 0o700); err != nil {
 		return "", nil, fmt.Errorf("image store: %w", err)
 	}
@@ -359,7 +372,7 @@ func (s *Store) newTmp(hint string) (string, *unpacker, error) {
 	if err != nil {
 		return "", nil, fmt.Errorf("image store: %w", err)
 	}
-	return tmp, &unpacker{root: tmp}, nil
+	return tmp, newUnpacker(tmp, min(o.jobs(), max(2, runtime.NumCPU()))), nil
 }
 
 // finish renames the unpacked tree into place and names it.

@@ -32,6 +32,14 @@ type pipeline struct {
 	diffIDs []v1.Hash
 	cache   bool
 	o       Options
+	// chunks recycles chunk buffers (*[]byte of chunkSize) once the
+	// unpacker has read them.
+	chunks sync.Pool
+}
+
+// reader returns the stream of ls's chunks, recycling each once read.
+func (p *pipeline) reader(ls *layerStream) *chunkReader {
+	return &chunkReader{ch: ls.chunks, pool: &p.chunks}
 }
 
 // layerStream is one layer's uncompressed bytes in chunks. done is closed
@@ -150,7 +158,12 @@ func (p *pipeline) produce(ctx context.Context, i int, chunks chan<- []byte) (er
 	h := sha256.New()
 	var n int64
 	for {
-		buf := make([]byte, chunkSize)
+		bp, _ := p.chunks.Get().(*[]byte)
+		if bp == nil {
+			b := make([]byte, chunkSize)
+			bp = &b
+		}
+		buf := *bp
 		m, err := io.ReadFull(rd, buf)
 		if m > 0 {
 			h.Write(buf[:m])
@@ -200,19 +213,27 @@ func (p *pipeline) produce(ctx context.Context, i int, chunks chan<- []byte) (er
 	return nil
 }
 
-// chunkReader reads a channel of chunks as a stream.
+// chunkReader reads a channel of chunks as a stream, handing each chunk's
+// buffer back to pool once it is read.
 type chunkReader struct {
-	ch  <-chan []byte
-	cur []byte
+	ch   <-chan []byte
+	pool *sync.Pool
+	buf  []byte // the current chunk's whole buffer
+	cur  []byte // what is left of it to read
 }
 
 func (c *chunkReader) Read(b []byte) (int, error) {
 	for len(c.cur) == 0 {
+		if c.buf != nil {
+			full := c.buf[:cap(c.buf)]
+			c.pool.Put(&full)
+			c.buf = nil
+		}
 		next, ok := <-c.ch
 		if !ok {
 			return 0, io.EOF
 		}
-		c.cur = next
+		c.buf, c.cur = next, next
 	}
 	n := copy(b, c.cur)
 	c.cur = c.cur[n:]

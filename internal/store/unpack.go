@@ -2,13 +2,16 @@ package store
 
 import (
 	"archive/tar"
+	"bytes"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -21,12 +24,115 @@ const (
 	opaqueMarker   = ".wh..wh..opq"
 )
 
+// Files of at most bufferedFile bytes are read into memory and written by
+// a worker; larger ones are written in order by the reader. queueDepth
+// bounds each worker's queue, so at most workers × queueDepth ×
+// bufferedFile bytes wait in memory.
+const (
+	bufferedFile = 1 << 20
+	queueDepth   = 8
+)
+
 // unpacker applies layers, in order, to one root directory.
+//
+// With workers, creating new regular files is spread over them by parent
+// directory: the kernel creates files in one directory one at a time (the
+// directory's lock), but in different directories at once, and creating a
+// file is the costliest step of an unpack on some filesystems. Everything
+// that removes, replaces or links (whiteouts, opaque directories, an entry
+// over an existing path, symlinks, hard links, devices) first waits for
+// the workers and then runs in order, so the outcome is the same as
+// unpacking one entry after another, and no symlink ever appears while a
+// worker is writing (checkParents stays sound).
 type unpacker struct {
 	root string
-	// dirTimes are set once a layer is done (writing into a directory
-	// changes its time).
+	// dirTimes are set when the unpack is finished (writing into a
+	// directory changes its time); a later layer's time wins.
 	dirTimes map[string]time.Time
+
+	queues  []chan func() error
+	wg      sync.WaitGroup // the workers
+	pending sync.WaitGroup // queued work
+	// written holds the paths queued since the workers were last drained.
+	written map[string]bool
+	mu      sync.Mutex
+	err     error // the first worker error
+}
+
+// newUnpacker returns an unpacker for root with the given number of file
+// workers (1 or less: everything in order on the caller's goroutine).
+// close must be called once the last layer is applied.
+func newUnpacker(root string, workers int) *unpacker {
+	u := &unpacker{root: root, dirTimes: map[string]time.Time{}, written: map[string]bool{}}
+	if workers <= 1 {
+		return u
+	}
+	for range workers {
+		q := make(chan func() error, queueDepth)
+		u.queues = append(u.queues, q)
+		u.wg.Add(1)
+		go func() {
+			defer u.wg.Done()
+			for work := range q {
+				if u.failed() == nil {
+					if err := work(); err != nil {
+						u.fail(err)
+					}
+				}
+				u.pending.Done()
+			}
+		}()
+	}
+	return u
+}
+
+func (u *unpacker) fail(err error) {
+	u.mu.Lock()
+	if u.err == nil {
+		u.err = err
+	}
+	u.mu.Unlock()
+}
+
+func (u *unpacker) failed() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.err
+}
+
+// queue hands work on rel to the worker for rel's directory, so work in
+// one directory stays in order.
+func (u *unpacker) queue(rel string, work func() error) {
+	h := fnv.New32a()
+	h.Write([]byte(filepath.Dir(rel)))
+	u.written[rel] = true
+	u.pending.Add(1)
+	u.queues[h.Sum32()%uint32(len(u.queues))] <- work
+}
+
+// drain waits until all queued work is done and returns the first error.
+func (u *unpacker) drain() error {
+	u.pending.Wait()
+	clear(u.written)
+	return u.failed()
+}
+
+// close waits for the workers, stops them and sets the directories' times.
+func (u *unpacker) close() error {
+	err := u.drain()
+	for _, q := range u.queues {
+		close(q)
+	}
+	u.queues = nil
+	u.wg.Wait()
+	if err != nil {
+		return err
+	}
+	for p, t := range u.dirTimes {
+		os.Chtimes(p, t, t)
+	}
+	clear(u.dirTimes)
+	return nil
 }
 
 // layer extracts one uncompressed layer tar into the root: ownership,
@@ -64,6 +170,9 @@ func (u *unpacker) layer(r io.Reader) error {
 			opaque = append(opaque, dir)
 			continue
 		case strings.HasPrefix(base, whiteoutPrefix):
+			if err := u.drain(); err != nil {
+				return err
+			}
 			victim := filepath.Join(u.root, dir, strings.TrimPrefix(base, whiteoutPrefix))
 			if err := removeTree(victim); err != nil {
 				return fmt.Errorf("whiteout %s: %w", rel, err)
@@ -73,18 +182,22 @@ func (u *unpacker) layer(r io.Reader) error {
 		if err := u.entry(tr, h, rel); err != nil {
 			return fmt.Errorf("%s: %w", rel, err)
 		}
+		if err := u.failed(); err != nil {
+			return err
+		}
 		mine[rel] = true
+	}
+	if len(opaque) > 0 {
+		if err := u.drain(); err != nil {
+			return err
+		}
 	}
 	for _, dir := range opaque {
 		if err := u.opaque(dir, mine); err != nil {
 			return err
 		}
 	}
-	for p, t := range u.dirTimes {
-		os.Chtimes(p, t, t)
-	}
-	clear(u.dirTimes)
-	return nil
+	return u.failed()
 }
 
 // cleanPath makes a tar entry name relative to the root, refusing escapes.
@@ -126,10 +239,34 @@ func (u *unpacker) checkParents(dir string) error {
 
 func (u *unpacker) entry(tr *tar.Reader, h *tar.Header, rel string) error {
 	path := filepath.Join(u.root, rel)
+	regular := h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeRegA
+	if u.queues != nil {
+		_, statErr := os.Lstat(path)
+		fresh := !u.written[rel] && errors.Is(statErr, fs.ErrNotExist)
+		switch {
+		case regular && fresh && h.Size <= bufferedFile:
+			data := make([]byte, h.Size)
+			if _, err := io.ReadFull(tr, data); err != nil {
+				return err
+			}
+			u.queue(rel, func() error {
+				if err := writeFile(path, h, bytes.NewReader(data)); err != nil {
+					return fmt.Errorf("%s: %w", rel, err)
+				}
+				return nil
+			})
+			return nil
+		case regular && fresh, h.Typeflag == tar.TypeDir && !u.written[rel]:
+			// New files and directories never disturb queued work.
+		default:
+			if err := u.drain(); err != nil {
+				return err
+			}
+		}
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	mode := uint32(h.Mode & 0o7777)
 	if h.Typeflag != tar.TypeDir {
 		// A new entry replaces whatever a lower layer had there.
 		if fi, err := os.Lstat(path); err == nil && (!fi.IsDir() || h.Typeflag != tar.TypeDir) {
@@ -147,17 +284,7 @@ func (u *unpacker) entry(tr *tar.Reader, h *tar.Header, rel string) error {
 			return err
 		}
 	case tar.TypeReg, tar.TypeRegA:
-		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-		if err != nil {
-			return err
-		}
-		_, err = io.Copy(f, tr)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
+		return writeFile(path, h, tr)
 	case tar.TypeSymlink:
 		if err := os.Symlink(h.Linkname, path); err != nil {
 			return err
@@ -187,21 +314,47 @@ func (u *unpacker) entry(tr *tar.Reader, h *tar.Header, rel string) error {
 	default:
 		return nil // sparse and vendor types are not used in images
 	}
-	// Owner first: chown clears set-id bits, which chmod then restores.
-	if err := os.Lchown(path, h.Uid, h.Gid); err != nil {
-		return err
-	}
-	if err := os.Chmod(path, fs.FileMode(mode&0o777)|modeBits(mode)); err != nil {
+	if err := setAttrs(path, h); err != nil {
 		return err
 	}
 	if h.Typeflag == tar.TypeDir {
-		if u.dirTimes == nil {
-			u.dirTimes = map[string]time.Time{}
-		}
 		u.dirTimes[path] = h.ModTime
 		return nil
 	}
 	return os.Chtimes(path, h.ModTime, h.ModTime)
+}
+
+// writeFile creates the regular file path (which must not exist yet) with
+// the content of r and h's owner, mode and time.
+func writeFile(path string, h *tar.Header, r io.Reader) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, r)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := setAttrs(path, h); err != nil {
+		return err
+	}
+	return os.Chtimes(path, h.ModTime, h.ModTime)
+}
+
+// setAttrs gives path h's owner and mode. Owner first: chown clears
+// set-id bits, which chmod then restores.
+func setAttrs(path string, h *tar.Header) error {
+	if err := os.Lchown(path, h.Uid, h.Gid); err != nil {
+		return err
+	}
+	mode := uint32(h.Mode & 0o7777)
+	return os.Chmod(path, fs.FileMode(mode&0o777)|modeBits(mode))
 }
 
 // modeBits maps the set-id and sticky bits of a tar mode to Go's.

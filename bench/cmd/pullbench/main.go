@@ -45,6 +45,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "pulls of each kind")
 	jobs := flag.Int("jobs", 8, "concurrent layer fetches")
 	profile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
+	dir := flag.String("dir", "/var/tmp", "where the rounds' stores are made (removed at the end); keep it off /tmp, whose inodes a busy machine keeps freeing")
 	flag.Parse()
 	if *profile != "" {
 		f, err := os.Create(*profile)
@@ -55,7 +56,7 @@ func main() {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	if err := run(*layers, *totalMB, *delay, *rounds, *jobs); err != nil {
+	if err := run(*dir, *layers, *totalMB, *delay, *rounds, *jobs); err != nil {
 		fmt.Fprintln(os.Stderr, "pullbench:", err)
 		pprof.StopCPUProfile()
 		os.Exit(1)
@@ -80,7 +81,7 @@ func (s *slow) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-func run(nLayers, totalMB int, delay time.Duration, rounds, jobs int) error {
+func run(dir string, nLayers, totalMB int, delay time.Duration, rounds, jobs int) error {
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer srv.Close()
 	ref := strings.TrimPrefix(srv.URL, "http://") + "/sandbox:latest"
@@ -95,13 +96,23 @@ func run(nLayers, totalMB int, delay time.Duration, rounds, jobs int) error {
 	}
 	fmt.Printf("image: %d layers, %d MB uncompressed, pushed in %s; %s added per request\n", nLayers, totalMB, time.Since(t0).Round(time.Millisecond), delay)
 
+	// Every round's store stays until the run ends: on ext4 without a
+	// journal (as on these machines) the kernel will not reuse an inode
+	// freed in the last minute or more and reads each such inode to tell,
+	// so a store removed just before the next round made that round's
+	// file creation several times slower.
+	work, err := os.MkdirTemp(dir, "pullbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
 	var conc, seq []time.Duration
 	for i := range rounds * 2 {
 		j := jobs
 		if i%2 == 1 {
 			j = 1
 		}
-		d, err := pullOnce(ref, j, delay, i == rounds*2-2, img)
+		d, err := pullOnce(filepath.Join(work, fmt.Sprint(i)), ref, j, delay, i == rounds*2-2, img)
 		if err != nil {
 			return err
 		}
@@ -116,28 +127,24 @@ func run(nLayers, totalMB int, delay time.Duration, rounds, jobs int) error {
 	return nil
 }
 
-// pullOnce pulls ref into a fresh store with jobs fetchers and returns the
-// time taken; the store is removed and the page cache written back before
-// the next round, so rounds do not slow each other down. With second, it
-// also pulls the image again under its digest (a second VM on the image).
-func pullOnce(ref string, jobs int, delay time.Duration, second bool, img v1.Image) (time.Duration, error) {
-	dir, err := os.MkdirTemp("", "pullbench-")
-	if err != nil {
-		return 0, err
-	}
-	defer func() {
-		os.RemoveAll(dir)
-		syscall.Sync()
-	}()
+// pullOnce pulls ref into a fresh store at dir with jobs fetchers and
+// returns the time taken; the page cache is written back before and after,
+// so rounds do not slow each other down. With second, it also pulls the
+// image again under its digest (a second VM on the image).
+func pullOnce(dir, ref string, jobs int, delay time.Duration, second bool, img v1.Image) (time.Duration, error) {
+	defer syscall.Sync()
 	syscall.Sync()
 	s := store.Open(dir)
 	tr := &slow{rt: http.DefaultTransport, delay: delay}
+	cpu0 := cpuTime()
 	start := time.Now()
 	if _, err := s.Pull(context.Background(), ref, store.Options{Jobs: jobs, Remote: []remote.Option{remote.WithTransport(tr)}}); err != nil {
 		return 0, err
 	}
 	d := time.Since(start)
-	fmt.Printf("  jobs %d: %s (%d requests, %.0f MB fetched)\n", jobs, d.Round(time.Millisecond), tr.n.Load(), float64(tr.bytes.Load())/1e6)
+	cpu := cpuTime() - cpu0
+	fmt.Printf("  jobs %d: %s (%d requests, %.0f MB fetched; CPU %s, %.1f cores busy)\n", jobs, d.Round(time.Millisecond), tr.n.Load(), float64(tr.bytes.Load())/1e6,
+		cpu.Round(time.Millisecond), cpu.Seconds()/d.Seconds())
 	if second {
 		tr := &slow{rt: http.DefaultTransport, delay: delay}
 		blobs := func() int {
@@ -154,6 +161,14 @@ func pullOnce(ref string, jobs int, delay time.Duration, second bool, img v1.Ima
 			time.Since(start).Round(time.Millisecond), tr.n.Load(), float64(tr.bytes.Load())/1e6, blobs()-before, again.ID[:12])
 	}
 	return d, nil
+}
+
+// cpuTime is the CPU time (user and system) this process has used: the
+// client's and the in-process registry's together.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func digest(img v1.Image) string {
