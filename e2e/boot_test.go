@@ -204,7 +204,8 @@ func boot(t *testing.T, env launch.Env, vm *config.VM) (*launch.Prepared, *launc
 	t.Cleanup(func() { r.Process.Kill() })
 	ready, err := r.WaitReady(3*time.Minute, nil)
 	if err != nil {
-		t.Fatal(err)
+		vmmLog, _ := os.ReadFile(launch.VMMLog(filepath.Dir(p.Launch.ConsoleLog)))
+		t.Fatalf("%v\nhypervisor's log:\n%s", err, vmmLog)
 	}
 	t.Logf("%s ready %s after start (guest uptime %ss)", vm.Name, time.Since(r.Started).Round(time.Millisecond), ready.GuestUptime)
 	return p, r

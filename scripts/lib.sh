@@ -42,9 +42,19 @@ ensure_go() {
 # ca-certificates for the module proxy.
 PROJECT_PACKAGES=(nftables iproute2 util-linux qemu-system-x86 e2fsprogs kmod busybox-static iputils-ping openssh-client git ca-certificates)
 
-# setup is every script's start: root, the project's packages, Go.
+# ensure_vmm_user creates the unprivileged user hypervisors run as
+# (microvm), in group nogroup: not the microvm group, which may use the
+# API socket.
+ensure_vmm_user() {
+	id -u microvm >/dev/null 2>&1 ||
+		useradd --system --gid nogroup --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin microvm
+}
+
+# setup is every script's start: root, the project's packages, Go, the
+# hypervisors' user.
 setup() {
 	need_root
 	apt_install "${PROJECT_PACKAGES[@]}"
 	ensure_go
+	ensure_vmm_user
 }

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/term"
 
 	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/vmm"
 )
 
 // detachKey is Ctrl-], which leaves an interactive console.
@@ -36,7 +37,7 @@ microvm logs VM. Without a terminal, standard input is sent as typed.`,
 				return fmt.Errorf("%s runs on %s, whose serial console is a log only: follow it with microvm logs -f %s and log in with microvm ssh %s",
 					args[0], b.Name(), args[0], args[0])
 			}
-			sock := filepath.Join(filepath.Dir(a.socket), args[0]+".console")
+			sock := vmm.ConsoleSocket(filepath.Dir(a.socket), args[0])
 			conn, err := net.Dial("unix", sock)
 			if err != nil {
 				return fmt.Errorf("attach to the console of %s: %w (is another console attached?)", args[0], err)

@@ -72,7 +72,11 @@ func (a *app) runDaemon(file, logFormat string, o runOptions, g gitOptions) erro
 	if err != nil {
 		return usageError{err}
 	}
-	d, err := daemon.New(a.launchEnv(o), log)
+	env, err := a.launchEnv(o)
+	if err != nil {
+		return err
+	}
+	d, err := daemon.New(env, log)
 	if err != nil {
 		return err
 	}

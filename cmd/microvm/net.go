@@ -7,8 +7,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"microvm.dev/microvm/internal/api"
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/network"
+	"microvm.dev/microvm/internal/vmmuser"
 )
 
 func (a *app) netCommand() *cobra.Command {
@@ -31,12 +33,18 @@ host before anything changes; a conflict (an interface or address microvm
 does not own in the way) changes nothing.`,
 		Example: "  microvm net apply -f examples/reference/infra.yaml\n  microvm net apply -f infra.yaml --netns /run/netns/lab -o json",
 		Args:    exactArgs(0),
-		RunE: func(*cobra.Command, []string) error {
+		RunE: func(c *cobra.Command, _ []string) error {
 			cfg, err := a.load(file, false)
 			if err != nil {
 				return err
 			}
-			m, err := network.New(a.netns, hostnet.Options{TAPOwner: tapUser, TAPGroup: tapUser})
+			if !c.Flags().Changed("tap-owner") {
+				// The TAPs belong to the user the daemon runs hypervisors as.
+				if u, err := vmmuser.Lookup(vmmuser.DefaultName, api.SocketGroup); err == nil && u != nil {
+					tapUser = u.UID
+				}
+			}
+			m, err := network.New(a.netns, hostnet.Options{TAPOwner: tapUser})
 			if err != nil {
 				return err
 			}
@@ -49,7 +57,7 @@ does not own in the way) changes nothing.`,
 		},
 	}
 	fileFlag(apply, &file)
-	apply.Flags().Uint32Var(&tapUser, "tap-owner", 0, "uid (and gid) that owns the TAPs, for a hypervisor running unprivileged")
+	apply.Flags().Uint32Var(&tapUser, "tap-owner", 0, "uid that owns the TAPs, for a hypervisor running unprivileged (default: the microvm user's, else root)")
 
 	show := &cobra.Command{
 		Use:     "show",

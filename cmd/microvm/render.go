@@ -77,7 +77,11 @@ func (a *app) renderRunner(cfg *config.Config, name string, o runOptions) error 
 	if vm == nil {
 		return fmt.Errorf("no VM named %q in the file", name)
 	}
-	_, cmd, err := launch.Command(a.launchEnv(o), vm)
+	env, err := a.launchEnv(o)
+	if err != nil {
+		return err
+	}
+	_, cmd, err := launch.Command(env, vm)
 	if err != nil {
 		return err
 	}

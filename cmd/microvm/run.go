@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"microvm.dev/microvm/internal/api"
 	"microvm.dev/microvm/internal/cgroup"
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/hostnet"
@@ -17,6 +19,7 @@ import (
 	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmmuser"
 )
 
 // runOptions are the flags of `microvm run`.
@@ -29,6 +32,8 @@ type runOptions struct {
 	readyWait   time.Duration
 	stopTimeout time.Duration
 	quiet       bool
+	vmmUser     string
+	vmmUserSet  func() bool
 }
 
 func (a *app) runCommand() *cobra.Command {
@@ -60,6 +65,8 @@ func launchFlags(cmd *cobra.Command, o *runOptions) {
 	cmd.Flags().StringVar(&o.kernelCache, "kernel-cache", guest.DefaultKernelCache, "where scripts/fetch-kernel.sh keeps kernels")
 	cmd.Flags().StringVar(&o.arch, "arch", vmm.HostArch(), "guest architecture: x86_64 or aarch64")
 	cmd.Flags().StringVar(&o.share, "share", "auto", "how the store reaches guests: virtiofs, 9p, block (a read-only disk image) or auto (the hypervisor's first choice available)")
+	cmd.Flags().StringVar(&o.vmmUser, "vmm-user", vmmuser.DefaultName, "the unprivileged user hypervisors run as, without capabilities (root: as root; when the default user does not exist, root with a warning)")
+	o.vmmUserSet = func() bool { return cmd.Flags().Changed("vmm-user") }
 }
 
 // PackagedInitDir is where the Debian package installs microvm-init.
@@ -86,12 +93,25 @@ func defaultInitDir() string {
 // launchEnv is the launch environment the flags describe.
 // Without usable cgroups, VMs without limits still run; one with limits
 // is refused when it starts.
-func (a *app) launchEnv(o runOptions) launch.Env {
+// Hypervisors run as --vmm-user; a missing user is an error when named on
+// the command line and a warning (hypervisors as root) for the default.
+func (a *app) launchEnv(o runOptions) (launch.Env, error) {
 	env := launch.Env{StateDir: a.stateDir, RunDir: filepath.Dir(a.socket), KernelCache: o.kernelCache, InitDir: o.initDir, NetNS: a.netns, Arch: o.arch, Share: o.share}
 	if cg, err := cgroup.Detect(cgroup.DefaultRoot); err == nil {
 		env.Cgroups = cg
 	}
-	return env
+	u, err := vmmuser.Lookup(o.vmmUser, api.SocketGroup)
+	switch {
+	case errors.Is(err, vmmuser.ErrNoUser) && (o.vmmUserSet == nil || !o.vmmUserSet()):
+		fmt.Fprintf(a.stderr, "warning: hypervisors run as root: %v\n", err)
+	case err != nil:
+		return env, usageError{err}
+	}
+	env.VMMUser = u
+	if _, err := os.Stat("/dev/kvm"); err == nil && u != nil && !u.CanOpen("/dev/kvm") {
+		fmt.Fprintf(a.stderr, "warning: hypervisors run as %s, who cannot open /dev/kvm: VMs are emulated (TCG). Give /dev/kvm a group (chgrp kvm /dev/kvm && chmod 660 /dev/kvm), or run hypervisors as root with --vmm-user root\n", u.Name)
+	}
+	return env, nil
 }
 
 func (a *app) run(name string, o runOptions) error {
@@ -103,7 +123,11 @@ func (a *app) run(name string, o runOptions) error {
 	if vm == nil {
 		return fmt.Errorf("no VM named %q in %s", name, o.file)
 	}
-	m, err := network.New(a.netns, hostnet.Options{})
+	env, err := a.launchEnv(o)
+	if err != nil {
+		return err
+	}
+	m, err := network.New(a.netns, hostnet.Options{TAPOwner: env.TAPOwner()})
 	if err != nil {
 		return err
 	}
@@ -116,7 +140,7 @@ func (a *app) run(name string, o runOptions) error {
 		fmt.Fprintln(a.stderr, "warning:", w)
 	}
 	t0 := time.Now()
-	p, err := launch.Prepare(a.launchEnv(o), vm)
+	p, err := launch.Prepare(env, vm)
 	if err != nil {
 		return err
 	}

@@ -32,7 +32,11 @@ its evidence; the exit status is 1 when any check fails.`,
 			if err != nil {
 				return err
 			}
-			checks := verify.Prerequisites(cfg, a.launchEnv(o), nil)
+			env, err := a.launchEnv(o)
+			if err != nil {
+				return err
+			}
+			checks := verify.Prerequisites(cfg, env, nil)
 			var vms []supervisor.Status
 			if err := a.client().Do("GET", "/v1/vms", nil, &vms); err != nil {
 				checks = append(checks, verify.Check{Name: "live fleet", Run: func() (verify.Status, string) {
@@ -66,7 +70,11 @@ fails. SKIP marks what is missing but has a slower fallback.`,
 		Example: "  microvm doctor\n  microvm doctor -o json",
 		Args:    exactArgs(0),
 		RunE: func(*cobra.Command, []string) error {
-			return a.printResults(verify.Run(verify.Doctor(a.launchEnv(o), nil)))
+			env, err := a.launchEnv(o)
+			if err != nil {
+				return err
+			}
+			return a.printResults(verify.Run(verify.Doctor(env, nil)))
 		},
 	}
 	launchFlags(cmd, &o)

@@ -30,6 +30,9 @@ import (
 	"microvm.dev/microvm/internal/supervisor"
 )
 
+// SocketGroup is the group that may use the API socket (besides root).
+const SocketGroup = "microvm"
+
 // MaxBody bounds request bodies (a config file).
 const MaxBody = 4 << 20
 
@@ -316,7 +319,7 @@ func Listen(socket string) (net.Listener, error) {
 		ln.Close()
 		return nil, err
 	}
-	if g, err := user.LookupGroup("microvm"); err == nil {
+	if g, err := user.LookupGroup(SocketGroup); err == nil {
 		if gid, err := strconv.Atoi(g.Gid); err == nil {
 			os.Chown(socket, 0, gid)
 		}

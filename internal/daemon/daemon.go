@@ -57,7 +57,7 @@ func (d *Daemon) OnApply(f func(*ApplyResult, error)) {
 
 // New creates a daemon for env, adopting VMs that are already running.
 func New(env launch.Env, log *slog.Logger) (*Daemon, error) {
-	m, err := network.New(env.NetNS, hostnet.Options{})
+	m, err := network.New(env.NetNS, hostnet.Options{TAPOwner: env.TAPOwner()})
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Host is a handle on one network namespace: the process's own, or one named
@@ -73,6 +74,36 @@ func (h *Host) Do(fn func() error) error {
 		panic(fmt.Sprintf("hostnet: cannot return to the original network namespace: %v", err))
 	}
 	return ferr
+}
+
+// OpenTAP opens the persistent TAP called name in the handle's namespace
+// (multi-queue off, no packet information, with virtio-net headers, as the
+// TAPs are made), for a hypervisor that is handed the descriptor instead
+// of opening /dev/net/tun itself.
+func (h *Host) OpenTAP(name string) (*os.File, error) {
+	var f *os.File
+	err := h.Do(func() error {
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		ifr, err := unix.NewIfreq(name)
+		if err != nil {
+			unix.Close(fd)
+			return err
+		}
+		ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		f = os.NewFile(uintptr(fd), "/dev/net/tun:"+name)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open TAP %s: %w", name, err)
+	}
+	return f, nil
 }
 
 // SysctlSetting is one sysctl and its wanted value.

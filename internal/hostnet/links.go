@@ -228,7 +228,7 @@ func (h *Host) ensureVM(o *observed, w VMLink, opts Options, record func(op, tar
 	alias := AliasPrefix + w.VM
 	br, err := h.ensureLink(o, w.Bridge, "bridge", alias, func() netlink.Link {
 		return &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: w.Bridge}}
-	}, record)
+	}, nil, record)
 	if err != nil {
 		return err
 	}
@@ -243,6 +243,12 @@ func (h *Host) ensureVM(o *observed, w VMLink, opts Options, record func(op, tar
 			Owner:     opts.TAPOwner,
 			Group:     opts.TAPGroup,
 		}
+	}, func(l netlink.Link) bool {
+		// A TAP owned by someone else than the hypervisor's user is made
+		// again, but only while no hypervisor holds it (no carrier): a
+		// running VM keeps its network until it restarts.
+		t, ok := l.(*netlink.Tuntap)
+		return ok && (t.Owner != opts.TAPOwner || t.Group != opts.TAPGroup) && l.Attrs().RawFlags&unix.IFF_LOWER_UP == 0
 	}, record)
 	if err != nil {
 		return err
@@ -265,10 +271,11 @@ func (h *Host) ensureVM(o *observed, w VMLink, opts Options, record func(op, tar
 }
 
 // ensureLink returns the link called name, creating it (marked with alias)
-// when missing or when ours but of the wrong type.
-func (h *Host) ensureLink(o *observed, name, typ, alias string, mk func() netlink.Link, record func(op, target string)) (netlink.Link, error) {
+// when missing or when ours but of the wrong type, or (stale, when set)
+// when stale says it must be made again.
+func (h *Host) ensureLink(o *observed, name, typ, alias string, mk func() netlink.Link, stale func(netlink.Link) bool, record func(op, target string)) (netlink.Link, error) {
 	if l, ok := o.ours[name]; ok {
-		if l.Type() == typ && l.Attrs().Alias == alias {
+		if l.Type() == typ && l.Attrs().Alias == alias && (stale == nil || !stale(l)) {
 			return l, nil
 		}
 		if err := h.nl.LinkDel(l); err != nil {

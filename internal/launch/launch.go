@@ -21,6 +21,7 @@ import (
 	"microvm.dev/microvm/internal/cgroup"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/sshkey"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/store"
@@ -29,6 +30,7 @@ import (
 	"microvm.dev/microvm/internal/vmm/cloudhypervisor"
 	"microvm.dev/microvm/internal/vmm/firecracker"
 	"microvm.dev/microvm/internal/vmm/qemu"
+	"microvm.dev/microvm/internal/vmmuser"
 	"microvm.dev/microvm/internal/volume"
 )
 
@@ -58,6 +60,28 @@ type Env struct {
 	// Cgroups, when set, caps each VM's hypervisor with its limits; a VM
 	// with limits fails to start without it.
 	Cgroups *cgroup.Manager
+	// VMMUser, when set, is the unprivileged user hypervisors run as
+	// (nil: root). Helpers that need root (virtiofsd, in its own sandbox)
+	// stay root.
+	VMMUser *vmmuser.User
+}
+
+// TAPOwner is the uid the VMs' TAPs belong to, so their hypervisors can
+// open them: the hypervisors' user (0 when they run as root).
+func (e Env) TAPOwner() uint32 {
+	if e.VMMUser == nil {
+		return 0
+	}
+	return e.VMMUser.UID
+}
+
+// canOpen says whether the hypervisors (as root or as VMMUser) may open
+// the device at path.
+func (e Env) canOpen(path string) bool {
+	if e.VMMUser != nil {
+		return e.VMMUser.CanOpen(path)
+	}
+	return unix.Access(path, unix.R_OK|unix.W_OK) == nil
 }
 
 // Backend returns the hypervisor backend of that name (vms.*.hypervisor).
@@ -115,14 +139,24 @@ func (e Env) ShareKind(b vmm.Backend) (string, error) {
 // BlockCache is where read-only disk images of store trees are cached.
 func BlockCache(stateDir string) string { return filepath.Join(stateDir, "cache", "store-blocks") }
 
+// tapFD is the descriptor an unprivileged hypervisor finds its TAP on
+// (the first of exec.Cmd's ExtraFiles).
+const tapFD = 3
+
 // Prepared is a VM ready to start.
 type Prepared struct {
 	VM *config.VM
 	// Backend is the VM's hypervisor.
 	Backend vmm.Backend
 	// Argv is the command line, binary first (after nsenter when the VM
-	// runs in a network namespace).
+	// runs in a network namespace, and setpriv when it runs unprivileged).
 	Argv []string
+	// Binary is the hypervisor binary Argv runs.
+	Binary string
+	// User is who the hypervisor runs as (nil: root).
+	User *vmmuser.User
+	// NetNS is the network namespace of the VM's TAP ("" for the host's).
+	NetNS string
 	// Files are written before the hypervisor starts (its configuration).
 	Files map[string][]byte
 	// SerialToStdout points the hypervisor's stdout at the console log.
@@ -279,7 +313,7 @@ func command(env Env, vm *config.VM, lenient bool) (vmm.Launch, vmm.Command, vmm
 	}
 	l := vmm.DefaultLaunch(vm, env.StateDir, env.RunDir)
 	if b.Name() != "qemu" {
-		l.ControlSocket = filepath.Join(env.RunDir, vm.Name+".api")
+		l.ControlSocket = filepath.Join(vmm.VMRunDir(env.RunDir, vm.Name), "api.sock")
 	}
 	// Each VM is given only its own image tree.
 	img, err := ResolveImage(context.Background(), env, vm, false)
@@ -294,7 +328,7 @@ func command(env Env, vm *config.VM, lenient bool) (vmm.Launch, vmm.Command, vmm
 	l.Shares = []vmm.Share{{Tag: "store", Path: tree}}
 	switch share {
 	case vmm.ShareVirtiofs:
-		l.Shares[0].VirtiofsSocket = filepath.Join(env.RunDir, vm.Name+"-store.sock")
+		l.Shares[0].VirtiofsSocket = filepath.Join(vmm.VMRunDir(env.RunDir, vm.Name), "store.sock")
 	case vmm.ShareBlock:
 		switch {
 		case pending:
@@ -309,13 +343,31 @@ func command(env Env, vm *config.VM, lenient bool) (vmm.Launch, vmm.Command, vmm
 		}
 	}
 	l.Arch = arch
-	l.KVM = arch == vmm.HostArch() && unix.Access("/dev/kvm", unix.R_OK|unix.W_OK) == nil
-	l.VHostNet = l.KVM && unix.Access("/dev/vhost-net", unix.R_OK|unix.W_OK) == nil
+	l.KVM = arch == vmm.HostArch() && env.canOpen("/dev/kvm")
+	l.VHostNet = l.KVM && env.canOpen("/dev/vhost-net")
 	l.Kernel = kern.Image
 	l.Initrd = filepath.Join(env.StateDir, "vms", vm.Name, "initramfs.cpio")
 	cmd, err := b.Command(vm, l)
 	if err != nil {
 		return vmm.Launch{}, vmm.Command{}, nil, guest.Kernel{}, err
+	}
+	if env.VMMUser != nil && b.Name() == "qemu" {
+		// The TAP is opened as root and handed over on descriptor 3, so the
+		// hypervisor needs neither /dev/net/tun nor the TAP's ownership.
+		l.TAPFD = tapFD
+		if cmd, err = b.Command(vm, l); err != nil {
+			return vmm.Launch{}, vmm.Command{}, nil, guest.Kernel{}, err
+		}
+	}
+	cmd.Binary = cmd.Argv[0]
+	if env.VMMUser != nil {
+		// QEMU's 9p server reads the image as the hypervisor's user: it may
+		// read any file (an image's root-only files), and nothing else.
+		var keep []string
+		if share == vmm.Share9p {
+			keep = []string{"dac_read_search"}
+		}
+		cmd.Argv = append(env.VMMUser.Prefix(keep...), cmd.Argv...)
 	}
 	if env.NetNS != "" {
 		cmd.Argv = append([]string{"nsenter", "--net=" + env.NetNS, "--"}, cmd.Argv...)
@@ -405,7 +457,8 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	if err := guest.WriteVM(base, l.Initrd, spec); err != nil {
 		return nil, err
 	}
-	p := &Prepared{VM: vm, Backend: b, Launch: l, Argv: cmd.Argv, Files: cmd.Files, SerialToStdout: cmd.SerialToStdout,
+	p := &Prepared{VM: vm, Backend: b, Launch: l, Argv: cmd.Argv, Binary: cmd.Binary, User: env.VMMUser, NetNS: env.NetNS,
+		Files: cmd.Files, SerialToStdout: cmd.SerialToStdout,
 		BaseCached: cached, Volumes: map[string]volume.Action{}, Cgroups: env.Cgroups,
 		ClientKey: ClientKeyPath(env.StateDir), HostKeyPub: sshkey.AuthorizedLine(hostKey)}
 	for _, v := range vm.Volumes {
@@ -418,7 +471,56 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	if err := os.MkdirAll(env.RunDir, 0o755); err != nil {
 		return nil, err
 	}
+	if err := giveToVMM(env.VMMUser, vmDir, l); err != nil {
+		return nil, fmt.Errorf("vms.%s: %w", vm.Name, err)
+	}
 	return p, nil
+}
+
+// giveToVMM makes the VM's socket directory and gives the hypervisor's
+// user exactly what the hypervisor opens itself: the initramfs, the data
+// volumes, the socket directory (and so nothing else of the state
+// directory, whose VM directory it may only pass through). As root, the
+// socket directory is root's.
+func giveToVMM(u *vmmuser.User, vmDir string, l vmm.Launch) error {
+	runDir := filepath.Dir(l.ConsoleSocket)
+	if err := os.MkdirAll(filepath.Dir(runDir), 0o755); err != nil {
+		return err
+	}
+	if err := os.Mkdir(runDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	if u == nil {
+		return os.Chown(runDir, 0, 0)
+	}
+	// The hypervisor passes through the state directory to its VM's files:
+	// microvm's own directories get search permission (never read or
+	// write); one above them without it is an error that says so.
+	vmsDir := filepath.Dir(vmDir)
+	for _, d := range []string{filepath.Dir(vmsDir), vmsDir, vmDir} {
+		fi, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if fi.Mode().Perm()&0o011 != 0o011 {
+			if err := os.Chmod(d, fi.Mode().Perm()|0o011); err != nil {
+				return err
+			}
+		}
+	}
+	for d := filepath.Dir(filepath.Dir(vmsDir)); ; d = filepath.Dir(d) {
+		if fi, err := os.Stat(d); err == nil && fi.Mode().Perm()&0o001 == 0 && fi.Sys().(*syscall.Stat_t).Uid != u.UID {
+			return fmt.Errorf("the hypervisors' user %s cannot pass through %s to the state directory (chmod o+x %s, or run hypervisors as root with --vmm-user root)", u.Name, d, d)
+		}
+		if d == "/" || d == "." {
+			break
+		}
+	}
+	paths := []string{runDir, l.Initrd}
+	for _, d := range l.Disks {
+		paths = append(paths, d.Path)
+	}
+	return u.Own(paths...)
 }
 
 // Running is a started hypervisor.
@@ -456,6 +558,11 @@ func Start(p *Prepared) (*Running, error) {
 		if err := state.WriteFile(path, b, 0o600); err != nil {
 			return nil, fmt.Errorf("vms.%s: %w", p.VM.Name, err)
 		}
+		if p.User != nil {
+			if err := p.User.Own(path); err != nil {
+				return nil, fmt.Errorf("vms.%s: %w", p.VM.Name, err)
+			}
+		}
 	}
 	logf, err := os.OpenFile(VMMLog(vmDir), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -469,13 +576,24 @@ func Start(p *Prepared) (*Running, error) {
 		}
 		defer stdout.Close()
 	}
+	if p.User != nil && !p.SerialToStdout {
+		// The hypervisor appends to the console log as its own user.
+		f, err := os.OpenFile(p.Launch.ConsoleLog, os.O_CREATE|os.O_WRONLY, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		f.Close()
+		if err := p.User.Own(p.Launch.ConsoleLog); err != nil {
+			return nil, err
+		}
+	}
 	bin, err := exec.LookPath(p.Argv[0])
 	if err != nil {
 		return nil, fmt.Errorf("vms.%s: %s is not installed: %w", p.VM.Name, p.Argv[0], err)
 	}
-	if p.Argv[0] == "nsenter" {
-		if _, err := exec.LookPath(p.Argv[3]); err != nil {
-			return nil, fmt.Errorf("vms.%s: %s is not installed (%s backend): %w", p.VM.Name, p.Argv[3], p.Backend.Name(), err)
+	if p.Binary != "" && p.Binary != p.Argv[0] {
+		if _, err := exec.LookPath(p.Binary); err != nil {
+			return nil, fmt.Errorf("vms.%s: %s is not installed (%s backend): %w", p.VM.Name, p.Binary, p.Backend.Name(), err)
 		}
 	}
 	limits := Limits(p.VM)
@@ -500,6 +618,14 @@ func Start(p *Prepared) (*Running, error) {
 			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
 		}
 	}
+	if p.Launch.TAPFD != 0 {
+		tap, err := openTAP(p.NetNS, p.VM.Net.TAP)
+		if err != nil {
+			return nil, fmt.Errorf("vms.%s: %w", p.VM.Name, err)
+		}
+		defer tap.Close() // the hypervisor has its own copy
+		cmd.ExtraFiles = []*os.File{tap}
+	}
 	var helpers []*os.Process
 	var helperDone []<-chan struct{}
 	var vmmGone atomic.Bool
@@ -512,7 +638,7 @@ func Start(p *Prepared) (*Running, error) {
 		if sh.Kind() != vmm.ShareVirtiofs {
 			continue
 		}
-		proc, done, err := startVirtiofsd(sh, logf)
+		proc, done, err := startVirtiofsd(sh, p.User, logf)
 		if err != nil {
 			killHelpers()
 			return nil, err
@@ -574,16 +700,33 @@ func Start(p *Prepared) (*Running, error) {
 	return r, nil
 }
 
+// openTAP opens the TAP called name in the namespace at nsPath.
+func openTAP(nsPath, name string) (*os.File, error) {
+	h, err := hostnet.Open(nsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	return h.OpenTAP(name)
+}
+
 // startVirtiofsd serves a share read-only over vhost-user. virtiofsd has no
 // read-only mode, so it runs in a private mount namespace where the tree is
 // a read-only bind mount of itself: a guest that remounts its store
 // read-write still cannot write through to the host.
 // The returned channel is closed when virtiofsd exits.
-func startVirtiofsd(sh vmm.Share, log *os.File) (*os.Process, <-chan struct{}, error) {
+//
+// With an unprivileged hypervisor, the socket belongs to that user's group
+// (virtiofsd's --socket-group) so the hypervisor can connect to it.
+func startVirtiofsd(sh vmm.Share, u *vmmuser.User, log *os.File) (*os.Process, <-chan struct{}, error) {
 	bin := Virtiofsd()
 	os.Remove(sh.VirtiofsSocket)
-	script := `mount --bind -o ro "$1" "$1" && exec "$2" --socket-path="$3" -o source="$1" -o sandbox=namespace -o cache=always -o no_posix_lock -o no_flock`
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", sh.Path, bin, sh.VirtiofsSocket)
+	script := `mount --bind -o ro "$1" "$1" && exec "$2" --socket-path="$3" ${4:+--socket-group="$4"} -o source="$1" -o sandbox=namespace -o cache=always -o no_posix_lock -o no_flock`
+	group := ""
+	if u != nil {
+		group = u.GroupName
+	}
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", sh.Path, bin, sh.VirtiofsSocket, group)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

@@ -64,6 +64,9 @@ type Backend interface {
 type Command struct {
 	// Argv is the command line, binary first.
 	Argv []string
+	// Binary is the hypervisor binary, set by the launcher before it puts
+	// anything (nsenter, setpriv) in front of Argv.
+	Binary string
 	// Files are written (mode 0600) before the VMM starts, by path.
 	Files map[string][]byte
 	// SerialToStdout says the VMM writes the serial console to its standard

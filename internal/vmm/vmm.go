@@ -80,6 +80,10 @@ type Launch struct {
 	ControlSocket string
 	// VHostNet says whether /dev/vhost-net may be used for the TAP.
 	VHostNet bool
+	// TAPFD, when not 0, is the descriptor number the hypervisor finds its
+	// TAP open on (the launcher opens it as root and passes it), instead of
+	// opening the TAP by name itself.
+	TAPFD int
 }
 
 // DefaultLaunch fills a Launch with the standard locations under stateDir
@@ -89,14 +93,24 @@ func DefaultLaunch(vm *config.VM, stateDir, runDir string) Launch {
 	l := Launch{
 		Arch:          HostArch(),
 		ConsoleLog:    filepath.Join(vmDir, "console.log"),
-		ControlSocket: filepath.Join(runDir, vm.Name+".qmp"),
-		ConsoleSocket: filepath.Join(runDir, vm.Name+".console"),
+		ControlSocket: filepath.Join(VMRunDir(runDir, vm.Name), "qmp.sock"),
+		ConsoleSocket: ConsoleSocket(runDir, vm.Name),
 		Shares:        []Share{{Tag: "store", Path: filepath.Join(stateDir, "store")}},
 	}
 	for _, v := range vm.Volumes {
 		l.Disks = append(l.Disks, Disk{Name: v.Name, Path: filepath.Join(vmDir, v.Name+".img")})
 	}
 	return l
+}
+
+// VMRunDir is the directory of the sockets of VM name's hypervisor: its
+// own, so a hypervisor running unprivileged can make them there and
+// nowhere else under runDir.
+func VMRunDir(runDir, name string) string { return filepath.Join(runDir, "vms", name) }
+
+// ConsoleSocket is where VM name's interactive serial console listens.
+func ConsoleSocket(runDir, name string) string {
+	return filepath.Join(VMRunDir(runDir, name), "console.sock")
 }
 
 // KernelCmdline is the guest kernel's command line: the console device, no

@@ -8,6 +8,7 @@
 package qemu
 
 import (
+	"strconv"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -147,6 +148,9 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 	)
 
 	netdev := "tap,id=net0,ifname=" + vm.Net.TAP + ",script=no,downscript=no"
+	if l.TAPFD != 0 {
+		netdev = "tap,id=net0,fd=" + strconv.Itoa(l.TAPFD)
+	}
 	if l.VHostNet {
 		netdev += ",vhost=on"
 	}
