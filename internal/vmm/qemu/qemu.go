@@ -8,9 +8,9 @@
 package qemu
 
 import (
-	"strconv"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
