@@ -35,6 +35,15 @@ let
     };
   };
 
+  secret = types.submodule {
+    options = {
+      path = mkOption { type = types.str; description = "Absolute path of the file in the guest (in its memory, never on a data volume)."; };
+      mode = mkOption { type = types.nullOr types.str; default = null; description = "Octal permission bits (default \"0400\")."; };
+      owner = mkOption { type = types.nullOr types.str; default = null; description = "User name or uid owning the file in the guest (default root)."; };
+      age = mkOption { type = types.str; description = "The secret as an ASCII-armored age file encrypted to the host's key."; };
+    };
+  };
+
   kernel = types.either (types.enum [ "host" ]) (types.submodule {
     options = {
       path = mkOption { type = types.str; description = "The kernel image."; };
@@ -54,6 +63,7 @@ let
     pullPolicy = mkOption { type = types.nullOr (types.enum [ "missing" "always" "never" ]); default = null; description = "When an OCI image is pulled."; };
     volumes = mkOption { type = types.nullOr (types.listOf volume); default = null; description = "Persistent data volumes (never deleted by a config change)."; };
     sshKeys = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "Root's authorized keys."; };
+    secrets = mkOption { type = types.nullOr (types.listOf secret); default = null; description = "Files given to the VM from age-encrypted secrets (ASCII-armored ciphertext), decrypted on the host."; };
     ports = mkOption { type = types.nullOr (types.listOf port); default = null; description = "Ports reachable from the host and the tailnet."; };
     command = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "The workload's argv."; };
     env = mkOption { type = types.nullOr (types.attrsOf types.str); default = null; description = "The workload's environment."; };

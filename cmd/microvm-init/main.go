@@ -95,6 +95,9 @@ func (in *initd) boot() error {
 		}
 		in.volumes = append(in.volumes, mp)
 	}
+	if err := writeSecrets(spec.Secrets); err != nil {
+		return err
+	}
 	if spec.SwitchRoot {
 		return in.switchRoot()
 	}

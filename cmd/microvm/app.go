@@ -122,7 +122,7 @@ read-only image store, an ephemeral /var and persistent data volumes.`,
 		a.vmVerb("start", "Start a VM of the applied file", "POST", "/start"),
 		a.vmVerb("stop", "Shut a VM down cleanly (it stays stopped)", "POST", "/stop"),
 		a.vmVerb("restart", "Shut a VM down cleanly and start it again", "POST", "/restart"),
-		a.logsCommand(), a.rmCommand(), a.execCommand(), a.sshCommand(), a.consoleCommand(), a.verifyCommand(), a.imageCommand(), a.deployCommand(), a.doctorCommand(), a.volumeCommand(), a.versionCommand())
+		a.logsCommand(), a.rmCommand(), a.execCommand(), a.sshCommand(), a.consoleCommand(), a.verifyCommand(), a.imageCommand(), a.deployCommand(), a.doctorCommand(), a.volumeCommand(), a.secretCommand(), a.versionCommand())
 	return root
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -204,14 +205,29 @@ func TestRenderRunner(t *testing.T) {
 	ref, _ := os.ReadFile(reference)
 	src := strings.Replace(string(ref), "kernel: host", "kernel: { path: "+kdir+"/vmlinuz, modules: "+kdir+" }", 1)
 	f := writeFile(t, src)
-	code, out, errOut := runCLI(t, "render", "runner", "vm1", "-f", f, "--state-dir", "/srv/mv", "--arch", "x86_64")
+	code, out, errOut := runCLI(t, "render", "runner", "vm1", "-f", f, "--state-dir", "/srv/mv", "--arch", "x86_64", "--vmm-user", "root")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"qemu-system-x86_64", "-kernel " + kdir + "/vmlinuz", "-initrd /srv/mv/vms/vm1/initramfs.cpio", "ifname=vm-vm1", "mac=02:00:00:00:00:01", "/srv/mv/vms/vm1/data.img", "serial=data", "-smp 2", "-m 1024M"} {
+	for _, want := range []string{"qemu-system-x86_64", "-kernel " + kdir + "/vmlinuz", "-initrd /run/microvm/vms/vm1/initramfs.cpio", "ifname=vm-vm1", "mac=02:00:00:00:00:01", "/srv/mv/vms/vm1/data.img", "serial=data", "-smp 2", "-m 1024M"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("runner lacks %q:\n%s", want, out)
 		}
+	}
+	if strings.Contains(out, "setpriv") {
+		t.Errorf("--vmm-user root still drops privileges:\n%s", out)
+	}
+	// Unprivileged: setpriv in front, the TAP handed over as descriptor 3.
+	if u, err := user.Lookup("microvm"); err == nil {
+		code, out, errOut = runCLI(t, "render", "runner", "vm1", "-f", f, "--state-dir", "/srv/mv", "--arch", "x86_64", "--share", "9p")
+		for _, want := range []string{"setpriv --reuid=" + u.Uid + " --regid=" + u.Gid, "--bounding-set=-all,+dac_read_search", "--no-new-privs -- qemu-system-x86_64", "-netdev tap,id=net0,fd=3 "} {
+			if code != 0 || !strings.Contains(out, want) {
+				t.Errorf("unprivileged runner lacks %q (exit %d, %s):\n%s", want, code, errOut, out)
+			}
+		}
+	}
+	if code, _, errOut := runCLI(t, "render", "runner", "vm1", "-f", f, "--vmm-user", "nosuchuser"); code != 2 || !strings.Contains(errOut, "vmm user nosuchuser: no such user") {
+		t.Errorf("a missing --vmm-user: exit %d, %q", code, errOut)
 	}
 	code, out, _ = runCLI(t, "render", "runner", "vm1", "-f", f, "--arch", "aarch64", "-o", "json")
 	if code != 0 || !strings.Contains(out, `"qemu-system-aarch64"`) || !strings.Contains(out, "console=ttyAMA0") {

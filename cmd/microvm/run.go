@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
+	"microvm.dev/microvm/internal/secrets"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmmuser"
@@ -34,6 +36,7 @@ type runOptions struct {
 	quiet       bool
 	vmmUser     string
 	vmmUserSet  func() bool
+	identities  []string
 }
 
 func (a *app) runCommand() *cobra.Command {
@@ -67,6 +70,7 @@ func launchFlags(cmd *cobra.Command, o *runOptions) {
 	cmd.Flags().StringVar(&o.share, "share", "auto", "how the store reaches guests: virtiofs, 9p, block (a read-only disk image) or auto (the hypervisor's first choice available)")
 	cmd.Flags().StringVar(&o.vmmUser, "vmm-user", vmmuser.DefaultName, "the unprivileged user hypervisors run as, without capabilities (root: as root; when the default user does not exist, root with a warning)")
 	o.vmmUserSet = func() bool { return cmd.Flags().Changed("vmm-user") }
+	cmd.Flags().StringSliceVar(&o.identities, "age-identity", nil, "age identity files or SSH private keys that decrypt the VMs' secrets (default: "+strings.Join(secrets.DefaultIdentities(), ", ")+", those present)")
 }
 
 // PackagedInitDir is where the Debian package installs microvm-init.
@@ -108,7 +112,14 @@ func (a *app) launchEnv(o runOptions) (launch.Env, error) {
 		return env, usageError{err}
 	}
 	env.VMMUser = u
-	if _, err := os.Stat("/dev/kvm"); err == nil && u != nil && !u.CanOpen("/dev/kvm") {
+	if len(o.identities) > 0 {
+		if env.Identities, err = secrets.LoadIdentities(o.identities, false); err != nil {
+			return env, usageError{err}
+		}
+	} else if env.Identities, err = secrets.LoadIdentities(secrets.DefaultIdentities(), true); err != nil {
+		fmt.Fprintf(a.stderr, "warning: VMs' secrets cannot be decrypted: %v\n", err)
+	}
+	if vmm.HardwareKVM() && u != nil && !u.CanOpen("/dev/kvm") {
 		fmt.Fprintf(a.stderr, "warning: hypervisors run as %s, who cannot open /dev/kvm: VMs are emulated (TCG). Give /dev/kvm a group (chgrp kvm /dev/kvm && chmod 660 /dev/kvm), or run hypervisors as root with --vmm-user root\n", u.Name)
 	}
 	return env, nil

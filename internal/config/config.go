@@ -54,6 +54,7 @@ type VM struct {
 	Image      string            `json:"image"`
 	Volumes    []Volume          `json:"volumes,omitempty"`
 	SSHKeys    []string          `json:"sshKeys,omitempty"`
+	Secrets    []Secret          `json:"secrets,omitempty"`
 	Ports      []Port            `json:"ports,omitempty"`
 	Command    []string          `json:"command,omitempty"`
 	Env        map[string]string `json:"env,omitempty"`
@@ -252,6 +253,7 @@ func merge(name string, d, s *VMSpec) *VM {
 		Image:      pick(s.Image, d.Image, DefaultImage),
 		Volumes:    pickList(s.Volumes, d.Volumes),
 		SSHKeys:    pickList(s.SSHKeys, d.SSHKeys),
+		Secrets:    pickList(s.Secrets, d.Secrets),
 		Ports:      pickList(s.Ports, d.Ports),
 		Command:    pickList(s.Command, d.Command),
 		Env:        mergeMaps(d.Env, s.Env),

@@ -190,6 +190,21 @@ vms:
 
 // TestBadConfigs is the catalogue of rejected files: each must fail with a
 // problem at the given path whose message contains the given text.
+// testSecret is an age file (encrypted to a throwaway key) as a YAML
+// flow scalar.
+const testSecret = `"-----BEGIN AGE ENCRYPTED FILE-----\nYWdlLWVuY3J5cHRpb24ub3JnL3YxCi0+IFgyNTUxOSBkajZhNTFMckR3ZEFSYXZH\nRGtlT3ZrZU5PZWZJbEdONXFFK05hdWZQL2s4ClFUd0VoSnhEcC9FZnZTQXd6bW9r\nNnBrWURNTTI3L2EvSDV4OGkzR3o2SWcKLS0tIE4weEh2RXpHSHN0M0Nib0ZEQTVN\nZVc5OWFTQ2hJeGZlKytCVGlQem5TcjQKT1v/beqsR4K83/J+NYbT9ymisRbM21hX\nA2lstdyBSKim\n-----END AGE ENCRYPTED FILE-----\n"`
+
+func TestSecretsMerge(t *testing.T) {
+	cfg := mustParse(t, "defaults: { secrets: [{path: /run/secrets/k, age: "+testSecret+"}] }\nvms: { a: { index: 1 }, b: { index: 2, secrets: [] } }", Options{})
+	a, b := cfg.VM("a"), cfg.VM("b")
+	if len(a.Secrets) != 1 || a.Secrets[0].Path != "/run/secrets/k" || len(b.Secrets) != 0 {
+		t.Fatalf("secrets: a %+v, b %+v", a.Secrets, b.Secrets)
+	}
+	if m, err := ParseFileMode(a.Secrets[0].Mode); err != nil || m != 0o400 {
+		t.Errorf("default mode %o, %v", m, err)
+	}
+}
+
 func TestBadConfigs(t *testing.T) {
 	cases := []struct {
 		name, src, path, msg string
@@ -249,6 +264,13 @@ func TestBadConfigs(t *testing.T) {
 		{"volume name too long", "vms: { a: { index: 1, volumes: [{ name: abcdefghijklmnopqrstuv, mountPoint: /d, size: 1G }] } }", "vms.a.volumes[0].name", "virtio serial", Options{}},
 		{"volume no name", "vms: { a: { index: 1, volumes: [{ mountPoint: /d, size: 1G }] } }", "vms.a.volumes[0].name", "needs a name", Options{}},
 		{"bad ssh key", "vms: { a: { index: 1, sshKeys: [\"ssh-rsa nope\"] } }", "vms.a.sshKeys[0]", "not an SSH public key", Options{}},
+		{"secret not age", "vms: { a: { index: 1, secrets: [{path: /run/s, age: hunter2}] } }", "vms.a.secrets[0].age", "not an ASCII-armored age file", Options{}},
+		{"secret relative path", "vms: { a: { index: 1, secrets: [{path: run/s, age: " + testSecret + "}] } }", "vms.a.secrets[0].path", "absolute, clean", Options{}},
+		{"secret no path", "vms: { a: { index: 1, secrets: [{age: " + testSecret + "}] } }", "vms.a.secrets[0].path", "needs the path", Options{}},
+		{"secret twice", "vms: { a: { index: 1, secrets: [{path: /s, age: " + testSecret + "}, {path: /s, age: " + testSecret + "}] } }", "vms.a.secrets[1].path", "used twice", Options{}},
+		{"secret mode", "vms: { a: { index: 1, secrets: [{path: /s, mode: \"0999\", age: " + testSecret + "}] } }", "vms.a.secrets[0].mode", "not octal", Options{}},
+		{"secret owner", "vms: { a: { index: 1, secrets: [{path: /s, owner: \"a;rm\", age: " + testSecret + "}] } }", "vms.a.secrets[0].owner", "not a user name", Options{}},
+		{"secret on a volume", "defaults: { volumes: [{name: data, mountPoint: /mnt/storage, size: 1G}] }\nvms: { a: { index: 1, secrets: [{path: /mnt/storage/key, age: " + testSecret + "}] } }", "vms.a.secrets[0].path", "on the data volume data", Options{}},
 		{"kernel relative", "vms: { a: { index: 1, kernel: { path: vmlinuz } } }", "vms.a.kernel.path", "absolute", Options{}},
 		{"kernel bad word", "vms: { a: { index: 1, kernel: guest } }", "vms.a.kernel", `"host" or a mapping`, Options{}},
 		{"kernel map without path", "vms: { a: { index: 1, kernel: { modules: /lib/modules/x } } }", "vms.a.kernel.path", "needs path", Options{}},

@@ -62,6 +62,10 @@ type VMSpec struct {
 	Volumes []Volume `yaml:"volumes,omitempty" json:"volumes,omitempty"`
 	// SSHKeys are authorized keys for root, in authorized_keys format.
 	SSHKeys []string `yaml:"sshKeys,omitempty" json:"sshKeys,omitempty"`
+	// Secrets are files the VM is given from age-encrypted secrets kept in
+	// this file (ciphertext only), decrypted on the host with its age
+	// identity or SSH host key and held in the guest's memory.
+	Secrets []Secret `yaml:"secrets,omitempty" json:"secrets,omitempty"`
 	// Ports the VM serves, reachable from the host and the tailnet.
 	Ports []Port `yaml:"ports,omitempty" json:"ports,omitempty"`
 	// Command is the workload: argv, or one string run by /bin/sh -c. It runs
@@ -144,6 +148,22 @@ type Volume struct {
 	// Size of the sparse image (at least 1M). Growing it grows the volume;
 	// shrinking is refused.
 	Size Size `yaml:"size" json:"size" jsonschema:"required"`
+}
+
+// Secret is one file a VM is given from an age-encrypted secret.
+type Secret struct {
+	// Path is the absolute path of the file in the guest. It lives in the
+	// guest's memory: a path on a data volume is refused.
+	Path string `yaml:"path" json:"path" jsonschema:"required"`
+	// Mode is the file's permission bits in octal (default "0400").
+	Mode string `yaml:"mode,omitempty" json:"mode,omitempty" jsonschema:"pattern=^0?[0-7]{3}$"`
+	// Owner is the user (name or uid, from the image's /etc/passwd) that
+	// owns the file (default root).
+	Owner string `yaml:"owner,omitempty" json:"owner,omitempty"`
+	// Age is the secret as an ASCII-armored age file, encrypted to the
+	// host's key: microvm secret encrypt --to-host FILE on the host, or
+	// age -a -r RECIPIENT.
+	Age string `yaml:"age" json:"age" jsonschema:"required"`
 }
 
 // Kernel selects the guest kernel.

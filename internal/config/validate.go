@@ -12,6 +12,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"golang.org/x/crypto/ssh"
+
+	"microvm.dev/microvm/internal/secrets"
 )
 
 // Limits checked by validation.
@@ -88,6 +90,7 @@ func (v *validator) vm(vm *VM, s VMSpec) {
 		v.r.addf(p, "name %q may use only lowercase letters, digits and '-', starting with a letter or digit (it becomes the hostname and interface names)", vm.Name)
 	}
 	v.spec(p, &s)
+	v.secretsOnVolumes(p, vm)
 	if m := vm.Limits.Memory; m != 0 && m < vm.Memory+LimitMemoryHeadroom {
 		v.r.addf(joinPath(p, "limits.memory"), "limits.memory %s leaves no room for the hypervisor: it must be at least memory (%s) plus %s", m, vm.Memory, LimitMemoryHeadroom)
 	}
@@ -108,6 +111,62 @@ func (v *validator) vm(vm *VM, s VMSpec) {
 		return
 	}
 	vm.Net = deriveNet(vm.Name, vm.Index, subnet)
+}
+
+// secrets checks secret files: where they go, their mode, and that each
+// is an age file (it is decrypted only where the VM starts).
+func (v *validator) secrets(p string, list []Secret) {
+	paths := map[string]int{}
+	for i, sec := range list {
+		sp := indexPath(p, i)
+		switch {
+		case sec.Path == "":
+			v.r.addf(joinPath(sp, "path"), "a secret needs the path it appears at in the guest")
+		case !path.IsAbs(sec.Path) || path.Clean(sec.Path) != sec.Path || sec.Path == "/":
+			v.r.addf(joinPath(sp, "path"), "secret path %q must be an absolute, clean file path", sec.Path)
+		default:
+			if j, dup := paths[sec.Path]; dup {
+				v.r.addf(joinPath(sp, "path"), "secret path %q is used twice (also at [%d])", sec.Path, j)
+			}
+			paths[sec.Path] = i
+		}
+		if _, err := ParseFileMode(sec.Mode); err != nil {
+			v.r.addf(joinPath(sp, "mode"), "%v", err)
+		}
+		if sec.Owner != "" && !ownerRE.MatchString(sec.Owner) {
+			v.r.addf(joinPath(sp, "owner"), "owner %q is not a user name or uid", sec.Owner)
+		}
+		if err := secrets.Check(sec.Age); err != nil {
+			v.r.addf(joinPath(sp, "age"), "%v", err)
+		}
+	}
+}
+
+// secretsOnVolumes refuses a secret that would be written to a data
+// volume, where its plaintext would be kept on the host's disk.
+func (v *validator) secretsOnVolumes(p string, vm *VM) {
+	for i, sec := range vm.Secrets {
+		for _, vol := range vm.Volumes {
+			if strings.HasPrefix(sec.Path, strings.TrimSuffix(vol.MountPoint, "/")+"/") {
+				v.r.addf(joinPath(indexPath(joinPath(p, "secrets"), i), "path"), "secret path %q is on the data volume %s (%s): its plaintext would be kept on the host's disk; put it outside %s", sec.Path, vol.Name, vol.MountPoint, vol.MountPoint)
+			}
+		}
+	}
+}
+
+// ownerRE matches a user name or uid.
+var ownerRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}\$?$|^[0-9]{1,10}$`)
+
+// ParseFileMode reads a secret's octal mode ("" is 0400).
+func ParseFileMode(s string) (uint32, error) {
+	if s == "" {
+		return 0o400, nil
+	}
+	m, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || m > 0o777 {
+		return 0, fmt.Errorf("mode %q is not octal permission bits such as \"0400\"", s)
+	}
+	return uint32(m), nil
 }
 
 // spec validates the keys one VM (or the defaults) wrote, at path p.
@@ -142,6 +201,7 @@ func (v *validator) spec(p string, s *VMSpec) {
 		}
 	}
 	v.volumes(joinPath(p, "volumes"), s.Volumes)
+	v.secrets(joinPath(p, "secrets"), s.Secrets)
 	for i, key := range s.SSHKeys {
 		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(key)); err != nil {
 			v.r.addf(indexPath(joinPath(p, "sshKeys"), i), "not an SSH public key in authorized_keys format: %v", err)

@@ -23,6 +23,7 @@ import (
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
+	"microvm.dev/microvm/internal/secrets"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/tailnet"
@@ -196,6 +197,21 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 	t0 := time.Now()
 	res = &ApplyResult{File: name, VMs: []VMAction{}}
 	running := d.sup.Running()
+	// Every secret of a VM that will (re)start must decrypt here before
+	// anything changes: a file this host cannot decrypt stops nothing.
+	for _, vm := range cfg.VMs {
+		if hash, ok := running[vm.Name]; (ok && hash == vm.SpecHash()) || (!ok && !vm.Supervision.Autostart) {
+			continue
+		}
+		for i, sec := range vm.Secrets {
+			if _, err := secrets.Decrypt(sec.Age, d.env.Identities); err != nil {
+				res.Problems = append(res.Problems, config.Problem{File: name, Path: fmt.Sprintf("vms.%s.secrets[%d]", vm.Name, i), Message: fmt.Sprintf("%s: %v", sec.Path, err)})
+			}
+		}
+	}
+	if len(res.Problems) > 0 {
+		return res, ErrInvalid
+	}
 	known := map[string]bool{}
 	for _, st := range d.sup.List() {
 		known[st.Name] = true

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -8,7 +9,10 @@ import (
 	"strings"
 	"testing"
 
+	"filippo.io/age"
+
 	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/secrets"
 	"microvm.dev/microvm/internal/tailnet"
 	"microvm.dev/microvm/internal/testutil"
 )
@@ -71,4 +75,46 @@ func TestCorruptRunRecordRefused(t *testing.T) {
 		t.Fatalf("err = %v, want one naming %s", err, rec)
 	}
 	testutil.Report(t, testutil.FaultResult{Fault: "a run record truncated on disk", Trials: 1, Result: "the daemon refuses to start, naming the file; no state invented"})
+}
+
+// A file whose secret this host cannot decrypt is refused before anything
+// changes: no VM starts and no bridge is made.
+func TestApplyRefusesUndecryptableSecrets(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetns(t, "dsec")
+	st := t.TempDir()
+	mine, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "age.key")
+	os.WriteFile(keyFile, []byte(mine.String()+"\n"), 0o600)
+	ids, err := secrets.LoadIdentities([]string{keyFile}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), NetNS: ns.Path, Identities: ids}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	other, _ := age.GenerateX25519Identity()
+	foreign, _ := secrets.Encrypt([]byte("not for this host"), other.Recipient())
+	src := "vms:\n  a:\n    index: 1\n    secrets:\n      - path: /run/secrets/token\n        age: |\n" + indent(foreign, "          ")
+	res, err := d.ApplyFile("t.yaml", []byte(src))
+	if !errors.Is(err, ErrInvalid) || res == nil || len(res.Problems) != 1 || res.Problems[0].Path != "vms.a.secrets[0]" ||
+		!strings.Contains(res.Problems[0].Message, "not encrypted to this host's keys ("+mine.Recipient().String()+")") {
+		t.Fatalf("apply: %v %+v", err, res)
+	}
+	if out, _ := ns.Exec("ip", "-o", "link", "show"); strings.Contains(out, "br-a") {
+		t.Errorf("a refused apply made the bridge:\n%s", out)
+	}
+	if len(d.sup.List()) != 0 {
+		t.Errorf("a refused apply left VMs: %+v", d.sup.List())
+	}
+}
+
+func indent(s, prefix string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return prefix + strings.Join(lines, "\n"+prefix) + "\n"
 }

@@ -45,6 +45,21 @@ type Spec struct {
 	// SwitchRoot hands PID 1 to the image's own init (/sbin/init) once the
 	// root, network and volumes are set up.
 	SwitchRoot bool `json:"switchRoot,omitempty"`
+	// Secrets are files written into the VM's root (its memory) before
+	// anything else runs there.
+	Secrets []SecretFile `json:"secrets,omitempty"`
+}
+
+// SecretFile is a decrypted secret and where it goes in the guest.
+type SecretFile struct {
+	// Path is absolute in the guest's root, never on a volume.
+	Path string `json:"path"`
+	// Mode is the file's permission bits.
+	Mode uint32 `json:"mode"`
+	// Owner is a user name or uid of the image ("" = root).
+	Owner string `json:"owner,omitempty"`
+	// Data is the plaintext.
+	Data []byte `json:"data"`
 }
 
 // NetSpec is the guest's static network configuration.
@@ -152,6 +167,16 @@ func ParseSpec(b []byte) (*Spec, error) {
 	}
 	if s.Store.Image != "" && !cleanRelative(s.Store.Image) {
 		return nil, fmt.Errorf("store.image %q leaves the store", s.Store.Image)
+	}
+	for i, f := range s.Secrets {
+		if !path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || f.Path == "/" || f.Mode > 0o777 {
+			return nil, fmt.Errorf("secrets[%d]: path %q mode %o", i, f.Path, f.Mode)
+		}
+		for _, v := range s.Volumes {
+			if strings.HasPrefix(f.Path, strings.TrimSuffix(v.MountPoint, "/")+"/") {
+				return nil, fmt.Errorf("secrets[%d]: %s is on the volume %s", i, f.Path, v.Name)
+			}
+		}
 	}
 	for i, v := range s.Volumes {
 		if v.Name == "" || strings.ContainsAny(v.Name, "/\x00") {

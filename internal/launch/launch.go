@@ -22,6 +22,7 @@ import (
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/hostnet"
+	"microvm.dev/microvm/internal/secrets"
 	"microvm.dev/microvm/internal/sshkey"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/store"
@@ -64,6 +65,26 @@ type Env struct {
 	// (nil: root). Helpers that need root (virtiofsd, in its own sandbox)
 	// stay root.
 	VMMUser *vmmuser.User
+	// Identities decrypt the VMs' age-encrypted secrets.
+	Identities []secrets.Identity
+}
+
+// Secrets decrypts vm's secrets with the host's identities. The error
+// names the secret (never its content); nothing is written.
+func (e Env) Secrets(vm *config.VM) ([]guest.SecretFile, error) {
+	var out []guest.SecretFile
+	for i, sec := range vm.Secrets {
+		data, err := secrets.Decrypt(sec.Age, e.Identities)
+		if err != nil {
+			return nil, fmt.Errorf("vms.%s.secrets[%d] (%s): %w", vm.Name, i, sec.Path, err)
+		}
+		mode, err := config.ParseFileMode(sec.Mode)
+		if err != nil {
+			return nil, fmt.Errorf("vms.%s.secrets[%d].mode: %w", vm.Name, i, err)
+		}
+		out = append(out, guest.SecretFile{Path: sec.Path, Mode: mode, Owner: sec.Owner, Data: data})
+	}
+	return out, nil
 }
 
 // TAPOwner is the uid the VMs' TAPs belong to, so their hypervisors can
@@ -343,10 +364,13 @@ func command(env Env, vm *config.VM, lenient bool) (vmm.Launch, vmm.Command, vmm
 		}
 	}
 	l.Arch = arch
-	l.KVM = arch == vmm.HostArch() && env.canOpen("/dev/kvm")
+	l.KVM = arch == vmm.HostArch() && vmm.HardwareKVM() && env.canOpen("/dev/kvm")
 	l.VHostNet = l.KVM && env.canOpen("/dev/vhost-net")
 	l.Kernel = kern.Image
-	l.Initrd = filepath.Join(env.StateDir, "vms", vm.Name, "initramfs.cpio")
+	// The VM's own initramfs holds its SSH host key and secrets: it is made
+	// in the VM's run directory (on a tmpfs on a real host) and removed
+	// once the hypervisor has loaded it.
+	l.Initrd = filepath.Join(vmm.VMRunDir(env.RunDir, vm.Name), "initramfs.cpio")
 	cmd, err := b.Command(vm, l)
 	if err != nil {
 		return vmm.Launch{}, vmm.Command{}, nil, guest.Kernel{}, err
@@ -450,9 +474,15 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	for i := range spec.Volumes {
 		spec.Volumes[i].Device = devices[spec.Volumes[i].Name]
 	}
+	if spec.Secrets, err = env.Secrets(vm); err != nil {
+		return nil, err
+	}
 	spec.SwitchRoot = vm.Init == config.InitImage
 	if !spec.SwitchRoot {
 		spec.Workload = Workload(vm, img.Config)
+	}
+	if err := makeRunDir(filepath.Dir(l.Initrd)); err != nil {
+		return nil, fmt.Errorf("vms.%s: %w", vm.Name, err)
 	}
 	if err := guest.WriteVM(base, l.Initrd, spec); err != nil {
 		return nil, err
@@ -477,19 +507,25 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	return p, nil
 }
 
-// giveToVMM makes the VM's socket directory and gives the hypervisor's
+// makeRunDir makes a VM's run directory (sockets, initramfs): its parents
+// open to all, itself root's alone until giveToVMM hands it over.
+func makeRunDir(dir string) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return nil
+}
+
+// giveToVMM gives the hypervisor's
 // user exactly what the hypervisor opens itself: the initramfs, the data
 // volumes, the socket directory (and so nothing else of the state
 // directory, whose VM directory it may only pass through). As root, the
 // socket directory is root's.
 func giveToVMM(u *vmmuser.User, vmDir string, l vmm.Launch) error {
 	runDir := filepath.Dir(l.ConsoleSocket)
-	if err := os.MkdirAll(filepath.Dir(runDir), 0o755); err != nil {
-		return err
-	}
-	if err := os.Mkdir(runDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return err
-	}
 	if u == nil {
 		return os.Chown(runDir, 0, 0)
 	}
@@ -685,6 +721,7 @@ func Start(p *Prepared) (*Running, error) {
 	go func() {
 		r.ExitErr = cmd.Wait()
 		vmmGone.Store(true)
+		os.Remove(p.Launch.Initrd) // never left behind, whatever happened
 		// Helpers never outlive the hypervisor.
 		killHelpers()
 		if r.ExitErr != nil {
@@ -754,10 +791,13 @@ func startVirtiofsd(sh vmm.Share, u *vmmuser.User, log *os.File) (*os.Process, <
 }
 
 // WaitReady waits for the guest's ready line on the console.
+// The VM's initramfs (its host key, its secrets) is removed then: the
+// hypervisor loaded it before the guest ran.
 func (r *Running) WaitReady(timeout time.Duration, echo func(string)) (vmm.ReadyResult, error) {
 	res, err := vmm.WaitConsole(r.Prepared.Launch.ConsoleLog, r.console, guest.ReadyPrefix, guest.FailedPrefix, timeout, r.Exited, echo)
 	if err == nil {
 		r.console = res.Offset
+		os.Remove(r.Prepared.Launch.Initrd)
 	}
 	return res, err
 }

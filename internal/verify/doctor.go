@@ -33,6 +33,9 @@ func Doctor(env launch.Env, look LookPath) []Check {
 			if err := access("/dev/kvm"); err != nil {
 				return Skip, fmt.Sprintf("/dev/kvm is not usable (%v): VMs run under TCG emulation, several times slower; fix: enable virtualization in the firmware, then modprobe kvm_intel (or kvm_amd)", err)
 			}
+			if !vmm.HardwareKVM() {
+				return Skip, "/dev/kvm is not hardware virtualization (no kvm_intel or kvm_amd; a paravirtual KVM such as kvm_pvm boots only kernels built for it): VMs run under TCG emulation"
+			}
 			return Pass, "/dev/kvm is usable"
 		}},
 		{Name: "tun", Run: func() (Status, string) {

@@ -4,6 +4,7 @@
 package vmm
 
 import (
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -101,6 +102,26 @@ func DefaultLaunch(vm *config.VM, stateDir, runDir string) Launch {
 		l.Disks = append(l.Disks, Disk{Name: v.Name, Path: filepath.Join(vmDir, v.Name+".img")})
 	}
 	return l
+}
+
+// HardwareKVM says whether this host's /dev/kvm runs stock guests: on
+// x86_64 only when it is backed by hardware virtualization (kvm_intel or
+// kvm_amd loaded). Other providers, such as the paravirtual kvm_pvm of some
+// nested cloud machines, boot only kernels built for them, so VMs there
+// are emulated (TCG) instead.
+func HardwareKVM() bool {
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		return false
+	}
+	if HostArch() != ArchX86_64 {
+		return true
+	}
+	for _, m := range []string{"kvm_intel", "kvm_amd"} {
+		if _, err := os.Stat(filepath.Join("/sys/module", m)); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // VMRunDir is the directory of the sockets of VM name's hypervisor: its

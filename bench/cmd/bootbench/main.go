@@ -139,6 +139,9 @@ func run(boots, builds int, initDir, store string) error {
 }
 
 func canKVM() bool {
+	if !vmm.HardwareKVM() {
+		return false
+	}
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
 		return false

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"microvm.dev/microvm/internal/guest"
+)
+
+// writeSecrets writes the VM's decrypted secrets into the new root, whose
+// writable layer is memory. Missing parent directories are made (0755,
+// root's); a parent that is a symlink in the image is refused, since it
+// could lead onto a data volume, and the file itself is never followed.
+func writeSecrets(files []guest.SecretFile) error {
+	for _, f := range files {
+		if err := writeSecret(f); err != nil {
+			return fmt.Errorf("secret %s: %w", f.Path, err)
+		}
+	}
+	return nil
+}
+
+func writeSecret(f guest.SecretFile) error {
+	uid, gid := uint32(0), uint32(0)
+	if f.Owner != "" && f.Owner != "root" && f.Owner != "0" {
+		var err error
+		if uid, gid, _, err = lookupUser(f.Owner); err != nil {
+			return err
+		}
+	}
+	dir := root
+	parts := strings.Split(strings.TrimPrefix(filepath.Dir(f.Path), "/"), "/")
+	for _, part := range parts {
+		if part == "" {
+			continue
+		}
+		dir = filepath.Join(dir, part)
+		fi, err := os.Lstat(dir)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		case fi.Mode()&fs.ModeSymlink != 0:
+			return fmt.Errorf("%s is a symlink in the image", strings.TrimPrefix(dir, root))
+		case !fi.IsDir():
+			return fmt.Errorf("%s is not a directory", strings.TrimPrefix(dir, root))
+		}
+	}
+	fd, err := unix.Open(root+f.Path, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	file := os.NewFile(uintptr(fd), f.Path)
+	defer file.Close()
+	if err := file.Chown(int(uid), int(gid)); err != nil {
+		return err
+	}
+	if err := file.Chmod(fs.FileMode(f.Mode)); err != nil {
+		return err
+	}
+	if _, err := file.Write(f.Data); err != nil {
+		return err
+	}
+	return file.Close()
+}
