@@ -42,6 +42,11 @@ type daemonLab struct {
 func newDaemonLab(t *testing.T, tag string) *daemonLab {
 	t.Helper()
 	l := &daemonLab{t: t, ns: testutil.NewNetns(t, tag), state: t.TempDir()}
+	// The daemon's hypervisors run as the microvm user, who must pass
+	// through to the state directory (as through /var/lib on a host).
+	if err := os.Chmod(filepath.Dir(l.state), 0o711); err != nil {
+		t.Fatal(err)
+	}
 	l.socket = filepath.Join(l.state, "run", "microvm.sock")
 	for _, d := range []string{"store", "cache"} {
 		if err := os.Symlink(filepath.Join(shared.dir, d), filepath.Join(l.state, d)); err != nil {

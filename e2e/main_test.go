@@ -46,6 +46,10 @@ func setup() error {
 	if err != nil {
 		return err
 	}
+	// Unprivileged hypervisors open block store images under it.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return err
+	}
 	shared.dir = dir
 	shared.initDir = filepath.Join(dir, "bin")
 	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")

@@ -55,7 +55,7 @@ func TestVerifyLiveFleet(t *testing.T) {
 		t.Errorf("verify failed (%v); log:\n%s", err, l.log())
 	}
 	for _, want := range []string{"bridge br-a", "ip forwarding", "a running", "a over SSH", "a store read-only", "a /var ephemeral",
-		"a volume data", "a → gateway", "a isolation", "b isolation", "c isolation", "hypervisor qemu"} {
+		"a volume data", "a → gateway", "a isolation", "b isolation", "c isolation", "hypervisor qemu", "a hypervisor privileges"} {
 		if got[want] != "PASS" {
 			t.Errorf("%s = %q, want PASS", want, got[want])
 		}

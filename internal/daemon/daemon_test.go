@@ -112,6 +112,8 @@ func TestApplyRefusesUndecryptableSecrets(t *testing.T) {
 	if len(d.sup.List()) != 0 {
 		t.Errorf("a refused apply left VMs: %+v", d.sup.List())
 	}
+	testutil.Report(t, testutil.FaultResult{Fault: "a file whose secret this host cannot decrypt", Trials: 1,
+		Result: "refused before any change, naming the secret and this host's recipients; no VM, no bridge"})
 }
 
 func indent(s, prefix string) string {

@@ -55,6 +55,9 @@ type unpacker struct {
 	pending sync.WaitGroup // queued work
 	// written holds the paths queued since the workers were last drained.
 	written map[string]bool
+	// buffers recycles queued files' contents (*[]byte of bufferedFile
+	// capacity) once written.
+	buffers sync.Pool
 	mu      sync.Mutex
 	err     error // the first worker error
 }
@@ -245,11 +248,18 @@ func (u *unpacker) entry(tr *tar.Reader, h *tar.Header, rel string) error {
 		fresh := !u.written[rel] && errors.Is(statErr, fs.ErrNotExist)
 		switch {
 		case regular && fresh && h.Size <= bufferedFile:
-			data := make([]byte, h.Size)
+			bp, _ := u.buffers.Get().(*[]byte)
+			if bp == nil {
+				b := make([]byte, bufferedFile)
+				bp = &b
+			}
+			data := (*bp)[:h.Size]
 			if _, err := io.ReadFull(tr, data); err != nil {
+				u.buffers.Put(bp)
 				return err
 			}
 			u.queue(rel, func() error {
+				defer u.buffers.Put(bp)
 				if err := writeFile(path, h, bytes.NewReader(data)); err != nil {
 					return fmt.Errorf("%s: %w", rel, err)
 				}

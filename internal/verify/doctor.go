@@ -15,7 +15,8 @@ import (
 	"microvm.dev/microvm/internal/vmm/qemu"
 )
 
-// Doctor are the host's prerequisites independent of any file: KVM, TUN,
+// Doctor are the host's prerequisites independent of any file: KVM, the
+// hypervisors' unprivileged user, TUN,
 // vhost-net, nftables, cgroups, virtiofsd, QEMU, mkfs.ext4 and a guest
 // kernel, each failing one with the fix. KVM and vhost-net only warn (as
 // SKIP): without them VMs run, emulated and slower.
@@ -37,6 +38,13 @@ func Doctor(env launch.Env, look LookPath) []Check {
 				return Skip, "/dev/kvm is not hardware virtualization (no kvm_intel or kvm_amd; a paravirtual KVM such as kvm_pvm boots only kernels built for it): VMs run under TCG emulation"
 			}
 			return Pass, "/dev/kvm is usable"
+		}},
+		{Name: "vmm user", Run: func() (Status, string) {
+			u := env.VMMUser
+			if u == nil {
+				return Skip, "hypervisors run as root; fix: useradd --system --gid nogroup --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin microvm (they then run as it, without capabilities)"
+			}
+			return Pass, fmt.Sprintf("hypervisors run as %s (uid %d) without capabilities", u.Name, u.UID)
 		}},
 		{Name: "tun", Run: func() (Status, string) {
 			if err := access("/dev/net/tun"); err != nil {

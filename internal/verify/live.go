@@ -158,6 +158,13 @@ func Live(f Fleet) []Check {
 			}
 			return Pass, fmt.Sprintf("pid %d, up since %s, booted in %.1fs", st.PID, st.StartedAt.Format(time.RFC3339), st.BootSeconds)
 		}})
+		checks = append(checks, Check{Name: name + " hypervisor privileges", Run: func() (Status, string) {
+			st, ok := f.Status(name)
+			if !ok || st.PID == 0 {
+				return Fail, "not running"
+			}
+			return hypervisorPrivileges(st.PID)
+		}})
 		fact := func(check func(map[string]string) (Status, string)) func() (Status, string) {
 			return func() (Status, string) {
 				once.Do(gather)
@@ -255,6 +262,33 @@ func Live(f Fleet) []Check {
 		}
 	}
 	return checks
+}
+
+// hypervisorPrivileges reads a hypervisor's identity and capabilities from
+// /proc: PASS unprivileged (no capabilities but CAP_DAC_READ_SEARCH for a
+// 9p store, none in its bounding set beyond that, no_new_privs), SKIP as
+// root (--vmm-user root, or no microvm user), FAIL for anything between.
+func hypervisorPrivileges(pid int) (Status, string) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return Fail, err.Error()
+	}
+	fields := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			fields[k] = strings.TrimSpace(v)
+		}
+	}
+	uid := strings.Fields(fields["Uid"])
+	ev := fmt.Sprintf("uid %s, CapEff %s, CapBnd %s, NoNewPrivs %s", strings.Join(uid, "/"), fields["CapEff"], fields["CapBnd"], fields["NoNewPrivs"])
+	if len(uid) == 4 && uid[0] == "0" {
+		return Skip, "runs as root (" + ev + "): create the microvm user, see docs/security.md"
+	}
+	allowed := map[string]bool{"0000000000000000": true, "0000000000000004": true}
+	if len(uid) != 4 || slices.Contains(uid, "0") || !allowed[fields["CapEff"]] || !allowed[fields["CapBnd"]] || fields["NoNewPrivs"] != "1" {
+		return Fail, ev
+	}
+	return Pass, ev
 }
 
 func reachable(result, what string) (Status, string) {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/launch"
@@ -145,5 +147,33 @@ func TestTailscaleRoutesCheck(t *testing.T) {
 	f.Tailscale = tailnet.Client{Bin: filepath.Join(dir, "none")}
 	if r := find(f); r.Status != Skip || !strings.Contains(r.Evidence, "not installed") {
 		t.Errorf("no tailscale: %+v", r)
+	}
+}
+
+// The hypervisor check reads /proc: root is a SKIP, a process dropped as
+// microvm drops hypervisors a PASS, one keeping its bounding set a FAIL.
+func TestHypervisorPrivileges(t *testing.T) {
+	testutil.RequireRoot(t)
+	if st, ev := hypervisorPrivileges(os.Getpid()); st != Skip || !strings.Contains(ev, "runs as root") {
+		t.Errorf("root: %s %s", st, ev)
+	}
+	for _, c := range []struct {
+		args []string
+		want Status
+	}{
+		{[]string{"--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"}, Pass},
+		{[]string{"--reuid=65534", "--regid=65534", "--clear-groups"}, Fail},
+	} {
+		cmd := exec.Command("setpriv", append(c.args, "--", "sleep", "10")...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		st, ev := hypervisorPrivileges(cmd.Process.Pid)
+		cmd.Process.Kill()
+		cmd.Wait()
+		if st != c.want {
+			t.Errorf("setpriv %v: %s %s, want %s", c.args, st, ev, c.want)
+		}
 	}
 }
