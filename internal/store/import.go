@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -37,7 +38,8 @@ type Options struct {
 	// Arch is the guest architecture in GOARCH spelling (default the host's);
 	// it picks the image from a multi-platform index.
 	Arch string
-	// Progress, when set, receives events as layers are fetched and unpacked.
+	// Progress, when set, receives events as layers are fetched and
+	// unpacked; its calls never overlap.
 	Progress func(Event)
 	// Remote are extra options for registry access (tests give a transport).
 	Remote []remote.Option
@@ -241,19 +243,31 @@ func ChainID(diffIDs []v1.Hash) string {
 // and names it. Layers are fetched (and, from a registry, cached as blobs)
 // concurrently and unpacked in order as they arrive.
 func (s *Store) install(ctx context.Context, imgName, source string, img v1.Image, cache bool, o Options) (Image, error) {
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return Image{}, fmt.Errorf("%s: config: %w", source, err)
+	if f := o.Progress; f != nil {
+		var mu sync.Mutex
+		o.Progress = func(e Event) { mu.Lock(); defer mu.Unlock(); f(e) }
 	}
-	layers, err := img.Layers()
+	layers, err := img.Layers() // the manifest's list: no config needed
 	if err != nil {
 		return Image{}, fmt.Errorf("%s: layers: %w", source, err)
 	}
-	diffIDs := cf.RootFS.DiffIDs
-	if len(diffIDs) != len(layers) {
-		return Image{}, fmt.Errorf("%s: the config lists %d layers, the manifest %d", source, len(diffIDs), len(layers))
+	// Layers not cached yet start downloading while the config is fetched
+	// (one round trip less before the first byte). ready is closed only
+	// once the tree is to be made: until then no layer is checked, cached
+	// or reported, so an image whose content is stored already leaves no
+	// trace (its downloads are cancelled).
+	p := &pipeline{s: s, layers: layers, cache: cache, o: o, ready: make(chan struct{})}
+	streams, stop := p.start(ctx)
+	defer stop()
+	cf, err := img.ConfigFile()
+	if err == nil && len(cf.RootFS.DiffIDs) != len(layers) {
+		err = fmt.Errorf("the config lists %d layers, the manifest %d", len(cf.RootFS.DiffIDs), len(layers))
 	}
-	out := Image{Name: imgName, ID: ChainID(diffIDs), Source: source, Config: configOf(cf).with(o.Config)}
+	if err != nil {
+		return Image{}, fmt.Errorf("%s: config: %w", source, err)
+	}
+	p.diffIDs = cf.RootFS.DiffIDs
+	out := Image{Name: imgName, ID: ChainID(p.diffIDs), Source: source, Config: configOf(cf).with(o.Config)}
 	for _, l := range layers {
 		d, err := l.Digest()
 		if err != nil {
@@ -281,9 +295,7 @@ func (s *Store) install(ctx context.Context, imgName, source string, img v1.Imag
 	}
 	defer removeTree(tmp) // a no-op once renamed
 	defer u.close()
-	p := &pipeline{s: s, layers: layers, diffIDs: diffIDs, cache: cache, o: o}
-	streams, stop := p.start(ctx)
-	defer stop()
+	close(p.ready)
 	for i, ls := range streams {
 		rd := p.reader(ls)
 		err := u.layer(rd)
@@ -324,8 +336,6 @@ func layerDigest(l v1.Layer) string {
 	return "?"
 }
 
-// installTar unpacks one uncompressed tar stream as a single-layer image;
-// its digest is the tree id.
 func (s *Store) installTar(ctx context.Context, imgName, source string, r io.Reader, o Options) (Image, error) {
 	unlock, err := s.lock()
 	if err != nil {

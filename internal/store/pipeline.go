@@ -27,9 +27,13 @@ const (
 // blob cache (registry pulls), so nothing is read twice. With Jobs 1 a
 // layer is started only once the previous one is unpacked.
 type pipeline struct {
-	s       *Store
-	layers  []v1.Layer
+	s      *Store
+	layers []v1.Layer
+	// diffIDs are the layers' expected uncompressed digests. They are set,
+	// and the tree is to be made, once ready is closed: a layer is read
+	// from the cache, checked, cached or reported only after that.
 	diffIDs []v1.Hash
+	ready   chan struct{}
 	cache   bool
 	o       Options
 	// chunks recycles chunk buffers (*[]byte of chunkSize) once the
@@ -116,6 +120,12 @@ func (p *pipeline) produce(ctx context.Context, i int, chunks chan<- []byte) (er
 			return fmt.Errorf("unsupported digest algorithm %s", d.Algorithm)
 		}
 		blob = p.s.BlobPath(d.String())
+		if _, err := os.Stat(blob); err == nil {
+			// Cached: nothing to win by starting early.
+			if err := p.wait(ctx); err != nil {
+				return err
+			}
+		}
 		if f, err := os.Open(blob); err == nil {
 			defer f.Close()
 			src, cached = f, true
@@ -141,6 +151,9 @@ func (p *pipeline) produce(ctx context.Context, i int, chunks chan<- []byte) (er
 		}()
 		src = io.TeeReader(ctxReader{ctx, rc}, tmp)
 	default:
+		if err := p.wait(ctx); err != nil {
+			return err
+		}
 		rc, err := l.Uncompressed()
 		if err != nil {
 			return err
@@ -193,6 +206,9 @@ func (p *pipeline) produce(ctx context.Context, i int, chunks chan<- []byte) (er
 			return err
 		}
 	}
+	if err := p.wait(ctx); err != nil {
+		return err
+	}
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != p.diffIDs[i].String() {
 		return fmt.Errorf("the layer unpacks to %s, but the image config says %s", got, p.diffIDs[i])
 	}
@@ -211,6 +227,16 @@ func (p *pipeline) produce(ctx context.Context, i int, chunks chan<- []byte) (er
 		p.o.emit(Event{Kind: "fetched", Layer: i + 1, Layers: len(p.layers), Digest: "sha256:" + filepath.Base(blob), Bytes: size})
 	}
 	return nil
+}
+
+// wait returns once the tree is to be made, or ctx's error.
+func (p *pipeline) wait(ctx context.Context) error {
+	select {
+	case <-p.ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // chunkReader reads a channel of chunks as a stream, handing each chunk's

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
 	"sort"
@@ -45,7 +46,8 @@ func main() {
 	rounds := flag.Int("rounds", 3, "pulls of each kind")
 	jobs := flag.Int("jobs", 8, "concurrent layer fetches")
 	profile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
-	dir := flag.String("dir", "/var/tmp", "where the rounds' stores are made (removed at the end); keep it off /tmp, whose inodes a busy machine keeps freeing")
+	dir := flag.String("dir", "/var/tmp", "where the rounds' stores (or, with -fresh-fs, the filesystem image) are made; removed at the end")
+	freshFS := flag.Bool("fresh-fs", true, "pull into a freshly made ext4 (a sparse image on a loop device, mkfs.ext4's defaults, as a host's /var/lib usually is) instead of -dir's own filesystem")
 	flag.Parse()
 	if *profile != "" {
 		f, err := os.Create(*profile)
@@ -56,7 +58,7 @@ func main() {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	if err := run(*dir, *layers, *totalMB, *delay, *rounds, *jobs); err != nil {
+	if err := run(*dir, *freshFS, *layers, *totalMB, *delay, *rounds, *jobs); err != nil {
 		fmt.Fprintln(os.Stderr, "pullbench:", err)
 		pprof.StopCPUProfile()
 		os.Exit(1)
@@ -72,6 +74,9 @@ type slow struct {
 }
 
 func (s *slow) RoundTrip(r *http.Request) (*http.Response, error) {
+	if os.Getenv("PULLBENCH_TRACE") != "" {
+		fmt.Fprintln(os.Stderr, r.Method, r.URL.Path)
+	}
 	time.Sleep(s.delay)
 	s.n.Add(1)
 	resp, err := s.rt.RoundTrip(r)
@@ -81,7 +86,7 @@ func (s *slow) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-func run(dir string, nLayers, totalMB int, delay time.Duration, rounds, jobs int) error {
+func run(dir string, freshFS bool, nLayers, totalMB int, delay time.Duration, rounds, jobs int) error {
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer srv.Close()
 	ref := strings.TrimPrefix(srv.URL, "http://") + "/sandbox:latest"
@@ -96,25 +101,24 @@ func run(dir string, nLayers, totalMB int, delay time.Duration, rounds, jobs int
 	}
 	fmt.Printf("image: %d layers, %d MB uncompressed, pushed in %s; %s added per request\n", nLayers, totalMB, time.Since(t0).Round(time.Millisecond), delay)
 
-	// Every round's store stays until the run ends: on ext4 without a
-	// journal (as on these machines) the kernel will not reuse an inode
-	// freed in the last minute or more and reads each such inode to tell,
-	// so a store removed just before the next round made that round's
-	// file creation several times slower.
-	work, err := os.MkdirTemp(dir, "pullbench-")
+	work, cleanup, err := workDir(dir, freshFS)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
+	defer cleanup()
 	var conc, seq []time.Duration
 	for i := range rounds * 2 {
 		j := jobs
 		if i%2 == 1 {
 			j = 1
 		}
-		d, err := pullOnce(filepath.Join(work, fmt.Sprint(i)), ref, j, delay, i == rounds*2-2, img)
+		round := filepath.Join(work, fmt.Sprint(i))
+		d, err := pullOnce(round, ref, j, delay, i == rounds*2-2, img)
 		if err != nil {
 			return err
+		}
+		if freshFS {
+			os.RemoveAll(round) // a journaled ext4 reuses freed inodes at no cost
 		}
 		if j == 1 {
 			seq = append(seq, d)
@@ -125,6 +129,36 @@ func run(dir string, nLayers, totalMB int, delay time.Duration, rounds, jobs int
 	mc, ms := median(conc), median(seq)
 	fmt.Printf("concurrent (%d jobs): median %s\none layer at a time:  median %s\nratio: %.1fx\n", jobs, mc, ms, float64(ms)/float64(mc))
 	return nil
+}
+
+// workDir returns the directory the rounds' stores go in and what removes
+// it. With fresh, it is a new ext4 with a journal, mounted from a sparse
+// image under dir: these machines' root is ext4 without a journal, on
+// which the kernel will not reuse an inode freed in the last minutes and
+// reads each such inode to tell, so a filesystem that has just had a few
+// thousand files deleted (by earlier rounds, runs or builds) made file
+// creation, and so the pulls, up to several times slower from one run to
+// the next. Without fresh, the stores stay until the run ends.
+func workDir(dir string, fresh bool) (string, func(), error) {
+	work, err := os.MkdirTemp(dir, "pullbench-")
+	if err != nil {
+		return "", nil, err
+	}
+	if !fresh {
+		return work, func() { os.RemoveAll(work) }, nil
+	}
+	img, mnt := filepath.Join(work, "fs.img"), filepath.Join(work, "mnt")
+	steps := [][]string{{"truncate", "-s", "16G", img}, {"mkfs.ext4", "-q", "-F", img}, {"mkdir", mnt}, {"mount", "-o", "loop", img, mnt}}
+	for _, argv := range steps {
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			os.RemoveAll(work)
+			return "", nil, fmt.Errorf("%s: %v: %s (run as root, or give -fresh-fs=false)", strings.Join(argv, " "), err, out)
+		}
+	}
+	return mnt, func() {
+		exec.Command("umount", mnt).Run()
+		os.RemoveAll(work)
+	}, nil
 }
 
 // pullOnce pulls ref into a fresh store at dir with jobs fetchers and
