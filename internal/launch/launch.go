@@ -371,17 +371,14 @@ func command(env Env, vm *config.VM, lenient bool) (vmm.Launch, vmm.Command, vmm
 	// in the VM's run directory (on a tmpfs on a real host) and removed
 	// once the hypervisor has loaded it.
 	l.Initrd = filepath.Join(vmm.VMRunDir(env.RunDir, vm.Name), "initramfs.cpio")
-	cmd, err := b.Command(vm, l)
-	if err != nil {
-		return vmm.Launch{}, vmm.Command{}, nil, guest.Kernel{}, err
-	}
 	if env.VMMUser != nil && b.Name() == "qemu" {
 		// The TAP is opened as root and handed over on descriptor 3, so the
 		// hypervisor needs neither /dev/net/tun nor the TAP's ownership.
 		l.TAPFD = tapFD
-		if cmd, err = b.Command(vm, l); err != nil {
-			return vmm.Launch{}, vmm.Command{}, nil, guest.Kernel{}, err
-		}
+	}
+	cmd, err := b.Command(vm, l)
+	if err != nil {
+		return vmm.Launch{}, vmm.Command{}, nil, guest.Kernel{}, err
 	}
 	cmd.Binary = cmd.Argv[0]
 	if env.VMMUser != nil {
@@ -400,7 +397,9 @@ func command(env Env, vm *config.VM, lenient bool) (vmm.Launch, vmm.Command, vmm
 }
 
 // Prepare makes everything vm needs to boot and returns the command line.
-func Prepare(env Env, vm *config.VM) (*Prepared, error) {
+// On an error, the VM's initramfs (its host key and secrets) is not left
+// behind.
+func Prepare(env Env, vm *config.VM) (p *Prepared, err error) {
 	arch := env.arch()
 	vmDir := filepath.Join(env.StateDir, "vms", vm.Name)
 	if err := os.MkdirAll(vmDir, 0o700); err != nil {
@@ -487,7 +486,12 @@ func Prepare(env Env, vm *config.VM) (*Prepared, error) {
 	if err := guest.WriteVM(base, l.Initrd, spec); err != nil {
 		return nil, err
 	}
-	p := &Prepared{VM: vm, Backend: b, Launch: l, Argv: cmd.Argv, Binary: cmd.Binary, User: env.VMMUser, NetNS: env.NetNS,
+	defer func() {
+		if err != nil {
+			os.Remove(l.Initrd)
+		}
+	}()
+	p = &Prepared{VM: vm, Backend: b, Launch: l, Argv: cmd.Argv, Binary: cmd.Binary, User: env.VMMUser, NetNS: env.NetNS,
 		Files: cmd.Files, SerialToStdout: cmd.SerialToStdout,
 		BaseCached: cached, Volumes: map[string]volume.Action{}, Cgroups: env.Cgroups,
 		ClientKey: ClientKeyPath(env.StateDir), HostKeyPub: sshkey.AuthorizedLine(hostKey)}
@@ -519,11 +523,10 @@ func makeRunDir(dir string) error {
 	return nil
 }
 
-// giveToVMM gives the hypervisor's
-// user exactly what the hypervisor opens itself: the initramfs, the data
-// volumes, the socket directory (and so nothing else of the state
-// directory, whose VM directory it may only pass through). As root, the
-// socket directory is root's.
+// giveToVMM gives the hypervisor's user exactly what the hypervisor opens
+// itself: the initramfs, the data volumes, the socket directory (and so
+// nothing else of the state directory, whose VM directory it may only pass
+// through). As root, the socket directory is root's.
 func giveToVMM(u *vmmuser.User, vmDir string, l vmm.Launch) error {
 	runDir := filepath.Dir(l.ConsoleSocket)
 	if u == nil {
@@ -584,8 +587,14 @@ func Limits(vm *config.VM) cgroup.Limits {
 
 // Start starts the hypervisor in its own session (so a signal to microvm's
 // process group does not reach it), with its own output in vmm.log, inside
-// the VM's cgroup when it has limits.
-func Start(p *Prepared) (*Running, error) {
+// the VM's cgroup when it has limits. A start that fails removes the VM's
+// initramfs.
+func Start(p *Prepared) (r *Running, err error) {
+	defer func() {
+		if err != nil {
+			os.Remove(p.Launch.Initrd)
+		}
+	}()
 	vmDir := filepath.Dir(p.Launch.ConsoleLog)
 	// Keep the previous boot's console as console.log.1.
 	os.Rename(p.Launch.ConsoleLog, p.Launch.ConsoleLog+".1")
@@ -682,7 +691,7 @@ func Start(p *Prepared) (*Running, error) {
 		helpers = append(helpers, proc)
 		helperDone = append(helperDone, done)
 	}
-	r := &Running{Prepared: p, Exited: make(chan struct{})}
+	r = &Running{Prepared: p, Exited: make(chan struct{})}
 	r.Started = time.Now()
 	if err := cmd.Start(); err != nil {
 		killHelpers()

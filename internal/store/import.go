@@ -336,6 +336,8 @@ func layerDigest(l v1.Layer) string {
 	return "?"
 }
 
+// installTar unpacks one uncompressed tar stream as a single-layer image;
+// its digest is the tree id.
 func (s *Store) installTar(ctx context.Context, imgName, source string, r io.Reader, o Options) (Image, error) {
 	unlock, err := s.lock()
 	if err != nil {
