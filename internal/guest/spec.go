@@ -168,16 +168,6 @@ func ParseSpec(b []byte) (*Spec, error) {
 	if s.Store.Image != "" && !cleanRelative(s.Store.Image) {
 		return nil, fmt.Errorf("store.image %q leaves the store", s.Store.Image)
 	}
-	for i, f := range s.Secrets {
-		if !path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || f.Path == "/" || f.Mode > 0o777 {
-			return nil, fmt.Errorf("secrets[%d]: path %q mode %o", i, f.Path, f.Mode)
-		}
-		for _, v := range s.Volumes {
-			if strings.HasPrefix(f.Path, strings.TrimSuffix(v.MountPoint, "/")+"/") {
-				return nil, fmt.Errorf("secrets[%d]: %s is on the volume %s", i, f.Path, v.Name)
-			}
-		}
-	}
 	for i, v := range s.Volumes {
 		if v.Name == "" || strings.ContainsAny(v.Name, "/\x00") {
 			return nil, fmt.Errorf("volumes[%d].name %q", i, v.Name)
@@ -187,6 +177,16 @@ func ParseSpec(b []byte) (*Spec, error) {
 		}
 		if v.Device != "" && !deviceRE.MatchString(v.Device) {
 			return nil, fmt.Errorf("volumes[%d].device %q is not a virtio disk", i, v.Device)
+		}
+	}
+	for i, f := range s.Secrets {
+		if !path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || f.Path == "/" || f.Mode > 0o777 {
+			return nil, fmt.Errorf("secrets[%d]: path %q mode %o", i, f.Path, f.Mode)
+		}
+		for _, v := range s.Volumes {
+			if strings.HasPrefix(f.Path, strings.TrimSuffix(v.MountPoint, "/")+"/") {
+				return nil, fmt.Errorf("secrets[%d]: %s is on the volume %s", i, f.Path, v.Name)
+			}
 		}
 	}
 	if w := s.Workload; w != nil {

@@ -15,6 +15,7 @@ func goodSpec() *Spec {
 		Volumes:  []VolumeSpec{{Name: "data", MountPoint: "/mnt/storage", Device: "vdb"}},
 		SSH:      SSHSpec{AuthorizedKeys: []string{"ssh-ed25519 AAAA"}},
 		Workload: &Workload{Command: []string{"/bin/httpd"}, Env: map[string]string{"A": "1"}, Workdir: "/srv"},
+		Secrets:  []SecretFile{{Path: "/run/secrets/token", Mode: 0o400, Owner: "nobody", Data: []byte("s3cret")}},
 	}
 }
 
@@ -40,6 +41,10 @@ func TestParseSpec(t *testing.T) {
 		"empty command": {func(s *Spec) { s.Workload.Command = nil }, "workload.command"},
 		"workdir":       {func(s *Spec) { s.Workload.Workdir = "srv" }, "workload.workdir"},
 		"env":           {func(s *Spec) { s.Workload.Env = map[string]string{"A=B": "x"} }, "workload.env"},
+		"secret path":   {func(s *Spec) { s.Secrets[0].Path = "run/x" }, "secrets[0]"},
+		"secret dotdot": {func(s *Spec) { s.Secrets[0].Path = "/run/../x" }, "secrets[0]"},
+		"secret mode":   {func(s *Spec) { s.Secrets[0].Mode = 0o4755 }, "secrets[0]"},
+		"secret volume": {func(s *Spec) { s.Secrets[0].Path = "/mnt/storage/key" }, "on the volume data"},
 	} {
 		s := goodSpec()
 		c.mutate(s)
@@ -74,6 +79,11 @@ func FuzzParseSpec(f *testing.F) {
 		}
 		if s.Workload != nil && len(s.Workload.Command) == 0 {
 			t.Fatal("accepted an empty workload")
+		}
+		for _, f := range s.Secrets {
+			if !path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || f.Mode > 0o777 {
+				t.Fatalf("accepted secret %q mode %o", f.Path, f.Mode)
+			}
 		}
 	})
 }
