@@ -150,6 +150,9 @@ in
     environment.systemPackages = [ cfg.package ];
     environment.etc."microvm/infra.yaml".source = file;
     users.groups.microvm = { };
+    # Hypervisors run as this user, without capabilities; never in the
+    # microvm group, which may use the API socket (docs/security.md).
+    users.users.microvm = { isSystemUser = true; group = "nogroup"; description = "microvm hypervisors"; };
     boot.kernelModules = [ "tun" "vhost_net" ];
     networking.nftables.enable = lib.mkDefault true;
 
