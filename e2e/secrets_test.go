@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"filippo.io/age"
@@ -50,7 +49,7 @@ func TestSecretsReachOnlyTheirVM(t *testing.T) {
         mode: "0440"
         owner: nobody
         age: |
-` + indentLines(armored, "          ") + `
+` + testutil.Indent(armored, "          ") + `
   vm2: { index: 2, memory: 512M }
 `
 	ns, cfg := netLab(t, "sec", src)
@@ -104,9 +103,4 @@ func TestSecretsReachOnlyTheirVM(t *testing.T) {
 	}
 	testutil.Report(t, testutil.FaultResult{Fault: "an age-encrypted secret given to one VM of two", Trials: 1,
 		Result: "read in the guest with its mode and owner, in memory; its initramfs removed once loaded; the plaintext in no host file and not in the other VM's initramfs"})
-}
-
-func indentLines(s, prefix string) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return prefix + strings.Join(lines, "\n"+prefix)
 }

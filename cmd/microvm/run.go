@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -70,7 +69,7 @@ func launchFlags(cmd *cobra.Command, o *runOptions) {
 	cmd.Flags().StringVar(&o.share, "share", "auto", "how the store reaches guests: virtiofs, 9p, block (a read-only disk image) or auto (the hypervisor's first choice available)")
 	cmd.Flags().StringVar(&o.vmmUser, "vmm-user", vmmuser.DefaultName, "the unprivileged user hypervisors run as, without capabilities (root: as root; when the default user does not exist, root with a warning)")
 	o.vmmUserSet = func() bool { return cmd.Flags().Changed("vmm-user") }
-	cmd.Flags().StringSliceVar(&o.identities, "age-identity", nil, "age identity files or SSH private keys that decrypt the VMs' secrets (default: "+strings.Join(secrets.DefaultIdentities(), ", ")+", those present)")
+	identityFlag(cmd.Flags(), &o.identities)
 }
 
 // PackagedInitDir is where the Debian package installs microvm-init.
@@ -112,11 +111,10 @@ func (a *app) launchEnv(o runOptions) (launch.Env, error) {
 		return env, usageError{err}
 	}
 	env.VMMUser = u
-	if len(o.identities) > 0 {
-		if env.Identities, err = secrets.LoadIdentities(o.identities, false); err != nil {
-			return env, usageError{err}
-		}
-	} else if env.Identities, err = secrets.LoadIdentities(secrets.DefaultIdentities(), true); err != nil {
+	switch env.Identities, err = secrets.HostIdentities(o.identities); {
+	case err != nil && len(o.identities) > 0:
+		return env, usageError{err}
+	case err != nil:
 		fmt.Fprintf(a.stderr, "warning: VMs' secrets cannot be decrypted: %v\n", err)
 	}
 	if vmm.HardwareKVM() && u != nil && !u.CanOpen("/dev/kvm") {

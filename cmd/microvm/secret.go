@@ -6,11 +6,18 @@ import (
 	"os"
 	"strings"
 
+	"github.com/spf13/pflag"
+
 	"filippo.io/age"
 	"github.com/spf13/cobra"
 
 	"microvm.dev/microvm/internal/secrets"
 )
+
+// identityFlag adds --age-identity: the host's keys that decrypt secrets.
+func identityFlag(fs *pflag.FlagSet, paths *[]string) {
+	fs.StringSliceVar(paths, "age-identity", nil, "age identity files or SSH private keys that decrypt the VMs' secrets (default: "+strings.Join(secrets.DefaultIdentities(), ", ")+", those present)")
+}
 
 func (a *app) secretCommand() *cobra.Command {
 	cmd := &cobra.Command{
@@ -29,13 +36,8 @@ in the VM's memory.`,
 	}
 	var identities, to []string
 	var toHost bool
-	cmd.PersistentFlags().StringSliceVar(&identities, "age-identity", nil, "this host's age identity files or SSH private keys (default: "+strings.Join(secrets.DefaultIdentities(), ", ")+", those present)")
-	load := func() ([]secrets.Identity, error) {
-		if len(identities) > 0 {
-			return secrets.LoadIdentities(identities, false)
-		}
-		return secrets.LoadIdentities(secrets.DefaultIdentities(), true)
-	}
+	identityFlag(cmd.PersistentFlags(), &identities)
+	load := func() ([]secrets.Identity, error) { return secrets.HostIdentities(identities) }
 	recipient := &cobra.Command{
 		Use:     "recipient",
 		Short:   "Print the recipients of this host's keys (what secrets are encrypted to)",

@@ -23,7 +23,6 @@ import (
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
-	"microvm.dev/microvm/internal/secrets"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/tailnet"
@@ -203,10 +202,21 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 		if hash, ok := running[vm.Name]; (ok && hash == vm.SpecHash()) || (!ok && !vm.Supervision.Autostart) {
 			continue
 		}
-		for i, sec := range vm.Secrets {
-			if _, err := secrets.Decrypt(sec.Age, d.env.Identities); err != nil {
-				res.Problems = append(res.Problems, config.Problem{File: name, Path: fmt.Sprintf("vms.%s.secrets[%d]", vm.Name, i), Message: fmt.Sprintf("%s: %v", sec.Path, err)})
+		_, err := d.env.Secrets(vm)
+		if err == nil {
+			continue
+		}
+		found := len(res.Problems)
+		if joined, ok := err.(interface{ Unwrap() []error }); ok {
+			for _, e := range joined.Unwrap() {
+				var se *launch.SecretError
+				if errors.As(e, &se) {
+					res.Problems = append(res.Problems, config.Problem{File: name, Path: se.Key(), Message: fmt.Sprintf("%s: %v", se.Path, se.Err)})
+				}
 			}
+		}
+		if len(res.Problems) == found { // fail closed on any other error
+			res.Problems = append(res.Problems, config.Problem{File: name, Path: "vms." + vm.Name + ".secrets", Message: err.Error()})
 		}
 	}
 	if len(res.Problems) > 0 {

@@ -100,7 +100,7 @@ func TestApplyRefusesUndecryptableSecrets(t *testing.T) {
 	defer d.Close()
 	other, _ := age.GenerateX25519Identity()
 	foreign, _ := secrets.Encrypt([]byte("not for this host"), other.Recipient())
-	src := "vms:\n  a:\n    index: 1\n    secrets:\n      - path: /run/secrets/token\n        age: |\n" + indent(foreign, "          ")
+	src := "vms:\n  a:\n    index: 1\n    secrets:\n      - path: /run/secrets/token\n        age: |\n" + testutil.Indent(foreign, "          ") + "\n"
 	res, err := d.ApplyFile("t.yaml", []byte(src))
 	if !errors.Is(err, ErrInvalid) || res == nil || len(res.Problems) != 1 || res.Problems[0].Path != "vms.a.secrets[0]" ||
 		!strings.Contains(res.Problems[0].Message, "not encrypted to this host's keys ("+mine.Recipient().String()+")") {
@@ -114,9 +114,4 @@ func TestApplyRefusesUndecryptableSecrets(t *testing.T) {
 	}
 	testutil.Report(t, testutil.FaultResult{Fault: "a file whose secret this host cannot decrypt", Trials: 1,
 		Result: "refused before any change, naming the secret and this host's recipients; no VM, no bridge"})
-}
-
-func indent(s, prefix string) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return prefix + strings.Join(lines, "\n"+prefix) + "\n"
 }

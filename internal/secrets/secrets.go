@@ -63,6 +63,15 @@ func LoadIdentities(paths []string, optional bool) ([]Identity, error) {
 	return out, nil
 }
 
+// HostIdentities are the identities in paths (each must be readable) or,
+// when paths is empty, those of DefaultIdentities that exist.
+func HostIdentities(paths []string) ([]Identity, error) {
+	if len(paths) > 0 {
+		return LoadIdentities(paths, false)
+	}
+	return LoadIdentities(DefaultIdentities(), true)
+}
+
 func parseIdentities(b []byte) ([]Identity, error) {
 	if bytes.Contains(b, []byte("PRIVATE KEY-----")) {
 		id, err := agessh.ParseIdentity(b)

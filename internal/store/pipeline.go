@@ -120,14 +120,12 @@ func (p *pipeline) produce(ctx context.Context, i int, chunks chan<- []byte) (er
 			return fmt.Errorf("unsupported digest algorithm %s", d.Algorithm)
 		}
 		blob = p.s.BlobPath(d.String())
-		if _, err := os.Stat(blob); err == nil {
+		if f, err := os.Open(blob); err == nil {
+			defer f.Close()
 			// Cached: nothing to win by starting early.
 			if err := p.wait(ctx); err != nil {
 				return err
 			}
-		}
-		if f, err := os.Open(blob); err == nil {
-			defer f.Close()
 			src, cached = f, true
 			p.o.emit(Event{Kind: "cached", Layer: i + 1, Layers: len(p.layers), Digest: d.String()})
 			break

@@ -260,14 +260,24 @@ func (u *unpacker) entry(tr *tar.Reader, h *tar.Header, rel string) error {
 			}
 			u.queue(rel, func() error {
 				defer u.buffers.Put(bp)
-				if err := writeFile(path, h, bytes.NewReader(data)); err != nil {
+				err := os.MkdirAll(filepath.Dir(path), 0o755)
+				if err == nil {
+					err = writeFile(path, h, bytes.NewReader(data))
+				}
+				if err != nil {
 					return fmt.Errorf("%s: %w", rel, err)
 				}
 				return nil
 			})
 			return nil
-		case regular && fresh, h.Typeflag == tar.TypeDir && !u.written[rel]:
-			// New files and directories never disturb queued work.
+		case regular && fresh:
+			// A large new file: written here, in order, nothing to replace.
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				return err
+			}
+			return writeFile(path, h, tr)
+		case h.Typeflag == tar.TypeDir && !u.written[rel]:
+			// New directories never disturb queued work.
 		default:
 			if err := u.drain(); err != nil {
 				return err
@@ -334,12 +344,9 @@ func (u *unpacker) entry(tr *tar.Reader, h *tar.Header, rel string) error {
 	return os.Chtimes(path, h.ModTime, h.ModTime)
 }
 
-// writeFile creates the regular file path (which must not exist yet) with
-// the content of r and h's owner, mode and time.
+// writeFile creates the regular file path (which must not exist yet, in a
+// directory that does) with the content of r and h's owner, mode and time.
 func writeFile(path string, h *tar.Header, r io.Reader) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err

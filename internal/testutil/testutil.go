@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -67,4 +68,11 @@ func InNewNetns(t *testing.T, stdin []byte, argv ...string) ([]byte, error) {
 	cmd := exec.Command("unshare", append([]string{"--net", "--"}, argv...)...)
 	cmd.Stdin = bytes.NewReader(stdin)
 	return cmd.CombinedOutput()
+}
+
+// Indent puts prefix before every line of s (a trailing newline dropped),
+// as for a YAML block scalar.
+func Indent(s, prefix string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return prefix + strings.Join(lines, "\n"+prefix)
 }

@@ -13,6 +13,7 @@ import (
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmm/qemu"
+	"microvm.dev/microvm/internal/vmmuser"
 )
 
 // Doctor are the host's prerequisites independent of any file: KVM, the
@@ -42,7 +43,7 @@ func Doctor(env launch.Env, look LookPath) []Check {
 		{Name: "vmm user", Run: func() (Status, string) {
 			u := env.VMMUser
 			if u == nil {
-				return Skip, "hypervisors run as root; fix: useradd --system --gid nogroup --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin microvm (they then run as it, without capabilities)"
+				return Skip, "hypervisors run as root; fix: " + vmmuser.CreateCommand + " (they then run as it, without capabilities)"
 			}
 			return Pass, fmt.Sprintf("hypervisors run as %s (uid %d) without capabilities", u.Name, u.UID)
 		}},

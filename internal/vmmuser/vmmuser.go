@@ -18,6 +18,10 @@ import (
 // DefaultName is the user hypervisors run as unless told otherwise.
 const DefaultName = "microvm"
 
+// CreateCommand makes the default user as it should be: a system user
+// whose group is nogroup, never the API socket's group.
+const CreateCommand = "useradd --system --gid nogroup --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin " + DefaultName
+
 // ErrNoUser means the named user does not exist on this host.
 var ErrNoUser = errors.New("no such user")
 
@@ -45,7 +49,7 @@ func Lookup(name, apiGroup string) (*User, error) {
 	if err != nil {
 		var unknown user.UnknownUserError
 		if errors.As(err, &unknown) {
-			return nil, fmt.Errorf("vmm user %s: %w (create it: useradd --system --gid nogroup --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin %s)", name, ErrNoUser, name)
+			return nil, fmt.Errorf("vmm user %s: %w (create it: %s)", name, ErrNoUser, strings.Replace(CreateCommand, DefaultName, name, 1))
 		}
 		return nil, fmt.Errorf("vmm user %s: %w", name, err)
 	}

@@ -74,9 +74,6 @@ type slow struct {
 }
 
 func (s *slow) RoundTrip(r *http.Request) (*http.Response, error) {
-	if os.Getenv("PULLBENCH_TRACE") != "" {
-		fmt.Fprintln(os.Stderr, r.Method, r.URL.Path)
-	}
 	time.Sleep(s.delay)
 	s.n.Add(1)
 	resp, err := s.rt.RoundTrip(r)
