@@ -106,20 +106,7 @@ func (s *Store) Pull(ctx context.Context, ref string, o Options) (Image, error) 
 	if err != nil {
 		return Image{}, fmt.Errorf("image %q: %w", ref, err)
 	}
-	arch := o.Arch
-	if arch == "" {
-		arch = runtime.GOARCH
-	}
-	opts := append([]remote.Option{
-		remote.WithContext(ctx),
-		remote.WithAuthFromKeychain(authn.DefaultKeychain),
-		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: arch}),
-		// go-containerregistry limits blob fetches in flight (4 by default)
-		// and a layer waiting for the unpacker holds its slot: give it one
-		// per fetcher, or later layers could starve the one being unpacked.
-		remote.WithJobs(o.jobs()),
-	}, o.Remote...)
-	img, err := remote.Image(r, opts...)
+	img, err := remote.Image(r, remoteOptions(ctx, o)...)
 	if err != nil {
 		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
@@ -128,6 +115,27 @@ func (s *Store) Pull(ctx context.Context, ref string, o Options) (Image, error) 
 		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
 	return s.install(ctx, ref, r.Context().Name()+"@"+digest.String(), img, true, o)
+}
+
+// remoteOptions are the registry options of a pull: credentials from the
+// docker config, the platform, and the blob fetch limit.
+func remoteOptions(ctx context.Context, o Options) []remote.Option {
+	arch := o.Arch
+	if arch == "" {
+		arch = runtime.GOARCH
+	}
+	return append([]remote.Option{
+		remote.WithContext(ctx),
+		remote.WithAuthFromKeychain(authn.DefaultKeychain),
+		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: arch}),
+		// go-containerregistry limits blob fetches in flight (4 by default),
+		// the config's included, and a layer waiting for the unpacker holds
+		// its slot: one slot per fetcher, or later layers could starve the
+		// one being unpacked, and one more for the config, which is fetched
+		// while the layers already stream (each fetcher holds one slot at a
+		// time, so the config always finds one).
+		remote.WithJobs(o.jobs() + 1),
+	}, o.Remote...)
 }
 
 // Import records the image at src under name. src is a directory (its

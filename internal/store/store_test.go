@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -501,6 +502,47 @@ func assertNoTemp(t *testing.T, s *Store) {
 // bench/cmd/pullbench (69 layers); here the same shape is pulled, but
 // whether the old code would hang depends on goroutine timing, so this
 // test guards the path rather than proving the fix.
+// A config fetched after the layers have taken their fetch slots, with
+// layers too large (and incompressible) to finish before the unpacker reads
+// them, which it does only once the config is in: the config must still
+// get a slot (go-containerregistry's limit counts it too).
+func TestConfigFetchedWhileLayersWait(t *testing.T) {
+	reg := newRegistry(t)
+	rng := rand.New(rand.NewPCG(3, 4))
+	var layers [][]byte
+	for i := range 3 {
+		body := make([]byte, 3<<20) // more than a layer's chunks in flight
+		for k := range body {
+			body[k] = byte(rng.Uint32())
+		}
+		layers = append(layers, layerTar(t, entry{name: fmt.Sprintf("r%d", i), body: string(body)}))
+	}
+	ref := reg.push(t, "slowconfig:1", image(t, v1.Config{}, layers...))
+	for _, jobs := range []int{1, 2} {
+		s := Open(t.TempDir())
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		r, _ := name.ParseReference(ref)
+		o := Options{Jobs: jobs}
+		img, err := remote.Image(r, remoteOptions(ctx, o)...)
+		if err == nil {
+			_, err = s.install(ctx, ref, ref, lateConfig{img}, true, o)
+		}
+		cancel()
+		if err != nil {
+			t.Fatalf("jobs %d: %v", jobs, err)
+		}
+	}
+}
+
+// lateConfig is an image whose config is asked for only after its layers
+// have had time to start.
+type lateConfig struct{ v1.Image }
+
+func (l lateConfig) ConfigFile() (*v1.ConfigFile, error) {
+	time.Sleep(200 * time.Millisecond)
+	return l.Image.ConfigFile()
+}
+
 func TestManyLargeLayersConcurrently(t *testing.T) {
 	reg := newRegistry(t)
 	var layers [][]byte

@@ -145,15 +145,38 @@ func workDir(dir string, fresh bool) (string, func(), error) {
 		return work, func() { os.RemoveAll(work) }, nil
 	}
 	img, mnt := filepath.Join(work, "fs.img"), filepath.Join(work, "mnt")
-	steps := [][]string{{"truncate", "-s", "16G", img}, {"mkfs.ext4", "-q", "-F", img}, {"mkdir", mnt}, {"mount", "-o", "loop", img, mnt}}
-	for _, argv := range steps {
-		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+	run := func(argv ...string) (string, error) {
+		out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("%s: %v: %s (run as root, or give -fresh-fs=false)", strings.Join(argv, " "), err, out)
+		}
+		return strings.TrimSpace(string(out)), nil
+	}
+	var dev string
+	// The loop device does direct I/O on its image, so what the rounds
+	// write is not cached (and written back) a second time underneath.
+	for _, argv := range [][]string{{"truncate", "-s", "16G", img}, {"mkfs.ext4", "-q", "-F", img}, {"mkdir", mnt},
+		{"losetup", "--find", "--show", "--direct-io=on", img}, {"mount", "LOOP", mnt}} {
+		if argv[1] == "LOOP" {
+			argv[1] = dev
+		}
+		out, err := run(argv...)
+		if err != nil {
+			if dev != "" {
+				run("losetup", "-d", dev)
+			}
 			os.RemoveAll(work)
-			return "", nil, fmt.Errorf("%s: %v: %s (run as root, or give -fresh-fs=false)", strings.Join(argv, " "), err, out)
+			return "", nil, err
+		}
+		if argv[0] == "losetup" {
+			dev = out
 		}
 	}
 	return mnt, func() {
-		exec.Command("umount", mnt).Run()
+		if _, err := run("umount", mnt); err != nil {
+			fmt.Fprintln(os.Stderr, "pullbench:", err)
+		}
+		run("losetup", "-d", dev)
 		os.RemoveAll(work)
 	}, nil
 }
