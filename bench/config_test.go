@@ -6,7 +6,6 @@ import (
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/firewall"
 	"microvm.dev/microvm/internal/plan"
-	"microvm.dev/microvm/internal/state"
 )
 
 func TestFleetYAMLIsValid(t *testing.T) {
@@ -35,16 +34,16 @@ func BenchmarkPlan1000(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var recs []state.RunRecord
+	var observed []plan.Observed
 	for i, vm := range cfg.VMs {
 		spec := *vm
 		if i%10 == 0 {
 			spec.Memory *= 2
 		}
-		recs = append(recs, state.RunRecord{Name: vm.Name, SpecHash: spec.SpecHash(), Spec: spec})
+		observed = append(observed, plan.Observed{Name: vm.Name, Spec: &spec, Running: true})
 	}
 	for b.Loop() {
-		p := plan.Compute(cfg, recs)
+		p := plan.Compute(cfg, observed)
 		if p.Counts()[plan.Update] != 100 {
 			b.Fatal("wrong plan")
 		}

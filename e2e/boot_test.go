@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -51,8 +52,10 @@ func TestBootVolumeSurvivesReboot(t *testing.T) {
 
 	// First boot.
 	p, r := boot(t, env, vm)
-	if _, cmd, err := launch.Command(env, vm); err != nil || strings.Join(cmd.Argv, " ") != strings.Join(p.Argv, " ") {
-		t.Errorf("render runner would print %v (%v), but the VM was started with %v", cmd.Argv, err, p.Argv)
+	if res, err := launch.Command(env, vm); err != nil {
+		t.Errorf("render runner: %v", err)
+	} else if strings.Join(res.Command.Argv, " ") != strings.Join(p.Argv, " ") {
+		t.Errorf("render runner would print %v, but the VM was started with %v", res.Command.Argv, p.Argv)
 	}
 	if p.Volumes["data"] != volume.Created {
 		t.Errorf("first boot: volume %s, want created", p.Volumes["data"])
@@ -193,18 +196,18 @@ func TestStoreShares(t *testing.T) {
 
 func boot(t *testing.T, env launch.Env, vm *config.VM) (*launch.Prepared, *launch.Running) {
 	t.Helper()
-	p, err := launch.Prepare(env, vm)
+	p, err := launch.Prepare(context.Background(), env, vm, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := launch.Start(p)
+	r, err := launch.Start(context.Background(), p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Process.Kill() })
 	ready, err := r.WaitReady(3*time.Minute, nil)
 	if err != nil {
-		vmmLog, _ := os.ReadFile(launch.VMMLog(filepath.Dir(p.Launch.ConsoleLog)))
+		vmmLog, _ := os.ReadFile(p.Layout().VMMLog())
 		t.Fatalf("%v\nhypervisor's log:\n%s", err, vmmLog)
 	}
 	t.Logf("%s ready %s after start (guest uptime %ss)", vm.Name, time.Since(r.Started).Round(time.Millisecond), ready.GuestUptime)

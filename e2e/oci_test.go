@@ -3,6 +3,7 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"log"
@@ -105,7 +106,7 @@ func TestOCIImageServesItsPort(t *testing.T) {
 
 	// A second VM on the same image copies nothing: same tree, no pull.
 	blobs, _ := filepath.Glob(filepath.Join(env.StateDir, "images", "blobs", "sha256", "*"))
-	p2, err := launch.Prepare(env, cfg.VM("web2"))
+	p2, err := launch.Prepare(context.Background(), env, cfg.VM("web2"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

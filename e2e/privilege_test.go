@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -55,7 +56,7 @@ func TestUnprivilegedHypervisor(t *testing.T) {
 
 			// The test's state directory sits under a directory only root
 			// may pass through: refused, naming it.
-			_, err := launch.Prepare(env, cfg.VM("vm1"))
+			_, err := launch.Prepare(context.Background(), env, cfg.VM("vm1"), nil)
 			parent := filepath.Dir(env.StateDir)
 			if err == nil || !strings.Contains(err.Error(), "cannot pass through "+parent) {
 				t.Fatalf("Prepare under a 0700 directory: %v, want an error naming %s", err, parent)

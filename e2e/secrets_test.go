@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"io/fs"
 	"os"
@@ -91,7 +92,7 @@ func TestSecretsReachOnlyTheirVM(t *testing.T) {
 	// vm1's initramfs, made again and not booted, holds it (so the search
 	// above finds it where it is); vm2's holds nothing of it.
 	for name, want := range map[string]bool{"vm1": true, "vm2": false} {
-		p, err := launch.Prepare(env, cfg.VM(name))
+		p, err := launch.Prepare(context.Background(), env, cfg.VM(name), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -12,8 +12,8 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmm/backends"
 )
 
 // detachKey is Ctrl-], which leaves an interactive console.
@@ -33,11 +33,11 @@ microvm logs VM. Without a terminal, standard input is sent as typed.`,
 			if err != nil {
 				return err
 			}
-			if b, err := launch.Backend(st.Spec.Hypervisor); err == nil && !b.InteractiveConsole() {
+			if b, err := backends.Get(st.Spec.Hypervisor); err == nil && !b.Capabilities().InteractiveConsole {
 				return fmt.Errorf("%s runs on %s, whose serial console is a log only: follow it with microvm logs -f %s and log in with microvm ssh %s",
 					args[0], b.Name(), args[0], args[0])
 			}
-			sock := vmm.ConsoleSocket(filepath.Dir(a.socket), args[0])
+			sock := vmm.Layout{RunDir: filepath.Dir(a.socket), VM: args[0]}.ConsoleSocket()
 			conn, err := net.Dial("unix", sock)
 			if err != nil {
 				return fmt.Errorf("attach to the console of %s: %w (is another console attached?)", args[0], err)

@@ -1,18 +1,14 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -22,7 +18,6 @@ import (
 	"microvm.dev/microvm/internal/deploy"
 	"microvm.dev/microvm/internal/logging"
 	"microvm.dev/microvm/internal/metrics"
-	"microvm.dev/microvm/internal/supervisor"
 )
 
 func (a *app) daemonCommand() *cobra.Command {
@@ -148,26 +143,6 @@ func (a *app) runDaemon(file, logFormat string, o runOptions, g gitOptions) erro
 	return nil
 }
 
-// client talks to the daemon: on its socket, or on its TCP API with --api-url.
-func (a *app) client() *api.Client {
-	if a.apiURL == "" {
-		return api.NewClient(a.socket)
-	}
-	token := ""
-	if a.apiTokenFile != "" {
-		b, err := os.ReadFile(a.apiTokenFile)
-		if err != nil {
-			return api.Unusable(fmt.Errorf("API token: %w", err))
-		}
-		token = strings.TrimSpace(string(b))
-	}
-	c, err := api.NewRemoteClient(a.apiURL, token, a.apiCA)
-	if err != nil {
-		return api.Unusable(err)
-	}
-	return c
-}
-
 // serveTCPAPI serves the API on addr over TLS, bearer token required.
 func serveTCPAPI(ctx context.Context, addr, certFile, keyFile, tokenFile string, h http.Handler, log interface{ Info(string, ...any) }) error {
 	if certFile == "" || keyFile == "" || tokenFile == "" {
@@ -190,209 +165,6 @@ func serveTCPAPI(ctx context.Context, addr, certFile, keyFile, tokenFile string,
 	go func() { <-ctx.Done(); srv.Close() }()
 	log.Info("TCP API listening", "addr", ln.Addr().String())
 	return nil
-}
-
-func (a *app) applyCommand() *cobra.Command {
-	var file string
-	cmd := &cobra.Command{
-		Use:   "apply",
-		Short: "Hand the file to the daemon and wait for the fleet to converge",
-		Long: `Apply sends the file to the daemon, which validates it against the host (a
-file with problems changes nothing), stops VMs removed from it (their volumes
-are kept), restarts the VMs whose spec changed and only those, creates new
-ones, and answers when every VM it started is ready.`,
-		Example: "  microvm apply -f examples/reference/infra.yaml",
-		Args:    exactArgs(0),
-		RunE: func(*cobra.Command, []string) error {
-			data, err := os.ReadFile(file)
-			if err != nil {
-				return fmt.Errorf("read config: %w", err)
-			}
-			var res daemon.ApplyResult
-			err = a.client().Do("POST", "/v1/apply?file="+url.QueryEscape(file), bytes.NewReader(data), &res)
-			if a.output == "json" {
-				a.printJSON(res)
-			} else {
-				for _, p := range res.Problems {
-					fmt.Fprintln(a.stderr, p)
-				}
-				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "VM\tACTION\tBOOT\tERROR")
-				for _, v := range res.VMs {
-					boot := "-"
-					if v.BootSeconds > 0 {
-						boot = fmt.Sprintf("%.1fs", v.BootSeconds)
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Name, v.Action, boot, dash(v.Error))
-				}
-				if len(res.VMs) > 0 {
-					tw.Flush()
-				}
-			}
-			if err != nil {
-				var se *api.StatusError
-				if errors.As(err, &se) && se.Code == http.StatusUnprocessableEntity {
-					msg := fmt.Sprintf("%d problem(s); nothing was changed", len(res.Problems))
-					fmt.Fprintln(a.stderr, msg)
-					return reportedError{errors.New(msg)}
-				}
-				return err
-			}
-			for _, w := range res.Warnings {
-				fmt.Fprintln(a.stderr, "warning:", w)
-			}
-			if a.output != "json" {
-				fmt.Fprintf(a.stdout, "applied in %.1fs\n", res.Seconds)
-			}
-			return nil
-		},
-	}
-	fileFlag(cmd, &file)
-	return cmd
-}
-
-func (a *app) listCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:     "list",
-		Short:   "List the VMs the daemon runs",
-		Example: "  microvm list\n  microvm list -o json",
-		Args:    exactArgs(0),
-		RunE: func(*cobra.Command, []string) error {
-			vms, err := a.client().VMs()
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(vms)
-			}
-			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIP\tHYPERVISOR\tVCPU\tMEMORY\tUPTIME\tBOOT\tRESTARTS")
-			for _, v := range vms {
-				ip, hv, vcpu, mem := "-", "-", "-", "-"
-				if v.Spec != nil {
-					ip, hv, vcpu, mem = v.Spec.Net.Address.String(), v.Spec.Hypervisor, fmt.Sprint(v.Spec.VCPU), v.Spec.Memory.String()
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", v.Name, v.State, ip, hv, vcpu, mem, uptime(v), bootTime(v), v.Restarts)
-			}
-			return tw.Flush()
-		},
-	}
-}
-
-func uptime(v supervisor.Status) string {
-	if v.PID == 0 || v.StartedAt.IsZero() {
-		return "-"
-	}
-	return time.Since(v.StartedAt).Round(time.Second).String()
-}
-
-func bootTime(v supervisor.Status) string {
-	if v.BootSeconds == 0 {
-		return "-"
-	}
-	return fmt.Sprintf("%.1fs", v.BootSeconds)
-}
-
-func (a *app) vmVerb(use, short, method, suffix string) *cobra.Command {
-	return &cobra.Command{
-		Use:     use + " VM",
-		Short:   short,
-		Example: "  microvm " + use + " vm1",
-		Args:    exactArgs(1),
-		RunE: func(_ *cobra.Command, args []string) error {
-			var st supervisor.Status
-			path := "/v1/vms/" + url.PathEscape(args[0]) + suffix
-			if err := a.client().Do(method, path, nil, &st); err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(st)
-			}
-			if use == "status" {
-				a.printStatus(st)
-				return nil
-			}
-			fmt.Fprintf(a.stdout, "%s: %s\n", st.Name, st.State)
-			return nil
-		},
-	}
-}
-
-func (a *app) printStatus(st supervisor.Status) {
-	tw := tabwriter.NewWriter(a.stdout, 0, 4, 1, ' ', 0)
-	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
-	row("name", st.Name)
-	row("state", string(st.State))
-	if st.Spec != nil {
-		row("address", st.Spec.Net.Address.String())
-		row("hypervisor", st.Spec.Hypervisor)
-		row("resources", fmt.Sprintf("%d vCPU, %s", st.Spec.VCPU, st.Spec.Memory))
-		row("image", st.Spec.Image)
-	}
-	row("pid", dash(strings.TrimPrefix(fmt.Sprint(st.PID), "0")))
-	row("uptime", uptime(st))
-	row("boot", bootTime(st))
-	row("restarts", fmt.Sprint(st.Restarts))
-	row("last exit", dash(st.LastExit))
-	row("spec hash", st.SpecHash)
-	tw.Flush()
-	if st.Failure != "" {
-		fmt.Fprintf(a.stdout, "failure:\n%s\n", st.Failure)
-	}
-}
-
-func (a *app) logsCommand() *cobra.Command {
-	var follow, daemonLog bool
-	cmd := &cobra.Command{
-		Use:     "logs VM | logs --daemon",
-		Short:   "Print a VM's serial console, or the daemon's own log (-f to follow)",
-		Example: "  microvm logs vm1\n  microvm logs -f vm1\n  microvm logs --daemon -f",
-		Args: func(_ *cobra.Command, args []string) error {
-			if daemonLog != (len(args) == 0) {
-				return usagef("logs takes a VM name, or --daemon without one")
-			}
-			return nil
-		},
-		RunE: func(_ *cobra.Command, args []string) error {
-			if daemonLog {
-				return a.client().Stream(fmt.Sprintf("/v1/daemon/logs?follow=%v", follow), a.stdout)
-			}
-			return a.client().Stream(fmt.Sprintf("/v1/vms/%s/logs?follow=%v", url.PathEscape(args[0]), follow), a.stdout)
-		},
-	}
-	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing what is written")
-	cmd.Flags().BoolVar(&daemonLog, "daemon", false, "the daemon's own log (structured, with vm= and generation= attributes)")
-	return cmd
-}
-
-func (a *app) rmCommand() *cobra.Command {
-	var purge bool
-	cmd := &cobra.Command{
-		Use:   "rm VM",
-		Short: "Forget a VM that is no longer in the file (--purge also deletes its volumes)",
-		Long: `Rm stops and forgets a VM that has been removed from the file. Its data
-volumes stay on disk unless --purge is given; a VM still in the applied file
-is refused.`,
-		Example: "  microvm rm old-vm\n  microvm rm old-vm --purge",
-		Args:    exactArgs(1),
-		RunE: func(_ *cobra.Command, args []string) error {
-			var out map[string]any
-			if err := a.client().Do("DELETE", fmt.Sprintf("/v1/vms/%s?purge=%v", url.PathEscape(args[0]), purge), nil, &out); err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(out)
-			}
-			what := "removed (volumes kept)"
-			if purge {
-				what = "removed with its volumes"
-			}
-			fmt.Fprintf(a.stdout, "%s %s\n", args[0], what)
-			return nil
-		},
-	}
-	cmd.Flags().BoolVar(&purge, "purge", false, "also delete the VM's volumes and files")
-	return cmd
 }
 
 // serveMetrics serves h at /metrics on addr; a bare ":PORT" binds loopback.

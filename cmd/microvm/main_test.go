@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/state"
 )
 
@@ -122,7 +123,7 @@ func TestPlanFromNothingCreatesFive(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	if !strings.Contains(out, "5 to create, 0 to update, 0 to remove, 0 unchanged") {
+	if !strings.Contains(out, "5 to create, 0 to start, 0 to update, 0 to remove, 0 to define, 0 unchanged") {
 		t.Errorf("summary missing:\n%s", out)
 	}
 	for i := 1; i <= 5; i++ {
@@ -142,8 +143,15 @@ func TestPlanAgainstState(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := state.Dir{Root: stateDir}
+	// Recorded as running: a live process (this test's own) stands in
+	// for each hypervisor.
+	pid := os.Getpid()
+	start, err := launch.ProcStartTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, vm := range cfg.VMs {
-		if err := d.WriteRunRecord(state.RunRecord{Name: vm.Name, Spec: *vm}); err != nil {
+		if err := d.WriteRunRecord(state.RunRecord{Name: vm.Name, Spec: *vm, PID: pid, ProcStart: start}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/plan"
 	"microvm.dev/microvm/internal/state"
 )
@@ -17,10 +18,12 @@ func (a *app) planCommand() *cobra.Command {
 		Use:   "plan",
 		Short: "Show what apply would change, VM by VM",
 		Long: `Plan compares the file with what the state directory records as started
-(vms/<name>/run.json) and lists for each VM whether apply would create it,
-restart it with a new spec (and which fields changed), remove it (its volumes
-are kept) or leave it alone, with the host steps of each. With no recorded
-state every VM is created.`,
+(vms/<name>/run.json, running while its recorded process lives) and lists for
+each VM whether apply would create it, start it, restart it with a new spec
+(and which fields changed), remove it (its volumes are kept), define it
+without starting it (autostart: false) or leave it alone, with the host steps
+of each. The daemon's apply executes this same plan. With no recorded state
+every VM is created.`,
 		Example: "  microvm plan -f examples/reference/infra.yaml\n  microvm plan -f infra.yaml --state-dir /tmp/state -o json",
 		Args:    exactArgs(0),
 		RunE: func(*cobra.Command, []string) error {
@@ -32,7 +35,7 @@ state every VM is created.`,
 			if err != nil {
 				return err
 			}
-			p := plan.Compute(cfg, recs)
+			p := plan.Compute(cfg, plan.FromRecords(recs, launch.Alive))
 			if a.output == "json" {
 				return a.printJSON(p)
 			}
@@ -45,12 +48,12 @@ state every VM is created.`,
 	return cmd
 }
 
-var actionSign = map[plan.Action]string{plan.Create: "+", plan.Update: "~", plan.Remove: "-", plan.Unchanged: "="}
+var actionSign = map[plan.Action]string{plan.Create: "+", plan.Start: ">", plan.Update: "~", plan.Remove: "-", plan.Define: ".", plan.Unchanged: "="}
 
 func (a *app) printPlan(file string, p *plan.Plan) {
 	c := p.Counts()
-	fmt.Fprintf(a.stdout, "Plan for %s (state %s): %d to create, %d to update, %d to remove, %d unchanged\n\n",
-		file, a.stateDir, c[plan.Create], c[plan.Update], c[plan.Remove], c[plan.Unchanged])
+	fmt.Fprintf(a.stdout, "Plan for %s (state %s): %d to create, %d to start, %d to update, %d to remove, %d to define, %d unchanged\n\n",
+		file, a.stateDir, c[plan.Create], c[plan.Start], c[plan.Update], c[plan.Remove], c[plan.Define], c[plan.Unchanged])
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\tVM\tACTION\tSUBNET\tADDRESS\tBRIDGE\tTAP\tMAC")
 	for _, v := range p.VMs {

@@ -81,10 +81,11 @@ func (a *app) renderRunner(cfg *config.Config, name string, o runOptions) error 
 	if err != nil {
 		return err
 	}
-	_, cmd, err := launch.Command(env, vm)
+	res, err := launch.Command(env, vm)
 	if err != nil {
 		return err
 	}
+	cmd := res.Command
 	files := map[string]string{}
 	for path, b := range cmd.Files {
 		files[path] = string(b)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/secrets"
 	"microvm.dev/microvm/internal/state"
+	"microvm.dev/microvm/internal/steps"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmmuser"
 )
@@ -33,6 +35,7 @@ type runOptions struct {
 	readyWait   time.Duration
 	stopTimeout time.Duration
 	quiet       bool
+	verbose     bool
 	vmmUser     string
 	vmmUserSet  func() bool
 	identities  []string
@@ -58,6 +61,7 @@ Ctrl-C presses the VM's power button and waits for a clean shutdown.`,
 	cmd.Flags().DurationVar(&o.readyWait, "ready-timeout", 3*time.Minute, "how long the guest may take to become ready")
 	cmd.Flags().DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second, "how long a clean shutdown may take before the hypervisor is killed")
 	cmd.Flags().BoolVarP(&o.quiet, "quiet", "q", false, "do not echo the serial console")
+	cmd.Flags().BoolVarP(&o.verbose, "verbose", "v", false, "print each launch step with its time")
 	return cmd
 }
 
@@ -148,8 +152,17 @@ func (a *app) run(name string, o runOptions) error {
 	for _, w := range res.Warnings {
 		fmt.Fprintln(a.stderr, "warning:", w)
 	}
+	var observe func(steps.Timing)
+	if o.verbose {
+		observe = func(t steps.Timing) {
+			fmt.Fprintf(a.stderr, "  %-36s %s\n", t.Name, time.Duration(t.Seconds*float64(time.Second)).Round(time.Microsecond))
+		}
+	}
+	// Ctrl-C while preparing (a pull, say) cancels the launch and undoes it.
+	ctx, stopPrep := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stopPrep()
 	t0 := time.Now()
-	p, err := launch.Prepare(env, vm)
+	p, err := launch.Prepare(ctx, env, vm, observe)
 	if err != nil {
 		return err
 	}
@@ -157,10 +170,11 @@ func (a *app) run(name string, o runOptions) error {
 		fmt.Fprintf(a.stderr, "volume %s: %s\n", vol, act)
 	}
 	fmt.Fprintf(a.stderr, "prepared %s in %s (initramfs base cached: %v)\n", name, time.Since(t0).Round(time.Millisecond), p.BaseCached)
-	r, err := launch.Start(p)
+	r, err := launch.Start(ctx, p)
 	if err != nil {
 		return err
 	}
+	stopPrep()
 	d := state.Dir{Root: a.stateDir}
 	if err := d.WriteRunRecord(r.Record()); err != nil {
 		r.Stop(o.stopTimeout)

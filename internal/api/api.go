@@ -99,7 +99,9 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 		if vm == nil {
 			return fmt.Errorf("%s is not in the applied file", name)
 		}
-		return sup.Start(vm)
+		// The boot goes on if the client goes away (as the restart policy's
+		// boots do); stopping the VM cancels it.
+		return sup.Start(context.Background(), vm)
 	}
 	mux.HandleFunc("POST /v1/vms/{name}/start", action(start))
 	mux.HandleFunc("POST /v1/vms/{name}/stop", action(sup.Stop))

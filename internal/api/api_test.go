@@ -75,8 +75,9 @@ func TestAPIRefusals(t *testing.T) {
 	}
 	err = c.Do("POST", "/v1/apply", bytes.NewReader(make([]byte, MaxBody+1)), nil)
 	wantStatus(t, err, http.StatusRequestEntityTooLarge, "")
+	res = daemon.ApplyResult{}
 	err = c.Do("POST", "/v1/apply", strings.NewReader("vms: { a: { index: 1, autostart: false } }"), &res)
-	if err != nil || len(res.VMs) != 1 || res.VMs[0].Action != "unchanged" {
+	if err != nil || len(res.VMs) != 1 || res.VMs[0].Action != "defined" {
 		t.Fatalf("apply without autostart: %+v, %v", res, err)
 	}
 	wantStatus(t, c.Do("DELETE", "/v1/vms/a", nil, nil), http.StatusConflict, "is in the applied file")

@@ -13,7 +13,7 @@ import (
 
 // Built-in defaults, used where neither a VM nor the defaults: section sets a key.
 const (
-	DefaultHypervisor        = "qemu"
+	DefaultHypervisor        = HypervisorQEMU
 	DefaultVCPU              = 1
 	DefaultMemory            = 512 * MiB
 	DefaultImage             = "base"
@@ -26,8 +26,19 @@ const (
 	InitImage   = "image"
 )
 
-// Hypervisors is the set of VMM backends a VM may name.
-var hypervisors = map[string]bool{"qemu": true, "cloud-hypervisor": true, "firecracker": true}
+// The hypervisor backends a VM may name (vms.*.hypervisor). This is the one
+// list of their names: validation, the JSON Schema, the backend registry
+// (internal/vmm/backends) and verify's hints all read it.
+const (
+	HypervisorQEMU            = "qemu"
+	HypervisorCloudHypervisor = "cloud-hypervisor"
+	HypervisorFirecracker     = "firecracker"
+)
+
+// Hypervisors lists the backends' names, the default first.
+func Hypervisors() []string {
+	return []string{HypervisorQEMU, HypervisorCloudHypervisor, HypervisorFirecracker}
+}
 
 // Config is a validated file with defaults merged and addressing derived.
 type Config struct {

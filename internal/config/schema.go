@@ -32,3 +32,16 @@ func Schema(srcDir string) ([]byte, error) {
 	}
 	return append(b, '\n'), nil
 }
+
+// JSONSchemaExtend lists the hypervisors' names as the enum of
+// vms.*.hypervisor, from the one list of them.
+func (VMSpec) JSONSchemaExtend(s *jsonschema.Schema) {
+	if s.Properties == nil {
+		return
+	}
+	if p, ok := s.Properties.Get("hypervisor"); ok {
+		for _, n := range Hypervisors() {
+			p.Enum = append(p.Enum, n)
+		}
+	}
+}

@@ -47,7 +47,7 @@ type VMSpec struct {
 	// address (the gateway, .1) and the VM the second (.2).
 	Subnet *string `yaml:"subnet,omitempty" json:"subnet,omitempty"`
 	// Hypervisor is the VMM backend: qemu (default), cloud-hypervisor or firecracker.
-	Hypervisor *string `yaml:"hypervisor,omitempty" json:"hypervisor,omitempty" jsonschema:"enum=qemu,enum=cloud-hypervisor,enum=firecracker"`
+	Hypervisor *string `yaml:"hypervisor,omitempty" json:"hypervisor,omitempty"`
 	// VCPU is the number of virtual CPUs (default 1).
 	VCPU *int `yaml:"vcpu,omitempty" json:"vcpu,omitempty" jsonschema:"minimum=1"`
 	// Memory is the guest RAM (default 512M, at least 128M).

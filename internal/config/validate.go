@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -171,8 +172,8 @@ func ParseFileMode(s string) (uint32, error) {
 
 // spec validates the keys one VM (or the defaults) wrote, at path p.
 func (v *validator) spec(p string, s *VMSpec) {
-	if s.Hypervisor != nil && !hypervisors[*s.Hypervisor] {
-		v.r.addf(joinPath(p, "hypervisor"), "unknown hypervisor %q (qemu, cloud-hypervisor or firecracker)", *s.Hypervisor)
+	if s.Hypervisor != nil && !slices.Contains(Hypervisors(), *s.Hypervisor) {
+		v.r.addf(joinPath(p, "hypervisor"), "unknown hypervisor %q (%s)", *s.Hypervisor, orList(Hypervisors()))
 	}
 	if s.VCPU != nil {
 		switch n := *s.VCPU; {
@@ -532,4 +533,12 @@ func (v *validator) forwards(cfg *Config, rules []Forward) []ResolvedForward {
 		}
 	}
 	return out
+}
+
+// orList renders names as "a, b or c".
+func orList(names []string) string {
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }

@@ -23,9 +23,12 @@ import (
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
+	"microvm.dev/microvm/internal/plan"
 	"microvm.dev/microvm/internal/state"
+	"microvm.dev/microvm/internal/steps"
 	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/tailnet"
+	"microvm.dev/microvm/internal/vmm/backends"
 )
 
 // Daemon is the running daemon.
@@ -57,11 +60,18 @@ func (d *Daemon) OnApply(f func(*ApplyResult, error)) {
 
 // New creates a daemon for env, adopting VMs that are already running.
 func New(env launch.Env, log *slog.Logger) (*Daemon, error) {
+	return NewWithLauncher(env, hypervisors{env}, log)
+}
+
+// NewWithLauncher is New with the supervisor's VMs launched by l (tests
+// give a fake: the host network is real, the hypervisors are not).
+func NewWithLauncher(env launch.Env, l supervisor.Launcher, log *slog.Logger) (*Daemon, error) {
 	m, err := network.New(env.NetNS, hostnet.Options{TAPOwner: env.TAPOwner()})
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{env: env, log: log.With("component", "daemon"), sup: supervisor.New(env, log.With("component", "supervisor")), net: m, boots: make(chan struct{}, max(2, runtime.NumCPU()))}
+	sup := supervisor.New(l, state.Dir{Root: env.StateDir}, log.With("component", "supervisor"))
+	d := &Daemon{env: env, log: log.With("component", "daemon"), sup: sup, net: m, boots: make(chan struct{}, max(2, runtime.NumCPU()))}
 	if _, err := d.sup.Adopt(); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("adopt running VMs: %w", err)
@@ -94,7 +104,7 @@ func (d *Daemon) rotateConsoles(every time.Duration) {
 			if st.State != supervisor.Running || st.Spec == nil {
 				continue
 			}
-			if b, err := launch.Backend(st.Spec.Hypervisor); err != nil || !b.AppendsConsole() {
+			if b, err := backends.Get(st.Spec.Hypervisor); err != nil || !b.Capabilities().AppendsConsole {
 				continue
 			}
 			if rotated, err := launch.RotateConsole(d.ConsoleLog(st.Name), launch.MaxConsoleLog); err != nil {
@@ -112,12 +122,14 @@ func (d *Daemon) Supervisor() *supervisor.Supervisor { return d.sup }
 // VMAction is what an apply did to one VM.
 type VMAction struct {
 	Name   string `json:"name"`
-	Action string `json:"action"` // created, restarted, removed, unchanged, started
+	Action string `json:"action"` // the plan's action done: created, started, restarted, removed, defined, unchanged
 	Error  string `json:"error,omitempty"`
 	// StopSeconds is how long the old VM took to shut down (restarted, removed).
 	StopSeconds float64 `json:"stopSeconds,omitempty"`
 	// PrepareSeconds is how long the start took before the hypervisor ran.
 	PrepareSeconds float64 `json:"prepareSeconds,omitempty"`
+	// Steps are the launch's steps, each timed (started VMs).
+	Steps []steps.Timing `json:"steps,omitempty"`
 	// BootSeconds is how long the VM took to become ready.
 	BootSeconds float64 `json:"bootSeconds,omitempty"`
 }
@@ -179,9 +191,19 @@ func (d *Daemon) ApplyFile(name string, data []byte) (*ApplyResult, error) {
 	return res, err
 }
 
-// Apply makes the fleet match cfg: removed VMs are stopped (volumes kept),
-// VMs whose spec changed are restarted, new ones created, and the network
-// reconciled between the stops and the starts.
+// Plan is what applying cfg would do now: plan.Compute against the VMs
+// the supervisor knows. Apply executes exactly this.
+func (d *Daemon) Plan(cfg *config.Config) *plan.Plan {
+	var observed []plan.Observed
+	for _, st := range d.sup.List() {
+		observed = append(observed, plan.Observed{Name: st.Name, Spec: st.Spec, Running: st.PID != 0})
+	}
+	return plan.Compute(cfg, observed)
+}
+
+// Apply makes the fleet match cfg by executing its plan: removed VMs are
+// stopped (volumes kept), VMs whose spec changed are restarted, new ones
+// created, and the network reconciled between the stops and the starts.
 func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err error) {
 	d.apply.Lock()
 	defer d.apply.Unlock()
@@ -195,80 +217,33 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 	}()
 	t0 := time.Now()
 	res = &ApplyResult{File: name, VMs: []VMAction{}}
-	running := d.sup.Running()
+	p := d.Plan(cfg)
 	// Every secret of a VM that will (re)start must decrypt here before
 	// anything changes: a file this host cannot decrypt stops nothing.
-	for _, vm := range cfg.VMs {
-		if hash, ok := running[vm.Name]; (ok && hash == vm.SpecHash()) || (!ok && !vm.Supervision.Autostart) {
-			continue
-		}
-		_, err := d.env.Secrets(vm)
-		if err == nil {
-			continue
-		}
-		found := len(res.Problems)
-		if joined, ok := err.(interface{ Unwrap() []error }); ok {
-			for _, e := range joined.Unwrap() {
-				var se *launch.SecretError
-				if errors.As(e, &se) {
-					res.Problems = append(res.Problems, config.Problem{File: name, Path: se.Key(), Message: fmt.Sprintf("%s: %v", se.Path, se.Err)})
-				}
-			}
-		}
-		if len(res.Problems) == found { // fail closed on any other error
-			res.Problems = append(res.Problems, config.Problem{File: name, Path: "vms." + vm.Name + ".secrets", Message: err.Error()})
+	for _, v := range p.VMs {
+		if v.Action.Starts() {
+			res.Problems = append(res.Problems, d.secretProblems(name, v.Desired)...)
 		}
 	}
 	if len(res.Problems) > 0 {
 		return res, ErrInvalid
 	}
-	known := map[string]bool{}
-	for _, st := range d.sup.List() {
-		known[st.Name] = true
-	}
 	var toStart []*config.VM
 	actions := map[string]*VMAction{}
-	act := func(name, what string) *VMAction {
-		a := &VMAction{Name: name, Action: what}
-		actions[name] = a
-		return a
-	}
-	timed := func(a *VMAction, f func() error) error {
-		t := time.Now()
-		err := f()
-		a.StopSeconds = time.Since(t).Seconds()
-		return err
-	}
-	for n := range known {
-		if cfg.VM(n) == nil {
-			a := act(n, "removed")
-			if err := timed(a, func() error { return d.sup.Forget(n) }); err != nil {
-				a.Error = err.Error()
+	for _, v := range p.VMs {
+		a := &VMAction{Name: v.Name, Action: v.Action.Past()}
+		actions[v.Name] = a
+		switch v.Action {
+		case plan.Remove:
+			a.StopSeconds, a.Error = timed(func() error { return d.sup.Forget(v.Name) })
+		case plan.Update:
+			if a.StopSeconds, a.Error = timed(func() error { return d.sup.Stop(v.Name) }); a.Error == "" {
+				toStart = append(toStart, v.Desired)
 			}
-		}
-	}
-	for _, vm := range cfg.VMs {
-		hash, isRunning := running[vm.Name]
-		switch {
-		case isRunning && hash == vm.SpecHash():
-			d.sup.Start(vm) // same spec: only updates supervision settings
-			act(vm.Name, "unchanged")
-		case isRunning:
-			a := act(vm.Name, "restarted")
-			if err := timed(a, func() error { return d.sup.Stop(vm.Name) }); err != nil {
-				a.Error = err.Error()
-				continue
-			}
-			toStart = append(toStart, vm)
-		case vm.Supervision.Autostart:
-			if known[vm.Name] {
-				act(vm.Name, "started")
-			} else {
-				act(vm.Name, "created")
-			}
-			toStart = append(toStart, vm)
-		default:
-			act(vm.Name, "unchanged")
+		case plan.Create, plan.Start:
+			toStart = append(toStart, v.Desired)
+		case plan.Unchanged:
+			d.sup.UpdateSupervision(v.Desired)
 		}
 	}
 	res.Phases.Stop = time.Since(t0).Seconds()
@@ -286,22 +261,7 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 		d.syncTailnet(cfg, res)
 	}
 	tStart := time.Now()
-	var wg sync.WaitGroup
-	for _, vm := range toStart {
-		a := actions[vm.Name]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			d.boots <- struct{}{}
-			defer func() { <-d.boots }()
-			if err := d.sup.Start(vm); err != nil {
-				a.Error = err.Error()
-			} else if st, ok := d.sup.Status(vm.Name); ok {
-				a.BootSeconds, a.PrepareSeconds = st.BootSeconds, st.PrepareSeconds
-			}
-		}()
-	}
-	wg.Wait()
+	d.startAll(toStart, actions)
 	res.Phases.Start = time.Since(tStart).Seconds()
 	for _, a := range actions {
 		res.VMs = append(res.VMs, *a)
@@ -315,6 +275,64 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 	}
 	d.log.Info("applied", "file", name, "seconds", res.Seconds)
 	return res, nil
+}
+
+// timed runs f and returns how long it took and its error's text.
+func timed(f func() error) (float64, string) {
+	t := time.Now()
+	err := f()
+	if err != nil {
+		return time.Since(t).Seconds(), err.Error()
+	}
+	return time.Since(t).Seconds(), ""
+}
+
+// startAll boots vms in parallel (at most cap(d.boots) at once) and records
+// each one's outcome and timings in actions.
+func (d *Daemon) startAll(vms []*config.VM, actions map[string]*VMAction) {
+	var wg sync.WaitGroup
+	for _, vm := range vms {
+		a := actions[vm.Name]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.boots <- struct{}{}
+			defer func() { <-d.boots }()
+			err := d.sup.Start(context.Background(), vm)
+			if err != nil {
+				a.Error = err.Error()
+			}
+			if st, ok := d.sup.Status(vm.Name); ok {
+				a.Steps = st.Steps
+				if err == nil {
+					a.BootSeconds, a.PrepareSeconds = st.BootSeconds, st.PrepareSeconds
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// secretProblems are vm's secrets this host cannot decrypt, as problems of
+// the file; any error that is not a secret's fails closed as one problem.
+func (d *Daemon) secretProblems(file string, vm *config.VM) config.Problems {
+	_, err := d.env.Secrets(vm)
+	if err == nil {
+		return nil
+	}
+	var out config.Problems
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range joined.Unwrap() {
+			var se *launch.SecretError
+			if errors.As(e, &se) {
+				out = append(out, config.Problem{File: file, Path: se.Key(), Message: fmt.Sprintf("%s: %v", se.Path, se.Err)})
+			}
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, config.Problem{File: file, Path: "vms." + vm.Name + ".secrets", Message: err.Error()})
+	}
+	return out
 }
 
 // syncTailnet keeps the advertised routes equal to the VM subnets. Its
@@ -367,6 +385,4 @@ func DaemonLog(stateDir string) string { return filepath.Join(stateDir, "log", "
 func (d *Daemon) DaemonLog() string { return DaemonLog(d.env.StateDir) }
 
 // ConsoleLog is the path of a VM's console log.
-func (d *Daemon) ConsoleLog(name string) string {
-	return filepath.Join(state.Dir{Root: d.env.StateDir}.VMDir(name), "console.log")
-}
+func (d *Daemon) ConsoleLog(name string) string { return d.env.Layout(name).ConsoleLog() }

@@ -48,12 +48,11 @@ func (d *Daemon) Snapshot(vm, vol string) ([]snapshot.Snapshot, error) {
 			}
 			c.Close()
 		}
-		b, l := r.Prepared.Backend, r.Prepared.Launch
-		if err := b.Pause(l); err != nil {
+		if err := r.Pause(); err != nil {
 			return nil, fmt.Errorf("pause %s for the snapshot: %w", vm, err)
 		}
 		defer func() {
-			if err := b.Resume(l); err != nil {
+			if err := r.Resume(); err != nil {
 				d.log.Error("resume after a snapshot", "vm", vm, "err", err)
 			}
 		}()

@@ -11,6 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/state"
+	"microvm.dev/microvm/internal/steps"
 )
 
 // ProcStartTime is the start time of pid in clock ticks since boot (field 22
@@ -32,6 +34,13 @@ func ProcStartTime(pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
+// Alive says whether rec's recorded hypervisor still runs: the same pid
+// with the same start time (a reused pid is another process).
+func Alive(rec state.RunRecord) bool {
+	st, err := ProcStartTime(rec.PID)
+	return rec.PID != 0 && err == nil && st == rec.ProcStart
+}
+
 // ErrNotOurs says a recorded pid no longer runs the VM (it exited, or the
 // pid was reused by another process).
 var ErrNotOurs = errors.New("the recorded process is not this VM's hypervisor")
@@ -45,12 +54,18 @@ func Adopt(env Env, vm *config.VM, pid int, startTime uint64) (*Running, error) 
 	if err != nil || st != startTime {
 		return nil, ErrNotOurs
 	}
-	l, cmd, b, _, err := command(env, vm, false)
+	// The image may have left the store since (gc): adoption needs only
+	// the VM's sockets and backend, so a placeholder serves.
+	img, err := lookupImage(env, vm)
+	if err != nil {
+		return nil, err
+	}
+	res, err := Resolve(env, vm, img)
 	if err != nil {
 		return nil, err
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || !bytes.Contains(cmdline, []byte(l.ControlSocket)) {
+	if err != nil || !bytes.Contains(cmdline, []byte(res.Launch.ControlSocket)) {
 		return nil, ErrNotOurs
 	}
 	fd, err := unix.PidfdOpen(pid, 0)
@@ -58,7 +73,8 @@ func Adopt(env Env, vm *config.VM, pid int, startTime uint64) (*Running, error) 
 		return nil, fmt.Errorf("watch pid %d: %w", pid, err)
 	}
 	proc, _ := os.FindProcess(pid)
-	p := &Prepared{VM: vm, Backend: b, Launch: l, Argv: cmd.Argv, Files: cmd.Files, SerialToStdout: cmd.SerialToStdout, Cgroups: env.Cgroups}
+	p := &Prepared{VM: vm, Backend: res.Backend, Resolved: res, Argv: res.Command.Argv, Launch: res.Launch,
+		env: env, layout: env.Layout(vm.Name), run: &steps.Runner{}}
 	r := &Running{Prepared: p, Process: proc, Exited: make(chan struct{})}
 	go func() {
 		defer unix.Close(fd)

@@ -9,24 +9,13 @@ import (
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmm/backends"
 )
 
-func TestBackendLookup(t *testing.T) {
-	for _, name := range []string{"qemu", "cloud-hypervisor", "firecracker"} {
-		b, err := Backend(name)
-		if err != nil || b.Name() != name {
-			t.Errorf("Backend(%q) = %v, %v", name, b, err)
-		}
-	}
-	if _, err := Backend("xen"); err == nil {
-		t.Error("unknown backend accepted")
-	}
-}
-
 func TestShareKind(t *testing.T) {
-	fc, _ := Backend("firecracker")
-	ch, _ := Backend("cloud-hypervisor")
-	q, _ := Backend("qemu")
+	fc, _ := backends.Get(config.HypervisorFirecracker)
+	ch, _ := backends.Get(config.HypervisorCloudHypervisor)
+	q, _ := backends.Get(config.HypervisorQEMU)
 	cases := []struct {
 		share string
 		b     vmm.Backend

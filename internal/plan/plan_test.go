@@ -17,12 +17,12 @@ func parse(t *testing.T, src string) *config.Config {
 }
 
 // running records every VM of cfg as started with its current spec.
-func running(cfg *config.Config) []state.RunRecord {
+func running(cfg *config.Config) []Observed {
 	var recs []state.RunRecord
 	for _, vm := range cfg.VMs {
 		recs = append(recs, state.RunRecord{Name: vm.Name, SpecHash: vm.SpecHash(), Spec: *vm, PID: 100})
 	}
-	return recs
+	return FromRecords(recs, func(state.RunRecord) bool { return true })
 }
 
 const before = `

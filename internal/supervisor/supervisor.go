@@ -7,6 +7,7 @@
 package supervisor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,8 +18,8 @@ import (
 	"time"
 
 	"microvm.dev/microvm/internal/config"
-	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/state"
+	"microvm.dev/microvm/internal/steps"
 )
 
 // State is where a VM is in its life.
@@ -34,18 +35,23 @@ const (
 	Failed   State = "failed"  // crash loop or failed start; needs start or apply
 )
 
-// Tuning of restarts.
-const (
-	// ReadyTimeout is how long a guest may take to report ready.
-	ReadyTimeout = 3 * time.Minute
-	firstBackoff = time.Second
-	maxBackoff   = time.Minute
-	// A VM that exits crashLoopCount times within crashLoopWindow is failed.
-	crashLoopCount  = 5
-	crashLoopWindow = 3 * time.Minute
-	// A VM that ran this long has its backoff reset.
-	stableAfter = time.Minute
-)
+// ReadyTimeout is how long a guest may take to report ready by default.
+const ReadyTimeout = 3 * time.Minute
+
+// Tuning is how restarts are paced.
+type Tuning struct {
+	// FirstBackoff is the wait before the first restart; it doubles with
+	// each further exit, up to MaxBackoff.
+	FirstBackoff, MaxBackoff time.Duration
+	// A VM that exits CrashLoopCount times within CrashLoopWindow is failed.
+	CrashLoopCount  int
+	CrashLoopWindow time.Duration
+	// StableAfter is how long a VM must run to have its backoff reset.
+	StableAfter time.Duration
+}
+
+// DefaultTuning is the daemon's pacing of restarts.
+var DefaultTuning = Tuning{FirstBackoff: time.Second, MaxBackoff: time.Minute, CrashLoopCount: 5, CrashLoopWindow: 3 * time.Minute, StableAfter: time.Minute}
 
 // Status is what the supervisor knows about one VM.
 type Status struct {
@@ -56,17 +62,20 @@ type Status struct {
 	BootSeconds float64   `json:"bootSeconds,omitempty"`
 	// PrepareSeconds is how long the last start took before the hypervisor
 	// ran: initramfs, keys, volumes, process start.
-	PrepareSeconds float64    `json:"prepareSeconds,omitempty"`
-	Restarts       int        `json:"restarts"`
-	LastExit       string     `json:"lastExit,omitempty"`
-	Failure        string     `json:"failure,omitempty"`
-	SpecHash       string     `json:"specHash"`
-	Spec           *config.VM `json:"spec"`
+	PrepareSeconds float64 `json:"prepareSeconds,omitempty"`
+	// Steps are the last launch's steps, each timed.
+	Steps    []steps.Timing `json:"steps,omitempty"`
+	Restarts int            `json:"restarts"`
+	LastExit string         `json:"lastExit,omitempty"`
+	Failure  string         `json:"failure,omitempty"`
+	SpecHash string         `json:"specHash"`
+	Spec     *config.VM     `json:"spec"`
 }
 
 type vmProc struct {
 	spec     *config.VM
-	run      *launch.Running
+	run      Process
+	cancel   context.CancelFunc // cancels a boot in progress
 	state    State
 	wanted   bool // should be running
 	gen      int  // bumped on every start and stop; stale watchers give up
@@ -76,6 +85,7 @@ type vmProc struct {
 	failure  string
 	boot     time.Duration
 	prepare  time.Duration
+	steps    []steps.Timing
 	started  time.Time
 }
 
@@ -84,21 +94,25 @@ type Supervisor struct {
 	// ReadyTimeout is how long a guest may take to report ready (default
 	// the package's ReadyTimeout; a GitOps daemon uses its health timeout).
 	ReadyTimeout time.Duration
-	env          launch.Env
-	dir          state.Dir
-	log          *slog.Logger
-	mu           sync.Mutex
-	vms          map[string]*vmProc
+	// Tuning paces restarts (default DefaultTuning).
+	Tuning   Tuning
+	launcher Launcher
+	dir      state.Dir
+	log      *slog.Logger
+	mu       sync.Mutex
+	vms      map[string]*vmProc
 }
 
-// New returns a supervisor for env's state directory.
-func New(env launch.Env, log *slog.Logger) *Supervisor {
-	return &Supervisor{ReadyTimeout: ReadyTimeout, env: env, dir: state.Dir{Root: env.StateDir}, log: log, vms: map[string]*vmProc{}}
+// New returns a supervisor that starts VMs with l and keeps their run
+// records in dir.
+func New(l Launcher, dir state.Dir, log *slog.Logger) *Supervisor {
+	return &Supervisor{ReadyTimeout: ReadyTimeout, Tuning: DefaultTuning, launcher: l, dir: dir, log: log, vms: map[string]*vmProc{}}
 }
 
 // Adopt takes over the VMs whose run records name a live hypervisor
-// (checked by pid, start time and command line); stale records are cleared.
-// It returns the names adopted.
+// (checked by pid, start time and command line); the VMs of the other
+// records are known as stopped, and stale records are cleared. It returns
+// the names adopted.
 func (s *Supervisor) Adopt() ([]string, error) {
 	recs, err := s.dir.RunRecords()
 	if err != nil {
@@ -108,29 +122,30 @@ func (s *Supervisor) Adopt() ([]string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, rec := range recs {
+		spec := rec.Spec
+		v := &vmProc{spec: &spec, state: Stopped}
+		s.vms[rec.Name] = v
 		if rec.PID == 0 {
 			continue
 		}
-		spec := rec.Spec
-		r, err := launch.Adopt(s.env, &spec, rec.PID, rec.ProcStart)
+		r, err := s.launcher.Adopt(rec)
 		if err != nil {
 			s.log.Info("clearing a stale run record", "vm", rec.Name, "pid", rec.PID, "reason", err)
-			rec.PID = 0
+			v.lastExit = "exited while no daemon watched it"
+			rec.PID, rec.ProcStart = 0, 0
 			if err := s.dir.WriteRunRecord(rec); err != nil {
 				return adopted, err
 			}
 			continue
 		}
-		r.Started, r.ProcStart = rec.StartedAt, rec.ProcStart
 		// Starting until its console shows the ready line (at once when the
 		// guest had finished booting before the daemon went away).
-		v := &vmProc{spec: &spec, run: r, state: Starting, wanted: true, started: rec.StartedAt}
-		s.vms[rec.Name] = v
+		v.run, v.state, v.wanted, v.started = r, Starting, true, r.StartedAt()
 		v.gen++
 		gen := v.gen
-		go s.watch(rec.Name, v, gen)
+		go s.watch(rec.Name, v, r, gen)
 		go func(name string) {
-			if _, err := r.WaitReady(s.ReadyTimeout, nil); err != nil {
+			if err := r.WaitReady(s.ReadyTimeout); err != nil {
 				s.log.Warn("an adopted VM did not report ready", "vm", name, "err", err)
 				return
 			}
@@ -159,9 +174,21 @@ func (s *Supervisor) Running() map[string]string {
 	return out
 }
 
+// UpdateSupervision takes vm's supervision settings (restart policy,
+// timeouts) for the VM of that name when it runs the same spec; they need
+// no restart.
+func (s *Supervisor) UpdateSupervision(vm *config.VM) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v := s.vms[vm.Name]; v != nil && v.spec != nil && v.spec.SpecHash() == vm.SpecHash() {
+		v.spec.Supervision = vm.Supervision
+	}
+}
+
 // Start boots vm (replacing the spec the supervisor knew) and waits until
 // the guest is ready. A VM already running with the same spec is left alone.
-func (s *Supervisor) Start(vm *config.VM) error {
+// Cancelling ctx (or stopping the VM) cancels a boot still preparing.
+func (s *Supervisor) Start(ctx context.Context, vm *config.VM) error {
 	s.mu.Lock()
 	v := s.vms[vm.Name]
 	if v == nil {
@@ -179,58 +206,84 @@ func (s *Supervisor) Start(vm *config.VM) error {
 	}
 	v.spec, v.wanted, v.failure, v.exits = vm, true, "", nil
 	s.mu.Unlock()
-	return s.boot(vm.Name, v)
+	return s.boot(ctx, vm.Name, v)
 }
 
 // boot starts the hypervisor and waits for the ready line.
-func (s *Supervisor) boot(name string, v *vmProc) error {
+func (s *Supervisor) boot(ctx context.Context, name string, v *vmProc) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	s.mu.Lock()
 	v.state = Starting
 	v.gen++
-	gen := v.gen
-	spec := v.spec
+	gen, spec := v.gen, v.spec
+	v.cancel, v.steps = cancel, nil
 	s.mu.Unlock()
 	t0 := time.Now()
-	p, err := launch.Prepare(s.env, spec)
-	if err == nil {
-		var r *launch.Running
-		if r, err = launch.Start(p); err == nil {
-			s.mu.Lock()
-			v.run, v.started, v.prepare = r, r.Started, time.Since(t0)
-			s.mu.Unlock()
-			if werr := s.dir.WriteRunRecord(r.Record()); werr != nil {
-				s.log.Error("write run record", "vm", name, "err", werr)
-			}
-			go s.watch(name, v, gen)
-			var ready error
-			if _, ready = r.WaitReady(s.ReadyTimeout, nil); ready == nil {
-				s.mu.Lock()
-				if v.gen == gen && v.state == Starting {
-					v.state, v.boot = Running, time.Since(r.Started)
-				}
-				s.mu.Unlock()
-				s.log.Info("VM ready", "vm", name, "pid", r.Process.Pid, "boot", time.Since(r.Started).Round(time.Millisecond))
-				return nil
-			}
-			err = ready
-			r.Stop(time.Duration(spec.Supervision.StopTimeout))
+	r, err := s.launcher.Launch(ctx, spec, nil)
+	if err != nil {
+		s.mu.Lock()
+		if v.gen == gen {
+			v.state, v.failure, v.wanted = Failed, err.Error(), false
 		}
+		s.mu.Unlock()
+		// A VM that never ran is still known to the state directory, as it
+		// is to the supervisor (`microvm plan` reads the records).
+		if _, rerr := os.Stat(s.dir.RunRecordPath(name)); errors.Is(rerr, os.ErrNotExist) {
+			s.dir.WriteRunRecord(state.RunRecord{Name: name, Spec: *spec})
+		}
+		s.log.Error("VM failed to start", "vm", name, "err", err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if v.gen == gen {
-		v.state, v.failure, v.wanted = Failed, err.Error(), false
+	current := v.gen == gen
+	if current {
+		v.run, v.started, v.prepare, v.steps = r, r.StartedAt(), time.Since(t0), r.Timings()
+	}
+	s.mu.Unlock()
+	if !current { // stopped while it was being prepared
+		r.Stop(time.Duration(spec.Supervision.StopTimeout))
+		return fmt.Errorf("%s: stopped while starting", name)
+	}
+	if werr := s.dir.WriteRunRecord(r.Record()); werr != nil {
+		s.log.Error("write run record", "vm", name, "err", werr)
+	}
+	go s.watch(name, v, r, gen)
+	return s.awaitReady(name, v, r, gen)
+}
+
+// awaitReady waits for a started VM's ready line; a guest that fails or
+// never reports ready is stopped and left failed (not restarted: its
+// watcher is told to give up first).
+func (s *Supervisor) awaitReady(name string, v *vmProc, r Process, gen int) error {
+	err := r.WaitReady(s.ReadyTimeout)
+	s.mu.Lock()
+	mine := v.gen == gen
+	switch {
+	case err == nil && mine && v.state == Starting:
+		v.state, v.boot = Running, time.Since(r.StartedAt())
+	case err != nil && mine:
+		v.gen++
+		v.run, v.state, v.failure, v.wanted = nil, Failed, err.Error(), false
+	}
+	s.mu.Unlock()
+	if err == nil {
+		s.log.Info("VM ready", "vm", name, "pid", r.PID(), "boot", time.Since(r.StartedAt()).Round(time.Millisecond))
+		return nil
+	}
+	r.Stop(time.Duration(v.spec.Supervision.StopTimeout))
+	if mine {
+		rec := r.Record()
+		rec.PID, rec.ProcStart = 0, 0
+		s.dir.WriteRunRecord(rec)
 	}
 	s.log.Error("VM failed to start", "vm", name, "err", err)
 	return fmt.Errorf("%s: %w", name, err)
 }
 
 // watch waits for a hypervisor to exit and applies the restart policy.
-func (s *Supervisor) watch(name string, v *vmProc, gen int) {
-	s.mu.Lock()
-	r := v.run
-	s.mu.Unlock()
-	<-r.Exited
+func (s *Supervisor) watch(name string, v *vmProc, r Process, gen int) {
+	<-r.Exited()
 	s.mu.Lock()
 	if v.gen != gen || v.run != r {
 		s.mu.Unlock()
@@ -240,13 +293,14 @@ func (s *Supervisor) watch(name string, v *vmProc, gen int) {
 	rec := r.Record()
 	rec.PID, rec.ProcStart = 0, 0
 	s.dir.WriteRunRecord(rec)
-	clean := r.ExitErr == nil
+	clean := r.ExitErr() == nil
 	v.lastExit = "powered off"
 	if !clean {
-		v.lastExit = r.ExitErr.Error()
+		v.lastExit = r.ExitErr().Error()
 	}
 	now := time.Now()
-	if now.Sub(v.started) > stableAfter {
+	tu := s.Tuning
+	if now.Sub(v.started) > tu.StableAfter {
 		v.exits = nil
 	}
 	v.exits = append(v.exits, now)
@@ -260,20 +314,20 @@ func (s *Supervisor) watch(name string, v *vmProc, gen int) {
 	}
 	recent := 0
 	for _, t := range v.exits {
-		if now.Sub(t) < crashLoopWindow {
+		if now.Sub(t) < tu.CrashLoopWindow {
 			recent++
 		}
 	}
-	if recent >= crashLoopCount {
+	if recent >= tu.CrashLoopCount {
 		v.state, v.wanted = Failed, false
-		v.failure = fmt.Sprintf("crash loop: exited %d times within %s; last console lines:\n%s", recent, crashLoopWindow, consoleTail(r.Prepared.Launch.ConsoleLog, 10))
+		v.failure = fmt.Sprintf("crash loop: exited %d times within %s; last console lines:\n%s", recent, tu.CrashLoopWindow, consoleTail(r.ConsoleLog(), 10))
 		s.mu.Unlock()
 		s.log.Error("VM in a crash loop; not restarting", "vm", name, "exits", recent)
 		return
 	}
-	delay := firstBackoff << (len(v.exits) - 1)
-	if delay > maxBackoff || delay <= 0 {
-		delay = maxBackoff
+	delay := tu.FirstBackoff << (len(v.exits) - 1)
+	if delay > tu.MaxBackoff || delay <= 0 {
+		delay = tu.MaxBackoff
 	}
 	v.state = Backoff
 	v.restarts++
@@ -286,7 +340,7 @@ func (s *Supervisor) watch(name string, v *vmProc, gen int) {
 		return
 	}
 	s.mu.Unlock()
-	s.boot(name, v)
+	s.boot(context.Background(), name, v)
 }
 
 // Stop shuts vm down cleanly (power button, then Ctrl-Alt-Del, then
@@ -300,6 +354,9 @@ func (s *Supervisor) Stop(name string) error {
 	}
 	v.wanted = false
 	v.gen++
+	if v.cancel != nil {
+		v.cancel() // a boot still preparing gives up
+	}
 	r := v.run
 	if r == nil {
 		v.state = Stopped
@@ -337,7 +394,7 @@ func (s *Supervisor) Forget(name string) error {
 }
 
 // Process returns the running hypervisor of a VM that is running.
-func (s *Supervisor) Process(name string) (*launch.Running, bool) {
+func (s *Supervisor) Process(name string) (Process, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	v := s.vms[name]
@@ -360,12 +417,12 @@ func (s *Supervisor) Status(name string) (Status, bool) {
 
 func (s *Supervisor) status(name string, v *vmProc) Status {
 	st := Status{Name: name, State: v.state, Restarts: v.restarts, LastExit: v.lastExit, Failure: v.failure, Spec: v.spec,
-		BootSeconds: v.boot.Seconds(), PrepareSeconds: v.prepare.Seconds()}
+		BootSeconds: v.boot.Seconds(), PrepareSeconds: v.prepare.Seconds(), Steps: v.steps}
 	if v.spec != nil {
 		st.SpecHash = v.spec.SpecHash()
 	}
 	if v.run != nil {
-		st.PID, st.StartedAt = v.run.Process.Pid, v.started
+		st.PID, st.StartedAt = v.run.PID(), v.started
 	}
 	return st
 }

@@ -16,6 +16,7 @@ import (
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmm/backends"
 )
 
 // Status is a check's outcome.
@@ -93,7 +94,7 @@ func Prerequisites(cfg *config.Config, env launch.Env, look LookPath) []Check {
 	var checks []Check
 	for _, name := range slices.Sorted(maps.Keys(byBackend)) {
 		vms := byBackend[name]
-		b, err := launch.Backend(name)
+		b, err := backends.Get(name)
 		if err != nil {
 			continue // validation rejects unknown backends
 		}
@@ -101,7 +102,7 @@ func Prerequisites(cfg *config.Config, env launch.Env, look LookPath) []Check {
 		checks = append(checks, Check{Name: "hypervisor " + name, Run: func() (Status, string) {
 			p, err := look(bin)
 			if err != nil {
-				return Fail, fmt.Sprintf("%s is not installed (not in PATH), needed by %s: %s", bin, vmList(vms), installHint(name))
+				return Fail, fmt.Sprintf("%s is not installed (not in PATH), needed by %s: %s", bin, vmList(vms), b.Capabilities().Install)
 			}
 			return Pass, fmt.Sprintf("%s at %s for %s", bin, p, vmList(vms))
 		}})
@@ -112,7 +113,7 @@ func Prerequisites(cfg *config.Config, env launch.Env, look LookPath) []Check {
 			if err != nil {
 				return Fail, err.Error()
 			}
-			b, err := launch.Backend(vm.Hypervisor)
+			b, err := backends.Get(vm.Hypervisor)
 			if err != nil {
 				return Fail, err.Error()
 			}
@@ -123,7 +124,7 @@ func Prerequisites(cfg *config.Config, env launch.Env, look LookPath) []Check {
 		}})
 	}
 	for _, name := range slices.Sorted(maps.Keys(byBackend)) {
-		b, err := launch.Backend(name)
+		b, err := backends.Get(name)
 		if err != nil {
 			continue
 		}
@@ -171,25 +172,13 @@ func Prerequisites(cfg *config.Config, env launch.Env, look LookPath) []Check {
 
 func usesBlock(cfg *config.Config, env launch.Env) bool {
 	for _, vm := range cfg.VMs {
-		if b, err := launch.Backend(vm.Hypervisor); err == nil {
+		if b, err := backends.Get(vm.Hypervisor); err == nil {
 			if kind, _ := env.ShareKind(b); kind == vmm.ShareBlock {
 				return true
 			}
 		}
 	}
 	return false
-}
-
-func installHint(backend string) string {
-	switch backend {
-	case "qemu":
-		return "apt install qemu-system-x86 (or qemu-system-arm for aarch64 guests)"
-	case "cloud-hypervisor":
-		return "install a release binary from github.com/cloud-hypervisor/cloud-hypervisor/releases into PATH"
-	case "firecracker":
-		return "install a release binary from github.com/firecracker-microvm/firecracker/releases into PATH"
-	}
-	return "install it"
 }
 
 func vmList(vms []string) string {

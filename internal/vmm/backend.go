@@ -23,17 +23,17 @@ const (
 const StoreSerial = "microvm-store"
 
 // Backend is one hypervisor: the command line that starts a VM, how the
-// running VMM is asked to shut the guest down, and what it reports about
-// itself. Implementations live in the subpackages qemu, cloudhypervisor and
-// firecracker.
+// running VMM is asked to shut the guest down, and what it can do
+// (Capabilities), so that no code outside a backend's own package decides
+// anything by its name. Implementations live in the subpackages qemu,
+// cloudhypervisor and firecracker; internal/vmm/backends finds them by name.
 type Backend interface {
 	// Name is the config's name for the backend (vms.*.hypervisor).
 	Name() string
 	// Binary is the executable for a guest architecture.
 	Binary(arch string) string
-	// ShareKinds are the ways the backend can give the store to a guest,
-	// preferred first.
-	ShareKinds() []string
+	// Capabilities says what the backend can do and needs.
+	Capabilities() Capabilities
 	// Command is how to start vm with l.
 	Command(vm *config.VM, l Launch) (Command, error)
 	// Shutdown asks the guest to power off. Attempt 0 is the polite request
@@ -44,12 +44,6 @@ type Backend interface {
 	Info(l Launch) (Info, error)
 	// CheckKernel says whether the backend can boot the kernel image at path.
 	CheckKernel(path, arch string) error
-	// InteractiveConsole says whether l.ConsoleSocket takes an interactive
-	// serial console client.
-	InteractiveConsole() bool
-	// AppendsConsole says whether the VMM writes the console log in append
-	// mode, so the log can be rotated by copy and truncate while it runs.
-	AppendsConsole() bool
 	// Pause stops the guest's vCPUs (for a consistent volume snapshot);
 	// Resume lets them run again.
 	Pause(l Launch) error
@@ -58,6 +52,29 @@ type Backend interface {
 	// store) to its guest device name for backends that cannot give disks a
 	// serial; nil when the guest finds disks by serial.
 	DiskDevices(l Launch) map[string]string
+}
+
+// Capabilities are what a backend can do and needs, read by the launcher,
+// the daemon and verify instead of comparing names.
+type Capabilities struct {
+	// Shares are the ways the backend can give the store to a guest
+	// (ShareVirtiofs, Share9p, ShareBlock), preferred first.
+	Shares []string
+	// ControlSocket is the file name of the VMM's control socket in the
+	// VM's run directory (QMP, or a REST API).
+	ControlSocket string
+	// TAPFromFD says the VMM takes its TAP as an inherited, already open
+	// descriptor (Launch.TAPFD), so an unprivileged VMM needs neither
+	// /dev/net/tun nor the TAP's ownership.
+	TAPFromFD bool
+	// InteractiveConsole says whether Launch.ConsoleSocket takes an
+	// interactive serial console client.
+	InteractiveConsole bool
+	// AppendsConsole says whether the VMM writes the console log in append
+	// mode, so the log can be rotated by copy and truncate while it runs.
+	AppendsConsole bool
+	// Install says how to install the backend's binary.
+	Install string
 }
 
 // Command is how a backend starts one VM.

@@ -87,23 +87,6 @@ type Launch struct {
 	TAPFD int
 }
 
-// DefaultLaunch fills a Launch with the standard locations under stateDir
-// and runDir for vm; kernel and initrd are left to the caller.
-func DefaultLaunch(vm *config.VM, stateDir, runDir string) Launch {
-	vmDir := filepath.Join(stateDir, "vms", vm.Name)
-	l := Launch{
-		Arch:          HostArch(),
-		ConsoleLog:    filepath.Join(vmDir, "console.log"),
-		ControlSocket: filepath.Join(VMRunDir(runDir, vm.Name), "qmp.sock"),
-		ConsoleSocket: ConsoleSocket(runDir, vm.Name),
-		Shares:        []Share{{Tag: "store", Path: filepath.Join(stateDir, "store")}},
-	}
-	for _, v := range vm.Volumes {
-		l.Disks = append(l.Disks, Disk{Name: v.Name, Path: filepath.Join(vmDir, v.Name+".img")})
-	}
-	return l
-}
-
 // HardwareKVM says whether this host's /dev/kvm runs stock guests: on
 // x86_64 only when it is backed by hardware virtualization (kvm_intel or
 // kvm_amd loaded). Other providers, such as the paravirtual kvm_pvm of some
@@ -122,16 +105,6 @@ func HardwareKVM() bool {
 		}
 	}
 	return false
-}
-
-// VMRunDir is the directory of the sockets of VM name's hypervisor: its
-// own, so a hypervisor running unprivileged can make them there and
-// nowhere else under runDir.
-func VMRunDir(runDir, name string) string { return filepath.Join(runDir, "vms", name) }
-
-// ConsoleSocket is where VM name's interactive serial console listens.
-func ConsoleSocket(runDir, name string) string {
-	return filepath.Join(VMRunDir(runDir, name), "console.sock")
 }
 
 // KernelCmdline is the guest kernel's command line: the console device, no

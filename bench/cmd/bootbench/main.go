@@ -6,6 +6,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
@@ -106,12 +107,12 @@ func run(boots, builds int, initDir, store string) error {
 	var prep, ready, sshUp, stop []time.Duration
 	for range boots {
 		t0 := time.Now()
-		p, err := launch.Prepare(env, cfg.VM("vm1"))
+		p, err := launch.Prepare(context.Background(), env, cfg.VM("vm1"), nil)
 		if err != nil {
 			return err
 		}
 		prep = append(prep, time.Since(t0))
-		r, err := launch.Start(p)
+		r, err := launch.Start(context.Background(), p)
 		if err != nil {
 			return err
 		}

@@ -17,15 +17,22 @@ import (
 // Backend is cloud-hypervisor as a vmm.Backend.
 type Backend struct{}
 
-// Name is "cloud-hypervisor".
-func (Backend) Name() string { return "cloud-hypervisor" }
+// Name is config.HypervisorCloudHypervisor.
+func (Backend) Name() string { return config.HypervisorCloudHypervisor }
 
 // Binary is the same executable on every architecture.
 func (Backend) Binary(string) string { return "cloud-hypervisor" }
 
-// ShareKinds: cloud-hypervisor shares directories only over virtiofs (it
-// has no 9p); a block image works too.
-func (Backend) ShareKinds() []string { return []string{vmm.ShareVirtiofs, vmm.ShareBlock} }
+// Capabilities: cloud-hypervisor shares directories only over virtiofs (it
+// has no 9p), or a block image; a REST API socket; the TAP by name; the
+// serial console to a file it truncates (no interactive socket).
+func (Backend) Capabilities() vmm.Capabilities {
+	return vmm.Capabilities{
+		Shares:        []string{vmm.ShareVirtiofs, vmm.ShareBlock},
+		ControlSocket: "api.sock",
+		Install:       "install a release binary from github.com/cloud-hypervisor/cloud-hypervisor/releases into PATH",
+	}
+}
 
 // Command is the cloud-hypervisor command line.
 func (b Backend) Command(vm *config.VM, l vmm.Launch) (vmm.Command, error) {
@@ -99,15 +106,8 @@ func (b Backend) CheckKernel(path, arch string) error {
 	return vmm.RequireELF(b.Name(), path)
 }
 
-// InteractiveConsole is false: the serial console goes to the log file;
-// follow it with `microvm logs -f` and log in over SSH.
-func (Backend) InteractiveConsole() bool { return false }
-
 // DiskDevices is nil: disks carry serials.
 func (Backend) DiskDevices(vmm.Launch) map[string]string { return nil }
-
-// AppendsConsole: cloud-hypervisor's serial file mode is not documented to append; its log is rotated only at restart.
-func (Backend) AppendsConsole() bool { return false }
 
 // Pause is PUT vm.pause.
 func (Backend) Pause(l vmm.Launch) error {

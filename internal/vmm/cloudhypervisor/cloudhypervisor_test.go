@@ -34,7 +34,8 @@ func launch(t *testing.T, share string) (*config.VM, vmm.Launch) {
 		t.Fatal(err)
 	}
 	vm := cfg.VM("vm1")
-	l := vmm.DefaultLaunch(vm, "/var/lib/microvm", "/run/microvm")
+	l := vmm.Layout{StateDir: "/var/lib/microvm", RunDir: "/run/microvm", VM: vm.Name}.Launch(vm, Backend{}.Capabilities())
+	l.Shares = []vmm.Share{{Tag: "store", Path: "/var/lib/microvm/store"}}
 	l.ControlSocket = "/run/microvm/vm1.api"
 	l.Kernel, l.Initrd = "/var/lib/microvm/kernels/vmlinux", "/var/lib/microvm/vms/vm1/initramfs.cpio"
 	switch share {

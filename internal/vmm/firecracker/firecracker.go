@@ -21,14 +21,23 @@ import (
 // Backend is Firecracker as a vmm.Backend.
 type Backend struct{}
 
-// Name is "firecracker".
-func (Backend) Name() string { return "firecracker" }
+// Name is config.HypervisorFirecracker.
+func (Backend) Name() string { return config.HypervisorFirecracker }
 
 // Binary is the same executable on every architecture.
 func (Backend) Binary(string) string { return "firecracker" }
 
-// ShareKinds: only a block image.
-func (Backend) ShareKinds() []string { return []string{vmm.ShareBlock} }
+// Capabilities: the store only as a block image; a REST API socket; the
+// TAP by name; the serial console on its standard output, appended to the
+// console log (no interactive socket).
+func (Backend) Capabilities() vmm.Capabilities {
+	return vmm.Capabilities{
+		Shares:         []string{vmm.ShareBlock},
+		ControlSocket:  "api.sock",
+		AppendsConsole: true,
+		Install:        "install a release binary from github.com/firecracker-microvm/firecracker/releases into PATH",
+	}
+}
 
 // Config is Firecracker's configuration file (the same objects its API takes).
 type Config struct {
@@ -152,9 +161,6 @@ func (b Backend) CheckKernel(path, arch string) error {
 	return vmm.RequireELF(b.Name(), path)
 }
 
-// InteractiveConsole is false: the serial console goes to the log file.
-func (Backend) InteractiveConsole() bool { return false }
-
 // DiskDevices names the disks in drive order: the store first, then the
 // volumes.
 func (Backend) DiskDevices(l vmm.Launch) map[string]string {
@@ -175,9 +181,6 @@ func (Backend) DiskDevices(l vmm.Launch) map[string]string {
 	}
 	return out
 }
-
-// AppendsConsole: its stdout is opened in append mode.
-func (Backend) AppendsConsole() bool { return true }
 
 // Pause is PATCH /vm {"state": "Paused"}.
 func (Backend) Pause(l vmm.Launch) error {

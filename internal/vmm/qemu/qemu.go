@@ -21,16 +21,27 @@ import (
 // Backend is QEMU as a vmm.Backend.
 type Backend struct{}
 
-// Name is "qemu".
-func (Backend) Name() string { return "qemu" }
+// Name is config.HypervisorQEMU.
+func (Backend) Name() string { return config.HypervisorQEMU }
 
 // Binary is the QEMU executable for arch.
 func (Backend) Binary(arch string) string { return Binary(arch) }
 
-// ShareKinds: virtiofs when a virtiofsd is installed, else QEMU's own 9p;
-// a block image works too.
-func (Backend) ShareKinds() []string {
-	return []string{vmm.ShareVirtiofs, vmm.Share9p, vmm.ShareBlock}
+// ControlSocket is the QMP socket's file name.
+const ControlSocket = "qmp.sock"
+
+// Capabilities: the store over virtiofs when a virtiofsd is installed, else
+// QEMU's own 9p, or a block image; QMP; the TAP as a descriptor (-netdev
+// tap,fd=N); an interactive console socket whose log is appended to.
+func (Backend) Capabilities() vmm.Capabilities {
+	return vmm.Capabilities{
+		Shares:             []string{vmm.ShareVirtiofs, vmm.Share9p, vmm.ShareBlock},
+		ControlSocket:      ControlSocket,
+		TAPFromFD:          true,
+		InteractiveConsole: true,
+		AppendsConsole:     true,
+		Install:            "apt install qemu-system-x86 (or qemu-system-arm for aarch64 guests)",
+	}
 }
 
 // Command is the QEMU command line.
@@ -77,9 +88,6 @@ func (Backend) Info(l vmm.Launch) (vmm.Info, error) {
 
 // CheckKernel accepts any kernel image QEMU's direct boot loads.
 func (Backend) CheckKernel(string, string) error { return nil }
-
-// InteractiveConsole: the console is a socket chardev.
-func (Backend) InteractiveConsole() bool { return true }
 
 // DiskDevices is nil: disks carry serials.
 func (Backend) DiskDevices(vmm.Launch) map[string]string { return nil }
@@ -187,9 +195,6 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 	args = append(args, "-device", dev("virtio-rng-pci"))
 	return args
 }
-
-// AppendsConsole: the chardev log is opened with logappend=on.
-func (Backend) AppendsConsole() bool { return true }
 
 // Pause stops the vCPUs (QMP stop).
 func (Backend) Pause(l vmm.Launch) error {

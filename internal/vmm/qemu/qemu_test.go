@@ -27,7 +27,8 @@ func launch(t *testing.T, arch string, kvm bool, virtiofs bool) (*config.VM, vmm
 		t.Fatal(err)
 	}
 	vm := cfg.VM("vm1")
-	l := vmm.DefaultLaunch(vm, "/var/lib/microvm", "/run/microvm")
+	l := vmm.Layout{StateDir: "/var/lib/microvm", RunDir: "/run/microvm", VM: vm.Name}.Launch(vm, Backend{}.Capabilities())
+	l.Shares = []vmm.Share{{Tag: "store", Path: "/var/lib/microvm/store"}}
 	l.Arch, l.KVM, l.VHostNet = arch, kvm, kvm
 	l.Kernel, l.Initrd = "/boot/vmlinuz", "/var/lib/microvm/vms/vm1/initramfs.cpio"
 	if virtiofs {

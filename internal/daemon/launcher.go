@@ -1,0 +1,59 @@
+package daemon
+
+import (
+	"context"
+	"time"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/state"
+	"microvm.dev/microvm/internal/steps"
+	"microvm.dev/microvm/internal/supervisor"
+)
+
+// hypervisors is the supervisor's launcher of real hypervisors.
+type hypervisors struct{ env launch.Env }
+
+// Launch prepares vm and starts its hypervisor.
+func (h hypervisors) Launch(ctx context.Context, vm *config.VM, observe func(steps.Timing)) (supervisor.Process, error) {
+	p, err := launch.Prepare(ctx, h.env, vm, observe)
+	if err != nil {
+		return nil, err
+	}
+	r, err := launch.Start(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	return process{r}, nil
+}
+
+// Adopt takes over the hypervisor rec names.
+func (h hypervisors) Adopt(rec state.RunRecord) (supervisor.Process, error) {
+	spec := rec.Spec
+	r, err := launch.Adopt(h.env, &spec, rec.PID, rec.ProcStart)
+	if err != nil {
+		return nil, err
+	}
+	r.Started = rec.StartedAt
+	return process{r}, nil
+}
+
+// process is a launched hypervisor as a supervisor.Process.
+type process struct{ r *launch.Running }
+
+func (p process) PID() int                { return p.r.Process.Pid }
+func (p process) StartedAt() time.Time    { return p.r.Started }
+func (p process) Exited() <-chan struct{} { return p.r.Exited }
+func (p process) ExitErr() error          { return p.r.ExitErr }
+func (p process) Stop(t time.Duration) error {
+	return p.r.Stop(t)
+}
+func (p process) Pause() error            { return p.r.Pause() }
+func (p process) Resume() error           { return p.r.Resume() }
+func (p process) Record() state.RunRecord { return p.r.Record() }
+func (p process) ConsoleLog() string      { return p.r.Prepared.Launch.ConsoleLog }
+func (p process) Timings() []steps.Timing { return p.r.Prepared.Timings() }
+func (p process) WaitReady(timeout time.Duration) error {
+	_, err := p.r.WaitReady(timeout, nil)
+	return err
+}

@@ -1,0 +1,147 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/plan"
+	"microvm.dev/microvm/internal/state"
+	"microvm.dev/microvm/internal/steps"
+	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/testutil"
+)
+
+// instant is a launcher whose "hypervisors" are ready at once and stand in
+// for real ones by this test's own process (so a run record names a live
+// pid, as `microvm plan` checks). The host network the daemon applies is
+// real, in a namespace; no hypervisor can run that fast, so none runs.
+type instant struct{ pid int }
+
+type instantProc struct {
+	vm      config.VM
+	pid     int
+	start   uint64
+	started time.Time
+	exited  chan struct{}
+}
+
+func (l instant) Launch(_ context.Context, vm *config.VM, _ func(steps.Timing)) (supervisor.Process, error) {
+	start, err := launch.ProcStartTime(l.pid)
+	if err != nil {
+		return nil, err
+	}
+	return &instantProc{vm: *vm, pid: l.pid, start: start, started: time.Now(), exited: make(chan struct{})}, nil
+}
+
+func (l instant) Adopt(state.RunRecord) (supervisor.Process, error) {
+	return nil, launch.ErrNotOurs
+}
+
+func (p *instantProc) PID() int                      { return p.pid }
+func (p *instantProc) StartedAt() time.Time          { return p.started }
+func (p *instantProc) WaitReady(time.Duration) error { return nil }
+func (p *instantProc) Exited() <-chan struct{}       { return p.exited }
+func (p *instantProc) ExitErr() error                { return nil }
+func (p *instantProc) Stop(time.Duration) error      { close(p.exited); return nil }
+func (p *instantProc) Pause() error                  { return nil }
+func (p *instantProc) Resume() error                 { return nil }
+func (p *instantProc) ConsoleLog() string            { return os.DevNull }
+func (p *instantProc) Timings() []steps.Timing       { return nil }
+func (p *instantProc) Record() state.RunRecord {
+	return state.RunRecord{Name: p.vm.Name, Spec: p.vm, PID: p.pid, ProcStart: p.start, StartedAt: p.started}
+}
+
+// randomFile is a fleet of some of four VMs, each with a random memory
+// size and autostart.
+func randomFile(r *rand.Rand) string {
+	var vms []string
+	for i, name := range []string{"a", "b", "c", "d"} {
+		if r.IntN(4) != 0 {
+			vms = append(vms, fmt.Sprintf("%s: { index: %d, memory: %s, autostart: %v }", name, i+1, []string{"512M", "1G"}[r.IntN(2)], r.IntN(3) != 0))
+		}
+	}
+	return "host: { externalInterface: up0 }\nvms: {" + strings.Join(vms, ", ") + "}\n"
+}
+
+// Plan and apply agree: over generated pairs of files, with VMs stopped by
+// hand between them, what `microvm plan` computes from the state directory
+// and what the daemon plans are what its apply then does, VM by VM.
+func TestPlanAndApplyAgree(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetns(t, "dplan")
+	ns.IP(t, "link", "add", "up0", "type", "bridge")
+	st := t.TempDir()
+	env := launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), NetNS: ns.Path}
+	d, err := NewWithLauncher(env, instant{pid: os.Getpid()}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	r := rand.New(rand.NewPCG(seed, 0))
+	seen := map[plan.Action]int{}
+	for round := range 30 {
+		src := randomFile(r)
+		cfg, err := d.Parse("t.yaml", []byte(src))
+		if err != nil {
+			t.Fatalf("round %d: %v\n%s", round, err, src)
+		}
+		recs, err := state.Dir{Root: st}.RunRecords()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cli := actions(plan.Compute(cfg, plan.FromRecords(recs, launch.Alive)))
+		daemon := actions(d.Plan(cfg))
+		res, err := d.Apply("t.yaml", cfg)
+		if err != nil {
+			t.Fatalf("round %d: apply: %v", round, err)
+		}
+		applied := map[string]string{}
+		for _, a := range res.VMs {
+			applied[a.Name] = a.Action
+		}
+		for name, act := range daemon {
+			seen[act]++
+			if cli[name] != act || applied[name] != act.Past() {
+				t.Errorf("round %d, %s: microvm plan says %q, the daemon plans %q, apply did %q\n%s", round, name, cli[name], act, applied[name], src)
+			}
+		}
+		if len(cli) != len(daemon) || len(applied) != len(daemon) {
+			t.Errorf("round %d: plan %v, daemon %v, applied %v", round, cli, daemon, applied)
+		}
+		// Stop a running VM by hand now and then: known, not running.
+		if r.IntN(3) == 0 {
+			for _, s := range d.sup.List() {
+				if s.PID != 0 {
+					d.sup.Stop(s.Name)
+					break
+				}
+			}
+		}
+	}
+	t.Logf("actions seen: %v", seen)
+	for _, a := range []plan.Action{plan.Create, plan.Start, plan.Update, plan.Remove, plan.Define, plan.Unchanged} {
+		if seen[a] == 0 {
+			t.Logf("no %s in this run (seed %d)", a, seed)
+		}
+	}
+}
+
+func actions(p *plan.Plan) map[string]plan.Action {
+	out := map[string]plan.Action{}
+	for _, v := range p.VMs {
+		out[v.Name] = v.Action
+	}
+	return out
+}

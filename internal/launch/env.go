@@ -1,0 +1,110 @@
+// Package launch takes one VM from its config to a running hypervisor, as
+// ordered steps (internal/steps) that are timed and undone in reverse when
+// a later one fails: Prepare resolves the backend, kernel, store share,
+// secrets and image (pulling it, cancellably) and makes the initramfs,
+// keys and volumes; Start writes the hypervisor's files, caps it with
+// cgroups, opens its TAP, starts its helpers and the hypervisor itself.
+// Resolve is the pure part both share with `microvm render runner`.
+// Running watches, stops and adopts hypervisors.
+package launch
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"microvm.dev/microvm/internal/cgroup"
+	"microvm.dev/microvm/internal/secrets"
+	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmmuser"
+)
+
+// Env is the host side every launch shares.
+type Env struct {
+	// StateDir is microvm's state directory.
+	StateDir string
+	// RunDir holds sockets.
+	RunDir string
+	// KernelCache is where fetched kernels live (guest.DefaultKernelCache).
+	KernelCache string
+	// InitDir holds microvm-init binaries: microvm-init (host arch) and
+	// microvm-init.<arch> for other guest architectures.
+	InitDir string
+	// Arch is the guest architecture (default: the host's).
+	Arch string
+	// NetNS, when set, runs the hypervisor in that network namespace (where
+	// the TAPs are).
+	NetNS string
+	// DNS servers given to guests (default 1.1.1.1, as the reference setup).
+	DNS []string
+	// Share is how the store reaches guests: "virtiofs", "9p", "block" (a
+	// read-only ext4 disk image), or "" (auto: the backend's first choice
+	// that works here; for QEMU virtiofs when a virtiofsd is installed, else
+	// 9p).
+	Share string
+	// Cgroups, when set, caps each VM's hypervisor with its limits; a VM
+	// with limits fails to start without it.
+	Cgroups *cgroup.Manager
+	// VMMUser, when set, is the unprivileged user hypervisors run as
+	// (nil: root). Helpers that need root (virtiofsd, in its own sandbox)
+	// stay root.
+	VMMUser *vmmuser.User
+	// Identities decrypt the VMs' age-encrypted secrets.
+	Identities []secrets.Identity
+}
+
+// Layout names the files and sockets of the VM called name.
+func (e Env) Layout(name string) vmm.Layout {
+	return vmm.Layout{StateDir: e.StateDir, RunDir: e.RunDir, VM: name}
+}
+
+// TAPOwner is the uid the VMs' TAPs belong to, so their hypervisors can
+// open them: the hypervisors' user (0 when they run as root).
+func (e Env) TAPOwner() uint32 {
+	if e.VMMUser == nil {
+		return 0
+	}
+	return e.VMMUser.UID
+}
+
+// canOpen says whether the hypervisors (as root or as VMMUser) may open
+// the device at path.
+func (e Env) canOpen(path string) bool {
+	if e.VMMUser != nil {
+		return e.VMMUser.CanOpen(path)
+	}
+	return unix.Access(path, unix.R_OK|unix.W_OK) == nil
+}
+
+func (e Env) arch() string {
+	if e.Arch != "" {
+		return e.Arch
+	}
+	return vmm.HostArch()
+}
+
+// goarch is the guest architecture in Go's (and OCI's) spelling.
+func goarch(arch string) string {
+	return map[string]string{vmm.ArchX86_64: "amd64", vmm.ArchAArch64: "arm64"}[arch]
+}
+
+// ClientKeyPath is microvm's own SSH client key.
+func ClientKeyPath(stateDir string) string { return filepath.Join(stateDir, "ssh", "id_ed25519") }
+
+// InitBinary finds microvm-init for arch in dir.
+func InitBinary(dir, arch string) (string, error) {
+	names := []string{"microvm-init." + arch}
+	if arch == vmm.HostArch() {
+		names = append([]string{"microvm-init"}, names...)
+	}
+	for _, n := range names {
+		p := filepath.Join(dir, n)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("no microvm-init for %s in %s (build it: CGO_ENABLED=0 GOARCH=%s go build -o %s ./cmd/microvm-init)",
+		arch, dir, goarch(arch), filepath.Join(dir, names[0]))
+}

@@ -1,0 +1,152 @@
+package launch
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/store"
+	"microvm.dev/microvm/internal/storeimage"
+	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmm/backends"
+)
+
+// tapFD is the descriptor an unprivileged hypervisor finds its TAP on
+// (the first of exec.Cmd's ExtraFiles).
+const tapFD = 3
+
+// Resolved is how one VM boots on this host, decided without writing
+// anything: `microvm render runner` prints exactly what Prepare runs.
+type Resolved struct {
+	// Backend is the VM's hypervisor.
+	Backend vmm.Backend
+	// Kernel is the kernel it boots (and its modules).
+	Kernel guest.Kernel
+	// Share is how the store reaches the guest (vmm.ShareVirtiofs, …).
+	Share string
+	// Image is the store image the VM boots from (ID PendingTree when
+	// it is not in the store yet).
+	Image store.Image
+	// Launch is the hypervisor's inputs: files, sockets, devices.
+	Launch vmm.Launch
+	// Command is the command line, with Binary the hypervisor itself and
+	// Argv what runs (after nsenter and setpriv where they apply).
+	Command vmm.Command
+}
+
+// Command resolves how vm boots from the image the store has now: an image
+// not in the store yet (one Prepare would pull) is shown as the
+// placeholder tree store/<pending>.
+func Command(env Env, vm *config.VM) (*Resolved, error) {
+	img, err := lookupImage(env, vm)
+	if err != nil {
+		return nil, err
+	}
+	return Resolve(env, vm, img)
+}
+
+// Resolve decides how vm boots from img on this host: its backend, kernel,
+// store share, devices and the hypervisor's command line.
+func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
+	b, err := backends.Get(vm.Hypervisor)
+	if err != nil {
+		return nil, fmt.Errorf("vms.%s: %w", vm.Name, err)
+	}
+	arch := env.arch()
+	kern, err := guest.ResolveKernel(vm.Kernel, arch, vmm.HostArch(), env.KernelCache)
+	if err != nil {
+		return nil, err
+	}
+	share, err := env.ShareKind(b)
+	if err != nil {
+		return nil, fmt.Errorf("vms.%s: %w", vm.Name, err)
+	}
+	lay := env.Layout(vm.Name)
+	caps := b.Capabilities()
+	l := lay.Launch(vm, caps)
+	// Each VM is given only its own image tree.
+	sh := vmm.Share{Tag: "store", Path: store.Open(env.StateDir).TreeDir(img.ID)}
+	switch share {
+	case vmm.ShareVirtiofs:
+		sh.VirtiofsSocket = lay.VirtiofsSocket()
+	case vmm.ShareBlock:
+		if sh.Block, err = blockImage(env.StateDir, img.ID, sh.Path); err != nil {
+			return nil, fmt.Errorf("vms.%s: %w", vm.Name, err)
+		}
+	}
+	l.Shares = []vmm.Share{sh}
+	l.Arch = arch
+	l.KVM = arch == vmm.HostArch() && vmm.HardwareKVM() && env.canOpen("/dev/kvm")
+	l.VHostNet = l.KVM && env.canOpen("/dev/vhost-net")
+	l.Kernel = kern.Image
+	// The VM's own initramfs holds its SSH host key and secrets: it is made
+	// in the VM's run directory (on a tmpfs on a real host) and removed
+	// once the hypervisor has loaded it.
+	l.Initrd = lay.Initrd()
+	if env.VMMUser != nil && caps.TAPFromFD {
+		// The TAP is opened as root and handed over on a descriptor, so the
+		// hypervisor needs neither /dev/net/tun nor the TAP's ownership.
+		l.TAPFD = tapFD
+	}
+	cmd, err := b.Command(vm, l)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Binary = cmd.Argv[0]
+	if env.VMMUser != nil {
+		// A 9p server reads the image as the hypervisor's user: it may read
+		// any file (an image's root-only files), and nothing else.
+		var keep []string
+		if share == vmm.Share9p {
+			keep = []string{"dac_read_search"}
+		}
+		cmd.Argv = append(env.VMMUser.Prefix(keep...), cmd.Argv...)
+	}
+	if env.NetNS != "" {
+		cmd.Argv = append([]string{"nsenter", "--net=" + env.NetNS, "--"}, cmd.Argv...)
+	}
+	return &Resolved{Backend: b, Kernel: kern, Share: share, Image: img, Launch: l, Command: cmd}, nil
+}
+
+// blockImage is where the read-only disk image of the store tree of image
+// id (at tree) is cached.
+func blockImage(stateDir, id, tree string) (string, error) {
+	switch {
+	case id == PendingTree:
+		return filepath.Join(BlockCache(stateDir), PendingTree+".ext4"), nil
+	case store.IsTreeID(id):
+		// A content-addressed tree never changes: its id is the key, no walk.
+		return filepath.Join(BlockCache(stateDir), id+".ext4"), nil
+	}
+	// A plain directory made by hand: keyed by walking it.
+	return storeimage.Path(BlockCache(stateDir), tree)
+}
+
+// BlockCache is where read-only disk images of store trees are cached.
+func BlockCache(stateDir string) string { return filepath.Join(stateDir, "cache", "store-blocks") }
+
+// ShareKind decides how the store reaches a guest of backend b.
+func (e Env) ShareKind(b vmm.Backend) (string, error) {
+	kinds := b.Capabilities().Shares
+	switch e.Share {
+	case "", "auto":
+		for _, k := range kinds {
+			if k != vmm.ShareVirtiofs || Virtiofsd() != "" {
+				return k, nil
+			}
+		}
+		return "", fmt.Errorf("%s shares the store only over virtiofs, and no virtiofsd is installed (looked in %v and PATH)", b.Name(), virtiofsdPaths)
+	case vmm.ShareVirtiofs, vmm.Share9p, vmm.ShareBlock:
+		if !slices.Contains(kinds, e.Share) {
+			return "", fmt.Errorf("%s cannot share the store over %s (it supports %s)", b.Name(), e.Share, strings.Join(kinds, ", "))
+		}
+		if e.Share == vmm.ShareVirtiofs && Virtiofsd() == "" {
+			return "", fmt.Errorf("share virtiofs: no virtiofsd installed (looked in %v and PATH)", virtiofsdPaths)
+		}
+		return e.Share, nil
+	}
+	return "", fmt.Errorf("unknown share type %q (virtiofs, 9p, block or auto)", e.Share)
+}

@@ -1,0 +1,49 @@
+package launch
+
+import (
+	"fmt"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/vmm"
+)
+
+// defaultDNS is the resolver guests get when the host names none (as the
+// reference setup).
+var defaultDNS = []string{"1.1.1.1"}
+
+// guestSpec is what microvm-init is told about its VM: network, store,
+// volumes, SSH identities, secrets and the workload (or the image's init).
+func guestSpec(env Env, vm *config.VM, res *Resolved, hostPEM []byte, authorized []string, secrets []guest.SecretFile) *guest.Spec {
+	dns := env.DNS
+	if len(dns) == 0 {
+		dns = defaultDNS
+	}
+	spec := &guest.Spec{
+		Name: vm.Name,
+		Net: guest.NetSpec{
+			MAC:     vm.Net.MAC,
+			Address: fmt.Sprintf("%s/%d", vm.Net.Address, vm.Net.Subnet.Bits()),
+			Gateway: vm.Net.Gateway.String(),
+			DNS:     dns,
+		},
+		Store:   guest.ShareSpec{Tag: "store", FSType: "9p"},
+		SSH:     guest.SSHSpec{HostKey: string(hostPEM), AuthorizedKeys: authorized},
+		Secrets: secrets,
+	}
+	devices := res.Backend.DiskDevices(res.Launch)
+	switch res.Share {
+	case vmm.ShareVirtiofs:
+		spec.Store.FSType = "virtiofs"
+	case vmm.ShareBlock:
+		spec.Store = guest.ShareSpec{FSType: "ext4", Serial: vmm.StoreSerial, Device: devices[vmm.StoreSerial]}
+	}
+	for _, v := range vm.Volumes {
+		spec.Volumes = append(spec.Volumes, guest.VolumeSpec{Name: v.Name, MountPoint: v.MountPoint, Device: devices[v.Name]})
+	}
+	spec.SwitchRoot = vm.Init == config.InitImage
+	if !spec.SwitchRoot {
+		spec.Workload = Workload(vm, res.Image.Config)
+	}
+	return spec
+}

@@ -1,0 +1,73 @@
+package launch
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmmuser"
+)
+
+// virtiofsdPaths are where distributions install virtiofsd.
+var virtiofsdPaths = []string{"/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd", "/usr/bin/virtiofsd"}
+
+// Virtiofsd returns the installed virtiofsd, or "".
+func Virtiofsd() string {
+	for _, p := range virtiofsdPaths {
+		if unix.Access(p, unix.X_OK) == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("virtiofsd"); err == nil {
+		return p
+	}
+	return ""
+}
+
+// startVirtiofsd serves a share read-only over vhost-user. virtiofsd has no
+// read-only mode, so it runs in a private mount namespace where the tree is
+// a read-only bind mount of itself: a guest that remounts its store
+// read-write still cannot write through to the host.
+// The returned channel is closed when virtiofsd exits.
+//
+// With an unprivileged hypervisor, the socket belongs to that user's group
+// (virtiofsd's --socket-group) so the hypervisor can connect to it.
+func startVirtiofsd(sh vmm.Share, u *vmmuser.User, log *os.File) (*os.Process, <-chan struct{}, error) {
+	bin := Virtiofsd()
+	os.Remove(sh.VirtiofsSocket)
+	script := `mount --bind -o ro "$1" "$1" && exec "$2" --socket-path="$3" ${4:+--socket-group="$4"} -o source="$1" -o sandbox=namespace -o cache=always -o no_posix_lock -o no_flock`
+	group := ""
+	if u != nil {
+		group = u.GroupName
+	}
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", sh.Path, bin, sh.VirtiofsSocket, group)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, fmt.Errorf("start virtiofsd: %w", err)
+	}
+	exited := make(chan error, 1)
+	done := make(chan struct{})
+	go func() { err := cmd.Wait(); exited <- err; close(done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(sh.VirtiofsSocket); err == nil {
+			return cmd.Process, done, nil
+		}
+		select {
+		case err := <-exited:
+			return nil, nil, fmt.Errorf("virtiofsd for %s exited: %v (see vmm.log)", sh.Path, err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			return nil, nil, fmt.Errorf("virtiofsd for %s did not create %s", sh.Path, sh.VirtiofsSocket)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -1,0 +1,48 @@
+package supervisor
+
+import (
+	"context"
+	"time"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/state"
+	"microvm.dev/microvm/internal/steps"
+)
+
+// Launcher starts and adopts VM processes for the supervisor. The daemon's
+// launches real hypervisors (internal/launch); tests give a fake, so the
+// restart policy, backoff, crash loop and adoption are checked without one.
+type Launcher interface {
+	// Launch prepares vm and starts its hypervisor, returning once the
+	// process runs (not once the guest is ready). Cancelling ctx cancels
+	// the preparation (a pull, for one).
+	Launch(ctx context.Context, vm *config.VM, observe func(steps.Timing)) (Process, error)
+	// Adopt takes over the live hypervisor rec names, or fails (with the
+	// reason) when rec's process is not that VM's hypervisor any more.
+	Adopt(rec state.RunRecord) (Process, error)
+}
+
+// Process is one started (or adopted) hypervisor.
+type Process interface {
+	// PID is the hypervisor's process id.
+	PID() int
+	// StartedAt is when the hypervisor was started.
+	StartedAt() time.Time
+	// WaitReady waits until the guest reports ready, it fails, or timeout.
+	WaitReady(timeout time.Duration) error
+	// Exited is closed once the process has exited; ExitErr is then nil
+	// for a clean power-off.
+	Exited() <-chan struct{}
+	ExitErr() error
+	// Stop shuts the guest down cleanly within timeout, then by force.
+	Stop(timeout time.Duration) error
+	// Pause and Resume stop and restart the guest's vCPUs.
+	Pause() error
+	Resume() error
+	// Record is the run record of the process.
+	Record() state.RunRecord
+	// ConsoleLog is the guest's serial console log.
+	ConsoleLog() string
+	// Timings are the launch's steps, each timed (none when adopted).
+	Timings() []steps.Timing
+}

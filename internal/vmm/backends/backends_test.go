@@ -1,0 +1,33 @@
+package backends
+
+import (
+	"slices"
+	"testing"
+
+	"microvm.dev/microvm/internal/config"
+)
+
+// The registry serves exactly the names config accepts, in its order, and
+// every backend says where its control socket is and how to install it.
+func TestRegistryMatchesConfig(t *testing.T) {
+	var names []string
+	for _, b := range All() {
+		names = append(names, b.Name())
+		c := b.Capabilities()
+		if c.ControlSocket == "" || c.Install == "" || len(c.Shares) == 0 {
+			t.Errorf("%s: incomplete capabilities %+v", b.Name(), c)
+		}
+		if got, err := Get(b.Name()); err != nil || got.Name() != b.Name() {
+			t.Errorf("Get(%q) = %v, %v", b.Name(), got, err)
+		}
+	}
+	if !slices.Equal(names, config.Hypervisors()) {
+		t.Errorf("registry %v, config %v", names, config.Hypervisors())
+	}
+	if b, err := Get(""); err != nil || b.Name() != config.DefaultHypervisor {
+		t.Errorf("default: %v %v", b, err)
+	}
+	if _, err := Get("xen"); err == nil {
+		t.Error("an unknown name was accepted")
+	}
+}
