@@ -82,7 +82,7 @@ func TestBootVolumeSurvivesReboot(t *testing.T) {
 		t.Errorf("MemTotal = %d kB, want about 1 GiB", memKB)
 	}
 	mounts := run(t, c, "cat /proc/mounts")
-	for _, want := range []string{" /var tmpfs ", " /mnt/storage ext4 ", " / overlay ", " /run/microvm/store "} {
+	for _, want := range []string{" /mnt/storage ext4 ", " / overlay ", " /run/microvm/store ", " /sys/fs/cgroup cgroup2 ", " /dev/mqueue mqueue "} {
 		if !strings.Contains(mounts, want) {
 			t.Errorf("mounts lack %q:\n%s", want, mounts)
 		}

@@ -15,6 +15,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -54,7 +55,10 @@ type initd struct {
 	procs    *reaper
 	volumes  []string // mount points (in the init's view) to unmount at shutdown
 	workload int      // pid of the workload, 0 if none
-	stopping atomic.Bool
+	// workloadExit is the workload's exit status plus one once it exited
+	// (0 while it runs).
+	workloadExit atomic.Int64
+	stopping     atomic.Bool
 	// consolePID is the console shell's pid (0 if none): an interactive
 	// shell ignores SIGTERM, so shutdown hangs it up instead.
 	consolePID atomic.Int64
@@ -94,6 +98,15 @@ func (in *initd) boot() error {
 			return fmt.Errorf("volume %s: %w", v.Name, err)
 		}
 		in.volumes = append(in.volumes, mp)
+		if v.Populate {
+			n, err := populate(filepath.Join(guest.StoreMount, spec.Store.Image, v.MountPoint), mp)
+			if err != nil {
+				return fmt.Errorf("volume %s: populate it from the image: %w", v.Name, err)
+			}
+			if n > 0 {
+				logf("volume %s: new, populated with the image's %s (%d entries)", v.Name, v.MountPoint, n)
+			}
+		}
 	}
 	if err := writeSecrets(spec.Secrets); err != nil {
 		return err
@@ -191,7 +204,8 @@ func (in *initd) shutdown() {
 		unix.Kill(-int(pid), unix.SIGHUP) // the console session's process group
 		unix.Kill(int(pid), unix.SIGKILL)
 	}
-	// Every process but PID 1: the workload first gets SIGTERM and a grace period.
+	in.stopWorkload(10 * time.Second)
+	// Every other process but PID 1: SIGTERM and a grace period.
 	unix.Kill(-1, unix.SIGTERM)
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) && in.procs.running() > 0 {
@@ -208,7 +222,29 @@ func (in *initd) shutdown() {
 	}
 	unix.Sync()
 	logf("microvm-shutdown vm=%s volumes=%d", in.spec.Name, len(in.volumes))
+	if code := in.workloadExit.Load(); code > 0 {
+		fmt.Fprintln(os.Stdout, guest.ExitLine(in.spec.Name, int(code-1)))
+	}
 	in.powerOff()
+}
+
+// stopWorkload sends the workload its stop signal (the image's StopSignal,
+// else SIGTERM) and waits up to grace for it to exit.
+func (in *initd) stopWorkload(grace time.Duration) {
+	if in.workload == 0 || in.workloadExit.Load() > 0 {
+		return
+	}
+	sig := unix.SIGTERM
+	if s := in.spec.Workload.StopSignal; s != "" {
+		if parsed, err := guest.ParseSignal(s); err == nil {
+			sig = parsed
+		}
+	}
+	logf("stopping the workload with %s", unix.SignalName(sig))
+	unix.Kill(in.workload, sig)
+	for deadline := time.Now().Add(grace); time.Now().Before(deadline) && in.workloadExit.Load() == 0; {
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func (in *initd) powerOff() {

@@ -118,8 +118,14 @@ func buildRoot(spec *guest.Spec) error {
 		{"proc", root + "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 		{"sysfs", root + "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 		{"/dev", root + "/dev", "", unix.MS_BIND | unix.MS_REC, ""},
+		// cgroup2, as a container runtime gives its workload (and systemd
+		// needs); /dev/mqueue for POSIX message queues.
+		{"cgroup2", root + "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"mqueue", root + "/dev/mqueue", "mqueue", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		// /var is the image's own, reset at every boot like the rest of the
+		// root (the overlay's upper layer is in memory); /run and /tmp
+		// start empty.
 		{"tmpfs", root + "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
-		{"tmpfs", root + "/var", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
 		{"tmpfs", root + "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
 		// The store stays visible, read-only, inside the guest.
 		{guest.StoreMount, root + guest.StoreMount, "", unix.MS_BIND, ""},
@@ -137,19 +143,36 @@ func buildRoot(spec *guest.Spec) error {
 	if err := unix.Mount("/init", initInRoot, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind /init into the root: %w", err)
 	}
-	for _, d := range []string{"/var/log", "/var/tmp", "/var/lib", "/root", "/etc"} {
+	for _, d := range []string{"/var/log", "/var/lib", "/root", "/etc"} {
 		os.MkdirAll(root+d, 0o755)
 	}
-	dns := spec.Net.DNS
+	if fi, err := os.Stat(root + "/var/tmp"); err != nil || !fi.IsDir() {
+		os.MkdirAll(root+"/var/tmp", 0o1777)
+		os.Chmod(root+"/var/tmp", 0o1777)
+	}
+	return writeIdentity(spec)
+}
+
+// writeIdentity writes the files a container runtime gives its workload:
+// /etc/resolv.conf, /etc/hostname and /etc/hosts naming the VM.
+func writeIdentity(spec *guest.Spec) error {
 	var resolv strings.Builder
-	for _, ns := range dns {
+	for _, ns := range spec.Net.DNS {
 		fmt.Fprintf(&resolv, "nameserver %s\n", ns)
 	}
-	os.Remove(root + "/etc/resolv.conf") // may be a symlink in the image
-	if err := os.WriteFile(root+"/etc/resolv.conf", []byte(resolv.String()), 0o644); err != nil {
-		return err
+	addr, _, _ := strings.Cut(spec.Net.Address, "/")
+	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", addr, spec.Name)
+	for _, f := range []struct{ path, body string }{
+		{"/etc/resolv.conf", resolv.String()},
+		{"/etc/hostname", spec.Name + "\n"},
+		{"/etc/hosts", hosts},
+	} {
+		os.Remove(root + f.path) // may be a symlink in the image
+		if err := os.WriteFile(root+f.path, []byte(f.body), 0o644); err != nil {
+			return err
+		}
 	}
-	return os.WriteFile(root+"/etc/hostname", []byte(spec.Name+"\n"), 0o644)
+	return nil
 }
 
 // mountVolume finds the virtio disk whose serial is the volume's name and

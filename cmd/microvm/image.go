@@ -17,12 +17,13 @@ import (
 
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/store"
+	"microvm.dev/microvm/internal/vmm"
 )
 
 func (a *app) imageCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "image",
-		Short: "Manage the image store: list, import, pull, rm, gc",
+		Short: "Manage the image store: list, import, inspect, pull, rm, gc",
 		Long: `Images are read-only directory trees in the state directory's store,
 content-addressed: identical content is stored once however many names and VMs
 use it, and each VM is given only its own image. A VM's image: names a store
@@ -30,7 +31,7 @@ image ("base") or an OCI reference, pulled on first use.`,
 		Example: "  microvm image list\n  microvm image pull docker.io/library/nginx:1.27\n  microvm image gc -f infra.yaml",
 		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return usageError{fmt.Errorf("image needs a subcommand: list, import, pull, rm or gc")}
+			return usageError{fmt.Errorf("image needs a subcommand: list, import, inspect, pull, rm or gc")}
 		},
 	}
 	var jobs int
@@ -68,6 +69,13 @@ image ("base") or an OCI reference, pulled on first use.`,
 			RunE:    func(*cobra.Command, []string) error { return a.imageList() },
 		},
 		importCmd,
+		&cobra.Command{
+			Use:     "inspect NAME",
+			Short:   "Show how an image runs: entrypoint, cmd, env, user, workdir, ports, volumes, stop signal",
+			Example: "  microvm image inspect docker.io/library/nginx:1.27\n  microvm image inspect base -o json",
+			Args:    exactArgs(1),
+			RunE:    func(_ *cobra.Command, args []string) error { return a.imageInspect(args[0]) },
+		},
 		&cobra.Command{
 			Use:     "pull REF",
 			Short:   "Pull an image from its registry (credentials from ~/.docker/config.json)",
@@ -163,6 +171,40 @@ func (a *app) imageUsers() (map[string][]string, error) {
 		out[r.Spec.Image] = append(out[r.Spec.Image], r.Name)
 	}
 	return out, nil
+}
+
+// imageInspect prints the config a VM with this image runs (what its own
+// command, env, workdir and user override).
+func (a *app) imageInspect(name string) error {
+	img, err := store.Open(a.stateDir).Get(name)
+	if err != nil {
+		return err
+	}
+	if a.output == "json" {
+		return a.printJSON(img)
+	}
+	c := img.Config
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 1, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, dash(v)) }
+	list := func(vs []string) string {
+		if len(vs) == 0 {
+			return ""
+		}
+		return vmm.ShellQuote(vs)
+	}
+	row("name", img.Name)
+	row("id", img.ID)
+	row("source", img.Source)
+	row("size", humanBytes(img.Size))
+	row("entrypoint", list(c.Entrypoint))
+	row("cmd", list(c.Cmd))
+	row("user", c.User)
+	row("workdir", c.WorkingDir)
+	row("ports", strings.Join(c.ExposedPorts, " "))
+	row("volumes", strings.Join(c.Volumes, " "))
+	row("stop signal", c.StopSignal)
+	row("env", strings.Join(c.Env, "\n\t"))
+	return tw.Flush()
 }
 
 func (a *app) imageList() error {

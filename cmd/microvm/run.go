@@ -169,6 +169,9 @@ func (a *app) run(name string, o runOptions) error {
 	for vol, act := range p.Volumes {
 		fmt.Fprintf(a.stderr, "volume %s: %s\n", vol, act)
 	}
+	for _, w := range p.Warnings {
+		fmt.Fprintln(a.stderr, "warning:", w)
+	}
 	fmt.Fprintf(a.stderr, "prepared %s in %s (initramfs base cached: %v)\n", name, time.Since(t0).Round(time.Millisecond), p.BaseCached)
 	r, err := launch.Start(ctx, p)
 	if err != nil {

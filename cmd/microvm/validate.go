@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/launch"
 )
 
 // validateResult is validate's JSON output.
@@ -29,7 +30,9 @@ subnets, sizes, volumes, keys, rules. It prints every problem at once, one per
 line as file:line: key.path: message, and exits 1 if there is any.
 
 By default the file is also checked against this machine (its CPU count and
-its own addresses); --offline checks the file alone.`,
+its own addresses) and against the images its store already has (the
+entrypoint or command exists in the image, the user is in its /etc/passwd,
+init: image finds an init); --offline checks the file alone.`,
 		Example: "  microvm validate -f examples/reference/infra.yaml\n  microvm validate -f infra.yaml --offline -o json",
 		Args:    exactArgs(0),
 		RunE: func(*cobra.Command, []string) error {
@@ -45,6 +48,11 @@ its own addresses); --offline checks the file alone.`,
 				res.Problems = ps
 			case err != nil:
 				return err
+			case !offline:
+				// Images the store has are checked against what the VMs run.
+				ps = launch.ImageProblems(launch.Env{StateDir: a.stateDir}, cfg, file)
+				res.Problems = append(res.Problems, ps...)
+				res.Valid, res.VMs = len(ps) == 0, len(cfg.VMs)
 			default:
 				res.Valid, res.VMs = true, len(cfg.VMs)
 			}

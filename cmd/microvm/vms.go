@@ -133,13 +133,13 @@ func (a *app) listCommand() *cobra.Command {
 				return a.printJSON(vms)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIP\tHYPERVISOR\tVCPU\tMEMORY\tUPTIME\tBOOT\tRESTARTS")
+			fmt.Fprintln(tw, "NAME\tSTATE\tIP\tHYPERVISOR\tVCPU\tMEMORY\tUPTIME\tBOOT\tRESTARTS\tEXIT")
 			for _, v := range vms {
 				ip, hv, vcpu, mem := "-", "-", "-", "-"
 				if v.Spec != nil {
 					ip, hv, vcpu, mem = v.Spec.Net.Address.String(), v.Spec.Hypervisor, fmt.Sprint(v.Spec.VCPU), v.Spec.Memory.String()
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", v.Name, v.State, ip, hv, vcpu, mem, uptime(v), bootTime(v), v.Restarts)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", v.Name, v.State, ip, hv, vcpu, mem, uptime(v), bootTime(v), v.Restarts, exitCode(v))
 			}
 			return tw.Flush()
 		},
@@ -185,6 +185,14 @@ func (a *app) vmVerb(use, short, method, suffix string) *cobra.Command {
 	}
 }
 
+// exitCode is the workload's exit status that ended the VM, or "-".
+func exitCode(st supervisor.Status) string {
+	if st.ExitCode == nil {
+		return "-"
+	}
+	return fmt.Sprint(*st.ExitCode)
+}
+
 func (a *app) printStatus(st supervisor.Status) {
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 1, ' ', 0)
 	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
@@ -201,6 +209,7 @@ func (a *app) printStatus(st supervisor.Status) {
 	row("boot", bootTime(st))
 	row("restarts", fmt.Sprint(st.Restarts))
 	row("last exit", dash(st.LastExit))
+	row("exit code", exitCode(st))
 	row("spec hash", st.SpecHash)
 	tw.Flush()
 	if st.Failure != "" {

@@ -60,7 +60,7 @@ func (d *Daemon) OnApply(f func(*ApplyResult, error)) {
 
 // New creates a daemon for env, adopting VMs that are already running.
 func New(env launch.Env, log *slog.Logger) (*Daemon, error) {
-	return NewWithLauncher(env, hypervisors{env}, log)
+	return NewWithLauncher(env, hypervisors{env: env, log: log.With("component", "launch")}, log)
 }
 
 // NewWithLauncher is New with the supervisor's VMs launched by l (tests
@@ -218,13 +218,17 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 	t0 := time.Now()
 	res = &ApplyResult{File: name, VMs: []VMAction{}}
 	p := d.Plan(cfg)
-	// Every secret of a VM that will (re)start must decrypt here before
-	// anything changes: a file this host cannot decrypt stops nothing.
+	// Every secret of a VM that will (re)start must decrypt here, and its
+	// image (when the store has it) must run what the VM asks, before
+	// anything changes: such a file stops nothing.
+	var starting config.Config
 	for _, v := range p.VMs {
 		if v.Action.Starts() {
 			res.Problems = append(res.Problems, d.secretProblems(name, v.Desired)...)
+			starting.VMs = append(starting.VMs, v.Desired)
 		}
 	}
+	res.Problems = append(res.Problems, launch.ImageProblems(d.env, &starting, name)...)
 	if len(res.Problems) > 0 {
 		return res, ErrInvalid
 	}

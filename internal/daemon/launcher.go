@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"log/slog"
 	"time"
 
 	"microvm.dev/microvm/internal/config"
@@ -11,14 +12,21 @@ import (
 	"microvm.dev/microvm/internal/supervisor"
 )
 
-// hypervisors is the supervisor's launcher of real hypervisors.
-type hypervisors struct{ env launch.Env }
+// hypervisors is the supervisor's launcher of real hypervisors; what a
+// launch warns of goes to log.
+type hypervisors struct {
+	env launch.Env
+	log *slog.Logger
+}
 
 // Launch prepares vm and starts its hypervisor.
 func (h hypervisors) Launch(ctx context.Context, vm *config.VM, observe func(steps.Timing)) (supervisor.Process, error) {
 	p, err := launch.Prepare(ctx, h.env, vm, observe)
 	if err != nil {
 		return nil, err
+	}
+	for _, w := range p.Warnings {
+		h.log.Warn(w, "vm", vm.Name)
 	}
 	r, err := launch.Start(ctx, p)
 	if err != nil {

@@ -26,6 +26,12 @@ const ReadyPrefix = "microvm-ready"
 // failed: "microvm-failed vm=NAME error=…"; the guest then powers off.
 const FailedPrefix = "microvm-failed"
 
+// ExitPrefix starts the console line microvm-init prints when the VM's
+// workload has exited, before the VM powers off (a VM's life is its
+// workload's): "microvm-exit vm=NAME code=N" (N is 128+signal for a
+// workload killed by a signal, as a shell and Docker report it).
+const ExitPrefix = "microvm-exit"
+
 // StoreMount is where the guest mounts the store share (read-only).
 const StoreMount = "/run/microvm/store"
 
@@ -90,6 +96,10 @@ type VolumeSpec struct {
 	// Device names the disk directly (vdb) for hypervisors that give disks
 	// no serial; empty means find it by serial = name.
 	Device string `json:"device,omitempty"`
+	// Populate says the volume was just created: its mount point's content
+	// in the image is copied onto it before anything runs (as Docker
+	// initialises a new named volume).
+	Populate bool `json:"populate,omitempty"`
 }
 
 // SSHSpec is the SSH server's identity and who may log in.
@@ -106,8 +116,43 @@ type Workload struct {
 	Command []string          `json:"command"`
 	Env     map[string]string `json:"env,omitempty"`
 	Workdir string            `json:"workdir,omitempty"`
-	// User is a user name (looked up in the root's /etc/passwd) or a uid.
+	// User is who it runs as, as Docker takes it: a name or uid, with an
+	// optional group name or gid after a colon (name, uid, uid:gid,
+	// name:group), looked up in the root's /etc/passwd and /etc/group; the
+	// user's supplementary groups come along.
 	User string `json:"user,omitempty"`
+	// StopSignal is sent to the workload first when the VM stops (default
+	// SIGTERM), as the image's config says.
+	StopSignal string `json:"stopSignal,omitempty"`
+}
+
+// WorkloadExit is a VM's end by its workload's exit, read from the
+// console's ExitPrefix line.
+type WorkloadExit struct {
+	// Code is the exit status (128+signal for a signal).
+	Code int
+}
+
+func (e *WorkloadExit) Error() string { return fmt.Sprintf("the workload exited with status %d", e.Code) }
+
+// ExitLine is the console line that reports a workload's exit.
+func ExitLine(vm string, code int) string { return fmt.Sprintf("%s vm=%s code=%d", ExitPrefix, vm, code) }
+
+// ParseExitLine reads a line made by ExitLine.
+func ParseExitLine(line string) (*WorkloadExit, bool) {
+	i := strings.Index(line, ExitPrefix+" ")
+	if i < 0 {
+		return nil, false
+	}
+	for _, f := range strings.Fields(line[i+len(ExitPrefix):]) {
+		if v, ok := strings.CutPrefix(f, "code="); ok {
+			var code int
+			if _, err := fmt.Sscanf(v, "%d", &code); err == nil {
+				return &WorkloadExit{Code: code}, true
+			}
+		}
+	}
+	return nil, false
 }
 
 // ReadSpec reads the spec microvm-init finds in its initramfs.
@@ -199,6 +244,11 @@ func ParseSpec(b []byte) (*Spec, error) {
 		for k := range w.Env {
 			if k == "" || strings.ContainsAny(k, "=\x00") {
 				return nil, fmt.Errorf("workload.env %q is not a variable name", k)
+			}
+		}
+		if w.StopSignal != "" {
+			if _, err := ParseSignal(w.StopSignal); err != nil {
+				return nil, fmt.Errorf("workload.stopSignal: %w", err)
 			}
 		}
 	}

@@ -85,6 +85,9 @@ func Adopt(env Env, vm *config.VM, pid int, startTime uint64) (*Running, error) 
 			}
 		}
 		r.ExitErr = errors.New("the adopted hypervisor exited (its exit status is not visible to an adopting daemon)")
+		if we := WorkloadExit(res.Launch.ConsoleLog, 0); we != nil {
+			r.ExitErr = we // the guest said why: its workload ended
+		}
 		if env.Cgroups != nil {
 			env.Cgroups.Remove(vm.Name)
 		}

@@ -36,6 +36,9 @@ type Prepared struct {
 	ClientKey string
 	// HostKeyPub is the VM's SSH host key (authorized_keys format).
 	HostKeyPub string
+	// Warnings are what the VM will run but should know (an image's data
+	// directory no volume covers).
+	Warnings []string
 
 	env    Env
 	layout vmm.Layout
@@ -80,6 +83,7 @@ func Prepare(ctx context.Context, env Env, vm *config.VM, observe func(steps.Tim
 		steps.Step{Name: "find microvm-init", Do: pr.findInit},
 		steps.Step{Name: "decrypt secrets", Do: pr.decryptSecrets},
 		steps.Step{Name: "resolve image", Do: pr.resolveImage},
+		steps.Step{Name: "check image", Do: pr.checkImage},
 		steps.Step{Name: "store block image", Do: pr.storeBlock},
 		steps.Step{Name: "initramfs base", Do: pr.initramfsBase},
 		steps.Step{Name: "ssh keys", Do: pr.sshKeys},
@@ -137,6 +141,18 @@ func (pr *preparer) resolveImage(ctx context.Context) error {
 	return nil
 }
 
+// checkImage checks that the image can run what the VM asks (its init,
+// or its workload's command and user) and warns of the data directories it
+// declares that no volume covers.
+func (pr *preparer) checkImage(context.Context) error {
+	res := pr.p.Resolved
+	if err := CheckImage(pr.p.VM, res.Image, res.Launch.Shares[0].Path); err != nil {
+		return err
+	}
+	pr.p.Warnings = imageVolumeWarnings(pr.p.VM, res.Image.Config)
+	return nil
+}
+
 func (pr *preparer) storeBlock(context.Context) error {
 	sh := pr.p.Launch.Shares[0]
 	if sh.Block == "" {
@@ -191,7 +207,7 @@ func (pr *preparer) initramfs(context.Context) error {
 	if err := makeRunDir(p.layout.Run()); err != nil {
 		return pr.fail(err)
 	}
-	spec := guestSpec(p.env, p.VM, p.Resolved, pr.hostPEM, pr.authorized, pr.secrets)
+	spec := guestSpec(p.env, p.VM, p.Resolved, p.Volumes, pr.hostPEM, pr.authorized, pr.secrets)
 	if err := guest.WriteVM(pr.base, p.Launch.Initrd, spec); err != nil {
 		os.Remove(p.Launch.Initrd)
 		return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -258,11 +259,40 @@ func (s *starter) watch() *Running {
 			if b, _ := os.ReadFile(s.p.layout.VMMLog()); len(b) > 0 {
 				r.ExitErr = fmt.Errorf("%w: %s", r.ExitErr, strings.TrimSpace(string(b)))
 			}
+		} else if we := WorkloadExit(s.p.Launch.ConsoleLog, r.console); we != nil {
+			r.ExitErr = we // the guest powered off because its workload ended
 		}
 		s.removeCgroup()
 		close(r.Exited)
 	}()
 	return r
+}
+
+// WorkloadExit reads the workload's exit status from the console log
+// after offset (the ready line), as microvm-init reported it before it
+// powered off; nil when the guest reported none (no workload, or it was
+// stopped before it exited).
+func WorkloadExit(consoleLog string, offset int64) *guest.WorkloadExit {
+	f, err := os.Open(consoleLog)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	const tail = 64 << 10
+	if fi, err := f.Stat(); err == nil && fi.Size()-tail > offset {
+		offset = fi.Size() - tail
+	}
+	b, err := io.ReadAll(io.NewSectionReader(f, offset, tail))
+	if err != nil {
+		return nil
+	}
+	lines := strings.Split(string(b), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if we, ok := guest.ParseExitLine(strings.TrimRight(lines[i], "\r")); ok {
+			return we
+		}
+	}
+	return nil
 }
 
 // WaitReady waits for the guest's ready line on the console.

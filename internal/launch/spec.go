@@ -6,6 +6,7 @@ import (
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/volume"
 )
 
 // defaultDNS is the resolver guests get when the host names none (as the
@@ -14,7 +15,9 @@ var defaultDNS = []string{"1.1.1.1"}
 
 // guestSpec is what microvm-init is told about its VM: network, store,
 // volumes, SSH identities, secrets and the workload (or the image's init).
-func guestSpec(env Env, vm *config.VM, res *Resolved, hostPEM []byte, authorized []string, secrets []guest.SecretFile) *guest.Spec {
+// Volumes created by this launch are populated from the image (Docker's
+// named volume behaviour).
+func guestSpec(env Env, vm *config.VM, res *Resolved, volumes map[string]volume.Action, hostPEM []byte, authorized []string, secrets []guest.SecretFile) *guest.Spec {
 	dns := env.DNS
 	if len(dns) == 0 {
 		dns = defaultDNS
@@ -39,11 +42,10 @@ func guestSpec(env Env, vm *config.VM, res *Resolved, hostPEM []byte, authorized
 		spec.Store = guest.ShareSpec{FSType: "ext4", Serial: vmm.StoreSerial, Device: devices[vmm.StoreSerial]}
 	}
 	for _, v := range vm.Volumes {
-		spec.Volumes = append(spec.Volumes, guest.VolumeSpec{Name: v.Name, MountPoint: v.MountPoint, Device: devices[v.Name]})
+		spec.Volumes = append(spec.Volumes, guest.VolumeSpec{Name: v.Name, MountPoint: v.MountPoint, Device: devices[v.Name],
+			Populate: volumes[v.Name] == volume.Created})
 	}
 	spec.SwitchRoot = vm.Init == config.InitImage
-	if !spec.SwitchRoot {
-		spec.Workload = Workload(vm, res.Image.Config)
-	}
+	spec.Workload = workloadOf(vm, res.Image.Config)
 	return spec
 }

@@ -58,6 +58,7 @@ var (
 	vmUptime   = prometheus.NewDesc("microvm_vm_uptime_seconds", "Seconds since the VM's hypervisor started.", []string{"vm"}, nil)
 	vmVCPU     = prometheus.NewDesc("microvm_vm_vcpus", "The VM's virtual CPUs.", []string{"vm"}, nil)
 	vmMemory   = prometheus.NewDesc("microvm_vm_memory_bytes", "The VM's memory.", []string{"vm"}, nil)
+	vmExitCode = prometheus.NewDesc("microvm_vm_last_exit_code", "The exit status of the workload whose end last ended the VM.", []string{"vm"}, nil)
 
 	depGen       = prometheus.NewDesc("microvm_deploy_generation", "The generation the fleet runs (the last good one).", nil, nil)
 	depAttempt   = prometheus.NewDesc("microvm_deploy_last_attempt_generation", "The newest generation tried.", nil, nil)
@@ -70,7 +71,7 @@ var (
 )
 
 func (f *fleet) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{vmState, vmUp, vmBoot, vmRestarts, vmUptime, vmVCPU, vmMemory,
+	for _, d := range []*prometheus.Desc{vmState, vmUp, vmBoot, vmRestarts, vmUptime, vmVCPU, vmMemory, vmExitCode,
 		depGen, depAttempt, depSuccess, depDeploys, depFailures, depRollbacks, depFetchErrs, depSuspended} {
 		ch <- d
 	}
@@ -93,6 +94,9 @@ func (f *fleet) Collect(ch chan<- prometheus.Metric) {
 		gauge(vmUp, b2f(st.State == supervisor.Running), st.Name, hyp)
 		if st.BootSeconds > 0 {
 			gauge(vmBoot, st.BootSeconds, st.Name)
+		}
+		if st.ExitCode != nil {
+			gauge(vmExitCode, float64(*st.ExitCode), st.Name)
 		}
 		ch <- prometheus.MustNewConstMetric(vmRestarts, prometheus.CounterValue, float64(st.Restarts), st.Name)
 		if !st.StartedAt.IsZero() && st.State == supervisor.Running {

@@ -69,6 +69,12 @@ func (c Config) with(o *Config) Config {
 	if o.User != "" {
 		c.User = o.User
 	}
+	if o.StopSignal != "" {
+		c.StopSignal = o.StopSignal
+	}
+	if len(o.Volumes) > 0 {
+		c.Volumes = o.Volumes
+	}
 	if len(o.ExposedPorts) > 0 {
 		c.ExposedPorts = o.ExposedPorts
 	}
@@ -448,11 +454,15 @@ func decompress(r io.Reader) (io.Reader, error) {
 
 func configOf(cf *v1.ConfigFile) Config {
 	c := cf.Config
-	out := Config{Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User}
+	out := Config{Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User, StopSignal: c.StopSignal}
 	for p := range c.ExposedPorts {
 		out.ExposedPorts = append(out.ExposedPorts, p)
 	}
 	sort.Strings(out.ExposedPorts)
+	for v := range c.Volumes {
+		out.Volumes = append(out.Volumes, v)
+	}
+	sort.Strings(out.Volumes)
 	return out
 }
 

@@ -49,6 +49,11 @@ type Config struct {
 	User       string   `json:"user,omitempty"`
 	// ExposedPorts are informational ("8080/tcp"); the VM's ports open the firewall.
 	ExposedPorts []string `json:"exposedPorts,omitempty"`
+	// StopSignal is sent to the workload first when the VM stops.
+	StopSignal string `json:"stopSignal,omitempty"`
+	// Volumes are the directories the image declares for data; one no VM
+	// volume covers is reset at every boot (a warning says so).
+	Volumes []string `json:"volumes,omitempty"`
 }
 
 // Image is one named image.

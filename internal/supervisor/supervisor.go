@@ -12,12 +12,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/steps"
 )
@@ -53,25 +53,6 @@ type Tuning struct {
 // DefaultTuning is the daemon's pacing of restarts.
 var DefaultTuning = Tuning{FirstBackoff: time.Second, MaxBackoff: time.Minute, CrashLoopCount: 5, CrashLoopWindow: 3 * time.Minute, StableAfter: time.Minute}
 
-// Status is what the supervisor knows about one VM.
-type Status struct {
-	Name        string    `json:"name"`
-	State       State     `json:"state"`
-	PID         int       `json:"pid,omitempty"`
-	StartedAt   time.Time `json:"startedAt,omitzero"`
-	BootSeconds float64   `json:"bootSeconds,omitempty"`
-	// PrepareSeconds is how long the last start took before the hypervisor
-	// ran: initramfs, keys, volumes, process start.
-	PrepareSeconds float64 `json:"prepareSeconds,omitempty"`
-	// Steps are the last launch's steps, each timed.
-	Steps    []steps.Timing `json:"steps,omitempty"`
-	Restarts int            `json:"restarts"`
-	LastExit string         `json:"lastExit,omitempty"`
-	Failure  string         `json:"failure,omitempty"`
-	SpecHash string         `json:"specHash"`
-	Spec     *config.VM     `json:"spec"`
-}
-
 type vmProc struct {
 	spec     *config.VM
 	run      Process
@@ -82,6 +63,7 @@ type vmProc struct {
 	restarts int
 	exits    []time.Time
 	lastExit string
+	exitCode *int // the workload's, when it ended the VM
 	failure  string
 	boot     time.Duration
 	prepare  time.Duration
@@ -293,10 +275,17 @@ func (s *Supervisor) watch(name string, v *vmProc, r Process, gen int) {
 	rec := r.Record()
 	rec.PID, rec.ProcStart = 0, 0
 	s.dir.WriteRunRecord(rec)
-	clean := r.ExitErr() == nil
-	v.lastExit = "powered off"
-	if !clean {
-		v.lastExit = r.ExitErr().Error()
+	// A workload's exit status decides, as `docker run --restart` does: 0
+	// is clean; a guest powered off without one is clean too.
+	exit := r.ExitErr()
+	clean := exit == nil
+	v.lastExit, v.exitCode = "powered off", nil
+	var we *guest.WorkloadExit
+	if errors.As(exit, &we) {
+		clean, v.exitCode = we.Code == 0, &we.Code
+	}
+	if exit != nil {
+		v.lastExit = exit.Error()
 	}
 	now := time.Now()
 	tu := s.Tuning
@@ -391,62 +380,4 @@ func (s *Supervisor) Forget(name string) error {
 		return err
 	}
 	return nil
-}
-
-// Process returns the running hypervisor of a VM that is running.
-func (s *Supervisor) Process(name string) (Process, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := s.vms[name]
-	if v == nil || v.run == nil || v.state != Running {
-		return nil, false
-	}
-	return v.run, true
-}
-
-// Status reports one VM.
-func (s *Supervisor) Status(name string) (Status, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := s.vms[name]
-	if v == nil {
-		return Status{}, false
-	}
-	return s.status(name, v), true
-}
-
-func (s *Supervisor) status(name string, v *vmProc) Status {
-	st := Status{Name: name, State: v.state, Restarts: v.restarts, LastExit: v.lastExit, Failure: v.failure, Spec: v.spec,
-		BootSeconds: v.boot.Seconds(), PrepareSeconds: v.prepare.Seconds(), Steps: v.steps}
-	if v.spec != nil {
-		st.SpecHash = v.spec.SpecHash()
-	}
-	if v.run != nil {
-		st.PID, st.StartedAt = v.run.PID(), v.started
-	}
-	return st
-}
-
-// List reports every VM, by name.
-func (s *Supervisor) List() []Status {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]Status, 0, len(s.vms))
-	for name, v := range s.vms {
-		out = append(out, s.status(name, v))
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
-}
-
-func consoleTail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(no console log)"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

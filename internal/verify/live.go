@@ -40,8 +40,9 @@ type Fleet struct {
 // every VM running and answering over SSH with its hostname, vCPUs and
 // memory, reaching its gateway and (when the host has a default gateway)
 // beyond it, failing to reach every other VM except allowed pairs, a
-// read-only store, a tmpfs /var, the data volumes mounted, and the declared
-// ports answering from the host.
+// read-only store, an ephemeral /var (the image's, on the in-memory
+// overlay), the data volumes mounted, and the declared ports answering
+// from the host.
 func Live(f Fleet) []Check {
 	cfg := f.Config
 	var checks []Check
@@ -190,10 +191,12 @@ func Live(f Fleet) []Check {
 			return Pass, "writes to /run/microvm/store are refused"
 		})})
 		checks = append(checks, Check{Name: name + " /var ephemeral", Run: fact(func(m map[string]string) (Status, string) {
-			if m["var"] != "tmpfs" {
-				return Fail, "/var is " + m["var"]
+			// The image's own /var, on the root overlay whose upper layer is
+			// in memory: reset to the image's content at every boot.
+			if m["var"] != "overlayfs" || m["root_upper"] != "upperdir=/run/microvm/rw/upper" {
+				return Fail, fmt.Sprintf("/var is %s on a root with %q, not the in-memory overlay", m["var"], m["root_upper"])
 			}
-			return Pass, "/var is tmpfs"
+			return Pass, "/var is the image's, on the root overlay's in-memory upper layer"
 		})})
 		for _, v := range vm.Volumes {
 			checks = append(checks, Check{Name: name + " volume " + v.Name, Run: fact(func(m map[string]string) (Status, string) {
@@ -323,6 +326,7 @@ func probe(f Fleet, vm *config.VM, gateway string) (map[string]string, error) {
 	sb.WriteString(`echo "hostname=$(hostname)"; echo "nproc=$(nproc)"
 echo "memkb=$(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)"
 echo "var=$(stat -f -c %T /var)"
+echo "root_upper=$(awk '$2 == "/" && $3 == "overlay" {print $4}' /proc/mounts | tr , '\n' | grep '^upperdir=' | head -1)"
 if (echo x > /run/microvm/store/.microvm-verify) 2>/dev/null; then echo store_write=succeeded; rm -f /run/microvm/store/.microvm-verify; else echo store_write=refused; fi
 p() { if ping -c 1 -W 2 "$1" >/dev/null 2>&1; then echo ok; else echo unreachable; fi; }
 `)
