@@ -133,10 +133,14 @@ type WorkloadExit struct {
 	Code int
 }
 
-func (e *WorkloadExit) Error() string { return fmt.Sprintf("the workload exited with status %d", e.Code) }
+func (e *WorkloadExit) Error() string {
+	return fmt.Sprintf("the workload exited with status %d", e.Code)
+}
 
 // ExitLine is the console line that reports a workload's exit.
-func ExitLine(vm string, code int) string { return fmt.Sprintf("%s vm=%s code=%d", ExitPrefix, vm, code) }
+func ExitLine(vm string, code int) string {
+	return fmt.Sprintf("%s vm=%s code=%d", ExitPrefix, vm, code)
+}
 
 // ParseExitLine reads a line made by ExitLine.
 func ParseExitLine(line string) (*WorkloadExit, bool) {
