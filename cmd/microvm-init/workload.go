@@ -198,7 +198,11 @@ func (in *initd) startWorkload(w *guest.Workload) (int, error) {
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		logf("raise the open files limit: %v", err)
 	}
-	cmd := rootCmd(argv, env, w.Workdir)
+	dir := w.Workdir
+	if dir == "" {
+		dir = "/" // Docker's default, whoever the user is
+	}
+	cmd := rootCmd(argv, env, dir)
 	cmd.SysProcAttr.Credential = cred
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
 	if err := cmd.Start(); err != nil {

@@ -275,18 +275,7 @@ func (s *Supervisor) watch(name string, v *vmProc, r Process, gen int) {
 	rec := r.Record()
 	rec.PID, rec.ProcStart = 0, 0
 	s.dir.WriteRunRecord(rec)
-	// A workload's exit status decides, as `docker run --restart` does: 0
-	// is clean; a guest powered off without one is clean too.
-	exit := r.ExitErr()
-	clean := exit == nil
-	v.lastExit, v.exitCode = "powered off", nil
-	var we *guest.WorkloadExit
-	if errors.As(exit, &we) {
-		clean, v.exitCode = we.Code == 0, &we.Code
-	}
-	if exit != nil {
-		v.lastExit = exit.Error()
-	}
+	clean := v.noteExit(r.ExitErr())
 	now := time.Now()
 	tu := s.Tuning
 	if now.Sub(v.started) > tu.StableAfter {
@@ -332,6 +321,22 @@ func (s *Supervisor) watch(name string, v *vmProc, r Process, gen int) {
 	s.boot(context.Background(), name, v)
 }
 
+// noteExit records how the VM's hypervisor ended and says whether that was
+// clean. A workload's exit status decides, as `docker run --restart` does:
+// 0 is clean; a guest powered off without one is clean too.
+func (v *vmProc) noteExit(exit error) bool {
+	clean := exit == nil
+	v.lastExit, v.exitCode = "powered off", nil
+	var we *guest.WorkloadExit
+	if errors.As(exit, &we) {
+		clean, v.exitCode = we.Code == 0, &we.Code
+	}
+	if exit != nil {
+		v.lastExit = exit.Error()
+	}
+	return clean
+}
+
 // Stop shuts vm down cleanly (power button, then Ctrl-Alt-Del, then
 // signals) and leaves it stopped.
 func (s *Supervisor) Stop(name string) error {
@@ -358,6 +363,7 @@ func (s *Supervisor) Stop(name string) error {
 	err := r.Stop(timeout)
 	s.mu.Lock()
 	v.run, v.state = nil, Stopped
+	v.noteExit(r.ExitErr())
 	rec := r.Record()
 	rec.PID, rec.ProcStart = 0, 0
 	s.mu.Unlock()

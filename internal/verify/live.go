@@ -193,8 +193,8 @@ func Live(f Fleet) []Check {
 		checks = append(checks, Check{Name: name + " /var ephemeral", Run: fact(func(m map[string]string) (Status, string) {
 			// The image's own /var, on the root overlay whose upper layer is
 			// in memory: reset to the image's content at every boot.
-			if m["var"] != "overlayfs" || m["root_upper"] != "upperdir=/run/microvm/rw/upper" {
-				return Fail, fmt.Sprintf("/var is %s on a root with %q, not the in-memory overlay", m["var"], m["root_upper"])
+			if m["var"] != "" || m["root_upper"] != "upperdir=/run/microvm/rw/upper" {
+				return Fail, fmt.Sprintf("/var is mounted %q on a root with %q, not on the root's in-memory overlay", m["var"], m["root_upper"])
 			}
 			return Pass, "/var is the image's, on the root overlay's in-memory upper layer"
 		})})
@@ -325,7 +325,7 @@ func probe(f Fleet, vm *config.VM, gateway string) (map[string]string, error) {
 	var sb strings.Builder
 	sb.WriteString(`echo "hostname=$(hostname)"; echo "nproc=$(nproc)"
 echo "memkb=$(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)"
-echo "var=$(stat -f -c %T /var)"
+echo "var=$(awk '$2 == "/var" {print $3}' /proc/mounts | head -1)"
 echo "root_upper=$(awk '$2 == "/" && $3 == "overlay" {print $4}' /proc/mounts | tr , '\n' | grep '^upperdir=' | head -1)"
 if (echo x > /run/microvm/store/.microvm-verify) 2>/dev/null; then echo store_write=succeeded; rm -f /run/microvm/store/.microvm-verify; else echo store_write=refused; fi
 p() { if ping -c 1 -W 2 "$1" >/dev/null 2>&1; then echo ok; else echo unreachable; fi; }

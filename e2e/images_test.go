@@ -1,0 +1,127 @@
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"microvm.dev/microvm/internal/testutil"
+)
+
+// debianRoot is a Debian root filesystem tarball made from Debian's own
+// packages by mmdebstrap (scripts/build-debian-image.sh), built once and
+// cached across tests and runs.
+func debianRoot(t *testing.T, packages string) string {
+	t.Helper()
+	testutil.RequireCommand(t, "mmdebstrap")
+	out, err := exec.Command("bash", "../scripts/build-debian-image.sh", packages).Output()
+	if err != nil {
+		msg := err.Error()
+		if ee, ok := err.(*exec.ExitError); ok {
+			msg += "\n" + string(ee.Stderr)
+		}
+		t.Fatalf("build the Debian image with %s: %s", packages, msg)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// debRegistry is Debian's docker-registry (the CNCF distribution registry),
+// run by the test on a free loopback port with its storage in a temporary
+// directory.
+type debRegistry struct{ addr string }
+
+func startRegistry(t *testing.T) *debRegistry {
+	t.Helper()
+	testutil.RequireCommand(t, "docker-registry")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("version: 0.1\nlog: { level: error }\nstorage: { filesystem: { rootdirectory: %s } }\nhttp: { addr: %s }\n",
+		filepath.Join(dir, "data"), addr)), 0o644)
+	cmd := exec.Command("docker-registry", "serve", cfg)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return &debRegistry{addr: addr}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("docker-registry did not listen on %s:\n%s", addr, logs.String())
+		}
+	}
+}
+
+// push makes an image of layers (each a tar file or in-memory tar) with
+// cfg and pushes it to the registry as repo:tag; it returns the reference.
+func (r *debRegistry) push(t *testing.T, repoTag string, cfg v1.Config, layers ...v1.Layer) string {
+	t.Helper()
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img, err = mutate.Config(img, cfg); err != nil {
+		t.Fatal(err)
+	}
+	ref := r.addr + "/" + repoTag
+	parsed, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(parsed, img); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+	return ref
+}
+
+// fileLayer is a layer of the tar file at path, compressed fast.
+func fileLayer(t *testing.T, path string) v1.Layer {
+	t.Helper()
+	l, err := tarball.LayerFromFile(path, tarball.WithCompressionLevel(gzip.BestSpeed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// filesLayer is a layer holding files (path → content, mode 0644).
+func filesLayer(t *testing.T, files map[string]string) v1.Layer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for p, body := range files {
+		tw.WriteHeader(&tar.Header{Name: p, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))})
+		io.WriteString(tw, body)
+	}
+	tw.Close()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
