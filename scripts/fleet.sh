@@ -14,9 +14,10 @@
 # /dev/kvm is usable and TCG otherwise.
 #
 # vm1's image is docker.io/wholelottahoopla/sandbox:latest. By default a
-# local stand-in is imported under that name (busybox httpd serving on 8080,
-# built from the base image), so the job needs no registry; PULL=1 pulls
-# the real image instead.
+# local stand-in is imported under that name: a Debian root made from
+# Debian's own packages by mmdebstrap, running Debian's nginx as its
+# workload on 8080 (as the official nginx image runs it), so the job needs
+# no registry; PULL=1 pulls the real image instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$SECONDS
@@ -77,14 +78,12 @@ echo "==> base image: $STATE_DIR/store/base"
 if [ "${PULL:-0}" = 1 ]; then
 	echo "==> vm1's image: pulling $SANDBOX"
 	microvm image pull "$SANDBOX"
-elif ! microvm image list -o json | grep -q "\"name\": \"$SANDBOX\""; then
-	echo "==> vm1's image: a local stand-in for $SANDBOX (busybox httpd on 8080; PULL=1 pulls the real one)"
-	standin=$(mktemp -d)
-	cp -a "$STATE_DIR/store/base/." "$standin/"
-	mkdir -p "$standin/www"
-	echo "<h1>microvm sandbox stand-in on vm1</h1>" >"$standin/www/index.html"
-	microvm image import "$SANDBOX" "$standin" --entrypoint /bin/busybox,httpd,-f,-p,8080,-h,/www
-	rm -rf "$standin"
+else
+	echo "==> vm1's image: a local stand-in for $SANDBOX (Debian's nginx on 8080; PULL=1 pulls the real one)"
+	apt_install mmdebstrap
+	site='server { listen 8080 default_server; root /var/www/html; index index.html index.nginx-debian.html; }'
+	root=$(HOOK="echo '$site' > \"\$1/etc/nginx/sites-enabled/sandbox\"" bash scripts/build-debian-image.sh nginx-light)
+	microvm image import "$SANDBOX" "$root" --entrypoint nginx,-g,"daemon off;" --stop-signal SIGQUIT
 fi
 t_image=$((SECONDS - t1))
 

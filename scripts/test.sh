@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 setup
 go mod download
+# Guest images in the tests are made from Debian's own packages
+# (mmdebstrap) and served by Debian's registry (docker-registry), which the
+# tests start themselves: its packaged service is not left running.
+apt_install mmdebstrap docker-registry
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+	systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+fi
 # The kernel the VM tests boot (this machine has no usable /boot), and the
 # arm64 kernel and emulator for the aarch64 guest test (which skips, saying
 # so, if Debian's arm64 packages cannot be fetched).

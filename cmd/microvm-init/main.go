@@ -9,7 +9,8 @@
 // unmounts the volumes cleanly and powers off.
 //
 // Run as anything but PID 1 it only serves SFTP on its standard streams
-// ("microvm-init sftp-server"), which the SSH server uses inside the root.
+// ("microvm-init sftp-server"), which the SSH server uses inside the root,
+// or reports the facts `microvm verify` checks ("microvm-init probe").
 package main
 
 import (
@@ -31,6 +32,13 @@ func main() {
 			if err := serveSFTP(); err != nil {
 				fmt.Fprintln(os.Stderr, "sftp-server:", err)
 				os.Exit(1)
+			}
+			return
+		}
+		if len(os.Args) >= 2 && os.Args[1] == "probe" {
+			if err := probe(os.Args[2:]); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(2)
 			}
 			return
 		}

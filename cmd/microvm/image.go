@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/vmm"
@@ -36,7 +37,7 @@ image ("base") or an OCI reference, pulled on first use.`,
 	}
 	var jobs int
 	var entrypoint, cmdArgs, env []string
-	var workdir, user string
+	var workdir, user, stopSignal string
 	cmd.PersistentFlags().IntVar(&jobs, "jobs", 8, "layers fetched at once")
 	importCmd := &cobra.Command{
 		Use:   "import NAME SRC",
@@ -46,8 +47,13 @@ image ("base") or an OCI reference, pulled on first use.`,
 		Args: exactArgs(2),
 		RunE: func(_ *cobra.Command, args []string) error {
 			var over *store.Config
-			if len(entrypoint)+len(cmdArgs)+len(env) > 0 || workdir != "" || user != "" {
-				over = &store.Config{Entrypoint: entrypoint, Cmd: cmdArgs, Env: env, WorkingDir: workdir, User: user}
+			if stopSignal != "" {
+				if _, err := guest.ParseSignal(stopSignal); err != nil {
+					return usageError{fmt.Errorf("--stop-signal: %w", err)}
+				}
+			}
+			if len(entrypoint)+len(cmdArgs)+len(env) > 0 || workdir != "" || user != "" || stopSignal != "" {
+				over = &store.Config{Entrypoint: entrypoint, Cmd: cmdArgs, Env: env, WorkingDir: workdir, User: user, StopSignal: stopSignal}
 			}
 			return a.imageFetch(args[0], func(ctx context.Context, s *store.Store, o store.Options) (store.Image, error) {
 				o.Config = over
@@ -59,7 +65,8 @@ image ("base") or an OCI reference, pulled on first use.`,
 	importCmd.Flags().StringSliceVar(&cmdArgs, "cmd", nil, "the image's default arguments, comma-separated")
 	importCmd.Flags().StringArrayVar(&env, "env", nil, "an environment variable KEY=VALUE of the image (repeatable)")
 	importCmd.Flags().StringVar(&workdir, "workdir", "", "the image's working directory")
-	importCmd.Flags().StringVar(&user, "user", "", "the user the image runs as")
+	importCmd.Flags().StringVar(&user, "user", "", "the user the image runs as (name, uid, uid:gid or name:group)")
+	importCmd.Flags().StringVar(&stopSignal, "stop-signal", "", "the signal the workload is sent first when its VM stops (default SIGTERM)")
 	cmd.AddCommand(
 		&cobra.Command{
 			Use:     "list",

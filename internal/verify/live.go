@@ -19,6 +19,7 @@ import (
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/tailnet"
+	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmssh"
 )
 
@@ -234,9 +235,6 @@ func Live(f Fleet) []Check {
 					broken = append(broken, fmt.Sprintf("%s → %s (%s:22) is reachable (%s): isolation is broken", name, other.Name, other.Net.Address, got))
 				}
 			}
-			if m["nc"] == "missing" {
-				return Skip, "the image has no nc to probe with"
-			}
 			if len(broken) > 0 {
 				return Fail, strings.Join(broken, "; ")
 			}
@@ -322,24 +320,15 @@ func probe(f Fleet, vm *config.VM, gateway string) (map[string]string, error) {
 		return nil, err
 	}
 	defer c.Close()
-	var sb strings.Builder
-	sb.WriteString(`echo "hostname=$(hostname)"; echo "nproc=$(nproc)"
-echo "memkb=$(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)"
-echo "var=$(awk '$2 == "/var" {print $3}' /proc/mounts | head -1)"
-echo "root_upper=$(awk '$2 == "/" && $3 == "overlay" {print $4}' /proc/mounts | tr , '\n' | grep '^upperdir=' | head -1)"
-if (echo x > /run/microvm/store/.microvm-verify) 2>/dev/null; then echo store_write=succeeded; rm -f /run/microvm/store/.microvm-verify; else echo store_write=refused; fi
-p() { if ping -c 1 -W 2 "$1" >/dev/null 2>&1; then echo ok; else echo unreachable; fi; }
-`)
-	fmt.Fprintf(&sb, "echo \"ping_gateway=$(p %s)\"\n", vm.Net.Gateway)
+	// microvm-init's own probe, bound into every VM's root: it needs
+	// nothing from the image (no ping, nc or awk).
+	argv := []string{"/run/microvm/init", "probe", "ping", "ping_gateway=" + vm.Net.Gateway.String()}
 	if gateway != "" {
-		fmt.Fprintf(&sb, "echo \"ping_internet=$(p %s)\"\n", gateway)
+		argv = append(argv, "ping", "ping_internet="+gateway)
 	}
 	for _, v := range vm.Volumes {
-		fmt.Fprintf(&sb, "echo \"mount %s=$(awk '$2 == \"%s\" {print $3}' /proc/mounts | head -1)\"\n", v.MountPoint, v.MountPoint)
+		argv = append(argv, "mount", "mount "+v.MountPoint+"="+v.MountPoint)
 	}
-	sb.WriteString(`command -v nc >/dev/null 2>&1 || echo nc=missing
-t() { out=$(nc -w 2 "$1" "$2" </dev/null 2>&1); rc=$?; case "$out" in *refused*) echo refused;; *timed*|*"No route"*|*unreachable*) echo blocked;; *) if [ $rc = 0 ]; then echo connected; else echo blocked; fi;; esac; }
-`)
 	for _, other := range f.Config.VMs {
 		if other.Name == vm.Name {
 			continue
@@ -348,9 +337,8 @@ t() { out=$(nc -w 2 "$1" "$2" </dev/null 2>&1); rc=$?; case "$out" in *refused*)
 		if port == 0 {
 			port = 22
 		}
-		fmt.Fprintf(&sb, "echo \"to %s=$(t %s %d)\" &\n", other.Name, other.Net.Address, port)
+		argv = append(argv, "tcp", "to "+other.Name+"="+net.JoinHostPort(other.Net.Address.String(), strconv.Itoa(port)))
 	}
-	sb.WriteString("wait\n")
 	s, err := c.NewSession()
 	if err != nil {
 		return nil, err
@@ -358,7 +346,7 @@ t() { out=$(nc -w 2 "$1" "$2" </dev/null 2>&1); rc=$?; case "$out" in *refused*)
 	defer s.Close()
 	var out bytes.Buffer
 	s.Stdout = &out
-	if err := s.Run(sb.String()); err != nil {
+	if err := s.Run(vmm.ShellQuote(argv)); err != nil {
 		return nil, fmt.Errorf("probe over SSH: %v: %s", err, out.String())
 	}
 	m := map[string]string{}
