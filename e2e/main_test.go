@@ -130,6 +130,12 @@ func sshTo(t *testing.T, ns *testutil.Netns, p *launch.Prepared) *ssh.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return sshWith(t, ns, p, signer)
+}
+
+// sshWith connects as root with signer, pinning the VM's host key.
+func sshWith(t *testing.T, ns *testutil.Netns, p *launch.Prepared, signer ssh.Signer) *ssh.Client {
+	t.Helper()
 	hostKey, _, _, _, err := ssh.ParseAuthorizedKey([]byte(p.HostKeyPub))
 	if err != nil {
 		t.Fatal(err)

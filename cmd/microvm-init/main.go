@@ -35,6 +35,13 @@ func main() {
 			}
 			return
 		}
+		if len(os.Args) == 2 && os.Args[1] == "agent" {
+			if err := runAgent(); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			return
+		}
 		if len(os.Args) >= 2 && os.Args[1] == "probe" {
 			if err := probe(os.Args[2:]); err != nil {
 				fmt.Fprintln(os.Stderr, err)
@@ -139,11 +146,12 @@ func (in *initd) boot() error {
 }
 
 // switchRoot makes the assembled root the real root and execs the image's
-// init as PID 1 (what switch_root does): the ready line is printed first,
-// since from then on the image's init owns the console, SSH and shutdown.
+// init as PID 1 (what switch_root does), once the root is readied for it
+// (prepareImageInit): from then on the image's init owns the console,
+// services and shutdown, and microvm's agent runs as one of its services.
 func (in *initd) switchRoot() error {
 	initPath := ""
-	for _, p := range []string{"/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd", "/bin/init"} {
+	for _, p := range guest.Inits {
 		// Lstat: the link (often absolute, to /bin/busybox or systemd)
 		// resolves only inside the new root.
 		if fi, err := os.Lstat(root + p); err == nil && !fi.IsDir() {
@@ -154,9 +162,14 @@ func (in *initd) switchRoot() error {
 	if initPath == "" {
 		return fmt.Errorf("init: image: the image has no /sbin/init")
 	}
+	if err := prepareImageInit(in.spec, initPath); err != nil {
+		return fmt.Errorf("init: image: %w", err)
+	}
 	unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_ON) // the image's init decides about Ctrl-Alt-Del
 	signalReset()
-	fmt.Fprintf(os.Stdout, "%s vm=%s uptime=%s init=%s\n", guest.ReadyPrefix, in.spec.Name, uptime(), initPath)
+	// The agent, run by the image's init, reports the VM ready once that
+	// init has reached its target.
+	logf("handing PID 1 to the image's %s", initPath)
 	if err := unix.Chdir(root); err != nil {
 		return err
 	}

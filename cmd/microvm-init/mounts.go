@@ -15,8 +15,9 @@ import (
 )
 
 // root is where the guest's root is assembled; sessions and the workload
-// run chrooted into it.
-const root = "/newroot"
+// run chrooted into it. The agent (run by the image's own init, inside the
+// real root) sets it to "" once, before anything else runs: no chroot.
+var root = "/newroot"
 
 type mountSpec struct {
 	source, target, fstype string

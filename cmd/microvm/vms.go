@@ -198,6 +198,9 @@ func (a *app) printStatus(st supervisor.Status) {
 	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
 	row("name", st.Name)
 	row("state", string(st.State))
+	if st.Readiness != "" {
+		row("init", st.Readiness)
+	}
 	if st.Spec != nil {
 		row("address", st.Spec.Net.Address.String())
 		row("hypervisor", st.Spec.Hypervisor)

@@ -59,6 +59,7 @@ func (p process) Stop(t time.Duration) error {
 func (p process) Pause() error            { return p.r.Pause() }
 func (p process) Resume() error           { return p.r.Resume() }
 func (p process) Record() state.RunRecord { return p.r.Record() }
+func (p process) Readiness() string       { return p.r.Ready.Readiness() }
 func (p process) ConsoleLog() string      { return p.r.Prepared.Launch.ConsoleLog }
 func (p process) Timings() []steps.Timing { return p.r.Prepared.Timings() }
 func (p process) WaitReady(timeout time.Duration) error {

@@ -50,6 +50,7 @@ func (l instant) Adopt(state.RunRecord) (supervisor.Process, error) {
 func (p *instantProc) PID() int                      { return p.pid }
 func (p *instantProc) StartedAt() time.Time          { return p.started }
 func (p *instantProc) WaitReady(time.Duration) error { return nil }
+func (p *instantProc) Readiness() string             { return "" }
 func (p *instantProc) Exited() <-chan struct{}       { return p.exited }
 func (p *instantProc) ExitErr() error                { return nil }
 func (p *instantProc) Stop(time.Duration) error      { close(p.exited); return nil }

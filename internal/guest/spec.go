@@ -32,6 +32,10 @@ const FailedPrefix = "microvm-failed"
 // workload killed by a signal, as a shell and Docker report it).
 const ExitPrefix = "microvm-exit"
 
+// Inits are where an image's own init is looked for (init: image), in
+// order.
+var Inits = []string{"/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd", "/bin/init"}
+
 // StoreMount is where the guest mounts the store share (read-only).
 const StoreMount = "/run/microvm/store"
 
@@ -51,6 +55,9 @@ type Spec struct {
 	// SwitchRoot hands PID 1 to the image's own init (/sbin/init) once the
 	// root, network and volumes are set up.
 	SwitchRoot bool `json:"switchRoot,omitempty"`
+	// MachineID is the VM's stable /etc/machine-id (32 hex digits), given
+	// to an image's own init.
+	MachineID string `json:"machineID,omitempty"`
 	// Secrets are files written into the VM's root (its memory) before
 	// anything else runs there.
 	Secrets []SecretFile `json:"secrets,omitempty"`
@@ -173,8 +180,9 @@ func ReadSpec(path string) (*Spec, error) {
 }
 
 var (
-	specNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-	deviceRE   = regexp.MustCompile(`^vd[a-z]{1,3}$`)
+	specNameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	deviceRE    = regexp.MustCompile(`^vd[a-z]{1,3}$`)
+	machineIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
 )
 
 // ParseSpec decodes and checks a spec. microvm-init runs as PID 1 with it,
@@ -213,6 +221,9 @@ func ParseSpec(b []byte) (*Spec, error) {
 		}
 	default:
 		return nil, fmt.Errorf("store.fstype %q is not 9p, virtiofs or ext4", s.Store.FSType)
+	}
+	if s.MachineID != "" && !machineIDRE.MatchString(s.MachineID) {
+		return nil, fmt.Errorf("machineID %q is not 32 hex digits", s.MachineID)
 	}
 	if s.Store.Image != "" && !cleanRelative(s.Store.Image) {
 		return nil, fmt.Errorf("store.image %q leaves the store", s.Store.Image)

@@ -14,10 +14,6 @@ import (
 	"microvm.dev/microvm/internal/store"
 )
 
-// Inits are where an image's own init is looked for (init: image), in
-// order, as microvm-init looks.
-var Inits = []string{"/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd", "/bin/init"}
-
 // defaultPath is the PATH a workload runs with unless the image sets one.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -40,12 +36,12 @@ func CheckImage(vm *config.VM, img store.Image, tree string) error {
 		return &ImageError{Key: "vms." + vm.Name + "." + key, Err: fmt.Errorf(format, args...)}
 	}
 	if vm.Init == config.InitImage {
-		for _, p := range Inits {
+		for _, p := range guest.Inits {
 			if fi, err := statInTree(tree, p); err == nil && !fi.IsDir() {
 				return nil
 			}
 		}
-		return fail("init", "init: image, but image %q has no init (looked for %s)", vm.Image, strings.Join(Inits, ", "))
+		return fail("init", "init: image, but image %q has no init (looked for %s)", vm.Image, strings.Join(guest.Inits, ", "))
 	}
 	w := Workload(vm, img.Config)
 	if w == nil {

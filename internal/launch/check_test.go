@@ -79,3 +79,12 @@ func TestImageVolumeWarnings(t *testing.T) {
 		t.Errorf("warnings = %q", w)
 	}
 }
+
+// A VM's machine-id is 32 hex digits, the same for the same VM and host
+// key, different for another VM.
+func TestMachineID(t *testing.T) {
+	a, b := machineID("vm1", []byte("key")), machineID("vm1", []byte("key"))
+	if a != b || len(a) != 32 || strings.Trim(a, "0123456789abcdef") != "" || machineID("vm2", []byte("key")) == a {
+		t.Errorf("machine ids %q %q", a, machineID("vm2", []byte("key")))
+	}
+}

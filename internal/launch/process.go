@@ -33,7 +33,9 @@ type Running struct {
 	ExitErr error
 	// ProcStart is the process's start time (see ProcStartTime).
 	ProcStart uint64
-	console   int64
+	// Ready is what the guest said when it became ready.
+	Ready   vmm.ReadyResult
+	console int64
 }
 
 // starter is one Start: the command being built and what its steps opened.
@@ -301,7 +303,7 @@ func WorkloadExit(consoleLog string, offset int64) *guest.WorkloadExit {
 func (r *Running) WaitReady(timeout time.Duration, echo func(string)) (vmm.ReadyResult, error) {
 	res, err := vmm.WaitConsole(r.Prepared.Launch.ConsoleLog, r.console, guest.ReadyPrefix, guest.FailedPrefix, timeout, r.Exited, echo)
 	if err == nil {
-		r.console = res.Offset
+		r.console, r.Ready = res.Offset, res
 		os.Remove(r.Prepared.Launch.Initrd)
 	}
 	return res, err

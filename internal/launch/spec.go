@@ -1,6 +1,8 @@
 package launch
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 
 	"microvm.dev/microvm/internal/config"
@@ -47,5 +49,13 @@ func guestSpec(env Env, vm *config.VM, res *Resolved, volumes map[string]volume.
 	}
 	spec.SwitchRoot = vm.Init == config.InitImage
 	spec.Workload = workloadOf(vm, res.Image.Config)
+	spec.MachineID = machineID(vm.Name, hostPEM)
 	return spec
+}
+
+// machineID is a VM's stable machine-id: derived from its name and its host
+// key, which lives as long as the VM's directory.
+func machineID(name string, hostKey []byte) string {
+	sum := sha256.Sum256(append([]byte("microvm machine-id\x00"+name+"\x00"), hostKey...))
+	return hex.EncodeToString(sum[:16])
 }

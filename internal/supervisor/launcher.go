@@ -30,6 +30,9 @@ type Process interface {
 	StartedAt() time.Time
 	// WaitReady waits until the guest reports ready, it fails, or timeout.
 	WaitReady(timeout time.Duration) error
+	// Readiness is how the guest said it came up (an image's init:
+	// "running", "degraded: a.service"; "" otherwise).
+	Readiness() string
 	// Exited is closed once the process has exited; ExitErr is then nil
 	// for a clean power-off.
 	Exited() <-chan struct{}

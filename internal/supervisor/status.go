@@ -20,6 +20,9 @@ type Status struct {
 	// PrepareSeconds is how long the last start took before the hypervisor
 	// ran: initramfs, keys, volumes, process start.
 	PrepareSeconds float64 `json:"prepareSeconds,omitempty"`
+	// Readiness is how an image's own init came up ("running", "degraded:
+	// a.service, b.service"; "" for workload VMs).
+	Readiness string `json:"readiness,omitempty"`
 	// Steps are the last launch's steps, each timed.
 	Steps    []steps.Timing `json:"steps,omitempty"`
 	Restarts int            `json:"restarts"`
@@ -62,6 +65,9 @@ func (s *Supervisor) status(name string, v *vmProc) Status {
 	}
 	if v.run != nil {
 		st.PID, st.StartedAt = v.run.PID(), v.started
+		if v.state == Running {
+			st.Readiness = v.run.Readiness()
+		}
 	}
 	return st
 }

@@ -43,6 +43,7 @@ func (p *fakeProc) ExitErr() error          { return p.err }
 func (p *fakeProc) Pause() error            { return nil }
 func (p *fakeProc) Resume() error           { return nil }
 func (p *fakeProc) ConsoleLog() string      { return p.console }
+func (p *fakeProc) Readiness() string       { return "" }
 func (p *fakeProc) Timings() []steps.Timing { return []steps.Timing{{Name: "fake", Seconds: 0.001}} }
 func (p *fakeProc) WaitReady(time.Duration) error {
 	return p.ready

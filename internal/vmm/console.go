@@ -17,6 +17,20 @@ type ReadyResult struct {
 	Line string
 	// GuestUptime is the guest's uptime when it became ready, as it said.
 	GuestUptime string
+	// State is how an image's own init reported its start (running,
+	// degraded, …; "" for microvm-init's workload VMs), and Failed the
+	// units that failed.
+	State  string
+	Failed []string
+}
+
+// Readiness says how the guest came up: its init's state with the failed
+// units named ("degraded: a.service, b.service"), or "" when it said none.
+func (r ReadyResult) Readiness() string {
+	if len(r.Failed) > 0 {
+		return r.State + ": " + strings.Join(r.Failed, ", ")
+	}
+	return r.State
 }
 
 // WaitConsole follows the console log from offset until a line starts with
@@ -54,8 +68,14 @@ func WaitConsole(path string, offset int64, readyPrefix, failPrefix string, time
 			if k := strings.Index(line, readyPrefix); k >= 0 {
 				res := ReadyResult{Line: line[k:], Offset: consumed}
 				for _, f := range strings.Fields(line[k:]) {
-					if v, ok := strings.CutPrefix(f, "uptime="); ok {
+					key, v, _ := strings.Cut(f, "=")
+					switch key {
+					case "uptime":
 						res.GuestUptime = v
+					case "state":
+						res.State = v
+					case "failed":
+						res.Failed = strings.Split(v, ",")
 					}
 				}
 				return res, nil
