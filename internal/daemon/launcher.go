@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/health"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/steps"
@@ -32,7 +33,7 @@ func (h hypervisors) Launch(ctx context.Context, vm *config.VM, observe func(ste
 	if err != nil {
 		return nil, err
 	}
-	return process{r}, nil
+	return process{r, h.env.NetNS}, nil
 }
 
 // Adopt takes over the hypervisor rec names.
@@ -43,11 +44,15 @@ func (h hypervisors) Adopt(rec state.RunRecord) (supervisor.Process, error) {
 		return nil, err
 	}
 	r.Started = rec.StartedAt
-	return process{r}, nil
+	return process{r, h.env.NetNS}, nil
 }
 
-// process is a launched hypervisor as a supervisor.Process.
-type process struct{ r *launch.Running }
+// process is a launched hypervisor as a supervisor.Process; netns is
+// where its health check reaches it.
+type process struct {
+	r     *launch.Running
+	netns string
+}
 
 func (p process) PID() int                { return p.r.Process.Pid }
 func (p process) StartedAt() time.Time    { return p.r.Started }
@@ -62,7 +67,13 @@ func (p process) Record() state.RunRecord { return p.r.Record() }
 func (p process) Readiness() string       { return p.r.Ready.Readiness() }
 func (p process) ConsoleLog() string      { return p.r.Prepared.Launch.ConsoleLog }
 func (p process) Timings() []steps.Timing { return p.r.Prepared.Timings() }
+
+// WaitReady waits for the guest's ready line and then, for a VM with a
+// healthCheck, for the check to pass, within timeout in all.
 func (p process) WaitReady(timeout time.Duration) error {
-	_, err := p.r.WaitReady(timeout, nil)
-	return err
+	deadline := time.Now().Add(timeout)
+	if _, err := p.r.WaitReady(timeout, nil); err != nil {
+		return err
+	}
+	return health.Wait(p.netns, p.r.Prepared.VM, deadline, p.r.Exited)
 }

@@ -8,13 +8,10 @@
 package deploy
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -26,8 +23,8 @@ import (
 	"microvm.dev/microvm/internal/daemon"
 	"microvm.dev/microvm/internal/generation"
 	"microvm.dev/microvm/internal/gitsync"
+	"microvm.dev/microvm/internal/health"
 	"microvm.dev/microvm/internal/supervisor"
-	"microvm.dev/microvm/internal/vmssh"
 )
 
 // Options configure the loop.
@@ -416,38 +413,7 @@ func (e *Engine) check(vm *config.VM) error {
 		}
 		return fmt.Errorf("state %s", state)
 	}
-	hc := vm.Supervision.HealthCheck
-	if hc == nil {
-		return nil
-	}
-	port := hc.TCP
-	if hc.HTTP != 0 {
-		port = hc.HTTP
-	}
-	addr := net.JoinHostPort(vm.Net.Address.String(), strconv.Itoa(port))
-	conn, err := vmssh.DialIn(e.o.NetNS, addr, 3*time.Second)
-	if err != nil {
-		return fmt.Errorf("tcp %s: %w", addr, err)
-	}
-	defer conn.Close()
-	if hc.HTTP == 0 {
-		return nil
-	}
-	path := hc.Path
-	if path == "" {
-		path = "/"
-	}
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintf(conn, "GET %s HTTP/1.0\r\nHost: %s\r\nUser-Agent: microvm-health\r\n\r\n", path, vm.Name)
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		return fmt.Errorf("http %s%s: %w", addr, path, err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode >= 400 {
-		return fmt.Errorf("http %s%s: %s", addr, path, resp.Status)
-	}
-	return nil
+	return health.Check(e.o.NetNS, vm)
 }
 
 // counts is how many of cfg's VMs there are and how many run.
