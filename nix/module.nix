@@ -35,6 +35,21 @@ let
     };
   };
 
+  egressRule = types.submodule {
+    options = {
+      to = mkOption { type = types.str; description = "A CIDR or an IPv4 address."; };
+      ports = mkOption { type = types.nullOr (types.listOf port); default = null; description = "Ports such as \"5432/tcp\"; none: every port and protocol."; };
+    };
+  };
+
+  egress = types.submodule {
+    options = {
+      internet = mkOption { type = types.nullOr types.bool; default = null; description = "false cuts the VM off everything beyond its gateway but its allows (per VM)."; };
+      allow = mkOption { type = types.nullOr (types.listOf egressRule); default = null; description = "Destinations opened."; };
+      deny = mkOption { type = types.nullOr (types.listOf egressRule); default = null; description = "Destinations closed."; };
+    };
+  };
+
   secret = types.submodule {
     options = {
       path = mkOption { type = types.str; description = "Absolute path of the file in the guest (in its memory, never on a data volume)."; };
@@ -65,6 +80,7 @@ let
     sshKeys = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "Root's authorized keys."; };
     secrets = mkOption { type = types.nullOr (types.listOf secret); default = null; description = "Files given to the VM from age-encrypted secrets (ASCII-armored ciphertext), decrypted on the host."; };
     ports = mkOption { type = types.nullOr (types.listOf port); default = null; description = "Ports reachable from the host and the tailnet."; };
+    egress = mkOption { type = types.nullOr (types.either (types.enum [ "none" ]) egress); default = null; description = "Where the VM may connect beyond the VM networks: \"none\", or { internet, allow, deny }."; };
     command = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "The workload's argv."; };
     env = mkOption { type = types.nullOr (types.attrsOf types.str); default = null; description = "The workload's environment."; };
     workdir = mkOption { type = types.nullOr types.str; default = null; description = "The workload's working directory."; };
@@ -121,6 +137,7 @@ in
               options = {
                 allow = mkOption { type = types.nullOr (types.listOf (types.submodule { options = { from = mkOption { type = types.str; }; to = mkOption { type = types.str; }; ports = mkOption { type = types.listOf port; }; }; })); default = null; description = "VM-to-VM exceptions to isolation."; };
                 forwards = mkOption { type = types.nullOr (types.listOf (types.submodule { options = { hostPort = mkOption { type = types.port; }; to = mkOption { type = types.str; }; proto = mkOption { type = types.nullOr (types.enum [ "tcp" "udp" ]); default = null; }; }; })); default = null; description = "Host port forwards."; };
+                egress = mkOption { type = types.nullOr egress; default = null; description = "Where every VM may connect beyond the VM networks (allow, deny)."; };
               };
             });
             default = null;

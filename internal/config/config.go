@@ -50,6 +50,8 @@ type Config struct {
 	Allow []Allow `json:"allow,omitempty"`
 	// Forwards lists the host port forwards, resolved to VM and port.
 	Forwards []ResolvedForward `json:"forwards,omitempty"`
+	// Egress is where every VM may connect beyond the VM networks.
+	Egress Egress `json:"egress,omitzero"`
 
 	byName map[string]*VM
 }
@@ -75,7 +77,10 @@ type VM struct {
 	Limits     Limits            `json:"limits,omitzero"`
 	// Host is the hypervisor host the VM runs on ("" = every host).
 	Host string `json:"host,omitempty"`
-	Net  Net    `json:"net"`
+	// Egress is where the VM may connect beyond the VM networks; like
+	// supervision it is not part of the spec hash (a firewall change).
+	Egress Egress `json:"egress,omitzero"`
+	Net    Net    `json:"net"`
 	// Supervision is how the daemon runs the VM; it is not part of the spec
 	// hash, so changing it never restarts the VM.
 	Supervision Supervision `json:"supervision"`
@@ -139,7 +144,7 @@ func (c *Config) VM(name string) *VM { return c.byName[name] }
 // settings are left out.
 func (vm *VM) SpecHash() string {
 	c := *vm
-	c.Supervision = Supervision{}
+	c.Supervision, c.Egress = Supervision{}, Egress{}
 	b, err := json.Marshal(c)
 	if err != nil {
 		panic(fmt.Sprintf("config: marshal VM %s: %v", vm.Name, err)) // plain data, cannot fail
@@ -250,6 +255,8 @@ func resolve(r *reporter, f *File, opts Options) *Config {
 	v.crossVM(cfg)
 	cfg.Allow = v.allows(cfg, f.Network.Allow)
 	cfg.Forwards = v.forwards(cfg, f.Network.Forwards)
+	v.egress("network.egress", &f.Network.Egress, true)
+	cfg.Egress = f.Network.Egress
 	return cfg
 }
 
@@ -280,7 +287,8 @@ func merge(name string, d, s *VMSpec) *VM {
 			HealthCheck: pickPtr(s.HealthCheck, d.HealthCheck),
 			Snapshots:   pick(s.Snapshots, d.Snapshots, Snapshots{}),
 		},
-		Host: pick(s.Host, d.Host, ""),
+		Host:   pick(s.Host, d.Host, ""),
+		Egress: pick(s.Egress, d.Egress, Egress{}),
 	}
 	if s.Index != nil {
 		vm.Index = *s.Index

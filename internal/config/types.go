@@ -68,6 +68,9 @@ type VMSpec struct {
 	Secrets []Secret `yaml:"secrets,omitempty" json:"secrets,omitempty"`
 	// Ports the VM serves, reachable from the host and the tailnet.
 	Ports []Port `yaml:"ports,omitempty" json:"ports,omitempty"`
+	// Egress is where the VM may connect beyond the VM networks: "none", or
+	// {internet, allow, deny} (see network.egress).
+	Egress *Egress `yaml:"egress,omitempty" json:"egress,omitempty"`
 	// Command is the workload: argv, or one string run by /bin/sh -c. It runs
 	// in the VM's root once the VM is up, its output on the serial console.
 	Command []string `yaml:"command,omitempty" json:"command,omitempty"`
@@ -224,6 +227,8 @@ type Network struct {
 	Allow []Allow `yaml:"allow,omitempty" json:"allow,omitempty"`
 	// Forwards map host ports to VM ports.
 	Forwards []Forward `yaml:"forwards,omitempty" json:"forwards,omitempty"`
+	// Egress is where every VM may connect beyond the VM networks.
+	Egress Egress `yaml:"egress,omitempty" json:"egress,omitempty"`
 }
 
 // Allow permits new connections from one VM to ports of another (replies flow back).

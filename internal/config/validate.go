@@ -172,6 +172,7 @@ func ParseFileMode(s string) (uint32, error) {
 
 // spec validates the keys one VM (or the defaults) wrote, at path p.
 func (v *validator) spec(p string, s *VMSpec) {
+	v.egress(joinPath(p, "egress"), s.Egress, false)
 	if s.Hypervisor != nil && !slices.Contains(Hypervisors(), *s.Hypervisor) {
 		v.r.addf(joinPath(p, "hypervisor"), "unknown hypervisor %q (%s)", *s.Hypervisor, orList(Hypervisors()))
 	}

@@ -87,6 +87,24 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	set(w, "vm_gateways", "ifname . ipv4_addr", "", gateways)
 	set(w, "vm_ports", "ipv4_addr . inet_proto . inet_service", "interval", ports)
 	set(w, "vm_allow", "ifname . ipv4_addr . inet_proto . inet_service", "interval", allows)
+	eg := egressSets(cfg)
+	for _, s := range eg {
+		flags := "interval"
+		if s.typ == "ipv4_addr" {
+			// A deny inside the default block (or an allow inside another)
+			// overlaps: merged, not refused.
+			s.elems = append([]string{}, s.elems...)
+			w("\tset %s {", s.name)
+			w("\t\ttype %s", s.typ)
+			w("\t\tflags %s", flags)
+			w("\t\tauto-merge")
+			writeElems(w, s.elems)
+			w("\t}")
+			continue
+		}
+		set(w, s.name, s.typ, flags, s.elems)
+	}
+	set(w, "vm_offline", "ifname", "", eg.offline(cfg))
 
 	// Anti-spoofing, before conntrack: a VM's bridge carries only IPv4 from
 	// the VM's own MAC and address (VM networks are IPv4-only).
@@ -127,6 +145,21 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	w("\t\tct state established,related accept")
 	w("\t\tiifname @vm_bridges oifname @vm_bridges jump vm_to_vm")
 	w("\t\toifname @vm_bridges jump into_vm")
+	w("\t\tiifname @vm_bridges jump egress")
+	w("\t}")
+	// Out of VMs beyond the VM networks: a VM's own allow, its own deny,
+	// offline VMs, then the fleet's allow and deny (link-local and the
+	// cloud metadata services among them by default).
+	w("\tchain egress {")
+	w("\t\tiifname . ip daddr @vm_egress_allow accept")
+	w("\t\tiifname . ip daddr . meta l4proto . th dport @vm_egress_allow_ports accept")
+	w("\t\tiifname . ip daddr @vm_egress_deny counter drop")
+	w("\t\tiifname . ip daddr . meta l4proto . th dport @vm_egress_deny_ports counter drop")
+	w("\t\tiifname @vm_offline counter drop")
+	w("\t\tip daddr @egress_allow accept")
+	w("\t\tip daddr . meta l4proto . th dport @egress_allow_ports accept")
+	w("\t\tip daddr @egress_deny counter drop")
+	w("\t\tip daddr . meta l4proto . th dport @egress_deny_ports counter drop")
 	w("\t}")
 	w("\tchain vm_to_vm {")
 	w("\t\tiifname . ip daddr . meta l4proto . th dport @vm_allow accept")
@@ -173,6 +206,11 @@ func set(w func(string, ...any), name, typ, flags string, elems []string) {
 	if flags != "" {
 		w("\t\tflags %s", flags)
 	}
+	writeElems(w, elems)
+	w("\t}")
+}
+
+func writeElems(w func(string, ...any), elems []string) {
 	if len(elems) > 0 {
 		w("\t\telements = {")
 		for i, e := range elems {
@@ -184,7 +222,6 @@ func set(w func(string, ...any), name, typ, flags string, elems []string) {
 		}
 		w("\t\t}")
 	}
-	w("\t}")
 }
 
 func quote(s string) string { return `"` + s + `"` }

@@ -336,3 +336,54 @@ func TestMissingUplinkIsAnError(t *testing.T) {
 		t.Fatalf("want a missing-uplink error, got %v", err)
 	}
 }
+
+// The egress policy with real traffic: a "cloud metadata" listener at
+// 169.254.169.254 answers the host but no VM; a fleet-wide deny closes a
+// LAN that one VM's own allow opens for exactly one port; egress: none
+// leaves a VM its gateway and nothing beyond.
+func TestEgressPolicy(t *testing.T) {
+	l := newLab(t, `
+host: { externalInterface: auto }
+vms:
+  vm1: { index: 1 }
+  vm2: { index: 2, egress: { allow: [{ to: 198.51.100.10, ports: ["5432/tcp"] }] } }
+  off: { index: 3, egress: none }
+network:
+  egress:
+    deny: [{ to: 198.51.100.0/24 }]
+`)
+	if _, err := l.m.Apply(l.cfg); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	l.attachGuests(t)
+	for _, a := range []string{"169.254.169.254/32", "198.51.100.10/32"} {
+		l.inet.IP(t, "addr", "add", a, "dev", "lo")
+	}
+	l.inet.Serve(t, "169.254.169.254:80")
+	l.inet.Serve(t, "198.51.100.10:5432")
+	l.inet.Serve(t, "198.51.100.10:5433")
+	l.inet.Serve(t, internetAddr+":9000")
+	vm1, vm2, off := l.vms["vm1"], l.vms["vm2"], l.vms["off"]
+	check := func(what string, g *testutil.Netns, addr string, want bool) {
+		t.Helper()
+		_, err := g.Dial(t, "", addr, dialTimeout)
+		if got := err == nil; got != want {
+			t.Errorf("%s (%s): connected %v, want %v (%v)", what, addr, got, want, err)
+		}
+	}
+	check("the host → metadata", l.host, "169.254.169.254:80", true)
+	check("vm1 → metadata", vm1, "169.254.169.254:80", false)
+	check("vm2 → metadata", vm2, "169.254.169.254:80", false)
+	check("vm1 → internet", vm1, internetAddr+":9000", true)
+	check("vm1 → the denied LAN", vm1, "198.51.100.10:5432", false)
+	check("vm2 → its allowed LAN port", vm2, "198.51.100.10:5432", true)
+	check("vm2 → the LAN's next port", vm2, "198.51.100.10:5433", false)
+	check("off → internet", off, internetAddr+":9000", false)
+	check("off → metadata", off, "169.254.169.254:80", false)
+	if !off.Ping(t, "10.3.0.1") {
+		t.Error("egress: none took the VM's gateway too")
+	}
+	if off.Ping(t, internetAddr) {
+		t.Error("egress: none still pings the internet")
+	}
+}

@@ -230,8 +230,8 @@ func Diff(old, cur *config.VM) []Change {
 	for i := range t.NumField() {
 		f := t.Field(i)
 		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		if name == "" || name == "-" || name == "supervision" {
-			continue // supervision changes need no restart
+		if name == "" || name == "-" || name == "supervision" || name == "egress" {
+			continue // supervision and egress changes need no restart
 		}
 		a, b := show(ov.Field(i).Interface()), show(cv.Field(i).Interface())
 		if a != b {

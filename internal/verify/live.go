@@ -216,6 +216,15 @@ func Live(f Fleet) []Check {
 			}
 			return reachable(m["ping_internet"], gateway+" (the host's default gateway, through NAT)")
 		})})
+		checks = append(checks, Check{Name: name + " → cloud metadata", Run: fact(func(m map[string]string) (Status, string) {
+			if metadataAllowed(cfg, vm) {
+				return Skip, "the file allows " + metadataAddr + " to this VM"
+			}
+			if got := m["metadata"]; got != "blocked" {
+				return Fail, fmt.Sprintf("%s:80 is reachable from the VM (%s): its egress is not closed", metadataAddr, got)
+			}
+			return Pass, metadataAddr + " (the cloud metadata service) is unreachable"
+		})})
 		checks = append(checks, Check{Name: name + " isolation", Run: fact(func(m map[string]string) (Status, string) {
 			var broken, allowedOK, notes []string
 			for _, other := range cfg.VMs {
@@ -263,6 +272,20 @@ func Live(f Fleet) []Check {
 		}
 	}
 	return checks
+}
+
+// metadataAddr is the cloud metadata service's address (AWS, GCP, Azure).
+const metadataAddr = "169.254.169.254"
+
+// metadataAllowed says whether the file opens the metadata service to vm.
+func metadataAllowed(cfg *config.Config, vm *config.VM) bool {
+	md := netip.MustParseAddr(metadataAddr)
+	for _, r := range append(append([]config.EgressRule{}, cfg.Egress.Allow...), vm.Egress.Allow...) {
+		if p, ok := r.Prefix(); ok && p.Contains(md) {
+			return true
+		}
+	}
+	return false
 }
 
 // hypervisorPrivileges reads a hypervisor's identity and capabilities from
@@ -329,6 +352,7 @@ func probe(f Fleet, vm *config.VM, gateway string) (map[string]string, error) {
 	for _, v := range vm.Volumes {
 		argv = append(argv, "mount", "mount "+v.MountPoint+"="+v.MountPoint)
 	}
+	argv = append(argv, "tcp", "metadata="+net.JoinHostPort(metadataAddr, "80"))
 	for _, other := range f.Config.VMs {
 		if other.Name == vm.Name {
 			continue
