@@ -223,6 +223,11 @@ func TestBadConfigs(t *testing.T) {
 		{"duplicate vm", "vms:\n  a: { index: 1 }\n  a: { index: 2 }\n", "vms.a", "duplicate key", Options{}},
 		{"duplicate field", "vms:\n  a:\n    index: 1\n    index: 2\n", "vms.a.index", "duplicate key", Options{}},
 		{"wrong type vcpu", "vms: { a: { index: 1, vcpu: two } }", "vms.a.vcpu", "expected a whole number", Options{}},
+		{"egress word", "vms: { a: { index: 1, egress: off } }", "vms.a.egress", `"none" or a mapping`, Options{}},
+		{"egress bad cidr", "vms: { a: { index: 1, egress: { allow: [{ to: 10.0.0.0/33 }] } } }", "vms.a.egress.allow[0].to", "is not an IPv4 network", Options{}},
+		{"egress ipv6", "vms: {}\nnetwork: { egress: { deny: [{ to: \"fd00::/8\" }] } }", "network.egress.deny[0].to", "is not an IPv4 network", Options{}},
+		{"fleet internet", "vms: {}\nnetwork: { egress: { internet: false } }", "network.egress.internet", "internet is per VM", Options{}},
+		{"egress bad port", "vms: { a: { index: 1, egress: { deny: [{ to: 10.0.0.1, ports: [\"5432/sctp\"] }] } } }", "vms.a.egress.deny[0].ports[0]", "protocol must be tcp or udp", Options{}},
 		{"wrong type vms", "vms: [a, b]", "vms", "expected a mapping of names", Options{}},
 		{"wrong type volumes", "vms: { a: { index: 1, volumes: data } }", "vms.a.volumes", "expected a list", Options{}},
 		{"wrong type image", "vms: { a: { index: 1, image: 5 } }", "vms.a.image", "expected a string", Options{}},
@@ -451,5 +456,25 @@ network:
 	all := mustParse(t, "vms: { a: { index: 1 }, b: { index: 2 } }", Options{})
 	if all.ForHost("anything") != all {
 		t.Error("a file naming no host is not wholly every host's")
+	}
+}
+
+// egress: none is short for internet: false; egress does not change the
+// spec hash (a firewall change restarts no VM).
+func TestEgressMerge(t *testing.T) {
+	cfg := mustParse(t, `
+defaults: { egress: { deny: [{ to: 10.0.0.0/8 }] } }
+vms:
+  a: { index: 1 }
+  b: { index: 2, egress: none }
+`, Options{})
+	a, b := cfg.VM("a"), cfg.VM("b")
+	if len(a.Egress.Deny) != 1 || a.Egress.Offline() || !b.Egress.Offline() || len(b.Egress.Deny) != 0 {
+		t.Errorf("a %+v, b %+v", a.Egress, b.Egress)
+	}
+	c := *a
+	c.Egress = Egress{}
+	if c.SpecHash() != a.SpecHash() {
+		t.Error("egress changed the spec hash")
 	}
 }
