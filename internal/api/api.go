@@ -49,10 +49,10 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 	deployRoutes(mux, dep)
 	sup := d.Supervisor()
 	mux.HandleFunc("GET /v1/vms", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, sup.List())
+		writeJSON(w, http.StatusOK, d.List())
 	})
 	mux.HandleFunc("GET /v1/vms/{name}", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
-		st, ok := sup.Status(name)
+		st, ok := d.Status(name)
 		if !ok {
 			writeErr(w, http.StatusNotFound, fmt.Errorf("no VM named %q", name))
 			return
@@ -90,7 +90,7 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 				writeErr(w, http.StatusConflict, err)
 				return
 			}
-			st, _ := sup.Status(name)
+			st, _ := d.Status(name)
 			writeJSON(w, http.StatusOK, st)
 		})
 	}
@@ -104,7 +104,12 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 		return sup.Start(context.Background(), vm)
 	}
 	mux.HandleFunc("POST /v1/vms/{name}/start", action(start))
-	mux.HandleFunc("POST /v1/vms/{name}/stop", action(sup.Stop))
+	mux.HandleFunc("POST /v1/vms/{name}/stop", action(func(name string) error {
+		if _, known := sup.Status(name); !known && d.VMConfig(name) != nil {
+			return nil // in the file and never started: stopped already
+		}
+		return sup.Stop(name)
+	}))
 	mux.HandleFunc("POST /v1/vms/{name}/restart", action(func(name string) error {
 		if err := sup.Stop(name); err != nil {
 			return err

@@ -357,6 +357,46 @@ func (d *Daemon) syncTailnet(cfg *config.Config, res *ApplyResult) {
 	}
 }
 
+// List reports every VM: each the supervisor knows, and each VM of the
+// applied file it does not (never started: autostart is off) as created,
+// as `docker ps -a` lists containers that never ran. By name.
+func (d *Daemon) List() []supervisor.Status {
+	out := d.sup.List()
+	known := map[string]bool{}
+	for _, st := range out {
+		known[st.Name] = true
+	}
+	d.mu.Lock()
+	cfg := d.cfg
+	d.mu.Unlock()
+	if cfg == nil {
+		return out
+	}
+	for _, vm := range cfg.VMs {
+		if !known[vm.Name] {
+			out = append(out, defined(vm))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Status reports one VM as List does.
+func (d *Daemon) Status(name string) (supervisor.Status, bool) {
+	if st, ok := d.sup.Status(name); ok {
+		return st, true
+	}
+	if vm := d.VMConfig(name); vm != nil {
+		return defined(vm), true
+	}
+	return supervisor.Status{}, false
+}
+
+// defined is the status of a VM of the applied file never started.
+func defined(vm *config.VM) supervisor.Status {
+	return supervisor.Status{Name: vm.Name, State: supervisor.Created, Spec: vm, SpecHash: vm.SpecHash()}
+}
+
 // VMConfig returns a VM of the applied file.
 func (d *Daemon) VMConfig(name string) *config.VM {
 	d.mu.Lock()

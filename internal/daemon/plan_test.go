@@ -146,3 +146,37 @@ func actions(p *plan.Plan) map[string]plan.Action {
 	}
 	return out
 }
+
+// VMs of the applied file that never started are listed (created), answer
+// status, and start on request; before, list was empty and status said
+// there was no such VM.
+func TestDefinedVMsAreListed(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetns(t, "ddef")
+	ns.IP(t, "link", "add", "up0", "type", "bridge")
+	st := t.TempDir()
+	d, err := NewWithLauncher(launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), NetNS: ns.Path}, instant{pid: os.Getpid()}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := d.ApplyFile("t.yaml", []byte("host: { externalInterface: up0 }\nvms: { a: { index: 1, autostart: false }, b: { index: 2 } }\n")); err != nil {
+		t.Fatal(err)
+	}
+	list := d.List()
+	if len(list) != 2 || list[0].Name != "a" || list[0].State != supervisor.Created || list[0].Spec == nil || list[1].State != supervisor.Running {
+		t.Fatalf("list = %+v", list)
+	}
+	if st, ok := d.Status("a"); !ok || st.State != supervisor.Created {
+		t.Errorf("status a: %+v %v", st, ok)
+	}
+	if err := d.Supervisor().Start(context.Background(), d.VMConfig("a")); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := d.Status("a"); st.State != supervisor.Running {
+		t.Errorf("after start: %+v", st)
+	}
+	if _, ok := d.Status("ghost"); ok {
+		t.Error("a VM not in the file has a status")
+	}
+}

@@ -20,7 +20,7 @@ import (
 )
 
 // States a VM may be in, each exported as one microvm_vm_state series.
-var states = []supervisor.State{supervisor.Starting, supervisor.Running, supervisor.Stopping, supervisor.Stopped, supervisor.Backoff, supervisor.Failed}
+var states = []supervisor.State{supervisor.Created, supervisor.Starting, supervisor.Running, supervisor.Stopping, supervisor.Stopped, supervisor.Backoff, supervisor.Failed}
 
 // New returns the /metrics handler for d (and dep, when the daemon deploys
 // from git) and starts observing applies.
@@ -81,7 +81,7 @@ func (f *fleet) Collect(ch chan<- prometheus.Metric) {
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	for _, st := range f.d.Supervisor().List() {
+	for _, st := range f.d.List() {
 		for _, s := range states {
 			gauge(vmState, b2f(st.State == s), st.Name, string(s))
 		}

@@ -33,6 +33,9 @@ const (
 	Stopped  State = "stopped"
 	Backoff  State = "backoff" // waiting to be restarted
 	Failed   State = "failed"  // crash loop or failed start; needs start or apply
+	// Created is a VM of the applied file that was never started
+	// (autostart: false): its network is made, `start` boots it.
+	Created State = "created"
 )
 
 // ReadyTimeout is how long a guest may take to report ready by default.
