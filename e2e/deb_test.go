@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"debug/elf"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,10 +11,12 @@ import (
 	"microvm.dev/microvm/internal/testutil"
 )
 
-// TestDebianPackage builds the package with nfpm, installs it with dpkg on
-// this (Debian) machine, runs the installed `microvm doctor`, and removes
-// it: a volume under /var/lib/microvm stays. The machine is left as it was
-// (package purged, the test's volume and a group it created removed).
+// TestDebianPackage builds the packages with nfpm for amd64 and arm64 from
+// this one machine, checks each (dpkg-deb --info's architecture, the ELF
+// machine of both binaries), installs this machine's with dpkg, runs the
+// installed `microvm doctor`, and removes it: a volume under
+// /var/lib/microvm stays. The machine is left as it was (package purged,
+// the test's volume and a group it created removed).
 func TestDebianPackage(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireCommand(t, "dpkg")
@@ -26,10 +29,32 @@ func TestDebianPackage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("build-deb: %v\n%s", err, b)
 	}
-	debs, _ := filepath.Glob(filepath.Join(out, "microvm_*.deb"))
-	if len(debs) != 1 {
-		t.Fatalf("packages: %v\n%s", debs, b)
+	machines := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
+	for arch, machine := range machines {
+		deb := filepath.Join(out, "microvm_0.0.0~test_"+arch+".deb")
+		info, err := exec.Command("dpkg-deb", "--field", deb, "Architecture").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(info)) != arch {
+			t.Errorf("%s: architecture %q (%v)", deb, info, err)
+			continue
+		}
+		dir := t.TempDir()
+		if out, err := exec.Command("dpkg-deb", "-x", deb, dir).CombinedOutput(); err != nil {
+			t.Fatalf("dpkg-deb -x %s: %v\n%s", deb, err, out)
+		}
+		for _, bin := range []string{"usr/bin/microvm", "usr/libexec/microvm/microvm-init"} {
+			f, err := elf.Open(filepath.Join(dir, bin))
+			if err != nil {
+				t.Errorf("%s in %s: %v", bin, deb, err)
+				continue
+			}
+			if f.Machine != machine {
+				t.Errorf("%s in %s is for %s, want %s", bin, deb, f.Machine, machine)
+			}
+			f.Close()
+		}
 	}
+	native, _ := exec.Command("dpkg", "--print-architecture").Output()
+	debs := []string{filepath.Join(out, "microvm_0.0.0~test_"+strings.TrimSpace(string(native))+".deb")}
 	hadGroup := exec.Command("getent", "group", "microvm").Run() == nil
 	volDir := "/var/lib/microvm/vms/debtest"
 	vol := filepath.Join(volDir, "data.img")

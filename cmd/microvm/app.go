@@ -141,6 +141,11 @@ func fileFlag(cmd *cobra.Command, dst *string) {
 	cmd.Flags().StringVarP(dst, "file", "f", "infra.yaml", "the config file")
 }
 
+// offlineFlag is --offline, the same on every verb that checks a file.
+func offlineFlag(cmd *cobra.Command, dst *bool) {
+	cmd.Flags().BoolVar(dst, "offline", false, "check the file alone, not against this machine's CPUs and addresses")
+}
+
 // hostOptions gathers the facts of the host (or --netns) that validation
 // checks a file against.
 func (a *app) hostOptions(offline bool) (config.Options, error) {

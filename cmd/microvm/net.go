@@ -88,8 +88,10 @@ does not own in the way) changes nothing.`,
 	fileFlag(show, &file)
 
 	teardown := &cobra.Command{
-		Use:     "teardown",
-		Short:   "Remove every bridge, TAP and the table microvm created (volumes are not touched)",
+		Use:   "teardown",
+		Short: "Remove every bridge, TAP and the table microvm created (volumes are not touched)",
+		Long: `Teardown removes everything microvm made on the host's network, whatever
+the file says: -f is accepted, as by its siblings, and not needed.`,
 		Example: "  microvm net teardown",
 		Args:    exactArgs(0),
 		RunE: func(*cobra.Command, []string) error {
@@ -105,6 +107,8 @@ does not own in the way) changes nothing.`,
 			return err
 		},
 	}
+	var ignored string
+	fileFlag(teardown, &ignored)
 	cmd.AddCommand(apply, show, teardown)
 	return cmd
 }

@@ -44,7 +44,7 @@ every VM is created.`,
 		},
 	}
 	fileFlag(cmd, &file)
-	cmd.Flags().BoolVar(&offline, "offline", false, "check the file alone, not against this machine's CPUs and addresses")
+	offlineFlag(cmd, &offline)
 	return cmd
 }
 

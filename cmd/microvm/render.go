@@ -18,6 +18,7 @@ import (
 
 func (a *app) renderCommand() *cobra.Command {
 	var file string
+	var offline bool
 	var o runOptions
 	cmd := &cobra.Command{
 		Use:   "render nftables | render runner VM",
@@ -37,7 +38,7 @@ func (a *app) renderCommand() *cobra.Command {
 		},
 		ValidArgs: []string{"nftables", "runner"},
 		RunE: func(_ *cobra.Command, args []string) error {
-			cfg, err := a.load(file, true)
+			cfg, err := a.load(file, offline)
 			if err != nil {
 				return err
 			}
@@ -48,6 +49,7 @@ func (a *app) renderCommand() *cobra.Command {
 		},
 	}
 	fileFlag(cmd, &file)
+	offlineFlag(cmd, &offline)
 	launchFlags(cmd, &o)
 	return cmd
 }

@@ -74,6 +74,6 @@ init: image finds an init); --offline checks the file alone.`,
 		},
 	}
 	fileFlag(cmd, &file)
-	cmd.Flags().BoolVar(&offline, "offline", false, "check the file alone, not against this machine's CPUs and addresses")
+	offlineFlag(cmd, &offline)
 	return cmd
 }
