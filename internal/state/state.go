@@ -48,6 +48,9 @@ type RunRecord struct {
 	ProcStart uint64 `json:"procStart,omitempty"`
 	// StartedAt is when the process was started.
 	StartedAt time.Time `json:"startedAt,omitzero"`
+	// BootSeconds is how long the guest took to become ready (0 until it
+	// was), kept so a daemon that adopts the VM still knows it.
+	BootSeconds float64 `json:"bootSeconds,omitempty"`
 }
 
 // WriteRunRecord stores a VM's run record atomically.

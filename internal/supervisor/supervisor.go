@@ -126,6 +126,7 @@ func (s *Supervisor) Adopt() ([]string, error) {
 		// Starting until its console shows the ready line (at once when the
 		// guest had finished booting before the daemon went away).
 		v.run, v.state, v.wanted, v.started = r, Starting, true, r.StartedAt()
+		v.boot = time.Duration(rec.BootSeconds * float64(time.Second))
 		v.gen++
 		gen := v.gen
 		go s.watch(rec.Name, v, r, gen)
@@ -247,6 +248,12 @@ func (s *Supervisor) awaitReady(name string, v *vmProc, r Process, gen int) erro
 	switch {
 	case err == nil && mine && v.state == Starting:
 		v.state, v.boot = Running, time.Since(r.StartedAt())
+		// Under the lock: the record is not rewritten once the VM exited.
+		rec := r.Record()
+		rec.BootSeconds = v.boot.Seconds()
+		if werr := s.dir.WriteRunRecord(rec); werr != nil {
+			s.log.Error("write run record", "vm", name, "err", werr)
+		}
 	case err != nil && mine:
 		v.gen++
 		v.run, v.state, v.failure, v.wanted = nil, Failed, err.Error(), false

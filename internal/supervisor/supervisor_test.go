@@ -167,6 +167,10 @@ func TestRestartPolicies(t *testing.T) {
 			if st := state_(s, "a"); st != Running {
 				t.Fatalf("state %s after start", st)
 			}
+			var rec state.RunRecord
+			if err := state.ReadJSON(dir.RunRecordPath("a"), &rec); err != nil || rec.BootSeconds <= 0 || rec.PID == 0 {
+				t.Errorf("the run record of a ready VM lacks its boot time: %+v %v", rec, err)
+			}
 			f.launches("a")[0].exit(c.exitErr)
 			if c.restart {
 				waitFor(t, "the restart", func() bool { return len(f.launches("a")) == 2 && state_(s, "a") == Running })
@@ -189,7 +193,7 @@ func TestRestartPolicies(t *testing.T) {
 			if st.LastExit != want || st.PID != 0 {
 				t.Errorf("status %+v, want last exit %q and no pid", st, want)
 			}
-			var rec state.RunRecord
+			rec = state.RunRecord{}
 			if err := state.ReadJSON(dir.RunRecordPath("a"), &rec); err != nil || rec.PID != 0 {
 				t.Errorf("run record after the exit: %+v %v", rec, err)
 			}
@@ -306,7 +310,7 @@ func TestAdoption(t *testing.T) {
 	s, dir := newSup(t, f)
 	started := time.Now().Add(-4 * time.Minute).Truncate(time.Second)
 	live, dead, stopped := vm("live", config.RestartAlways), vm("dead", config.RestartAlways), vm("stopped", config.RestartAlways)
-	dir.WriteRunRecord(state.RunRecord{Name: "live", Spec: *live, PID: 4242, ProcStart: 7, StartedAt: started})
+	dir.WriteRunRecord(state.RunRecord{Name: "live", Spec: *live, PID: 4242, ProcStart: 7, StartedAt: started, BootSeconds: 6.5})
 	dir.WriteRunRecord(state.RunRecord{Name: "dead", Spec: *dead, PID: 4343, ProcStart: 8, StartedAt: started})
 	dir.WriteRunRecord(state.RunRecord{Name: "stopped", Spec: *stopped})
 	f.adopt[4242] = true
@@ -316,8 +320,8 @@ func TestAdoption(t *testing.T) {
 	}
 	waitFor(t, "the adopted VM running", func() bool { return state_(s, "live") == Running })
 	st, _ := s.Status("live")
-	if st.PID != 4242 || !st.StartedAt.Equal(started) {
-		t.Errorf("adopted status %+v, want pid 4242 started %s", st, started)
+	if st.PID != 4242 || !st.StartedAt.Equal(started) || st.BootSeconds != 6.5 {
+		t.Errorf("adopted status %+v, want pid 4242 started %s, booted in 6.5 s", st, started)
 	}
 	for _, name := range []string{"dead", "stopped"} {
 		if st, ok := s.Status(name); !ok || st.State != Stopped || st.PID != 0 || st.Spec == nil {
