@@ -54,19 +54,17 @@ type process struct {
 	netns string
 }
 
-func (p process) PID() int                { return p.r.Process.Pid }
-func (p process) StartedAt() time.Time    { return p.r.Started }
-func (p process) Exited() <-chan struct{} { return p.r.Exited }
-func (p process) ExitErr() error          { return p.r.ExitErr }
-func (p process) Stop(t time.Duration) error {
-	return p.r.Stop(t)
-}
-func (p process) Pause() error            { return p.r.Pause() }
-func (p process) Resume() error           { return p.r.Resume() }
-func (p process) Record() state.RunRecord { return p.r.Record() }
-func (p process) Readiness() string       { return p.r.Ready.Readiness() }
-func (p process) ConsoleLog() string      { return p.r.Prepared.Launch.ConsoleLog }
-func (p process) Timings() []steps.Timing { return p.r.Prepared.Timings() }
+func (p process) PID() int                   { return p.r.Process.Pid }
+func (p process) StartedAt() time.Time       { return p.r.Started }
+func (p process) Exited() <-chan struct{}    { return p.r.Exited }
+func (p process) ExitErr() error             { return p.r.ExitErr }
+func (p process) Stop(t time.Duration) error { return p.r.Stop(t) }
+func (p process) Pause() error               { return p.r.Pause() }
+func (p process) Resume() error              { return p.r.Resume() }
+func (p process) Record() state.RunRecord    { return p.r.Record() }
+func (p process) Readiness() string          { return p.r.Ready.Readiness() }
+func (p process) ConsoleLog() string         { return p.r.Prepared.Launch.ConsoleLog }
+func (p process) Timings() []steps.Timing    { return p.r.Prepared.Timings() }
 
 // WaitReady waits for the guest's ready line and then, for a VM with a
 // healthCheck, for the check to pass, within timeout in all.

@@ -75,7 +75,7 @@ func Adopt(env Env, vm *config.VM, pid int, startTime uint64) (*Running, error) 
 	proc, _ := os.FindProcess(pid)
 	p := &Prepared{VM: vm, Backend: res.Backend, Resolved: res, Argv: res.Command.Argv, Launch: res.Launch,
 		env: env, layout: env.Layout(vm.Name), run: &steps.Runner{}}
-	r := &Running{Prepared: p, Process: proc, Exited: make(chan struct{})}
+	r := &Running{Prepared: p, Process: proc, ProcStart: startTime, Exited: make(chan struct{})}
 	go func() {
 		defer unix.Close(fd)
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
