@@ -7,7 +7,7 @@ id -u microvm >/dev/null 2>&1 ||
 	useradd --system --gid nogroup --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin microvm
 if [ -d /run/systemd/system ]; then
 	systemctl daemon-reload >/dev/null 2>&1 || true
-	systemctl enable microvm.service >/dev/null 2>&1 || true
-	systemctl start microvm.service >/dev/null 2>&1 || true
+	systemctl enable microvm.service microvm-guests.service >/dev/null 2>&1 || true
+	systemctl start microvm.service microvm-guests.service >/dev/null 2>&1 || true
 fi
 exit 0

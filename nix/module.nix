@@ -173,6 +173,22 @@ in
     boot.kernelModules = [ "tun" "vhost_net" ];
     networking.nftables.enable = lib.mkDefault true;
 
+    # Every VM stopped cleanly at host shutdown (ordered after the daemon,
+    # so it stops first); a restart of the daemon stops none.
+    systemd.services.microvm-guests = {
+      description = "microvm: stop every VM cleanly at host shutdown";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "microvm.service" ];
+      wants = [ "microvm.service" ];
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        ExecStart = "${pkgs.coreutils}/bin/true";
+        ExecStop = "${cfg.package}/bin/microvm stop --all";
+        TimeoutStopSec = "10min";
+      };
+    };
+
     systemd.services.microvm = {
       description = "microvm: a fleet of micro-VMs from a declarative file";
       wantedBy = [ "multi-user.target" ];

@@ -120,7 +120,7 @@ read-only image store, an ephemeral /var and persistent data volumes.`,
 		a.daemonCommand(), a.applyCommand(), a.listCommand(),
 		a.vmVerb("status", "Show one VM's state, process, boot time and restarts", "GET", ""),
 		a.vmVerb("start", "Start a VM of the applied file", "POST", "/start"),
-		a.vmVerb("stop", "Shut a VM down cleanly (it stays stopped)", "POST", "/stop"),
+		a.stopCommand(),
 		a.vmVerb("restart", "Shut a VM down cleanly and start it again", "POST", "/restart"),
 		a.logsCommand(), a.rmCommand(), a.execCommand(), a.sshCommand(), a.consoleCommand(), a.verifyCommand(), a.imageCommand(), a.deployCommand(), a.doctorCommand(), a.volumeCommand(), a.secretCommand(), a.versionCommand())
 	return root

@@ -185,6 +185,47 @@ func (a *app) vmVerb(use, short, method, suffix string) *cobra.Command {
 	}
 }
 
+// stopCommand is `stop VM` and `stop --all` (what the host's shutdown runs).
+func (a *app) stopCommand() *cobra.Command {
+	var all bool
+	cmd := a.vmVerb("stop", "Shut a VM down cleanly (it stays stopped); --all: every VM at once", "POST", "/stop")
+	cmd.Use = "stop VM | stop --all"
+	cmd.Example = "  microvm stop vm1\n  microvm stop --all"
+	cmd.Long = `Stop shuts a VM down cleanly (its workload's stop signal, or the image's own
+poweroff), within its stopTimeout, and leaves it stopped. --all stops every
+running VM at once: the host's shutdown runs it (dist/microvm-guests.service),
+so no guest is killed with unsynced data; the next daemon starts the VMs
+whose autostart is on.`
+	one := cmd.RunE
+	cmd.Args = func(c *cobra.Command, args []string) error {
+		if all != (len(args) == 0) {
+			return usagef("stop takes a VM, or --all")
+		}
+		return nil
+	}
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		if !all {
+			return one(c, args)
+		}
+		var res []daemon.StopResult
+		err := a.client().Do("POST", "/v1/stop", nil, &res)
+		if a.output == "json" {
+			a.printJSON(res)
+		} else {
+			for _, r := range res {
+				if r.Error != "" {
+					fmt.Fprintf(a.stdout, "%s: %s after %.1fs\n", r.Name, r.Error, r.Seconds)
+					continue
+				}
+				fmt.Fprintf(a.stdout, "%s: stopped in %.1fs\n", r.Name, r.Seconds)
+			}
+		}
+		return err
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "stop every running VM at once (the host is shutting down)")
+	return cmd
+}
+
 // exitCode is the workload's exit status that ended the VM, or "-".
 func exitCode(st supervisor.Status) string {
 	if st.ExitCode == nil {

@@ -110,6 +110,16 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 		}
 		return sup.Stop(name)
 	}))
+	mux.HandleFunc("POST /v1/stop", func(w http.ResponseWriter, r *http.Request) {
+		res := d.StopAll()
+		for _, s := range res {
+			if s.Error != "" {
+				writeJSON(w, http.StatusInternalServerError, res)
+				return
+			}
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
 	mux.HandleFunc("POST /v1/vms/{name}/restart", action(func(name string) error {
 		if err := sup.Stop(name); err != nil {
 			return err

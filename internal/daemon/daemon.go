@@ -397,6 +397,39 @@ func defined(vm *config.VM) supervisor.Status {
 	return supervisor.Status{Name: vm.Name, State: supervisor.Created, Spec: vm, SpecHash: vm.SpecHash()}
 }
 
+// StopResult is how one VM ended in StopAll.
+type StopResult struct {
+	Name    string  `json:"name"`
+	Seconds float64 `json:"seconds"`
+	Error   string  `json:"error,omitempty"`
+}
+
+// StopAll shuts every running VM down cleanly, all at once, each within
+// its stopTimeout (the host is shutting down: unsynced data must reach the
+// volumes). They stay stopped; the next daemon boots the autostart ones.
+func (d *Daemon) StopAll() []StopResult {
+	var out []StopResult
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, st := range d.sup.List() {
+		if st.PID == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			secs, msg := timed(func() error { return d.sup.Stop(st.Name) })
+			mu.Lock()
+			out = append(out, StopResult{Name: st.Name, Seconds: secs, Error: msg})
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	d.log.Info("stopped every VM", "vms", len(out))
+	return out
+}
+
 // VMConfig returns a VM of the applied file.
 func (d *Daemon) VMConfig(name string) *config.VM {
 	d.mu.Lock()
