@@ -53,6 +53,9 @@ type Env struct {
 	VMMUser *vmmuser.User
 	// Identities decrypt the VMs' age-encrypted secrets.
 	Identities []secrets.Identity
+	// BzImage boots x86 kernels as the bzImage they are, never as their
+	// extracted PVH vmlinux (bench/cmd/bootbench compares the two).
+	BzImage bool
 }
 
 // Layout names the files and sockets of the VM called name.

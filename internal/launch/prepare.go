@@ -109,7 +109,7 @@ func (pr *preparer) checkBackend(context.Context) error {
 		return err
 	}
 	pr.p.Backend, pr.kern = r.Backend, r.Kernel
-	if err := r.Backend.CheckKernel(pr.kern.Image, pr.arch); err != nil {
+	if err := r.Backend.CheckKernel(r.Launch.Kernel, pr.arch); err != nil {
 		return pr.fail(err)
 	}
 	if !Limits(vm).IsZero() && pr.p.env.Cgroups == nil {

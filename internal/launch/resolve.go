@@ -81,7 +81,7 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 	l.Arch = arch
 	l.KVM = arch == vmm.HostArch() && vmm.HardwareKVM() && env.canOpen("/dev/kvm")
 	l.VHostNet = l.KVM && env.canOpen("/dev/vhost-net")
-	l.Kernel = kern.Image
+	l.Kernel = env.BootKernel(kern, b, arch)
 	// The VM's own initramfs holds its SSH host key and secrets: it is made
 	// in the VM's run directory (on a tmpfs on a real host) and removed
 	// once the hypervisor has loaded it.
@@ -109,6 +109,24 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 		cmd.Argv = append([]string{"nsenter", "--net=" + env.NetNS, "--"}, cmd.Argv...)
 	}
 	return &Resolved{Backend: b, Kernel: kern, Share: share, Image: img, Launch: l, Command: cmd}, nil
+}
+
+// BootKernel is the kernel image backend b boots for kern: on x86_64, for
+// a backend that boots PVH, the ELF vmlinux extracted from the bzImage once
+// and cached (guest.PVHKernel); else, or when the kernel has no PVH entry
+// or cannot be extracted, the image itself.
+func (e Env) BootKernel(kern guest.Kernel, b vmm.Backend, arch string) string {
+	if arch != vmm.ArchX86_64 || !b.Capabilities().PVH || e.BzImage {
+		return kern.Image
+	}
+	cache := e.KernelCache
+	if cache == "" {
+		cache = filepath.Join(e.StateDir, "cache")
+	}
+	if v, err := guest.PVHKernel(kern.Image, cache); err == nil && v != "" {
+		return v
+	}
+	return kern.Image
 }
 
 // blockImage is where the read-only disk image of the store tree of image

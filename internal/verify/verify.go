@@ -117,8 +117,12 @@ func Prerequisites(cfg *config.Config, env launch.Env, look LookPath) []Check {
 			if err != nil {
 				return Fail, err.Error()
 			}
-			if err := b.CheckKernel(k.Image, arch); err != nil {
+			boot := env.BootKernel(k, b, arch)
+			if err := b.CheckKernel(boot, arch); err != nil {
 				return Fail, err.Error()
+			}
+			if boot != k.Image {
+				return Pass, fmt.Sprintf("%s, booted as its PVH vmlinux %s (modules %s)", k.Image, boot, k.Modules)
 			}
 			return Pass, fmt.Sprintf("%s (modules %s)", k.Image, k.Modules)
 		}})

@@ -73,6 +73,10 @@ type Capabilities struct {
 	// AppendsConsole says whether the VMM writes the console log in append
 	// mode, so the log can be rotated by copy and truncate while it runs.
 	AppendsConsole bool
+	// PVH says the VMM boots an uncompressed ELF vmlinux through its PVH
+	// entry on x86_64 (no firmware, no decompression in the guest), which
+	// the launcher then extracts from the bzImage.
+	PVH bool
 	// Install says how to install the backend's binary.
 	Install string
 }

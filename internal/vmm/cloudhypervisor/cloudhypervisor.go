@@ -28,6 +28,7 @@ func (Backend) Binary(string) string { return "cloud-hypervisor" }
 // serial console to a file it truncates (no interactive socket).
 func (Backend) Capabilities() vmm.Capabilities {
 	return vmm.Capabilities{
+		PVH:           true,
 		Shares:        []string{vmm.ShareVirtiofs, vmm.ShareBlock},
 		ControlSocket: "api.sock",
 		Install:       "install a release binary from github.com/cloud-hypervisor/cloud-hypervisor/releases into PATH",

@@ -32,6 +32,7 @@ func (Backend) Binary(string) string { return "firecracker" }
 // console log (no interactive socket).
 func (Backend) Capabilities() vmm.Capabilities {
 	return vmm.Capabilities{
+		PVH:            true,
 		Shares:         []string{vmm.ShareBlock},
 		ControlSocket:  "api.sock",
 		AppendsConsole: true,

@@ -35,6 +35,7 @@ const ControlSocket = "qmp.sock"
 // tap,fd=N); an interactive console socket whose log is appended to.
 func (Backend) Capabilities() vmm.Capabilities {
 	return vmm.Capabilities{
+		PVH:                true,
 		Shares:             []string{vmm.ShareVirtiofs, vmm.Share9p, vmm.ShareBlock},
 		ControlSocket:      ControlSocket,
 		TAPFromFD:          true,
