@@ -194,7 +194,7 @@ in
       wantedBy = [ "multi-user.target" ];
       after = [ "network-online.target" ];
       wants = [ "network-online.target" ];
-      path = with pkgs; [ qemu nftables e2fsprogs iproute2 kmod util-linux git ];
+      path = with pkgs; [ qemu nftables e2fsprogs iproute2 kmod util-linux git xz ];
       restartTriggers = [ file ];
       serviceConfig = {
         ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/microvm" "daemon" "--init-dir" "${cfg.package}/libexec/microvm" ]

@@ -39,8 +39,9 @@ ensure_go() {
 # e2fsprogs to format and check volumes; kmod (depmod) to index fetched
 # kernels' modules; busybox-static for the base image; iputils-ping for ICMP
 # checks; openssh-client to reach VMs from the fleet script; git for GitOps;
-# ca-certificates for the module proxy.
-PROJECT_PACKAGES=(nftables iproute2 util-linux qemu-system-x86 e2fsprogs kmod busybox-static iputils-ping openssh-client git ca-certificates)
+# ca-certificates for the module proxy; xz-utils to extract the PVH vmlinux
+# from a bzImage (the kernel's xz carries a filter only xz-utils decodes).
+PROJECT_PACKAGES=(nftables iproute2 util-linux qemu-system-x86 e2fsprogs kmod busybox-static iputils-ping openssh-client git ca-certificates xz-utils)
 
 # ensure_vmm_user creates the unprivileged user hypervisors run as
 # (microvm), in group nogroup: not the microvm group, which may use the
