@@ -60,11 +60,11 @@ func Wait(netns string, vm *config.VM, deadline time.Time, exited <-chan struct{
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the health check did not pass: %w", err)
+			return fmt.Errorf("not healthy: its health check did not pass in time: %w", err)
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("the VM exited before its health check passed: %w", err)
+			return fmt.Errorf("not healthy: the VM exited before its health check passed: %w", err)
 		case <-time.After(time.Second):
 		}
 	}

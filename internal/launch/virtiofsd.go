@@ -1,9 +1,13 @@
 package launch
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -39,6 +43,10 @@ func Virtiofsd() string {
 // (virtiofsd's --socket-group) so the hypervisor can connect to it.
 func startVirtiofsd(sh vmm.Share, u *vmmuser.User, log *os.File) (*os.Process, <-chan struct{}, error) {
 	bin := Virtiofsd()
+	// A virtiofsd left serving this socket (its hypervisor gone, its daemon
+	// killed before it could stop it) holds the socket's pid file lock, and
+	// a new one would exit at once: it serves nothing now, so it goes.
+	stopStaleVirtiofsd(sh.VirtiofsSocket, log)
 	os.Remove(sh.VirtiofsSocket)
 	script := `mount --bind -o ro "$1" "$1" && exec "$2" --socket-path="$3" ${4:+--socket-group="$4"} -o source="$1" -o sandbox=namespace -o cache=always -o no_posix_lock -o no_flock`
 	group := ""
@@ -70,4 +78,38 @@ func startVirtiofsd(sh vmm.Share, u *vmmuser.User, log *os.File) (*os.Process, <
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// stopStaleVirtiofsd ends every virtiofsd still serving socket (SIGTERM,
+// then SIGKILL after 5 s): the VM it served is not running, or it would not
+// be started again.
+func stopStaleVirtiofsd(socket string, log *os.File) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	want := []byte("--socket-path=" + socket + "\x00")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(b, want) || !bytes.Contains(b, []byte("virtiofsd")) {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		if err != nil {
+			continue
+		}
+		fmt.Fprintf(log, "microvm: stopping a stale virtiofsd (pid %d) still serving %s\n", pid, socket)
+		unix.Kill(pid, unix.SIGTERM)
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && running(pid); time.Sleep(20 * time.Millisecond) {
+		}
+		unix.Kill(pid, unix.SIGKILL)
+	}
+}
+
+// running says whether pid is a live process (an exited one not yet reaped
+// holds no file locks any more).
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
 }
