@@ -12,6 +12,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/testutil"
 )
 
 // TestApplicationImagesFromRegistry runs images nobody here wrote, as
@@ -160,6 +161,8 @@ func TestImageProblemsRefused(t *testing.T) {
 	if vms := l.list(); len(vms) != 0 {
 		t.Errorf("VMs after a refused apply: %+v", vms)
 	}
+	testutil.Report(t, testutil.FaultResult{Fault: "images that cannot run what the VM asks (a missing command, an unknown user, init: image without an init)", Trials: 3,
+		Result: "refused by validate and apply, naming the VM, the image and the cause; nothing started"})
 }
 
 func tail(s string, n int) string {
