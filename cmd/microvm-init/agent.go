@@ -120,13 +120,11 @@ func toConsole(line string) error {
 
 // poweroff asks the image's init for a clean poweroff with its own tool.
 func poweroff(procs *reaper) {
-	for _, p := range []string{"/usr/sbin/poweroff", "/sbin/poweroff", "/bin/poweroff", "/usr/bin/poweroff"} {
-		if _, err := os.Lstat(p); err == nil {
-			cmd := &exec.Cmd{Path: p, Args: []string{p}}
-			if err := cmd.Start(); err == nil {
-				procs.wait(cmd.Process.Pid)
-				return
-			}
+	if p := lookPathInRoot("poweroff"); p != "poweroff" {
+		cmd := &exec.Cmd{Path: p, Args: []string{p}}
+		if err := cmd.Start(); err == nil {
+			procs.wait(cmd.Process.Pid)
+			return
 		}
 	}
 	// No poweroff tool: the init's own request (busybox init: SIGUSR2,

@@ -182,7 +182,7 @@ func (in *initd) switchRoot() error {
 	if err := unix.Chdir("/"); err != nil {
 		return err
 	}
-	env := []string{"PATH=" + defaultPath, "HOME=/", "TERM=linux"}
+	env := []string{"PATH=" + guest.DefaultPath, "HOME=/", "TERM=linux"}
 	return unix.Exec(initPath, []string{initPath}, env)
 }
 

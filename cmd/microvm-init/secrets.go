@@ -29,10 +29,11 @@ func writeSecrets(files []guest.SecretFile) error {
 func writeSecret(f guest.SecretFile) error {
 	uid, gid := uint32(0), uint32(0)
 	if f.Owner != "" && f.Owner != "root" && f.Owner != "0" {
-		var err error
-		if uid, gid, _, err = lookupUser(f.Owner); err != nil {
+		u, err := lookupUser(f.Owner)
+		if err != nil {
 			return err
 		}
+		uid, gid = u.UID, u.GID
 	}
 	dir := root
 	parts := strings.Split(strings.TrimPrefix(filepath.Dir(f.Path), "/"), "/")

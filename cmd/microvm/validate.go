@@ -50,7 +50,7 @@ init: image finds an init); --offline checks the file alone.`,
 				return err
 			case !offline:
 				// Images the store has are checked against what the VMs run.
-				ps = launch.ImageProblems(launch.Env{StateDir: a.stateDir}, cfg, file)
+				ps = launch.ImageProblems(launch.Env{StateDir: a.stateDir}, cfg.VMs, file)
 				res.Problems = append(res.Problems, ps...)
 				res.Valid, res.VMs = len(ps) == 0, len(cfg.VMs)
 			default:

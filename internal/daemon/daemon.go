@@ -221,14 +221,15 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 	// Every secret of a VM that will (re)start must decrypt here, and its
 	// image (when the store has it) must run what the VM asks, before
 	// anything changes: such a file stops nothing.
-	var starting config.Config
+	var starting []*config.VM
 	for _, v := range p.VMs {
 		if v.Action.Starts() {
-			res.Problems = append(res.Problems, d.secretProblems(name, v.Desired)...)
-			starting.VMs = append(starting.VMs, v.Desired)
+			_, err := d.env.Secrets(v.Desired)
+			res.Problems = append(res.Problems, launch.Problems(name, "vms."+v.Name+".secrets", err)...)
+			starting = append(starting, v.Desired)
 		}
 	}
-	res.Problems = append(res.Problems, launch.ImageProblems(d.env, &starting, name)...)
+	res.Problems = append(res.Problems, launch.ImageProblems(d.env, starting, name)...)
 	if len(res.Problems) > 0 {
 		return res, ErrInvalid
 	}
@@ -315,28 +316,6 @@ func (d *Daemon) startAll(vms []*config.VM, actions map[string]*VMAction) {
 		}()
 	}
 	wg.Wait()
-}
-
-// secretProblems are vm's secrets this host cannot decrypt, as problems of
-// the file; any error that is not a secret's fails closed as one problem.
-func (d *Daemon) secretProblems(file string, vm *config.VM) config.Problems {
-	_, err := d.env.Secrets(vm)
-	if err == nil {
-		return nil
-	}
-	var out config.Problems
-	if joined, ok := err.(interface{ Unwrap() []error }); ok {
-		for _, e := range joined.Unwrap() {
-			var se *launch.SecretError
-			if errors.As(e, &se) {
-				out = append(out, config.Problem{File: file, Path: se.Key(), Message: fmt.Sprintf("%s: %v", se.Path, se.Err)})
-			}
-		}
-	}
-	if len(out) == 0 {
-		out = append(out, config.Problem{File: file, Path: "vms." + vm.Name + ".secrets", Message: err.Error()})
-	}
-	return out
 }
 
 // syncTailnet keeps the advertised routes equal to the VM subnets. Its

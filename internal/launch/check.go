@@ -14,17 +14,20 @@ import (
 	"microvm.dev/microvm/internal/store"
 )
 
-// defaultPath is the PATH a workload runs with unless the image sets one.
-const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
 // ImageError is a VM's image that cannot run what the VM asks of it.
 type ImageError struct {
-	// Key is the file's key that asks for it (vms.NAME.image, .command, .user).
-	Key string
-	Err error
+	// Path is the file's key that asks for it (vms.NAME.image, .command, .user).
+	Path string
+	Err  error
 }
 
-func (e *ImageError) Error() string { return e.Key + ": " + e.Err.Error() }
+func (e *ImageError) Error() string { return e.Path + ": " + e.Err.Error() }
+
+// Key is the file's key that asks for it.
+func (e *ImageError) Key() string { return e.Path }
+
+// Detail is the cause.
+func (e *ImageError) Detail() string { return e.Err.Error() }
 
 func (e *ImageError) Unwrap() error { return e.Err }
 
@@ -33,7 +36,7 @@ func (e *ImageError) Unwrap() error { return e.Err }
 // *ImageError naming the key, the image and the cause.
 func CheckImage(vm *config.VM, img store.Image, tree string) error {
 	fail := func(key, format string, args ...any) error {
-		return &ImageError{Key: "vms." + vm.Name + "." + key, Err: fmt.Errorf(format, args...)}
+		return &ImageError{Path: "vms." + vm.Name + "." + key, Err: fmt.Errorf(format, args...)}
 	}
 	if vm.Init == config.InitImage {
 		for _, p := range guest.Inits {
@@ -49,14 +52,11 @@ func CheckImage(vm *config.VM, img store.Image, tree string) error {
 	}
 	var errs []error
 	prog := w.Command[0]
-	if len(w.Command) == 1 && strings.ContainsAny(prog, " \t") {
-		prog = "/bin/sh"
-	}
 	key := "command"
 	if len(vm.Command) == 0 {
 		key = "image" // the image's own entrypoint and cmd
 	}
-	pathEnv := defaultPath
+	pathEnv := guest.DefaultPath
 	if p, ok := w.Env["PATH"]; ok {
 		pathEnv = p
 	}
@@ -102,40 +102,18 @@ func lookPathInTree(tree, prog, pathEnv string) (string, error) {
 }
 
 // checkUser checks a workload's user (name, uid, uid:gid, name:group)
-// against the image's /etc/passwd and /etc/group; numeric ids need no
-// entry, as with Docker.
+// against the image's /etc/passwd and /etc/group, resolved exactly as
+// microvm-init will resolve it.
 func checkUser(tree, user string) error {
-	name, group, _ := strings.Cut(user, ":")
-	if !numeric(name) && !hasEntry(tree, "/etc/passwd", name) {
-		return fmt.Errorf("user %q is not in its /etc/passwd", name)
-	}
-	if group != "" && !numeric(group) && !hasEntry(tree, "/etc/group", group) {
-		return fmt.Errorf("group %q is not in its /etc/group", group)
-	}
-	return nil
-}
-
-func numeric(s string) bool {
-	return s != "" && strings.Trim(s, "0123456789") == ""
-}
-
-// hasEntry says whether the colon-separated file at p in the tree has a
-// line whose first field is name.
-func hasEntry(tree, p, name string) bool {
-	real, err := resolveInTree(tree, p)
-	if err != nil {
-		return false
-	}
-	b, err := os.ReadFile(real)
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f, _, _ := strings.Cut(line, ":"); f == name {
-			return true
+	read := func(p string) []byte {
+		if real, err := resolveInTree(tree, p); err == nil {
+			b, _ := os.ReadFile(real)
+			return b
 		}
+		return nil
 	}
-	return false
+	_, err := guest.LookupUser(user, read("/etc/passwd"), read("/etc/group"))
+	return err
 }
 
 // statInTree is os.Stat of p inside the image at tree, its symlinks
@@ -203,43 +181,18 @@ func imageVolumeWarnings(vm *config.VM, img store.Config) []string {
 	return out
 }
 
-// workloadOf is the workload of vm booting img, with the image's stop
-// signal; nil for init: image.
-func workloadOf(vm *config.VM, img store.Config) *guest.Workload {
-	if vm.Init == config.InitImage {
-		return nil
-	}
-	w := Workload(vm, img)
-	if w != nil {
-		w.StopSignal = img.StopSignal
-	}
-	return w
-}
-
-// ImageProblems checks every VM of cfg whose image the store already has
+// ImageProblems checks each of vms whose image the store already has
 // (CheckImage), as problems of file; VMs whose image is still to be pulled
 // are checked when they start.
-func ImageProblems(env Env, cfg *config.Config, file string) config.Problems {
+func ImageProblems(env Env, vms []*config.VM, file string) config.Problems {
 	var out config.Problems
-	for _, vm := range cfg.VMs {
+	for _, vm := range vms {
 		img, err := lookupImage(env, vm)
 		if err != nil || img.ID == PendingTree {
 			continue
 		}
 		err = CheckImage(vm, img, store.Open(env.StateDir).TreeDir(img.ID))
-		if err == nil {
-			continue
-		}
-		errs := []error{err}
-		if j, ok := err.(interface{ Unwrap() []error }); ok {
-			errs = j.Unwrap()
-		}
-		for _, e := range errs {
-			var ie *ImageError
-			if errors.As(e, &ie) {
-				out = append(out, config.Problem{File: file, Path: ie.Key, Message: ie.Err.Error()})
-			}
-		}
+		out = append(out, Problems(file, "vms."+vm.Name+".image", err)...)
 	}
 	return out
 }

@@ -72,17 +72,25 @@ func pullImage(ctx context.Context, env Env, st *store.Store, vm *config.VM) (st
 	return img, nil
 }
 
-// Workload is what runs in vm with image's config: the VM's command, env,
-// workdir and user where it sets them, else the image's entrypoint and
-// cmd, environment (the VM's variables win), working directory and user.
-// It is nil when neither gives a command.
+// Workload is what runs in vm with image's config, as a container
+// runtime takes it: the VM's command, env, workdir and user where it sets
+// them, else the image's entrypoint and cmd, environment (the VM's
+// variables win), working directory and user, and the image's stop
+// signal. A command that is a single string with spaces runs through
+// /bin/sh -c. It is nil for init: image and when neither gives a command.
 func Workload(vm *config.VM, img store.Config) *guest.Workload {
+	if vm.Init == config.InitImage {
+		return nil
+	}
 	cmd := vm.Command
 	if len(cmd) == 0 {
 		cmd = append(append([]string(nil), img.Entrypoint...), img.Cmd...)
 	}
 	if len(cmd) == 0 {
 		return nil
+	}
+	if len(cmd) == 1 && strings.ContainsAny(cmd[0], " \t") {
+		cmd = []string{"/bin/sh", "-c", cmd[0]}
 	}
 	var env map[string]string
 	if len(img.Env) > 0 || len(vm.Env) > 0 {
@@ -96,7 +104,7 @@ func Workload(vm *config.VM, img store.Config) *guest.Workload {
 			env[k] = v
 		}
 	}
-	w := &guest.Workload{Command: cmd, Env: env, Workdir: vm.Workdir, User: vm.User}
+	w := &guest.Workload{Command: cmd, Env: env, Workdir: vm.Workdir, User: vm.User, StopSignal: img.StopSignal}
 	if w.Workdir == "" {
 		w.Workdir = img.WorkingDir
 	}

@@ -23,6 +23,9 @@ func (e *SecretError) Key() string { return fmt.Sprintf("vms.%s.secrets[%d]", e.
 
 func (e *SecretError) Error() string { return fmt.Sprintf("%s (%s): %v", e.Key(), e.Path, e.Err) }
 
+// Detail is the cause, with the secret's path in the guest.
+func (e *SecretError) Detail() string { return fmt.Sprintf("%s: %v", e.Path, e.Err) }
+
 func (e *SecretError) Unwrap() error { return e.Err }
 
 // Secrets decrypts vm's secrets with the host's identities. Every secret

@@ -48,7 +48,7 @@ func guestSpec(env Env, vm *config.VM, res *Resolved, volumes map[string]volume.
 			Populate: volumes[v.Name] == volume.Created})
 	}
 	spec.SwitchRoot = vm.Init == config.InitImage
-	spec.Workload = workloadOf(vm, res.Image.Config)
+	spec.Workload = Workload(vm, res.Image.Config)
 	spec.MachineID = machineID(vm.Name, hostPEM)
 	return spec
 }
