@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -28,45 +29,93 @@ const xenPVHNote = 18
 // vmlinux extracted from the bzImage once and cached in cacheDir/pvh by
 // the bzImage's content hash. It returns "" when the kernel has no PVH
 // entry (the bzImage is then booted as it is).
+//
+// It runs on every launch: a memo keyed by the file's identity (device,
+// inode, size, time) leads to the content hash, so the bzImage is read
+// and hashed only the first time it is seen.
 func PVHKernel(image, cacheDir string) (string, error) {
-	b, err := os.ReadFile(image)
+	f, err := os.Open(image)
 	if err != nil {
 		return "", err
 	}
-	if bytes.HasPrefix(b, []byte(elf.ELFMAG)) {
-		if hasPVHNote(bytes.NewReader(b)) {
+	defer f.Close()
+	magic := make([]byte, 4)
+	if _, err := io.ReadFull(f, magic); err != nil {
+		return "", fmt.Errorf("kernel %s: %w", image, err)
+	}
+	if bytes.Equal(magic, []byte(elf.ELFMAG)) {
+		if hasPVHNote(f) {
 			return image, nil
 		}
 		return "", nil
 	}
-	sum := sha256.Sum256(b)
-	key := hex.EncodeToString(sum[:])[:24]
 	dir := filepath.Join(cacheDir, "pvh")
-	out, none := filepath.Join(dir, key+".vmlinux"), filepath.Join(dir, key+".none")
-	if _, err := os.Stat(out); err == nil {
-		return out, nil
-	}
-	if _, err := os.Stat(none); err == nil {
-		return "", nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	memo, err := identityKey(f, image)
+	if err != nil {
 		return "", err
+	}
+	memo = filepath.Join(dir, "file-"+memo)
+	key := ""
+	if b, err := os.ReadFile(memo); err == nil {
+		key = string(b)
+	} else {
+		b, err := os.ReadFile(image)
+		if err != nil {
+			return "", err
+		}
+		sum := sha256.Sum256(b)
+		key = hex.EncodeToString(sum[:])[:24]
+		if err := extractOnce(b, filepath.Join(dir, key), image); err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(memo, []byte(key), 0o644); err != nil {
+			return "", err
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, key+".vmlinux")); err == nil {
+		return filepath.Join(dir, key+".vmlinux"), nil
+	}
+	return "", nil // key.none: no PVH entry
+}
+
+// identityKey names the file f (at path) by what changes when it does.
+func identityKey(f *os.File, path string) (string, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	sum := sha256.Sum256(fmt.Appendf(nil, "%s\x00%d\x00%d\x00%d\x00%d", path, st.Dev, st.Ino, fi.Size(), fi.ModTime().UnixNano()))
+	return hex.EncodeToString(sum[:])[:24], nil
+}
+
+// extractOnce makes base.vmlinux from the bzImage b, or base.none when it
+// has no PVH entry, unless one of them is there already.
+func extractOnce(b []byte, base, image string) error {
+	out, none := base+".vmlinux", base+".none"
+	for _, p := range []string{out, none} {
+		if _, err := os.Stat(p); err == nil {
+			return nil
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(base), 0o755); err != nil {
+		return err
 	}
 	vmlinux, err := extractVmlinux(b)
 	if err == nil && !hasPVHNote(bytes.NewReader(vmlinux)) {
 		err = errNoPVH
 	}
 	if errors.Is(err, errNoPVH) {
-		return "", os.WriteFile(none, nil, 0o644) // remembered: the bzImage it is
+		return os.WriteFile(none, nil, 0o644) // remembered: the bzImage it is
 	}
 	if err != nil {
-		return "", fmt.Errorf("extract the vmlinux of %s: %w", image, err)
+		return fmt.Errorf("extract the vmlinux of %s: %w", image, err)
 	}
 	tmp := out + ".tmp"
 	if err := os.WriteFile(tmp, vmlinux, 0o644); err != nil {
-		return "", err
+		return err
 	}
-	return out, os.Rename(tmp, out)
+	return os.Rename(tmp, out)
 }
 
 var errNoPVH = errors.New("no PVH entry point")
