@@ -7,20 +7,12 @@ import (
 	"microvm.dev/microvm/internal/config"
 )
 
-// namedSet is one set of the ruleset with its elements.
-type namedSet struct {
-	name, typ string
-	elems     []string
-}
-
-// egress are the egress policy's sets, in the order they are declared.
-type egress []namedSet
-
 // egressSets renders the fleet's and every VM's egress rules as sets: with
 // and without ports, allowed and denied, fleet-wide (by destination) and
-// per VM (by its bridge and destination). The fleet's deny always holds
-// config.BlockedByDefault.
-func egressSets(cfg *config.Config) egress {
+// per VM (by its bridge and destination), then the offline VMs' bridges.
+// The fleet's deny always holds config.BlockedByDefault; a deny inside it
+// (or an allow inside another) overlaps, so the plain address sets merge.
+func egressSets(cfg *config.Config) []namedSet {
 	fleet := map[string][]string{}
 	perVM := map[string][]string{}
 	add := func(m map[string][]string, kind, prefix string, rules []config.EgressRule) {
@@ -48,28 +40,23 @@ func egressSets(cfg *config.Config) egress {
 		add(perVM, "allow", br, vm.Egress.Allow)
 		add(perVM, "deny", br, vm.Egress.Deny)
 	}
-	var out egress
+	var out []namedSet
 	for _, kind := range []string{"allow", "allow_ports", "deny", "deny_ports"} {
-		typ := "ipv4_addr"
+		typ, plain := "ipv4_addr", true
 		if kind == "allow_ports" || kind == "deny_ports" {
-			typ = "ipv4_addr . inet_proto . inet_service"
+			typ, plain = "ipv4_addr . inet_proto . inet_service", false
 		}
-		out = append(out, namedSet{"egress_" + kind, typ, dedupe(fleet[kind])})
-		out = append(out, namedSet{"vm_egress_" + kind, "ifname . " + typ, dedupe(perVM[kind])})
+		out = append(out,
+			namedSet{name: "egress_" + kind, typ: typ, flags: "interval", autoMerge: plain, elems: dedupe(fleet[kind])},
+			namedSet{name: "vm_egress_" + kind, typ: "ifname . " + typ, flags: "interval", elems: dedupe(perVM[kind])})
 	}
-	return out
-}
-
-// offline are the bridges of the VMs that may reach nothing beyond their
-// gateway but their allows.
-func (egress) offline(cfg *config.Config) []string {
-	var out []string
+	var offline []string
 	for _, vm := range cfg.VMs {
 		if vm.Egress.Offline() {
-			out = append(out, quote(vm.Net.Bridge))
+			offline = append(offline, quote(vm.Net.Bridge))
 		}
 	}
-	return out
+	return append(out, namedSet{name: "vm_offline", typ: "ifname", elems: offline})
 }
 
 // dedupe sorts elements and drops repeats; an interval set refuses an

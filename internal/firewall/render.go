@@ -80,31 +80,19 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	// netlink, which ruleset is loaded.
 	w("\tchain %s@HASH@ {", MarkerPrefix)
 	w("\t}")
-	set(w, "vm_bridges", "ifname", "", bridges)
-	set(w, "vm_subnets", "ipv4_addr", "interval", subnets)
-	set(w, "vm_addrs", "ipv4_addr", "", addrs)
-	set(w, "vm_sources", "ifname . ipv4_addr . ether_addr", "", sources)
-	set(w, "vm_gateways", "ifname . ipv4_addr", "", gateways)
-	set(w, "vm_ports", "ipv4_addr . inet_proto . inet_service", "interval", ports)
-	set(w, "vm_allow", "ifname . ipv4_addr . inet_proto . inet_service", "interval", allows)
-	eg := egressSets(cfg)
-	for _, s := range eg {
-		flags := "interval"
-		if s.typ == "ipv4_addr" {
-			// A deny inside the default block (or an allow inside another)
-			// overlaps: merged, not refused.
-			s.elems = append([]string{}, s.elems...)
-			w("\tset %s {", s.name)
-			w("\t\ttype %s", s.typ)
-			w("\t\tflags %s", flags)
-			w("\t\tauto-merge")
-			writeElems(w, s.elems)
-			w("\t}")
-			continue
-		}
-		set(w, s.name, s.typ, flags, s.elems)
+	sets := []namedSet{
+		{name: "vm_bridges", typ: "ifname", elems: bridges},
+		{name: "vm_subnets", typ: "ipv4_addr", flags: "interval", elems: subnets},
+		{name: "vm_addrs", typ: "ipv4_addr", elems: addrs},
+		{name: "vm_sources", typ: "ifname . ipv4_addr . ether_addr", elems: sources},
+		{name: "vm_gateways", typ: "ifname . ipv4_addr", elems: gateways},
+		{name: "vm_ports", typ: "ipv4_addr . inet_proto . inet_service", flags: "interval", elems: ports},
+		{name: "vm_allow", typ: "ifname . ipv4_addr . inet_proto . inet_service", flags: "interval", elems: allows},
 	}
-	set(w, "vm_offline", "ifname", "", eg.offline(cfg))
+	sets = append(sets, egressSets(cfg)...)
+	for _, st := range sets {
+		st.write(w)
+	}
 
 	// Anti-spoofing, before conntrack: a VM's bridge carries only IPv4 from
 	// the VM's own MAC and address (VM networks are IPv4-only).
@@ -200,28 +188,37 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	return Ruleset{Body: strings.ReplaceAll(body, "@HASH@", hash), Hash: hash}
 }
 
-func set(w func(string, ...any), name, typ, flags string, elems []string) {
-	w("\tset %s {", name)
-	w("\t\ttype %s", typ)
-	if flags != "" {
-		w("\t\tflags %s", flags)
-	}
-	writeElems(w, elems)
-	w("\t}")
+// namedSet is one set of the ruleset with its elements.
+type namedSet struct {
+	name, typ string
+	// flags are the set's flags ("interval"; "" for none).
+	flags string
+	// autoMerge merges overlapping intervals instead of refusing them.
+	autoMerge bool
+	elems     []string
 }
 
-func writeElems(w func(string, ...any), elems []string) {
-	if len(elems) > 0 {
+func (s namedSet) write(w func(string, ...any)) {
+	w("\tset %s {", s.name)
+	w("\t\ttype %s", s.typ)
+	if s.flags != "" {
+		w("\t\tflags %s", s.flags)
+	}
+	if s.autoMerge {
+		w("\t\tauto-merge")
+	}
+	if len(s.elems) > 0 {
 		w("\t\telements = {")
-		for i, e := range elems {
+		for i, e := range s.elems {
 			sep := ","
-			if i == len(elems)-1 {
+			if i == len(s.elems)-1 {
 				sep = ""
 			}
 			w("\t\t\t%s%s", e, sep)
 		}
 		w("\t\t}")
 	}
+	w("\t}")
 }
 
 func quote(s string) string { return `"` + s + `"` }
