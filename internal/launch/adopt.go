@@ -18,20 +18,36 @@ import (
 // ProcStartTime is the start time of pid in clock ticks since boot (field 22
 // of /proc/PID/stat); with the pid it identifies a process across pid reuse.
 func ProcStartTime(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	f, err := procStat(pid)
 	if err != nil {
 		return 0, err
 	}
-	// The command name (field 2) may hold spaces; fields resume after ")".
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("unreadable /proc/%d/stat", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 20 {
 		return 0, fmt.Errorf("short /proc/%d/stat", pid)
 	}
 	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// procStat is /proc/PID/stat's fields after the command name (field 3,
+// the state, first).
+func procStat(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
+	}
+	// The command name (field 2) may hold spaces; fields resume after ")".
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("unreadable /proc/%d/stat", pid)
+	}
+	return strings.Fields(string(b[i+1:])), nil
+}
+
+// running says whether pid is a live process (an exited one not yet reaped
+// holds no file locks any more).
+func running(pid int) bool {
+	f, err := procStat(pid)
+	return err == nil && len(f) > 0 && f[0] != "Z" && f[0] != "X"
 }
 
 // Alive says whether rec's recorded hypervisor still runs: the same pid

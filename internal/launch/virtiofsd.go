@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -101,15 +100,4 @@ func stopStaleVirtiofsd(socket string, log *os.File) {
 		}
 		unix.Kill(pid, unix.SIGKILL)
 	}
-}
-
-// running says whether pid is a live process (an exited one not yet reaped
-// holds no file locks any more).
-func running(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
 }
