@@ -134,6 +134,17 @@ type VMAction struct {
 	BootSeconds float64 `json:"bootSeconds,omitempty"`
 }
 
+// Started says whether the apply booted the VM (created, started or
+// restarted it).
+func (a VMAction) Started() bool {
+	for _, act := range []plan.Action{plan.Create, plan.Start, plan.Update} {
+		if a.Action == act.Past() {
+			return true
+		}
+	}
+	return false
+}
+
 // Phases splits an apply's wall time, in seconds.
 type Phases struct {
 	// Parse is reading and validating the file (ApplyFile only).

@@ -379,7 +379,7 @@ func (e *Engine) parse(g *generation.Generation) (*config.Config, error) {
 func (e *Engine) healthy(ctx context.Context, cfg *config.Config, res *daemon.ApplyResult) error {
 	deadline := time.Now().Add(e.o.HealthTimeout)
 	for _, a := range res.VMs {
-		if a.Action != "created" && a.Action != "restarted" && a.Action != "started" {
+		if !a.Started() {
 			continue
 		}
 		vm := cfg.VM(a.Name)
