@@ -6,10 +6,13 @@ import (
 	"compress/gzip"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -109,12 +112,23 @@ func fileLayer(t *testing.T, path string) v1.Layer {
 	return l
 }
 
-// filesLayer is a layer holding files (path → content, mode 0644).
+// filesLayer is a layer holding files (path → content, mode 0644) and
+// their directories (0755), in a stable order.
 func filesLayer(t *testing.T, files map[string]string) v1.Layer {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	for p, body := range files {
+	dirs := map[string]bool{}
+	for _, p := range slices.Sorted(maps.Keys(files)) {
+		for d := path.Dir(p); d != "." && !dirs[d]; d = path.Dir(d) {
+			dirs[d] = true
+		}
+	}
+	for _, d := range slices.Sorted(maps.Keys(dirs)) {
+		tw.WriteHeader(&tar.Header{Name: d + "/", Typeflag: tar.TypeDir, Mode: 0o755})
+	}
+	for _, p := range slices.Sorted(maps.Keys(files)) {
+		body := files[p]
 		tw.WriteHeader(&tar.Header{Name: p, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))})
 		io.WriteString(tw, body)
 	}

@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -49,16 +47,7 @@ func TestOCIImageServesItsPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	const page = "<h1>served from an OCI image</h1>\n"
-	var web bytes.Buffer
-	tw := tar.NewWriter(&web)
-	tw.WriteHeader(&tar.Header{Name: "www/", Typeflag: tar.TypeDir, Mode: 0o755})
-	tw.WriteHeader(&tar.Header{Name: "www/index.html", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(page))})
-	io.WriteString(tw, page)
-	tw.Close()
-	webLayer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(web.Bytes())), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	webLayer := filesLayer(t, map[string]string{"www/index.html": page})
 	img, err := mutate.AppendLayers(empty.Image, base, webLayer)
 	if err != nil {
 		t.Fatal(err)

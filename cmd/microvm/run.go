@@ -155,7 +155,7 @@ func (a *app) run(name string, o runOptions) error {
 	var observe func(steps.Timing)
 	if o.verbose {
 		observe = func(t steps.Timing) {
-			fmt.Fprintf(a.stderr, "  %-36s %s\n", t.Name, time.Duration(t.Seconds*float64(time.Second)).Round(time.Microsecond))
+			fmt.Fprintln(a.stderr, stepLine(t))
 		}
 	}
 	// Ctrl-C while preparing (a pull, say) cancels the launch and undoes it.

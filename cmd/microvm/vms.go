@@ -18,6 +18,7 @@ import (
 
 	"microvm.dev/microvm/internal/api"
 	"microvm.dev/microvm/internal/daemon"
+	"microvm.dev/microvm/internal/steps"
 	"microvm.dev/microvm/internal/supervisor"
 )
 
@@ -105,6 +106,11 @@ ones, and answers when every VM it started is ready.`,
 	return cmd
 }
 
+// stepLine is one launch step as run -v and apply -v print it.
+func stepLine(t steps.Timing) string {
+	return fmt.Sprintf("  %-36s %s", t.Name, time.Duration(t.Seconds*float64(time.Second)).Round(time.Microsecond))
+}
+
 // printSteps prints the launch steps of each VM an apply started.
 func (a *app) printSteps(vms []daemon.VMAction) {
 	for _, v := range vms {
@@ -113,7 +119,7 @@ func (a *app) printSteps(vms []daemon.VMAction) {
 		}
 		fmt.Fprintf(a.stdout, "\n%s:\n", v.Name)
 		for _, s := range v.Steps {
-			fmt.Fprintf(a.stdout, "  %-36s %s\n", s.Name, time.Duration(s.Seconds*float64(time.Second)).Round(time.Microsecond))
+			fmt.Fprintln(a.stdout, stepLine(s))
 		}
 	}
 }
