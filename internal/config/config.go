@@ -143,14 +143,21 @@ func (c *Config) VM(name string) *VM { return c.byName[name] }
 // recorded hash differs must be restarted to take its new spec. Supervision
 // settings are left out.
 func (vm *VM) SpecHash() string {
-	c := *vm
-	c.Supervision, c.Egress = Supervision{}, Egress{}
-	b, err := json.Marshal(c)
+	b, err := json.Marshal(vm.RestartSpec())
 	if err != nil {
 		panic(fmt.Sprintf("config: marshal VM %s: %v", vm.Name, err)) // plain data, cannot fail
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+// RestartSpec is the part of the VM whose change restarts it: everything
+// but its supervision settings and its egress policy (taken by the running
+// VM and the firewall as they are).
+func (vm *VM) RestartSpec() VM {
+	c := *vm
+	c.Supervision, c.Egress = Supervision{}, Egress{}
+	return c
 }
 
 // HostAddr is an address configured on one of the host's interfaces.

@@ -222,16 +222,17 @@ func startDetail(vm *config.VM) string {
 	return fmt.Sprintf("%s on %s: %d vCPU, %s, image %s, kernel %s", vm.Name, vm.Hypervisor, vm.VCPU, vm.Memory, vm.Image, vm.Kernel)
 }
 
-// Diff lists the top-level fields of two VMs that differ, by their JSON names.
+// Diff lists the top-level fields of two VMs that differ, by their JSON
+// names, among those whose change restarts a VM (config.VM.RestartSpec).
 func Diff(old, cur *config.VM) []Change {
 	var out []Change
-	ov, cv := reflect.ValueOf(*old), reflect.ValueOf(*cur)
+	ov, cv := reflect.ValueOf(old.RestartSpec()), reflect.ValueOf(cur.RestartSpec())
 	t := ov.Type()
 	for i := range t.NumField() {
 		f := t.Field(i)
 		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		if name == "" || name == "-" || name == "supervision" || name == "egress" {
-			continue // supervision and egress changes need no restart
+		if name == "" || name == "-" {
+			continue
 		}
 		a, b := show(ov.Field(i).Interface()), show(cv.Field(i).Interface())
 		if a != b {

@@ -160,15 +160,25 @@ func (s *Supervisor) Running() map[string]string {
 	return out
 }
 
-// UpdateSupervision takes vm's supervision settings (restart policy,
-// timeouts) for the VM of that name when it runs the same spec; they need
-// no restart.
+// UpdateSupervision takes vm's settings that need no restart (restart
+// policy, timeouts, egress) for the VM of that name when it has the same
+// restart spec.
 func (s *Supervisor) UpdateSupervision(vm *config.VM) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if v := s.vms[vm.Name]; v != nil && v.spec != nil && v.spec.SpecHash() == vm.SpecHash() {
-		v.spec.Supervision = vm.Supervision
+	if v := s.vms[vm.Name]; v != nil {
+		v.retake(vm)
 	}
+}
+
+// retake makes vm the VM's spec when only what needs no restart differs
+// (config.VM.RestartSpec), and says whether it did.
+func (v *vmProc) retake(vm *config.VM) bool {
+	if v.spec == nil || v.spec.SpecHash() != vm.SpecHash() {
+		return false
+	}
+	v.spec = vm
+	return true
 }
 
 // Start boots vm (replacing the spec the supervisor knew) and waits until
@@ -182,8 +192,7 @@ func (s *Supervisor) Start(ctx context.Context, vm *config.VM) error {
 		s.vms[vm.Name] = v
 	}
 	if v.run != nil {
-		same := v.spec.SpecHash() == vm.SpecHash()
-		v.spec.Supervision = vm.Supervision
+		same := v.retake(vm)
 		s.mu.Unlock()
 		if same {
 			return nil
