@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"microvm.dev/microvm/internal/guest"
@@ -31,16 +30,9 @@ const (
 // kindOfInit tells systemd, busybox init and an inittab init (sysvinit)
 // apart by where the image's init leads.
 func kindOfInit(initPath string) imageInit {
-	target := initPath
-	for i := 0; i < 10; i++ {
-		link, err := os.Readlink(root + target)
-		if err != nil {
-			break
-		}
-		if !filepath.IsAbs(link) {
-			link = filepath.Join(filepath.Dir(target), link)
-		}
-		target = link
+	target, err := guest.ResolveIn(root, initPath)
+	if err != nil {
+		target = initPath
 	}
 	switch {
 	case strings.Contains(target, "systemd"):

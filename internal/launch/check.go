@@ -106,7 +106,7 @@ func lookPathInTree(tree, prog, pathEnv string) (string, error) {
 // microvm-init will resolve it.
 func checkUser(tree, user string) error {
 	read := func(p string) []byte {
-		if real, err := resolveInTree(tree, p); err == nil {
+		if real, err := guest.ResolveIn(tree, p); err == nil {
 			b, _ := os.ReadFile(real)
 			return b
 		}
@@ -119,48 +119,11 @@ func checkUser(tree, user string) error {
 // statInTree is os.Stat of p inside the image at tree, its symlinks
 // resolved against the tree's root, never outside it.
 func statInTree(tree, p string) (fs.FileInfo, error) {
-	real, err := resolveInTree(tree, p)
+	real, err := guest.ResolveIn(tree, p)
 	if err != nil {
 		return nil, err
 	}
 	return os.Stat(real)
-}
-
-// resolveInTree maps the absolute path p of the image at tree to a host
-// path, following symlinks (absolute ones from the tree's root) at most 40
-// times.
-func resolveInTree(tree, p string) (string, error) {
-	parts := strings.Split(strings.Trim(path.Clean("/"+p), "/"), "/")
-	cur := "/"
-	for hops := 0; len(parts) > 0; {
-		part := parts[0]
-		parts = parts[1:]
-		if part == "" || part == "." {
-			continue
-		}
-		next := path.Join(cur, part)
-		fi, err := os.Lstat(filepath.Join(tree, next))
-		if err != nil {
-			return "", err
-		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			cur = next
-			continue
-		}
-		if hops++; hops > 40 {
-			return "", fmt.Errorf("%s: too many links", p)
-		}
-		target, err := os.Readlink(filepath.Join(tree, next))
-		if err != nil {
-			return "", err
-		}
-		if !path.IsAbs(target) {
-			target = path.Join(cur, target)
-		}
-		parts = append(strings.Split(strings.Trim(path.Clean(target), "/"), "/"), parts...)
-		cur = "/"
-	}
-	return filepath.Join(tree, cur), nil
 }
 
 // imageVolumeWarnings names the directories img declares for data that no
