@@ -104,12 +104,7 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 		return sup.Start(context.Background(), vm)
 	}
 	mux.HandleFunc("POST /v1/vms/{name}/start", action(start))
-	mux.HandleFunc("POST /v1/vms/{name}/stop", action(func(name string) error {
-		if _, known := sup.Status(name); !known && d.VMConfig(name) != nil {
-			return nil // in the file and never started: stopped already
-		}
-		return sup.Stop(name)
-	}))
+	mux.HandleFunc("POST /v1/vms/{name}/stop", action(d.Stop))
 	mux.HandleFunc("POST /v1/stop", func(w http.ResponseWriter, r *http.Request) {
 		res := d.StopAll()
 		for _, s := range res {

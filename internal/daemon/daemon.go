@@ -382,6 +382,15 @@ func (d *Daemon) Status(name string) (supervisor.Status, bool) {
 	return supervisor.Status{}, false
 }
 
+// Stop shuts a VM down cleanly; one of the applied file that never
+// started is stopped already.
+func (d *Daemon) Stop(name string) error {
+	if _, known := d.sup.Status(name); !known && d.VMConfig(name) != nil {
+		return nil
+	}
+	return d.sup.Stop(name)
+}
+
 // defined is the status of a VM of the applied file never started.
 func defined(vm *config.VM) supervisor.Status {
 	return supervisor.Status{Name: vm.Name, State: supervisor.Created, Spec: vm, SpecHash: vm.SpecHash()}
