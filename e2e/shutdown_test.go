@@ -36,7 +36,7 @@ vms:
 		}
 	}
 	t0 := time.Now()
-	out, err := l.cli("stop", "--all")
+	out, err := l.cli(guestsUnitStop(t, "MICROVM_SAVE_ON_SHUTDOWN=false")...)
 	if err != nil || !strings.Contains(out, "a: stopped in") || !strings.Contains(out, "b: stopped in") {
 		t.Fatalf("stop --all: %v\n%s", err, out)
 	}

@@ -86,6 +86,7 @@ let
     workdir = mkOption { type = types.nullOr types.str; default = null; description = "The workload's working directory."; };
     user = mkOption { type = types.nullOr types.str; default = null; description = "The workload's user."; };
     init = mkOption { type = types.nullOr (types.enum [ "microvm" "image" ]); default = null; description = "Who runs as PID 1."; };
+    store = mkOption { type = types.nullOr (types.enum [ "auto" "virtiofs" "9p" "block" ]); default = null; description = "How the image reaches the guest; block lets QEMU save the VM (stop --save)."; };
     autostart = mkOption { type = types.nullOr types.bool; default = null; description = "Whether the daemon starts the VM."; };
     restart = mkOption { type = types.nullOr (types.enum [ "always" "on-failure" "no" ]); default = null; description = "Restart policy."; };
     stopTimeout = mkOption { type = types.nullOr types.str; default = null; description = "How long a clean shutdown may take, e.g. \"30s\"."; };
@@ -159,6 +160,7 @@ in
       postDeployHook = mkOption { type = types.nullOr types.str; default = null; description = "Shell command run after every deploy."; };
     };
 
+    saveOnShutdown = mkOption { type = types.bool; default = false; description = "At host shutdown, save each VM that can be saved (QEMU, store = \"block\") and resume it after the boot, instead of shutting it down cleanly (the others still shut down)."; };
     metricsListen = mkOption { type = types.nullOr types.str; default = null; example = "127.0.0.1:9190"; description = "Serve Prometheus metrics here."; };
     extraArgs = mkOption { type = types.listOf types.str; default = [ ]; description = "More daemon flags."; };
   };
@@ -169,12 +171,17 @@ in
     users.groups.microvm = { };
     # Hypervisors run as this user, without capabilities; never in the
     # microvm group, which may use the API socket (docs/security.md).
-    users.users.microvm = { isSystemUser = true; group = "nogroup"; description = "microvm hypervisors"; };
+    # Each VM's hypervisor runs as an id of its own from this range.
+    users.users.microvm = {
+      isSystemUser = true; group = "nogroup"; description = "microvm hypervisors";
+      subUidRanges = [ { startUid = 1879048192; count = 65536; } ];
+      subGidRanges = [ { startGid = 1879048192; count = 65536; } ];
+    };
     boot.kernelModules = [ "tun" "vhost_net" ];
     networking.nftables.enable = lib.mkDefault true;
 
-    # Every VM stopped cleanly at host shutdown (ordered after the daemon,
-    # so it stops first); a restart of the daemon stops none.
+    # Every VM stopped cleanly (or saved) at host shutdown (ordered after
+    # the daemon, so it stops first); a restart of the daemon stops none.
     systemd.services.microvm-guests = {
       description = "microvm: stop every VM cleanly at host shutdown";
       wantedBy = [ "multi-user.target" ];
@@ -184,7 +191,7 @@ in
         Type = "oneshot";
         RemainAfterExit = true;
         ExecStart = "${pkgs.coreutils}/bin/true";
-        ExecStop = "${cfg.package}/bin/microvm stop --all";
+        ExecStop = "${cfg.package}/bin/microvm stop --all --save=${lib.boolToString cfg.saveOnShutdown}";
         TimeoutStopSec = "10min";
       };
     };

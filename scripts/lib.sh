@@ -43,13 +43,22 @@ ensure_go() {
 # from a bzImage (the kernel's xz carries a filter only xz-utils decodes).
 PROJECT_PACKAGES=(nftables iproute2 util-linux qemu-system-x86 e2fsprogs kmod busybox-static iputils-ping openssh-client git ca-certificates xz-utils)
 
+# VMM_IDS is the hypervisors' subordinate id range (65536 ids from
+# 0x70000000, far above the ranges useradd gives people).
+VMM_IDS=1879048192-1879113727
+
 # ensure_vmm_user creates the unprivileged user hypervisors run as
 # (microvm), in group nogroup: not the microvm group, which may use the
-# API socket.
+# API socket; and gives it a subordinate id range, of which each VM's
+# hypervisor takes an id of its own (docs/security.md).
 ensure_vmm_user() {
 	id -u microvm >/dev/null 2>&1 ||
 		useradd --system --gid nogroup --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin microvm
+	if ! grep -qs '^microvm:' /etc/subuid || ! grep -qs '^microvm:' /etc/subgid; then
+		usermod --add-subuids "$VMM_IDS" --add-subgids "$VMM_IDS" microvm
+	fi
 }
+
 
 # setup is every script's start: root, the project's packages, Go, the
 # hypervisors' user.

@@ -42,6 +42,13 @@ func main() {
 			}
 			return
 		}
+		if len(os.Args) == 3 && os.Args[1] == "clock" {
+			if err := setClock(os.Args[2]); err != nil {
+				fmt.Fprintln(os.Stderr, "clock:", err)
+				os.Exit(1)
+			}
+			return
+		}
 		if len(os.Args) >= 2 && os.Args[1] == "probe" {
 			if err := probe(os.Args[2:]); err != nil {
 				fmt.Fprintln(os.Stderr, err)

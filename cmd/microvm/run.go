@@ -38,6 +38,7 @@ type runOptions struct {
 	verbose     bool
 	vmmUser     string
 	vmmUserSet  func() bool
+	vmmIDs      string
 	identities  []string
 }
 
@@ -73,6 +74,7 @@ func launchFlags(cmd *cobra.Command, o *runOptions) {
 	cmd.Flags().StringVar(&o.share, "share", "auto", "how the store reaches guests: virtiofs, 9p, block (a read-only disk image) or auto (the hypervisor's first choice available)")
 	cmd.Flags().StringVar(&o.vmmUser, "vmm-user", vmmuser.DefaultName, "the unprivileged user hypervisors run as, without capabilities (root: as root; when the default user does not exist, root with a warning)")
 	o.vmmUserSet = func() bool { return cmd.Flags().Changed("vmm-user") }
+	cmd.Flags().StringVar(&o.vmmIDs, "vmm-ids", "auto", "ids for one identity per VM's hypervisor: START:COUNT, auto (the --vmm-user's range in /etc/subuid and /etc/subgid, when it has one) or off (every hypervisor runs as --vmm-user)")
 	identityFlag(cmd.Flags(), &o.identities)
 }
 
@@ -97,6 +99,25 @@ func defaultInitDir() string {
 	return PackagedInitDir
 }
 
+// vmmIDs is the range --vmm-ids says for user's hypervisors (nil: off).
+func vmmIDs(flag, user string) (*vmmuser.Range, error) {
+	switch flag {
+	case "off":
+		return nil, nil
+	case "auto":
+		r, ok, err := vmmuser.Subordinate(user, "/etc/subuid", "/etc/subgid")
+		if err != nil || !ok {
+			return nil, err
+		}
+		return &r, nil
+	}
+	r, err := vmmuser.ParseRange(flag)
+	if err != nil {
+		return nil, fmt.Errorf("--vmm-ids: %w", err)
+	}
+	return &r, nil
+}
+
 // launchEnv is the launch environment the flags describe.
 // Without usable cgroups, VMs without limits still run; one with limits
 // is refused when it starts.
@@ -113,6 +134,11 @@ func (a *app) launchEnv(o runOptions) (launch.Env, error) {
 		fmt.Fprintf(a.stderr, "warning: hypervisors run as root: %v\n", err)
 	case err != nil:
 		return env, usageError{err}
+	}
+	if u != nil {
+		if u.IDs, err = vmmIDs(o.vmmIDs, u.Name); err != nil {
+			return env, usageError{err}
+		}
 	}
 	env.VMMUser = u
 	switch env.Identities, err = secrets.HostIdentities(o.identities); {

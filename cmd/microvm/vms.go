@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -191,17 +192,27 @@ func (a *app) vmVerb(use, short, method, suffix string) *cobra.Command {
 	}
 }
 
-// stopCommand is `stop VM` and `stop --all` (what the host's shutdown runs).
+// stopCommand is `stop [--save] VM` and `stop --all [--save]` (what the
+// host's shutdown runs).
 func (a *app) stopCommand() *cobra.Command {
-	var all bool
-	cmd := a.vmVerb("stop", "Shut a VM down cleanly (it stays stopped); --all: every VM at once", "POST", "/stop")
-	cmd.Use = "stop VM | stop --all"
-	cmd.Example = "  microvm stop vm1\n  microvm stop --all"
+	var all, save bool
+	cmd := a.vmVerb("stop", "Shut a VM down cleanly (it stays stopped), or save it (--save); --all: every VM at once", "POST", "/stop")
+	cmd.Use = "stop [--save] VM | stop --all [--save]"
+	cmd.Example = "  microvm stop vm1\n  microvm stop --save vm1 && microvm start vm1\n  microvm stop --all"
 	cmd.Long = `Stop shuts a VM down cleanly (its workload's stop signal, or the image's own
-poweroff), within its stopTimeout, and leaves it stopped. --all stops every
-running VM at once: the host's shutdown runs it (dist/microvm-guests.service),
-so no guest is killed with unsynced data; the next daemon starts the VMs
-whose autostart is on.`
+poweroff), within its stopTimeout, and leaves it stopped.
+
+--save saves the running guest instead: its memory and devices go to a file
+in the VM's directory (readable by the hypervisor's user alone, removed once
+resumed) and the next start resumes it where it was, processes and all. A VM
+is resumed only onto the same spec, kernel, image and volumes; after any
+change the state is dropped and the VM boots cold (status says why). Saving
+needs QEMU with store: block (QEMU cannot migrate a virtiofs device or a
+mounted 9p export); a save that fails shuts the VM down cleanly instead.
+
+--all stops (or saves) every running VM at once: the host's shutdown runs it
+(dist/microvm-guests.service), so no guest is killed with unsynced data; the
+next daemon starts the VMs whose autostart is on and resumes the saved ones.`
 	one := cmd.RunE
 	cmd.Args = func(c *cobra.Command, args []string) error {
 		if all != (len(args) == 0) {
@@ -210,26 +221,55 @@ whose autostart is on.`
 		return nil
 	}
 	cmd.RunE = func(c *cobra.Command, args []string) error {
-		if !all {
-			return one(c, args)
+		switch {
+		case all:
+			return a.stopAll(save)
+		case save:
+			return a.saveVM(args[0])
 		}
-		var res []daemon.StopResult
-		err := a.client().Do("POST", "/v1/stop", nil, &res)
-		if a.output == "json" {
-			a.printJSON(res)
-		} else {
-			for _, r := range res {
-				if r.Error != "" {
-					fmt.Fprintf(a.stdout, "%s: %s after %.1fs\n", r.Name, r.Error, r.Seconds)
-					continue
-				}
-				fmt.Fprintf(a.stdout, "%s: stopped in %.1fs\n", r.Name, r.Seconds)
-			}
-		}
-		return err
+		return one(c, args)
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "stop every running VM at once (the host is shutting down)")
+	cmd.Flags().BoolVar(&save, "save", false, "save the guest's state instead of shutting it down; start resumes it")
 	return cmd
+}
+
+func (a *app) saveVM(name string) error {
+	var res api.SaveResponse
+	if err := a.client().Do("POST", "/v1/vms/"+url.PathEscape(name)+"/save", nil, &res); err != nil {
+		return err
+	}
+	if a.output == "json" {
+		return a.printJSON(res)
+	}
+	if o := res.Outcome; o.Saved {
+		fmt.Fprintf(a.stdout, "%s: saved (%.1f MiB in %.1fs)\n", name, float64(o.Bytes)/(1<<20), o.Seconds)
+	} else {
+		fmt.Fprintf(a.stdout, "%s: not saved (%s); shut down cleanly instead\n", name, o.Fallback)
+	}
+	return nil
+}
+
+func (a *app) stopAll(save bool) error {
+	var res []daemon.StopResult
+	err := a.client().Do("POST", "/v1/stop?save="+strconv.FormatBool(save), nil, &res)
+	if a.output == "json" {
+		a.printJSON(res)
+		return err
+	}
+	for _, r := range res {
+		switch {
+		case r.Error != "":
+			fmt.Fprintf(a.stdout, "%s: %s after %.1fs\n", r.Name, r.Error, r.Seconds)
+		case r.Saved:
+			fmt.Fprintf(a.stdout, "%s: saved in %.1fs\n", r.Name, r.Seconds)
+		case r.Fallback != "":
+			fmt.Fprintf(a.stdout, "%s: not saved (%s); stopped in %.1fs\n", r.Name, r.Fallback, r.Seconds)
+		default:
+			fmt.Fprintf(a.stdout, "%s: stopped in %.1fs\n", r.Name, r.Seconds)
+		}
+	}
+	return err
 }
 
 // exitCode is the workload's exit status that ended the VM, or "-".

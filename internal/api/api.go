@@ -42,6 +42,13 @@ var (
 	snapRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,19}@[0-9]{8}T[0-9]{6}\.[0-9]{3}Z$`)
 )
 
+// SaveResponse answers POST /v1/vms/{name}/save: the VM's status after
+// it, and whether it was saved or (why it was) shut down instead.
+type SaveResponse struct {
+	Status  supervisor.Status      `json:"status"`
+	Outcome supervisor.SaveOutcome `json:"outcome"`
+}
+
 // Handler serves d's API; dep is the GitOps loop (nil when the daemon
 // applies a file instead, and the deploy endpoints answer 409).
 func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
@@ -105,8 +112,18 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 	}
 	mux.HandleFunc("POST /v1/vms/{name}/start", action(start))
 	mux.HandleFunc("POST /v1/vms/{name}/stop", action(d.Stop))
+	mux.HandleFunc("POST /v1/vms/{name}/save", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
+		out, err := d.Save(name)
+		if err != nil {
+			writeErr(w, http.StatusConflict, err)
+			return
+		}
+		st, _ := d.Status(name)
+		writeJSON(w, http.StatusOK, SaveResponse{Status: st, Outcome: out})
+	}))
 	mux.HandleFunc("POST /v1/stop", func(w http.ResponseWriter, r *http.Request) {
-		res := d.StopAll()
+		save, _ := strconv.ParseBool(r.URL.Query().Get("save"))
+		res := d.StopAll(save)
 		for _, s := range res {
 			if s.Error != "" {
 				writeJSON(w, http.StatusInternalServerError, res)

@@ -20,6 +20,9 @@ const (
 	DefaultExternalInterface = "auto"
 )
 
+// StoreKinds are the values of VMSpec.Store.
+var StoreKinds = []string{"auto", "virtiofs", "9p", "block"}
+
 // Who runs as PID 1 in a VM (VMSpec.Init).
 const (
 	InitMicrovm = "microvm"
@@ -74,7 +77,10 @@ type VM struct {
 	Workdir    string            `json:"workdir,omitempty"`
 	User       string            `json:"user,omitempty"`
 	Init       string            `json:"init"`
-	Limits     Limits            `json:"limits,omitzero"`
+	// Store is how the image reaches the guest ("" or auto: the host's
+	// choice; virtiofs, 9p, block).
+	Store  string `json:"store,omitempty"`
+	Limits Limits `json:"limits,omitzero"`
 	// Host is the hypervisor host the VM runs on ("" = every host).
 	Host string `json:"host,omitempty"`
 	// Egress is where the VM may connect beyond the VM networks; like
@@ -285,6 +291,7 @@ func merge(name string, d, s *VMSpec) *VM {
 		Workdir:    pick(s.Workdir, d.Workdir, ""),
 		User:       pick(s.User, d.User, ""),
 		Init:       pick(s.Init, d.Init, InitMicrovm),
+		Store:      pick(s.Store, d.Store, ""),
 		Limits:     pick(s.Limits, d.Limits, Limits{}),
 		Supervision: Supervision{
 			Autostart:   pick(s.Autostart, d.Autostart, true),

@@ -85,6 +85,12 @@ type VMSpec struct {
 	// image's own /sbin/init takes over by switch_root, e.g. for systemd
 	// images; it then owns SSH and shutdown).
 	Init *string `yaml:"init,omitempty" json:"init,omitempty" jsonschema:"enum=microvm,enum=image"`
+	// Store is how the VM's root image reaches it: auto (the default: the
+	// host's choice, virtiofs where a virtiofsd is installed), virtiofs, 9p,
+	// or block (a read-only ext4 disk). Only a block store lets QEMU save
+	// the VM's state (stop --save): QEMU cannot migrate a guest with a
+	// virtiofs device or a mounted 9p export.
+	Store *string `yaml:"store,omitempty" json:"store,omitempty" jsonschema:"enum=auto,enum=virtiofs,enum=9p,enum=block"`
 	// Autostart says whether the daemon starts the VM (default true).
 	Autostart *bool `yaml:"autostart,omitempty" json:"autostart,omitempty"`
 	// Restart is the daemon's policy when the VM's hypervisor exits on its

@@ -273,6 +273,9 @@ func (v *validator) spec(p string, s *VMSpec) {
 	if s.Init != nil && *s.Init != InitMicrovm && *s.Init != InitImage {
 		v.r.addf(joinPath(p, "init"), "init must be microvm or image, not %q", *s.Init)
 	}
+	if s.Store != nil && !slices.Contains(StoreKinds, *s.Store) {
+		v.r.addf(joinPath(p, "store"), "store must be one of %s, not %q", strings.Join(StoreKinds, ", "), *s.Store)
+	}
 	if s.User != nil && !userRE.MatchString(*s.User) {
 		v.r.addf(joinPath(p, "user"), "user %q is neither a user name nor a uid", *s.User)
 	}

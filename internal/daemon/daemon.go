@@ -24,6 +24,7 @@ import (
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/plan"
+	"microvm.dev/microvm/internal/savestate"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/steps"
 	"microvm.dev/microvm/internal/supervisor"
@@ -207,7 +208,7 @@ func (d *Daemon) ApplyFile(name string, data []byte) (*ApplyResult, error) {
 func (d *Daemon) Plan(cfg *config.Config) *plan.Plan {
 	var observed []plan.Observed
 	for _, st := range d.sup.List() {
-		observed = append(observed, plan.Observed{Name: st.Name, Spec: st.Spec, Running: st.PID != 0})
+		observed = append(observed, plan.Observed{Name: st.Name, Spec: st.Spec, Running: st.PID != 0, Saved: st.State == supervisor.Saved})
 	}
 	return plan.Compute(cfg, observed)
 }
@@ -251,7 +252,7 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 		actions[v.Name] = a
 		switch v.Action {
 		case plan.Remove:
-			a.StopSeconds, a.Error = timed(func() error { return d.sup.Forget(v.Name) })
+			a.StopSeconds, a.Error = timed(func() error { return d.forget(v.Name) })
 		case plan.Update:
 			if a.StopSeconds, a.Error = timed(func() error { return d.sup.Stop(v.Name) }); a.Error == "" {
 				toStart = append(toStart, v.Desired)
@@ -396,17 +397,30 @@ func defined(vm *config.VM) supervisor.Status {
 	return supervisor.Status{Name: vm.Name, State: supervisor.Created, Spec: vm, SpecHash: vm.SpecHash()}
 }
 
+// Save saves a running VM's state (stop --save): its next start resumes
+// it. A VM whose save fails is shut down cleanly instead, and the
+// outcome says why.
+func (d *Daemon) Save(name string) (supervisor.SaveOutcome, error) {
+	return d.sup.Save(name)
+}
+
 // StopResult is how one VM ended in StopAll.
 type StopResult struct {
 	Name    string  `json:"name"`
 	Seconds float64 `json:"seconds"`
-	Error   string  `json:"error,omitempty"`
+	// Saved says its state was saved; Fallback says why a VM that was to
+	// be saved was shut down instead.
+	Saved    bool   `json:"saved,omitempty"`
+	Fallback string `json:"fallback,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 // StopAll shuts every running VM down cleanly, all at once, each within
 // its stopTimeout (the host is shutting down: unsynced data must reach the
-// volumes). They stay stopped; the next daemon boots the autostart ones.
-func (d *Daemon) StopAll() []StopResult {
+// volumes), or with save saves each one that can be saved and shuts the
+// others down. They stay stopped (or saved); the next daemon boots the
+// autostart ones and resumes the saved ones.
+func (d *Daemon) StopAll(save bool) []StopResult {
 	var out []StopResult
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -417,16 +431,33 @@ func (d *Daemon) StopAll() []StopResult {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			secs, msg := timed(func() error { return d.sup.Stop(st.Name) })
+			r := StopResult{Name: st.Name}
+			r.Seconds, r.Error = timed(func() error {
+				if !save || st.State != supervisor.Running {
+					return d.sup.Stop(st.Name)
+				}
+				o, err := d.sup.Save(st.Name)
+				r.Saved, r.Fallback = o.Saved, o.Fallback
+				return err
+			})
 			mu.Lock()
-			out = append(out, StopResult{Name: st.Name, Seconds: secs, Error: msg})
+			out = append(out, r)
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	d.log.Info("stopped every VM", "vms", len(out))
+	d.log.Info("stopped every VM", "vms", len(out), "save", save)
 	return out
+}
+
+// forget stops name and drops it and its saved state (the guest's memory
+// is not kept for a VM that is gone); its volumes stay.
+func (d *Daemon) forget(name string) error {
+	if err := d.sup.Forget(name); err != nil {
+		return err
+	}
+	return savestate.Of(state.Dir{Root: d.env.StateDir}.VMDir(name)).Drop()
 }
 
 // VMConfig returns a VM of the applied file.
@@ -445,7 +476,7 @@ func (d *Daemon) Remove(name string, purge bool) error {
 	if d.VMConfig(name) != nil {
 		return fmt.Errorf("%s is in the applied file; remove it from the file and apply", name)
 	}
-	if err := d.sup.Forget(name); err != nil {
+	if err := d.forget(name); err != nil {
 		return err
 	}
 	if purge {

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -33,7 +34,7 @@ func (h hypervisors) Launch(ctx context.Context, vm *config.VM, observe func(ste
 	if err != nil {
 		return nil, err
 	}
-	return process{r, h.env.NetNS}, nil
+	return process{r, h.env}, nil
 }
 
 // Adopt takes over the hypervisor rec names.
@@ -44,14 +45,14 @@ func (h hypervisors) Adopt(rec state.RunRecord) (supervisor.Process, error) {
 		return nil, err
 	}
 	r.Started = rec.StartedAt
-	return process{r, h.env.NetNS}, nil
+	return process{r, h.env}, nil
 }
 
-// process is a launched hypervisor as a supervisor.Process; netns is
-// where its health check reaches it.
+// process is a launched hypervisor as a supervisor.Process; env says
+// where its health check and SSH reach it.
 type process struct {
-	r     *launch.Running
-	netns string
+	r   *launch.Running
+	env launch.Env
 }
 
 func (p process) PID() int                   { return p.r.Process.Pid }
@@ -65,6 +66,17 @@ func (p process) Record() state.RunRecord    { return p.r.Record() }
 func (p process) Readiness() string          { return p.r.Ready.Readiness() }
 func (p process) ConsoleLog() string         { return p.r.Prepared.Launch.ConsoleLog }
 func (p process) Timings() []steps.Timing    { return p.r.Prepared.Timings() }
+func (p process) Boot() string               { return p.r.Prepared.Boot.String() }
+
+// Save asks the guest to sync its disks (so a saved state that is later
+// dropped loses nothing written before the save), then saves it.
+func (p process) Save() (supervisor.SaveInfo, error) {
+	if err := inGuest(p.env.StateDir, p.env.NetNS, p.r.Prepared.VM, "sync", 30*time.Second); err != nil {
+		return supervisor.SaveInfo{}, fmt.Errorf("sync the guest's disks before the save: %w", err)
+	}
+	res, err := p.r.Save()
+	return supervisor.SaveInfo{Bytes: res.Bytes, Seconds: res.Seconds}, err
+}
 
 // WaitReady waits for the guest's ready line and then, for a VM with a
 // healthCheck, for the check to pass, within timeout in all.
@@ -73,5 +85,10 @@ func (p process) WaitReady(timeout time.Duration) error {
 	if _, err := p.r.WaitReady(timeout, nil); err != nil {
 		return err
 	}
-	return health.Wait(p.netns, p.r.Prepared.VM, deadline, p.r.Exited)
+	if p.r.Prepared.Boot.Resume != nil {
+		if err := setGuestClock(p.env.StateDir, p.env.NetNS, p.r.Prepared.VM); err != nil {
+			return fmt.Errorf("resumed, but its clock could not be set: %w", err)
+		}
+	}
+	return health.Wait(p.env.NetNS, p.r.Prepared.VM, deadline, p.r.Exited)
 }

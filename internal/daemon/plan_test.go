@@ -58,6 +58,11 @@ func (p *instantProc) Pause() error                  { return nil }
 func (p *instantProc) Resume() error                 { return nil }
 func (p *instantProc) ConsoleLog() string            { return os.DevNull }
 func (p *instantProc) Timings() []steps.Timing       { return nil }
+func (p *instantProc) Boot() string                  { return "cold boot" }
+func (p *instantProc) Save() (supervisor.SaveInfo, error) {
+	close(p.exited)
+	return supervisor.SaveInfo{}, nil
+}
 func (p *instantProc) Record() state.RunRecord {
 	return state.RunRecord{Name: p.vm.Name, Spec: p.vm, PID: p.pid, ProcStart: p.start, StartedAt: p.started}
 }

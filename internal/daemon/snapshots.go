@@ -9,7 +9,6 @@ import (
 	"microvm.dev/microvm/internal/snapshot"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/supervisor"
-	"microvm.dev/microvm/internal/vmssh"
 	"microvm.dev/microvm/internal/volume"
 )
 
@@ -41,13 +40,7 @@ func (d *Daemon) Snapshot(vm, vol string) ([]snapshot.Snapshot, error) {
 	}
 	if r, ok := d.sup.Process(vm); ok {
 		// Best effort: flush the guest's page cache to its disks.
-		if c, err := vmssh.Dial(d.env.StateDir, vm, spec.Net.Address.String(), d.env.NetNS, 5*time.Second); err == nil {
-			if s, err := c.NewSession(); err == nil {
-				s.Run("sync")
-				s.Close()
-			}
-			c.Close()
-		}
+		inGuest(d.env.StateDir, d.env.NetNS, spec, "sync", 30*time.Second)
 		if err := r.Pause(); err != nil {
 			return nil, fmt.Errorf("pause %s for the snapshot: %w", vm, err)
 		}
@@ -89,7 +82,7 @@ func (d *Daemon) Restore(vm, name string) (snapshot.Snapshot, error) {
 	if spec == nil {
 		return snapshot.Snapshot{}, fmt.Errorf("%s: %w", vm, ErrUnknownVM)
 	}
-	if st, ok := d.sup.Status(vm); ok && st.State != supervisor.Stopped && st.State != supervisor.Failed {
+	if st, ok := d.sup.Status(vm); ok && st.State != supervisor.Stopped && st.State != supervisor.Failed && st.State != supervisor.Saved {
 		return snapshot.Snapshot{}, fmt.Errorf("%s is %s: %w", vm, st.State, ErrRunning)
 	}
 	vmDir := state.Dir{Root: d.env.StateDir}.VMDir(vm)

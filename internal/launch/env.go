@@ -17,6 +17,7 @@ import (
 
 	"microvm.dev/microvm/internal/cgroup"
 	"microvm.dev/microvm/internal/secrets"
+	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmmuser"
 )
@@ -70,6 +71,25 @@ func (e Env) TAPOwner() uint32 {
 		return 0
 	}
 	return e.VMMUser.UID
+}
+
+// vmmUser is the identity vm's hypervisor runs as: an id of its own from
+// the hypervisors' range when there is one and the backend takes its TAP
+// as a descriptor (a TAP opened by name must belong to the one user the
+// network gives TAPs to), else the hypervisors' user (nil: root). With
+// allocate, a VM without an id is given one (recorded in its directory);
+// without, the id it would get is shown and nothing is written.
+func (e Env) vmmUser(vm string, caps vmm.Capabilities, allocate bool) (*vmmuser.User, error) {
+	u := e.VMMUser
+	if u == nil || u.IDs == nil || !caps.TAPFromFD {
+		return u, nil
+	}
+	vmsDir := filepath.Dir(state.Dir{Root: e.StateDir}.VMDir(vm))
+	off, err := vmmuser.Offsets{VMsDir: vmsDir, Count: u.IDs.Count}.Lookup(vm, allocate)
+	if err != nil {
+		return nil, fmt.Errorf("vms.%s: hypervisor identity: %w", vm, err)
+	}
+	return u.ForVM(off), nil
 }
 
 // canOpen says whether the hypervisors (as root or as VMMUser) may open

@@ -32,7 +32,7 @@ func TestShareKind(t *testing.T) {
 		{"nfs", q, "", "unknown share type"},
 	}
 	for _, c := range cases {
-		got, err := Env{Share: c.share}.ShareKind(c.b)
+		got, err := Env{Share: c.share}.ShareKind(c.b, nil)
 		if c.err != "" {
 			if err == nil || !strings.Contains(err.Error(), c.err) {
 				t.Errorf("%s/%s: err = %v, want %q", c.b.Name(), c.share, err, c.err)
@@ -48,8 +48,21 @@ func TestShareKind(t *testing.T) {
 	if Virtiofsd() != "" {
 		want = vmm.ShareVirtiofs
 	}
-	if got, _ := (Env{}).ShareKind(q); got != want {
+	if got, _ := (Env{}).ShareKind(q, nil); got != want {
 		t.Errorf("qemu auto = %s, want %s", got, want)
+	}
+	// A VM's own store key wins over the host's, and its errors name it.
+	vm := &config.VM{Name: "db", Store: "block"}
+	if got, err := (Env{Share: "9p"}).ShareKind(q, vm); got != vmm.ShareBlock || err != nil {
+		t.Errorf("qemu with store: block = %q, %v", got, err)
+	}
+	vm.Store = "auto"
+	if got, _ := (Env{Share: "9p"}).ShareKind(q, vm); got != vmm.Share9p {
+		t.Errorf("store: auto takes the host's choice, got %q", got)
+	}
+	vm.Store = "9p"
+	if _, err := (Env{}).ShareKind(fc, vm); err == nil || !strings.Contains(err.Error(), "vms.db.store: firecracker cannot share the store over 9p") {
+		t.Errorf("firecracker with store: 9p: %v", err)
 	}
 }
 

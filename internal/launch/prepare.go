@@ -14,6 +14,7 @@ import (
 	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/storeimage"
 	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmm/backends"
 	"microvm.dev/microvm/internal/volume"
 )
 
@@ -36,6 +37,9 @@ type Prepared struct {
 	ClientKey string
 	// HostKeyPub is the VM's SSH host key (authorized_keys format).
 	HostKeyPub string
+	// Boot says whether the guest resumes a saved state, or why one was
+	// dropped.
+	Boot Boot
 	// Warnings are what the VM will run but should know (an image's data
 	// directory no volume covers).
 	Warnings []string
@@ -79,6 +83,7 @@ func Prepare(ctx context.Context, env Env, vm *config.VM, observe func(steps.Tim
 	p := &Prepared{VM: vm, env: env, layout: env.Layout(vm.Name), run: &steps.Runner{Observe: observe}, Volumes: map[string]volume.Action{}}
 	pr := &preparer{p: p, arch: env.arch()}
 	err := p.run.Run(ctx,
+		steps.Step{Name: "hypervisor identity", Do: pr.identity},
 		steps.Step{Name: "check backend", Do: pr.checkBackend},
 		steps.Step{Name: "find microvm-init", Do: pr.findInit},
 		steps.Step{Name: "decrypt secrets", Do: pr.decryptSecrets},
@@ -91,6 +96,7 @@ func Prepare(ctx context.Context, env Env, vm *config.VM, observe func(steps.Tim
 		steps.Step{Name: "volumes", Do: pr.volumes},
 		steps.Step{Name: "initramfs", Do: pr.initramfs, Undo: func() { os.Remove(p.Launch.Initrd) }},
 		steps.Step{Name: "hand over to the hypervisor's user", Do: pr.handOver},
+		steps.Step{Name: "saved state", Do: pr.savedState},
 	)
 	if err != nil {
 		return nil, err
@@ -99,6 +105,17 @@ func Prepare(ctx context.Context, env Env, vm *config.VM, observe func(steps.Tim
 }
 
 func (pr *preparer) fail(err error) error { return fmt.Errorf("vms.%s: %w", pr.p.VM.Name, err) }
+
+// identity gives the VM's hypervisor its own id when the hypervisors have
+// a range (recorded in the VM's directory, so it keeps it).
+func (pr *preparer) identity(context.Context) error {
+	b, err := backends.Get(pr.p.VM.Hypervisor)
+	if err != nil {
+		return pr.fail(err)
+	}
+	_, err = pr.p.env.vmmUser(pr.p.VM.Name, b.Capabilities(), true)
+	return err
+}
 
 // checkBackend resolves the VM on a placeholder image, before anything
 // slow, so a wrong backend, kernel, share or missing cgroups fail at once.
@@ -219,7 +236,7 @@ func (pr *preparer) handOver(context.Context) error {
 	if err := os.MkdirAll(pr.p.env.RunDir, 0o755); err != nil {
 		return err
 	}
-	if err := giveToVMM(pr.p.env.VMMUser, pr.p.layout, pr.p.Launch); err != nil {
+	if err := giveToVMM(pr.p.Resolved.User, pr.p.layout, pr.p.Launch); err != nil {
 		return pr.fail(err)
 	}
 	return nil

@@ -26,7 +26,8 @@ import (
 type Running struct {
 	Prepared *Prepared
 	Process  *os.Process
-	// Started is when the process was started.
+	// Started is when the process was started (before a saved state was
+	// restored into it).
 	Started time.Time
 	// Exited is closed when the process has exited; ExitErr is then its error.
 	Exited  chan struct{}
@@ -47,6 +48,7 @@ type starter struct {
 	logf    *os.File
 	helpers []*os.Process
 	done    []<-chan struct{}
+	started time.Time // when the hypervisor process started
 }
 
 // Start starts the prepared hypervisor, as ordered steps: check the
@@ -70,6 +72,7 @@ func Start(ctx context.Context, p *Prepared) (*Running, error) {
 		steps.Step{Name: "tap", Do: s.openTAP},
 		steps.Step{Name: "virtiofsd", Do: s.startHelpers, Undo: s.killHelpers},
 		steps.Step{Name: "start hypervisor", Do: s.startHypervisor},
+		steps.Step{Name: "restore saved state", Do: s.restore},
 	)
 	if err != nil {
 		return nil, err
@@ -82,7 +85,8 @@ func (s *starter) fail(err error) error { return fmt.Errorf("vms.%s: %w", s.p.VM
 
 func (s *starter) checkBinaries(context.Context) error {
 	c := s.p.Resolved.Command
-	bin, err := exec.LookPath(c.Argv[0])
+	argv := s.p.argv()
+	bin, err := exec.LookPath(argv[0])
 	if err != nil {
 		return s.fail(fmt.Errorf("%s is not installed: %w", c.Argv[0], err))
 	}
@@ -91,7 +95,7 @@ func (s *starter) checkBinaries(context.Context) error {
 			return s.fail(fmt.Errorf("%s is not installed (%s backend): %w", c.Binary, s.p.Backend.Name(), err))
 		}
 	}
-	s.cmd.Path, s.cmd.Args = bin, append([]string{bin}, c.Argv[1:]...)
+	s.cmd.Path, s.cmd.Args = bin, append([]string{bin}, argv[1:]...)
 	return nil
 }
 
@@ -100,15 +104,17 @@ func (s *starter) checkBinaries(context.Context) error {
 // kept as console.log.1), owned by the hypervisor's user where it writes
 // the console itself.
 func (s *starter) writeFiles(context.Context) error {
-	env, l, c := s.p.env, s.p.Launch, s.p.Resolved.Command
-	os.Rename(l.ConsoleLog, l.ConsoleLog+".1")
+	u, l, c := s.p.Resolved.User, s.p.Launch, s.p.Resolved.Command
+	if s.p.Boot.Resume == nil {
+		os.Rename(l.ConsoleLog, l.ConsoleLog+".1") // a resumed guest's boot goes on in it
+	}
 	os.Remove(l.ControlSocket)
 	for path, b := range c.Files {
 		if err := state.WriteFile(path, b, 0o600); err != nil {
 			return s.fail(err)
 		}
-		if env.VMMUser != nil {
-			if err := env.VMMUser.Own(path); err != nil {
+		if u != nil {
+			if err := u.Own(path); err != nil {
 				return s.fail(err)
 			}
 		}
@@ -127,7 +133,7 @@ func (s *starter) writeFiles(context.Context) error {
 		s.files, s.cmd.Stdout = append(s.files, out), out
 		return nil
 	}
-	if env.VMMUser == nil {
+	if u == nil {
 		return nil
 	}
 	// The hypervisor appends to the console log as its own user.
@@ -136,7 +142,7 @@ func (s *starter) writeFiles(context.Context) error {
 		return err
 	}
 	f.Close()
-	return env.VMMUser.Own(l.ConsoleLog)
+	return u.Own(l.ConsoleLog)
 }
 
 // cgroup (re)creates the VM's group with this spec's limits, so changed
@@ -196,7 +202,7 @@ func (s *starter) startHelpers(context.Context) error {
 		if sh.Kind() != vmm.ShareVirtiofs {
 			continue
 		}
-		proc, done, err := startVirtiofsd(sh, s.p.env.VMMUser, s.logf)
+		proc, done, err := startVirtiofsd(sh, s.p.Resolved.User, s.logf)
 		if err != nil {
 			s.killHelpers()
 			return err
@@ -216,6 +222,7 @@ func (s *starter) startHypervisor(context.Context) error {
 	if err := s.cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", s.p.Resolved.Command.Argv[0], err)
 	}
+	s.started = time.Now()
 	if cg := s.p.env.Cgroups; cg != nil && !s.limits.IsZero() && !s.cmd.SysProcAttr.UseCgroupFD {
 		// cgroup v1: moved in right after the start, before the guest runs
 		// for long; a hypervisor that cannot be capped is not left running.
@@ -233,7 +240,7 @@ func (s *starter) startHypervisor(context.Context) error {
 // the hypervisor is stopped (a guest whose store server died cannot go on:
 // its root is gone), and the supervisor restarts the VM by policy.
 func (s *starter) watch() *Running {
-	r := &Running{Prepared: s.p, Process: s.cmd.Process, Started: time.Now(), Exited: make(chan struct{})}
+	r := &Running{Prepared: s.p, Process: s.cmd.Process, Started: s.started, Exited: make(chan struct{})}
 	r.ProcStart, _ = ProcStartTime(r.Process.Pid)
 	var vmmGone atomic.Bool
 	for _, done := range s.done {
@@ -301,6 +308,15 @@ func WorkloadExit(consoleLog string, offset int64) *guest.WorkloadExit {
 // The VM's initramfs (its host key, its secrets) is removed then: the
 // hypervisor loaded it before the guest ran.
 func (r *Running) WaitReady(timeout time.Duration, echo func(string)) (vmm.ReadyResult, error) {
+	if m := r.Prepared.Boot.Resume; m != nil {
+		// Resumed: ready as it was when saved; what it says now follows.
+		r.Ready = m.Ready
+		if fi, err := os.Stat(r.Prepared.Launch.ConsoleLog); err == nil {
+			r.console, r.Ready.Offset = fi.Size(), fi.Size()
+		}
+		os.Remove(r.Prepared.Launch.Initrd)
+		return r.Ready, nil
+	}
 	res, err := vmm.WaitConsole(r.Prepared.Launch.ConsoleLog, r.console, guest.ReadyPrefix, guest.FailedPrefix, timeout, r.Exited, echo)
 	if err == nil {
 		r.console, r.Ready = res.Offset, res

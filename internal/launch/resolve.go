@@ -12,6 +12,7 @@ import (
 	"microvm.dev/microvm/internal/storeimage"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmm/backends"
+	"microvm.dev/microvm/internal/vmmuser"
 )
 
 // tapFD is the descriptor an unprivileged hypervisor finds its TAP on
@@ -35,6 +36,9 @@ type Resolved struct {
 	// Command is the command line, with Binary the hypervisor itself and
 	// Argv what runs (after nsenter and setpriv where they apply).
 	Command vmm.Command
+	// User is who the hypervisor runs as (nil: root): the VM's own id
+	// when the hypervisors have a range of ids.
+	User *vmmuser.User
 }
 
 // Command resolves how vm boots from the image the store has now: an image
@@ -60,12 +64,16 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 	if err != nil {
 		return nil, err
 	}
-	share, err := env.ShareKind(b)
+	share, err := env.ShareKind(b, vm)
 	if err != nil {
-		return nil, fmt.Errorf("vms.%s: %w", vm.Name, err)
+		return nil, err
 	}
 	lay := env.Layout(vm.Name)
 	caps := b.Capabilities()
+	user, err := env.vmmUser(vm.Name, caps, false)
+	if err != nil {
+		return nil, err
+	}
 	l := lay.Launch(vm, caps)
 	// Each VM is given only its own image tree.
 	sh := vmm.Share{Tag: "store", Path: store.Open(env.StateDir).TreeDir(img.ID)}
@@ -86,7 +94,7 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 	// in the VM's run directory (on a tmpfs on a real host) and removed
 	// once the hypervisor has loaded it.
 	l.Initrd = lay.Initrd()
-	if env.VMMUser != nil && caps.TAPFromFD {
+	if user != nil && caps.TAPFromFD {
 		// The TAP is opened as root and handed over on a descriptor, so the
 		// hypervisor needs neither /dev/net/tun nor the TAP's ownership.
 		l.TAPFD = tapFD
@@ -96,19 +104,19 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 		return nil, err
 	}
 	cmd.Binary = cmd.Argv[0]
-	if env.VMMUser != nil {
+	if user != nil {
 		// A 9p server reads the image as the hypervisor's user: it may read
 		// any file (an image's root-only files), and nothing else.
 		var keep []string
 		if share == vmm.Share9p {
 			keep = []string{"dac_read_search"}
 		}
-		cmd.Argv = append(env.VMMUser.Prefix(keep...), cmd.Argv...)
+		cmd.Argv = append(user.Prefix(keep...), cmd.Argv...)
 	}
 	if env.NetNS != "" {
 		cmd.Argv = append([]string{"nsenter", "--net=" + env.NetNS, "--"}, cmd.Argv...)
 	}
-	return &Resolved{Backend: b, Kernel: kern, Share: share, Image: img, Launch: l, Command: cmd}, nil
+	return &Resolved{Backend: b, Kernel: kern, Share: share, Image: img, Launch: l, Command: cmd, User: user}, nil
 }
 
 // BootKernel is the kernel image backend b boots for kern: on x86_64, for
@@ -146,10 +154,27 @@ func blockImage(stateDir, id, tree string) (string, error) {
 // BlockCache is where read-only disk images of store trees are cached.
 func BlockCache(stateDir string) string { return filepath.Join(stateDir, "cache", "store-blocks") }
 
-// ShareKind decides how the store reaches a guest of backend b.
-func (e Env) ShareKind(b vmm.Backend) (string, error) {
+// ShareKind decides how the store reaches vm, a guest of backend b: its
+// own store key, else the host's choice (Env.Share); auto is the backend's
+// first share that works here (virtiofs only with a virtiofsd).
+func (e Env) ShareKind(b vmm.Backend, vm *config.VM) (string, error) {
+	if vm == nil {
+		return shareKind(b, e.Share)
+	}
+	want, field := e.Share, "vms."+vm.Name+" (the host's --share)"
+	if vm.Store != "" && vm.Store != "auto" {
+		want, field = vm.Store, "vms."+vm.Name+".store"
+	}
+	kind, err := shareKind(b, want)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", field, err)
+	}
+	return kind, nil
+}
+
+func shareKind(b vmm.Backend, want string) (string, error) {
 	kinds := b.Capabilities().Shares
-	switch e.Share {
+	switch want {
 	case "", "auto":
 		for _, k := range kinds {
 			if k != vmm.ShareVirtiofs || Virtiofsd() != "" {
@@ -158,13 +183,13 @@ func (e Env) ShareKind(b vmm.Backend) (string, error) {
 		}
 		return "", fmt.Errorf("%s shares the store only over virtiofs, and no virtiofsd is installed (looked in %v and PATH)", b.Name(), virtiofsdPaths)
 	case vmm.ShareVirtiofs, vmm.Share9p, vmm.ShareBlock:
-		if !slices.Contains(kinds, e.Share) {
-			return "", fmt.Errorf("%s cannot share the store over %s (it supports %s)", b.Name(), e.Share, strings.Join(kinds, ", "))
+		if !slices.Contains(kinds, want) {
+			return "", fmt.Errorf("%s cannot share the store over %s (it supports %s)", b.Name(), want, strings.Join(kinds, ", "))
 		}
-		if e.Share == vmm.ShareVirtiofs && Virtiofsd() == "" {
+		if want == vmm.ShareVirtiofs && Virtiofsd() == "" {
 			return "", fmt.Errorf("share virtiofs: no virtiofsd installed (looked in %v and PATH)", virtiofsdPaths)
 		}
-		return e.Share, nil
+		return want, nil
 	}
-	return "", fmt.Errorf("unknown share type %q (virtiofs, 9p, block or auto)", e.Share)
+	return "", fmt.Errorf("unknown share type %q (virtiofs, 9p, block or auto)", want)
 }

@@ -2,6 +2,7 @@ package launch
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -47,12 +48,8 @@ func startVirtiofsd(sh vmm.Share, u *vmmuser.User, log *os.File) (*os.Process, <
 	// a new one would exit at once: it serves nothing now, so it goes.
 	stopStaleVirtiofsd(sh.VirtiofsSocket, log)
 	os.Remove(sh.VirtiofsSocket)
-	script := `mount --bind -o ro "$1" "$1" && exec "$2" --socket-path="$3" ${4:+--socket-group="$4"} -o source="$1" -o sandbox=namespace -o cache=always -o no_posix_lock -o no_flock`
-	group := ""
-	if u != nil {
-		group = u.GroupName
-	}
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", sh.Path, bin, sh.VirtiofsSocket, group)
+	script := `mount --bind -o ro "$1" "$1" && exec "$2" --socket-path="$3" -o source="$1" -o sandbox=namespace -o cache=always -o no_posix_lock -o no_flock`
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", sh.Path, bin, sh.VirtiofsSocket)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -64,6 +61,13 @@ func startVirtiofsd(sh vmm.Share, u *vmmuser.User, log *os.File) (*os.Process, <
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := os.Stat(sh.VirtiofsSocket); err == nil {
+			if u != nil {
+				// Only this VM's hypervisor may connect.
+				if err := errors.Join(u.Own(sh.VirtiofsSocket), os.Chmod(sh.VirtiofsSocket, 0o600)); err != nil {
+					cmd.Process.Kill()
+					return nil, nil, fmt.Errorf("virtiofsd socket: %w", err)
+				}
+			}
 			return cmd.Process, done, nil
 		}
 		select {

@@ -53,6 +53,9 @@ type Observed struct {
 	Name    string
 	Spec    *config.VM
 	Running bool
+	// Saved says it was stopped by saving its state: it is started (and
+	// resumed) whatever its autostart, as it was running.
+	Saved bool
 }
 
 // FromRecords is the host's state as the state directory records it: every
@@ -61,7 +64,7 @@ type Observed struct {
 func FromRecords(recs []state.RunRecord, alive func(state.RunRecord) bool) []Observed {
 	out := make([]Observed, 0, len(recs))
 	for i := range recs {
-		out = append(out, Observed{Name: recs[i].Name, Spec: &recs[i].Spec, Running: recs[i].PID != 0 && alive(recs[i])})
+		out = append(out, Observed{Name: recs[i].Name, Spec: &recs[i].Spec, Running: recs[i].PID != 0 && alive(recs[i]), Saved: recs[i].PID == 0 && recs[i].Saved})
 	}
 	return out
 }
@@ -133,10 +136,12 @@ func Compute(desired *config.Config, observed []Observed) *Plan {
 			v.Action = Unchanged
 		case o.Running:
 			v.Action, v.Changes, v.Steps = Update, Diff(o.Spec, vm), updateSteps(o.Spec, vm)
-		case !vm.Supervision.Autostart && ok:
+		case !vm.Supervision.Autostart && ok && !o.Saved:
 			v.Action = Unchanged
 		case !vm.Supervision.Autostart:
 			v.Action, v.Steps = Define, networkSteps(vm)
+		case ok && o.Saved:
+			v.Action, v.Steps = Start, append(volumeSteps(nil, vm), Step{"resume", startDetail(vm) + ", from its saved state if nothing it ran on changed"})
 		case ok:
 			v.Action, v.Steps = Start, append(volumeSteps(nil, vm), Step{"start", startDetail(vm)})
 		default:

@@ -51,6 +51,9 @@ type RunRecord struct {
 	// BootSeconds is how long the guest took to become ready (0 until it
 	// was), kept so a daemon that adopts the VM still knows it.
 	BootSeconds float64 `json:"bootSeconds,omitempty"`
+	// Saved says the VM was stopped by saving its state (stop --save):
+	// its next start resumes it.
+	Saved bool `json:"saved,omitempty"`
 }
 
 // WriteRunRecord stores a VM's run record atomically.

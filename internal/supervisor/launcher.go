@@ -22,6 +22,12 @@ type Launcher interface {
 	Adopt(rec state.RunRecord) (Process, error)
 }
 
+// SaveInfo is how a save went: the state's size and how long it took.
+type SaveInfo struct {
+	Bytes   int64   `json:"bytes"`
+	Seconds float64 `json:"seconds"`
+}
+
 // Process is one started (or adopted) hypervisor.
 type Process interface {
 	// PID is the hypervisor's process id.
@@ -39,6 +45,12 @@ type Process interface {
 	ExitErr() error
 	// Stop shuts the guest down cleanly within timeout, then by force.
 	Stop(timeout time.Duration) error
+	// Save saves the guest's state and ends the process; on an error the
+	// guest still runs.
+	Save() (SaveInfo, error)
+	// Boot says how the guest came up: a cold boot or a resume (and why
+	// a saved state was dropped).
+	Boot() string
 	// Pause and Resume stop and restart the guest's vCPUs.
 	Pause() error
 	Resume() error

@@ -23,6 +23,10 @@ type Status struct {
 	// Readiness is how an image's own init came up ("running", "degraded:
 	// a.service, b.service"; "" for workload VMs).
 	Readiness string `json:"readiness,omitempty"`
+	// Boot says how the last start brought the guest up: a cold boot, a
+	// resume of its saved state, or a cold boot because the saved state
+	// was dropped (and why).
+	Boot string `json:"boot,omitempty"`
 	// Steps are the last launch's steps, each timed.
 	Steps    []steps.Timing `json:"steps,omitempty"`
 	Restarts int            `json:"restarts"`
@@ -59,7 +63,7 @@ func (s *Supervisor) Status(name string) (Status, bool) {
 
 func (s *Supervisor) status(name string, v *vmProc) Status {
 	st := Status{Name: name, State: v.state, Restarts: v.restarts, LastExit: v.lastExit, ExitCode: v.exitCode, Failure: v.failure, Spec: v.spec,
-		BootSeconds: v.boot.Seconds(), PrepareSeconds: v.prepare.Seconds(), Steps: v.steps}
+		BootSeconds: v.boot.Seconds(), PrepareSeconds: v.prepare.Seconds(), Steps: v.steps, Boot: v.bootNote}
 	if v.spec != nil {
 		st.SpecHash = v.spec.SpecHash()
 	}

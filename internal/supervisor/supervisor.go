@@ -33,6 +33,8 @@ const (
 	Stopped  State = "stopped"
 	Backoff  State = "backoff" // waiting to be restarted
 	Failed   State = "failed"  // crash loop or failed start; needs start or apply
+	// Saved is a VM stopped by saving its state: `start` resumes it.
+	Saved State = "saved"
 	// Created is a VM of the applied file that was never started
 	// (autostart: false): its network is made, `start` boots it.
 	Created State = "created"
@@ -72,6 +74,7 @@ type vmProc struct {
 	prepare  time.Duration
 	steps    []steps.Timing
 	started  time.Time
+	bootNote string // how the last start brought the guest up
 }
 
 // Supervisor owns the VM processes of one state directory.
@@ -111,6 +114,9 @@ func (s *Supervisor) Adopt() ([]string, error) {
 		v := &vmProc{spec: &spec, state: Stopped}
 		s.vms[rec.Name] = v
 		if rec.PID == 0 {
+			if rec.Saved {
+				v.state = Saved
+			}
 			continue
 		}
 		r, err := s.launcher.Adopt(rec)
@@ -233,7 +239,7 @@ func (s *Supervisor) boot(ctx context.Context, name string, v *vmProc) error {
 	s.mu.Lock()
 	current := v.gen == gen
 	if current {
-		v.run, v.started, v.prepare, v.steps = r, r.StartedAt(), time.Since(t0), r.Timings()
+		v.run, v.started, v.prepare, v.steps, v.bootNote = r, r.StartedAt(), time.Since(t0), r.Timings(), r.Boot()
 	}
 	s.mu.Unlock()
 	if !current { // stopped while it was being prepared
@@ -359,37 +365,85 @@ func (v *vmProc) noteExit(exit error) bool {
 // Stop shuts vm down cleanly (power button, then Ctrl-Alt-Del, then
 // signals) and leaves it stopped.
 func (s *Supervisor) Stop(name string) error {
+	v, r, err := s.stopping(name, false)
+	if err != nil || r == nil {
+		return err
+	}
+	err = r.Stop(time.Duration(v.spec.Supervision.StopTimeout))
+	return s.stopped(name, v, r, false, err)
+}
+
+// SaveOutcome is how a save (stop --save) ended.
+type SaveOutcome struct {
+	// Saved says the state was saved; the VM is then Saved.
+	Saved bool `json:"saved"`
+	SaveInfo
+
+	// Fallback says why the VM was shut down cleanly instead.
+	Fallback string `json:"fallback,omitempty"`
+}
+
+// Save saves a running VM's state and leaves it Saved: its next start
+// resumes it. A save that fails (a device that refuses to migrate, a full
+// disk) shuts the guest down cleanly instead, as Stop does, and says why.
+func (s *Supervisor) Save(name string) (SaveOutcome, error) {
+	v, r, err := s.stopping(name, true)
+	if err != nil {
+		return SaveOutcome{}, err
+	}
+	saved, err := r.Save()
+	if err == nil {
+		return SaveOutcome{Saved: true, SaveInfo: saved}, s.stopped(name, v, r, true, nil)
+	}
+	s.log.Warn("save failed; shutting the VM down cleanly instead", "vm", name, "err", err)
+	out := SaveOutcome{Fallback: err.Error()}
+	err = r.Stop(time.Duration(v.spec.Supervision.StopTimeout))
+	return out, s.stopped(name, v, r, false, err)
+}
+
+// stopping marks vm as stopping on purpose (not to be restarted, a boot
+// still preparing cancelled) and returns its process (nil when none
+// runs; save then needs one).
+func (s *Supervisor) stopping(name string, save bool) (*vmProc, Process, error) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	v := s.vms[name]
 	if v == nil {
-		s.mu.Unlock()
-		return fmt.Errorf("no VM named %q", name)
+		return nil, nil, fmt.Errorf("no VM named %q", name)
+	}
+	if save && (v.run == nil || v.state != Running) {
+		return nil, nil, fmt.Errorf("%s is %s: only a running VM can be saved", name, v.state)
 	}
 	v.wanted = false
 	v.gen++
 	if v.cancel != nil {
 		v.cancel() // a boot still preparing gives up
 	}
-	r := v.run
-	if r == nil {
-		v.state = Stopped
-		s.mu.Unlock()
-		return nil
+	if v.run == nil {
+		if v.state != Saved {
+			v.state = Stopped
+		}
+		return v, nil, nil
 	}
 	v.state = Stopping
-	timeout := time.Duration(v.spec.Supervision.StopTimeout)
-	s.mu.Unlock()
-	err := r.Stop(timeout)
+	return v, v.run, nil
+}
+
+// stopped records that vm's process r ended by a stop (or a save).
+func (s *Supervisor) stopped(name string, v *vmProc, r Process, saved bool, err error) error {
 	s.mu.Lock()
 	v.run, v.state = nil, Stopped
 	v.noteExit(r.ExitErr())
+	if saved {
+		v.state, v.lastExit = Saved, "saved"
+	}
 	rec := r.Record()
-	rec.PID, rec.ProcStart = 0, 0
+	rec.PID, rec.ProcStart, rec.Saved = 0, 0, saved
 	s.mu.Unlock()
 	if werr := s.dir.WriteRunRecord(rec); werr != nil && err == nil {
 		err = werr
 	}
-	s.log.Info("VM stopped", "vm", name)
+	s.log.Info("VM stopped", "vm", name, "saved", saved)
 	return err
 }
 

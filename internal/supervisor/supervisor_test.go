@@ -34,6 +34,7 @@ type fakeProc struct {
 	once    sync.Once
 	err     error
 	stopped bool
+	saveErr error // what Save fails with (nil: it saves)
 }
 
 func (p *fakeProc) PID() int                { return p.pid }
@@ -52,6 +53,14 @@ func (p *fakeProc) Stop(time.Duration) error {
 	p.stopped = true
 	p.exit(nil)
 	return nil
+}
+func (p *fakeProc) Boot() string { return "cold boot" }
+func (p *fakeProc) Save() (SaveInfo, error) {
+	if p.saveErr != nil {
+		return SaveInfo{}, p.saveErr
+	}
+	p.exit(nil)
+	return SaveInfo{Bytes: 42, Seconds: 0.001}, nil
 }
 func (p *fakeProc) Record() state.RunRecord {
 	return state.RunRecord{Name: p.spec.Name, Spec: p.spec, PID: p.pid, ProcStart: 1, StartedAt: p.started}
@@ -354,5 +363,62 @@ func TestUpdateSupervision(t *testing.T) {
 	time.Sleep(3 * fast.FirstBackoff)
 	if n := len(f.launches("a")); n != 1 {
 		t.Errorf("%d launches: the new policy (no) was not taken", n)
+	}
+}
+
+// TestSave: a saved VM is Saved (in its record too, so a new daemon knows
+// it); a save that fails shuts the guest down cleanly instead and says
+// why; only a running VM can be saved.
+func TestSave(t *testing.T) {
+	f := newFake(t)
+	s, dir := newSup(t, f)
+	if err := s.Start(context.Background(), vm("a", config.RestartAlways)); err != nil {
+		t.Fatal(err)
+	}
+	out, err := s.Save("a")
+	if err != nil || !out.Saved || out.Bytes != 42 {
+		t.Fatalf("save: %+v %v", out, err)
+	}
+	if st := state_(s, "a"); st != Saved {
+		t.Fatalf("after the save: %s", st)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if n := len(f.launches("a")); n != 1 {
+		t.Fatalf("a saved VM was restarted (%d launches)", n)
+	}
+	var rec state.RunRecord
+	err = state.ReadJSON(dir.RunRecordPath("a"), &rec)
+	if err != nil || !rec.Saved || rec.PID != 0 {
+		t.Fatalf("record after the save: %+v %v", rec, err)
+	}
+	s2, _ := newSup(t, f)
+	s2.dir = dir
+	if _, err := s2.Adopt(); err != nil {
+		t.Fatal(err)
+	}
+	if st := state_(s2, "a"); st != Saved {
+		t.Fatalf("a new supervisor sees a saved VM as %s", st)
+	}
+	if _, err := s.Save("a"); err == nil || !strings.Contains(err.Error(), "only a running VM") {
+		t.Fatalf("saving a saved VM: %v", err)
+	}
+
+	f.onLaunch = func(_ context.Context, p *fakeProc, _ int) error {
+		p.saveErr = errors.New("migration failed: no space left on device")
+		return nil
+	}
+	if err := s.Start(context.Background(), vm("a", config.RestartAlways)); err != nil {
+		t.Fatal(err)
+	}
+	out, err = s.Save("a")
+	if err != nil || out.Saved || !strings.Contains(out.Fallback, "no space left") {
+		t.Fatalf("a failing save: %+v %v", out, err)
+	}
+	p := f.launches("a")[1]
+	if !p.stopped || state_(s, "a") != Stopped {
+		t.Fatalf("a failing save did not shut the guest down cleanly: stopped=%v state=%s", p.stopped, state_(s, "a"))
+	}
+	if rec = (state.RunRecord{}); state.ReadJSON(dir.RunRecordPath("a"), &rec) != nil || rec.Saved {
+		t.Fatal("a failed save is recorded as saved")
 	}
 }

@@ -271,7 +271,46 @@ func Live(f Fleet) []Check {
 			}})
 		}
 	}
+	if len(cfg.VMs) > 1 {
+		checks = append(checks, Check{Name: "one identity per hypervisor", Run: func() (Status, string) {
+			return identities(f, cfg)
+		}})
+	}
 	return checks
+}
+
+// identities checks that no two VMs' hypervisors run as the same uid (so
+// file permissions keep each off the others' volumes, logs and sockets).
+func identities(f Fleet, cfg *config.Config) (Status, string) {
+	byUID := map[string][]string{}
+	var ev []string
+	for _, vm := range cfg.VMs {
+		st, ok := f.Status(vm.Name)
+		if !ok || st.PID == 0 {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", st.PID))
+		if err != nil {
+			return Fail, err.Error()
+		}
+		uid := "?"
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+				uid = strings.Fields(v)[0]
+			}
+		}
+		byUID[uid] = append(byUID[uid], vm.Name)
+		ev = append(ev, vm.Name+" uid "+uid)
+	}
+	for uid, vms := range byUID {
+		if len(vms) > 1 {
+			return Skip, fmt.Sprintf("%s share uid %s: give the hypervisors' user a subordinate id range (docs/security.md) for one identity per VM", strings.Join(vms, ", "), uid)
+		}
+	}
+	if len(ev) == 0 {
+		return Skip, "no VM runs"
+	}
+	return Pass, strings.Join(ev, ", ")
 }
 
 // metadataAddr is the cloud metadata service's address (AWS, GCP, Azure).

@@ -132,17 +132,23 @@ func Prerequisites(cfg *config.Config, env launch.Env, look LookPath) []Check {
 		if err != nil {
 			continue
 		}
-		vms := byBackend[name]
 		checks = append(checks, Check{Name: "store share for " + name, Run: func() (Status, string) {
-			kind, err := env.ShareKind(b)
-			if err != nil {
-				return Fail, fmt.Sprintf("%s: %v", vmList(vms), err)
+			// By VM: a VM's store key may choose another share than the host's.
+			var evidence []string
+			for _, vm := range cfg.VMs {
+				if vm.Hypervisor != name {
+					continue
+				}
+				kind, err := env.ShareKind(b, vm)
+				if err != nil {
+					return Fail, err.Error()
+				}
+				if kind == vmm.ShareVirtiofs {
+					kind += " (virtiofsd at " + launch.Virtiofsd() + ")"
+				}
+				evidence = append(evidence, vm.Name+": "+kind)
 			}
-			ev := kind
-			if kind == vmm.ShareVirtiofs {
-				ev += " (virtiofsd at " + launch.Virtiofsd() + ")"
-			}
-			return Pass, ev
+			return Pass, strings.Join(evidence, "; ")
 		}})
 	}
 	checks = append(checks, Check{Name: "mkfs.ext4", Run: func() (Status, string) {
@@ -177,7 +183,7 @@ func Prerequisites(cfg *config.Config, env launch.Env, look LookPath) []Check {
 func usesBlock(cfg *config.Config, env launch.Env) bool {
 	for _, vm := range cfg.VMs {
 		if b, err := backends.Get(vm.Hypervisor); err == nil {
-			if kind, _ := env.ShareKind(b); kind == vmm.ShareBlock {
+			if kind, _ := env.ShareKind(b, vm); kind == vmm.ShareBlock {
 				return true
 			}
 		}

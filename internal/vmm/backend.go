@@ -77,6 +77,9 @@ type Capabilities struct {
 	// entry on x86_64 (no firmware, no decompression in the guest), which
 	// the launcher then extracts from the bzImage.
 	PVH bool
+	// SaveShares are the store shares with which the backend can save a
+	// guest's state (vmm.Saver); none when it cannot save.
+	SaveShares []string
 	// Install says how to install the backend's binary.
 	Install string
 }

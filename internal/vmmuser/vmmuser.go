@@ -35,6 +35,9 @@ type User struct {
 	// Groups are the supplementary groups: /dev/kvm's group where it
 	// exists, nothing else.
 	Groups []uint32
+	// IDs, when set, is the range each VM's hypervisor takes an id of its
+	// own from (ForVM); nil: every hypervisor runs as this user.
+	IDs *Range
 }
 
 // Lookup resolves name. "" and "root" mean hypervisors run as root (nil,

@@ -1,8 +1,12 @@
 // Command bootbench measures how fast a microvm guest boots (run as root,
 // after building bin/microvm-init and a base image): the initramfs base
-// archive built cold and reused from the cache, and over -boots boots of one
-// VM the time from starting the hypervisor to the guest's ready line and to
-// the first SSH command answered. It prints medians and p90s.
+// archive built cold and reused from the cache; over -boots rounds, side by
+// side, a VM booted cold with its kernel as the PVH vmlinux and as the
+// bzImage (hypervisor start to the guest's ready line and to the first SSH
+// command answered), the same VM saved and resumed (hypervisor start to
+// resumed and to SSH), and the kernel-only limit: the same QEMU and kernel
+// with an initramfs whose init powers off at once. It prints medians, p90s
+// and the ratios.
 package main
 
 import (
@@ -15,12 +19,15 @@ import (
 	"sort"
 	"time"
 
+	"github.com/u-root/u-root/pkg/cpio"
+
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmm/qemu"
 	"microvm.dev/microvm/internal/vmssh"
 )
 
@@ -31,6 +38,7 @@ vms:
     index: 1
     vcpu: 2
     memory: 1G
+    store: block
     volumes: [{ name: data, mountPoint: /mnt/storage, size: 1G }]
 `
 
@@ -104,48 +112,149 @@ func run(boots, builds int, initDir, store string) error {
 		return err
 	}
 	env := launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), KernelCache: guest.DefaultKernelCache, InitDir: initDir, NetNS: nsPath}
-	// Alternating, in one run: the PVH vmlinux (what microvm boots) and the
-	// same kernel's bzImage.
+	limitInitrd := filepath.Join(st, "poweroff.cpio")
+	if err := writePoweroffInitrd(limitInitrd); err != nil {
+		return err
+	}
+	// Round by round, in one run: the PVH vmlinux (what microvm boots) and
+	// the same kernel's bzImage cold, a resume of the PVH boot's saved
+	// state, and the kernel-only limit of each.
 	kinds := []string{"pvh", "bzImage"}
-	prep, ready, sshUp, stop := map[string][]time.Duration{}, map[string][]time.Duration{}, map[string][]time.Duration{}, map[string][]time.Duration{}
-	for i := range 2 * boots {
-		kind := kinds[i%2]
-		env.BzImage = kind == "bzImage"
-		t0 := time.Now()
-		p, err := launch.Prepare(context.Background(), env, cfg.VM("vm1"), nil)
-		if err != nil {
-			return err
+	times := map[string][]time.Duration{}
+	add := func(k string, d time.Duration) { times[k] = append(times[k], d) }
+	var saveBytes int64
+	for range boots {
+		for _, kind := range kinds {
+			env.BzImage = kind == "bzImage"
+			r, err := boot(env, cfg.VM("vm1"), nsPath, kind, add)
+			if err != nil {
+				return err
+			}
+			if kind == "pvh" {
+				t1 := time.Now()
+				res, err := r.Save()
+				if err != nil {
+					return err
+				}
+				add("save", time.Since(t1))
+				saveBytes = res.Bytes
+				if r, err = boot(env, cfg.VM("vm1"), nsPath, "resume", add); err != nil {
+					return err
+				}
+				if r.Prepared.Boot.Resume == nil {
+					return fmt.Errorf("not resumed: %s", r.Prepared.Boot)
+				}
+			}
+			t1 := time.Now()
+			if err := r.Stop(30 * time.Second); err != nil {
+				return err
+			}
+			add(kind+" stop", time.Since(t1))
+			p, err := launch.Command(env, cfg.VM("vm1"))
+			if err != nil {
+				return err
+			}
+			d, err := kernelOnly(p.Launch.Kernel, limitInitrd)
+			if err != nil {
+				return err
+			}
+			add("limit "+kind, d)
 		}
-		prep[kind] = append(prep[kind], time.Since(t0))
-		r, err := launch.Start(context.Background(), p)
-		if err != nil {
-			return err
-		}
-		if _, err := r.WaitReady(3*time.Minute, nil); err != nil {
-			r.Process.Kill()
-			return err
-		}
-		ready[kind] = append(ready[kind], time.Since(r.Started))
-		if err := sshTrue(nsPath, p); err != nil {
-			r.Process.Kill()
-			return err
-		}
-		sshUp[kind] = append(sshUp[kind], time.Since(r.Started))
-		t1 := time.Now()
-		if err := r.Stop(30 * time.Second); err != nil {
-			return err
-		}
-		stop[kind] = append(stop[kind], time.Since(t1))
+	}
+	row := func(what, k string) {
+		fmt.Printf("  %-52s median %-10s p90 %s\n", what, med(times[k]), p90(times[k]))
 	}
 	for _, kind := range kinds {
-		fmt.Printf("kernel as %s (%d boots):\n", kind, boots)
-		fmt.Printf("  %-40s median %-10s p90 %s\n", "prepare (initramfs, keys, volume)", med(prep[kind]), p90(prep[kind]))
-		fmt.Printf("  %-40s median %-10s p90 %s\n", "hypervisor start → ready line", med(ready[kind]), p90(ready[kind]))
-		fmt.Printf("  %-40s median %-10s p90 %s\n", "hypervisor start → SSH command answered", med(sshUp[kind]), p90(sshUp[kind]))
-		fmt.Printf("  %-40s median %-10s p90 %s\n", "clean shutdown (power button → exit)", med(stop[kind]), p90(stop[kind]))
+		fmt.Printf("cold boot, kernel as %s (%d boots):\n", kind, boots)
+		row("prepare (initramfs, keys, volume)", kind+" prepare")
+		row("hypervisor start → ready line", kind+" ready")
+		row("hypervisor start → SSH command answered", kind+" ssh")
+		row("clean shutdown (power button → exit)", kind+" stop")
+		row("kernel-only limit (QEMU start → init powered off)", "limit "+kind)
 	}
-	fmt.Printf("ready: bzImage / pvh = %.2fx\n", float64(med(ready["bzImage"]))/float64(med(ready["pvh"])))
+	fmt.Printf("resume of the PVH boot's saved state (%d resumes, %.0f MiB state):\n", boots, float64(saveBytes)/(1<<20))
+	row("save (pause → state written → QEMU exited)", "save")
+	row("prepare", "resume prepare")
+	row("hypervisor start → resumed", "resume ready")
+	row("hypervisor start → SSH command answered", "resume ssh")
+	ratio := func(a, b string) float64 { return float64(med(times[a])) / float64(med(times[b])) }
+	fmt.Printf("ready: bzImage / pvh = %.2fx; pvh ready / its kernel-only limit = %.2fx; bzImage ready / its limit = %.2fx; cold SSH / resume SSH = %.1fx\n",
+		ratio("bzImage ready", "pvh ready"), ratio("pvh ready", "limit pvh"), ratio("bzImage ready", "limit bzImage"), ratio("pvh ssh", "resume ssh"))
 	return nil
+}
+
+// boot prepares and starts vm (resuming it when it has a saved state),
+// waits for it to be ready and to answer SSH, and records each time under
+// kind.
+func boot(env launch.Env, vm *config.VM, nsPath, kind string, add func(string, time.Duration)) (*launch.Running, error) {
+	t0 := time.Now()
+	p, err := launch.Prepare(context.Background(), env, vm, nil)
+	if err != nil {
+		return nil, err
+	}
+	add(kind+" prepare", time.Since(t0))
+	r, err := launch.Start(context.Background(), p)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := r.WaitReady(3*time.Minute, nil); err != nil {
+		r.Process.Kill()
+		return nil, err
+	}
+	add(kind+" ready", time.Since(r.Started))
+	if err := sshTrue(nsPath, p); err != nil {
+		r.Process.Kill()
+		return nil, err
+	}
+	add(kind+" ssh", time.Since(r.Started))
+	return r, nil
+}
+
+// kernelOnly is how long QEMU takes from its start to its exit booting
+// kernel with an initramfs whose init powers off at once: what no guest
+// setup can beat with this kernel, machine and accelerator.
+func kernelOnly(kernel, initrd string) (time.Duration, error) {
+	t0 := time.Now()
+	out, err := exec.Command(qemu.Binary(vmm.HostArch()), "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2", "-m", "1G",
+		"-nodefaults", "-no-user-config", "-no-reboot", "-display", "none", "-serial", "null",
+		"-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1").CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("kernel-only boot: %v: %s", err, out)
+	}
+	return time.Since(t0), nil
+}
+
+// writePoweroffInitrd writes an initramfs whose /init (busybox) powers the
+// machine off at once.
+func writePoweroffInitrd(path string) error {
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		return fmt.Errorf("the kernel-only limit needs a static busybox (apt install busybox-static): %w", err)
+	}
+	bin, err := os.ReadFile(bb)
+	if err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	w := cpio.Newc.Writer(f)
+	recs := []cpio.Record{
+		cpio.Directory("dev", 0o755),
+		cpio.CharDev("dev/console", 0o600, 5, 1),
+		cpio.Directory("bin", 0o755),
+		cpio.StaticRecord(bin, cpio.Info{Name: "bin/busybox", Mode: cpio.S_IFREG | 0o755}),
+		cpio.StaticFile("init", "#!/bin/busybox sh\n/bin/busybox poweroff -f\n", 0o755),
+	}
+	if err := cpio.WriteRecords(w, recs); err != nil {
+		return err
+	}
+	if err := cpio.WriteTrailer(w); err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 func canKVM() bool {

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/vmm"
 )
 
 // The registry serves exactly the names config accepts, in its order, and
@@ -16,6 +17,15 @@ func TestRegistryMatchesConfig(t *testing.T) {
 		c := b.Capabilities()
 		if c.ControlSocket == "" || c.Install == "" || len(c.Shares) == 0 {
 			t.Errorf("%s: incomplete capabilities %+v", b.Name(), c)
+		}
+		// A backend saves exactly when it says with which shares it can.
+		if _, saver := b.(vmm.Saver); saver != (len(c.SaveShares) > 0) {
+			t.Errorf("%s: implements vmm.Saver %v, but SaveShares %v", b.Name(), saver, c.SaveShares)
+		}
+		for _, s := range c.SaveShares {
+			if !slices.Contains(c.Shares, s) {
+				t.Errorf("%s: saves with share %s it does not offer", b.Name(), s)
+			}
 		}
 		if got, err := Get(b.Name()); err != nil || got.Name() != b.Name() {
 			t.Errorf("Get(%q) = %v, %v", b.Name(), got, err)

@@ -5,34 +5,73 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // QMP sends one command to a QEMU monitor socket and returns its "return"
-// value. The QEMU Machine Protocol is line-delimited JSON: a greeting, then
+// value.
+func QMP(socket, command string, args any, timeout time.Duration) (json.RawMessage, error) {
+	s, err := dialQMP(socket, timeout)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	return s.Run(command, args)
+}
+
+// session is one QMP connection, for commands that belong together (a
+// descriptor passed with getfd lives only as long as its connection). The
+// QEMU Machine Protocol is line-delimited JSON: a greeting, then
 // qmp_capabilities to leave negotiation mode, then commands; asynchronous
 // events may come between a command and its reply and are skipped.
-func QMP(socket, command string, args any, timeout time.Duration) (json.RawMessage, error) {
+type session struct {
+	c *net.UnixConn
+	r *bufio.Reader
+}
+
+func dialQMP(socket string, timeout time.Duration) (*session, error) {
 	c, err := net.DialTimeout("unix", socket, timeout)
 	if err != nil {
 		return nil, fmt.Errorf("qmp: %w", err)
 	}
-	defer c.Close()
+	s := &session{c: c.(*net.UnixConn), r: bufio.NewReader(c)}
 	c.SetDeadline(time.Now().Add(timeout))
-	r := bufio.NewReader(c)
 	var greeting struct {
 		QMP json.RawMessage `json:"QMP"`
 	}
-	if err := readJSON(r, &greeting); err != nil || greeting.QMP == nil {
+	if err := readJSON(s.r, &greeting); err != nil || greeting.QMP == nil {
+		c.Close()
 		return nil, fmt.Errorf("qmp: no greeting from %s: %v", socket, err)
 	}
-	if _, err := exchange(c, r, "qmp_capabilities", nil); err != nil {
+	if _, err := s.Run("qmp_capabilities", nil); err != nil {
+		c.Close()
 		return nil, err
 	}
-	return exchange(c, r, command, args)
+	return s, nil
 }
 
-func exchange(c net.Conn, r *bufio.Reader, command string, args any) (json.RawMessage, error) {
+// Close ends the session.
+func (s *session) Close() error { return s.c.Close() }
+
+// Deadline sets how long the session may still take.
+func (s *session) Deadline(d time.Duration) { s.c.SetDeadline(time.Now().Add(d)) }
+
+// Run sends a command and waits for its reply.
+func (s *session) Run(command string, args any) (json.RawMessage, error) {
+	return s.send(command, args, nil)
+}
+
+// SendFD hands f to QEMU under name (QMP getfd), for a later command of
+// this session to use as "fd:name".
+func (s *session) SendFD(name string, f *os.File) error {
+	_, err := s.send("getfd", map[string]string{"fdname": name}, unix.UnixRights(int(f.Fd())))
+	return err
+}
+
+func (s *session) send(command string, args any, oob []byte) (json.RawMessage, error) {
 	req := map[string]any{"execute": command}
 	if args != nil {
 		req["arguments"] = args
@@ -41,7 +80,7 @@ func exchange(c net.Conn, r *bufio.Reader, command string, args any) (json.RawMe
 	if err != nil {
 		return nil, fmt.Errorf("qmp: %w", err)
 	}
-	if _, err := c.Write(append(b, '\n')); err != nil {
+	if _, _, err := s.c.WriteMsgUnix(append(b, '\n'), oob, nil); err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", command, err)
 	}
 	for {
@@ -53,7 +92,7 @@ func exchange(c net.Conn, r *bufio.Reader, command string, args any) (json.RawMe
 			} `json:"error"`
 			Event string `json:"event"`
 		}
-		if err := readJSON(r, &resp); err != nil {
+		if err := readJSON(s.r, &resp); err != nil {
 			return nil, fmt.Errorf("qmp %s: %w", command, err)
 		}
 		switch {

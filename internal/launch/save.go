@@ -1,0 +1,183 @@
+package launch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"microvm.dev/microvm/internal/savestate"
+	"microvm.dev/microvm/internal/vmm"
+)
+
+// Boot says how a launch brings its guest up.
+type Boot struct {
+	// Resume is the saved state the guest resumes from (nil: a cold boot).
+	Resume *savestate.Meta
+	// Dropped says why a saved state was dropped instead of resumed
+	// ("" when there was none, or it was resumed).
+	Dropped string
+}
+
+// String says it for status: "resumed (saved …)", "cold boot (saved state
+// dropped: …)" or "cold boot".
+func (b Boot) String() string {
+	switch {
+	case b.Resume != nil:
+		return "resumed from the state saved at " + b.Resume.SavedAt.Format(time.RFC3339)
+	case b.Dropped != "":
+		return "cold boot: the saved state was dropped: " + b.Dropped
+	}
+	return "cold boot"
+}
+
+// savedDir is the VM's saved-state directory.
+func (p *Prepared) savedDir() savestate.Dir { return savestate.Of(p.layout.Dir()) }
+
+// resumeKey is what the guest runs on now, which a saved state must match.
+func (p *Prepared) resumeKey() (savestate.Key, error) {
+	files := []string{p.Launch.Kernel}
+	for _, sh := range p.Launch.Shares {
+		if sh.Block != "" {
+			files = append(files, sh.Block)
+		}
+	}
+	for _, d := range p.Launch.Disks {
+		files = append(files, d.Path)
+	}
+	return savestate.NewKey(p.VM.SpecHash(), p.Resolved.Command.Argv, files)
+}
+
+// savedState decides whether the guest resumes from a saved state: only
+// onto the same spec, command line, kernel, store image and volumes, with
+// a backend that can. Any other saved state is dropped (it holds the
+// guest's memory) and the VM boots cold, saying why.
+func (pr *preparer) savedState(context.Context) error {
+	p := pr.p
+	dir := p.savedDir()
+	m, err := dir.Load()
+	if errors.Is(err, savestate.ErrNone) {
+		return nil
+	}
+	why := ""
+	switch key, kerr := p.resumeKey(); {
+	case err != nil:
+		why = err.Error()
+	case kerr != nil:
+		why = kerr.Error()
+	default:
+		if _, ok := p.Backend.(vmm.Saver); !ok {
+			why = p.Backend.Name() + " cannot resume a saved state"
+		} else {
+			why = savestate.Mismatch(m.Key, key)
+		}
+	}
+	if why != "" {
+		p.Boot.Dropped = why
+		return dir.Drop()
+	}
+	p.Boot.Resume = &m
+	return nil
+}
+
+// argv is the hypervisor's command line for this launch: a resume waits
+// for the saved state.
+func (p *Prepared) argv() []string {
+	argv := p.Resolved.Command.Argv
+	if p.Boot.Resume != nil {
+		argv = append(slices.Clip(argv), p.Backend.(vmm.Saver).IncomingArgs()...)
+	}
+	return argv
+}
+
+// restore loads the saved state into the hypervisor just started and
+// drops it (the guest's memory is not left on disk). A state that does
+// not load is dropped too, and the VM boots cold in a new hypervisor.
+func (s *starter) restore(ctx context.Context) error {
+	p := s.p
+	if p.Boot.Resume == nil {
+		return nil
+	}
+	dir := p.savedDir()
+	f, err := os.Open(dir.StateFile())
+	if err == nil {
+		err = p.Backend.(vmm.Saver).Restore(p.Launch, f)
+		f.Close()
+	}
+	dir.Drop()
+	if err == nil {
+		return nil
+	}
+	s.cmd.Process.Kill()
+	s.cmd.Wait()
+	p.Boot = Boot{Dropped: "it did not load: " + err.Error()}
+	old := s.cmd
+	s.cmd = &exec.Cmd{Path: old.Path, Args: append([]string{old.Path}, p.Resolved.Command.Argv[1:]...),
+		Stdout: old.Stdout, Stderr: old.Stderr, ExtraFiles: old.ExtraFiles, SysProcAttr: old.SysProcAttr}
+	return s.startHypervisor(ctx)
+}
+
+// SaveResult is how a save went.
+type SaveResult struct {
+	// Bytes is the state file's size, Seconds how long the save took.
+	Bytes   int64
+	Seconds float64
+}
+
+// Save saves the running guest's state to its VM's saved-state directory
+// and ends the hypervisor; the next launch resumes it. The state file is
+// the hypervisor's user's alone. A save that fails leaves the guest
+// running (the caller then shuts it down cleanly) and no file behind.
+func (r *Running) Save() (SaveResult, error) {
+	p := r.Prepared
+	saver, ok := p.Backend.(vmm.Saver)
+	if !ok {
+		return SaveResult{}, fmt.Errorf("%s cannot save a VM's state", p.Backend.Name())
+	}
+	t0 := time.Now()
+	uid, gid := -1, -1
+	if u := p.Resolved.User; u != nil {
+		uid, gid = int(u.UID), int(u.GID)
+	}
+	dir := p.savedDir()
+	f, err := dir.Create(uid, gid)
+	if err != nil {
+		return SaveResult{}, err
+	}
+	err = saver.Save(p.Launch, f)
+	if err == nil {
+		err = f.Sync()
+	}
+	f.Close()
+	if err != nil {
+		dir.Abandon()
+		if caps := p.Backend.Capabilities(); !slices.Contains(caps.SaveShares, p.Resolved.Share) {
+			err = fmt.Errorf("%w (%s saves a VM only with store: %s; this one's store is %s)", err, p.Backend.Name(), strings.Join(caps.SaveShares, " or "), p.Resolved.Share)
+		}
+		return SaveResult{}, err
+	}
+	// The guest is stopped for good: end its hypervisor, then take the
+	// identities of its files as it left them.
+	r.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.Exited:
+	case <-time.After(10 * time.Second):
+		r.Process.Kill()
+		<-r.Exited
+	}
+	key, err := p.resumeKey()
+	if err == nil {
+		err = dir.Commit(savestate.Meta{SavedAt: time.Now().UTC(), Seconds: time.Since(t0).Seconds(), Key: key, Ready: r.Ready})
+	}
+	if err != nil {
+		dir.Drop()
+		return SaveResult{}, fmt.Errorf("%w (the guest was stopped without a clean shutdown; its volumes need a journal replay)", err)
+	}
+	m, _ := dir.Load()
+	return SaveResult{Bytes: m.Bytes, Seconds: time.Since(t0).Seconds()}, nil
+}
