@@ -54,6 +54,9 @@ func newDaemonLab(t *testing.T, tag string) *daemonLab {
 		}
 	}
 	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", tail(l.log(), 40))
+		}
 		if l.daemon != nil && l.daemon.Process != nil {
 			l.daemon.Process.Kill()
 			l.daemon.Wait()

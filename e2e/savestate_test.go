@@ -126,6 +126,28 @@ vms:
 		t.Error("a dropped state file was left")
 	}
 
+	// A state file damaged on disk does not load: dropped, and the VM
+	// boots cold in a new QEMU instead of failing.
+	if out, err := l.cli("stop", "--save", "a"); err != nil || !strings.Contains(out, "saved (") {
+		t.Fatalf("third save: %v\n%s", err, out)
+	}
+	fi, err = os.Stat(stateFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(stateFile, fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := l.cli("start", "a"); err != nil {
+		t.Fatalf("start a on a damaged state: %v\n%s", err, out)
+	}
+	if st := l.list()["a"]; st.State != supervisor.Running || !strings.Contains(st.Boot, "cold boot: the saved state was dropped: it did not load") {
+		t.Errorf("a after a damaged state: %s %q", st.State, st.Boot)
+	}
+	if out, err := exec("a", "cat /data/written"); err != nil || out != "unsynced" {
+		t.Errorf("a's volume after the damaged state: %q %v", out, err)
+	}
+
 	// b's 9p store cannot be migrated: it is shut down cleanly instead.
 	if out, err := exec("b", "echo kept > /data/unsynced"); err != nil {
 		t.Fatalf("b: %v\n%s", err, out)

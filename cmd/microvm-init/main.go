@@ -91,6 +91,7 @@ func logf(format string, args ...any) {
 }
 
 func (in *initd) boot() error {
+	t := newPhases()
 	if err := mountEarly(); err != nil {
 		return err
 	}
@@ -104,16 +105,20 @@ func (in *initd) boot() error {
 		return err
 	}
 	in.spec = spec
-	loadModules("/" + guest.ModulesOrderPath)
+	t.mark("early mounts")
+	loadModules("/"+guest.ModulesDepsPath, spec)
+	t.mark("modules")
 	if err := unix.Sethostname([]byte(spec.Name)); err != nil {
 		return fmt.Errorf("set hostname: %w", err)
 	}
 	if err := configureNetwork(spec.Net); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
+	t.mark("network")
 	if err := buildRoot(spec); err != nil {
 		return fmt.Errorf("root: %w", err)
 	}
+	t.mark("root")
 	for _, v := range spec.Volumes {
 		mp, err := mountVolume(v)
 		if err != nil {
@@ -130,10 +135,12 @@ func (in *initd) boot() error {
 			}
 		}
 	}
+	t.mark("volumes")
 	if err := writeSecrets(spec.Secrets); err != nil {
 		return err
 	}
 	if spec.SwitchRoot {
+		logf("boot: %s", t)
 		return in.switchRoot()
 	}
 	if err := startSSH(spec.SSH, in.procs); err != nil {
@@ -147,6 +154,8 @@ func (in *initd) boot() error {
 		in.workload = pid
 	}
 	watchPowerButton(in.requestShutdown)
+	t.mark("ssh and workload")
+	logf("boot: %s", t)
 	fmt.Fprintf(os.Stdout, "%s vm=%s uptime=%s\n", guest.ReadyPrefix, spec.Name, uptime())
 	in.serveConsole()
 	return nil

@@ -1,12 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -48,32 +48,39 @@ func mountEarly() error {
 	})
 }
 
-// loadModules loads the modules listed in order; a module that fails is
-// logged and skipped (its devices will then be missing, which later steps
-// report precisely).
-func loadModules(orderFile string) {
-	f, err := os.Open(orderFile)
+// loadModules loads the modules this VM needs (guest.NeededModules) with
+// their dependencies, wave by wave: the modules of a wave depend only on
+// earlier waves, so they load at once, on as many vCPUs as the guest has.
+// A module that fails is logged and skipped (its devices will then be
+// missing, which later steps report precisely).
+func loadModules(depsFile string, spec *guest.Spec) {
+	list, err := os.ReadFile(depsFile)
 	if err != nil {
 		logf("no module list: %v", err)
 		return
 	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		path := strings.TrimSpace(s.Text())
-		if path == "" {
-			continue
+	for _, wave := range guest.ModulePlan(string(list), guest.NeededModules(spec)) {
+		var wg sync.WaitGroup
+		for _, path := range wave {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				loadModule(path)
+			}()
 		}
-		mf, err := os.Open(path)
-		if err != nil {
-			logf("module %s: %v", path, err)
-			continue
-		}
-		err = unix.FinitModule(int(mf.Fd()), "", 0)
-		mf.Close()
-		if err != nil && !errors.Is(err, unix.EEXIST) {
-			logf("load %s: %v", filepath.Base(path), err)
-		}
+		wg.Wait()
+	}
+}
+
+func loadModule(path string) {
+	mf, err := os.Open(path)
+	if err != nil {
+		logf("module %s: %v", path, err)
+		return
+	}
+	defer mf.Close()
+	if err := unix.FinitModule(int(mf.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+		logf("load %s: %v", filepath.Base(path), err)
 	}
 }
 

@@ -227,11 +227,24 @@ func TestRenderRunner(t *testing.T) {
 	}
 	// Unprivileged: setpriv in front, the TAP handed over as descriptor 3.
 	if u, err := user.Lookup("microvm"); err == nil {
-		code, out, errOut = runCLI(t, "render", "runner", "vm1", "-f", f, "--state-dir", "/srv/mv", "--arch", "x86_64", "--share", "9p")
+		code, out, errOut = runCLI(t, "render", "runner", "vm1", "-f", f, "--state-dir", "/srv/mv", "--arch", "x86_64", "--share", "9p", "--vmm-ids", "off")
 		for _, want := range []string{"setpriv --reuid=" + u.Uid + " --regid=" + u.Gid, "--bounding-set=-all,+dac_read_search", "--no-new-privs -- qemu-system-x86_64", "-netdev tap,id=net0,fd=3 "} {
 			if code != 0 || !strings.Contains(out, want) {
 				t.Errorf("unprivileged runner lacks %q (exit %d, %s):\n%s", want, code, errOut, out)
 			}
+		}
+		// One identity per VM: the first id of the range after its unused
+		// first, shown without being recorded (render writes nothing).
+		state := t.TempDir()
+		code, out, errOut = runCLI(t, "render", "runner", "vm1", "-f", f, "--state-dir", state, "--arch", "x86_64", "--vmm-ids", "1879048192:65536")
+		if code != 0 || !strings.Contains(out, "setpriv --reuid=1879048193 --regid=1879048193 ") {
+			t.Errorf("runner with --vmm-ids (exit %d, %s):\n%s", code, errOut, out)
+		}
+		if _, err := os.Stat(filepath.Join(state, "vms", "vm1", "identity")); err == nil {
+			t.Error("render recorded an identity")
+		}
+		if code, _, errOut := runCLI(t, "render", "runner", "vm1", "-f", f, "--vmm-ids", "12"); code != 2 || !strings.Contains(errOut, "--vmm-ids: id range \"12\" is not START:COUNT") {
+			t.Errorf("a bad --vmm-ids: exit %d, %q", code, errOut)
 		}
 	}
 	if code, _, errOut := runCLI(t, "render", "runner", "vm1", "-f", f, "--vmm-user", "nosuchuser"); code != 2 || !strings.Contains(errOut, "vmm user nosuchuser: no such user") {

@@ -34,7 +34,7 @@ func (h hypervisors) Launch(ctx context.Context, vm *config.VM, observe func(ste
 	if err != nil {
 		return nil, err
 	}
-	return process{r, h.env}, nil
+	return &process{r, h.env}, nil
 }
 
 // Adopt takes over the hypervisor rec names.
@@ -45,10 +45,11 @@ func (h hypervisors) Adopt(rec state.RunRecord) (supervisor.Process, error) {
 		return nil, err
 	}
 	r.Started = rec.StartedAt
-	return process{r, h.env}, nil
+	return &process{r, h.env}, nil
 }
 
-// process is a launched hypervisor as a supervisor.Process; env says
+// process is a launched hypervisor as a supervisor.Process (a pointer:
+// the supervisor compares processes, and Env is not comparable); env says
 // where its health check and SSH reach it.
 type process struct {
 	r   *launch.Running

@@ -189,6 +189,9 @@ func TestInitramfs(t *testing.T) {
 	if ob := content(t, order); !strings.Contains(ob, "/lib/microvm/modules/virtio_net.ko") {
 		t.Errorf("module order:\n%s", ob)
 	}
+	if deps, ok := recs[ModulesDepsPath]; !ok || !strings.Contains(content(t, deps), "/lib/microvm/modules/virtio_net.ko") {
+		t.Errorf("no module dependency list with virtio_net: %v", ok)
+	}
 	sr, ok := perVM[SpecPath]
 	if !ok || len(perVM) != 1 {
 		t.Fatalf("the second archive should hold only the spec: %v", perVM)
@@ -196,5 +199,50 @@ func TestInitramfs(t *testing.T) {
 	var got Spec
 	if err := json.Unmarshal([]byte(content(t, sr)), &got); err != nil || got.Name != "vm1" || got.SSH.HostKey != "secret" {
 		t.Errorf("spec = %+v, %v", got, err)
+	}
+}
+
+// TestModulePlan: a VM loads only what its spec needs, with every
+// dependency, in waves whose modules depend only on earlier waves.
+func TestModulePlan(t *testing.T) {
+	list := strings.Join([]string{
+		ModuleLine("/m/virtio.ko", nil),
+		ModuleLine("/m/virtio_ring.ko", nil),
+		ModuleLine("/m/virtio_pci.ko", []string{"kernel/virtio.ko", "kernel/virtio_ring.ko"}),
+		ModuleLine("/m/failover.ko", nil),
+		ModuleLine("/m/net_failover.ko", []string{"failover.ko"}),
+		ModuleLine("/m/virtio_net.ko", []string{"net_failover.ko", "failover.ko"}),
+		ModuleLine("/m/virtio_blk.ko", nil),
+		ModuleLine("/m/overlay.ko", nil),
+		ModuleLine("/m/crc16.ko", nil),
+		ModuleLine("/m/jbd2.ko", nil),
+		ModuleLine("/m/ext4.ko.xz", []string{"crc16.ko", "jbd2.ko"}),
+		ModuleLine("/m/fuse.ko", nil),
+		ModuleLine("/m/virtiofs.ko", []string{"fuse.ko"}),
+		ModuleLine("/m/9pnet.ko", nil),
+		ModuleLine("/m/9p.ko", []string{"9pnet.ko"}),
+		ModuleLine("/m/9pnet_virtio.ko", []string{"9pnet.ko"}),
+	}, "\n")
+	plan := func(spec *Spec) string {
+		var waves []string
+		for _, w := range ModulePlan(list, NeededModules(spec)) {
+			waves = append(waves, strings.Join(w, " "))
+		}
+		return strings.Join(waves, " | ")
+	}
+	got := plan(&Spec{Store: ShareSpec{FSType: "9p"}})
+	if want := "/m/virtio.ko /m/virtio_ring.ko /m/failover.ko /m/virtio_blk.ko /m/overlay.ko /m/9pnet.ko | /m/virtio_pci.ko /m/net_failover.ko /m/9p.ko /m/9pnet_virtio.ko | /m/virtio_net.ko"; got != want {
+		t.Errorf("9p store, no volumes:\n got %s\nwant %s", got, want)
+	}
+	got = plan(&Spec{Store: ShareSpec{FSType: "ext4"}})
+	if !strings.Contains(got, "/m/ext4.ko.xz") || strings.Contains(got, "9p") || strings.Contains(got, "fuse") {
+		t.Errorf("block store: %s", got)
+	}
+	got = plan(&Spec{Store: ShareSpec{FSType: "virtiofs"}, Volumes: []VolumeSpec{{Name: "data"}}})
+	if !strings.Contains(got, "/m/fuse.ko") || !strings.Contains(got, "/m/jbd2.ko") || strings.Contains(got, "9p") {
+		t.Errorf("virtiofs store with a volume: %s", got)
+	}
+	if i, j := strings.Index(got, "/m/jbd2.ko"), strings.Index(got, "/m/ext4.ko.xz"); i > j || !strings.Contains(got[i:j], "|") {
+		t.Errorf("ext4 in the wave of its dependency: %s", got)
 	}
 }

@@ -20,7 +20,7 @@ import (
 
 // initramfsFormat changes when the base archive's layout changes, so old
 // cache entries are not reused.
-const initramfsFormat = "microvm-initramfs-1"
+const initramfsFormat = "microvm-initramfs-2" // 2: with modules.deps
 
 // Initramfs builds and caches the shared base archive.
 type Initramfs struct {
@@ -136,7 +136,7 @@ func (b *Initramfs) write(w io.Writer, mods *ModuleSet) error {
 	if err := rw.WriteRecord(cpio.Record{ReaderAt: initFile, Info: cpio.Info{Name: "init", Mode: cpio.S_IFREG | 0o755, FileSize: uint64(fi.Size())}}); err != nil {
 		return fmt.Errorf("write initramfs: %w", err)
 	}
-	var order []string
+	var order, deps []string
 	for _, m := range mods.Files {
 		data, err := readModule(filepath.Join(mods.Dir, m))
 		if err != nil {
@@ -147,8 +147,12 @@ func (b *Initramfs) write(w io.Writer, mods *ModuleSet) error {
 			return fmt.Errorf("write initramfs: %w", err)
 		}
 		order = append(order, "/"+name)
+		deps = append(deps, ModuleLine("/"+name, mods.Deps[m]))
 	}
 	if err := rw.WriteRecord(cpio.StaticFile(ModulesOrderPath, strings.Join(order, "\n")+"\n", 0o644)); err != nil {
+		return fmt.Errorf("write initramfs: %w", err)
+	}
+	if err := rw.WriteRecord(cpio.StaticFile(ModulesDepsPath, strings.Join(deps, "\n")+"\n", 0o644)); err != nil {
 		return fmt.Errorf("write initramfs: %w", err)
 	}
 	return cpio.WriteTrailer(rw)

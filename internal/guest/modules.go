@@ -17,7 +17,7 @@ var (
 	// which would need modprobe in the guest), so it is loaded up front.
 	// button (ACPI, x86) and gpio_keys (aarch64 virt) deliver the power
 	// button; evdev makes it readable.
-	optionalModules = []string{"virtio_pci", "virtio_mmio", "crc32c_generic", "crc32c_intel", "virtio_rng", "virtiofs", "vmw_vsock_virtio_transport", "button", "gpio_keys", "evdev"}
+	optionalModules = []string{"virtio_pci", "virtio_mmio", "crc32c_generic", "crc32c_intel", "virtio_rng", "virtiofs", "button", "gpio_keys", "evdev"}
 )
 
 // ModuleSet is the kernel's modules.dep, modules.builtin and the chosen
@@ -27,6 +27,8 @@ type ModuleSet struct {
 	Dir string
 	// Files are module paths relative to Dir, dependencies first.
 	Files []string
+	// Deps are each file's direct dependencies (files relative to Dir).
+	Deps map[string][]string
 }
 
 // normName turns "kernel/fs/9p/9p.ko.xz" or "9p-net" into "9p" / "9p_net".
@@ -71,7 +73,7 @@ func ResolveModules(dir string) (*ModuleSet, error) {
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("kernel modules in %s lack %s, which the guest needs", dir, strings.Join(missing, ", "))
 	}
-	ms := &ModuleSet{Dir: dir}
+	ms := &ModuleSet{Dir: dir, Deps: deps}
 	seen := map[string]bool{}
 	var visit func(path string)
 	visit = func(path string) {
@@ -114,4 +116,90 @@ func readDeps(path string) (map[string][]string, error) {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	return deps, nil
+}
+
+// ModuleLine is one line of the initramfs's ModulesDepsPath: a module's
+// path in the initramfs, then the names of the modules it needs.
+func ModuleLine(path string, deps []string) string {
+	names := make([]string, len(deps))
+	for i, d := range deps {
+		names[i] = normName(d)
+	}
+	return strings.Join(append([]string{path}, names...), " ")
+}
+
+// NeededModules are the modules a guest with spec loads: the NIC and disk
+// drivers, the buses, the power button, entropy and overlay always; ext4
+// (with crc32c) for a block store or any volume; 9p or virtiofs for a
+// store shared that way. Leaving the others out is what keeps the boot
+// short: loading a module is emulated code under TCG (ext4 alone is 2 MB).
+func NeededModules(spec *Spec) []string {
+	need := []string{"virtio_pci", "virtio_mmio", "virtio_net", "virtio_blk", "virtio_rng", "overlay", "button", "gpio_keys", "evdev"}
+	if spec.Store.FSType == "ext4" || len(spec.Volumes) > 0 {
+		need = append(need, "crc32c_generic", "crc32c_intel", "ext4")
+	}
+	switch spec.Store.FSType {
+	case "9p":
+		need = append(need, "9p", "9pnet_virtio")
+	case "virtiofs":
+		need = append(need, "virtiofs")
+	}
+	return need
+}
+
+// ModulePlan reads the ModulesDepsPath list (ModuleLine lines,
+// dependencies first)
+// and returns the paths of the modules needed (with everything they
+// depend on) in waves: the modules of a wave need only those of earlier
+// waves, so each wave's can load at once.
+func ModulePlan(list string, needed []string) [][]string {
+	type mod struct {
+		path string
+		deps []string
+	}
+	mods := map[string]mod{}
+	var order []string
+	for _, line := range strings.Split(list, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		name := normName(f[0])
+		mods[name] = mod{path: f[0], deps: f[1:]}
+		order = append(order, name)
+	}
+	want := map[string]bool{}
+	var mark func(string)
+	mark = func(n string) {
+		m, ok := mods[n]
+		if !ok || want[n] {
+			return
+		}
+		want[n] = true
+		for _, d := range m.deps {
+			mark(d)
+		}
+	}
+	for _, n := range needed {
+		mark(n)
+	}
+	wave := map[string]int{}
+	var waves [][]string
+	for _, n := range order { // dependencies come first
+		if !want[n] {
+			continue
+		}
+		w := 0
+		for _, d := range mods[n].deps {
+			if dw, ok := wave[d]; ok && dw+1 > w {
+				w = dw + 1
+			}
+		}
+		wave[n] = w
+		for len(waves) <= w {
+			waves = append(waves, nil)
+		}
+		waves[w] = append(waves[w], mods[n].path)
+	}
+	return waves
 }

@@ -18,6 +18,10 @@ const SpecPath = "etc/microvm/spec.json"
 // ModulesOrderPath lists, one per line, the module files to load in order.
 const ModulesOrderPath = "lib/microvm/modules.order"
 
+// ModulesDepsPath lists the same modules in the same order, each followed
+// by the names of the modules it needs (ModuleLine), for ModulePlan.
+const ModulesDepsPath = "lib/microvm/modules.deps"
+
 // ReadyPrefix starts the line microvm-init prints on the console when the
 // guest is ready: "microvm-ready vm=NAME uptime=SECONDS".
 const ReadyPrefix = "microvm-ready"

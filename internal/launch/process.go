@@ -20,6 +20,7 @@ import (
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/steps"
 	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmmuser"
 )
 
 // Running is a started hypervisor.
@@ -133,16 +134,22 @@ func (s *starter) writeFiles(context.Context) error {
 		s.files, s.cmd.Stdout = append(s.files, out), out
 		return nil
 	}
+	return s.consoleLogFor(u)
+}
+
+// consoleLogFor makes sure the console log exists, owned by the
+// hypervisor's user u (who appends to it), when there is one.
+func (s *starter) consoleLogFor(u *vmmuser.User) error {
 	if u == nil {
 		return nil
 	}
-	// The hypervisor appends to the console log as its own user.
-	f, err := os.OpenFile(l.ConsoleLog, os.O_CREATE|os.O_WRONLY, 0o600)
+	l := s.p.Launch.ConsoleLog
+	f, err := os.OpenFile(l, os.O_CREATE|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
 	f.Close()
-	return u.Own(l.ConsoleLog)
+	return u.Own(l)
 }
 
 // cgroup (re)creates the VM's group with this spec's limits, so changed

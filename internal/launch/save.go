@@ -116,6 +116,12 @@ func (s *starter) restore(ctx context.Context) error {
 	s.cmd.Process.Kill()
 	s.cmd.Wait()
 	p.Boot = Boot{Dropped: "it did not load: " + err.Error()}
+	// A fresh console log: the one kept for the resume holds the saved
+	// boot's ready line.
+	os.Rename(p.Launch.ConsoleLog, p.Launch.ConsoleLog+".1")
+	if err := s.consoleLogFor(p.Resolved.User); err != nil {
+		return err
+	}
 	old := s.cmd
 	s.cmd = &exec.Cmd{Path: old.Path, Args: append([]string{old.Path}, p.Resolved.Command.Argv[1:]...),
 		Stdout: old.Stdout, Stderr: old.Stderr, ExtraFiles: old.ExtraFiles, SysProcAttr: old.SysProcAttr}

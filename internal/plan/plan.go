@@ -136,12 +136,12 @@ func Compute(desired *config.Config, observed []Observed) *Plan {
 			v.Action = Unchanged
 		case o.Running:
 			v.Action, v.Changes, v.Steps = Update, Diff(o.Spec, vm), updateSteps(o.Spec, vm)
-		case !vm.Supervision.Autostart && ok && !o.Saved:
+		case ok && o.Saved:
+			v.Action, v.Steps = Start, append(volumeSteps(nil, vm), Step{"resume", startDetail(vm) + ", from its saved state if nothing it ran on changed"})
+		case !vm.Supervision.Autostart && ok:
 			v.Action = Unchanged
 		case !vm.Supervision.Autostart:
 			v.Action, v.Steps = Define, networkSteps(vm)
-		case ok && o.Saved:
-			v.Action, v.Steps = Start, append(volumeSteps(nil, vm), Step{"resume", startDetail(vm) + ", from its saved state if nothing it ran on changed"})
 		case ok:
 			v.Action, v.Steps = Start, append(volumeSteps(nil, vm), Step{"start", startDetail(vm)})
 		default:

@@ -97,3 +97,30 @@ vms:
 		t.Errorf("removal should say the volume is kept: %+v", p.VMs[0].Steps)
 	}
 }
+
+// TestSavedVMsResume: a VM stopped by saving its state is started (and
+// resumed) by the next apply, whatever its autostart; one stopped by hand
+// is left alone when autostart is off.
+func TestSavedVMsResume(t *testing.T) {
+	cfg := parse(t, `
+vms:
+  a: { index: 1, autostart: false }
+  b: { index: 2, autostart: false }
+  c: { index: 3 }
+`)
+	var recs []state.RunRecord
+	for _, vm := range cfg.VMs {
+		recs = append(recs, state.RunRecord{Name: vm.Name, Spec: *vm, Saved: vm.Name != "b"})
+	}
+	p := Compute(cfg, FromRecords(recs, func(state.RunRecord) bool { return false }))
+	got := map[string]Action{}
+	for _, v := range p.VMs {
+		got[v.Name] = v.Action
+		if v.Action == Start && v.Steps[len(v.Steps)-1].Op != "resume" {
+			t.Errorf("%s: steps %+v", v.Name, v.Steps)
+		}
+	}
+	if got["a"] != Start || got["b"] != Unchanged || got["c"] != Start {
+		t.Errorf("actions %v, want a and c started (saved), b unchanged", got)
+	}
+}
