@@ -57,6 +57,9 @@ type Env struct {
 	// BzImage boots x86 kernels as the bzImage they are, never as their
 	// extracted PVH vmlinux (bench/cmd/bootbench compares the two).
 	BzImage bool
+	// Q35 boots x86 guests under TCG on QEMU's q35 machine even where the
+	// microvm machine could run them (bench/cmd/bootbench compares the two).
+	Q35 bool
 }
 
 // Layout names the files and sockets of the VM called name.

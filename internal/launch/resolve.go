@@ -90,6 +90,11 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 	l.KVM = arch == vmm.HostArch() && vmm.HardwareKVM() && env.canOpen("/dev/kvm")
 	l.VHostNet = l.KVM && env.canOpen("/dev/vhost-net")
 	l.Kernel = env.BootKernel(kern, b, arch)
+	if !l.KVM && arch == vmm.ArchX86_64 && l.Kernel != kern.Image && !env.Q35 {
+		// Under TCG the microvm machine boots a PVH kernel when it is told
+		// the TSC's frequency (0, and so q35, where the host does not say).
+		l.TSCKHz = vmm.HostTSCKHz()
+	}
 	// The VM's own initramfs holds its SSH host key and secrets: it is made
 	// in the VM's run directory (on a tmpfs on a real host) and removed
 	// once the hypervisor has loaded it.

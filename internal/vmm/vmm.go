@@ -4,6 +4,7 @@
 package vmm
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -85,6 +86,29 @@ type Launch struct {
 	// TAP open on (the launcher opens it as root and passes it), instead of
 	// opening the TAP by name itself.
 	TAPFD int
+	// TSCKHz, when not 0 under TCG on x86_64, boots the minimal microvm
+	// machine instead of q35: without a PIT to calibrate against or an HPET
+	// to refine with, its guest needs the TSC's frequency (the host's, which
+	// a TCG guest's TSC runs at) on its command line.
+	TSCKHz int
+}
+
+// HostTSCKHz is the host's TSC frequency from /proc/cpuinfo where the CPU
+// says its TSC is invariant and its frequency known (0 otherwise).
+func HostTSCKHz() int {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil || !strings.Contains(string(b), " constant_tsc") || !strings.Contains(string(b), " tsc_known_freq") {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "cpu MHz"); ok {
+			var mhz float64
+			if _, err := fmt.Sscanf(strings.TrimLeft(v, " \t:"), "%f", &mhz); err == nil {
+				return int(mhz * 1000)
+			}
+		}
+	}
+	return 0
 }
 
 // HardwareKVM says whether this host's /dev/kvm runs stock guests: on

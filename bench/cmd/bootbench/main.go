@@ -1,13 +1,15 @@
 // Command bootbench measures how fast a microvm guest boots (run as root,
 // after building bin/microvm-init and a base image): the initramfs base
 // archive built cold and reused from the cache; over -boots rounds, side by
-// side, a VM booted cold with its kernel as the PVH vmlinux and as the
-// bzImage (hypervisor start to the guest's ready line and to the first SSH
-// command answered), the same VM saved and resumed (hypervisor start to
-// resumed and to SSH), and the kernel-only limit: the same QEMU and kernel
-// with an initramfs whose init powers off at once. It prints medians, p90s
-// and the ratios; with -compare-init, PVH boots with another microvm-init
-// build alternate with them (a change to the guest's boot, side by side).
+// side, a VM booted cold as microvm boots it (the PVH vmlinux on the
+// microvm machine), on q35, and as the bzImage on q35 (hypervisor start to
+// the guest's ready line and to the first SSH command answered); the same
+// VM saved and resumed (hypervisor start to resumed and to SSH); and each
+// machine's kernel-only limit: the same QEMU and kernel with an initramfs
+// whose init powers off at once. It prints medians, p90s and the ratios.
+// With -compare-init, boots with another microvm-init build alternate with
+// them (a change to the guest's boot, side by side); with -systemd-image,
+// a distribution image with its own init boots cold and resumed.
 package main
 
 import (
@@ -25,9 +27,7 @@ import (
 
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
-	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
-	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmm/qemu"
 	"microvm.dev/microvm/internal/vmssh"
@@ -50,12 +50,14 @@ func main() {
 	initDir := flag.String("init-dir", "bin", "directory holding microvm-init")
 	store := flag.String("store", "", "a store directory holding the base image (store/base)")
 	compareInit := flag.String("compare-init", "", "a directory holding another microvm-init (an earlier build): its PVH boots are measured side by side")
-	systemdImage := flag.String("systemd-image", "", "an image in the store whose /sbin/init is systemd: booted with init: image, cold and resumed")
+	systemdImage := flag.String("systemd-image", "", "an image whose /sbin/init is systemd, imported into the state directory holding -store: booted with init: image, cold and resumed")
 	imageBoots := flag.Int("image-boots", 3, "boots of -systemd-image")
 	flag.Parse()
-	if err := run(*boots, *builds, *initDir, *store, *compareInit); err != nil {
-		fmt.Fprintln(os.Stderr, "bootbench:", err)
-		os.Exit(1)
+	if *boots > 0 { // -boots 0: only the -systemd-image boots
+		if err := run(*boots, *builds, *initDir, *store, *compareInit); err != nil {
+			fmt.Fprintln(os.Stderr, "bootbench:", err)
+			os.Exit(1)
+		}
 	}
 	if *systemdImage == "" {
 		return
@@ -67,18 +69,12 @@ func main() {
 }
 
 func run(boots, builds int, initDir, store, compareInit string) error {
-	st, err := os.MkdirTemp("", "bootbench-")
+	l, err := newLab(store, initDir, vmConfig)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(st)
-	if store == "" {
-		return fmt.Errorf("-store is required (build one with scripts/build-base-image.sh DIR/base)")
-	}
-	abs, _ := filepath.Abs(store)
-	if err := os.Symlink(abs, filepath.Join(st, "store")); err != nil {
-		return err
-	}
+	defer l.close()
+	env, cfg, nsPath, st := l.env, l.cfg, l.nsPath, l.env.StateDir
 	kern, err := guest.ResolveKernel(config.Kernel{}, vmm.HostArch(), vmm.HostArch(), guest.DefaultKernelCache)
 	if err != nil {
 		return err
@@ -105,51 +101,45 @@ func run(boots, builds int, initDir, store, compareInit string) error {
 	fmt.Printf("%-40s median %-10s p90 %s\n", "initramfs base build (cold)", med(cold), p90(cold))
 	fmt.Printf("%-40s median %-10s p90 %s\n", "initramfs base lookup (cached)", med(cached), p90(cached))
 
-	nsName := fmt.Sprintf("bootbench%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", nsName).CombinedOutput(); err != nil {
-		return fmt.Errorf("ip netns add: %v: %s", err, out)
-	}
-	defer exec.Command("ip", "netns", "del", nsName).Run()
-	nsPath := "/run/netns/" + nsName
-	cfg, err := config.Parse("bench.yaml", []byte(vmConfig), config.Options{})
-	if err != nil {
-		return err
-	}
-	m, err := network.New(nsPath, hostnet.Options{})
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	if _, err := m.Apply(cfg); err != nil {
-		return err
-	}
-	env := launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), KernelCache: guest.DefaultKernelCache, InitDir: initDir, NetNS: nsPath}
 	limitInitrd := filepath.Join(st, "poweroff.cpio")
 	if err := writePoweroffInitrd(limitInitrd); err != nil {
 		return err
 	}
-	// Round by round, in one run: the PVH vmlinux (what microvm boots) and
-	// the same kernel's bzImage cold, a resume of the PVH boot's saved
-	// state, and the kernel-only limit of each.
-	kinds := []string{"pvh", "bzImage"}
+	// Round by round, in one run, each kind of cold boot, the kernel-only
+	// limit of each machine and kernel, and a resume of the default boot's
+	// saved state.
+	tscKHz := vmm.HostTSCKHz()
+	microvmArgs := []string{fmt.Sprintf("tsc_early_khz=%d", tscKHz), "tsc=reliable"}
+	kinds := []kind{
+		// What microvm boots: the PVH vmlinux, on the microvm machine where
+		// the host's TSC frequency is known.
+		{name: "pvh, microvm machine", save: true, machine: "microvm,accel=tcg,pit=on,pic=on,rtc=on,isa-serial=on,x-option-roms=off", cmdline: microvmArgs},
+		{name: "pvh, q35", q35: true, machine: "q35,accel=tcg"},
+		{name: "bzImage, q35 (before issue 18)", q35: true, bzImage: true, machine: "q35,accel=tcg"},
+	}
+	if tscKHz == 0 {
+		kinds = kinds[1:]
+		kinds[0].save = true
+	}
 	if compareInit != "" {
-		kinds = append(kinds, "pvh, -compare-init")
+		prev := kinds[0]
+		prev.name, prev.initDir, prev.save, prev.machine = kinds[0].name+", -compare-init's microvm-init", compareInit, false, ""
+		kinds = append(kinds, prev)
 	}
 	times := map[string][]time.Duration{}
 	add := func(k string, d time.Duration) { times[k] = append(times[k], d) }
 	var saveBytes int64
-	tscKHz := hostTSCKHz()
 	for range boots {
-		for _, kind := range kinds {
-			env.BzImage, env.InitDir = kind == "bzImage", initDir
-			if kind == "pvh, -compare-init" {
-				env.InitDir = compareInit
+		for _, k := range kinds {
+			env.BzImage, env.Q35, env.InitDir = k.bzImage, k.q35, initDir
+			if k.initDir != "" {
+				env.InitDir = k.initDir
 			}
-			r, err := boot(env, cfg.VM("vm1"), nsPath, kind, add)
+			r, err := boot(env, cfg.VM("vm1"), nsPath, k.name, add)
 			if err != nil {
 				return err
 			}
-			if kind == "pvh" {
+			if k.save {
 				t1 := time.Now()
 				res, err := r.Save()
 				if err != nil {
@@ -168,94 +158,78 @@ func run(boots, builds int, initDir, store, compareInit string) error {
 			if err := r.Stop(30 * time.Second); err != nil {
 				return err
 			}
-			add(kind+" stop", time.Since(t1))
-			if env.InitDir != initDir {
-				continue // the same kernel's limit
+			add(k.name+" stop", time.Since(t1))
+			if k.machine == "" {
+				continue // the same kernel and machine as another kind
 			}
 			p, err := launch.Command(env, cfg.VM("vm1"))
 			if err != nil {
 				return err
 			}
-			d, err := kernelOnly(p.Launch.Kernel, limitInitrd, "q35,accel=tcg")
+			d, err := kernelOnly(p.Launch.Kernel, limitInitrd, k.machine, k.cmdline...)
 			if err != nil {
 				return err
 			}
-			add("limit "+kind, d)
-			if kind == "pvh" && tscKHz > 0 {
-				// The microvm machine under TCG boots only with the TSC's
-				// frequency given (no PIT calibration, no HPET to refine it).
-				d, err := kernelOnly(p.Launch.Kernel, limitInitrd, "microvm,accel=tcg,pit=on,pic=on,rtc=on,isa-serial=on,x-option-roms=off",
-					fmt.Sprintf("tsc_early_khz=%d", tscKHz), "tsc=reliable")
-				if err != nil {
-					return err
-				}
-				add("limit pvh microvm", d)
-			}
+			add(k.name+" limit", d)
 		}
 	}
 	row := func(what, k string) {
-		fmt.Printf("  %-52s median %-10s p90 %s\n", what, med(times[k]), p90(times[k]))
-	}
-	for _, kind := range kinds {
-		fmt.Printf("cold boot, kernel as %s (%d boots):\n", kind, boots)
-		row("prepare (initramfs, keys, volume)", kind+" prepare")
-		row("hypervisor start → ready line", kind+" ready")
-		row("hypervisor start → SSH command answered", kind+" ssh")
-		row("clean shutdown (power button → exit)", kind+" stop")
-		if len(times["limit "+kind]) > 0 {
-			row("kernel-only limit (QEMU start → init powered off)", "limit "+kind)
-		}
-		if kind == "pvh" && len(times["limit pvh microvm"]) > 0 {
-			row(fmt.Sprintf("kernel-only limit, -M microvm (tsc_early_khz=%d)", tscKHz), "limit pvh microvm")
+		if len(times[k]) > 0 {
+			fmt.Printf("  %-52s median %-10s p90 %s\n", what, med(times[k]), p90(times[k]))
 		}
 	}
-	fmt.Printf("resume of the PVH boot's saved state (%d resumes, %.0f MiB state):\n", boots, float64(saveBytes)/(1<<20))
+	for _, k := range kinds {
+		fmt.Printf("cold boot, kernel as %s (%d boots):\n", k.name, boots)
+		row("prepare (initramfs, keys, volume)", k.name+" prepare")
+		row("hypervisor start → ready line", k.name+" ready")
+		row("hypervisor start → SSH command answered", k.name+" ssh")
+		row("clean shutdown (power button → exit)", k.name+" stop")
+		row("kernel-only limit (QEMU start → init powered off)", k.name+" limit")
+	}
+	fmt.Printf("resume of the %s boot's saved state (%d resumes, %.0f MiB state):\n", kinds[0].name, boots, float64(saveBytes)/(1<<20))
 	row("save (pause → state written → QEMU exited)", "save")
 	row("prepare", "resume prepare")
 	row("hypervisor start → resumed", "resume ready")
 	row("hypervisor start → SSH command answered", "resume ssh")
 	ratio := func(a, b string) float64 { return float64(med(times[a])) / float64(med(times[b])) }
-	fmt.Printf("ready: bzImage / pvh = %.2fx; pvh ready / its kernel-only limit = %.2fx; bzImage ready / its limit = %.2fx; cold SSH / resume SSH = %.1fx\n",
-		ratio("bzImage ready", "pvh ready"), ratio("pvh ready", "limit pvh"), ratio("bzImage ready", "limit bzImage"), ratio("pvh ssh", "resume ssh"))
-	if compareInit != "" {
-		fmt.Printf("ready: -compare-init's / this microvm-init's = %.2fx\n", ratio("pvh, -compare-init ready", "pvh ready"))
+	first := kinds[0].name
+	fmt.Printf("%s: ready / its kernel-only limit = %.2fx; cold SSH / resume SSH = %.1fx\n", first, ratio(first+" ready", first+" limit"), ratio(first+" ssh", "resume ssh"))
+	for _, k := range kinds[1:] {
+		fmt.Printf("%s: ready / %s's = %.2fx", k.name, first, ratio(k.name+" ready", first+" ready"))
+		if len(times[k.name+" limit"]) > 0 {
+			fmt.Printf("; ready / its kernel-only limit = %.2fx", ratio(k.name+" ready", k.name+" limit"))
+		}
+		fmt.Println()
 	}
 	return nil
+}
+
+// kind is one way of booting the bench's VM.
+type kind struct {
+	name string
+	// q35 and bzImage choose the machine and kernel image (the default:
+	// microvm's own choice); initDir another microvm-init.
+	q35, bzImage bool
+	initDir      string
+	// save also saves and resumes this kind's guest.
+	save bool
+	// machine and cmdline are QEMU's machine and the extra kernel command
+	// line of this kind's kernel-only limit ("": measured by another kind).
+	machine string
+	cmdline []string
 }
 
 // runImage boots a distribution image with its own init (systemd) cold
 // and resumed from its saved state, boots times.
 func runImage(boots int, initDir, store, image string) error {
-	st, err := os.MkdirTemp("", "bootbench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(st)
-	abs, _ := filepath.Abs(store)
-	if err := os.Symlink(abs, filepath.Join(st, "store")); err != nil {
-		return err
-	}
-	nsName := fmt.Sprintf("bootbench%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", nsName).CombinedOutput(); err != nil {
-		return fmt.Errorf("ip netns add: %v: %s", err, out)
-	}
-	defer exec.Command("ip", "netns", "del", nsName).Run()
-	nsPath := "/run/netns/" + nsName
-	cfg, err := config.Parse("bench.yaml", []byte(fmt.Sprintf(`vms:
+	l, err := newLab(store, initDir, fmt.Sprintf(`vms:
   vm2: { index: 2, vcpu: 2, memory: 1G, image: %s, init: image, store: block, stopTimeout: 60s }
-`, image)), config.Options{})
+`, image))
 	if err != nil {
 		return err
 	}
-	m, err := network.New(nsPath, hostnet.Options{})
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	if _, err := m.Apply(cfg); err != nil {
-		return err
-	}
-	env := launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), KernelCache: guest.DefaultKernelCache, InitDir: initDir, NetNS: nsPath}
+	defer l.close()
+	env, cfg, nsPath := l.env, l.cfg, l.nsPath
 	times := map[string][]time.Duration{}
 	add := func(k string, d time.Duration) { times[k] = append(times[k], d) }
 	for range boots {
@@ -324,25 +298,6 @@ func kernelOnly(kernel, initrd, machine string, cmdline ...string) (time.Duratio
 		return 0, fmt.Errorf("kernel-only boot: %v: %s", err, out)
 	}
 	return time.Since(t0), nil
-}
-
-// hostTSCKHz is the host's TSC frequency, which a TCG guest's TSC runs at,
-// read from /proc/cpuinfo where the CPU says its TSC is invariant and its
-// frequency known (0 otherwise).
-func hostTSCKHz() int {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil || !strings.Contains(string(b), " constant_tsc") || !strings.Contains(string(b), " tsc_known_freq") {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "cpu MHz"); ok {
-			var mhz float64
-			if _, err := fmt.Sscanf(strings.TrimLeft(v, " \t:"), "%f", &mhz); err == nil {
-				return int(mhz * 1000)
-			}
-		}
-	}
-	return 0
 }
 
 // writePoweroffInitrd writes an initramfs whose /init (busybox) powers the

@@ -1,10 +1,11 @@
 // Package qemu builds the QEMU command line that runs a VM: direct kernel
 // boot, no default devices, a QMP socket, the serial console to a file, the
 // TAP by name, the store share over virtiofs or 9p and the volumes as
-// virtio-blk disks with their names as serials. Under KVM on x86_64 it uses
-// the minimal "microvm" machine with virtio-mmio devices; under TCG it uses
-// q35 with PCI devices (the microvm machine does not boot under TCG); on
-// aarch64 it uses "virt".
+// virtio-blk disks with their names as serials. On x86_64 it uses the
+// minimal "microvm" machine with virtio-mmio devices: under KVM, and under
+// TCG for a PVH kernel when the host's TSC frequency is known (the guest
+// needs it given: the machine has no PIT calibration or HPET to refine
+// with); q35 with PCI devices otherwise. On aarch64 it uses "virt".
 package qemu
 
 import (
@@ -106,7 +107,8 @@ func Binary(arch string) string {
 
 // Command returns the argv (binary first) that runs vm with l.
 func Command(vm *config.VM, l vmm.Launch) []string {
-	mmio := l.Arch == vmm.ArchX86_64 && l.KVM
+	tcgMicrovm := l.Arch == vmm.ArchX86_64 && !l.KVM && l.TSCKHz > 0
+	mmio := l.Arch == vmm.ArchX86_64 && (l.KVM || tcgMicrovm)
 	dev := func(pci string) string {
 		if mmio {
 			return strings.TrimSuffix(pci, "-pci") + "-device"
@@ -129,6 +131,9 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 	switch {
 	case l.Arch == vmm.ArchAArch64:
 		machine = "virt,gic-version=max,accel=" + accel
+	case tcgMicrovm:
+		// Under TCG the guest's timer setup needs the PIT and PIC.
+		machine = "microvm,accel=tcg,pit=on,pic=on,rtc=on,isa-serial=on,x-option-roms=off"
 	case mmio:
 		machine = "microvm,accel=kvm,pit=off,pic=off,rtc=off,isa-serial=on,x-option-roms=off"
 	default:
@@ -151,7 +156,7 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 		"-display", "none",
 		"-kernel", l.Kernel,
 		"-initrd", l.Initrd,
-		"-append", vmm.KernelCmdline(vm, vmm.SerialConsole(l.Arch)),
+		"-append", vmm.KernelCmdline(vm, vmm.SerialConsole(l.Arch), tscArgs(l)...),
 		// A socket for `microvm console`, logging everything to the console
 		// log whether or not a client is connected.
 		"-chardev", "socket,id=console,path="+l.ConsoleSocket+",server=on,wait=off,logfile="+l.ConsoleLog+",logappend=on",
@@ -198,6 +203,14 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 	}
 	args = append(args, "-device", dev("virtio-rng-pci"))
 	return args
+}
+
+// tscArgs give a microvm machine under TCG its TSC's frequency.
+func tscArgs(l vmm.Launch) []string {
+	if l.KVM || l.TSCKHz == 0 || l.Arch != vmm.ArchX86_64 {
+		return nil
+	}
+	return []string{fmt.Sprintf("tsc_early_khz=%d", l.TSCKHz), "tsc=reliable"}
 }
 
 // Pause stops the vCPUs (QMP stop).

@@ -43,17 +43,31 @@ func TestGoldenCommandLines(t *testing.T) {
 		arch     string
 		kvm      bool
 		virtiofs bool
+		tscKHz   int
 	}{
-		{"x86_64-kvm", vmm.ArchX86_64, true, true},
-		{"x86_64-tcg", vmm.ArchX86_64, false, false},
-		{"aarch64-tcg", vmm.ArchAArch64, false, false},
+		{"x86_64-kvm", vmm.ArchX86_64, true, true, 0},
+		{"x86_64-tcg", vmm.ArchX86_64, false, false, 0},
+		// TCG with the host's TSC frequency known: the microvm machine.
+		{"x86_64-tcg-microvm", vmm.ArchX86_64, false, false, 2100000},
+		{"aarch64-tcg", vmm.ArchAArch64, false, false, 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			vm, l := launch(t, c.arch, c.kvm, c.virtiofs)
+			l.TSCKHz = c.tscKHz
 			argv := Command(vm, l)
 			testutil.Golden(t, c.name+".args", []byte(strings.Join(argv, "\n")+"\n"))
 		})
 	}
+}
+
+// TestGoldenResume is the command line of a saved VM's resume under KVM
+// (not measurable here): the microvm machine, its block store, waiting for
+// the state.
+func TestGoldenResume(t *testing.T) {
+	vm, l := launch(t, vmm.ArchX86_64, true, false)
+	l.Shares = []vmm.Share{{Tag: "store", Path: "/var/lib/microvm/store/tree", Block: "/var/lib/microvm/cache/store-blocks/tree.ext4"}}
+	argv := append(Command(vm, l), Backend{}.IncomingArgs()...)
+	testutil.Golden(t, "x86_64-kvm-resume.args", []byte(strings.Join(argv, "\n")+"\n"))
 }
 
 func TestCommandShape(t *testing.T) {
