@@ -145,6 +145,11 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 		args = append(args, "-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", vm.Memory.MiB()))
 	}
 	args = append(args, "-machine", machine)
+	if mmio {
+		// virtio-mmio devices are legacy (version 1) unless told otherwise,
+		// and vhost-user backends (virtiofsd) serve only modern devices.
+		args = append(args, "-global", "virtio-mmio.force-legacy=false")
+	}
 	args = append(args,
 		"-cpu", cpu,
 		"-smp", fmt.Sprint(vm.VCPU),
