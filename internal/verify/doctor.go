@@ -45,7 +45,10 @@ func Doctor(env launch.Env, look LookPath) []Check {
 			if u == nil {
 				return Skip, "hypervisors run as root; fix: " + vmmuser.CreateCommand + " (they then run as it, without capabilities)"
 			}
-			return Pass, fmt.Sprintf("hypervisors run as %s (uid %d) without capabilities", u.Name, u.UID)
+			if u.IDs == nil {
+				return Pass, fmt.Sprintf("hypervisors run as %s (uid %d) without capabilities, all as that one user; for one identity per VM: usermod --add-subuids 1879048192-1879113727 --add-subgids 1879048192-1879113727 %s", u.Name, u.UID, u.Name)
+			}
+			return Pass, fmt.Sprintf("hypervisors run without capabilities, each VM's as its own uid from %s's range %d-%d", u.Name, u.IDs.UID+1, u.IDs.UID+u.IDs.Count-1)
 		}},
 		{Name: "tun", Run: func() (Status, string) {
 			if err := access("/dev/net/tun"); err != nil {
