@@ -68,6 +68,23 @@ func newDaemonLab(t *testing.T, tag string) *daemonLab {
 	return l
 }
 
+// twoVMsWithData is a fleet of two small VMs, each with a data volume.
+const twoVMsWithData = `defaults: { memory: 256M, stopTimeout: 20s, volumes: [{ name: data, mountPoint: /data, size: 64M }] }
+vms:
+  a: { index: 1 }
+  b: { index: 2 }
+`
+
+// writeFile writes the lab's infra.yaml and returns its path.
+func (l *daemonLab) writeFile(src string) string {
+	l.t.Helper()
+	file := filepath.Join(l.state, "infra.yaml")
+	if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
+		l.t.Fatal(err)
+	}
+	return file
+}
+
 func (l *daemonLab) args(a ...string) []string {
 	return append([]string{"--state-dir", l.state, "--socket", l.socket, "--netns", l.ns.Path}, a...)
 }

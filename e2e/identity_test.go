@@ -107,12 +107,7 @@ func procIDs(t *testing.T, pid int) (uint32, uint32) {
 func TestOneIdentityPerVM(t *testing.T) {
 	requireGuestEnv(t)
 	l := newDaemonLab(t, "ids")
-	file := filepath.Join(l.state, "infra.yaml")
-	os.WriteFile(file, []byte(`defaults: { memory: 256M, stopTimeout: 20s, volumes: [{ name: data, mountPoint: /data, size: 64M }] }
-vms:
-  a: { index: 1 }
-  b: { index: 2 }
-`), 0o644)
+	file := l.writeFile(twoVMsWithData)
 	const first = 1879048192
 	ids := "--vmm-ids=" + strconv.Itoa(first) + ":65536"
 	l.startDaemon(file, ids)

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -21,12 +20,7 @@ import (
 func TestHostShutdownPath(t *testing.T) {
 	requireGuestEnv(t)
 	l := newDaemonLab(t, "hsd")
-	file := filepath.Join(l.state, "infra.yaml")
-	os.WriteFile(file, []byte(`defaults: { memory: 256M, stopTimeout: 20s, volumes: [{ name: data, mountPoint: /data, size: 64M }] }
-vms:
-  a: { index: 1 }
-  b: { index: 2 }
-`), 0o644)
+	file := l.writeFile(twoVMsWithData)
 	l.startDaemon(file)
 	l.waitFor("a and b running", 3*time.Minute, allRunning("a", "b"))
 	for _, vm := range []string{"a", "b"} {
