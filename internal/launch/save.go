@@ -176,14 +176,14 @@ func (r *Running) Save() (SaveResult, error) {
 		r.Process.Kill()
 		<-r.Exited
 	}
+	var m savestate.Meta
 	key, err := p.resumeKey()
 	if err == nil {
-		err = dir.Commit(savestate.Meta{SavedAt: time.Now().UTC(), Seconds: time.Since(t0).Seconds(), Key: key, Ready: r.Ready})
+		m, err = dir.Commit(savestate.Meta{SavedAt: time.Now().UTC(), Seconds: time.Since(t0).Seconds(), Key: key, Ready: r.Ready})
 	}
 	if err != nil {
 		dir.Drop()
 		return SaveResult{}, fmt.Errorf("%w (the guest was stopped without a clean shutdown; its volumes need a journal replay)", err)
 	}
-	m, _ := dir.Load()
 	return SaveResult{Bytes: m.Bytes, Seconds: time.Since(t0).Seconds()}, nil
 }

@@ -148,22 +148,23 @@ func (d Dir) Create(uid, gid int) (*os.File, error) {
 // Abandon removes a partial state file (a save that failed).
 func (d Dir) Abandon() { os.Remove(d.partial()) }
 
-// Commit makes the partial state file the saved state, recorded by m.
-// The record is written last: a state file without one is never resumed.
-func (d Dir) Commit(m Meta) error {
+// Commit makes the partial state file the saved state, recorded by m
+// (returned with the file's size). The record is written last: a state
+// file without one is never resumed.
+func (d Dir) Commit(m Meta) (Meta, error) {
 	fi, err := os.Stat(d.partial())
 	if err != nil {
-		return fmt.Errorf("saved state: %w", err)
+		return m, fmt.Errorf("saved state: %w", err)
 	}
 	m.Bytes = fi.Size()
 	os.Remove(d.meta())
 	if err := os.Rename(d.partial(), d.StateFile()); err != nil {
-		return fmt.Errorf("saved state: %w", err)
+		return m, fmt.Errorf("saved state: %w", err)
 	}
 	if err := state.WriteJSON(d.meta(), m); err != nil {
-		return fmt.Errorf("saved state: %w", err)
+		return m, fmt.Errorf("saved state: %w", err)
 	}
-	return nil
+	return m, nil
 }
 
 // ErrNone says the VM has no saved state.
@@ -187,12 +188,6 @@ func (d Dir) Load() (Meta, error) {
 		return m, ErrNone
 	}
 	return m, nil
-}
-
-// Exists says whether a complete saved state is there.
-func (d Dir) Exists() bool {
-	_, err := d.Load()
-	return err == nil
 }
 
 // Drop removes the saved state (after a resume, or when it can no longer

@@ -63,14 +63,14 @@ func TestCommitLoadDrop(t *testing.T) {
 	}
 	f.WriteString("guest memory")
 	f.Close()
-	if d.Exists() {
-		t.Fatal("a partial state counts as saved")
+	if _, err := d.Load(); !errors.Is(err, ErrNone) {
+		t.Fatalf("a partial state counts as saved: %v", err)
 	}
 	if fi, err := os.Stat(string(d)); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("saved-state directory: %v %v", fi.Mode(), err)
 	}
-	if err := d.Commit(Meta{SavedAt: time.Now(), Key: Key{SpecHash: "x"}}); err != nil {
-		t.Fatal(err)
+	if c, err := d.Commit(Meta{SavedAt: time.Now(), Key: Key{SpecHash: "x"}}); err != nil || c.Bytes != int64(len("guest memory")) {
+		t.Fatalf("commit: %+v %v", c, err)
 	}
 	m, err := d.Load()
 	if err != nil || m.Bytes != int64(len("guest memory")) || m.Key.SpecHash != "x" {
@@ -80,8 +80,8 @@ func TestCommitLoadDrop(t *testing.T) {
 		t.Errorf("state file mode %v", fi.Mode())
 	}
 	os.Remove(d.StateFile())
-	if d.Exists() {
-		t.Error("a record without its state file counts as saved")
+	if _, err := d.Load(); !errors.Is(err, ErrNone) {
+		t.Errorf("a record without its state file counts as saved: %v", err)
 	}
 	if err := d.Drop(); err != nil {
 		t.Fatal(err)

@@ -109,13 +109,12 @@ func run(boots, builds int, initDir, store, compareInit string) error {
 	// limit of each machine and kernel, and a resume of the default boot's
 	// saved state.
 	tscKHz := vmm.HostTSCKHz()
-	microvmArgs := []string{fmt.Sprintf("tsc_early_khz=%d", tscKHz), "tsc=reliable"}
 	kinds := []kind{
 		// What microvm boots: the PVH vmlinux, on the microvm machine where
 		// the host's TSC frequency is known.
-		{name: "pvh, microvm machine", save: true, machine: "microvm,accel=tcg,pit=on,pic=on,rtc=on,isa-serial=on,x-option-roms=off", cmdline: microvmArgs},
-		{name: "pvh, q35", q35: true, machine: "q35,accel=tcg"},
-		{name: "bzImage, q35 (before issue 18)", q35: true, bzImage: true, machine: "q35,accel=tcg"},
+		{name: "pvh, microvm machine", save: true, machine: qemu.MachineTCGMicrovm, cmdline: qemu.TSCArgs(tscKHz)},
+		{name: "pvh, q35", q35: true, machine: qemu.MachineTCGQ35},
+		{name: "bzImage, q35 (before issue 18)", q35: true, bzImage: true, machine: qemu.MachineTCGQ35},
 	}
 	if tscKHz == 0 {
 		kinds = kinds[1:]

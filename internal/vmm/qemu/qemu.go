@@ -132,12 +132,11 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 	case l.Arch == vmm.ArchAArch64:
 		machine = "virt,gic-version=max,accel=" + accel
 	case tcgMicrovm:
-		// Under TCG the guest's timer setup needs the PIT and PIC.
-		machine = "microvm,accel=tcg,pit=on,pic=on,rtc=on,isa-serial=on,x-option-roms=off"
+		machine = MachineTCGMicrovm
 	case mmio:
 		machine = "microvm,accel=kvm,pit=off,pic=off,rtc=off,isa-serial=on,x-option-roms=off"
 	default:
-		machine = "q35,accel=tcg"
+		machine = MachineTCGQ35
 	}
 	if virtiofs {
 		// vhost-user needs guest memory that virtiofsd can map: a shared memfd.
@@ -210,12 +209,24 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 	return args
 }
 
-// tscArgs give a microvm machine under TCG its TSC's frequency.
+// The x86_64 machines under TCG: the microvm machine (with the PIT and PIC
+// its guest's timer setup needs there, given TSCArgs) and q35.
+const (
+	MachineTCGMicrovm = "microvm,accel=tcg,pit=on,pic=on,rtc=on,isa-serial=on,x-option-roms=off"
+	MachineTCGQ35     = "q35,accel=tcg"
+)
+
+// TSCArgs tell a guest of the microvm machine under TCG its TSC's
+// frequency, which it has nothing to calibrate against.
+func TSCArgs(khz int) []string {
+	return []string{fmt.Sprintf("tsc_early_khz=%d", khz), "tsc=reliable"}
+}
+
 func tscArgs(l vmm.Launch) []string {
 	if l.KVM || l.TSCKHz == 0 || l.Arch != vmm.ArchX86_64 {
 		return nil
 	}
-	return []string{fmt.Sprintf("tsc_early_khz=%d", l.TSCKHz), "tsc=reliable"}
+	return TSCArgs(l.TSCKHz)
 }
 
 // Pause stops the vCPUs (QMP stop).
