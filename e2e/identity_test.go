@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"microvm.dev/microvm/internal/testutil"
+	"microvm.dev/microvm/internal/verify"
 )
 
 // tryOpenEnv makes the test binary, run as another user, try to open each
@@ -150,8 +151,43 @@ func TestOneIdentityPerVM(t *testing.T) {
 	testutil.Report(t, testutil.FaultResult{Fault: "one VM's hypervisor identity opening another VM's volume, console log, QMP and console sockets", Trials: len(files("b")),
 		Result: fmt.Sprintf("refused by the kernel (EACCES) %d of %d; its own four open; the two QEMUs run as uids %d and %d", refused, len(files("b")), uids["a"], uids["b"])})
 
+	// Each hypervisor is shut into a root of its own: b's files are not
+	// there at all, its own are; it is process 1 of its PID namespace and
+	// sees no other.
+	for vm, other := range map[string]string{"a": "b", "b": "a"} {
+		pid := vms[vm].PID
+		lacks, err := verify.Unconfined(fmt.Sprintf("/proc/%d", pid), "/proc/self")
+		if err != nil || len(lacks) > 0 {
+			t.Errorf("%s's hypervisor lacks %v (%v)", vm, lacks, err)
+		}
+		root := fmt.Sprintf("/proc/%d/root", pid)
+		for _, p := range files(vm) {
+			if _, err := os.Lstat(root + p); err != nil {
+				t.Errorf("%s's hypervisor does not see its own %s: %v", vm, p, err)
+			}
+		}
+		for _, p := range append(files(other), filepath.Join(l.state, "vms", other), filepath.Join(l.state, "run", "vms", other), "/root", "/home", "/etc/shadow") {
+			if _, err := os.Lstat(root + p); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s's hypervisor sees %s (%v)", vm, p, err)
+			}
+		}
+		entries, _ := os.ReadDir(root + "/proc")
+		var pids []string
+		for _, e := range entries {
+			if _, err := strconv.Atoi(e.Name()); err == nil {
+				pids = append(pids, e.Name())
+			}
+		}
+		if strings.Join(pids, " ") != "1" {
+			t.Errorf("%s's hypervisor sees processes %v, want only itself as 1", vm, pids)
+		}
+	}
+	testutil.Report(t, testutil.FaultResult{Fault: "a hypervisor looking for another VM's files and processes from inside its confinement", Trials: 2,
+		Result: "the other VM's volume, console log, sockets and directories do not exist in its root; it sees only itself (pid 1)"})
+
 	out, err := l.cli("verify", "-f", file)
-	if !strings.Contains(out, "one identity per hypervisor") || !strings.Contains(out, fmt.Sprintf("a uid %d, b uid %d", uids["a"], uids["b"])) {
+	if !strings.Contains(out, "one identity per hypervisor") || !strings.Contains(out, fmt.Sprintf("a uid %d, b uid %d", uids["a"], uids["b"])) ||
+		strings.Count(out, "a root of its own (its VM's files only)") != 2 {
 		t.Errorf("verify: %v\n%s", err, out)
 	}
 

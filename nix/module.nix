@@ -127,6 +127,7 @@ in
                 externalInterface = mkOption { type = types.nullOr types.str; default = null; description = "The NAT uplink (\"auto\": the default route's)."; };
                 allowedTCPPorts = mkOption { type = types.nullOr (types.listOf types.port); default = null; description = "The host's own open TCP ports."; };
                 tailscale = mkOption { type = types.nullOr (types.submodule { options.advertiseRoutes = mkOption { type = types.bool; default = false; description = "Advertise the VM subnets."; }; }); default = null; description = "Tailscale subnet routing."; };
+                dns = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "Resolvers the VMs' DNS forwards other names to (addresses or address:port; default the host's own)."; };
               };
             };
             description = "Host settings.";
@@ -139,6 +140,7 @@ in
                 allow = mkOption { type = types.nullOr (types.listOf (types.submodule { options = { from = mkOption { type = types.str; }; to = mkOption { type = types.str; }; ports = mkOption { type = types.listOf port; }; }; })); default = null; description = "VM-to-VM exceptions to isolation."; };
                 forwards = mkOption { type = types.nullOr (types.listOf (types.submodule { options = { hostPort = mkOption { type = types.port; }; to = mkOption { type = types.str; }; proto = mkOption { type = types.nullOr (types.enum [ "tcp" "udp" ]); default = null; }; }; })); default = null; description = "Host port forwards."; };
                 egress = mkOption { type = types.nullOr egress; default = null; description = "Where every VM may connect beyond the VM networks (allow, deny)."; };
+                domain = mkOption { type = types.nullOr types.str; default = null; description = "The VMs' DNS domain: <vm>.<domain> (default microvm.internal)."; };
               };
             });
             default = null;

@@ -110,8 +110,13 @@ while :; do
 		last=$states
 	fi
 	[ "$running" -ge "$total" ] && break
-	if ! kill -0 "$daemon_pid" 2>/dev/null; then echo "the daemon exited; see $LOGS/daemon.log" >&2; exit 1; fi
-	if [ $SECONDS -gt $deadline ]; then echo "the fleet is not up after 600 s; see $LOGS/daemon.log" >&2; exit 1; fi
+	if ! kill -0 "$daemon_pid" 2>/dev/null; then echo "the daemon exited; its log ($LOGS/daemon.log) ends:" >&2; tail -n 20 "$LOGS/daemon.log" >&2; exit 1; fi
+	if [ $SECONDS -gt $deadline ]; then
+		echo "the fleet is not up after 600 s; the daemon's log ($LOGS/daemon.log) ends:" >&2
+		tail -n 20 "$LOGS/daemon.log" >&2
+		microvm list >&2 || true
+		exit 1
+	fi
 	sleep 2
 done
 t_boot=$((SECONDS - t2))

@@ -9,8 +9,9 @@ setup
 go mod download
 # Guest images in the tests are made from Debian's own packages
 # (mmdebstrap) and served by Debian's registry (docker-registry), which the
-# tests start themselves: its packaged service is not left running.
-apt_install mmdebstrap docker-registry
+# tests start themselves: its packaged service is not left running; the
+# tests' stand-in for the internet's DNS is Debian's dnsmasq.
+apt_install mmdebstrap docker-registry dnsmasq-base
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
 	systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
 fi

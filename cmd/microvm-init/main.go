@@ -91,7 +91,8 @@ func logf(format string, args ...any) {
 }
 
 func (in *initd) boot() error {
-	t := newPhases()
+	t := newPhases("early mounts")
+	defer t.stop()
 	if err := mountEarly(); err != nil {
 		return err
 	}
@@ -105,20 +106,21 @@ func (in *initd) boot() error {
 		return err
 	}
 	in.spec = spec
-	t.mark("early mounts")
-	loadModules("/"+guest.ModulesDepsPath, spec)
-	t.mark("modules")
+	var mods loading
+	t.beginWaiting("modules", mods.String)
+	loadModules("/"+guest.ModulesDepsPath, spec, &mods)
+	t.begin("network")
 	if err := unix.Sethostname([]byte(spec.Name)); err != nil {
 		return fmt.Errorf("set hostname: %w", err)
 	}
 	if err := configureNetwork(spec.Net); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
-	t.mark("network")
+	t.begin("root")
 	if err := buildRoot(spec); err != nil {
 		return fmt.Errorf("root: %w", err)
 	}
-	t.mark("root")
+	t.begin("volumes")
 	for _, v := range spec.Volumes {
 		mp, err := mountVolume(v)
 		if err != nil {
@@ -135,14 +137,15 @@ func (in *initd) boot() error {
 			}
 		}
 	}
-	t.mark("volumes")
 	if err := writeSecrets(spec.Secrets); err != nil {
 		return err
 	}
 	if spec.SwitchRoot {
+		t.finish()
 		logf("boot: %s", t)
 		return in.switchRoot()
 	}
+	t.begin("ssh and workload")
 	if err := startSSH(spec.SSH, in.procs); err != nil {
 		return fmt.Errorf("ssh: %w", err)
 	}
@@ -154,7 +157,7 @@ func (in *initd) boot() error {
 		in.workload = pid
 	}
 	watchPowerButton(in.requestShutdown)
-	t.mark("ssh and workload")
+	t.finish()
 	logf("boot: %s", t)
 	fmt.Fprintf(os.Stdout, "%s vm=%s uptime=%s\n", guest.ReadyPrefix, spec.Name, uptime())
 	in.serveConsole()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -53,7 +54,7 @@ func mountEarly() error {
 // earlier waves, so they load at once, on as many vCPUs as the guest has.
 // A module that fails is logged and skipped (its devices will then be
 // missing, which later steps report precisely).
-func loadModules(depsFile string, spec *guest.Spec) {
+func loadModules(depsFile string, spec *guest.Spec, now *loading) {
 	list, err := os.ReadFile(depsFile)
 	if err != nil {
 		logf("no module list: %v", err)
@@ -65,11 +66,47 @@ func loadModules(depsFile string, spec *guest.Spec) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				now.add(path)
+				defer now.remove(path)
 				loadModule(path)
 			}()
 		}
 		wg.Wait()
 	}
+}
+
+// loading is the set of modules being loaded, for the boot's stall
+// report.
+type loading struct {
+	mu    sync.Mutex
+	paths map[string]bool
+}
+
+func (l *loading) add(path string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.paths == nil {
+		l.paths = map[string]bool{}
+	}
+	l.paths[path] = true
+}
+
+func (l *loading) remove(path string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.paths, path)
+}
+
+// String names the modules being loaded, sorted.
+func (l *loading) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var names []string
+	for p := range l.paths {
+		names = append(names, strings.TrimSuffix(filepath.Base(p), ".ko"))
+	}
+	sort.Strings(names)
+	return strings.Join(names, " ")
 }
 
 func loadModule(path string) {
@@ -167,6 +204,9 @@ func writeIdentity(spec *guest.Spec) error {
 	var resolv strings.Builder
 	for _, ns := range spec.Net.DNS {
 		fmt.Fprintf(&resolv, "nameserver %s\n", ns)
+	}
+	if len(spec.Net.Search) > 0 {
+		fmt.Fprintf(&resolv, "search %s\n", strings.Join(spec.Net.Search, " "))
 	}
 	addr, _, _ := strings.Cut(spec.Net.Address, "/")
 	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", addr, spec.Name)

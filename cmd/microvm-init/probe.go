@@ -2,12 +2,14 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,7 +21,9 @@ import (
 // with nothing from the image (no ping, nc or awk needed, so it works on
 // any image): hostname, vCPUs, memory, the mounts of /, /var and the
 // volumes, whether the store refuses a write, ICMP reach (ping NAME=ADDR)
-// and TCP reach (tcp NAME=ADDR:PORT: connected, refused or blocked).
+// TCP reach (tcp NAME=ADDR:PORT: connected, refused or blocked) and name
+// lookups through the root's /etc/resolv.conf (dns NAME=HOST: the
+// addresses, or "failed: why").
 func probe(args []string) error {
 	out := bufio.NewWriter(os.Stdout)
 	defer out.Flush()
@@ -60,8 +64,11 @@ func probe(args []string) error {
 		case "tcp":
 			wg.Add(1)
 			go func() { defer wg.Done(); report(key, tcpResult(target)) }()
+		case "dns":
+			wg.Add(1)
+			go func() { defer wg.Done(); report(key, dnsResult(target)) }()
 		default:
-			return fmt.Errorf("probe: unknown probe %q (mount, ping, tcp)", kind)
+			return fmt.Errorf("probe: unknown probe %q (mount, ping, tcp, dns)", kind)
 		}
 	}
 	wg.Wait()
@@ -104,6 +111,21 @@ func tcpResult(addr string) string {
 		return "refused"
 	}
 	return "blocked"
+}
+
+// dnsResult looks host up as the VM's programs do (its /etc/resolv.conf,
+// search domains included), within 5 s: its addresses, comma-separated,
+// or "failed: " and why.
+func dnsResult(host string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r := &net.Resolver{PreferGo: true}
+	addrs, err := r.LookupHost(ctx, host)
+	if err != nil {
+		return "failed: " + err.Error()
+	}
+	sort.Strings(addrs)
+	return strings.Join(addrs, ",")
 }
 
 // pingResult sends one ICMP echo request to addr and waits 2 s for the

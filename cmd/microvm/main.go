@@ -5,8 +5,14 @@ package main
 
 import (
 	"os"
+
+	"microvm.dev/microvm/internal/confine"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == confine.Command {
+		// The launcher's wrapper around a hypervisor: not a verb for users.
+		os.Exit(runConfine(os.Args[2:], os.Stderr))
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
+	"microvm.dev/microvm/internal/resolver"
 	"microvm.dev/microvm/internal/secrets"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/steps"
@@ -39,6 +41,7 @@ type runOptions struct {
 	vmmUser     string
 	vmmUserSet  func() bool
 	vmmIDs      string
+	vmmConfine  string
 	identities  []string
 }
 
@@ -75,6 +78,7 @@ func launchFlags(cmd *cobra.Command, o *runOptions) {
 	cmd.Flags().StringVar(&o.vmmUser, "vmm-user", vmmuser.DefaultName, "the unprivileged user hypervisors run as, without capabilities (root: as root; when the default user does not exist, root with a warning)")
 	o.vmmUserSet = func() bool { return cmd.Flags().Changed("vmm-user") }
 	cmd.Flags().StringVar(&o.vmmIDs, "vmm-ids", "auto", "ids for one identity per VM's hypervisor: START:COUNT, auto (the --vmm-user's range in /etc/subuid and /etc/subgid, when it has one) or off (every hypervisor runs as --vmm-user)")
+	cmd.Flags().StringVar(&o.vmmConfine, "vmm-confine", "auto", "shut each unprivileged hypervisor into a root of its own (only its VM's files) in new mount and PID namespaces: auto (when hypervisors run as --vmm-user) or off")
 	identityFlag(cmd.Flags(), &o.identities)
 }
 
@@ -141,6 +145,17 @@ func (a *app) launchEnv(o runOptions) (launch.Env, error) {
 		}
 	}
 	env.VMMUser = u
+	switch o.vmmConfine {
+	case "auto", "":
+		if u != nil {
+			if env.Self, err = os.Executable(); err != nil {
+				return env, fmt.Errorf("--vmm-confine: the microvm binary: %w", err)
+			}
+		}
+	case "off":
+	default:
+		return env, usageError{fmt.Errorf("--vmm-confine must be auto or off, not %q", o.vmmConfine)}
+	}
 	switch env.Identities, err = secrets.HostIdentities(o.identities); {
 	case err != nil && len(o.identities) > 0:
 		return env, usageError{err}
@@ -177,6 +192,15 @@ func (a *app) run(name string, o runOptions) error {
 	}
 	for _, w := range res.Warnings {
 		fmt.Fprintln(a.stderr, "warning:", w)
+	}
+	// The VM's resolver is its gateway, as under the daemon, for as long
+	// as it runs in the foreground.
+	dns, err := resolver.ForFleet(nil, cfg, a.netns, slog.New(slog.DiscardHandler))
+	if err != nil {
+		fmt.Fprintln(a.stderr, "warning: the VM's DNS:", err)
+	}
+	if dns != nil {
+		defer dns.Close()
 	}
 	var observe func(steps.Timing)
 	if o.verbose {

@@ -18,6 +18,7 @@ const (
 	DefaultMemory            = 512 * MiB
 	DefaultImage             = "base"
 	DefaultExternalInterface = "auto"
+	DefaultDomain            = "microvm.internal"
 )
 
 // StoreKinds are the values of VMSpec.Store.
@@ -55,6 +56,8 @@ type Config struct {
 	Forwards []ResolvedForward `json:"forwards,omitempty"`
 	// Egress is where every VM may connect beyond the VM networks.
 	Egress Egress `json:"egress,omitzero"`
+	// Domain is the VMs' DNS domain (network.domain, lower case).
+	Domain string `json:"domain"`
 
 	byName map[string]*VM
 }
@@ -132,6 +135,9 @@ type Net struct {
 	TAP string `json:"tap"`
 	// MAC is the VM NIC's locally administered MAC address.
 	MAC string `json:"mac"`
+	// Domain is the VMs' DNS domain; the VM is <name>.<domain>, its
+	// resolver the gateway.
+	Domain string `json:"domain,omitempty"`
 }
 
 // ResolvedForward is a host port forward with its target split out.
@@ -270,6 +276,10 @@ func resolve(r *reporter, f *File, opts Options) *Config {
 	cfg.Forwards = v.forwards(cfg, f.Network.Forwards)
 	v.egress("network.egress", &f.Network.Egress, true)
 	cfg.Egress = f.Network.Egress
+	cfg.Domain = v.domain("network.domain", f.Network.Domain)
+	for _, vm := range cfg.VMs {
+		vm.Net.Domain = cfg.Domain
+	}
 	return cfg
 }
 

@@ -37,6 +37,7 @@ func TestReferenceExample(t *testing.T) {
 			Bridge:  "br-vm" + itoa(n),
 			TAP:     "vm-vm" + itoa(n),
 			MAC:     "02:00:00:00:00:0" + itoa(n),
+			Domain:  DefaultDomain,
 		}
 		if vm.Net != want {
 			t.Errorf("%s: net = %+v, want %+v", vm.Name, vm.Net, want)
@@ -299,6 +300,10 @@ func TestBadConfigs(t *testing.T) {
 		{"bad uplink name", "host: { externalInterface: \"this-name-is-too-long0\" }\nvms: {}", "host.externalInterface", "over the kernel's limit", Options{}},
 		{"host port range", "host: { allowedTCPPorts: [0] }\nvms: {}", "host.allowedTCPPorts[0]", "outside 1-65535", Options{}},
 		{"host port twice", "host: { allowedTCPPorts: [22, 22] }\nvms: {}", "host.allowedTCPPorts[1]", "listed twice", Options{}},
+		{"host dns name", "host: { dns: [1.1.1.1, dns.example] }\nvms: {}", "host.dns[1]", `"dns.example" is not a resolver's address`, Options{}},
+		{"host dns port", "host: { dns: [\"192.0.2.1:0\"] }\nvms: {}", "host.dns[0]", "is not a resolver's address", Options{}},
+		{"domain label", "network: { domain: my_vms.lan }\nvms: {}", "network.domain", `label "my_vms" must be 1-63 letters`, Options{}},
+		{"domain hyphen", "network: { domain: lan- }\nvms: {}", "network.domain", "not starting or ending with a hyphen", Options{}},
 		{"workdir relative", "vms: { a: { index: 1, command: [x], workdir: srv } }", "vms.a.workdir", "absolute", Options{}},
 		{"bad user", "vms: { a: { index: 1, command: [x], user: \"Bob Smith\" } }", "vms.a.user", "neither a user name nor a uid", Options{}},
 		{"empty command", "vms: { a: { index: 1, command: [\"\"] } }", "vms.a.command[0]", "the command is empty", Options{}},
@@ -476,5 +481,17 @@ vms:
 	c.Egress = Egress{}
 	if c.SpecHash() != a.SpecHash() {
 		t.Error("egress changed the spec hash")
+	}
+}
+
+// The VMs' domain is the file's in lower case (default microvm.internal),
+// in every VM's net; host.dns takes addresses with or without a port.
+func TestDomainAndDNS(t *testing.T) {
+	cfg := mustParse(t, "host: { dns: [192.0.2.53, \"[2001:db8::1]:5353\"] }\nnetwork: { domain: Lab.Example. }\nvms: { a: { index: 1 } }", Options{})
+	if cfg.Domain != "lab.example" || cfg.VMs[0].Net.Domain != "lab.example" || len(cfg.Host.DNS) != 2 {
+		t.Errorf("domain %q, a's %q, dns %v", cfg.Domain, cfg.VMs[0].Net.Domain, cfg.Host.DNS)
+	}
+	if cfg := mustParse(t, "vms: { a: { index: 1 } }", Options{}); cfg.Domain != DefaultDomain {
+		t.Errorf("default domain %q", cfg.Domain)
 	}
 }

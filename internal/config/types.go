@@ -29,6 +29,10 @@ type Host struct {
 	AllowedTCPPorts []int `yaml:"allowedTCPPorts,omitempty" json:"allowedTCPPorts,omitempty"`
 	// Tailscale configures subnet routing over the tailnet.
 	Tailscale Tailscale `yaml:"tailscale,omitempty" json:"tailscale,omitempty"`
+	// DNS are the resolvers the VMs' DNS server (on each gateway) forwards
+	// names outside the VMs' domain to: addresses or address:port. Unset:
+	// the host's own, from /etc/resolv.conf.
+	DNS []string `yaml:"dns,omitempty" json:"dns,omitempty"`
 }
 
 // Tailscale configures the host's tailnet integration.
@@ -235,6 +239,9 @@ type Network struct {
 	Forwards []Forward `yaml:"forwards,omitempty" json:"forwards,omitempty"`
 	// Egress is where every VM may connect beyond the VM networks.
 	Egress Egress `yaml:"egress,omitempty" json:"egress,omitempty"`
+	// Domain is the VMs' DNS domain: each VM is <name>.<domain> to the
+	// others and to the host (default microvm.internal).
+	Domain string `yaml:"domain,omitempty" json:"domain,omitempty"`
 }
 
 // Allow permits new connections from one VM to ports of another (replies flow back).

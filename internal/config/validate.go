@@ -65,7 +65,39 @@ func (v *validator) host(h *Host) {
 		}
 		seen[p] = i
 	}
+	for i, d := range h.DNS {
+		if a, err := netip.ParseAddr(d); err == nil && !a.IsUnspecified() {
+			continue
+		}
+		if ap, err := netip.ParseAddrPort(d); err == nil && ap.Port() != 0 && !ap.Addr().IsUnspecified() {
+			continue
+		}
+		v.r.addf(indexPath("host.dns", i), "%q is not a resolver's address (an IP address, or address:port)", d)
+	}
 }
+
+// domain is the VMs' DNS domain p says (default DefaultDomain), lower
+// case; a name that is not a DNS name is reported.
+func (v *validator) domain(p, d string) string {
+	if d == "" {
+		return DefaultDomain
+	}
+	d = strings.ToLower(strings.TrimSuffix(d, "."))
+	labels := strings.Split(d, ".")
+	if len(d) > 253-13 { // room for a VM name of 12 bytes and its dot
+		v.r.addf(p, "%q is %d bytes: a domain with a VM's name must fit DNS's 253", d, len(d))
+		return d
+	}
+	for _, l := range labels {
+		if !dnsLabelRE.MatchString(l) {
+			v.r.addf(p, "%q is not a DNS name: label %q must be 1-63 letters, digits or hyphens, not starting or ending with a hyphen", d, l)
+			return d
+		}
+	}
+	return d
+}
+
+var dnsLabelRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 // checkIfName returns why name cannot be a Linux interface name, or "".
 func checkIfName(name string) string {

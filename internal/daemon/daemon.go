@@ -24,6 +24,7 @@ import (
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/plan"
+	"microvm.dev/microvm/internal/resolver"
 	"microvm.dev/microvm/internal/savestate"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/steps"
@@ -50,6 +51,9 @@ type Daemon struct {
 	// Tailscale advertises the VM subnets when the file asks for it.
 	Tailscale tailnet.Client
 	stop      chan struct{}
+	// dns answers the VMs' DNS on their gateways (nil before the first
+	// apply).
+	dns *resolver.Server
 }
 
 // OnApply registers f to be called after every apply with its result.
@@ -86,6 +90,11 @@ func NewWithLauncher(env launch.Env, l supervisor.Launcher, log *slog.Logger) (*
 func (d *Daemon) Close() {
 	close(d.stop)
 	d.net.Close()
+	d.mu.Lock()
+	if d.dns != nil {
+		d.dns.Close()
+	}
+	d.mu.Unlock()
 }
 
 // rotateConsoles keeps every running VM's console log under
@@ -273,7 +282,15 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 	}
 	d.mu.Lock()
 	d.cfg, d.file = cfg, name
+	dns, err := resolver.ForFleet(d.dns, cfg, d.env.NetNS, d.log.With("component", "dns"))
+	d.dns = dns
 	d.mu.Unlock()
+	if err != nil {
+		// The VMs boot anyway; names outside the fleet still resolve where
+		// the guest's own resolver differs.
+		d.log.Warn("the VMs' DNS", "err", err)
+		res.Warnings = append(res.Warnings, "dns: "+err.Error())
+	}
 	if cfg.Host.Tailscale.AdvertiseRoutes {
 		d.syncTailnet(cfg, res)
 	}

@@ -162,7 +162,8 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	w("\t\tcounter drop")
 	w("\t}")
 
-	// VM to host: only ICMP echo to the VM's own gateway.
+	// VM to host: only ICMP echo and DNS (the daemon's resolver) to the
+	// VM's own gateway.
 	w("\tchain input {")
 	w("\t\ttype filter hook input priority filter; policy accept;")
 	w("\t\tiifname @vm_bridges jump vm_to_host")
@@ -178,6 +179,7 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	w("\tchain vm_to_host {")
 	w("\t\tct state established,related accept")
 	w("\t\ticmp type echo-request iifname . ip daddr @vm_gateways accept")
+	w("\t\tmeta l4proto { udp, tcp } th dport 53 iifname . ip daddr @vm_gateways accept")
 	w("\t\tcounter drop")
 	w("\t}")
 	w("}")

@@ -85,6 +85,9 @@ type NetSpec struct {
 	Address string   `json:"address"` // CIDR, e.g. 10.1.0.2/24
 	Gateway string   `json:"gateway"`
 	DNS     []string `json:"dns,omitempty"`
+	// Search are the resolver's search domains (the VMs' domain, so that
+	// another VM is reached by its bare name).
+	Search []string `json:"search,omitempty"`
 }
 
 // ShareSpec is a directory share from the host.
@@ -215,6 +218,11 @@ func ParseSpec(b []byte) (*Spec, error) {
 	for _, d := range s.Net.DNS {
 		if _, err := netip.ParseAddr(d); err != nil {
 			return nil, fmt.Errorf("net.dns %q is not an address", d)
+		}
+	}
+	for _, d := range s.Net.Search {
+		if d == "" || strings.ContainsAny(d, " \t\n") {
+			return nil, fmt.Errorf("net.search %q is not a domain", d)
 		}
 	}
 	switch s.Store.FSType {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmssh"
 )
 
@@ -60,7 +61,7 @@ func Wait(netns string, vm *config.VM, deadline time.Time, exited <-chan struct{
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("not healthy: its health check did not pass in time: %w", err)
+			return vmm.NotReady(fmt.Errorf("not healthy: its health check did not pass in time: %w", err))
 		}
 		select {
 		case <-exited:

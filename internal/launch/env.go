@@ -38,7 +38,8 @@ type Env struct {
 	// NetNS, when set, runs the hypervisor in that network namespace (where
 	// the TAPs are).
 	NetNS string
-	// DNS servers given to guests (default 1.1.1.1, as the reference setup).
+	// DNS servers given to guests instead of their gateway (where the
+	// daemon's resolver answers: internal/resolver).
 	DNS []string
 	// Share is how the store reaches guests: "virtiofs", "9p", "block" (a
 	// read-only ext4 disk image), or "" (auto: the backend's first choice
@@ -52,6 +53,11 @@ type Env struct {
 	// (nil: root). Helpers that need root (virtiofsd, in its own sandbox)
 	// stay root.
 	VMMUser *vmmuser.User
+	// Self is the microvm binary; when set, each unprivileged hypervisor
+	// is confined by its `confine` command to a root of its own, in new
+	// mount and PID namespaces (internal/confine). "" leaves hypervisors
+	// unconfined.
+	Self string
 	// Identities decrypt the VMs' age-encrypted secrets.
 	Identities []secrets.Identity
 	// BzImage boots x86 kernels as the bzImage they are, never as their

@@ -3,10 +3,13 @@ package launch
 import (
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
 	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/confine"
 	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmm/backends"
@@ -98,5 +101,34 @@ func TestRotateConsole(t *testing.T) {
 	cur, _ := os.ReadFile(path)
 	if len(old) != 250 || string(cur) != "after\n" {
 		t.Errorf("old %d bytes, current %q", len(old), cur)
+	}
+}
+
+// A confined hypervisor's root holds its VM's run directory, console log,
+// volumes and files written for it writable (what the run directory holds
+// once), its kernel and store read-only, and the devices it opens; nothing
+// of another VM.
+func TestConfinedRoot(t *testing.T) {
+	lay := vmm.Layout{StateDir: "/srv/mv", RunDir: "/run/mv", VM: "a"}
+	l := lay.Launch(&config.VM{Name: "a", Volumes: []config.Volume{{Name: "data"}, {Name: "logs"}}}, vmm.Capabilities{ControlSocket: "qmp.sock"})
+	l.Kernel, l.Initrd, l.KVM, l.TAPFD = "/var/cache/k/vmlinux", lay.Initrd(), true, 3
+	l.Shares = []vmm.Share{{Tag: "store", Path: "/srv/mv/store/trees/x", Block: "/srv/mv/cache/store-blocks/x.ext4"}}
+	cmd := vmm.Command{Files: map[string][]byte{lay.Run() + "/config.json": nil, lay.Dir() + "/firecracker.log": nil}}
+	s := confined(lay, l, cmd)
+	want := confine.Spec{
+		Root:     "/run/mv/vms/a/root",
+		Writable: []string{"/run/mv/vms/a", "/srv/mv/vms/a/console.log", "/srv/mv/vms/a/data.img", "/srv/mv/vms/a/logs.img", "/srv/mv/vms/a/firecracker.log"},
+		ReadOnly: []string{"/var/cache/k/vmlinux", "/srv/mv/cache/store-blocks/x.ext4"},
+		Devices:  []string{"/dev/kvm"},
+	}
+	if !reflect.DeepEqual(*s, want) {
+		t.Errorf("confined root:\n got %+v\nwant %+v", *s, want)
+	}
+	// 9p: the store tree itself; a TAP opened by name: /dev/net/tun.
+	l.Shares, l.TAPFD, l.KVM, l.VHostNet = []vmm.Share{{Tag: "store", Path: "/srv/mv/store/trees/x"}}, 0, false, true
+	s = confined(lay, l, vmm.Command{SerialToStdout: true})
+	if !slices.Contains(s.ReadOnly, "/srv/mv/store/trees/x") || slices.Contains(s.Writable, l.ConsoleLog) ||
+		!reflect.DeepEqual(s.Devices, []string{"/dev/vhost-net", "/dev/net/tun"}) {
+		t.Errorf("9p, serial to stdout, TAP by name: %+v", *s)
 	}
 }

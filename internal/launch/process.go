@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"microvm.dev/microvm/internal/cgroup"
+	"microvm.dev/microvm/internal/confine"
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/state"
@@ -97,6 +98,10 @@ func (s *starter) checkBinaries(context.Context) error {
 		}
 	}
 	s.cmd.Path, s.cmd.Args = bin, append([]string{bin}, argv[1:]...)
+	if s.p.Resolved.Confined != nil {
+		// Born in its own namespaces: the hypervisor keeps this process.
+		confine.SysProcAttr(s.cmd.SysProcAttr)
+	}
 	return nil
 }
 

@@ -2,11 +2,13 @@ package launch
 
 import (
 	"fmt"
+	"maps"
 	"path/filepath"
 	"slices"
 	"strings"
 
 	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/confine"
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/storeimage"
@@ -39,6 +41,9 @@ type Resolved struct {
 	// User is who the hypervisor runs as (nil: root): the VM's own id
 	// when the hypervisors have a range of ids.
 	User *vmmuser.User
+	// Confined is the root of its own an unprivileged hypervisor is shut
+	// into (nil: none), in new mount and PID namespaces.
+	Confined *confine.Spec
 }
 
 // Command resolves how vm boots from the image the store has now: an image
@@ -118,10 +123,60 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 		}
 		cmd.Argv = append(user.Prefix(keep...), cmd.Argv...)
 	}
+	var jail *confine.Spec
+	if user != nil && env.Self != "" {
+		jail = confined(lay, l, cmd)
+		cmd.Argv = confine.Args(env.Self, *jail, cmd.Argv)
+	}
 	if env.NetNS != "" {
 		cmd.Argv = append([]string{"nsenter", "--net=" + env.NetNS, "--"}, cmd.Argv...)
 	}
-	return &Resolved{Backend: b, Kernel: kern, Share: share, Image: img, Launch: l, Command: cmd, User: user}, nil
+	return &Resolved{Backend: b, Kernel: kern, Share: share, Image: img, Launch: l, Command: cmd, User: user, Confined: jail}, nil
+}
+
+// confined is the root an unprivileged hypervisor is shut into: its VM's
+// run directory (sockets, initramfs), console log, volumes and the files
+// written for it (configuration, its own log) writable, its kernel and
+// store read-only, and the devices it opens; nothing of another VM.
+func confined(lay vmm.Layout, l vmm.Launch, cmd vmm.Command) *confine.Spec {
+	s := &confine.Spec{Root: filepath.Join(lay.Run(), "root"), Writable: []string{lay.Run()}}
+	inRun := func(p string) bool { return strings.HasPrefix(p, lay.Run()+"/") }
+	add := func(list *[]string, p string) {
+		if p != "" && !inRun(p) && !slices.Contains(*list, p) {
+			*list = append(*list, p)
+		}
+	}
+	if !cmd.SerialToStdout {
+		add(&s.Writable, l.ConsoleLog)
+	}
+	for _, d := range l.Disks {
+		add(&s.Writable, d.Path)
+	}
+	add(&s.ReadOnly, l.Kernel)
+	add(&s.ReadOnly, l.Initrd)
+	for _, sh := range l.Shares {
+		switch {
+		case sh.Block != "":
+			add(&s.ReadOnly, sh.Block)
+		case sh.VirtiofsSocket != "":
+			add(&s.Writable, sh.VirtiofsSocket)
+		default:
+			add(&s.ReadOnly, sh.Path)
+		}
+	}
+	for _, path := range slices.Sorted(maps.Keys(cmd.Files)) {
+		add(&s.Writable, path) // its configuration and its own log
+	}
+	if l.KVM {
+		s.Devices = append(s.Devices, "/dev/kvm")
+	}
+	if l.VHostNet {
+		s.Devices = append(s.Devices, "/dev/vhost-net")
+	}
+	if l.TAPFD == 0 {
+		s.Devices = append(s.Devices, "/dev/net/tun") // it opens its TAP by name
+	}
+	return s
 }
 
 // BootKernel is the kernel image backend b boots for kern: on x86_64, for

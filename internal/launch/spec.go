@@ -11,18 +11,20 @@ import (
 	"microvm.dev/microvm/internal/volume"
 )
 
-// defaultDNS is the resolver guests get when the host names none (as the
-// reference setup).
-var defaultDNS = []string{"1.1.1.1"}
-
 // guestSpec is what microvm-init is told about its VM: network, store,
 // volumes, SSH identities, secrets and the workload (or the image's init).
 // Volumes created by this launch are populated from the image (Docker's
 // named volume behaviour).
 func guestSpec(env Env, vm *config.VM, res *Resolved, volumes map[string]volume.Action, hostPEM []byte, authorized []string, secrets []guest.SecretFile) *guest.Spec {
+	// The VM's resolver is the daemon's DNS server on its gateway
+	// (internal/resolver) unless the host names others.
 	dns := env.DNS
 	if len(dns) == 0 {
-		dns = defaultDNS
+		dns = []string{vm.Net.Gateway.String()}
+	}
+	var search []string
+	if vm.Net.Domain != "" {
+		search = []string{vm.Net.Domain}
 	}
 	spec := &guest.Spec{
 		Name: vm.Name,
@@ -31,6 +33,7 @@ func guestSpec(env Env, vm *config.VM, res *Resolved, volumes map[string]volume.
 			Address: fmt.Sprintf("%s/%d", vm.Net.Address, vm.Net.Subnet.Bits()),
 			Gateway: vm.Net.Gateway.String(),
 			DNS:     dns,
+			Search:  search,
 		},
 		Store:   guest.ShareSpec{Tag: "store", FSType: "9p"},
 		SSH:     guest.SSHSpec{HostKey: string(hostPEM), AuthorizedKeys: authorized},

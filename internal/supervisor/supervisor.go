@@ -20,6 +20,7 @@ import (
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/steps"
+	"microvm.dev/microvm/internal/vmm"
 )
 
 // State is where a VM is in its life.
@@ -75,6 +76,9 @@ type vmProc struct {
 	steps    []steps.Timing
 	started  time.Time
 	bootNote string // how the last start brought the guest up
+	// stalled is why the supervisor stopped a boot that was not ready in
+	// time, for its watcher to take as the exit and apply the policy to.
+	stalled string
 }
 
 // Supervisor owns the VM processes of one state directory.
@@ -253,14 +257,23 @@ func (s *Supervisor) boot(ctx context.Context, name string, v *vmProc) error {
 	return s.awaitReady(name, v, r, gen)
 }
 
-// awaitReady waits for a started VM's ready line; a guest that fails or
-// never reports ready is stopped and left failed (not restarted: its
-// watcher is told to give up first).
+// awaitReady waits for a started VM's ready line. A guest that was not
+// ready in time (a stalled boot, a failing health check) is stopped and
+// restarted as its policy says, as if it had failed (systemd's start
+// timeout, a Kubernetes startup probe); a guest that said it failed, or
+// whose policy is no, is stopped and left failed (its watcher is told to
+// give up first). The error says why either way.
 func (s *Supervisor) awaitReady(name string, v *vmProc, r Process, gen int) error {
 	err := r.WaitReady(s.ReadyTimeout)
 	s.mu.Lock()
 	mine := v.gen == gen
 	switch {
+	case err != nil && mine && v.wanted && errors.Is(err, vmm.ErrNotReady) && v.spec.Supervision.Restart != config.RestartNo:
+		v.stalled = err.Error()
+		s.mu.Unlock()
+		s.log.Warn("VM not ready in time; stopping it to restart it", "vm", name, "err", err)
+		r.Stop(time.Duration(v.spec.Supervision.StopTimeout)) // its watcher restarts it
+		return fmt.Errorf("%s: %w", name, err)
 	case err == nil && mine && v.state == Starting:
 		v.state, v.boot = Running, time.Since(r.StartedAt())
 		// Under the lock: the record is not rewritten once the VM exited.
@@ -301,9 +314,13 @@ func (s *Supervisor) watch(name string, v *vmProc, r Process, gen int) {
 	rec.PID, rec.ProcStart = 0, 0
 	s.dir.WriteRunRecord(rec)
 	clean := v.noteExit(r.ExitErr())
+	stalled := v.stalled != ""
+	if stalled {
+		clean, v.lastExit, v.stalled = false, v.stalled, ""
+	}
 	now := time.Now()
 	tu := s.Tuning
-	if now.Sub(v.started) > tu.StableAfter {
+	if now.Sub(v.started) > tu.StableAfter && !stalled { // a boot that never got ready was not stable
 		v.exits = nil
 	}
 	v.exits = append(v.exits, now)
@@ -333,15 +350,15 @@ func (s *Supervisor) watch(name string, v *vmProc, r Process, gen int) {
 		delay = tu.MaxBackoff
 	}
 	v.state = Backoff
-	v.restarts++
 	s.mu.Unlock()
 	s.log.Warn("VM exited; restarting after backoff", "vm", name, "exit", v.lastExit, "backoff", delay)
 	time.Sleep(delay)
 	s.mu.Lock()
 	if v.gen != gen || !v.wanted || v.state != Backoff {
 		s.mu.Unlock()
-		return
+		return // stopped, or started anew (a rollback), meanwhile
 	}
+	v.restarts++ // counted when it happens
 	s.mu.Unlock()
 	s.boot(context.Background(), name, v)
 }

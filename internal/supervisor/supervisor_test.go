@@ -16,6 +16,7 @@ import (
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/steps"
+	"microvm.dev/microvm/internal/vmm"
 )
 
 // These tests run the supervisor against a fake launcher: no hypervisor
@@ -254,8 +255,9 @@ func TestBackoffThenCrashLoop(t *testing.T) {
 	}
 }
 
-// A guest that never reports ready fails its start, and its hypervisor
-// is stopped; a launch that fails leaves the VM failed with the reason.
+// A guest that says it failed fails its start, and its hypervisor is
+// stopped (not restarted: the same boot would fail again); a launch that
+// fails leaves the VM failed with the reason.
 func TestFailedStarts(t *testing.T) {
 	f := newFake(t)
 	f.onLaunch = func(_ context.Context, p *fakeProc, n int) error {
@@ -280,6 +282,43 @@ func TestFailedStarts(t *testing.T) {
 	time.Sleep(3 * fast.FirstBackoff)
 	if n := len(f.launches("a")); n != 2 {
 		t.Errorf("a failed start was retried by the policy: %d launches", n)
+	}
+}
+
+// A boot that stalls (not ready in time while its hypervisor runs on) is
+// stopped and restarted as the policy says, as systemd does with a start
+// timeout; with restart: no it is left failed.
+func TestStalledBootRestarts(t *testing.T) {
+	stall := vmm.NotReady(errors.New("the guest was not ready within 3m0s"))
+	for _, c := range []struct {
+		policy  string
+		restart bool
+	}{{config.RestartAlways, true}, {config.RestartOnFailure, true}, {config.RestartNo, false}} {
+		t.Run(c.policy, func(t *testing.T) {
+			f := newFake(t)
+			f.onLaunch = func(_ context.Context, p *fakeProc, n int) error {
+				if n == 1 {
+					p.ready = stall
+				}
+				return nil
+			}
+			s, _ := newSup(t, f)
+			err := s.Start(context.Background(), vm("a", c.policy))
+			if !errors.Is(err, vmm.ErrNotReady) || !f.launches("a")[0].stopped {
+				t.Fatalf("stalled start: %v, stopped %v", err, f.launches("a")[0].stopped)
+			}
+			if !c.restart {
+				time.Sleep(3 * fast.FirstBackoff)
+				if st, _ := s.Status("a"); st.State != Failed || len(f.launches("a")) != 1 || !strings.Contains(st.Failure, "not ready within") {
+					t.Errorf("restart: no: %+v after %d launches", st, len(f.launches("a")))
+				}
+				return
+			}
+			waitFor(t, "the restart", func() bool { return len(f.launches("a")) == 2 && state_(s, "a") == Running })
+			if st, _ := s.Status("a"); st.Restarts != 1 || !strings.Contains(st.LastExit, "not ready within") {
+				t.Errorf("after the restart: %+v", st)
+			}
+		})
 	}
 }
 

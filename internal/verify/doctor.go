@@ -45,10 +45,14 @@ func Doctor(env launch.Env, look LookPath) []Check {
 			if u == nil {
 				return Skip, "hypervisors run as root; fix: " + vmmuser.CreateCommand + " (they then run as it, without capabilities)"
 			}
-			if u.IDs == nil {
-				return Pass, fmt.Sprintf("hypervisors run as %s (uid %d) without capabilities, all as that one user; for one identity per VM: usermod --add-subuids 1879048192-1879113727 --add-subgids 1879048192-1879113727 %s", u.Name, u.UID, u.Name)
+			jail := ", each shut into a root of its own (its VM's files only) in new mount and PID namespaces"
+			if env.Self == "" {
+				jail = ", not confined (--vmm-confine off)"
 			}
-			return Pass, fmt.Sprintf("hypervisors run without capabilities, each VM's as its own uid from %s's range %d-%d", u.Name, u.IDs.UID+1, u.IDs.UID+u.IDs.Count-1)
+			if u.IDs == nil {
+				return Pass, fmt.Sprintf("hypervisors run as %s (uid %d) without capabilities%s, all as that one user; for one identity per VM: usermod --add-subuids 1879048192-1879113727 --add-subgids 1879048192-1879113727 %s", u.Name, u.UID, jail, u.Name)
+			}
+			return Pass, fmt.Sprintf("hypervisors run without capabilities%s, each VM's as its own uid from %s's range %d-%d", jail, u.Name, u.IDs.UID+1, u.IDs.UID+u.IDs.Count-1)
 		}},
 		{Name: "tun", Run: func() (Status, string) {
 			if err := access("/dev/net/tun"); err != nil {

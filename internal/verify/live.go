@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -167,6 +169,13 @@ func Live(f Fleet) []Check {
 			}
 			return hypervisorPrivileges(st.PID)
 		}})
+		checks = append(checks, Check{Name: name + " hypervisor confined", Run: func() (Status, string) {
+			st, ok := f.Status(name)
+			if !ok || st.PID == 0 {
+				return Fail, "not running"
+			}
+			return hypervisorConfined(st.PID)
+		}})
 		fact := func(check func(map[string]string) (Status, string)) func() (Status, string) {
 			return func() (Status, string) {
 				once.Do(gather)
@@ -215,6 +224,9 @@ func Live(f Fleet) []Check {
 				return Skip, "the host has no default gateway"
 			}
 			return reachable(m["ping_internet"], gateway+" (the host's default gateway, through NAT)")
+		})})
+		checks = append(checks, Check{Name: name + " DNS", Run: fact(func(m map[string]string) (Status, string) {
+			return vmNames(cfg, vm, m)
 		})})
 		checks = append(checks, Check{Name: name + " → cloud metadata", Run: fact(func(m map[string]string) (Status, string) {
 			if metadataAllowed(cfg, vm) {
@@ -277,6 +289,41 @@ func Live(f Fleet) []Check {
 		}})
 	}
 	return checks
+}
+
+// Unconfined lists what the process at proc (a /proc/PID directory) lacks
+// of a confined hypervisor's namespaces, against those of the process at
+// self: "its own mount namespace" (the root of its own) and "its own PID
+// namespace".
+func Unconfined(proc, self string) ([]string, error) {
+	var lacks []string
+	for _, ns := range []struct{ name, what string }{{"mnt", "its own mount namespace"}, {"pid", "its own PID namespace"}} {
+		theirs, err := os.Readlink(filepath.Join(proc, "ns", ns.name))
+		if err != nil {
+			return nil, err
+		}
+		ours, err := os.Readlink(filepath.Join(self, "ns", ns.name))
+		if err != nil {
+			return nil, err
+		}
+		if theirs == ours {
+			lacks = append(lacks, ns.what)
+		}
+	}
+	return lacks, nil
+}
+
+// hypervisorConfined checks that the hypervisor at pid is shut into a root
+// of its own in its own PID namespace (internal/confine).
+func hypervisorConfined(pid int) (Status, string) {
+	lacks, err := Unconfined(fmt.Sprintf("/proc/%d", pid), "/proc/self")
+	if err != nil {
+		return Fail, err.Error()
+	}
+	if len(lacks) > 0 {
+		return Skip, "not confined: it shares the host's " + strings.ReplaceAll(strings.Join(lacks, " and "), "its own ", "") + "; run hypervisors as the unprivileged --vmm-user with --vmm-confine auto (docs/security.md)"
+	}
+	return Pass, "a root of its own (its VM's files only) in its own mount and PID namespaces"
 }
 
 // identities checks that no two VMs' hypervisors run as the same uid (so
@@ -343,7 +390,7 @@ func hypervisorPrivileges(pid int) (Status, string) {
 		}
 	}
 	uid := strings.Fields(fields["Uid"])
-	ev := fmt.Sprintf("uid %s, CapEff %s, CapBnd %s, NoNewPrivs %s", strings.Join(uid, "/"), fields["CapEff"], fields["CapBnd"], fields["NoNewPrivs"])
+	ev := fmt.Sprintf("uid %s, CapEff %s, CapBnd %s, NoNewPrivs %s, Seccomp %s", strings.Join(uid, "/"), fields["CapEff"], fields["CapBnd"], fields["NoNewPrivs"], fields["Seccomp"])
 	if len(uid) == 4 && uid[0] == "0" {
 		return Skip, "runs as root (" + ev + "): create the microvm user, see docs/security.md"
 	}
@@ -375,6 +422,46 @@ func allowedPort(cfg *config.Config, from, to string) int {
 	return 0
 }
 
+// otherVM is the first VM of cfg that is not name, or nil.
+func otherVM(cfg *config.Config, name string) *config.VM {
+	for _, v := range cfg.VMs {
+		if v.Name != name {
+			return v
+		}
+	}
+	return nil
+}
+
+// vmNames checks what vm's probe resolved: its own <name>.<domain> to its
+// address, another VM's bare name (through the search domain) to that
+// VM's.
+func vmNames(cfg *config.Config, vm *config.VM, m map[string]string) (Status, string) {
+	if vm.Net.Domain == "" {
+		return Skip, "the VMs have no domain"
+	}
+	want := map[string]*config.VM{vm.Name: vm}
+	if o := otherVM(cfg, vm.Name); o != nil {
+		want[o.Name] = o
+	}
+	var ev, bad []string
+	for _, n := range slices.Sorted(maps.Keys(want)) {
+		got, addr := m["dns "+n], want[n].Net.Address.String()
+		host := n
+		if n == vm.Name {
+			host = n + "." + vm.Net.Domain
+		}
+		if got != addr {
+			bad = append(bad, fmt.Sprintf("%s resolves to %q, want %s", host, got, addr))
+			continue
+		}
+		ev = append(ev, host+" is "+addr)
+	}
+	if len(bad) > 0 {
+		return Fail, strings.Join(bad, "; ") + " (the resolver is the daemon's, on the gateway " + vm.Net.Gateway.String() + ":53)"
+	}
+	return Pass, strings.Join(ev, ", ")
+}
+
 // probe runs one shell script in vm over SSH and parses its key=value lines.
 func probe(f Fleet, vm *config.VM, gateway string) (map[string]string, error) {
 	c, err := vmssh.Dial(f.StateDir, vm.Name, vm.Net.Address.String(), f.NetNS, 10*time.Second)
@@ -392,6 +479,12 @@ func probe(f Fleet, vm *config.VM, gateway string) (map[string]string, error) {
 		argv = append(argv, "mount", "mount "+v.MountPoint+"="+v.MountPoint)
 	}
 	argv = append(argv, "tcp", "metadata="+net.JoinHostPort(metadataAddr, "80"))
+	if vm.Net.Domain != "" {
+		argv = append(argv, "dns", "dns "+vm.Name+"="+vm.Name+"."+vm.Net.Domain)
+		if other := otherVM(f.Config, vm.Name); other != nil {
+			argv = append(argv, "dns", "dns "+other.Name+"="+other.Name) // by its bare name: the search domain
+		}
+	}
 	for _, other := range f.Config.VMs {
 		if other.Name == vm.Name {
 			continue

@@ -177,3 +177,47 @@ func TestHypervisorPrivileges(t *testing.T) {
 		}
 	}
 }
+
+// Unconfined reads which namespaces a hypervisor shares with the caller
+// from its /proc entry (fake /proc entries here; the e2e test reads real
+// ones).
+func TestUnconfined(t *testing.T) {
+	proc := func(mnt, pid string) string {
+		d := t.TempDir()
+		os.Mkdir(filepath.Join(d, "ns"), 0o755)
+		os.Symlink("mnt:["+mnt+"]", filepath.Join(d, "ns", "mnt"))
+		os.Symlink("pid:["+pid+"]", filepath.Join(d, "ns", "pid"))
+		return d
+	}
+	self := proc("1", "1")
+	if lacks, err := Unconfined(proc("2", "3"), self); err != nil || len(lacks) != 0 {
+		t.Errorf("a confined hypervisor lacks %v (%v)", lacks, err)
+	}
+	lacks, err := Unconfined(proc("1", "1"), self)
+	if want := "its own mount namespace, its own PID namespace"; err != nil || strings.Join(lacks, ", ") != want {
+		t.Errorf("an unconfined hypervisor lacks %q (%v), want %q", strings.Join(lacks, ", "), err, want)
+	}
+	if lacks, _ := Unconfined(proc("2", "1"), self); strings.Join(lacks, ", ") != "its own PID namespace" {
+		t.Errorf("a mount namespace only: lacks %v", lacks)
+	}
+	if _, err := Unconfined(filepath.Join(t.TempDir(), "gone"), self); err == nil {
+		t.Error("a process that is gone: no error")
+	}
+}
+
+// A VM's DNS check passes when its own full name and another VM's bare
+// name resolve to their addresses in the guest, and names what is wrong.
+func TestVMNames(t *testing.T) {
+	cfg, err := config.Parse("t.yaml", []byte("vms: { a: { index: 1 }, b: { index: 2 } }"), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := cfg.VM("a")
+	if st, ev := vmNames(cfg, a, map[string]string{"dns a": "10.1.0.2", "dns b": "10.2.0.2"}); st != Pass || ev != "a.microvm.internal is 10.1.0.2, b is 10.2.0.2" {
+		t.Errorf("resolved: %s %q", st, ev)
+	}
+	st, ev := vmNames(cfg, a, map[string]string{"dns a": "10.1.0.2", "dns b": "failed: lookup b: server misbehaving"})
+	if st != Fail || !strings.Contains(ev, `b resolves to "failed: lookup b: server misbehaving", want 10.2.0.2`) || !strings.Contains(ev, "10.1.0.1:53") {
+		t.Errorf("failed: %s %q", st, ev)
+	}
+}

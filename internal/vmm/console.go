@@ -2,12 +2,28 @@ package vmm
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 	"time"
 )
+
+// ErrNotReady is in the chain of an error that says a guest did not
+// become ready in time while its hypervisor ran on (a boot that stalled, a
+// health check that kept failing), as opposed to a guest that said it
+// failed or a hypervisor that exited: a supervisor may retry the first.
+var ErrNotReady = errors.New("not ready in time")
+
+// NotReady marks err as a readiness timeout (errors.Is(…, ErrNotReady));
+// its message stays err's.
+func NotReady(err error) error { return notReady{err} }
+
+type notReady struct{ error }
+
+func (e notReady) Is(target error) bool { return target == ErrNotReady }
+func (e notReady) Unwrap() error        { return e.error }
 
 // ReadyResult is what the guest reported when it became ready.
 type ReadyResult struct {
@@ -90,7 +106,7 @@ func WaitConsole(path string, offset int64, readyPrefix, failPrefix string, time
 		default:
 		}
 		if time.Now().After(deadline) {
-			return ReadyResult{}, fmt.Errorf("the guest was not ready within %s; last console lines:\n  %s", timeout, strings.Join(tail, "\n  "))
+			return ReadyResult{}, NotReady(fmt.Errorf("the guest was not ready within %s; last console lines:\n  %s", timeout, strings.Join(tail, "\n  ")))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -1,0 +1,122 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"microvm.dev/microvm/internal/testutil"
+)
+
+// upstreamDNS is Debian's dnsmasq in an "internet" namespace joined to the
+// lab's host namespace (198.51.100.0/24): the resolver the VMs' DNS
+// forwards to (host.dns), answering ext.example.test and NXDOMAIN for the
+// rest of example.test.
+type upstreamDNS struct {
+	ns  *testutil.Netns
+	cmd *exec.Cmd
+}
+
+func startUpstreamDNS(t *testing.T, host *testutil.Netns) *upstreamDNS {
+	t.Helper()
+	bin := testutil.RequireCommand(t, "dnsmasq")
+	u := &upstreamDNS{ns: testutil.NewNetns(t, "dnsup")}
+	testutil.Veth(t, host, "up0", u.ns, "wan0")
+	host.IP(t, "addr", "add", "198.51.100.1/24", "dev", "up0")
+	host.IP(t, "link", "set", "up0", "up")
+	u.ns.IP(t, "addr", "add", "198.51.100.2/24", "dev", "wan0")
+	u.ns.IP(t, "link", "set", "wan0", "up")
+	u.cmd = exec.Command("ip", "netns", "exec", u.ns.Name, bin, "--keep-in-foreground", "--no-resolv", "--no-hosts",
+		"--conf-file=/dev/null", "--listen-address=198.51.100.2", "--bind-interfaces", "--user=root",
+		"--pid-file="+filepath.Join(t.TempDir(), "pid"), "--local=/example.test/",
+		"--host-record=ext.example.test,192.0.2.7", "--local-ttl=60")
+	u.cmd.Stderr = os.Stderr
+	if err := u.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(u.stop)
+	return u
+}
+
+func (u *upstreamDNS) stop() {
+	if u.cmd != nil && u.cmd.Process != nil {
+		u.cmd.Process.Kill()
+		u.cmd.Wait()
+		u.cmd = nil
+	}
+}
+
+// The VMs' DNS, from inside real guests: the resolver is the gateway
+// (resolv.conf, with the VMs' domain to search); a VM's own name, another
+// VM's bare name and an external name (the upstream's) resolve; with the
+// upstream stopped, a new external name fails at once (SERVFAIL, not a
+// timeout) while the VMs' names still resolve; verify says so per VM.
+func TestVMDNS(t *testing.T) {
+	requireGuestEnv(t)
+	l := newDaemonLab(t, "dns")
+	up := startUpstreamDNS(t, l.ns)
+	file := l.writeFile(`host: { dns: [198.51.100.2] }
+network: { domain: lab.test }
+defaults: { memory: 256M, stopTimeout: 20s }
+vms:
+  a: { index: 1 }
+  b: { index: 2 }
+`)
+	l.startDaemon(file)
+	l.waitFor("a and b running", 4*time.Minute, allRunning("a", "b"))
+
+	if out, err := l.cli("exec", "a", "--", "cat", "/etc/resolv.conf"); err != nil || out != "nameserver 10.1.0.1\nsearch lab.test\n" {
+		t.Errorf("a's resolv.conf: %v %q", err, out)
+	}
+	lookup := func(vm string, names ...string) map[string]string {
+		t.Helper()
+		argv := []string{"exec", vm, "--", "/run/microvm/init", "probe"}
+		for _, n := range names {
+			argv = append(argv, "dns", n+"="+n)
+		}
+		out, err := l.cli(argv...)
+		if err != nil {
+			t.Fatalf("probe in %s: %v\n%s", vm, err, out)
+		}
+		got := map[string]string{}
+		for _, line := range strings.Split(out, "\n") {
+			if k, v, ok := strings.Cut(line, "="); ok {
+				got[k] = v
+			}
+		}
+		return got
+	}
+	got := lookup("a", "a.lab.test", "b", "B.Lab.Test", "ext.example.test", "nope.example.test")
+	for name, want := range map[string]string{"a.lab.test": "10.1.0.2", "b": "10.2.0.2", "B.Lab.Test": "10.2.0.2", "ext.example.test": "192.0.2.7"} {
+		if got[name] != want {
+			t.Errorf("in a, %s resolves to %q, want %s", name, got[name], want)
+		}
+	}
+	for _, name := range []string{"nope.example.test"} {
+		if !strings.Contains(got[name], "no such host") {
+			t.Errorf("in a, %s: %q, want no such host", name, got[name])
+		}
+	}
+
+	up.stop()
+	start := time.Now()
+	got = lookup("b", "gone.example.test", "a")
+	took := time.Since(start)
+	if g := got["gone.example.test"]; !strings.HasPrefix(g, "failed:") || strings.Contains(g, "timeout") {
+		t.Errorf("with the upstream down, gone.example.test: %q, want a failure that is not a timeout", g)
+	}
+	if got["a"] != "10.1.0.2" {
+		t.Errorf("with the upstream down, a: %q", got["a"])
+	}
+	t.Logf("with the upstream down, a lookup failed after %s (exec over SSH included): %s", took.Round(time.Millisecond), got["gone.example.test"])
+
+	out, _ := l.cli("verify", "-f", file)
+	for _, want := range []string{"a.lab.test is 10.1.0.2, b is 10.2.0.2", "a is 10.1.0.2, b.lab.test is 10.2.0.2"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("verify lacks %q:\n%s", want, out)
+		}
+	}
+}
