@@ -1,9 +1,6 @@
 package e2e
 
 import (
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,42 +8,20 @@ import (
 	"microvm.dev/microvm/internal/testutil"
 )
 
-// upstreamDNS is Debian's dnsmasq in an "internet" namespace joined to the
-// lab's host namespace (198.51.100.0/24): the resolver the VMs' DNS
-// forwards to (host.dns), answering ext.example.test and NXDOMAIN for the
-// rest of example.test.
-type upstreamDNS struct {
-	ns  *testutil.Netns
-	cmd *exec.Cmd
-}
-
-func startUpstreamDNS(t *testing.T, host *testutil.Netns) *upstreamDNS {
+// startUpstreamDNS starts Debian's dnsmasq in an "internet" namespace
+// joined to the lab's host namespace (198.51.100.0/24): the resolver the
+// VMs' DNS forwards to (host.dns), answering ext.example.test and NXDOMAIN
+// for the rest of example.test. The function returned stops it.
+func startUpstreamDNS(t *testing.T, host *testutil.Netns) (stop func()) {
 	t.Helper()
-	bin := testutil.RequireCommand(t, "dnsmasq")
-	u := &upstreamDNS{ns: testutil.NewNetns(t, "dnsup")}
-	testutil.Veth(t, host, "up0", u.ns, "wan0")
+	ns := testutil.NewNetns(t, "dnsup")
+	testutil.Veth(t, host, "up0", ns, "wan0")
 	host.IP(t, "addr", "add", "198.51.100.1/24", "dev", "up0")
 	host.IP(t, "link", "set", "up0", "up")
-	u.ns.IP(t, "addr", "add", "198.51.100.2/24", "dev", "wan0")
-	u.ns.IP(t, "link", "set", "wan0", "up")
-	u.cmd = exec.Command("ip", "netns", "exec", u.ns.Name, bin, "--keep-in-foreground", "--no-resolv", "--no-hosts",
-		"--conf-file=/dev/null", "--listen-address=198.51.100.2", "--bind-interfaces", "--user=root",
-		"--pid-file="+filepath.Join(t.TempDir(), "pid"), "--local=/example.test/",
+	ns.IP(t, "addr", "add", "198.51.100.2/24", "dev", "wan0")
+	ns.IP(t, "link", "set", "wan0", "up")
+	return testutil.DNSMasq(t, ns, "--listen-address=198.51.100.2", "--local=/example.test/",
 		"--host-record=ext.example.test,192.0.2.7", "--local-ttl=60")
-	u.cmd.Stderr = os.Stderr
-	if err := u.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(u.stop)
-	return u
-}
-
-func (u *upstreamDNS) stop() {
-	if u.cmd != nil && u.cmd.Process != nil {
-		u.cmd.Process.Kill()
-		u.cmd.Wait()
-		u.cmd = nil
-	}
 }
 
 // The VMs' DNS, from inside real guests: the resolver is the gateway
@@ -57,7 +32,7 @@ func (u *upstreamDNS) stop() {
 func TestVMDNS(t *testing.T) {
 	requireGuestEnv(t)
 	l := newDaemonLab(t, "dns")
-	up := startUpstreamDNS(t, l.ns)
+	stopUpstream := startUpstreamDNS(t, l.ns)
 	file := l.writeFile(`host: { dns: [198.51.100.2] }
 network: { domain: lab.test }
 defaults: { memory: 256M, stopTimeout: 20s }
@@ -101,7 +76,7 @@ vms:
 		}
 	}
 
-	up.stop()
+	stopUpstream()
 	start := time.Now()
 	got = lookup("b", "gone.example.test", "a")
 	took := time.Since(start)

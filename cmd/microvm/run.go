@@ -185,6 +185,7 @@ func (a *app) run(name string, o runOptions) error {
 	if err != nil {
 		return err
 	}
+	m.OwnTAPs(env.TAPOwners)
 	res, err := m.Apply(cfg)
 	m.Close()
 	if err != nil {

@@ -75,6 +75,7 @@ func NewWithLauncher(env launch.Env, l supervisor.Launcher, log *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
+	m.OwnTAPs(env.TAPOwners)
 	sup := supervisor.New(l, state.Dir{Root: env.StateDir}, log.With("component", "supervisor"))
 	d := &Daemon{env: env, log: log.With("component", "daemon"), sup: sup, net: m, boots: make(chan struct{}, max(2, runtime.NumCPU()))}
 	if _, err := d.sup.Adopt(); err != nil {

@@ -45,11 +45,17 @@ func LinksFor(cfg *config.Config) []VMLink {
 	return out
 }
 
+// Owner is who owns a TAP: its hypervisor's uid and gid.
+type Owner struct{ UID, GID uint32 }
+
 // Options tune the reconcile.
 type Options struct {
 	// TAPOwner and TAPGroup own the TAPs, so a hypervisor running as that
 	// user can open them without privileges (0 = root).
 	TAPOwner, TAPGroup uint32
+	// TAPOwners own the TAPs of the VMs named instead: hypervisors that
+	// open their TAP by name and run as an id of their own.
+	TAPOwners map[string]Owner
 	// BeforeChanges, if set, runs after the conflict check passed and before
 	// any interface is changed (the firewall goes there, so isolation holds
 	// before a VM link comes up). Its error stops the reconcile.
@@ -235,20 +241,24 @@ func (h *Host) ensureVM(o *observed, w VMLink, opts Options, record func(op, tar
 	if err := h.ensureAddr(o, br, w.Gateway, record); err != nil {
 		return err
 	}
+	owner := Owner{opts.TAPOwner, opts.TAPGroup}
+	if own, ok := opts.TAPOwners[w.VM]; ok {
+		owner = own
+	}
 	tap, err := h.ensureLink(o, w.TAP, "tuntap", alias, func() netlink.Link {
 		return &netlink.Tuntap{
 			LinkAttrs: netlink.LinkAttrs{Name: w.TAP},
 			Mode:      netlink.TUNTAP_MODE_TAP,
 			Flags:     netlink.TUNTAP_DEFAULTS | netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR,
-			Owner:     opts.TAPOwner,
-			Group:     opts.TAPGroup,
+			Owner:     owner.UID,
+			Group:     owner.GID,
 		}
 	}, func(l netlink.Link) bool {
 		// A TAP owned by someone else than the hypervisor's user is made
 		// again, but only while no hypervisor holds it (no carrier): a
 		// running VM keeps its network until it restarts.
 		t, ok := l.(*netlink.Tuntap)
-		return ok && (t.Owner != opts.TAPOwner || t.Group != opts.TAPGroup) && l.Attrs().RawFlags&unix.IFF_LOWER_UP == 0
+		return ok && (t.Owner != owner.UID || t.Group != owner.GID) && l.Attrs().RawFlags&unix.IFF_LOWER_UP == 0
 	}, record)
 	if err != nil {
 		return err

@@ -16,9 +16,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"microvm.dev/microvm/internal/cgroup"
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/secrets"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmm/backends"
 	"microvm.dev/microvm/internal/vmmuser"
 )
 
@@ -82,15 +85,42 @@ func (e Env) TAPOwner() uint32 {
 	return e.VMMUser.UID
 }
 
+// TAPOwners are the owners of the TAPs of cfg's VMs whose hypervisor
+// opens its TAP by name (cloud-hypervisor, Firecracker) and runs as an id
+// of its own: that id, given to the VM now when it has none yet (the
+// network is applied before the VM starts). The network gives every other
+// TAP to the hypervisors' user (TAPOwner).
+func (e Env) TAPOwners(cfg *config.Config) (map[string]hostnet.Owner, error) {
+	out := map[string]hostnet.Owner{}
+	if e.VMMUser == nil || e.VMMUser.IDs == nil {
+		return out, nil
+	}
+	for _, vm := range cfg.VMs {
+		b, err := backends.Get(vm.Hypervisor)
+		if err != nil {
+			return nil, fmt.Errorf("vms.%s: %w", vm.Name, err)
+		}
+		if b.Capabilities().TAPFromFD {
+			continue // opened by root and handed over
+		}
+		u, err := e.vmmUser(vm.Name, true)
+		if err != nil {
+			return nil, err
+		}
+		out[vm.Name] = hostnet.Owner{UID: u.UID, GID: u.GID}
+	}
+	return out, nil
+}
+
 // vmmUser is the identity vm's hypervisor runs as: an id of its own from
-// the hypervisors' range when there is one and the backend takes its TAP
-// as a descriptor (a TAP opened by name must belong to the one user the
-// network gives TAPs to), else the hypervisors' user (nil: root). With
-// allocate, a VM without an id is given one (recorded in its directory);
-// without, the id it would get is shown and nothing is written.
-func (e Env) vmmUser(vm string, caps vmm.Capabilities, allocate bool) (*vmmuser.User, error) {
+// the hypervisors' range when there is one (a hypervisor that opens its
+// TAP by name is given the TAP: TAPOwners), else the hypervisors' user
+// (nil: root). With allocate, a VM without an id is given one (recorded in
+// its directory); without, the id it would get is shown and nothing is
+// written.
+func (e Env) vmmUser(vm string, allocate bool) (*vmmuser.User, error) {
 	u := e.VMMUser
-	if u == nil || u.IDs == nil || !caps.TAPFromFD {
+	if u == nil || u.IDs == nil {
 		return u, nil
 	}
 	vmsDir := filepath.Dir(state.Dir{Root: e.StateDir}.VMDir(vm))

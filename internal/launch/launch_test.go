@@ -10,9 +10,11 @@ import (
 
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/confine"
+	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmm/backends"
+	"microvm.dev/microvm/internal/vmmuser"
 )
 
 func TestShareKind(t *testing.T) {
@@ -130,5 +132,37 @@ func TestConfinedRoot(t *testing.T) {
 	if !slices.Contains(s.ReadOnly, "/srv/mv/store/trees/x") || slices.Contains(s.Writable, l.ConsoleLog) ||
 		!reflect.DeepEqual(s.Devices, []string{"/dev/vhost-net", "/dev/net/tun"}) {
 		t.Errorf("9p, serial to stdout, TAP by name: %+v", *s)
+	}
+}
+
+// With a range of ids, a hypervisor that opens its TAP by name
+// (cloud-hypervisor, Firecracker) is given an id of its own at the
+// network's apply, and its TAP is that id's; QEMU's TAP (opened by root
+// and handed over) stays the shared user's.
+func TestTAPOwners(t *testing.T) {
+	state := t.TempDir()
+	u := &vmmuser.User{Name: "microvm", UID: 999, GID: 998, IDs: &vmmuser.Range{UID: 1879048192, GID: 1879048192, Count: 65536}}
+	cfg, err := config.Parse("t.yaml", []byte("vms: { a: { index: 1, hypervisor: cloud-hypervisor }, b: { index: 2 }, c: { index: 3, hypervisor: firecracker } }"), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := Env{StateDir: state, VMMUser: u}
+	got, err := env.TAPOwners(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]hostnet.Owner{"a": {UID: 1879048193, GID: 1879048193}, "c": {UID: 1879048194, GID: 1879048194}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("TAPOwners = %v, want %v", got, want)
+	}
+	// The VM keeps its id: the launch resolves the same one.
+	if ru, err := env.vmmUser("a", false); err != nil || ru.UID != 1879048193 || ru.GID != 1879048193 {
+		t.Errorf("a's hypervisor runs as %+v (%v)", ru, err)
+	}
+	if got, _ := env.TAPOwners(cfg); !reflect.DeepEqual(got, want) {
+		t.Errorf("a second apply: %v", got)
+	}
+	if got, _ := (Env{StateDir: state, VMMUser: &vmmuser.User{Name: "microvm", UID: 999}}).TAPOwners(cfg); len(got) != 0 {
+		t.Errorf("without a range: %v", got)
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/storeimage"
 	"microvm.dev/microvm/internal/vmm"
-	"microvm.dev/microvm/internal/vmm/backends"
 	"microvm.dev/microvm/internal/volume"
 )
 
@@ -109,11 +108,7 @@ func (pr *preparer) fail(err error) error { return fmt.Errorf("vms.%s: %w", pr.p
 // identity gives the VM's hypervisor its own id when the hypervisors have
 // a range (recorded in the VM's directory, so it keeps it).
 func (pr *preparer) identity(context.Context) error {
-	b, err := backends.Get(pr.p.VM.Hypervisor)
-	if err != nil {
-		return pr.fail(err)
-	}
-	_, err = pr.p.env.vmmUser(pr.p.VM.Name, b.Capabilities(), true)
+	_, err := pr.p.env.vmmUser(pr.p.VM.Name, true)
 	return err
 }
 

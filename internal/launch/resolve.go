@@ -75,7 +75,7 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 	}
 	lay := env.Layout(vm.Name)
 	caps := b.Capabilities()
-	user, err := env.vmmUser(vm.Name, caps, false)
+	user, err := env.vmmUser(vm.Name, false)
 	if err != nil {
 		return nil, err
 	}

@@ -35,7 +35,14 @@ type Manager struct {
 	host *hostnet.Host
 	fw   *firewall.Applier
 	opts hostnet.Options
+	// tapOwners, when set, gives VMs' TAPs owners of their own (OwnTAPs).
+	tapOwners func(*config.Config) (map[string]hostnet.Owner, error)
 }
+
+// OwnTAPs makes f decide, at every apply, which VMs' TAPs have an owner
+// of their own (hostnet.Options.TAPOwners): hypervisors that open their
+// TAP by name and run as an id of their own (launch.Env.TAPOwners).
+func (m *Manager) OwnTAPs(f func(*config.Config) (map[string]hostnet.Owner, error)) { m.tapOwners = f }
 
 // New returns a Manager for the namespace at nsPath ("" for the process's own).
 func New(nsPath string, opts hostnet.Options) (*Manager, error) {
@@ -76,6 +83,11 @@ func (m *Manager) Apply(cfg *config.Config) (*Result, error) {
 	// changes, so a refused apply changes nothing and isolation holds before
 	// a VM link comes up.
 	opts := m.opts
+	if m.tapOwners != nil {
+		if opts.TAPOwners, err = m.tapOwners(cfg); err != nil {
+			return nil, err
+		}
+	}
 	opts.BeforeChanges = func() error {
 		var err error
 		if res.Firewall, err = m.fw.Apply(rs); err != nil {

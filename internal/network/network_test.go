@@ -2,6 +2,7 @@ package network
 
 import (
 	"errors"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -388,4 +389,37 @@ network:
 	}
 	testutil.Report(t, testutil.FaultResult{Fault: "VMs reaching for the cloud metadata service (169.254.169.254) and a denied LAN", Trials: 9,
 		Result: "dropped by the egress policy (the host still reaches it); one VM's allow opens exactly its port; egress: none leaves the gateway only"})
+}
+
+// A VM whose hypervisor opens its TAP by name under an id of its own gets
+// a TAP owned by that id (OwnTAPs); the others keep the shared owner; a
+// changed owner makes an unused TAP again.
+func TestTAPOwners(t *testing.T) {
+	l := newLab(t, labConfig)
+	owners := map[string]hostnet.Owner{"vm2": {UID: 1879048195, GID: 1879048195}}
+	l.m.OwnTAPs(func(*config.Config) (map[string]hostnet.Owner, error) { return owners, nil })
+	if _, err := l.m.Apply(l.cfg); err != nil {
+		t.Fatal(err)
+	}
+	owner := func(tap string) string {
+		out, err := l.host.Exec("cat", "/sys/class/net/"+tap+"/owner", "/sys/class/net/"+tap+"/group")
+		if err != nil {
+			t.Fatalf("%s: %v %s", tap, err, out)
+		}
+		return strings.Join(strings.Fields(out), ":")
+	}
+	if got := owner("vm-vm2"); got != "1879048195:1879048195" {
+		t.Errorf("vm2's TAP is owned by %s", got)
+	}
+	if got := owner("vm-vm1"); got != "0:0" {
+		t.Errorf("vm1's TAP is owned by %s, want the shared owner (root here)", got)
+	}
+	owners["vm2"] = hostnet.Owner{UID: 1879048196, GID: 1879048196}
+	res, err := l.m.Apply(l.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := owner("vm-vm2"); got != "1879048196:1879048196" || !strings.Contains(fmt.Sprint(res.Links), "vm-vm2") {
+		t.Errorf("after the owner changed: %s (links %v)", got, res.Links)
+	}
 }

@@ -54,6 +54,9 @@ type Server struct {
 	host  *hostnet.Host
 	cache *cache
 
+	poolMu sync.Mutex
+	pool   map[string][]*dns.Conn // idle UDP sockets by upstream
+
 	mu        sync.RWMutex
 	names     map[string][]netip.Addr // lower-case FQDN: addresses
 	reverse   map[string]string       // reverse FQDN: the VM's FQDN
@@ -80,7 +83,7 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("resolver: %w", err)
 	}
-	return &Server{opts: opts, host: h, cache: newCache(4096), names: map[string][]netip.Addr{},
+	return &Server{opts: opts, host: h, cache: newCache(4096), pool: map[string][]*dns.Conn{}, names: map[string][]netip.Addr{},
 		reverse: map[string]string{}, listeners: map[netip.Addr]*listener{}}, nil
 }
 
@@ -143,6 +146,14 @@ func (s *Server) Close() {
 	for _, l := range ls {
 		l.shutdown()
 	}
+	s.poolMu.Lock()
+	for _, list := range s.pool {
+		for _, c := range list {
+			c.Close()
+		}
+	}
+	s.pool = map[string][]*dns.Conn{}
+	s.poolMu.Unlock()
 	s.host.Close()
 }
 
@@ -220,11 +231,21 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		w.WriteMsg(m)
 		return
 	}
-	if m := s.local(r); m != nil {
-		w.WriteMsg(m)
-		return
+	network := w.RemoteAddr().Network()
+	m := s.local(r)
+	if m == nil {
+		m = s.forward(r, network)
 	}
-	w.WriteMsg(s.forward(r, w.RemoteAddr().Network()))
+	if network == "udp" {
+		// What the guest can take over UDP (512 bytes, or its EDNS size):
+		// a longer answer is cut and marked truncated, so it asks over TCP.
+		size := dns.MinMsgSize
+		if o := r.IsEdns0(); o != nil {
+			size = max(size, int(o.UDPSize()))
+		}
+		m.Truncate(size)
+	}
+	w.WriteMsg(m)
 }
 
 // local answers r from the zone, or returns nil for a name outside it.
@@ -279,7 +300,8 @@ func (s *Server) soa() dns.RR {
 }
 
 // forward answers r from the cache or the upstreams, in order, within the
-// timeout in all; SERVFAIL when none answers. A truncated UDP answer is
+// timeout in all (each upstream its share of what is left); SERVFAIL when
+// none answers. A truncated UDP answer is
 // asked again over TCP; a guest asking over TCP is forwarded over TCP.
 func (s *Server) forward(r *dns.Msg, network string) *dns.Msg {
 	key := cacheKey(r)
@@ -290,9 +312,12 @@ func (s *Server) forward(r *dns.Msg, network string) *dns.Msg {
 	deadline := time.Now().Add(s.opts.Timeout)
 	q := r.Copy()
 	q.RecursionDesired = true
-	for _, up := range s.opts.Upstreams {
+	for i, up := range s.opts.Upstreams {
+		// An upstream that does not answer leaves the next ones their share.
+		share := time.Until(deadline) / time.Duration(len(s.opts.Upstreams)-i)
+		end := time.Now().Add(share)
 		for _, proto := range protos(network) {
-			left := time.Until(deadline)
+			left := time.Until(end)
 			if left <= 0 {
 				break
 			}
@@ -326,20 +351,56 @@ func protos(network string) []string {
 }
 
 // exchange asks upstream once over proto, the socket made in the server's
-// namespace.
+// namespace. UDP sockets are kept for the next question (a few per
+// upstream); one that failed is closed.
 func (s *Server) exchange(q *dns.Msg, upstream, proto string, timeout time.Duration) (*dns.Msg, error) {
-	var c net.Conn
-	err := s.host.Do(func() error {
-		var err error
-		c, err = net.DialTimeout(proto, upstream, timeout)
-		return err
-	})
-	if err != nil {
-		return nil, err
+	conn := s.idle(upstream, proto)
+	if conn == nil {
+		var c net.Conn
+		err := s.host.Do(func() error {
+			var err error
+			c, err = net.DialTimeout(proto, upstream, timeout)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		conn = &dns.Conn{Conn: c}
 	}
-	conn := &dns.Conn{Conn: c}
-	defer conn.Close()
 	client := &dns.Client{Net: proto, Timeout: timeout}
 	resp, _, err := client.ExchangeWithConn(q, conn)
+	if err != nil || proto != "udp" || !s.keep(upstream, conn) {
+		conn.Close()
+	}
 	return resp, err
+}
+
+// idleConns is how many UDP sockets per upstream are kept.
+const idleConns = 8
+
+// idle returns a kept UDP socket to upstream, or nil.
+func (s *Server) idle(upstream, proto string) *dns.Conn {
+	if proto != "udp" {
+		return nil
+	}
+	s.poolMu.Lock()
+	defer s.poolMu.Unlock()
+	list := s.pool[upstream]
+	if len(list) == 0 {
+		return nil
+	}
+	c := list[len(list)-1]
+	s.pool[upstream] = list[:len(list)-1]
+	return c
+}
+
+// keep keeps c for the next question to upstream, unless enough are kept.
+func (s *Server) keep(upstream string, c *dns.Conn) bool {
+	s.poolMu.Lock()
+	defer s.poolMu.Unlock()
+	if len(s.pool[upstream]) >= idleConns {
+		return false
+	}
+	s.pool[upstream] = append(s.pool[upstream], c)
+	return true
 }

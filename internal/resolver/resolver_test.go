@@ -4,7 +4,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,8 +18,8 @@ import (
 // Debian's dnsmasq as the upstream on 127.0.0.1:5354, answering
 // ext.example.test and NXDOMAIN for the rest of example.test.
 type lab struct {
-	ns      *testutil.Netns
-	dnsmasq *exec.Cmd
+	ns           *testutil.Netns
+	stopUpstream func()
 }
 
 func newLab(t *testing.T) *lab {
@@ -30,37 +29,17 @@ func newLab(t *testing.T) *lab {
 	ns.IP(t, "addr", "add", "10.8.0.1/24", "dev", "gw0")
 	ns.IP(t, "link", "set", "gw0", "up")
 	l := &lab{ns: ns}
-	l.startUpstream(t)
-	return l
-}
-
-func (l *lab) startUpstream(t *testing.T) {
-	bin := testutil.RequireCommand(t, "dnsmasq")
-	cmd := exec.Command("ip", "netns", "exec", l.ns.Name, bin, "--keep-in-foreground", "--no-resolv", "--no-hosts",
-		"--conf-file=/dev/null", "--listen-address=127.0.0.1", "--bind-interfaces", "--port=5354", "--user=root",
-		"--pid-file="+filepath.Join(t.TempDir(), "pid"), "--local=/example.test/", "--host-record=ext.example.test,192.0.2.7", "--local-ttl=60")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	l.dnsmasq = cmd
-	t.Cleanup(l.stopUpstream)
+	l.stopUpstream = testutil.DNSMasq(t, ns, "--listen-address=127.0.0.1", "--port=5354", "--local=/example.test/",
+		"--host-record=ext.example.test,192.0.2.7", "--local-ttl=60")
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		if _, err := l.query(t, "127.0.0.1:5354", "udp", "ext.example.test.", dns.TypeA); err == nil {
-			return
+			return l
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatal("dnsmasq does not answer")
-}
-
-func (l *lab) stopUpstream() {
-	if l.dnsmasq != nil && l.dnsmasq.Process != nil {
-		l.dnsmasq.Process.Kill()
-		l.dnsmasq.Wait()
-		l.dnsmasq = nil
-	}
+	return nil
 }
 
 // query asks server (in the namespace) one question.
@@ -206,5 +185,47 @@ func TestUpstreams(t *testing.T) {
 		if _, err := Upstream(bad); err == nil {
 			t.Errorf("Upstream(%q): no error", bad)
 		}
+	}
+}
+
+// An upstream that does not answer (no host behind its address) leaves
+// the next one its share of the time: the answer comes from the second.
+func TestDeadUpstreamFirst(t *testing.T) {
+	l := newLab(t)
+	s, err := New(Options{Domain: "microvm.internal", Upstreams: []string{"10.9.0.99:53", "127.0.0.1:5354"}, NetNS: l.ns.Path, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	if err := s.Update(nil, []netip.Addr{netip.MustParseAddr("10.9.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	m, err := l.query(t, "10.9.0.1:53", "udp", "ext.example.test.", dns.TypeA)
+	if err != nil || answers(m) != "192.0.2.7" {
+		t.Fatalf("with the first upstream dead: %v %v", m, err)
+	}
+	t.Logf("answered by the second upstream after %s", time.Since(start).Round(time.Millisecond))
+}
+
+// An answer too long for UDP is cut and marked truncated for the guest,
+// which then asks over TCP and gets it whole.
+func TestTruncatedForUDP(t *testing.T) {
+	l := newLab(t)
+	s := l.server(t, time.Second)
+	var addrs []netip.Addr
+	for i := range 60 {
+		addrs = append(addrs, netip.AddrFrom4([4]byte{10, 9, 1, byte(i)}))
+	}
+	s.Update(map[string][]netip.Addr{"many": addrs}, []netip.Addr{netip.MustParseAddr("10.9.0.1")})
+	m, err := l.query(t, "10.9.0.1:53", "udp", "many.microvm.internal.", dns.TypeA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.Truncated || len(m.Answer) >= 60 {
+		t.Errorf("over UDP: truncated %v, %d answers", m.Truncated, len(m.Answer))
+	}
+	if m, err = l.query(t, "10.9.0.1:53", "tcp", "many.microvm.internal.", dns.TypeA); err != nil || m.Truncated || len(m.Answer) != 60 {
+		t.Errorf("over TCP: %v %v", m, err)
 	}
 }
