@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT
 export MICROVM_RELIABILITY_REPORT="$report"
-go test -count=1 -run 'TestWriteInterruptedByKill|TestFullDisk|TestCorrupt|TestHostileLayers|TestInterruptedPullResumes|TestDamagedCachedBlob|TestApplyRefusesUndecryptableSecrets|TestEgressPolicy' \
-	./internal/state ./internal/volume ./internal/daemon ./internal/generation ./internal/store ./internal/network >&2
+go test -count=1 -run 'TestWriteInterruptedByKill|TestFullDisk|TestCorrupt|TestHostileLayers|TestInterruptedPullResumes|TestDamagedCachedBlob|TestApplyRefusesUndecryptableSecrets|TestEgressPolicy|TestStalledBootRestarts' \
+	./internal/state ./internal/volume ./internal/daemon ./internal/generation ./internal/store ./internal/network ./internal/supervisor >&2
 go test -count=1 -timeout 30m -run 'TestFaults|TestUplinkLoss|TestDeployKills|TestUnprivilegedHypervisor|TestSecretsReachOnlyTheirVM|TestHostShutdownPath|TestSaveAndResume|TestOneIdentityPerVM|TestImageProblemsRefused' ./e2e >&2
 fuzz=()
 for target in "FuzzParse ./internal/config" "FuzzParseSpec ./internal/guest" "FuzzAPIRequest ./internal/api"; do

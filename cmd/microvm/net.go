@@ -9,6 +9,7 @@ import (
 
 	"microvm.dev/microvm/internal/api"
 	"microvm.dev/microvm/internal/hostnet"
+	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/vmmuser"
 )
@@ -38,10 +39,16 @@ does not own in the way) changes nothing.`,
 			if err != nil {
 				return err
 			}
+			var env launch.Env
 			if !c.Flags().Changed("tap-owner") {
-				// The TAPs belong to the user the daemon runs hypervisors as.
+				// The TAPs belong to the user the daemon runs hypervisors as
+				// (a TAP opened by name to its VM's own id, as the daemon
+				// gives it).
 				if u, err := vmmuser.Lookup(vmmuser.DefaultName, api.SocketGroup); err == nil && u != nil {
 					tapUser = u.UID
+					if u.IDs, err = vmmIDs("auto", u.Name); err == nil {
+						env = launch.Env{StateDir: a.stateDir, VMMUser: u}
+					}
 				}
 			}
 			m, err := network.New(a.netns, hostnet.Options{TAPOwner: tapUser})
@@ -49,6 +56,7 @@ does not own in the way) changes nothing.`,
 				return err
 			}
 			defer m.Close()
+			m.OwnTAPs(env.TAPOwners)
 			res, err := m.Apply(cfg)
 			if res != nil {
 				a.printNetResult(res)

@@ -16,6 +16,7 @@ import (
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/steps"
+	"microvm.dev/microvm/internal/testutil"
 	"microvm.dev/microvm/internal/vmm"
 )
 
@@ -320,6 +321,8 @@ func TestStalledBootRestarts(t *testing.T) {
 			}
 		})
 	}
+	testutil.Report(t, testutil.FaultResult{Fault: "a VM whose boot stalls (never ready, or a health check that keeps failing; a fake hypervisor)", Trials: 3,
+		Result: "stopped cleanly and restarted by its policy (always, on-failure), its last exit saying why; left failed with restart: no"})
 }
 
 // Stopping a VM whose launch is still preparing (a slow pull) cancels it.
