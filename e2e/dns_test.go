@@ -24,7 +24,7 @@ func startUpstreamDNS(t *testing.T, host *testutil.Netns) (stop func()) {
 		"--host-record=ext.example.test,192.0.2.7", "--local-ttl=60")
 }
 
-// The VMs' DNS, from inside real guests: the resolver is the gateway
+// The VMs' DNS and IPv6, from inside real guests: the resolver is the gateway
 // (resolv.conf, with the VMs' domain to search); a VM's own name, another
 // VM's bare name and an external name (the upstream's) resolve; with the
 // upstream stopped, a new external name fails at once (SERVFAIL, not a
@@ -65,7 +65,9 @@ vms:
 		return got
 	}
 	got := lookup("a", "a.lab.test", "b", "B.Lab.Test", "ext.example.test", "nope.example.test")
-	for name, want := range map[string]string{"a.lab.test": "10.1.0.2", "b": "10.2.0.2", "B.Lab.Test": "10.2.0.2", "ext.example.test": "192.0.2.7"} {
+	// The VMs' names have both their addresses (the ULA scheme: the IPv4
+	// network after fd6d:6963).
+	for name, want := range map[string]string{"a.lab.test": "10.1.0.2,fd6d:6963:a01::2", "b": "10.2.0.2,fd6d:6963:a02::2", "B.Lab.Test": "10.2.0.2,fd6d:6963:a02::2", "ext.example.test": "192.0.2.7"} {
 		if got[name] != want {
 			t.Errorf("in a, %s resolves to %q, want %s", name, got[name], want)
 		}
@@ -83,13 +85,24 @@ vms:
 	if g := got["gone.example.test"]; !strings.HasPrefix(g, "failed:") || strings.Contains(g, "timeout") {
 		t.Errorf("with the upstream down, gone.example.test: %q, want a failure that is not a timeout", g)
 	}
-	if got["a"] != "10.1.0.2" {
+	if got["a"] != "10.1.0.2,fd6d:6963:a01::2" {
 		t.Errorf("with the upstream down, a: %q", got["a"])
 	}
 	t.Logf("with the upstream down, a lookup failed after %s (exec over SSH included): %s", took.Round(time.Millisecond), got["gone.example.test"])
 
+	// Dual-stack in the guest: microvm-init gave it its IPv6 address and
+	// route; its gateway answers over IPv6, the other VM does not.
+	if out, err := l.cli("exec", "a", "--", "/run/microvm/init", "probe", "ping", "gw6=fd6d:6963:a01::1", "tcp", "b6=[fd6d:6963:a02::2]:22", "tcp", "b4=10.2.0.2:22"); err != nil ||
+		!strings.Contains(out, "gw6=ok\n") || !strings.Contains(out, "b6=blocked\n") || !strings.Contains(out, "b4=blocked\n") {
+		t.Errorf("IPv6 from a: %v\n%s", err, out)
+	}
+	if out, err := l.cli("exec", "a", "--", "cat", "/etc/hosts"); err != nil || !strings.Contains(out, "fd6d:6963:a01::2\ta\n") {
+		t.Errorf("a's /etc/hosts: %v %q", err, out)
+	}
+
 	out, _ := l.cli("verify", "-f", file)
-	for _, want := range []string{"a.lab.test is 10.1.0.2, b is 10.2.0.2", "a is 10.1.0.2, b.lab.test is 10.2.0.2"} {
+	for _, want := range []string{"a.lab.test is 10.1.0.2,fd6d:6963:a01::2, b is 10.2.0.2,fd6d:6963:a02::2", "a is 10.1.0.2,fd6d:6963:a01::2, b.lab.test is 10.2.0.2,fd6d:6963:a02::2",
+		"reaches fd6d:6963:a01::1", "cannot reach the 1 other VMs, over IPv4 or IPv6"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("verify lacks %q:\n%s", want, out)
 		}

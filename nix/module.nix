@@ -70,6 +70,7 @@ let
   vmOptions = {
     index = mkOption { type = types.nullOr (types.ints.between 1 255); default = null; description = "Gives the subnet 10.<index>.0.0/24 and the MAC."; };
     subnet = mkOption { type = types.nullOr types.str; default = null; description = "The VM's IPv4 network in CIDR form."; };
+    subnet6 = mkOption { type = types.nullOr types.str; default = null; description = "The VM's IPv6 network, a /64 (default: derived from host.ipv6Prefix)."; };
     hypervisor = mkOption { type = types.nullOr (types.enum [ "qemu" "cloud-hypervisor" "firecracker" ]); default = null; description = "The VMM backend."; };
     vcpu = mkOption { type = types.nullOr types.ints.positive; default = null; description = "Virtual CPUs."; };
     memory = mkOption { type = types.nullOr size; default = null; description = "Guest RAM, e.g. \"1G\"."; };
@@ -127,6 +128,7 @@ in
                 externalInterface = mkOption { type = types.nullOr types.str; default = null; description = "The NAT uplink (\"auto\": the default route's)."; };
                 allowedTCPPorts = mkOption { type = types.nullOr (types.listOf types.port); default = null; description = "The host's own open TCP ports."; };
                 tailscale = mkOption { type = types.nullOr (types.submodule { options.advertiseRoutes = mkOption { type = types.bool; default = false; description = "Advertise the VM subnets."; }; }); default = null; description = "Tailscale subnet routing."; };
+                ipv6Prefix = mkOption { type = types.nullOr types.str; default = null; description = "Where the VMs' IPv6 networks come from: unset (a unique local prefix behind NAT66), a routed /32 to /56, or \"none\"."; };
                 dns = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "Resolvers the VMs' DNS forwards other names to (addresses or address:port; default the host's own)."; };
               };
             };

@@ -210,6 +210,9 @@ func writeIdentity(spec *guest.Spec) error {
 	}
 	addr, _, _ := strings.Cut(spec.Net.Address, "/")
 	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", addr, spec.Name)
+	if addr6, _, ok := strings.Cut(spec.Net.Address6, "/"); ok {
+		hosts += fmt.Sprintf("%s\t%s\n", addr6, spec.Name)
+	}
 	for _, f := range []struct{ path, body string }{
 		{"/etc/resolv.conf", resolv.String()},
 		{"/etc/hostname", spec.Name + "\n"},

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"microvm.dev/microvm/internal/guest"
 )
@@ -45,6 +46,31 @@ func configureNetwork(ns guest.NetSpec) error {
 	}
 	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw}); err != nil {
 		return fmt.Errorf("default route via %s: %w", gw, err)
+	}
+	if ns.Address6 != "" {
+		return configureIPv6(link, ns)
+	}
+	return nil
+}
+
+// configureIPv6 gives the NIC its static IPv6 address (no duplicate
+// address detection: the host made it unique, and it is usable at once)
+// and the default route via its gateway.
+func configureIPv6(link netlink.Link, ns guest.NetSpec) error {
+	addr, err := netlink.ParseAddr(ns.Address6)
+	if err != nil {
+		return fmt.Errorf("address6 %q: %w", ns.Address6, err)
+	}
+	addr.Flags = unix.IFA_F_NODAD
+	if err := netlink.AddrReplace(link, addr); err != nil {
+		return fmt.Errorf("address %s on %s: %w", ns.Address6, link.Attrs().Name, err)
+	}
+	gw := net.ParseIP(ns.Gateway6)
+	if gw == nil {
+		return fmt.Errorf("gateway6 %q is not an address", ns.Gateway6)
+	}
+	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw}); err != nil {
+		return fmt.Errorf("default IPv6 route via %s: %w", gw, err)
 	}
 	return nil
 }

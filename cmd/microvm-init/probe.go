@@ -131,18 +131,26 @@ func dnsResult(host string) string {
 // pingResult sends one ICMP echo request to addr and waits 2 s for the
 // reply: "ok" or "unreachable".
 func pingResult(addr string) string {
-	dst := net.ParseIP(addr).To4()
+	dst := net.ParseIP(addr)
 	if dst == nil {
 		return "unreachable"
 	}
-	c, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
+	// ICMP echo request and reply types, IPv4's and IPv6's; the kernel
+	// computes an ICMPv6 checksum itself.
+	network, local, request, reply := "ip4:icmp", "0.0.0.0", byte(8), byte(0)
+	if dst.To4() == nil {
+		network, local, request, reply = "ip6:ipv6-icmp", "::", 128, 129
+	}
+	c, err := net.ListenPacket(network, local)
 	if err != nil {
 		return "unreachable"
 	}
 	defer c.Close()
 	id := uint16(os.Getpid())
-	msg := []byte{8, 0, 0, 0, byte(id >> 8), byte(id), 0, 1, 'm', 'v'}
-	binary.BigEndian.PutUint16(msg[2:], checksum(msg))
+	msg := []byte{request, 0, 0, 0, byte(id >> 8), byte(id), 0, 1, 'm', 'v'}
+	if request == 8 {
+		binary.BigEndian.PutUint16(msg[2:], checksum(msg))
+	}
 	if _, err := c.WriteTo(msg, &net.IPAddr{IP: dst}); err != nil {
 		return "unreachable"
 	}
@@ -154,8 +162,8 @@ func pingResult(addr string) string {
 			return "unreachable"
 		}
 		ip, _ := from.(*net.IPAddr)
-		// An echo reply (type 0) to this id from the address probed.
-		if n >= 8 && buf[0] == 0 && binary.BigEndian.Uint16(buf[4:]) == id && ip != nil && ip.IP.Equal(dst) {
+		// An echo reply to this id from the address probed.
+		if n >= 8 && buf[0] == reply && binary.BigEndian.Uint16(buf[4:]) == id && ip != nil && ip.IP.Equal(dst) {
 			return "ok"
 		}
 	}

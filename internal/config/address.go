@@ -53,3 +53,34 @@ func deriveMAC(index int, addr netip.Addr) string {
 	a := addr.As4()
 	return fmt.Sprintf("02:00:%02x:%02x:%02x:%02x", a[0], a[1], a[2], a[3])
 }
+
+// ULAPrefix is where VMs' IPv6 networks come from by default: a unique
+// local prefix (RFC 4193) of microvm's, "mic" in its global ID. Each VM's
+// /64 is it followed by the VM's IPv4 network address, so VMs whose IPv4
+// subnets do not overlap never share one. Behind NAT66, as IPv4 is behind
+// NAT.
+var ULAPrefix = netip.MustParsePrefix("fd6d:6963::/32")
+
+// ULASubnet6 is the /64 of ULAPrefix for the IPv4 subnet v4.
+func ULASubnet6(v4 netip.Prefix) netip.Prefix {
+	b := ULAPrefix.Addr().As16()
+	a := v4.Masked().Addr().As4()
+	copy(b[4:8], a[:])
+	return netip.PrefixFrom(netip.AddrFrom16(b), 64)
+}
+
+// RoutedSubnet6 is the index-th /64 of a routed prefix of at most /56.
+func RoutedSubnet6(prefix netip.Prefix, index int) netip.Prefix {
+	b := prefix.Masked().Addr().As16()
+	b[7] |= byte(index)
+	return netip.PrefixFrom(netip.AddrFrom16(b), 64)
+}
+
+// deriveNet6 fills in the IPv6 addressing of a VM's /64.
+func deriveNet6(n *Net, subnet6 netip.Prefix, routed bool) {
+	b := subnet6.Masked().Addr().As16()
+	b[15] = 1
+	n.Subnet6, n.Gateway6, n.Routed6 = subnet6.Masked(), netip.AddrFrom16(b), routed
+	b[15] = 2
+	n.Address6 = netip.AddrFrom16(b)
+}

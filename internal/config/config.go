@@ -138,7 +138,18 @@ type Net struct {
 	// Domain is the VMs' DNS domain; the VM is <name>.<domain>, its
 	// resolver the gateway.
 	Domain string `json:"domain,omitempty"`
+	// Subnet6, Gateway6 and Address6 are the VM's IPv6 network (a /64),
+	// the host's address on the bridge (::1) and the VM's (::2); unset
+	// with IPv6 off.
+	Subnet6  netip.Prefix `json:"subnet6,omitzero"`
+	Gateway6 netip.Addr   `json:"gateway6,omitzero"`
+	Address6 netip.Addr   `json:"address6,omitzero"`
+	// Routed6 says the IPv6 network is routed to the host (no NAT66).
+	Routed6 bool `json:"routed6,omitempty"`
 }
+
+// HasIPv6 says whether the VM has an IPv6 network.
+func (n Net) HasIPv6() bool { return n.Subnet6.IsValid() }
 
 // ResolvedForward is a host port forward with its target split out.
 type ResolvedForward struct {

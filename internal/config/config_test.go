@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"strings"
@@ -38,6 +39,10 @@ func TestReferenceExample(t *testing.T) {
 			TAP:     "vm-vm" + itoa(n),
 			MAC:     "02:00:00:00:00:0" + itoa(n),
 			Domain:  DefaultDomain,
+			// The ULA scheme: fd6d:6963 and the IPv4 network 10.n.0.0.
+			Subnet6:  netip.MustParsePrefix("fd6d:6963:a0" + itoa(n) + "::/64"),
+			Gateway6: netip.MustParseAddr("fd6d:6963:a0" + itoa(n) + "::1"),
+			Address6: netip.MustParseAddr("fd6d:6963:a0" + itoa(n) + "::2"),
 		}
 		if vm.Net != want {
 			t.Errorf("%s: net = %+v, want %+v", vm.Name, vm.Net, want)
@@ -302,6 +307,15 @@ func TestBadConfigs(t *testing.T) {
 		{"host port twice", "host: { allowedTCPPorts: [22, 22] }\nvms: {}", "host.allowedTCPPorts[1]", "listed twice", Options{}},
 		{"host dns name", "host: { dns: [1.1.1.1, dns.example] }\nvms: {}", "host.dns[1]", `"dns.example" is not a resolver's address`, Options{}},
 		{"host dns port", "host: { dns: [\"192.0.2.1:0\"] }\nvms: {}", "host.dns[0]", "is not a resolver's address", Options{}},
+		{"ipv6 prefix malformed", "host: { ipv6Prefix: 10.0.0.0/8 }\nvms: {}", "host.ipv6Prefix", `"10.0.0.0/8" is not an IPv6 prefix`, Options{}},
+		{"ipv6 prefix size", "host: { ipv6Prefix: \"2001:db8::/60\" }\nvms: {}", "host.ipv6Prefix", "must be /32 to /56", Options{}},
+		{"ipv6 prefix bits", "host: { ipv6Prefix: \"2001:db8::1/48\" }\nvms: {}", "host.ipv6Prefix", "did you mean 2001:db8::/48", Options{}},
+		{"subnet6 size", "vms: { a: { index: 1, subnet6: \"fd00:1::/56\" } }", "vms.a.subnet6", "a VM's IPv6 network is a /64", Options{}},
+		{"subnet6 link-local", "vms: { a: { index: 1, subnet6: \"fe80::/64\" } }", "vms.a.subnet6", "not usable for a VM network", Options{}},
+		{"subnet6 twice", "vms: { a: { index: 1, subnet6: \"fd00:1::/64\" }, b: { index: 2, subnet6: \"fd00:1::/64\" } }", "vms.b.subnet6", "subnet6 fd00:1::/64 is also a's", Options{}},
+		{"routed needs index", "host: { ipv6Prefix: \"2001:db8:42::/48\" }\nvms: { a: { subnet: 192.168.9.0/24 } }", "vms.a", "needs index or subnet6", Options{}},
+		{"subnet6 on the host", "vms: { a: { index: 1 } }", "vms.a.index", "subnet6 fd6d:6963:a01::/64 overlaps fd6d:6963:a01::5/48 on the host's interface eth0",
+			Options{HostAddrs: []HostAddr{{Interface: "eth0", Prefix: netip.MustParsePrefix("fd6d:6963:a01::5/48")}}}},
 		{"domain label", "network: { domain: my_vms.lan }\nvms: {}", "network.domain", `label "my_vms" must be 1-63 letters`, Options{}},
 		{"domain hyphen", "network: { domain: lan- }\nvms: {}", "network.domain", "not starting or ending with a hyphen", Options{}},
 		{"workdir relative", "vms: { a: { index: 1, command: [x], workdir: srv } }", "vms.a.workdir", "absolute", Options{}},
@@ -493,5 +507,26 @@ func TestDomainAndDNS(t *testing.T) {
 	}
 	if cfg := mustParse(t, "vms: { a: { index: 1 } }", Options{}); cfg.Domain != DefaultDomain {
 		t.Errorf("default domain %q", cfg.Domain)
+	}
+}
+
+// IPv6 networks: the ULA scheme from the IPv4 subnet (NAT66), a routed
+// prefix by index (no NAT), a VM's own subnet6, and none.
+func TestIPv6Networks(t *testing.T) {
+	cfg := mustParse(t, "vms: { a: { index: 1 }, b: { subnet: 192.168.50.0/24 }, c: { index: 3, subnet6: \"2001:db8:9::/64\" } }", Options{})
+	for name, want := range map[string]string{"a": "fd6d:6963:a01::/64 fd6d:6963:a01::1 fd6d:6963:a01::2 false", "b": "fd6d:6963:c0a8:3200::/64 fd6d:6963:c0a8:3200::1 fd6d:6963:c0a8:3200::2 false",
+		"c": "2001:db8:9::/64 2001:db8:9::1 2001:db8:9::2 true"} {
+		n := cfg.VM(name).Net
+		if got := fmt.Sprint(n.Subnet6, " ", n.Gateway6, " ", n.Address6, " ", n.Routed6); got != want {
+			t.Errorf("%s: %s, want %s", name, got, want)
+		}
+	}
+	cfg = mustParse(t, "host: { ipv6Prefix: \"2001:db8:42::/48\" }\nvms: { a: { index: 7 } }", Options{})
+	if n := cfg.VM("a").Net; n.Subnet6.String() != "2001:db8:42:7::/64" || !n.Routed6 {
+		t.Errorf("routed: %s routed %v", n.Subnet6, n.Routed6)
+	}
+	cfg = mustParse(t, "host: { ipv6Prefix: none }\nvms: { a: { index: 7 } }", Options{})
+	if n := cfg.VM("a").Net; n.HasIPv6() {
+		t.Errorf("none: %s", n.Subnet6)
 	}
 }

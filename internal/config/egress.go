@@ -49,6 +49,12 @@ func (r EgressRule) Prefix() (netip.Prefix, bool) {
 	return netip.Prefix{}, false
 }
 
+// BlockedByDefault6 is what no VM reaches over IPv6: AWS's metadata
+// service at fd00:ec2::254 (link-local addresses are never forwarded).
+func BlockedByDefault6() []netip.Prefix {
+	return []netip.Prefix{netip.MustParsePrefix("fd00:ec2::254/128")}
+}
+
 // BlockedByDefault are the destinations no VM reaches unless allowed:
 // link-local (with the AWS, GCP and Azure metadata service at
 // 169.254.169.254 and ECS's at 169.254.170.2) and Alibaba Cloud's metadata

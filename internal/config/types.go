@@ -33,6 +33,11 @@ type Host struct {
 	// names outside the VMs' domain to: addresses or address:port. Unset:
 	// the host's own, from /etc/resolv.conf.
 	DNS []string `yaml:"dns,omitempty" json:"dns,omitempty"`
+	// IPv6Prefix is where the VMs' IPv6 networks come from: unset, a
+	// unique local prefix (fd6d:6963::/32, each VM's /64 made of its IPv4
+	// subnet) behind NAT66; a prefix routed to the host (/48 to /56: VM n
+	// gets its n-th /64, routed without NAT); or "none" for IPv4 only.
+	IPv6Prefix string `yaml:"ipv6Prefix,omitempty" json:"ipv6Prefix,omitempty"`
 }
 
 // Tailscale configures the host's tailnet integration.
@@ -50,6 +55,9 @@ type VMSpec struct {
 	// Subnet is the VM's IPv4 network in CIDR form; the host takes the first
 	// address (the gateway, .1) and the VM the second (.2).
 	Subnet *string `yaml:"subnet,omitempty" json:"subnet,omitempty"`
+	// Subnet6 is the VM's IPv6 network, a /64; the host takes ::1 (the
+	// gateway) and the VM ::2. Unset: derived from host.ipv6Prefix.
+	Subnet6 *string `yaml:"subnet6,omitempty" json:"subnet6,omitempty"`
 	// Hypervisor is the VMM backend: qemu (default), cloud-hypervisor or firecracker.
 	Hypervisor *string `yaml:"hypervisor,omitempty" json:"hypervisor,omitempty"`
 	// VCPU is the number of virtual CPUs (default 1).

@@ -45,6 +45,7 @@ var (
 type validator struct {
 	r    *reporter
 	opts Options
+	v6   ipv6Plan // from host.ipv6Prefix (host runs before the VMs)
 }
 
 func (v *validator) host(h *Host) {
@@ -65,6 +66,7 @@ func (v *validator) host(h *Host) {
 		}
 		seen[p] = i
 	}
+	v.ipv6Prefix(h.IPv6Prefix)
 	for i, d := range h.DNS {
 		if a, err := netip.ParseAddr(d); err == nil && !a.IsUnspecified() {
 			continue
@@ -144,7 +146,77 @@ func (v *validator) vm(vm *VM, s VMSpec) {
 		return
 	}
 	vm.Net = deriveNet(vm.Name, vm.Index, subnet)
+	v.net6(p, vm, s)
 }
+
+// IPv6None is host.ipv6Prefix's value for IPv4-only VM networks.
+const IPv6None = "none"
+
+// ipv6Prefix checks host.ipv6Prefix and keeps what it means for net6.
+func (v *validator) ipv6Prefix(s string) {
+	const p = "host.ipv6Prefix"
+	switch s {
+	case "":
+		v.v6 = ipv6Plan{on: true}
+		return
+	case IPv6None:
+		return
+	}
+	pfx, err := netip.ParsePrefix(s)
+	switch {
+	case err != nil || !pfx.Addr().Is6() || pfx.Addr().Is4In6():
+		v.r.addf(p, "%q is not an IPv6 prefix such as 2001:db8:42::/48 (or none)", s)
+	case pfx.Masked() != pfx:
+		v.r.addf(p, "prefix %s has host bits set; did you mean %s?", pfx, pfx.Masked())
+	case pfx.Bits() < 32 || pfx.Bits() > 56:
+		v.r.addf(p, "prefix %s is /%d: it must be /32 to /56, room for one /64 per VM index", pfx, pfx.Bits())
+	case !usable6(pfx.Addr()):
+		v.r.addf(p, "prefix %s is not usable for VM networks (loopback, link-local, multicast or unspecified)", pfx)
+	default:
+		v.v6 = ipv6Plan{on: true, prefix: pfx}
+	}
+}
+
+// ipv6Plan is how VMs without subnet6 get their IPv6 network.
+type ipv6Plan struct {
+	on     bool
+	prefix netip.Prefix // a routed prefix; invalid: the ULA scheme
+}
+
+// net6 gives vm its IPv6 network: its subnet6, else the host's scheme.
+func (v *validator) net6(p string, vm *VM, s VMSpec) {
+	switch {
+	case s.Subnet6 != nil:
+		sp := joinPath(p, "subnet6")
+		pfx, err := netip.ParsePrefix(*s.Subnet6)
+		switch {
+		case err != nil || !pfx.Addr().Is6() || pfx.Addr().Is4In6():
+			v.r.addf(sp, "%q is not an IPv6 subnet such as fd00:1:2:3::/64", *s.Subnet6)
+		case pfx.Bits() != 64:
+			v.r.addf(sp, "subnet6 %s is /%d: a VM's IPv6 network is a /64 (what SLAAC and router advertisements need)", pfx, pfx.Bits())
+		case pfx.Masked() != pfx:
+			v.r.addf(sp, "subnet6 %s has host bits set; did you mean %s?", pfx, pfx.Masked())
+		case !usable6(pfx.Addr()):
+			v.r.addf(sp, "subnet6 %s is not usable for a VM network (loopback, link-local, multicast or unspecified)", pfx)
+		default:
+			deriveNet6(&vm.Net, pfx, !isULA(pfx.Addr()))
+		}
+	case !v.v6.on:
+	case v.v6.prefix.IsValid() && vm.Index == 0:
+		v.r.addf(p, "needs index or subnet6: VMs' IPv6 networks come from host.ipv6Prefix %s by index", v.v6.prefix)
+	case v.v6.prefix.IsValid():
+		deriveNet6(&vm.Net, RoutedSubnet6(v.v6.prefix, vm.Index), !isULA(v.v6.prefix.Addr()))
+	default:
+		deriveNet6(&vm.Net, ULASubnet6(vm.Net.Subnet), false)
+	}
+}
+
+func usable6(a netip.Addr) bool {
+	return !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsMulticast() && !a.IsUnspecified()
+}
+
+// isULA says a is a unique local address (fc00::/7): reached through NAT66.
+func isULA(a netip.Addr) bool { return a.Is6() && a.As16()[0]&0xfe == 0xfc }
 
 // secrets checks secret files: where they go, their mode, and that each
 // is an age file (it is decrypted only where the VM starts).
@@ -453,20 +525,56 @@ func (v *validator) crossVM(cfg *Config) {
 			far = s
 		}
 	}
+	by6 := map[netip.Prefix]string{}
+	for _, vm := range cfg.VMs {
+		if !vm.Net.HasIPv6() {
+			continue
+		}
+		if other, dup := by6[vm.Net.Subnet6]; dup {
+			// Two derived ones can only meet where the index or the IPv4
+			// subnets already clash, which is reported.
+			if v.explicit6(vm.Name) || v.explicit6(other) {
+				v.r.addf(v.subnet6Path(vm), "subnet6 %s is also %s's", vm.Net.Subnet6, other)
+			}
+			continue
+		}
+		by6[vm.Net.Subnet6] = vm.Name
+	}
 	bridges := map[string]bool{}
 	for _, vm := range cfg.VMs {
 		bridges[vm.Net.Bridge] = true
 	}
 	for _, ha := range v.opts.HostAddrs {
-		if bridges[ha.Interface] || !ha.Prefix.Addr().Is4() {
+		if bridges[ha.Interface] {
 			continue
 		}
 		for _, vm := range cfg.VMs {
-			if vm.Net.Subnet.IsValid() && vm.Net.Subnet.Overlaps(ha.Prefix) {
+			switch {
+			case ha.Prefix.Addr().Is4() && vm.Net.Subnet.IsValid() && vm.Net.Subnet.Overlaps(ha.Prefix):
 				v.r.addf(v.subnetPath(vm), "subnet %s overlaps %s on the host's interface %s", vm.Net.Subnet, ha.Prefix, ha.Interface)
+			case ha.Prefix.Addr().Is6() && !ha.Prefix.Addr().IsLinkLocalUnicast() && vm.Net.HasIPv6() && vm.Net.Subnet6.Overlaps(ha.Prefix):
+				v.r.addf(v.subnet6Path(vm), "subnet6 %s overlaps %s on the host's interface %s", vm.Net.Subnet6, ha.Prefix, ha.Interface)
 			}
 		}
 	}
+}
+
+// explicit6 says the file gave the VM called name its subnet6.
+func (v *validator) explicit6(name string) bool {
+	_, ok := v.r.lines[joinPath(joinPath("vms", name), "subnet6")]
+	return ok
+}
+
+// subnet6Path is where a VM's IPv6 network came from: its subnet6 key,
+// else host.ipv6Prefix (routed) or its IPv4 subnet (the ULA scheme).
+func (v *validator) subnet6Path(vm *VM) string {
+	if v.explicit6(vm.Name) {
+		return joinPath(joinPath("vms", vm.Name), "subnet6")
+	}
+	if v.v6.prefix.IsValid() {
+		return "host.ipv6Prefix"
+	}
+	return v.subnetPath(vm)
 }
 
 // subnetPath is where a VM's subnet came from: its subnet key, or its index.

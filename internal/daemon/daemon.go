@@ -348,13 +348,17 @@ func (d *Daemon) startAll(vms []*config.VM, actions map[string]*VMAction) {
 	wg.Wait()
 }
 
-// syncTailnet keeps the advertised routes equal to the VM subnets. Its
-// failure (no tailscale installed, tailscaled down) is reported in the
-// result and the log, never fails the apply: the VMs do not need it.
+// syncTailnet keeps the advertised routes equal to the VM subnets, IPv4
+// and IPv6. Its failure (no tailscale installed, tailscaled down) is
+// reported in the result and the log, never fails the apply: the VMs do
+// not need it.
 func (d *Daemon) syncTailnet(cfg *config.Config, res *ApplyResult) {
 	var subnets []netip.Prefix
 	for _, vm := range cfg.VMs {
 		subnets = append(subnets, vm.Net.Subnet)
+		if vm.Net.HasIPv6() {
+			subnets = append(subnets, vm.Net.Subnet6)
+		}
 	}
 	changed, err := d.Tailscale.Sync(context.Background(), subnets)
 	switch {

@@ -56,7 +56,12 @@ func egressSets(cfg *config.Config) []namedSet {
 			offline = append(offline, quote(vm.Net.Bridge))
 		}
 	}
-	return append(out, namedSet{name: "vm_offline", typ: "ifname", elems: offline})
+	var deny6 []string
+	for _, p := range config.BlockedByDefault6() {
+		deny6 = append(deny6, p.String())
+	}
+	return append(out, namedSet{name: "vm_offline", typ: "ifname", elems: offline},
+		namedSet{name: "egress_deny6", typ: "ipv6_addr", flags: "interval", elems: deny6})
 }
 
 // dedupe sorts elements and drops repeats; an interval set refuses an

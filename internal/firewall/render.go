@@ -56,6 +56,11 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
 
 	var bridges, subnets, sources, gateways, addrs, ports, allows []string
+	// The same facts for the VMs with IPv6, and what IPv6 needs besides:
+	// the VMs' MACs (link-local and DAD sources), the addresses a VM may
+	// advertise in neighbour advertisements, and the ULA networks behind
+	// NAT66.
+	var bridges6, subnets6, nat66, sources6, macs, targets6, gateways6, addrs6, ports6, allows6 []string
 	for _, vm := range cfg.VMs {
 		n := vm.Net
 		bridges = append(bridges, quote(n.Bridge))
@@ -66,11 +71,31 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 		for _, p := range vm.Ports {
 			ports = append(ports, fmt.Sprintf("%s . %s . %s", n.Address, p.Proto, portRange(p)))
 		}
+		if !n.HasIPv6() {
+			continue
+		}
+		bridges6 = append(bridges6, quote(n.Bridge))
+		subnets6 = append(subnets6, n.Subnet6.String())
+		if !n.Routed6 {
+			nat66 = append(nat66, n.Subnet6.String())
+		}
+		sources6 = append(sources6, fmt.Sprintf("%s . %s . %s", quote(n.Bridge), n.Address6, n.MAC))
+		macs = append(macs, fmt.Sprintf("%s . %s", quote(n.Bridge), n.MAC))
+		a16 := n.Address6.As16()
+		targets6 = append(targets6, fmt.Sprintf("%s . 0x%x", quote(n.Bridge), a16[:]))
+		gateways6 = append(gateways6, fmt.Sprintf("%s . %s", quote(n.Bridge), n.Gateway6))
+		addrs6 = append(addrs6, n.Address6.String())
+		for _, p := range vm.Ports {
+			ports6 = append(ports6, fmt.Sprintf("%s . %s . %s", n.Address6, p.Proto, portRange(p)))
+		}
 	}
 	for _, a := range cfg.Allow {
 		from, to := cfg.VM(a.From), cfg.VM(a.To)
 		for _, p := range a.Ports {
 			allows = append(allows, fmt.Sprintf("%s . %s . %s . %s", quote(from.Net.Bridge), to.Net.Address, p.Proto, portRange(p)))
+			if from.Net.HasIPv6() && to.Net.HasIPv6() {
+				allows6 = append(allows6, fmt.Sprintf("%s . %s . %s . %s", quote(from.Net.Bridge), to.Net.Address6, p.Proto, portRange(p)))
+			}
 		}
 	}
 
@@ -88,18 +113,37 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 		{name: "vm_gateways", typ: "ifname . ipv4_addr", elems: gateways},
 		{name: "vm_ports", typ: "ipv4_addr . inet_proto . inet_service", flags: "interval", elems: ports},
 		{name: "vm_allow", typ: "ifname . ipv4_addr . inet_proto . inet_service", flags: "interval", elems: allows},
+		{name: "vm_bridges6", typ: "ifname", elems: bridges6},
+		{name: "vm_subnets6", typ: "ipv6_addr", flags: "interval", elems: subnets6},
+		{name: "vm_nat66", typ: "ipv6_addr", flags: "interval", elems: nat66},
+		{name: "vm_addrs6", typ: "ipv6_addr", elems: addrs6},
+		{name: "vm_sources6", typ: "ifname . ipv6_addr . ether_addr", elems: sources6},
+		{name: "vm_macs", typ: "ifname . ether_addr", elems: macs},
+		{name: "vm_nd_targets", typeOf: "iifname . @th,64,128", elems: targets6},
+		{name: "vm_gateways6", typ: "ifname . ipv6_addr", elems: gateways6},
+		{name: "vm_ports6", typ: "ipv6_addr . inet_proto . inet_service", flags: "interval", elems: ports6},
+		{name: "vm_allow6", typ: "ifname . ipv6_addr . inet_proto . inet_service", flags: "interval", elems: allows6},
 	}
 	sets = append(sets, egressSets(cfg)...)
 	for _, st := range sets {
 		st.write(w)
 	}
 
-	// Anti-spoofing, before conntrack: a VM's bridge carries only IPv4 from
-	// the VM's own MAC and address (VM networks are IPv4-only).
+	// Anti-spoofing, before conntrack: a VM's bridge carries only IPv4
+	// from the VM's own MAC and address, and IPv6 only for a VM with IPv6:
+	// from its MAC, from its own address (or link-local, or unspecified for
+	// duplicate address detection), never a router advertisement or
+	// redirect, and no neighbour advertisement for an address of its
+	// network that is not its own.
 	w("\tchain antispoof {")
 	w("\t\ttype filter hook prerouting priority raw; policy accept;")
-	w("\t\tiifname @vm_bridges meta nfproto ipv6 drop")
+	w("\t\tiifname @vm_bridges meta nfproto ipv6 iifname != @vm_bridges6 drop")
 	w("\t\tiifname @vm_bridges iifname . ip saddr . ether saddr != @vm_sources drop")
+	w("\t\tiifname @vm_bridges6 meta nfproto ipv6 iifname . ether saddr != @vm_macs drop")
+	w("\t\tiifname @vm_bridges6 icmpv6 type { nd-router-advert, nd-redirect } counter drop")
+	w("\t\tiifname @vm_bridges6 icmpv6 type nd-neighbor-advert @th,64,16 != 0xfe80 iifname . @th,64,128 != @vm_nd_targets counter drop")
+	w("\t\tiifname @vm_bridges6 ip6 saddr { ::, fe80::/10 } accept")
+	w("\t\tiifname @vm_bridges6 iifname . ip6 saddr . ether saddr != @vm_sources6 counter drop")
 	w("\t}")
 
 	// Host port forwards: traffic to a local address (not from a VM) on the
@@ -107,13 +151,21 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	w("\tchain dnat_in {")
 	w("\t\ttype nat hook prerouting priority dstnat; policy accept;")
 	for _, f := range cfg.Forwards {
-		w("\t\tiifname != @vm_bridges fib daddr type local %s dport %d dnat ip to %s:%d", f.Proto, f.HostPort, cfg.VM(f.VM).Net.Address, f.Port)
+		n := cfg.VM(f.VM).Net
+		w("\t\tiifname != @vm_bridges fib daddr type local meta nfproto ipv4 %s dport %d dnat ip to %s:%d", f.Proto, f.HostPort, n.Address, f.Port)
+		if n.HasIPv6() {
+			w("\t\tiifname != @vm_bridges fib daddr type local meta nfproto ipv6 %s dport %d dnat ip6 to [%s]:%d", f.Proto, f.HostPort, n.Address6, f.Port)
+		}
 	}
 	w("\t}")
 	w("\tchain dnat_local {")
 	w("\t\ttype nat hook output priority -100; policy accept;")
 	for _, f := range cfg.Forwards {
-		w("\t\tfib daddr type local ip daddr != 127.0.0.0/8 %s dport %d dnat ip to %s:%d", f.Proto, f.HostPort, cfg.VM(f.VM).Net.Address, f.Port)
+		n := cfg.VM(f.VM).Net
+		w("\t\tfib daddr type local ip daddr != 127.0.0.0/8 %s dport %d dnat ip to %s:%d", f.Proto, f.HostPort, n.Address, f.Port)
+		if n.HasIPv6() {
+			w("\t\tfib daddr type local ip6 daddr != ::1 %s dport %d dnat ip6 to [%s]:%d", f.Proto, f.HostPort, n.Address6, f.Port)
+		}
 	}
 	w("\t}")
 
@@ -121,6 +173,7 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	w("\t\ttype nat hook postrouting priority srcnat; policy accept;")
 	if opts.Uplink != "" {
 		w("\t\toifname %s ip saddr @vm_subnets masquerade", quote(opts.Uplink))
+		w("\t\toifname %s ip6 saddr @vm_nat66 masquerade", quote(opts.Uplink))
 	}
 	w("\t}")
 
@@ -148,16 +201,20 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	w("\t\tip daddr . meta l4proto . th dport @egress_allow_ports accept")
 	w("\t\tip daddr @egress_deny counter drop")
 	w("\t\tip daddr . meta l4proto . th dport @egress_deny_ports counter drop")
+	w("\t\tip6 daddr @egress_deny6 counter drop")
 	w("\t}")
 	w("\tchain vm_to_vm {")
 	w("\t\tiifname . ip daddr . meta l4proto . th dport @vm_allow accept")
+	w("\t\tiifname . ip6 daddr . meta l4proto . th dport @vm_allow6 accept")
 	w("\t\tcounter drop")
 	w("\t}")
 	w("\tchain into_vm {")
 	w("\t\tct status dnat accept")
 	w("\t\tip daddr . meta l4proto . th dport @vm_ports accept")
+	w("\t\tip6 daddr . meta l4proto . th dport @vm_ports6 accept")
 	if cfg.Host.Tailscale.AdvertiseRoutes {
 		w("\t\tiifname %s ip daddr @vm_addrs tcp dport 22 accept", quote(opts.TailnetInterface))
+		w("\t\tiifname %s ip6 daddr @vm_addrs6 tcp dport 22 accept", quote(opts.TailnetInterface))
 	}
 	w("\t\tcounter drop")
 	w("\t}")
@@ -171,6 +228,7 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 		up := quote(opts.Uplink)
 		w("\t\tiifname %s ct state established,related accept", up)
 		w("\t\tiifname %s icmp type { echo-request, destination-unreachable, time-exceeded } accept", up)
+		w("\t\tiifname %s icmpv6 type { echo-request, destination-unreachable, packet-too-big, time-exceeded, parameter-problem, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept", up)
 		w("\t\tiifname %s tcp dport { %s } accept", up, joinInts(cfg.Host.AllowedTCPPorts))
 		w("\t\tiifname %s ct status dnat accept", up)
 		w("\t\tiifname %s counter drop", up)
@@ -180,6 +238,9 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	w("\t\tct state established,related accept")
 	w("\t\ticmp type echo-request iifname . ip daddr @vm_gateways accept")
 	w("\t\tmeta l4proto { udp, tcp } th dport 53 iifname . ip daddr @vm_gateways accept")
+	w("\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept")
+	w("\t\ticmpv6 type echo-request iifname . ip6 daddr @vm_gateways6 accept")
+	w("\t\tmeta l4proto { udp, tcp } th dport 53 iifname . ip6 daddr @vm_gateways6 accept")
 	w("\t\tcounter drop")
 	w("\t}")
 	w("}")
@@ -193,6 +254,9 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 // namedSet is one set of the ruleset with its elements.
 type namedSet struct {
 	name, typ string
+	// typeOf declares the set by expression instead of type (a raw
+	// payload, as the neighbour advertisement's target).
+	typeOf string
 	// flags are the set's flags ("interval"; "" for none).
 	flags string
 	// autoMerge merges overlapping intervals instead of refusing them.
@@ -202,7 +266,11 @@ type namedSet struct {
 
 func (s namedSet) write(w func(string, ...any)) {
 	w("\tset %s {", s.name)
-	w("\t\ttype %s", s.typ)
+	if s.typeOf != "" {
+		w("\t\ttypeof %s", s.typeOf)
+	} else {
+		w("\t\ttype %s", s.typ)
+	}
 	if s.flags != "" {
 		w("\t\tflags %s", s.flags)
 	}

@@ -88,6 +88,10 @@ type NetSpec struct {
 	// Search are the resolver's search domains (the VMs' domain, so that
 	// another VM is reached by its bare name).
 	Search []string `json:"search,omitempty"`
+	// Address6 (CIDR, a /64) and Gateway6 are the VM's IPv6 address and
+	// default gateway; empty without IPv6.
+	Address6 string `json:"address6,omitempty"`
+	Gateway6 string `json:"gateway6,omitempty"`
 }
 
 // ShareSpec is a directory share from the host.
@@ -218,6 +222,15 @@ func ParseSpec(b []byte) (*Spec, error) {
 	for _, d := range s.Net.DNS {
 		if _, err := netip.ParseAddr(d); err != nil {
 			return nil, fmt.Errorf("net.dns %q is not an address", d)
+		}
+	}
+	if s.Net.Address6 != "" || s.Net.Gateway6 != "" {
+		p6, err := netip.ParsePrefix(s.Net.Address6)
+		if err != nil || !p6.Addr().Is6() {
+			return nil, fmt.Errorf("net.address6 %q is not an IPv6 address with its prefix", s.Net.Address6)
+		}
+		if gw, err := netip.ParseAddr(s.Net.Gateway6); err != nil || !p6.Masked().Contains(gw) {
+			return nil, fmt.Errorf("net.gateway6 %q is not an address of %s", s.Net.Gateway6, p6.Masked())
 		}
 	}
 	for _, d := range s.Net.Search {

@@ -135,3 +135,25 @@ func (h *Host) Sysctls(settings []SysctlSetting) ([]SysctlSetting, error) {
 	})
 	return changed, err
 }
+
+// KeepRAWithForwarding makes the uplink keep taking router advertisements
+// once IPv6 forwarding is on (accept_ra 1, which forwarding turns into
+// "ignore", becomes 2), so a host that configures its own uplink by SLAAC
+// keeps its address and default route. Any other value is the admin's and
+// left alone. It says whether it changed the setting.
+func (h *Host) KeepRAWithForwarding(uplink string) (bool, error) {
+	changed := false
+	err := h.Do(func() error {
+		p := filepath.Join("/proc/sys/net/ipv6/conf", uplink, "accept_ra")
+		cur, err := os.ReadFile(p)
+		if err != nil || strings.TrimSpace(string(cur)) != "1" {
+			return nil // no IPv6 on it, or not the default
+		}
+		if err := os.WriteFile(p, []byte("2"), 0o644); err != nil {
+			return fmt.Errorf("sysctl net.ipv6.conf.%s.accept_ra=2: %w", uplink, err)
+		}
+		changed = true
+		return nil
+	})
+	return changed, err
+}

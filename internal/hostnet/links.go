@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -29,18 +30,33 @@ type VMLink struct {
 	TAP string
 	// Gateway is the bridge's address with the subnet's prefix length.
 	Gateway netip.Prefix
+	// Gateway6 is the bridge's IPv6 address with its /64 (invalid: the
+	// VM has no IPv6, and IPv6 stays off on its links).
+	Gateway6 netip.Prefix
+}
+
+// gateways are the bridge's addresses.
+func (w VMLink) gateways() []netip.Prefix {
+	if w.Gateway6.IsValid() {
+		return []netip.Prefix{w.Gateway, w.Gateway6}
+	}
+	return []netip.Prefix{w.Gateway}
 }
 
 // LinksFor derives the host links of every VM in cfg.
 func LinksFor(cfg *config.Config) []VMLink {
 	out := make([]VMLink, 0, len(cfg.VMs))
 	for _, vm := range cfg.VMs {
-		out = append(out, VMLink{
+		l := VMLink{
 			VM:      vm.Name,
 			Bridge:  vm.Net.Bridge,
 			TAP:     vm.Net.TAP,
 			Gateway: netip.PrefixFrom(vm.Net.Gateway, vm.Net.Subnet.Bits()),
-		})
+		}
+		if vm.Net.HasIPv6() {
+			l.Gateway6 = netip.PrefixFrom(vm.Net.Gateway6, vm.Net.Subnet6.Bits())
+		}
+		out = append(out, l)
 	}
 	return out
 }
@@ -89,7 +105,7 @@ func (h *Host) observe() (*observed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list interfaces: %w", err)
 	}
-	addrs, err := h.nl.AddrList(nil, unix.AF_INET)
+	addrs, err := h.nl.AddrList(nil, unix.AF_UNSPEC)
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
 	}
@@ -122,15 +138,17 @@ func (o *observed) conflicts(want []VMLink) []string {
 				problems = append(problems, fmt.Sprintf("interface %s (%s) exists and is not managed by microvm (its alias is %q, not %s%s); remove or rename it", name, l.Type(), l.Attrs().Alias, AliasPrefix, w.VM))
 			}
 		}
-		subnet := w.Gateway.Masked()
-		for idx, addrs := range o.addrs {
-			if ourIdx[idx] {
-				continue
-			}
-			for _, a := range addrs {
-				p, ok := prefixOf(a)
-				if ok && p.Overlaps(subnet) {
-					problems = append(problems, fmt.Sprintf("address %s on interface %s overlaps %s's subnet %s", p, linkName(o, idx), w.VM, subnet))
+		for _, gw := range w.gateways() {
+			subnet := gw.Masked()
+			for idx, addrs := range o.addrs {
+				if ourIdx[idx] {
+					continue
+				}
+				for _, a := range addrs {
+					p, ok := prefixOf(a)
+					if ok && p.Overlaps(subnet) {
+						problems = append(problems, fmt.Sprintf("address %s on interface %s overlaps %s's subnet %s", p, linkName(o, idx), w.VM, subnet))
+					}
 				}
 			}
 		}
@@ -149,12 +167,12 @@ func linkName(o *observed, idx int) string {
 }
 
 func prefixOf(a netlink.Addr) (netip.Prefix, bool) {
-	ip, ok := netip.AddrFromSlice(a.IP.To4())
-	if !ok {
+	ip, ok := netip.AddrFromSlice(a.IP)
+	if !ok || a.IPNet == nil {
 		return netip.Prefix{}, false
 	}
 	ones, _ := a.Mask.Size()
-	return netip.PrefixFrom(ip, ones), true
+	return netip.PrefixFrom(ip.Unmap(), ones), true
 }
 
 // Reconcile makes the namespace's VM links equal to want: bridges with their
@@ -208,19 +226,36 @@ func (h *Host) Reconcile(want []VMLink, opts Options) ([]Change, error) {
 	return changes, nil
 }
 
-// ensureSysctls turns IPv4 forwarding on and IPv6 off on every VM link (VM
-// networks are IPv4; a host link-local address there would only widen what a
-// VM can reach), entering the namespace once for all of them.
+// bridgeIPv6 are a bridge's IPv6 settings: on (a VM with IPv6: no router
+// advertisements, autoconfiguration or redirects taken from the VM's
+// network) or off.
+func bridgeIPv6(bridge string, on bool) []SysctlSetting {
+	c := "net.ipv6.conf." + bridge + "."
+	if !on {
+		return []SysctlSetting{{c + "disable_ipv6", "1"}}
+	}
+	return []SysctlSetting{{c + "disable_ipv6", "0"}, {c + "accept_ra", "0"}, {c + "autoconf", "0"}, {c + "accept_redirects", "0"}}
+}
+
+// ensureSysctls turns IPv4 forwarding on (and IPv6 forwarding where a VM
+// has IPv6), and IPv6 off on every VM link but the bridges of VMs with
+// IPv6 (a host link-local address on an IPv4-only VM network would only
+// widen what a VM can reach; a TAP is a bridge port and needs no address),
+// entering the namespace once for all of them.
 func (h *Host) ensureSysctls(want []VMLink, record func(op, target string)) error {
 	if len(want) == 0 {
 		return nil
 	}
 	settings := []SysctlSetting{{"net.ipv4.ip_forward", "1"}}
 	if _, err := os.Stat("/proc/sys/net/ipv6"); err == nil {
+		v6 := false
 		for _, w := range want {
-			for _, name := range []string{w.Bridge, w.TAP} {
-				settings = append(settings, SysctlSetting{"net.ipv6.conf." + name + ".disable_ipv6", "1"})
-			}
+			settings = append(settings, bridgeIPv6(w.Bridge, w.Gateway6.IsValid())...)
+			settings = append(settings, SysctlSetting{"net.ipv6.conf." + w.TAP + ".disable_ipv6", "1"})
+			v6 = v6 || w.Gateway6.IsValid()
+		}
+		if v6 {
+			settings = append(settings, SysctlSetting{"net.ipv6.conf.all.forwarding", "1"})
 		}
 	}
 	changed, err := h.Sysctls(settings)
@@ -238,7 +273,18 @@ func (h *Host) ensureVM(o *observed, w VMLink, opts Options, record func(op, tar
 	if err != nil {
 		return err
 	}
-	if err := h.ensureAddr(o, br, w.Gateway, record); err != nil {
+	if w.Gateway6.IsValid() {
+		// IPv6 on before its address: the host takes no router
+		// advertisement or address from a VM's network.
+		changed, err := h.Sysctls(bridgeIPv6(w.Bridge, true))
+		for _, st := range changed {
+			record("set-sysctl", st.Name+"="+st.Value)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := h.ensureAddrs(o, br, w.gateways(), record); err != nil {
 		return err
 	}
 	owner := Owner{opts.TAPOwner, opts.TAPGroup}
@@ -315,12 +361,17 @@ func (h *Host) ensureLink(o *observed, name, typ, alias string, mk func() netlin
 }
 
 // ensureAddr makes the gateway the bridge's only IPv4 address.
-func (h *Host) ensureAddr(o *observed, br netlink.Link, gw netip.Prefix, record func(op, target string)) error {
-	have := false
+// ensureAddrs makes the bridge's addresses exactly gws (its IPv6
+// link-local address, the kernel's, is left alone).
+func (h *Host) ensureAddrs(o *observed, br netlink.Link, gws []netip.Prefix, record func(op, target string)) error {
+	have := map[netip.Prefix]bool{}
 	for _, a := range o.addrs[br.Attrs().Index] {
 		p, ok := prefixOf(a)
-		if ok && p == gw {
-			have = true
+		if ok && slices.Contains(gws, p) {
+			have[p] = true
+			continue
+		}
+		if ok && p.Addr().Is6() && p.Addr().IsLinkLocalUnicast() {
 			continue
 		}
 		if err := h.nl.AddrDel(br, &a); err != nil {
@@ -328,14 +379,19 @@ func (h *Host) ensureAddr(o *observed, br netlink.Link, gw netip.Prefix, record 
 		}
 		record("delete-addr", fmt.Sprintf("%s on %s", a.IPNet, br.Attrs().Name))
 	}
-	if have {
-		return nil
+	for _, gw := range gws {
+		if have[gw] {
+			continue
+		}
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: gw.Addr().AsSlice(), Mask: net.CIDRMask(gw.Bits(), gw.Addr().BitLen())}}
+		if gw.Addr().Is6() {
+			addr.Flags = unix.IFA_F_NODAD // the gateway's, unique by construction: usable at once
+		}
+		if err := h.nl.AddrAdd(br, addr); err != nil {
+			return fmt.Errorf("add %s to %s: %w", gw, br.Attrs().Name, err)
+		}
+		record("add-addr", fmt.Sprintf("%s on %s", gw, br.Attrs().Name))
 	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: gw.Addr().AsSlice(), Mask: net.CIDRMask(gw.Bits(), 32)}}
-	if err := h.nl.AddrAdd(br, addr); err != nil {
-		return fmt.Errorf("add %s to %s: %w", gw, br.Attrs().Name, err)
-	}
-	record("add-addr", fmt.Sprintf("%s on %s", gw, br.Attrs().Name))
 	return nil
 }
 

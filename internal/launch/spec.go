@@ -39,6 +39,10 @@ func guestSpec(env Env, vm *config.VM, res *Resolved, volumes map[string]volume.
 		SSH:     guest.SSHSpec{HostKey: string(hostPEM), AuthorizedKeys: authorized},
 		Secrets: secrets,
 	}
+	if n := vm.Net; n.HasIPv6() {
+		spec.Net.Address6 = fmt.Sprintf("%s/%d", n.Address6, n.Subnet6.Bits())
+		spec.Net.Gateway6 = n.Gateway6.String()
+	}
 	devices := res.Backend.DiskDevices(res.Launch)
 	switch res.Share {
 	case vmm.ShareVirtiofs:

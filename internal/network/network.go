@@ -104,7 +104,26 @@ func (m *Manager) Apply(cfg *config.Config) (*Result, error) {
 		}
 		return res, fmt.Errorf("apply network: %w", err)
 	}
+	if uplink != "" && hasIPv6(cfg) {
+		// IPv6 forwarding is on: the uplink keeps its SLAAC.
+		changed, err := m.host.KeepRAWithForwarding(uplink)
+		if err != nil {
+			return res, err
+		}
+		if changed {
+			res.Links = append(res.Links, hostnet.Change{Op: "set-sysctl", Target: "net.ipv6.conf." + uplink + ".accept_ra=2"})
+		}
+	}
 	return res, nil
+}
+
+func hasIPv6(cfg *config.Config) bool {
+	for _, vm := range cfg.VMs {
+		if vm.Net.HasIPv6() {
+			return true
+		}
+	}
+	return false
 }
 
 // Teardown removes microvm's interfaces and table from the namespace.

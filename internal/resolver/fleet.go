@@ -10,7 +10,8 @@ import (
 )
 
 // ForFleet keeps a server answering for cfg in the network namespace
-// netns: every VM's name and address, on every VM's gateway, forwarding to
+// netns: every VM's name and addresses (A and AAAA), on every VM's
+// gateway addresses (IPv4 and IPv6), forwarding to
 // host.dns or else the host's own resolvers. It updates s when the domain
 // and upstreams are unchanged, else replaces it (s nil: the first); the
 // server it returns serves even when the error reports a gateway it could
@@ -22,6 +23,10 @@ func ForFleet(s *Server, cfg *config.Config, netns string, log *slog.Logger) (*S
 		vms[vm.Name] = []netip.Addr{vm.Net.Address}
 		if !slices.Contains(gateways, vm.Net.Gateway) {
 			gateways = append(gateways, vm.Net.Gateway)
+		}
+		if vm.Net.HasIPv6() {
+			vms[vm.Name] = append(vms[vm.Name], vm.Net.Address6)
+			gateways = append(gateways, vm.Net.Gateway6)
 		}
 	}
 	var upstreams []string

@@ -95,7 +95,7 @@ func (n *Netns) Serve(t testing.TB, addr string) {
 	var ln net.Listener
 	n.Do(t, func() {
 		var err error
-		if ln, err = net.Listen("tcp4", addr); err != nil {
+		if ln, err = net.Listen(tcpFamily(addr), addr); err != nil {
 			t.Fatalf("listen %s in %s: %v", addr, n.Name, err)
 		}
 	})
@@ -124,7 +124,7 @@ func (n *Netns) Dial(t testing.TB, src, addr string, timeout time.Duration) (str
 		if src != "" {
 			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
 		}
-		c, err = d.Dial("tcp4", addr)
+		c, err = d.Dial(tcpFamily(addr), addr)
 	})
 	if err != nil {
 		return "", err
@@ -133,6 +133,16 @@ func (n *Netns) Dial(t testing.TB, src, addr string, timeout time.Duration) (str
 	c.SetDeadline(time.Now().Add(timeout))
 	b, err := io.ReadAll(c)
 	return string(b), err
+}
+
+// tcpFamily is tcp6 for an IPv6 host:port, else tcp4 (never both: a
+// wildcard listens on one family only, as the test says).
+func tcpFamily(addr string) string {
+	host, _, _ := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+		return "tcp6"
+	}
+	return "tcp4"
 }
 
 // Ping sends one ICMP echo from the namespace and reports whether it was answered.

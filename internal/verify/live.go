@@ -219,6 +219,11 @@ func Live(f Fleet) []Check {
 		checks = append(checks, Check{Name: name + " → gateway", Run: fact(func(m map[string]string) (Status, string) {
 			return reachable(m["ping_gateway"], vm.Net.Gateway.String())
 		})})
+		if vm.Net.HasIPv6() {
+			checks = append(checks, Check{Name: name + " → gateway (IPv6)", Run: fact(func(m map[string]string) (Status, string) {
+				return reachable(m["ping_gateway6"], vm.Net.Gateway6.String())
+			})})
+		}
 		checks = append(checks, Check{Name: name + " → internet", Run: fact(func(m map[string]string) (Status, string) {
 			if gateway == "" {
 				return Skip, "the host has no default gateway"
@@ -239,27 +244,40 @@ func Live(f Fleet) []Check {
 		})})
 		checks = append(checks, Check{Name: name + " isolation", Run: fact(func(m map[string]string) (Status, string) {
 			var broken, allowedOK, notes []string
+			v6 := 0
 			for _, other := range cfg.VMs {
 				if other.Name == name {
 					continue
 				}
-				got := m["to "+other.Name]
 				port := allowedPort(cfg, name, other.Name)
-				switch {
-				case got == "":
-					notes = append(notes, other.Name+": not probed")
-				case port != 0 && got == "blocked":
-					broken = append(broken, fmt.Sprintf("%s → %s:%d is allowed but blocked", name, other.Name, port))
-				case port != 0:
-					allowedOK = append(allowedOK, fmt.Sprintf("%s:%d", other.Name, port))
-				case got != "blocked":
-					broken = append(broken, fmt.Sprintf("%s → %s (%s:22) is reachable (%s): isolation is broken", name, other.Name, other.Net.Address, got))
+				targets := []struct{ key, addr string }{{"to " + other.Name, other.Net.Address.String()}}
+				if vm.Net.HasIPv6() && other.Net.HasIPv6() {
+					targets = append(targets, struct{ key, addr string }{"to " + other.Name + " (IPv6)", other.Net.Address6.String()})
+					v6++
+				}
+				for _, tg := range targets {
+					got := m[tg.key]
+					switch {
+					case got == "":
+						notes = append(notes, tg.key[3:]+": not probed")
+					case port != 0 && got == "blocked":
+						broken = append(broken, fmt.Sprintf("%s → %s:%d (%s) is allowed but blocked", name, other.Name, port, tg.addr))
+					case port != 0:
+						if tg.addr == other.Net.Address.String() {
+							allowedOK = append(allowedOK, fmt.Sprintf("%s:%d", other.Name, port))
+						}
+					case got != "blocked":
+						broken = append(broken, fmt.Sprintf("%s → %s (%s port 22) is reachable (%s): isolation is broken", name, other.Name, tg.addr, got))
+					}
 				}
 			}
 			if len(broken) > 0 {
 				return Fail, strings.Join(broken, "; ")
 			}
 			ev := fmt.Sprintf("cannot reach the %d other VMs", len(cfg.VMs)-1-len(allowedOK))
+			if v6 > 0 {
+				ev += ", over IPv4 or IPv6"
+			}
 			if len(allowedOK) > 0 {
 				ev += "; reaches allowed " + strings.Join(allowedOK, ", ")
 			}
@@ -422,6 +440,17 @@ func allowedPort(cfg *config.Config, from, to string) int {
 	return 0
 }
 
+// addresses are a VM's addresses as the probe's lookups list them:
+// sorted, comma-separated.
+func addresses(vm *config.VM) string {
+	list := []string{vm.Net.Address.String()}
+	if vm.Net.HasIPv6() {
+		list = append(list, vm.Net.Address6.String())
+	}
+	slices.Sort(list)
+	return strings.Join(list, ",")
+}
+
 // otherVM is the first VM of cfg that is not name, or nil.
 func otherVM(cfg *config.Config, name string) *config.VM {
 	for _, v := range cfg.VMs {
@@ -445,7 +474,7 @@ func vmNames(cfg *config.Config, vm *config.VM, m map[string]string) (Status, st
 	}
 	var ev, bad []string
 	for _, n := range slices.Sorted(maps.Keys(want)) {
-		got, addr := m["dns "+n], want[n].Net.Address.String()
+		got, addr := m["dns "+n], addresses(want[n])
 		host := n
 		if n == vm.Name {
 			host = n + "." + vm.Net.Domain
@@ -472,6 +501,9 @@ func probe(f Fleet, vm *config.VM, gateway string) (map[string]string, error) {
 	// microvm-init's own probe, bound into every VM's root: it needs
 	// nothing from the image (no ping, nc or awk).
 	argv := []string{"/run/microvm/init", "probe", "ping", "ping_gateway=" + vm.Net.Gateway.String()}
+	if vm.Net.HasIPv6() {
+		argv = append(argv, "ping", "ping_gateway6="+vm.Net.Gateway6.String())
+	}
 	if gateway != "" {
 		argv = append(argv, "ping", "ping_internet="+gateway)
 	}
@@ -494,6 +526,9 @@ func probe(f Fleet, vm *config.VM, gateway string) (map[string]string, error) {
 			port = 22
 		}
 		argv = append(argv, "tcp", "to "+other.Name+"="+net.JoinHostPort(other.Net.Address.String(), strconv.Itoa(port)))
+		if vm.Net.HasIPv6() && other.Net.HasIPv6() {
+			argv = append(argv, "tcp", "to "+other.Name+" (IPv6)="+net.JoinHostPort(other.Net.Address6.String(), strconv.Itoa(port)))
+		}
 	}
 	s, err := c.NewSession()
 	if err != nil {

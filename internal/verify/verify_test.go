@@ -213,11 +213,12 @@ func TestVMNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := cfg.VM("a")
-	if st, ev := vmNames(cfg, a, map[string]string{"dns a": "10.1.0.2", "dns b": "10.2.0.2"}); st != Pass || ev != "a.microvm.internal is 10.1.0.2, b is 10.2.0.2" {
+	if st, ev := vmNames(cfg, a, map[string]string{"dns a": "10.1.0.2,fd6d:6963:a01::2", "dns b": "10.2.0.2,fd6d:6963:a02::2"}); st != Pass ||
+		ev != "a.microvm.internal is 10.1.0.2,fd6d:6963:a01::2, b is 10.2.0.2,fd6d:6963:a02::2" {
 		t.Errorf("resolved: %s %q", st, ev)
 	}
-	st, ev := vmNames(cfg, a, map[string]string{"dns a": "10.1.0.2", "dns b": "failed: lookup b: server misbehaving"})
-	if st != Fail || !strings.Contains(ev, `b resolves to "failed: lookup b: server misbehaving", want 10.2.0.2`) || !strings.Contains(ev, "10.1.0.1:53") {
+	st, ev := vmNames(cfg, a, map[string]string{"dns a": "10.1.0.2,fd6d:6963:a01::2", "dns b": "failed: lookup b: server misbehaving"})
+	if st != Fail || !strings.Contains(ev, `b resolves to "failed: lookup b: server misbehaving", want 10.2.0.2,fd6d:6963:a02::2`) || !strings.Contains(ev, "10.1.0.1:53") {
 		t.Errorf("failed: %s %q", st, ev)
 	}
 }

@@ -1,11 +1,13 @@
 // Command netbench measures microvm's host network reconcile inside a
 // throwaway network namespace (run as root): applying N VMs from scratch, a
-// no-op reconcile of N VMs, and, side by side in the same run, the reference
-// setup's isolation (one DROP rule per ordered pair of VM bridges) loaded
-// with nft on the same bridges. It prints medians of -runs trials.
+// no-op reconcile of N VMs, IPv4 only and dual-stack side by side, and in
+// the same run the reference setup's isolation (one DROP rule per ordered
+// pair of VM bridges) loaded with nft on the same bridges. It prints
+// medians of -runs trials.
 package main
 
 import (
+	"bytes"
 	"flag"
 	"fmt"
 	"os"
@@ -56,49 +58,40 @@ func run(sizes string, runs int) error {
 	}
 	defer m.Close()
 
-	fmt.Printf("%-6s %-28s %10s %12s\n", "VMs", "measurement", "median", "rules")
+	fmt.Printf("%-6s %-40s %10s %12s\n", "VMs", "measurement", "median", "rules")
 	for _, s := range strings.Split(sizes, ",") {
 		n, err := strconv.Atoi(s)
 		if err != nil {
 			return err
 		}
-		cfg, err := config.Parse("fleet.yaml", bench.FleetYAML(n), config.Options{})
-		if err != nil {
-			return err
-		}
-		rs := firewall.Render(cfg, firewall.Options{Uplink: "uplink0"})
-		var scratch, noop, fwOnly, pairwise []time.Duration
-		for range runs {
-			if _, err := m.Teardown(); err != nil {
-				return err
-			}
-			t0 := time.Now()
-			if _, err := m.Apply(cfg); err != nil {
-				return err
-			}
-			scratch = append(scratch, time.Since(t0))
-			t0 = time.Now()
-			res, err := m.Apply(cfg)
+		dual := bench.FleetYAML(n)
+		v4only := bytes.Replace(dual, []byte("host: { "), []byte("host: { ipv6Prefix: none, "), 1)
+		for _, variant := range []struct {
+			name string
+			yaml []byte
+		}{{"IPv4 only", v4only}, {"dual-stack", dual}} {
+			cfg, err := config.Parse("fleet.yaml", variant.yaml, config.Options{})
 			if err != nil {
 				return err
 			}
-			noop = append(noop, time.Since(t0))
-			if res.Changed() {
-				return fmt.Errorf("%d VMs: the second apply changed %v", n, res.Links)
+			scratch, noop, fwOnly, err := measure(m, path, cfg, runs)
+			if err != nil {
+				return fmt.Errorf("%d VMs, %s: %w", n, variant.name, err)
 			}
-			// The firewall alone, replaced from scratch (table absent).
-			fw := &firewall.Applier{NetNS: path}
-			if _, err := fw.Remove(); err != nil {
-				return err
-			}
-			t0 = time.Now()
-			if _, err := fw.Apply(rs); err != nil {
-				return err
-			}
-			fwOnly = append(fwOnly, time.Since(t0))
-			// The reference approach on the same bridges, in its own table.
-			script := pairwiseScript(cfg)
-			t0 = time.Now()
+			rules := firewall.RuleCount(firewall.Render(cfg, firewall.Options{Uplink: "uplink0"}).Body)
+			fmt.Printf("%-6d %-40s %10s %12d\n", n, "microvm apply from scratch, "+variant.name, median(scratch), rules)
+			fmt.Printf("%-6d %-40s %10s %12s\n", n, "microvm no-op reconcile, "+variant.name, median(noop), "")
+			fmt.Printf("%-6d %-40s %10s %12d\n", n, "microvm table load only, "+variant.name, median(fwOnly), rules)
+		}
+		// The reference approach on the same bridges, in its own table.
+		cfg, err := config.Parse("fleet.yaml", v4only, config.Options{})
+		if err != nil {
+			return err
+		}
+		var pairwise []time.Duration
+		script := pairwiseScript(cfg)
+		for range runs {
+			t0 := time.Now()
 			if err := nft(path, script); err != nil {
 				return err
 			}
@@ -107,14 +100,46 @@ func run(sizes string, runs int) error {
 				return err
 			}
 		}
-		pairs := n * (n - 1)
-		fmt.Printf("%-6d %-28s %10s %12d\n", n, "microvm apply from scratch", median(scratch), firewall.RuleCount(rs.Body))
-		fmt.Printf("%-6d %-28s %10s %12s\n", n, "microvm no-op reconcile", median(noop), "")
-		fmt.Printf("%-6d %-28s %10s %12d\n", n, "microvm table load only", median(fwOnly), firewall.RuleCount(rs.Body))
-		fmt.Printf("%-6d %-28s %10s %12d\n", n, "reference pairwise DROPs", median(pairwise), pairs)
+		fmt.Printf("%-6d %-40s %10s %12d\n", n, "reference pairwise DROPs", median(pairwise), n*(n-1))
 	}
 	_, err = m.Teardown()
 	return err
+}
+
+// measure applies cfg from scratch, then again (a no-op), then loads its
+// table alone from scratch, runs times each.
+func measure(m *network.Manager, path string, cfg *config.Config, runs int) (scratch, noop, fwOnly []time.Duration, err error) {
+	rs := firewall.Render(cfg, firewall.Options{Uplink: "uplink0"})
+	for range runs {
+		if _, err := m.Teardown(); err != nil {
+			return nil, nil, nil, err
+		}
+		t0 := time.Now()
+		if _, err := m.Apply(cfg); err != nil {
+			return nil, nil, nil, err
+		}
+		scratch = append(scratch, time.Since(t0))
+		t0 = time.Now()
+		res, err := m.Apply(cfg)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		noop = append(noop, time.Since(t0))
+		if res.Changed() {
+			return nil, nil, nil, fmt.Errorf("the second apply changed %v", res.Links)
+		}
+		// The firewall alone, replaced from scratch (table absent).
+		fw := &firewall.Applier{NetNS: path}
+		if _, err := fw.Remove(); err != nil {
+			return nil, nil, nil, err
+		}
+		t0 = time.Now()
+		if _, err := fw.Apply(rs); err != nil {
+			return nil, nil, nil, err
+		}
+		fwOnly = append(fwOnly, time.Since(t0))
+	}
+	return scratch, noop, fwOnly, nil
 }
 
 // pairwiseScript is the reference setup's isolation: for every ordered pair
