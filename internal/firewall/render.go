@@ -60,7 +60,7 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	// the VMs' MACs (link-local and DAD sources), the addresses a VM may
 	// advertise in neighbour advertisements, and the ULA networks behind
 	// NAT66.
-	var bridges6, subnets6, nat66, sources6, macs, targets6, gateways6, addrs6, ports6, allows6 []string
+	var bridges6, nat66, sources6, macs, targets6, gateways6, addrs6, ports6, allows6 []string
 	for _, vm := range cfg.VMs {
 		n := vm.Net
 		bridges = append(bridges, quote(n.Bridge))
@@ -75,7 +75,6 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 			continue
 		}
 		bridges6 = append(bridges6, quote(n.Bridge))
-		subnets6 = append(subnets6, n.Subnet6.String())
 		if !n.Routed6 {
 			nat66 = append(nat66, n.Subnet6.String())
 		}
@@ -114,7 +113,6 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 		{name: "vm_ports", typ: "ipv4_addr . inet_proto . inet_service", flags: "interval", elems: ports},
 		{name: "vm_allow", typ: "ifname . ipv4_addr . inet_proto . inet_service", flags: "interval", elems: allows},
 		{name: "vm_bridges6", typ: "ifname", elems: bridges6},
-		{name: "vm_subnets6", typ: "ipv6_addr", flags: "interval", elems: subnets6},
 		{name: "vm_nat66", typ: "ipv6_addr", flags: "interval", elems: nat66},
 		{name: "vm_addrs6", typ: "ipv6_addr", elems: addrs6},
 		{name: "vm_sources6", typ: "ifname . ipv6_addr . ether_addr", elems: sources6},

@@ -215,6 +215,13 @@ func (h *Host) Reconcile(want []VMLink, opts Options) ([]Change, error) {
 		}
 	}
 
+	if !h.IPv6() {
+		// No IPv6 in the kernel: VM networks are IPv4 only (the network
+		// layer warns).
+		for i := range want {
+			want[i].Gateway6 = netip.Prefix{}
+		}
+	}
 	for _, w := range want {
 		if err := h.ensureVM(o, w, opts, record); err != nil {
 			return changes, fmt.Errorf("%s: %w", w.VM, err)
@@ -224,6 +231,18 @@ func (h *Host) Reconcile(want []VMLink, opts Options) ([]Change, error) {
 		return changes, err
 	}
 	return changes, nil
+}
+
+// IPv6 says whether the namespace has IPv6 at all (a kernel booted with
+// ipv6.disable=1 has none).
+func (h *Host) IPv6() bool {
+	ok := false
+	h.Do(func() error {
+		_, err := os.Stat("/proc/sys/net/ipv6")
+		ok = err == nil
+		return nil
+	})
+	return ok
 }
 
 // bridgeIPv6 are a bridge's IPv6 settings: on (a VM with IPv6: no router
@@ -247,7 +266,7 @@ func (h *Host) ensureSysctls(want []VMLink, record func(op, target string)) erro
 		return nil
 	}
 	settings := []SysctlSetting{{"net.ipv4.ip_forward", "1"}}
-	if _, err := os.Stat("/proc/sys/net/ipv6"); err == nil {
+	if h.IPv6() {
 		v6 := false
 		for _, w := range want {
 			settings = append(settings, bridgeIPv6(w.Bridge, w.Gateway6.IsValid())...)

@@ -95,6 +95,9 @@ func (m *Manager) Apply(cfg *config.Config) (*Result, error) {
 		}
 		return nil
 	}
+	if hasIPv6(cfg) && !m.host.IPv6() {
+		res.Warnings = append(res.Warnings, "this host has no IPv6 (booted with ipv6.disable=1?): the VMs' networks are IPv4 only; set host.ipv6Prefix: none to say so")
+	}
 	links, err := m.host.Reconcile(hostnet.LinksFor(cfg), opts)
 	res.Links = append(res.Links, links...)
 	if err != nil {
