@@ -19,6 +19,7 @@ import (
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
+	"microvm.dev/microvm/internal/radv"
 	"microvm.dev/microvm/internal/resolver"
 	"microvm.dev/microvm/internal/secrets"
 	"microvm.dev/microvm/internal/state"
@@ -202,6 +203,12 @@ func (a *app) run(name string, o runOptions) error {
 	}
 	if dns != nil {
 		defer dns.Close()
+	}
+	if adv, err := radv.New(a.netns, nil); err != nil {
+		fmt.Fprintln(a.stderr, "warning: the VM's router advertisements:", err)
+	} else {
+		adv.Update(radv.Networks(cfg))
+		defer adv.Close()
 	}
 	var observe func(steps.Timing)
 	if o.verbose {

@@ -24,6 +24,7 @@ import (
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/plan"
+	"microvm.dev/microvm/internal/radv"
 	"microvm.dev/microvm/internal/resolver"
 	"microvm.dev/microvm/internal/savestate"
 	"microvm.dev/microvm/internal/state"
@@ -54,6 +55,8 @@ type Daemon struct {
 	// dns answers the VMs' DNS on their gateways (nil before the first
 	// apply).
 	dns *resolver.Server
+	// radv announces the VMs' IPv6 networks on their bridges.
+	radv *radv.Advertiser
 }
 
 // OnApply registers f to be called after every apply with its result.
@@ -76,10 +79,16 @@ func NewWithLauncher(env launch.Env, l supervisor.Launcher, log *slog.Logger) (*
 		return nil, err
 	}
 	m.OwnTAPs(env.TAPOwners)
+	adv, err := radv.New(env.NetNS, log.With("component", "radv"))
+	if err != nil {
+		m.Close()
+		return nil, err
+	}
 	sup := supervisor.New(l, state.Dir{Root: env.StateDir}, log.With("component", "supervisor"))
-	d := &Daemon{env: env, log: log.With("component", "daemon"), sup: sup, net: m, boots: make(chan struct{}, max(2, runtime.NumCPU()))}
+	d := &Daemon{env: env, log: log.With("component", "daemon"), sup: sup, net: m, radv: adv, boots: make(chan struct{}, max(2, runtime.NumCPU()))}
 	if _, err := d.sup.Adopt(); err != nil {
 		m.Close()
+		adv.Close()
 		return nil, fmt.Errorf("adopt running VMs: %w", err)
 	}
 	d.stop = make(chan struct{})
@@ -91,6 +100,7 @@ func NewWithLauncher(env launch.Env, l supervisor.Launcher, log *slog.Logger) (*
 func (d *Daemon) Close() {
 	close(d.stop)
 	d.net.Close()
+	d.radv.Close()
 	d.mu.Lock()
 	if d.dns != nil {
 		d.dns.Close()
@@ -283,6 +293,7 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 	}
 	d.mu.Lock()
 	d.cfg, d.file = cfg, name
+	d.radv.Update(radv.Networks(cfg))
 	dns, err := resolver.ForFleet(d.dns, cfg, d.env.NetNS, d.log.With("component", "dns"))
 	d.dns = dns
 	d.mu.Unlock()
