@@ -26,10 +26,11 @@ type Egress struct {
 	Deny []EgressRule `yaml:"deny,omitempty" json:"deny,omitempty"`
 }
 
-// EgressRule is a destination: an IPv4 network or address, with ports
-// (every port and protocol when none are given).
+// EgressRule is a destination: an IPv4 or IPv6 network or address, with
+// ports (every port and protocol when none are given).
 type EgressRule struct {
-	// To is a CIDR (10.20.0.0/16) or an address (10.20.0.5).
+	// To is a CIDR (10.20.0.0/16, 2001:db8:20::/48) or an address
+	// (10.20.0.5).
 	To string `yaml:"to" json:"to" jsonschema:"required"`
 	// Ports limits the rule to these ports, e.g. "5432/tcp".
 	Ports []Port `yaml:"ports,omitempty" json:"ports,omitempty"`
@@ -38,13 +39,14 @@ type EgressRule struct {
 // Offline says the VM may reach nothing beyond its gateway but its allows.
 func (e Egress) Offline() bool { return e.Internet != nil && !*e.Internet }
 
-// Prefix is the rule's destination as a prefix (an address is a /32).
+// Prefix is the rule's destination as a prefix (an address is a /32 or
+// a /128).
 func (r EgressRule) Prefix() (netip.Prefix, bool) {
-	if p, err := netip.ParsePrefix(r.To); err == nil && p.Addr().Is4() {
+	if p, err := netip.ParsePrefix(r.To); err == nil && !p.Addr().Is4In6() && p.Addr().Zone() == "" {
 		return p.Masked(), true
 	}
-	if a, err := netip.ParseAddr(r.To); err == nil && a.Is4() {
-		return netip.PrefixFrom(a, 32), true
+	if a, err := netip.ParseAddr(r.To); err == nil && !a.Is4In6() && a.Zone() == "" {
+		return netip.PrefixFrom(a, a.BitLen()), true
 	}
 	return netip.Prefix{}, false
 }
@@ -82,7 +84,7 @@ func (e *Egress) decodeYAML(d *decoder, n *yaml.Node, path string) {
 // JSONSchema describes Egress for editors.
 func (Egress) JSONSchema() *jsonschema.Schema {
 	rule := &jsonschema.Schema{Type: "object", Required: []string{"to"}, AdditionalProperties: jsonschema.FalseSchema, Properties: jsonschema.NewProperties()}
-	rule.Properties.Set("to", &jsonschema.Schema{Type: "string", Description: "A CIDR or an IPv4 address."})
+	rule.Properties.Set("to", &jsonschema.Schema{Type: "string", Description: "A CIDR or an address, IPv4 or IPv6."})
 	rule.Properties.Set("ports", &jsonschema.Schema{Type: "array", Items: Port{}.JSONSchema(), Description: `Ports such as "5432/tcp"; none: every port and protocol.`})
 	props := jsonschema.NewProperties()
 	props.Set("internet", &jsonschema.Schema{Type: "boolean", Description: "false cuts the VM off everything beyond its gateway but its allows."})
@@ -109,7 +111,7 @@ func (v *validator) egress(p string, e *Egress, fleet bool) {
 	for kind, rules := range map[string][]EgressRule{"allow": e.Allow, "deny": e.Deny} {
 		for i, r := range rules {
 			if _, ok := r.Prefix(); !ok {
-				v.r.addf(joinPath(indexPath(joinPath(p, kind), i), "to"), "%q is not an IPv4 network (10.20.0.0/16) or address", strings.TrimSpace(r.To))
+				v.r.addf(joinPath(indexPath(joinPath(p, kind), i), "to"), "%q is not a network (10.20.0.0/16, 2001:db8:20::/48) or address", strings.TrimSpace(r.To))
 			}
 		}
 	}

@@ -21,17 +21,25 @@ func egressSets(cfg *config.Config) []namedSet {
 			if !ok {
 				continue // validation refused it
 			}
+			k := kind
+			if p.Addr().Is6() {
+				k += "6"
+			}
 			if len(r.Ports) == 0 {
-				m[kind] = append(m[kind], prefix+p.String())
+				m[k] = append(m[k], prefix+p.String())
 				continue
 			}
 			for _, port := range r.Ports {
-				m[kind+"_ports"] = append(m[kind+"_ports"], fmt.Sprintf("%s%s . %s . %s", prefix, p, port.Proto, portRange(port)))
+				m[k+"_ports"] = append(m[k+"_ports"], fmt.Sprintf("%s%s . %s . %s", prefix, p, port.Proto, portRange(port)))
 			}
 		}
 	}
-	for _, p := range config.BlockedByDefault() {
-		fleet["deny"] = append(fleet["deny"], p.String())
+	for _, p := range append(config.BlockedByDefault(), config.BlockedByDefault6()...) {
+		if p.Addr().Is6() {
+			fleet["deny6"] = append(fleet["deny6"], p.String())
+		} else {
+			fleet["deny"] = append(fleet["deny"], p.String())
+		}
 	}
 	add(fleet, "allow", "", cfg.Egress.Allow)
 	add(fleet, "deny", "", cfg.Egress.Deny)
@@ -41,14 +49,16 @@ func egressSets(cfg *config.Config) []namedSet {
 		add(perVM, "deny", br, vm.Egress.Deny)
 	}
 	var out []namedSet
-	for _, kind := range []string{"allow", "allow_ports", "deny", "deny_ports"} {
-		typ, plain := "ipv4_addr", true
-		if kind == "allow_ports" || kind == "deny_ports" {
-			typ, plain = "ipv4_addr . inet_proto . inet_service", false
+	for _, family := range []struct{ suffix, addr string }{{"", "ipv4_addr"}, {"6", "ipv6_addr"}} {
+		for _, kind := range []string{"allow", "deny"} {
+			plain, ports := kind+family.suffix, kind+family.suffix+"_ports"
+			withPorts := family.addr + " . inet_proto . inet_service"
+			out = append(out,
+				namedSet{name: "egress_" + plain, typ: family.addr, flags: "interval", autoMerge: true, elems: dedupe(fleet[plain])},
+				namedSet{name: "vm_egress_" + plain, typ: "ifname . " + family.addr, flags: "interval", elems: dedupe(perVM[plain])},
+				namedSet{name: "egress_" + ports, typ: withPorts, flags: "interval", elems: dedupe(fleet[ports])},
+				namedSet{name: "vm_egress_" + ports, typ: "ifname . " + withPorts, flags: "interval", elems: dedupe(perVM[ports])})
 		}
-		out = append(out,
-			namedSet{name: "egress_" + kind, typ: typ, flags: "interval", autoMerge: plain, elems: dedupe(fleet[kind])},
-			namedSet{name: "vm_egress_" + kind, typ: "ifname . " + typ, flags: "interval", elems: dedupe(perVM[kind])})
 	}
 	var offline []string
 	for _, vm := range cfg.VMs {
@@ -56,12 +66,7 @@ func egressSets(cfg *config.Config) []namedSet {
 			offline = append(offline, quote(vm.Net.Bridge))
 		}
 	}
-	var deny6 []string
-	for _, p := range config.BlockedByDefault6() {
-		deny6 = append(deny6, p.String())
-	}
-	return append(out, namedSet{name: "vm_offline", typ: "ifname", elems: offline},
-		namedSet{name: "egress_deny6", typ: "ipv6_addr", flags: "interval", elems: deny6})
+	return append(out, namedSet{name: "vm_offline", typ: "ifname", elems: offline})
 }
 
 // dedupe sorts elements and drops repeats; an interval set refuses an

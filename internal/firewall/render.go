@@ -190,16 +190,19 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	// offline VMs, then the fleet's allow and deny (link-local and the
 	// cloud metadata services among them by default).
 	w("\tchain egress {")
-	w("\t\tiifname . ip daddr @vm_egress_allow accept")
-	w("\t\tiifname . ip daddr . meta l4proto . th dport @vm_egress_allow_ports accept")
-	w("\t\tiifname . ip daddr @vm_egress_deny counter drop")
-	w("\t\tiifname . ip daddr . meta l4proto . th dport @vm_egress_deny_ports counter drop")
+	for _, f := range []struct{ match, suffix string }{{"ip", ""}, {"ip6", "6"}} {
+		w("\t\tiifname . %s daddr @vm_egress_allow%s accept", f.match, f.suffix)
+		w("\t\tiifname . %s daddr . meta l4proto . th dport @vm_egress_allow%s_ports accept", f.match, f.suffix)
+		w("\t\tiifname . %s daddr @vm_egress_deny%s counter drop", f.match, f.suffix)
+		w("\t\tiifname . %s daddr . meta l4proto . th dport @vm_egress_deny%s_ports counter drop", f.match, f.suffix)
+	}
 	w("\t\tiifname @vm_offline counter drop")
-	w("\t\tip daddr @egress_allow accept")
-	w("\t\tip daddr . meta l4proto . th dport @egress_allow_ports accept")
-	w("\t\tip daddr @egress_deny counter drop")
-	w("\t\tip daddr . meta l4proto . th dport @egress_deny_ports counter drop")
-	w("\t\tip6 daddr @egress_deny6 counter drop")
+	for _, f := range []struct{ match, suffix string }{{"ip", ""}, {"ip6", "6"}} {
+		w("\t\t%s daddr @egress_allow%s accept", f.match, f.suffix)
+		w("\t\t%s daddr . meta l4proto . th dport @egress_allow%s_ports accept", f.match, f.suffix)
+		w("\t\t%s daddr @egress_deny%s counter drop", f.match, f.suffix)
+		w("\t\t%s daddr . meta l4proto . th dport @egress_deny%s_ports counter drop", f.match, f.suffix)
+	}
 	w("\t}")
 	w("\tchain vm_to_vm {")
 	w("\t\tiifname . ip daddr . meta l4proto . th dport @vm_allow accept")

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv6"
 
+	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/testutil"
 )
 
@@ -167,6 +168,7 @@ func TestIPv6(t *testing.T) {
 	if l.counter(t, "ip6 saddr . ether saddr") == before {
 		t.Error("the spoofed IPv6 source was not counted by the anti-spoofing rule")
 	}
+	vm1.IP(t, "-6", "addr", "del", spoofed+"/64", "dev", "eth0") // its own address again
 
 	// A router advertisement from a VM (a rogue router for the host's
 	// bridge) and a neighbour advertisement claiming the gateway's address.
@@ -185,4 +187,27 @@ func TestIPv6(t *testing.T) {
 	// vm2's own address still resolves from the host (its genuine
 	// advertisements pass).
 	check("host → vm2 over IPv6 after the spoofing attempts", "", at(n2.Address6.AsSlice(), 9000), n2.Gateway6.String(), true)
+
+	// The gateway's DNS port over TCP is open to the VM (the daemon's
+	// resolver listens there); AWS's IPv6 metadata address, answering
+	// the host, is not reachable from a VM.
+	l.host.Serve(t, at(n1.Gateway6.AsSlice(), 53))
+	check("vm1 → its IPv6 gateway's DNS port over TCP", "", at(n1.Gateway6.AsSlice(), 53), n1.Address6.String(), true)
+	l.inet.IP(t, "-6", "addr", "add", "fd00:ec2::254/128", "dev", "wan0", "nodad")
+	l.host.IP(t, "-6", "route", "add", "fd00:ec2::254/128", "via", internet6)
+	l.inet.Serve(t, addr("fd00:ec2::254", 80))
+	check("host → fd00:ec2::254 (the host itself may)", "", addr("fd00:ec2::254", 80), "", true)
+	check("vm1 → fd00:ec2::254 (AWS metadata over IPv6)", "", addr("fd00:ec2::254", 80), "", false)
+
+	// An IPv6 egress deny closes exactly that destination.
+	cfg, err := config.Parse("lab.yaml", []byte(labConfig+"  egress: { deny: [{ to: \""+internet6+"\", ports: [\"9000/tcp\"] }] }\n"), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.m.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	l.inet.Serve(t, addr(internet6, 9001))
+	check("vm1 → internet6:9000 (denied by network.egress)", "", addr(internet6, 9000), "", false)
+	check("vm1 → internet6:9001 (not denied)", "", addr(internet6, 9001), uplink6, true)
 }
