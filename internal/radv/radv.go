@@ -61,9 +61,10 @@ type Advertiser struct {
 }
 
 type run struct {
-	n    Network
-	stop chan struct{}
-	done chan struct{}
+	n        Network
+	stop     chan struct{}
+	done     chan struct{}
+	withdraw bool // on stop, announce lifetime 0
 }
 
 // New returns an Advertiser for the namespace at netns ("" for the
@@ -91,7 +92,7 @@ func (a *Advertiser) Update(networks []Network) {
 	defer a.mu.Unlock()
 	for br, r := range a.runs {
 		if n, ok := want[br]; !ok || n != r.n {
-			r.end()
+			r.end(true)
 			delete(a.runs, br)
 		}
 	}
@@ -104,13 +105,21 @@ func (a *Advertiser) Update(networks []Network) {
 	}
 }
 
-// Close stops every announcement.
+// Close stops announcing without withdrawing anything: the VMs run on
+// (a daemon that stops leaves them), and what was announced stays valid
+// for its lifetime, longer than a restart takes.
 func (a *Advertiser) Close() {
-	a.Update(nil)
+	a.mu.Lock()
+	for br, r := range a.runs {
+		r.end(false)
+		delete(a.runs, br)
+	}
+	a.mu.Unlock()
 	a.host.Close()
 }
 
-func (r *run) end() {
+func (r *run) end(withdraw bool) {
+	r.withdraw = withdraw
 	close(r.stop)
 	<-r.done
 }
@@ -162,7 +171,9 @@ func (a *Advertiser) announce(r *run) {
 		}
 		select {
 		case <-r.stop:
-			send(advertisement(r.n, mac, 0))
+			if r.withdraw {
+				send(advertisement(r.n, mac, 0))
+			}
 			return
 		case <-tick.C:
 		case <-solicited:

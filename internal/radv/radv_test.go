@@ -115,4 +115,24 @@ func TestAdvertisements(t *testing.T) {
 	if ra := nextRA(t, c, 5*time.Second); ra.RouterLifetime != 0 {
 		t.Errorf("the withdrawal has router lifetime %s", ra.RouterLifetime)
 	}
+
+	// A daemon that stops (Close) leaves its VMs their router: no
+	// withdrawal.
+	b, err := New(host.Path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Update([]Network{n})
+	nextRA(t, c, 5*time.Second)
+	b.Close()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for {
+		m, _, _, err := c.ReadFrom()
+		if err != nil {
+			break // nothing more: as it should be
+		}
+		if ra, ok := m.(*ndp.RouterAdvertisement); ok && ra.RouterLifetime == 0 {
+			t.Error("Close withdrew the router")
+		}
+	}
 }
