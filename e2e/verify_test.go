@@ -96,7 +96,7 @@ func TestVerifyLiveFleet(t *testing.T) {
 	if err == nil {
 		t.Fatalf("verify passed with isolation broken:\n%s", out)
 	}
-	for _, want := range []string{"FAIL  b isolation", "b → c (10.3.0.2:22) is reachable", "FAIL  c isolation", "c → a"} {
+	for _, want := range []string{"FAIL  b isolation", "b → c (10.3.0.2:22) is reachable", "b → c ([fd6d:6963:a03::2]:22) is reachable", "FAIL  c isolation", "c → a"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("verify output lacks %q:\n%s", want, out)
 		}

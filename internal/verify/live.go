@@ -261,13 +261,13 @@ func Live(f Fleet) []Check {
 					case got == "":
 						notes = append(notes, tg.key[3:]+": not probed")
 					case port != 0 && got == "blocked":
-						broken = append(broken, fmt.Sprintf("%s → %s:%d (%s) is allowed but blocked", name, other.Name, port, tg.addr))
+						broken = append(broken, fmt.Sprintf("%s → %s:%d is allowed but blocked (%s)", name, other.Name, port, net.JoinHostPort(tg.addr, strconv.Itoa(port))))
 					case port != 0:
 						if tg.addr == other.Net.Address.String() {
 							allowedOK = append(allowedOK, fmt.Sprintf("%s:%d", other.Name, port))
 						}
 					case got != "blocked":
-						broken = append(broken, fmt.Sprintf("%s → %s (%s port 22) is reachable (%s): isolation is broken", name, other.Name, tg.addr, got))
+						broken = append(broken, fmt.Sprintf("%s → %s (%s) is reachable (%s): isolation is broken", name, other.Name, net.JoinHostPort(tg.addr, "22"), got))
 					}
 				}
 			}
