@@ -269,6 +269,9 @@ func resolve(r *reporter, f *File, opts Options) *Config {
 	if f.Defaults.Subnet != nil {
 		r.addf("defaults.subnet", "subnet is per VM; set it under vms.<name>")
 	}
+	if f.Defaults.Subnet6 != nil {
+		r.addf("defaults.subnet6", "subnet6 is per VM; set it under vms.<name> (or host.ipv6Prefix for all)")
+	}
 	names := make([]string, 0, len(f.VMs))
 	for name := range f.VMs {
 		names = append(names, name)

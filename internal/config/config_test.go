@@ -310,6 +310,7 @@ func TestBadConfigs(t *testing.T) {
 		{"ipv6 prefix malformed", "host: { ipv6Prefix: 10.0.0.0/8 }\nvms: {}", "host.ipv6Prefix", `"10.0.0.0/8" is not an IPv6 prefix`, Options{}},
 		{"ipv6 prefix size", "host: { ipv6Prefix: \"2001:db8::/60\" }\nvms: {}", "host.ipv6Prefix", "must be /32 to /56", Options{}},
 		{"ipv6 prefix bits", "host: { ipv6Prefix: \"2001:db8::1/48\" }\nvms: {}", "host.ipv6Prefix", "did you mean 2001:db8::/48", Options{}},
+		{"subnet6 in defaults", "defaults: { subnet6: \"fd00:1::/64\" }\nvms: {}", "defaults.subnet6", "subnet6 is per VM", Options{}},
 		{"subnet6 size", "vms: { a: { index: 1, subnet6: \"fd00:1::/56\" } }", "vms.a.subnet6", "a VM's IPv6 network is a /64", Options{}},
 		{"subnet6 link-local", "vms: { a: { index: 1, subnet6: \"fe80::/64\" } }", "vms.a.subnet6", "not usable for a VM network", Options{}},
 		{"subnet6 twice", "vms: { a: { index: 1, subnet6: \"fd00:1::/64\" }, b: { index: 2, subnet6: \"fd00:1::/64\" } }", "vms.b.subnet6", "subnet6 fd00:1::/64 is also a's", Options{}},
