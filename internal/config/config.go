@@ -151,6 +151,30 @@ type Net struct {
 // HasIPv6 says whether the VM has an IPv6 network.
 func (n Net) HasIPv6() bool { return n.Subnet6.IsValid() }
 
+// Addrs are the VM's addresses: IPv4, then IPv6 where it has it.
+func (n Net) Addrs() []netip.Addr {
+	if n.HasIPv6() {
+		return []netip.Addr{n.Address, n.Address6}
+	}
+	return []netip.Addr{n.Address}
+}
+
+// Gateways are the host's addresses on the VM's bridge, in the same order.
+func (n Net) Gateways() []netip.Addr {
+	if n.HasIPv6() {
+		return []netip.Addr{n.Gateway, n.Gateway6}
+	}
+	return []netip.Addr{n.Gateway}
+}
+
+// Subnets are the VM's networks, in the same order.
+func (n Net) Subnets() []netip.Prefix {
+	if n.HasIPv6() {
+		return []netip.Prefix{n.Subnet, n.Subnet6}
+	}
+	return []netip.Prefix{n.Subnet}
+}
+
 // ResolvedForward is a host port forward with its target split out.
 type ResolvedForward struct {
 	HostPort int    `json:"hostPort"`

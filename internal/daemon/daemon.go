@@ -366,10 +366,7 @@ func (d *Daemon) startAll(vms []*config.VM, actions map[string]*VMAction) {
 func (d *Daemon) syncTailnet(cfg *config.Config, res *ApplyResult) {
 	var subnets []netip.Prefix
 	for _, vm := range cfg.VMs {
-		subnets = append(subnets, vm.Net.Subnet)
-		if vm.Net.HasIPv6() {
-			subnets = append(subnets, vm.Net.Subnet6)
-		}
+		subnets = append(subnets, vm.Net.Subnets()...)
 	}
 	changed, err := d.Tailscale.Sync(context.Background(), subnets)
 	switch {

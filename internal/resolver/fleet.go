@@ -20,14 +20,8 @@ func ForFleet(s *Server, cfg *config.Config, netns string, log *slog.Logger) (*S
 	vms := map[string][]netip.Addr{}
 	var gateways []netip.Addr
 	for _, vm := range cfg.VMs {
-		vms[vm.Name] = []netip.Addr{vm.Net.Address}
-		if !slices.Contains(gateways, vm.Net.Gateway) {
-			gateways = append(gateways, vm.Net.Gateway)
-		}
-		if vm.Net.HasIPv6() {
-			vms[vm.Name] = append(vms[vm.Name], vm.Net.Address6)
-			gateways = append(gateways, vm.Net.Gateway6)
-		}
+		vms[vm.Name] = vm.Net.Addrs()
+		gateways = append(gateways, vm.Net.Gateways()...)
 	}
 	var upstreams []string
 	if len(cfg.Host.DNS) > 0 {

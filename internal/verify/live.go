@@ -250,9 +250,8 @@ func Live(f Fleet) []Check {
 					continue
 				}
 				port := allowedPort(cfg, name, other.Name)
-				targets := []struct{ key, addr string }{{"to " + other.Name, other.Net.Address.String()}}
-				if vm.Net.HasIPv6() && other.Net.HasIPv6() {
-					targets = append(targets, struct{ key, addr string }{"to " + other.Name + " (IPv6)", other.Net.Address6.String()})
+				targets := isolationTargets(vm, other)
+				if len(targets) > 1 {
 					v6++
 				}
 				for _, tg := range targets {
@@ -261,13 +260,13 @@ func Live(f Fleet) []Check {
 					case got == "":
 						notes = append(notes, tg.key[3:]+": not probed")
 					case port != 0 && got == "blocked":
-						broken = append(broken, fmt.Sprintf("%s → %s:%d is allowed but blocked (%s)", name, other.Name, port, net.JoinHostPort(tg.addr, strconv.Itoa(port))))
+						broken = append(broken, fmt.Sprintf("%s → %s:%d is allowed but blocked (%s)", name, other.Name, port, netip.AddrPortFrom(tg.addr, uint16(port))))
 					case port != 0:
-						if tg.addr == other.Net.Address.String() {
+						if tg.addr == other.Net.Address {
 							allowedOK = append(allowedOK, fmt.Sprintf("%s:%d", other.Name, port))
 						}
 					case got != "blocked":
-						broken = append(broken, fmt.Sprintf("%s → %s (%s) is reachable (%s): isolation is broken", name, other.Name, net.JoinHostPort(tg.addr, "22"), got))
+						broken = append(broken, fmt.Sprintf("%s → %s (%s) is reachable (%s): isolation is broken", name, other.Name, netip.AddrPortFrom(tg.addr, 22), got))
 					}
 				}
 			}
@@ -443,12 +442,30 @@ func allowedPort(cfg *config.Config, from, to string) int {
 // addresses are a VM's addresses as the probe's lookups list them:
 // sorted, comma-separated.
 func addresses(vm *config.VM) string {
-	list := []string{vm.Net.Address.String()}
-	if vm.Net.HasIPv6() {
-		list = append(list, vm.Net.Address6.String())
+	var list []string
+	for _, a := range vm.Net.Addrs() {
+		list = append(list, a.String())
 	}
 	slices.Sort(list)
 	return strings.Join(list, ",")
+}
+
+// isolationTarget is one address of another VM that vm's probe tries,
+// under the key its result comes back as.
+type isolationTarget struct {
+	key  string
+	addr netip.Addr
+}
+
+// isolationTargets are other's addresses in the families vm has: its
+// IPv4 address ("to NAME"), and its IPv6 one ("to NAME (IPv6)") when both
+// have IPv6.
+func isolationTargets(vm, other *config.VM) []isolationTarget {
+	out := []isolationTarget{{"to " + other.Name, other.Net.Address}}
+	if vm.Net.HasIPv6() && other.Net.HasIPv6() {
+		out = append(out, isolationTarget{"to " + other.Name + " (IPv6)", other.Net.Address6})
+	}
+	return out
 }
 
 // otherVM is the first VM of cfg that is not name, or nil.
@@ -525,9 +542,8 @@ func probe(f Fleet, vm *config.VM, gateway string) (map[string]string, error) {
 		if port == 0 {
 			port = 22
 		}
-		argv = append(argv, "tcp", "to "+other.Name+"="+net.JoinHostPort(other.Net.Address.String(), strconv.Itoa(port)))
-		if vm.Net.HasIPv6() && other.Net.HasIPv6() {
-			argv = append(argv, "tcp", "to "+other.Name+" (IPv6)="+net.JoinHostPort(other.Net.Address6.String(), strconv.Itoa(port)))
+		for _, tg := range isolationTargets(vm, other) {
+			argv = append(argv, "tcp", tg.key+"="+netip.AddrPortFrom(tg.addr, uint16(port)).String())
 		}
 	}
 	s, err := c.NewSession()
