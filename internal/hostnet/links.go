@@ -157,6 +157,16 @@ func (o *observed) conflicts(want []VMLink) []string {
 	return problems
 }
 
+// hasAddr says whether link l holds the address p.
+func (o *observed) hasAddr(l netlink.Link, p netip.Prefix) bool {
+	for _, a := range o.addrs[l.Attrs().Index] {
+		if q, ok := prefixOf(a); ok && q == p {
+			return true
+		}
+	}
+	return false
+}
+
 func linkName(o *observed, idx int) string {
 	for name, l := range o.byName {
 		if l.Attrs().Index == idx {
@@ -215,7 +225,8 @@ func (h *Host) Reconcile(want []VMLink, opts Options) ([]Change, error) {
 		}
 	}
 
-	if !h.IPv6() {
+	ipv6 := h.IPv6()
+	if !ipv6 {
 		// No IPv6 in the kernel: VM networks are IPv4 only (the network
 		// layer warns).
 		for i := range want {
@@ -227,7 +238,7 @@ func (h *Host) Reconcile(want []VMLink, opts Options) ([]Change, error) {
 			return changes, fmt.Errorf("%s: %w", w.VM, err)
 		}
 	}
-	if err := h.ensureSysctls(want, record); err != nil {
+	if err := h.ensureSysctls(want, ipv6, record); err != nil {
 		return changes, err
 	}
 	return changes, nil
@@ -261,12 +272,12 @@ func bridgeIPv6(bridge string, on bool) []SysctlSetting {
 // IPv6 (a host link-local address on an IPv4-only VM network would only
 // widen what a VM can reach; a TAP is a bridge port and needs no address),
 // entering the namespace once for all of them.
-func (h *Host) ensureSysctls(want []VMLink, record func(op, target string)) error {
+func (h *Host) ensureSysctls(want []VMLink, ipv6 bool, record func(op, target string)) error {
 	if len(want) == 0 {
 		return nil
 	}
 	settings := []SysctlSetting{{"net.ipv4.ip_forward", "1"}}
-	if h.IPv6() {
+	if ipv6 {
 		v6 := false
 		for _, w := range want {
 			settings = append(settings, bridgeIPv6(w.Bridge, w.Gateway6.IsValid())...)
@@ -292,9 +303,11 @@ func (h *Host) ensureVM(o *observed, w VMLink, opts Options, record func(op, tar
 	if err != nil {
 		return err
 	}
-	if w.Gateway6.IsValid() {
-		// IPv6 on before its address: the host takes no router
-		// advertisement or address from a VM's network.
+	if w.Gateway6.IsValid() && !o.hasAddr(br, w.Gateway6) {
+		// IPv6 on before its address is added (the kernel refuses one on a
+		// link with IPv6 off), and the host takes no router advertisement
+		// or address from the VM's network. A bridge that has it is left to
+		// ensureSysctls, which checks every link's settings in one pass.
 		changed, err := h.Sysctls(bridgeIPv6(w.Bridge, true))
 		for _, st := range changed {
 			record("set-sysctl", st.Name+"="+st.Value)
@@ -379,7 +392,6 @@ func (h *Host) ensureLink(o *observed, name, typ, alias string, mk func() netlin
 	return l, nil
 }
 
-// ensureAddr makes the gateway the bridge's only IPv4 address.
 // ensureAddrs makes the bridge's addresses exactly gws (its IPv6
 // link-local address, the kernel's, is left alone).
 func (h *Host) ensureAddrs(o *observed, br netlink.Link, gws []netip.Prefix, record func(op, target string)) error {
