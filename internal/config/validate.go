@@ -68,14 +68,23 @@ func (v *validator) host(h *Host) {
 	}
 	v.ipv6Prefix(h.IPv6Prefix)
 	for i, d := range h.DNS {
-		if a, err := netip.ParseAddr(d); err == nil && !a.IsUnspecified() {
-			continue
+		if _, err := ResolverAddr(d); err != nil {
+			v.r.addf(indexPath("host.dns", i), "%v", err)
 		}
-		if ap, err := netip.ParseAddrPort(d); err == nil && ap.Port() != 0 && !ap.Addr().IsUnspecified() {
-			continue
-		}
-		v.r.addf(indexPath("host.dns", i), "%q is not a resolver's address (an IP address, or address:port)", d)
 	}
+}
+
+// ResolverAddr is a resolver named in host.dns: an address (port 53), or
+// address:port.
+func ResolverAddr(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if a, aerr := netip.ParseAddr(s); aerr == nil {
+		ap, err = netip.AddrPortFrom(a, 53), nil
+	}
+	if err != nil || ap.Port() == 0 || ap.Addr().IsUnspecified() {
+		return netip.AddrPort{}, fmt.Errorf("%q is not a resolver's address (an IP address, or address:port)", s)
+	}
+	return ap, nil
 }
 
 // domain is the VMs' DNS domain p says (default DefaultDomain), lower

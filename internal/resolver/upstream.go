@@ -6,7 +6,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
+
+	"microvm.dev/microvm/internal/config"
 )
 
 // HostResolvConf is where the host's own resolvers are read from.
@@ -29,7 +32,7 @@ func HostUpstreams(path string, not []netip.Addr) ([]string, error) {
 			continue
 		}
 		a, err := netip.ParseAddr(fields[1])
-		if err != nil || containsAddr(not, a.WithZone("")) {
+		if err != nil || slices.Contains(not, a.WithZone("")) {
 			continue
 		}
 		out = append(out, net.JoinHostPort(a.String(), "53"))
@@ -37,23 +40,12 @@ func HostUpstreams(path string, not []netip.Addr) ([]string, error) {
 	return out, sc.Err()
 }
 
-// Upstream is a configured upstream (host.dns): an address, or address:port.
+// Upstream is a configured upstream (host.dns) as host:port: an address
+// (port 53), or address:port (config.ResolverAddr).
 func Upstream(s string) (string, error) {
-	if a, err := netip.ParseAddr(s); err == nil {
-		return net.JoinHostPort(a.String(), "53"), nil
-	}
-	ap, err := netip.ParseAddrPort(s)
-	if err != nil || ap.Port() == 0 {
-		return "", fmt.Errorf("%q is not an address or address:port", s)
+	ap, err := config.ResolverAddr(s)
+	if err != nil {
+		return "", err
 	}
 	return ap.String(), nil
-}
-
-func containsAddr(list []netip.Addr, a netip.Addr) bool {
-	for _, x := range list {
-		if x == a {
-			return true
-		}
-	}
-	return false
 }
