@@ -98,10 +98,6 @@ func (s *starter) checkBinaries(context.Context) error {
 		}
 	}
 	s.cmd.Path, s.cmd.Args = bin, append([]string{bin}, argv[1:]...)
-	if s.p.Resolved.Confined != nil {
-		// Born in its own namespaces: the hypervisor keeps this process.
-		confine.SysProcAttr(s.cmd.SysProcAttr)
-	}
 	return nil
 }
 
@@ -231,6 +227,10 @@ func (s *starter) killHelpers() {
 }
 
 func (s *starter) startHypervisor(context.Context) error {
+	if s.p.Resolved.Confined != nil {
+		// Born in its own namespaces: the hypervisor keeps this process.
+		confine.SysProcAttr(s.cmd.SysProcAttr)
+	}
 	if err := s.cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", s.p.Resolved.Command.Argv[0], err)
 	}
