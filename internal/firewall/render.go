@@ -190,14 +190,14 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	// offline VMs, then the fleet's allow and deny (link-local and the
 	// cloud metadata services among them by default).
 	w("\tchain egress {")
-	for _, f := range []struct{ match, suffix string }{{"ip", ""}, {"ip6", "6"}} {
+	for _, f := range families {
 		w("\t\tiifname . %s daddr @vm_egress_allow%s accept", f.match, f.suffix)
 		w("\t\tiifname . %s daddr . meta l4proto . th dport @vm_egress_allow%s_ports accept", f.match, f.suffix)
 		w("\t\tiifname . %s daddr @vm_egress_deny%s counter drop", f.match, f.suffix)
 		w("\t\tiifname . %s daddr . meta l4proto . th dport @vm_egress_deny%s_ports counter drop", f.match, f.suffix)
 	}
 	w("\t\tiifname @vm_offline counter drop")
-	for _, f := range []struct{ match, suffix string }{{"ip", ""}, {"ip6", "6"}} {
+	for _, f := range families {
 		w("\t\t%s daddr @egress_allow%s accept", f.match, f.suffix)
 		w("\t\t%s daddr . meta l4proto . th dport @egress_allow%s_ports accept", f.match, f.suffix)
 		w("\t\t%s daddr @egress_deny%s counter drop", f.match, f.suffix)
@@ -205,17 +205,20 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	}
 	w("\t}")
 	w("\tchain vm_to_vm {")
-	w("\t\tiifname . ip daddr . meta l4proto . th dport @vm_allow accept")
-	w("\t\tiifname . ip6 daddr . meta l4proto . th dport @vm_allow6 accept")
+	for _, f := range families {
+		w("\t\tiifname . %s daddr . meta l4proto . th dport @vm_allow%s accept", f.match, f.suffix)
+	}
 	w("\t\tcounter drop")
 	w("\t}")
 	w("\tchain into_vm {")
 	w("\t\tct status dnat accept")
-	w("\t\tip daddr . meta l4proto . th dport @vm_ports accept")
-	w("\t\tip6 daddr . meta l4proto . th dport @vm_ports6 accept")
+	for _, f := range families {
+		w("\t\t%s daddr . meta l4proto . th dport @vm_ports%s accept", f.match, f.suffix)
+	}
 	if cfg.Host.Tailscale.AdvertiseRoutes {
-		w("\t\tiifname %s ip daddr @vm_addrs tcp dport 22 accept", quote(opts.TailnetInterface))
-		w("\t\tiifname %s ip6 daddr @vm_addrs6 tcp dport 22 accept", quote(opts.TailnetInterface))
+		for _, f := range families {
+			w("\t\tiifname %s %s daddr @vm_addrs%s tcp dport 22 accept", quote(opts.TailnetInterface), f.match, f.suffix)
+		}
 	}
 	w("\t\tcounter drop")
 	w("\t}")
@@ -251,6 +254,10 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	hash := hex.EncodeToString(sum[:])[:16]
 	return Ruleset{Body: strings.ReplaceAll(body, "@HASH@", hash), Hash: hash}
 }
+
+// families are IPv4 and IPv6 as the rules match them (ip, ip6) and as
+// their sets are named (vm_ports, vm_ports6).
+var families = []struct{ match, suffix string }{{"ip", ""}, {"ip6", "6"}}
 
 // namedSet is one set of the ruleset with its elements.
 type namedSet struct {
