@@ -44,6 +44,36 @@ type Host struct {
 type Tailscale struct {
 	// AdvertiseRoutes keeps the host's advertised routes equal to the VM subnets.
 	AdvertiseRoutes bool `yaml:"advertiseRoutes,omitempty" json:"advertiseRoutes,omitempty"`
+	// Socket is tailscaled's LocalAPI socket, an absolute path. Unset: the
+	// tailscale command's default (/var/run/tailscale/tailscaled.sock).
+	Socket string `yaml:"socket,omitempty" json:"socket,omitempty"`
+	// Interface is tailscaled's TUN device, through which the tailnet
+	// reaches the VMs (default tailscale0, as `tailscaled --tun` names it).
+	Interface string `yaml:"interface,omitempty" json:"interface,omitempty"`
+	// Port is tailscaled's WireGuard UDP port (its --port; default 41641,
+	// as Tailscale's packages start it), opened on the uplink when
+	// allowedTCPPorts filters it, so peers behind hard NATs connect
+	// directly instead of through a DERP relay.
+	Port int `yaml:"port,omitempty" json:"port,omitempty" jsonschema:"minimum=1,maximum=65535"`
+}
+
+// DefaultTailscalePort is tailscaled's port in Tailscale's packages.
+const DefaultTailscalePort = 41641
+
+// UDPPort is tailscaled's port: Port, or DefaultTailscalePort.
+func (t Tailscale) UDPPort() int {
+	if t.Port == 0 {
+		return DefaultTailscalePort
+	}
+	return t.Port
+}
+
+// TUN is tailscaled's interface: Interface, or tailscale0.
+func (t Tailscale) TUN() string {
+	if t.Interface == "" {
+		return "tailscale0"
+	}
+	return t.Interface
 }
 
 // VMSpec is one VM as written (or the defaults). Unset keys are nil so the

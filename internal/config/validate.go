@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -67,6 +68,17 @@ func (v *validator) host(h *Host) {
 		seen[p] = i
 	}
 	v.ipv6Prefix(h.IPv6Prefix)
+	if s := h.Tailscale.Socket; s != "" && !filepath.IsAbs(s) {
+		v.r.addf("host.tailscale.socket", "%q is not an absolute path (tailscaled's socket, such as /var/run/tailscale/tailscaled.sock)", s)
+	}
+	if i := h.Tailscale.Interface; i != "" {
+		if msg := checkIfName(i); msg != "" {
+			v.r.addf("host.tailscale.interface", "%s", msg)
+		}
+	}
+	if p := h.Tailscale.Port; p < 0 || p > 65535 {
+		v.r.addf("host.tailscale.port", "port %d is outside 1-65535", p)
+	}
 	for i, d := range h.DNS {
 		if _, err := ResolverAddr(d); err != nil {
 			v.r.addf(indexPath("host.dns", i), "%v", err)

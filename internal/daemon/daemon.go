@@ -10,12 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -49,8 +47,10 @@ type Daemon struct {
 	file  string
 	// onApply, when set, is told about every apply (metrics).
 	onApply func(*ApplyResult, error)
-	// Tailscale advertises the VM subnets when the file asks for it.
+	// Tailscale advertises the VM subnets when the file asks for it (its
+	// socket is the file's host.tailscale.socket).
 	Tailscale tailnet.Client
+	tailnet   tailnetKeeper
 	stop      chan struct{}
 	// dns answers the VMs' DNS on their gateways (nil before the first
 	// apply).
@@ -92,7 +92,9 @@ func NewWithLauncher(env launch.Env, l supervisor.Launcher, log *slog.Logger) (*
 		return nil, fmt.Errorf("adopt running VMs: %w", err)
 	}
 	d.stop = make(chan struct{})
+	d.tailnet.poke = make(chan struct{}, 1)
 	go d.rotateConsoles(15 * time.Second)
+	go d.tailnet.run(d)
 	return d, nil
 }
 
@@ -303,9 +305,7 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 		d.log.Warn("the VMs' DNS", "err", err)
 		res.Warnings = append(res.Warnings, "dns: "+err.Error())
 	}
-	if cfg.Host.Tailscale.AdvertiseRoutes {
-		d.syncTailnet(cfg, res)
-	}
+	d.syncTailnet(cfg, res)
 	tStart := time.Now()
 	d.startAll(toStart, actions)
 	res.Phases.Start = time.Since(tStart).Seconds()
@@ -357,25 +357,6 @@ func (d *Daemon) startAll(vms []*config.VM, actions map[string]*VMAction) {
 		}()
 	}
 	wg.Wait()
-}
-
-// syncTailnet keeps the advertised routes equal to the VM subnets, IPv4
-// and IPv6. Its failure (no tailscale installed, tailscaled down) is
-// reported in the result and the log, never fails the apply: the VMs do
-// not need it.
-func (d *Daemon) syncTailnet(cfg *config.Config, res *ApplyResult) {
-	var subnets []netip.Prefix
-	for _, vm := range cfg.VMs {
-		subnets = append(subnets, vm.Net.Subnets()...)
-	}
-	changed, err := d.Tailscale.Sync(context.Background(), subnets)
-	switch {
-	case err != nil:
-		res.Warnings = append(res.Warnings, "tailscale: "+err.Error())
-		d.log.Warn("tailscale routes", "err", err)
-	case changed:
-		d.log.Info("tailscale routes advertised", "routes", strings.Join(tailnet.Routes(subnets), ","))
-	}
 }
 
 // List reports every VM: each the supervisor knows, and each VM of the

@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"filippo.io/age"
 
@@ -17,48 +19,81 @@ import (
 	"microvm.dev/microvm/internal/testutil"
 )
 
-// Tailscale cannot run here: a fake `tailscale` command records what the
-// daemon asks of it (testutil.FakeTailscale).
+// Against Tailscale's own tailscaled (built by tools/tailnet) in the test's
+// namespace, logged in to Tailscale's test control server: an apply
+// advertises the VM subnets (the tailnet approves them), an unchanged apply
+// changes nothing, a tailscaled logged out gets its routes once it is logged
+// in, without another apply, and with no tailscale installed the apply
+// succeeds and says why.
 func TestApplyAdvertisesVMSubnets(t *testing.T) {
-	testutil.RequireRoot(t)
+	tools := testutil.TailnetBinaries(t)
 	ns := testutil.NewNetns(t, "dts")
+	ns.IP(t, "addr", "add", "172.30.7.1/32", "dev", "lo")
+	url := testutil.TailnetControl(t, tools, ns, "172.30.7.1", "0.0.0.0/0,::/0")
+	node := testutil.StartTailnetNode(t, tools, ns, url, true)
 	st := t.TempDir()
-	d, err := New(launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), NetNS: ns.Path}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	var log syncBuffer
+	d, err := New(launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), NetNS: ns.Path}, slog.New(slog.NewTextHandler(&log, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	dir := t.TempDir()
-	d.Tailscale = tailnet.Client{Bin: testutil.FakeTailscale(t, dir)}
-	src := `host: { externalInterface: none0, tailscale: { advertiseRoutes: true } }
+	d.Tailscale = tailnet.Client{Bin: tools.Tailscale}
+	src := `host: { externalInterface: none0, ipv6Prefix: none, tailscale: { advertiseRoutes: true, socket: ` + node.Socket + ` } }
 vms:
   a: { index: 1, autostart: false }
   b: { subnet: 192.168.50.0/24, autostart: false }
 `
 	// The uplink must exist for validation: give the namespace one.
 	ns.IP(t, "link", "add", "none0", "type", "bridge")
+
+	// Logged out: the apply succeeds, saying so.
 	res, err := d.ApplyFile("t.yaml", []byte(src))
-	if err != nil {
-		t.Fatalf("apply: %v %+v", err, res)
+	if err != nil || len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "not logged in") {
+		t.Fatalf("apply before login: %v %v", err, res.Warnings)
 	}
-	calls, _ := os.ReadFile(filepath.Join(dir, "calls"))
-	if !strings.Contains(string(calls), "set --advertise-routes=10.1.0.0/24,192.168.50.0/24") {
-		t.Errorf("tailscale calls:\n%s", calls)
+	// Logged in afterwards: the daemon advertises within its retry.
+	node.Up(t, url, "hv")
+	routes := func() []string { return node.Status(t).Self.PrimaryRoutes }
+	deadline := time.Now().Add(3 * tailnetRetry)
+	for strings.Join(routes(), ",") != "10.1.0.0/24,192.168.50.0/24" {
+		if time.Now().After(deadline) {
+			t.Fatalf("approved routes %v; daemon log:\n%s\ntailscaled:\n%s", routes(), log.String(), node.Log())
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	// Applying again changes nothing.
-	os.Remove(filepath.Join(dir, "calls"))
+	before := strings.Count(log.String(), "tailscale routes advertised")
 	if _, err := d.ApplyFile("t.yaml", []byte(src)); err != nil {
 		t.Fatal(err)
 	}
-	if calls, _ := os.ReadFile(filepath.Join(dir, "calls")); strings.Contains(string(calls), "set ") {
-		t.Errorf("an unchanged apply set routes again:\n%s", calls)
+	if n := strings.Count(log.String(), "tailscale routes advertised"); n != before {
+		t.Errorf("an unchanged apply set routes again:\n%s", log.String())
 	}
 	// Without tailscale the apply succeeds and says why routes are missing.
-	d.Tailscale = tailnet.Client{Bin: filepath.Join(dir, "missing")}
+	d.Tailscale = tailnet.Client{Bin: filepath.Join(st, "missing")}
 	res, err = d.ApplyFile("t.yaml", []byte(src))
 	if err != nil || len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "tailscale command is not installed") {
 		t.Errorf("without tailscale: %v %v", err, res.Warnings)
 	}
+}
+
+// syncBuffer is a log the daemon's goroutines write while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // A run record damaged on disk: the daemon refuses to start with an error

@@ -27,9 +27,6 @@ const (
 type Options struct {
 	// Uplink is the resolved NAT uplink interface; empty renders no masquerade.
 	Uplink string
-	// TailnetInterface is the VPN interface that may reach VMs over SSH when
-	// tailscale routing is on (default "tailscale0").
-	TailnetInterface string
 }
 
 // Ruleset is a rendered table.
@@ -49,9 +46,6 @@ func (r Ruleset) Script() string {
 
 // Render builds the ruleset for cfg.
 func Render(cfg *config.Config, opts Options) Ruleset {
-	if opts.TailnetInterface == "" {
-		opts.TailnetInterface = "tailscale0"
-	}
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
 
@@ -217,7 +211,7 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	}
 	if cfg.Host.Tailscale.AdvertiseRoutes {
 		for _, f := range families {
-			w("\t\tiifname %s %s daddr @vm_addrs%s tcp dport 22 accept", quote(opts.TailnetInterface), f.match, f.suffix)
+			w("\t\tiifname %s %s daddr @vm_addrs%s tcp dport 22 accept", quote(cfg.Host.Tailscale.TUN()), f.match, f.suffix)
 		}
 	}
 	w("\t\tcounter drop")
@@ -234,6 +228,11 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 		w("\t\tiifname %s icmp type { echo-request, destination-unreachable, time-exceeded } accept", up)
 		w("\t\tiifname %s icmpv6 type { echo-request, destination-unreachable, packet-too-big, time-exceeded, parameter-problem, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept", up)
 		w("\t\tiifname %s tcp dport { %s } accept", up, joinInts(cfg.Host.AllowedTCPPorts))
+		if cfg.Host.Tailscale.AdvertiseRoutes {
+			// tailscaled's WireGuard port: direct connections from peers
+			// whose NAT hole punching cannot open.
+			w("\t\tiifname %s udp dport %d accept", up, cfg.Host.Tailscale.UDPPort())
+		}
 		w("\t\tiifname %s ct status dnat accept", up)
 		w("\t\tiifname %s counter drop", up)
 	}

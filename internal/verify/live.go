@@ -2,8 +2,6 @@ package verify
 
 import (
 	"bytes"
-	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -34,7 +32,8 @@ type Fleet struct {
 	NetNS    string
 	// Status is the daemon's status of a VM.
 	Status func(name string) (supervisor.Status, bool)
-	// Tailscale reads the advertised routes.
+	// Tailscale reads the advertised routes (its socket is the file's
+	// host.tailscale.socket when that is set).
 	Tailscale tailnet.Client
 }
 
@@ -111,24 +110,7 @@ func Live(f Fleet) []Check {
 	}})
 
 	if cfg.Host.Tailscale.AdvertiseRoutes {
-		checks = append(checks, Check{Name: "tailscale routes", Run: func() (Status, string) {
-			var subnets []netip.Prefix
-			for _, vm := range cfg.VMs {
-				subnets = append(subnets, vm.Net.Subnet)
-			}
-			want := tailnet.Routes(subnets)
-			have, err := f.Tailscale.Advertised(context.Background())
-			if errors.Is(err, tailnet.ErrNoTailscale) {
-				return Skip, err.Error()
-			}
-			if err != nil {
-				return Fail, err.Error()
-			}
-			if !slices.Equal(have, want) {
-				return Fail, fmt.Sprintf("advertised %v, want the VM subnets %v", have, want)
-			}
-			return Pass, "advertises " + strings.Join(want, ", ")
-		}})
+		checks = append(checks, tailnetChecks(f)...)
 	}
 
 	// One SSH session per VM gathers its facts and probes, all in parallel.

@@ -116,37 +116,71 @@ func TestDoctor(t *testing.T) {
 	}
 }
 
-// Tailscale cannot run here: a fake `tailscale` command stands in.
-func TestTailscaleRoutesCheck(t *testing.T) {
-	cfg, err := config.Parse("t.yaml", []byte("host: { tailscale: { advertiseRoutes: true } }\nvms: { a: { index: 1 }, b: { index: 2 } }"), config.Options{})
+// Against Tailscale's own tailscaled (tools/tailnet), in userspace mode,
+// and its test control server, which approves only routes in 10.0.0.0/8
+// (as an autoApprovers policy may): logged out fails saying so; the IPv6
+// routes advertised but not approved fail naming them; userspace
+// networking fails the node check (the firewall cannot tell tailnet
+// connections from the host's); no tailscale installed is a skip.
+func TestTailscaleChecks(t *testing.T) {
+	tools := testutil.TailnetBinaries(t)
+	ns := testutil.NewNetns(t, "vts")
+	ns.IP(t, "addr", "add", "172.30.7.1/32", "dev", "lo")
+	url := testutil.TailnetControl(t, tools, ns, "172.30.7.1", "10.0.0.0/8")
+	node := testutil.StartTailnetNode(t, tools, ns, url, true)
+	cfg, err := config.Parse("t.yaml", []byte("host: { tailscale: { advertiseRoutes: true, socket: "+node.Socket+" } }\nvms: { a: { index: 1 }, b: { index: 2 } }"), config.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	fake := tailnet.Client{Bin: testutil.FakeTailscale(t, dir)}
-	find := func(f Fleet) Result {
+	client := tailnet.Client{Bin: tools.Tailscale}
+	run := func(f Fleet) map[string]Result {
+		out := map[string]Result{}
 		for _, c := range Live(f) {
-			if c.Name == "tailscale routes" {
+			if strings.Contains(c.Name, "tailscale") || strings.Contains(c.Name, "tailnet") {
 				st, ev := c.Run()
-				return Result{Name: c.Name, Status: st, Evidence: ev}
+				out[c.Name] = Result{Name: c.Name, Status: st, Evidence: ev}
 			}
 		}
-		t.Fatal("no tailscale check")
-		return Result{}
+		return out
 	}
-	f := Fleet{Config: cfg, NetNS: "", Tailscale: fake, Status: func(string) (supervisor.Status, bool) { return supervisor.Status{}, false }}
-	if r := find(f); r.Status != Fail || !strings.Contains(r.Evidence, "want the VM subnets [10.1.0.0/24 10.2.0.0/24]") {
+	f := Fleet{Config: cfg, NetNS: ns.Path, Tailscale: client, Status: func(string) (supervisor.Status, bool) { return supervisor.Status{}, false }}
+	if r := run(f)["tailscale node"]; r.Status != Fail || !strings.Contains(r.Evidence, "NeedsLogin") || !strings.Contains(r.Evidence, "tailscale up") {
+		t.Errorf("logged out: %+v", r)
+	}
+	node.Up(t, url, "hv")
+	if r := run(f)["tailscale routes"]; r.Status != Fail || !strings.Contains(r.Evidence, "want the VM subnets [10.1.0.0/24 10.2.0.0/24 fd6d:6963:a01::/64 fd6d:6963:a02::/64]") {
 		t.Errorf("nothing advertised: %+v", r)
 	}
-	if _, err := fake.Sync(context.Background(), []netip.Prefix{cfg.VM("a").Net.Subnet, cfg.VM("b").Net.Subnet}); err != nil {
+	var subnets []netip.Prefix
+	for _, vm := range cfg.VMs {
+		subnets = append(subnets, vm.Net.Subnets()...)
+	}
+	if _, err := client.WithSocket(node.Socket).Sync(context.Background(), subnets, nil); err != nil {
 		t.Fatal(err)
 	}
-	if r := find(f); r.Status != Pass {
-		t.Errorf("routes advertised: %+v", r)
+	var got map[string]Result
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got = run(f)
+		if r := got["tailscale routes"]; strings.Contains(r.Evidence, "has not approved fd6d") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	f.Tailscale = tailnet.Client{Bin: filepath.Join(dir, "none")}
-	if r := find(f); r.Status != Skip || !strings.Contains(r.Evidence, "not installed") {
-		t.Errorf("no tailscale: %+v", r)
+	if r := got["tailscale routes"]; r.Status != Fail || !strings.Contains(r.Evidence, "the tailnet has not approved fd6d:6963:a01::/64, fd6d:6963:a02::/64: approve them") {
+		t.Errorf("IPv6 routes not approved: %+v", r)
+	}
+	if r := got["tailscale node"]; r.Status != Fail || !strings.Contains(r.Evidence, "on the tailnet as 100.") || !strings.Contains(r.Evidence, "userspace-networking") {
+		t.Errorf("userspace node: %+v", r)
+	}
+	if r := got["tailnet → VM SSH"]; r.Status != Skip {
+		t.Errorf("SSH over the tailnet without a TUN: %+v", r)
+	}
+	f.Tailscale = tailnet.Client{Bin: filepath.Join(t.TempDir(), "none")}
+	for name, r := range run(f) {
+		if r.Status != Skip || !strings.Contains(r.Evidence, "not installed") {
+			t.Errorf("no tailscale, %s: %+v", name, r)
+		}
 	}
 }
 

@@ -6,6 +6,7 @@ package vmssh
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -83,8 +84,17 @@ func Dial(stateDir, vm, addr, nsPath string, timeout time.Duration) (*ssh.Client
 // ("" = this one): the socket belongs to the
 // namespace it was created in, whatever thread uses it afterwards.
 func DialIn(nsPath, addr string, timeout time.Duration) (net.Conn, error) {
+	return DialFromIn(nsPath, netip.Addr{}, addr, timeout)
+}
+
+// DialFromIn is DialIn from the local address from (the zero Addr: any).
+func DialFromIn(nsPath string, from netip.Addr, addr string, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout}
+	if from.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: from.AsSlice()}
+	}
 	if nsPath == "" {
-		return net.DialTimeout("tcp", addr, timeout)
+		return d.Dial("tcp", addr)
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -106,5 +116,5 @@ func DialIn(nsPath, addr string, timeout time.Duration) (net.Conn, error) {
 			panic(fmt.Sprintf("vmssh: cannot return to the original network namespace: %v", err))
 		}
 	}()
-	return net.DialTimeout("tcp", addr, timeout)
+	return d.Dial("tcp", addr)
 }
