@@ -26,11 +26,7 @@ import (
 // in, without another apply, and with no tailscale installed the apply
 // succeeds and says why.
 func TestApplyAdvertisesVMSubnets(t *testing.T) {
-	tools := testutil.TailnetBinaries(t)
-	ns := testutil.NewNetns(t, "dts")
-	ns.IP(t, "addr", "add", "172.30.7.1/32", "dev", "lo")
-	url := testutil.TailnetControl(t, tools, ns, "172.30.7.1", "0.0.0.0/0,::/0")
-	node := testutil.StartTailnetNode(t, tools, ns, url, true)
+	tools, ns, url, node := testutil.TailnetHost(t, "dts", "0.0.0.0/0,::/0")
 	st := t.TempDir()
 	var log syncBuffer
 	d, err := New(launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), NetNS: ns.Path}, slog.New(slog.NewTextHandler(&log, nil)))

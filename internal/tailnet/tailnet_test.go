@@ -17,11 +17,7 @@ import (
 // tailscale.com module by tools/tailnet) and its test control server, which
 // approves routes inside 10.0.0.0/8 as an autoApprovers policy would.
 func TestSyncWithTailscaled(t *testing.T) {
-	tools := testutil.TailnetBinaries(t)
-	ns := testutil.NewNetns(t, "tsn")
-	ns.IP(t, "addr", "add", "172.30.7.1/32", "dev", "lo")
-	url := testutil.TailnetControl(t, tools, ns, "172.30.7.1", "10.0.0.0/8")
-	node := testutil.StartTailnetNode(t, tools, ns, url, true)
+	tools, _, url, node := testutil.TailnetHost(t, "tsn", "10.0.0.0/8")
 	c := Client{Bin: tools.Tailscale, Socket: node.Socket}
 	ctx := context.Background()
 	subnets := []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24"), netip.MustParsePrefix("10.1.0.0/24"), netip.MustParsePrefix("fd6d:6963:a01::/64")}

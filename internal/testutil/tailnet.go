@@ -291,3 +291,16 @@ func (s TailnetStatus) PeerRoutes(hostname string) []string {
 	}
 	return nil
 }
+
+// TailnetHost is a namespace with a test control server in it (on
+// 172.30.7.1, approving routes inside approve) and one node started in
+// userspace mode, not logged in yet: enough for tests of what the host's
+// daemon asks of tailscaled. It returns the control URL too.
+func TailnetHost(t testing.TB, tag, approve string) (TailnetTools, *Netns, string, *TailnetNode) {
+	t.Helper()
+	tools := TailnetBinaries(t)
+	ns := NewNetns(t, tag)
+	ns.IP(t, "addr", "add", "172.30.7.1/32", "dev", "lo")
+	url := TailnetControl(t, tools, ns, "172.30.7.1", approve)
+	return tools, ns, url, StartTailnetNode(t, tools, ns, url, true)
+}

@@ -23,11 +23,11 @@ import (
 func tailnetChecks(f Fleet) []Check {
 	cfg := f.Config
 	c := f.Tailscale.WithSocket(cfg.Host.Tailscale.Socket)
-	var want []string
+	var subnets []netip.Prefix
 	for _, vm := range cfg.VMs {
-		want = append(want, tailnet.Routes(vm.Net.Subnets())...)
+		subnets = append(subnets, vm.Net.Subnets()...)
 	}
-	want = tailnet.Routes(parsePrefixes(want))
+	want := tailnet.Routes(subnets)
 	var node tailnet.Node
 	var nodeErr error
 	loaded := false
@@ -127,14 +127,6 @@ func tailnetChecks(f Fleet) []Check {
 			return Pass, fmt.Sprintf("%s's SSH (%s) answers the host's tailnet address %s", vm, addr, from)
 		}},
 	}
-}
-
-func parsePrefixes(routes []string) []netip.Prefix {
-	var out []netip.Prefix
-	for _, r := range routes {
-		out = append(out, netip.MustParsePrefix(r))
-	}
-	return out
 }
 
 func joinAddrs(addrs []netip.Addr) string {

@@ -123,11 +123,7 @@ func TestDoctor(t *testing.T) {
 // networking fails the node check (the firewall cannot tell tailnet
 // connections from the host's); no tailscale installed is a skip.
 func TestTailscaleChecks(t *testing.T) {
-	tools := testutil.TailnetBinaries(t)
-	ns := testutil.NewNetns(t, "vts")
-	ns.IP(t, "addr", "add", "172.30.7.1/32", "dev", "lo")
-	url := testutil.TailnetControl(t, tools, ns, "172.30.7.1", "10.0.0.0/8")
-	node := testutil.StartTailnetNode(t, tools, ns, url, true)
+	tools, ns, url, node := testutil.TailnetHost(t, "vts", "10.0.0.0/8")
 	cfg, err := config.Parse("t.yaml", []byte("host: { tailscale: { advertiseRoutes: true, socket: "+node.Socket+" } }\nvms: { a: { index: 1 }, b: { index: 2 } }"), config.Options{})
 	if err != nil {
 		t.Fatal(err)
