@@ -15,6 +15,19 @@ apt_install mmdebstrap docker-registry dnsmasq-base
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
 	systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
 fi
+# The web console's browser test: Debian's chromium, driven by Playwright
+# (playwright-core from npm, e2e/ui/package-lock.json) with the machine's
+# Node.js (20 or later), installed outside the checkout and kept between
+# runs.
+apt_install chromium fonts-dejavu-core
+command -v node >/dev/null 2>&1 || apt_install nodejs npm
+ui=/var/cache/microvm/ui-tests
+if ! cmp -s e2e/ui/package-lock.json "$ui/package-lock.json" || [ ! -d "$ui/node_modules/playwright-core" ]; then
+	echo "==> npm ci (playwright-core) in $ui"
+	mkdir -p "$ui"
+	cp e2e/ui/package.json e2e/ui/package-lock.json "$ui/"
+	(cd "$ui" && npm ci --no-audit --no-fund --loglevel=error)
+fi
 # The kernel the VM tests boot (this machine has no usable /boot), and the
 # arm64 kernel and emulator for the aarch64 guest test (which skips, saying
 # so, if Debian's arm64 packages cannot be fetched).

@@ -18,6 +18,7 @@ import (
 	"microvm.dev/microvm/internal/deploy"
 	"microvm.dev/microvm/internal/logging"
 	"microvm.dev/microvm/internal/metrics"
+	"microvm.dev/microvm/internal/webui"
 )
 
 func (a *app) daemonCommand() *cobra.Command {
@@ -45,6 +46,7 @@ standard error otherwise (--log-format picks).`,
 	cmd.Flags().StringVar(&g.apiListen, "api-listen", "", "also serve the API on this TCP address, TLS with a bearer token (off by default)")
 	cmd.Flags().StringVar(&g.apiCert, "api-tls-cert", "", "certificate (PEM) for --api-listen")
 	cmd.Flags().StringVar(&g.apiKey, "api-tls-key", "", "private key (PEM) for --api-listen")
+	cmd.Flags().StringVar(&g.uiListen, "ui-listen", "", "also serve the web console (and the API, token required) over plain HTTP on this loopback address, for a quick look (off by default; the console is always on --api-listen)")
 	cmd.Flags().StringVar(&g.metrics, "metrics-listen", "", "serve Prometheus metrics at /metrics on this address (off by default; a bare :PORT binds loopback)")
 	cmd.Flags().StringVar(&logFormat, "log-format", logging.FormatAuto, "auto (journald under systemd, else text), text, json or journald")
 	launchFlags(cmd, &o)
@@ -57,6 +59,16 @@ func (a *app) runDaemon(file, logFormat string, o runOptions, g gitOptions) erro
 	}
 	if g.apiListen != "" && (g.apiCert == "" || g.apiKey == "" || a.apiTokenFile == "") {
 		return usagef("--api-listen needs --api-tls-cert, --api-tls-key and --api-token-file: the TCP API is TLS with a bearer token only")
+	}
+	if g.uiListen != "" {
+		if a.apiTokenFile == "" {
+			return usagef("--ui-listen needs --api-token-file: the console asks for the token")
+		}
+		addr, err := loopbackAddr(g.uiListen)
+		if err != nil {
+			return err
+		}
+		g.uiListen = addr
 	}
 	logFile, err := logging.OpenRotating(daemon.DaemonLog(a.stateDir), 10<<20, 3)
 	if err != nil {
@@ -94,6 +106,12 @@ func (a *app) runDaemon(file, logFormat string, o runOptions, g gitOptions) erro
 	log.Info("listening", "socket", a.socket)
 	if g.apiListen != "" {
 		if err := serveTCPAPI(ctx, g.apiListen, g.apiCert, g.apiKey, a.apiTokenFile, handler, log); err != nil {
+			srv.Close()
+			return err
+		}
+	}
+	if g.uiListen != "" {
+		if err := serveUI(ctx, g.uiListen, a.apiTokenFile, handler, log); err != nil {
 			srv.Close()
 			return err
 		}
@@ -143,28 +161,69 @@ func (a *app) runDaemon(file, logFormat string, o runOptions, g gitOptions) erro
 	return nil
 }
 
-// serveTCPAPI serves the API on addr over TLS, bearer token required.
+// serveTCPAPI serves the API and the web console on addr over TLS,
+// bearer token (or the console's session) required.
 func serveTCPAPI(ctx context.Context, addr, certFile, keyFile, tokenFile string, h http.Handler, log interface{ Info(string, ...any) }) error {
 	if certFile == "" || keyFile == "" || tokenFile == "" {
 		return usagef("--api-listen needs --api-tls-cert, --api-tls-key and --api-token-file: the TCP API is TLS with a bearer token only")
 	}
-	b, err := os.ReadFile(tokenFile)
+	token, err := readToken(tokenFile)
 	if err != nil {
-		return fmt.Errorf("API token: %w", err)
-	}
-	token := strings.TrimSpace(string(b))
-	if len(token) < 16 {
-		return fmt.Errorf("the API token in %s is shorter than 16 bytes", tokenFile)
+		return err
 	}
 	ln, err := api.ListenTLS(addr, certFile, keyFile)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: api.WithToken(h, []byte(token)), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: webui.Handler(h, token, true), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	go func() { <-ctx.Done(); srv.Close() }()
-	log.Info("TCP API listening", "addr", ln.Addr().String())
+	log.Info("TCP API and web console listening", "addr", ln.Addr().String(), "console", "https://"+ln.Addr().String()+"/ui/")
 	return nil
+}
+
+// serveUI serves the web console and the API over plain HTTP on a
+// loopback address (a bare ":PORT" binds 127.0.0.1), token required.
+func serveUI(ctx context.Context, addr, tokenFile string, h http.Handler, log interface{ Info(string, ...any) }) error {
+	token, err := readToken(tokenFile)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("web console: %w", err)
+	}
+	srv := &http.Server{Handler: webui.Handler(h, token, false), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	go func() { <-ctx.Done(); srv.Close() }()
+	log.Info("web console listening", "url", "http://"+ln.Addr().String()+"/ui/")
+	return nil
+}
+
+// loopbackAddr is addr for --ui-listen: a loopback address and port (a
+// bare ":PORT" binds 127.0.0.1), as plain HTTP is for this host only.
+func loopbackAddr(addr string) (string, error) {
+	if strings.HasPrefix(addr, ":") {
+		addr = "127.0.0.1" + addr
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		return "", usagef("--ui-listen %s: plain HTTP is for a loopback address only (127.0.0.1:PORT); serve the console to other machines with --api-listen (TLS)", addr)
+	}
+	return addr, nil
+}
+
+// readToken reads the API token, at least 16 bytes.
+func readToken(tokenFile string) ([]byte, error) {
+	b, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("API token: %w", err)
+	}
+	token := strings.TrimSpace(string(b))
+	if len(token) < 16 {
+		return nil, fmt.Errorf("the API token in %s is shorter than 16 bytes", tokenFile)
+	}
+	return []byte(token), nil
 }
 
 // serveMetrics serves h at /metrics on addr; a bare ":PORT" binds loopback.

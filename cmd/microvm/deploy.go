@@ -33,6 +33,7 @@ type gitOptions struct {
 	history               int
 	metrics               string
 	apiListen, apiCert    string
+	uiListen              string
 	apiKey                string
 }
 

@@ -390,3 +390,21 @@ func TestTCPAPINeedsTLSAndToken(t *testing.T) {
 		t.Errorf("unreadable token file: exit %d %q", code, errOut)
 	}
 }
+
+// The console's plain-HTTP listener is for loopback only and needs the
+// token; both are refused before anything starts.
+func TestUIListenRefused(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"daemon", "--ui-listen", "127.0.0.1:9444"}, "--ui-listen needs --api-token-file"},
+		{[]string{"--api-token-file", "/nonexistent", "daemon", "--ui-listen", "0.0.0.0:9444"}, "plain HTTP is for a loopback address only"},
+		{[]string{"--api-token-file", "/nonexistent", "daemon", "--ui-listen", "console.example:9444"}, "plain HTTP is for a loopback address only"},
+	} {
+		code, _, errOut := runCLI(t, append([]string{"--state-dir", t.TempDir()}, c.args...)...)
+		if code != 2 || !strings.Contains(errOut, c.want) {
+			t.Errorf("%v: exit %d, %q; want %q", c.args, code, errOut, c.want)
+		}
+	}
+}

@@ -5,7 +5,6 @@ package api
 
 import (
 	"context"
-	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -56,7 +55,7 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 	deployRoutes(mux, dep)
 	sup := d.Supervisor()
 	mux.HandleFunc("GET /v1/vms", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, d.List())
+		writeJSON(w, http.StatusOK, redactAll(d.List()))
 	})
 	mux.HandleFunc("GET /v1/vms/{name}", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
 		st, ok := d.Status(name)
@@ -64,7 +63,7 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 			writeErr(w, http.StatusNotFound, fmt.Errorf("no VM named %q", name))
 			return
 		}
-		writeJSON(w, http.StatusOK, st)
+		writeJSON(w, http.StatusOK, redact(st))
 	}))
 	mux.HandleFunc("POST /v1/apply", func(w http.ResponseWriter, r *http.Request) {
 		data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
@@ -193,6 +192,24 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 			writeJSON(w, http.StatusOK, map[string]any{"restored": snap, "previous": before})
 		}
 	}))
+	mux.HandleFunc("GET /v1/events", events(d))
+	mux.HandleFunc("GET /v1/host", func(w http.ResponseWriter, r *http.Request) {
+		h, err := d.Host()
+		if err != nil {
+			writeErr(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, h)
+	})
+	mux.HandleFunc("POST /v1/host/checks", func(w http.ResponseWriter, r *http.Request) {
+		res, err := d.Checks()
+		if err != nil {
+			writeErr(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
+	mux.HandleFunc("GET /v1/vms/{name}/console", withVM(console(d)))
 	mux.HandleFunc("GET /v1/daemon/logs", func(w http.ResponseWriter, r *http.Request) {
 		follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
 		streamFile(w, r, d.DaemonLog(), follow)
@@ -417,20 +434,6 @@ func (c *Client) newRequest(method, path string, body io.Reader) (*http.Request,
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	return req, err
-}
-
-// WithToken admits only requests carrying token as their bearer token
-// (compared in constant time); others get 401.
-func WithToken(h http.Handler, token []byte) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || len(token) == 0 || subtle.ConstantTimeCompare([]byte(got), token) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="microvm"`)
-			writeErr(w, http.StatusUnauthorized, errors.New("a valid bearer token is required"))
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
 }
 
 // ListenTLS opens the TCP API on addr with the certificate and key.

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"microvm.dev/microvm/internal/webui"
 )
 
 // selfSigned writes a certificate for 127.0.0.1 and its key.
@@ -45,7 +47,7 @@ func TestTCPAPIRequiresTLSAndToken(t *testing.T) {
 	}
 	token := "a-long-enough-secret-token"
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, []string{}) })
-	srv := &http.Server{Handler: WithToken(h, []byte(token))}
+	srv := &http.Server{Handler: webui.Handler(h, []byte(token), true)}
 	go srv.Serve(ln)
 	defer srv.Close()
 	url := "https://" + ln.Addr().String()

@@ -502,5 +502,8 @@ func DaemonLog(stateDir string) string { return filepath.Join(stateDir, "log", "
 // DaemonLog is this daemon's own log file.
 func (d *Daemon) DaemonLog() string { return DaemonLog(d.env.StateDir) }
 
+// ConsoleSocket is the unix socket of name's interactive serial console.
+func (d *Daemon) ConsoleSocket(name string) string { return d.env.Layout(name).ConsoleSocket() }
+
 // ConsoleLog is the path of a VM's console log.
 func (d *Daemon) ConsoleLog(name string) string { return d.env.Layout(name).ConsoleLog() }

@@ -93,12 +93,30 @@ type Supervisor struct {
 	log      *slog.Logger
 	mu       sync.Mutex
 	vms      map[string]*vmProc
+	// changes is closed (and replaced) at every change of a VM's state
+	// under mu: Changes hands it out.
+	changes chan struct{}
 }
 
 // New returns a supervisor that starts VMs with l and keeps their run
 // records in dir.
 func New(l Launcher, dir state.Dir, log *slog.Logger) *Supervisor {
-	return &Supervisor{ReadyTimeout: ReadyTimeout, Tuning: DefaultTuning, launcher: l, dir: dir, log: log, vms: map[string]*vmProc{}}
+	return &Supervisor{ReadyTimeout: ReadyTimeout, Tuning: DefaultTuning, launcher: l, dir: dir, log: log, vms: map[string]*vmProc{}, changes: make(chan struct{})}
+}
+
+// Changes returns a channel that is closed at the next change of any VM's
+// state (start, ready, exit, restart, stop, removal): a watcher reads the
+// status after it is closed and asks for the next one.
+func (s *Supervisor) Changes() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changes
+}
+
+// changedLocked tells the watchers; s.mu is held.
+func (s *Supervisor) changedLocked() {
+	close(s.changes)
+	s.changes = make(chan struct{})
 }
 
 // Adopt takes over the VMs whose run records name a live hypervisor
@@ -113,6 +131,7 @@ func (s *Supervisor) Adopt() ([]string, error) {
 	var adopted []string
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.changedLocked()
 	for _, rec := range recs {
 		spec := rec.Spec
 		v := &vmProc{spec: &spec, state: Stopped}
@@ -148,6 +167,7 @@ func (s *Supervisor) Adopt() ([]string, error) {
 			s.mu.Lock()
 			if v.gen == gen && v.state == Starting {
 				v.state = Running
+				s.changedLocked()
 			}
 			s.mu.Unlock()
 		}(rec.Name)
@@ -210,6 +230,7 @@ func (s *Supervisor) Start(ctx context.Context, vm *config.VM) error {
 		return fmt.Errorf("%s runs another spec; stop it first", vm.Name)
 	}
 	v.spec, v.wanted, v.failure, v.exits = vm, true, "", nil
+	s.changedLocked()
 	s.mu.Unlock()
 	return s.boot(ctx, vm.Name, v)
 }
@@ -223,6 +244,7 @@ func (s *Supervisor) boot(ctx context.Context, name string, v *vmProc) error {
 	v.gen++
 	gen, spec := v.gen, v.spec
 	v.cancel, v.steps = cancel, nil
+	s.changedLocked()
 	s.mu.Unlock()
 	t0 := time.Now()
 	r, err := s.launcher.Launch(ctx, spec, nil)
@@ -230,6 +252,7 @@ func (s *Supervisor) boot(ctx context.Context, name string, v *vmProc) error {
 		s.mu.Lock()
 		if v.gen == gen {
 			v.state, v.failure, v.wanted = Failed, err.Error(), false
+			s.changedLocked()
 		}
 		s.mu.Unlock()
 		// A VM that never ran is still known to the state directory, as it
@@ -244,6 +267,7 @@ func (s *Supervisor) boot(ctx context.Context, name string, v *vmProc) error {
 	current := v.gen == gen
 	if current {
 		v.run, v.started, v.prepare, v.steps, v.bootNote = r, r.StartedAt(), time.Since(t0), r.Timings(), r.Boot()
+		s.changedLocked()
 	}
 	s.mu.Unlock()
 	if !current { // stopped while it was being prepared
@@ -286,6 +310,7 @@ func (s *Supervisor) awaitReady(name string, v *vmProc, r Process, gen int) erro
 		v.gen++
 		v.run, v.state, v.failure, v.wanted = nil, Failed, err.Error(), false
 	}
+	s.changedLocked()
 	s.mu.Unlock()
 	if err == nil {
 		s.log.Info("VM ready", "vm", name, "pid", r.PID(), "boot", time.Since(r.StartedAt()).Round(time.Millisecond))
@@ -328,6 +353,7 @@ func (s *Supervisor) watch(name string, v *vmProc, r Process, gen int) {
 	restart := v.wanted && (policy == config.RestartAlways || (policy == config.RestartOnFailure && !clean))
 	if !restart {
 		v.state = Stopped
+		s.changedLocked()
 		s.mu.Unlock()
 		s.log.Info("VM exited", "vm", name, "exit", v.lastExit, "restart", false)
 		return
@@ -341,6 +367,7 @@ func (s *Supervisor) watch(name string, v *vmProc, r Process, gen int) {
 	if recent >= tu.CrashLoopCount {
 		v.state, v.wanted = Failed, false
 		v.failure = fmt.Sprintf("crash loop: exited %d times within %s; last console lines:\n%s", recent, tu.CrashLoopWindow, consoleTail(r.ConsoleLog(), 10))
+		s.changedLocked()
 		s.mu.Unlock()
 		s.log.Error("VM in a crash loop; not restarting", "vm", name, "exits", recent)
 		return
@@ -350,6 +377,7 @@ func (s *Supervisor) watch(name string, v *vmProc, r Process, gen int) {
 		delay = tu.MaxBackoff
 	}
 	v.state = Backoff
+	s.changedLocked()
 	s.mu.Unlock()
 	s.log.Warn("VM exited; restarting after backoff", "vm", name, "exit", v.lastExit, "backoff", delay)
 	time.Sleep(delay)
@@ -359,6 +387,7 @@ func (s *Supervisor) watch(name string, v *vmProc, r Process, gen int) {
 		return // stopped, or started anew (a rollback), meanwhile
 	}
 	v.restarts++ // counted when it happens
+	s.changedLocked()
 	s.mu.Unlock()
 	s.boot(context.Background(), name, v)
 }
@@ -424,6 +453,7 @@ func (s *Supervisor) Save(name string) (SaveOutcome, error) {
 func (s *Supervisor) stopping(name string, save bool) (*vmProc, Process, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.changedLocked()
 	v := s.vms[name]
 	if v == nil {
 		return nil, nil, fmt.Errorf("no VM named %q", name)
@@ -456,6 +486,7 @@ func (s *Supervisor) stopped(name string, v *vmProc, r Process, saved bool, err 
 	}
 	rec := r.Record()
 	rec.PID, rec.ProcStart, rec.Saved = 0, 0, saved
+	s.changedLocked()
 	s.mu.Unlock()
 	if werr := s.dir.WriteRunRecord(rec); werr != nil && err == nil {
 		err = werr
@@ -471,6 +502,7 @@ func (s *Supervisor) Forget(name string) error {
 	}
 	s.mu.Lock()
 	delete(s.vms, name)
+	s.changedLocked()
 	s.mu.Unlock()
 	if err := os.Remove(s.dir.RunRecordPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -462,5 +463,61 @@ func TestSave(t *testing.T) {
 	}
 	if rec = (state.RunRecord{}); state.ReadJSON(dir.RunRecordPath("a"), &rec) != nil || rec.Saved {
 		t.Fatal("a failed save is recorded as saved")
+	}
+}
+
+// A watcher of Changes sees every state a VM goes through, each soon
+// after it happens: starting and running, a crash's backoff and the
+// restart, a stop, and the VM forgotten.
+func TestChanges(t *testing.T) {
+	f := newFake(t)
+	s, _ := newSup(t, f)
+	var mu sync.Mutex
+	var seen []State
+	done := make(chan struct{})
+	go func() {
+		ch := s.Changes()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ch:
+			}
+			ch = s.Changes()
+			st, _ := s.Status("a")
+			mu.Lock()
+			if len(seen) == 0 || seen[len(seen)-1] != st.State {
+				seen = append(seen, st.State)
+			}
+			mu.Unlock()
+		}
+	}()
+	defer close(done)
+	has := func(want State) func() bool {
+		return func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return slices.Contains(seen, want)
+		}
+	}
+	if err := s.Start(context.Background(), vm("a", config.RestartAlways)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "running seen", has(Running))
+	f.launches("a")[0].exit(errors.New("exit status 1"))
+	waitFor(t, "backoff seen", has(Backoff))
+	waitFor(t, "the restart", func() bool { return len(f.launches("a")) == 2 && state_(s, "a") == Running })
+	if err := s.Stop("a"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "stopped seen", has(Stopped))
+	ch := s.Changes()
+	if err := s.Forget("a"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		t.Fatal("forgetting a VM is no change")
 	}
 }

@@ -1,0 +1,109 @@
+package e2e
+
+import (
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/testutil"
+)
+
+// UINodeModules is where scripts/test.sh installs the browser tests' npm
+// packages (e2e/ui/package.json): outside the checkout, shared by runs.
+const UINodeModules = "/var/cache/microvm/ui-tests"
+
+// ArtifactsEnv names the directory the browser test keeps its
+// screenshots in (default $TMPDIR/microvm-artifacts).
+const ArtifactsEnv = "MICROVM_TEST_ARTIFACTS"
+
+// The web console in a real browser (Debian's chromium driven by
+// Playwright, e2e/ui/console.test.mjs) against a real GitOps daemon with
+// two VMs under TCG and two generations, the console on a loopback
+// listener: no token is refused, the fleet lists the VMs, the serial
+// console shows the prompt and a typed command's output, a rollback from
+// the deploys page takes effect, stopping b from the fleet page stops it
+// (the CLI sees it) and its row changes without a reload, the host page
+// shows bridges, images and the firewall, and the fleet fits a phone.
+func TestWebConsole(t *testing.T) {
+	requireGuestEnv(t)
+	testutil.RequireCommand(t, "git")
+	node := testutil.RequireCommand(t, "node")
+	testutil.RequireCommand(t, "chromium")
+	if _, err := os.Stat(filepath.Join(UINodeModules, "node_modules", "playwright-core")); err != nil {
+		t.Fatalf("playwright-core is not installed in %s (scripts/test.sh installs it): %v", UINodeModules, err)
+	}
+	repo := newGitRepo(t)
+	l := newDaemonLab(t, "web")
+	fleet := func(mem string) string {
+		return "defaults: { vcpu: 1, stopTimeout: 20s }\nvms:\n  a: { index: 1, memory: 256M }\n  b: { index: 2, memory: " + mem + " }\n"
+	}
+	first := repo.push(fleet("256M"), "first: a and b")
+	token := "console-test-token-0123456789"
+	tokenFile := filepath.Join(l.state, "api.token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeLoopback(t)
+	l.startDaemon("", "--git-url", repo.remote, "--git-interval", "1h", "--health-timeout", "90s", "--api-token-file", tokenFile, "--ui-listen", addr)
+	l.waitGeneration(1, 4*time.Minute)
+	l.waitFor("a and b running", 4*time.Minute, allRunning("a", "b"))
+	repo.push(fleet("288M"), "second: b gets more memory")
+	l.waitGeneration(2, 4*time.Minute)
+	l.waitFor("b on 288M", 4*time.Minute, func(vms map[string]supervisor.Status) bool {
+		return allRunning("a", "b")(vms) && vms["b"].Spec.Memory.String() == "288M"
+	})
+
+	shots := os.Getenv(ArtifactsEnv)
+	if shots == "" {
+		shots = filepath.Join(os.TempDir(), "microvm-artifacts")
+	}
+	shots = filepath.Join(shots, "webconsole")
+	cmd := exec.Command(node, "ui/console.test.mjs")
+	cmd.Env = append(os.Environ(), "UI_URL=http://"+addr, "UI_TOKEN="+token, "UI_NODE_MODULES="+UINodeModules, "FIRST_COMMIT="+first, "SCREENSHOTS="+shots)
+	out, err := cmd.CombinedOutput()
+	t.Logf("browser test (screenshots in %s):\n%s", shots, out)
+	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out)), "ok") {
+		t.Fatalf("the browser test failed: %v", err)
+	}
+
+	// What the page did, as the CLI sees it.
+	vms := l.list()
+	if vms["b"].State != supervisor.Stopped || vms["a"].State != supervisor.Running {
+		t.Errorf("after the page stopped b: a %s, b %s", vms["a"].State, vms["b"].State)
+	}
+	if st := l.deployStatus(); st.Current == nil || st.Current.Commit.Hash != first || vms["b"].Spec.Memory.String() != "256M" {
+		t.Errorf("after the rollback from the page: current %+v, b on %s", st.Current, vms["b"].Spec.Memory)
+	}
+	// A request without the token is refused on the API the page uses.
+	if code := statusOf(t, "http://"+addr+"/v1/vms"); code != 401 {
+		t.Errorf("GET /v1/vms without the token: %d", code)
+	}
+}
+
+// freeLoopback is a loopback address with a port free at the time.
+func freeLoopback(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return "127.0.0.1:" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+}
+
+func statusOf(t *testing.T, url string) int {
+	t.Helper()
+	res, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	res.Body.Close()
+	return res.StatusCode
+}
