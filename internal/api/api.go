@@ -195,19 +195,11 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 	mux.HandleFunc("GET /v1/events", events(d))
 	mux.HandleFunc("GET /v1/host", func(w http.ResponseWriter, r *http.Request) {
 		h, err := d.Host()
-		if err != nil {
-			writeErr(w, http.StatusConflict, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, h)
+		reply(w, h, err)
 	})
 	mux.HandleFunc("POST /v1/host/checks", func(w http.ResponseWriter, r *http.Request) {
 		res, err := d.Checks()
-		if err != nil {
-			writeErr(w, http.StatusConflict, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, res)
+		reply(w, res, err)
 	})
 	mux.HandleFunc("GET /v1/vms/{name}/console", withVM(console(d)))
 	mux.HandleFunc("GET /v1/daemon/logs", func(w http.ResponseWriter, r *http.Request) {
@@ -278,6 +270,18 @@ func deployRoutes(mux *http.ServeMux, dep *deploy.Engine) {
 		}
 		writeJSON(w, code, g)
 	}))
+}
+
+// reply answers v, or err: 409 before any file is applied, 500 otherwise.
+func reply(w http.ResponseWriter, v any, err error) {
+	switch {
+	case errors.Is(err, daemon.ErrNoFile):
+		writeErr(w, http.StatusConflict, err)
+	case err != nil:
+		writeErr(w, http.StatusInternalServerError, err)
+	default:
+		writeJSON(w, http.StatusOK, v)
+	}
 }
 
 func withVM(h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
