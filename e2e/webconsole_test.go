@@ -26,11 +26,12 @@ const ArtifactsEnv = "MICROVM_TEST_ARTIFACTS"
 // The web console in a real browser (Debian's chromium driven by
 // Playwright, e2e/ui/console.test.mjs) against a real GitOps daemon with
 // two VMs under TCG and two generations, the console on a loopback
-// listener: no token is refused, the fleet lists the VMs, the serial
+// listener and on the TLS API listener: no token is refused, the fleet lists the VMs, the serial
 // console shows the prompt and a typed command's output, a rollback from
 // the deploys page takes effect, stopping b from the fleet page stops it
 // (the CLI sees it) and its row changes without a reload, the host page
-// shows bridges, images and the firewall, and the fleet fits a phone.
+// shows bridges, images, the firewall and the doctor's and verify's checks,
+// the fleet fits a phone, and over TLS the session cookie is Secure.
 func TestWebConsole(t *testing.T) {
 	requireGuestEnv(t)
 	testutil.RequireCommand(t, "git")
@@ -50,8 +51,10 @@ func TestWebConsole(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeLoopback(t)
-	l.startDaemon("", "--git-url", repo.remote, "--git-interval", "1h", "--health-timeout", "90s", "--api-token-file", tokenFile, "--ui-listen", addr)
+	addr, tlsAddr := freeLoopback(t), freeLoopback(t)
+	cert, key := testutil.SelfSignedCert(t, l.state)
+	l.startDaemon("", "--git-url", repo.remote, "--git-interval", "1h", "--health-timeout", "90s", "--api-token-file", tokenFile, "--ui-listen", addr,
+		"--api-listen", tlsAddr, "--api-tls-cert", cert, "--api-tls-key", key)
 	l.waitGeneration(1, 4*time.Minute)
 	l.waitFor("a and b running", 4*time.Minute, allRunning("a", "b"))
 	repo.push(fleet("288M"), "second: b gets more memory")
@@ -66,7 +69,7 @@ func TestWebConsole(t *testing.T) {
 	}
 	shots = filepath.Join(shots, "webconsole")
 	cmd := exec.Command(node, "ui/console.test.mjs")
-	cmd.Env = append(os.Environ(), "UI_URL=http://"+addr, "UI_TOKEN="+token, "UI_NODE_MODULES="+UINodeModules, "FIRST_COMMIT="+first, "SCREENSHOTS="+shots)
+	cmd.Env = append(os.Environ(), "UI_URL=http://"+addr, "UI_TLS_URL=https://"+tlsAddr, "UI_TOKEN="+token, "UI_NODE_MODULES="+UINodeModules, "FIRST_COMMIT="+first, "SCREENSHOTS="+shots)
 	out, err := cmd.CombinedOutput()
 	t.Logf("browser test (screenshots in %s):\n%s", shots, out)
 	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out)), "ok") {

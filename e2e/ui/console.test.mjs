@@ -4,13 +4,14 @@
 // prints "step: …"; a failure exits 1 saying which. Screenshots go to
 // SCREENSHOTS.
 //
-// Environment: UI_URL (the console's base URL), UI_TOKEN, UI_NODE_MODULES
+// Environment: UI_URL (the console's base URL on its loopback listener),
+// UI_TLS_URL (on the TLS API listener, a self-signed certificate), UI_TOKEN, UI_NODE_MODULES
 // (where npm installed playwright-core), FIRST_COMMIT (generation 1's
 // commit, the rollback's target), SCREENSHOTS.
 import { createRequire } from "node:module";
 import { mkdirSync } from "node:fs";
 
-const { UI_URL, UI_TOKEN, UI_NODE_MODULES, FIRST_COMMIT, SCREENSHOTS } = process.env;
+const { UI_URL, UI_TLS_URL, UI_TOKEN, UI_NODE_MODULES, FIRST_COMMIT, SCREENSHOTS } = process.env;
 const require = createRequire(`${UI_NODE_MODULES}/package.json`);
 const { chromium } = require("playwright-core");
 
@@ -113,6 +114,19 @@ try {
   const box = await p2.locator(`#fleet tr[data-vm="a"] button[data-action="stop"]`).boundingBox();
   if (!box || box.x + box.width > 390) fail(`a's stop button is off the phone's screen: ${JSON.stringify(box)}`);
   await p2.screenshot({ path: `${SCREENSHOTS}/phone.png` });
+
+  step("on the TLS API listener the console works and its session cookie is Secure");
+  const tls = await browser.newContext({ ignoreHTTPSErrors: true });
+  const p3 = await tls.newPage();
+  p3.on("pageerror", (e) => errors.push(String(e)));
+  await p3.goto(`${UI_TLS_URL}/`);
+  await p3.fill("#token", UI_TOKEN);
+  await p3.click("button[type=submit]");
+  await p3.waitForSelector(`#fleet tr[data-vm="a"] [data-state="running"]`, { timeout: 60000 });
+  const cookies = await tls.cookies();
+  if (cookies.length !== 1 || !cookies[0].secure || !cookies[0].httpOnly || cookies[0].sameSite !== "Strict") fail(`the session cookie over TLS: ${JSON.stringify(cookies)}`);
+  const csp = (await p3.request.get(`${UI_TLS_URL}/ui/`)).headers()["content-security-policy"] || "";
+  if (!csp.includes("script-src 'self'") || !csp.includes("frame-ancestors 'none'")) fail(`CSP: ${csp}`);
 
   if (errors.length) fail(`errors in the page: ${errors.join("; ")}`);
   console.log("ok");

@@ -13,7 +13,8 @@ import (
 	"microvm.dev/microvm/internal/supervisor"
 )
 
-// The event stream sends the VM list at once; the console of a VM that
+// The event stream sends the VM list at once and again when an apply
+// defines another VM; the console of a VM that
 // does not run is refused, saying so; the host view has the applied
 // file's bridges and ruleset.
 func TestEventsConsoleHost(t *testing.T) {
@@ -39,6 +40,16 @@ func TestEventsConsoleHost(t *testing.T) {
 	var vms []supervisor.Status
 	if event != "event: vms\n" || json.Unmarshal([]byte(strings.TrimPrefix(data, "data: ")), &vms) != nil || len(vms) != 1 || vms[0].Name != "a" {
 		t.Errorf("first event: %q %q", event, data)
+	}
+	// A file that defines another VM (never started) is news too.
+	if err := c.Do("POST", "/v1/apply", strings.NewReader("vms: { a: { index: 1, autostart: false }, b: { index: 2, autostart: false } }"), nil); err != nil {
+		t.Fatal(err)
+	}
+	r.ReadString('\n') // the blank line ending the first event
+	event, _ = r.ReadString('\n')
+	data, _ = r.ReadString('\n')
+	if event != "event: vms\n" || json.Unmarshal([]byte(strings.TrimPrefix(data, "data: ")), &vms) != nil || len(vms) != 2 {
+		t.Errorf("after defining b: %q %q", event, data)
 	}
 	wantStatus(t, c.Do("GET", "/v1/vms/a/console", nil, nil), http.StatusConflict, "only a running VM has a console")
 	var host struct {

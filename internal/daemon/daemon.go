@@ -295,6 +295,7 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 	}
 	d.mu.Lock()
 	d.cfg, d.file = cfg, name
+	d.sup.Touch() // the list shows the file's VMs that never started
 	d.radv.Update(radv.Networks(cfg))
 	dns, err := resolver.ForFleet(d.dns, cfg, d.env.NetNS, d.log.With("component", "dns"))
 	d.dns = dns

@@ -113,6 +113,14 @@ func (s *Supervisor) Changes() <-chan struct{} {
 	return s.changes
 }
 
+// Touch tells the watchers of Changes that what they show changed beyond
+// the supervisor's own VMs (a file applied: VMs defined or gone).
+func (s *Supervisor) Touch() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.changedLocked()
+}
+
 // changedLocked tells the watchers; s.mu is held.
 func (s *Supervisor) changedLocked() {
 	close(s.changes)
