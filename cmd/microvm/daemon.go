@@ -175,9 +175,7 @@ func serveTCPAPI(ctx context.Context, addr, certFile, keyFile, tokenFile string,
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: webui.Handler(h, token, true), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	go func() { <-ctx.Done(); srv.Close() }()
+	serveUntil(ctx, ln, webui.Handler(h, token, true))
 	log.Info("TCP API and web console listening", "addr", ln.Addr().String(), "console", "https://"+ln.Addr().String()+"/ui/")
 	return nil
 }
@@ -193,9 +191,7 @@ func serveUI(ctx context.Context, addr, tokenFile string, h http.Handler, log in
 	if err != nil {
 		return fmt.Errorf("web console: %w", err)
 	}
-	srv := &http.Server{Handler: webui.Handler(h, token, false), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	go func() { <-ctx.Done(); srv.Close() }()
+	serveUntil(ctx, ln, webui.Handler(h, token, false))
 	log.Info("web console listening", "url", "http://"+ln.Addr().String()+"/ui/")
 	return nil
 }
@@ -203,9 +199,7 @@ func serveUI(ctx context.Context, addr, tokenFile string, h http.Handler, log in
 // loopbackAddr is addr for --ui-listen: a loopback address and port (a
 // bare ":PORT" binds 127.0.0.1), as plain HTTP is for this host only.
 func loopbackAddr(addr string) (string, error) {
-	if strings.HasPrefix(addr, ":") {
-		addr = "127.0.0.1" + addr
-	}
+	addr = bareLoopback(addr)
 	host, _, err := net.SplitHostPort(addr)
 	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
 		return "", usagef("--ui-listen %s: plain HTTP is for a loopback address only (127.0.0.1:PORT); serve the console to other machines with --api-listen (TLS)", addr)
@@ -228,18 +222,28 @@ func readToken(tokenFile string) ([]byte, error) {
 
 // serveMetrics serves h at /metrics on addr; a bare ":PORT" binds loopback.
 func serveMetrics(ctx context.Context, addr string, h http.Handler, log interface{ Info(string, ...any) }) error {
-	if strings.HasPrefix(addr, ":") {
-		addr = "127.0.0.1" + addr
-	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := net.Listen("tcp", bareLoopback(addr))
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", h)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	go func() { <-ctx.Done(); srv.Close() }()
+	serveUntil(ctx, ln, mux)
 	log.Info("metrics listening", "addr", ln.Addr().String(), "path", "/metrics")
 	return nil
+}
+
+// serveUntil serves h on ln until ctx ends.
+func serveUntil(ctx context.Context, ln net.Listener, h http.Handler) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	go func() { <-ctx.Done(); srv.Close() }()
+}
+
+// bareLoopback is addr with a bare ":PORT" bound to 127.0.0.1.
+func bareLoopback(addr string) string {
+	if strings.HasPrefix(addr, ":") {
+		return "127.0.0.1" + addr
+	}
+	return addr
 }

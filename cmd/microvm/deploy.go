@@ -94,9 +94,7 @@ func (a *app) serveWebhook(ctx context.Context, dep *deploy.Engine, g gitOptions
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/v1/deploy/webhook", dep.Webhook(secret))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	go func() { <-ctx.Done(); srv.Close() }()
+	serveUntil(ctx, ln, mux)
 	log.Info("webhook listening", "addr", ln.Addr().String(), "path", "/v1/deploy/webhook")
 	return nil
 }

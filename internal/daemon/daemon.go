@@ -369,9 +369,7 @@ func (d *Daemon) List() []supervisor.Status {
 	for _, st := range out {
 		known[st.Name] = true
 	}
-	d.mu.Lock()
-	cfg := d.cfg
-	d.mu.Unlock()
+	cfg := d.applied()
 	if cfg == nil {
 		return out
 	}
@@ -474,12 +472,17 @@ func (d *Daemon) forget(name string) error {
 
 // VMConfig returns a VM of the applied file.
 func (d *Daemon) VMConfig(name string) *config.VM {
+	if cfg := d.applied(); cfg != nil {
+		return cfg.VM(name)
+	}
+	return nil
+}
+
+// applied is the applied file (nil before the first apply).
+func (d *Daemon) applied() *config.Config {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.cfg == nil {
-		return nil
-	}
-	return d.cfg.VM(name)
+	return d.cfg
 }
 
 // Remove forgets a VM (stopping it) and, with purge, deletes its directory

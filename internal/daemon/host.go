@@ -22,9 +22,7 @@ var ErrNoFile = errors.New("no file is applied yet")
 
 // Host reports the host against the applied file.
 func (d *Daemon) Host() (*HostInfo, error) {
-	d.mu.Lock()
-	cfg := d.cfg
-	d.mu.Unlock()
+	cfg := d.applied()
 	if cfg == nil {
 		return nil, ErrNoFile
 	}
@@ -50,9 +48,7 @@ func (d *Daemon) Host() (*HostInfo, error) {
 // (the host's prerequisites, then the live fleet), each result with its
 // evidence or fix.
 func (d *Daemon) Checks() ([]verify.Result, error) {
-	d.mu.Lock()
-	cfg := d.cfg
-	d.mu.Unlock()
+	cfg := d.applied()
 	if cfg == nil {
 		return nil, ErrNoFile
 	}

@@ -92,9 +92,7 @@ func (d *Daemon) Restore(vm, name string) (snapshot.Snapshot, error) {
 
 // snapshotDue takes the periodic snapshots the file asks for.
 func (d *Daemon) snapshotDue() {
-	d.mu.Lock()
-	cfg := d.cfg
-	d.mu.Unlock()
+	cfg := d.applied()
 	if cfg == nil {
 		return
 	}

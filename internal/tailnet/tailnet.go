@@ -147,8 +147,8 @@ func (c Client) Advertised(ctx context.Context) ([]string, error) {
 // Sync makes the advertised routes subnets, keeping every route of the
 // node's that microvm does not own (an exit node's 0.0.0.0/0 and ::/0, a
 // LAN the admin advertises by hand): owned says which are microvm's (nil:
-// all but an exit node's). It does so once the node is on its tailnet
-// (ErrNotRunning before) and reports whether it changed anything.
+// NotExit, as when no record is kept). It does so once the node is on its
+// tailnet (ErrNotRunning before) and reports whether it changed anything.
 func (c Client) Sync(ctx context.Context, subnets []netip.Prefix, owned func(route string) bool) (bool, error) {
 	st, err := c.Status(ctx)
 	if err != nil {
@@ -162,7 +162,7 @@ func (c Client) Sync(ctx context.Context, subnets []netip.Prefix, owned func(rou
 		return false, err
 	}
 	if owned == nil {
-		owned = func(r string) bool { return !ExitRoute(r) }
+		owned = NotExit
 	}
 	want := Routes(subnets)
 	for _, r := range have {
@@ -180,17 +180,22 @@ func (c Client) Sync(ctx context.Context, subnets []netip.Prefix, owned func(rou
 	return true, nil
 }
 
+// NotExit says route is not an exit node's: without a record, every
+// other route counts as microvm's (as before there was one).
+func NotExit(route string) bool { return !ExitRoute(route) }
+
 // ExitRoute says route is an exit node's (0.0.0.0/0 or ::/0), which
 // `tailscale set --advertise-exit-node` keeps among the advertised routes.
 func ExitRoute(route string) bool {
 	return route == "0.0.0.0/0" || route == "::/0"
 }
 
-// Unapproved are the routes of want the tailnet has not approved, sorted.
-func Unapproved(want, approved []string) []string {
+// Missing are the routes of want that have lacks, in want's order: those
+// not advertised, or (against the approved ones) not approved.
+func Missing(want, have []string) []string {
 	var out []string
 	for _, r := range want {
-		if !slices.Contains(approved, r) {
+		if !slices.Contains(have, r) {
 			out = append(out, r)
 		}
 	}
@@ -212,12 +217,12 @@ func Routes(subnets []netip.Prefix) []string {
 func OwnedFile(stateDir string) string { return filepath.Join(stateDir, "tailnet-routes.json") }
 
 // Owned says which routes microvm advertised, by the record in stateDir;
-// nil (all but an exit node's) when there is none yet.
+// NotExit when there is none yet.
 func Owned(stateDir string) (func(route string) bool, error) {
 	var rec struct{ Routes []string }
 	if err := state.ReadJSON(OwnedFile(stateDir), &rec); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
+			return NotExit, nil
 		}
 		return nil, err
 	}

@@ -133,10 +133,10 @@ type TailnetNode struct {
 	cmd    *exec.Cmd
 }
 
-// TailnetEnv is what every test tailscaled runs with: no logs uploaded,
+// tailnetEnv is what every test tailscaled runs with: no logs uploaded,
 // no port mapping, no reaching Tailscale's own control server (it panics
 // if it tries), the connectivity check answered by the test's control.
-func TailnetEnv(controlURL string) []string {
+func tailnetEnv(controlURL string) []string {
 	return []string{
 		"TS_NO_LOGS_NO_SUPPORT=true",
 		"TS_PANIC_IF_HIT_MAIN_CONTROL=1",
@@ -181,7 +181,7 @@ func (n *TailnetNode) Start(t testing.TB, controlURL string, userspace bool) {
 		args = append(args, fmt.Sprintf("--port=%d", n.Port))
 	}
 	cmd := exec.Command("ip", args...)
-	cmd.Env = append(os.Environ(), TailnetEnv(controlURL)...)
+	cmd.Env = append(os.Environ(), tailnetEnv(controlURL)...)
 	logf, err := os.OpenFile(filepath.Join(n.Dir, "tailscaled.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)

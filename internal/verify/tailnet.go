@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"microvm.dev/microvm/internal/supervisor"
@@ -28,16 +29,7 @@ func tailnetChecks(f Fleet) []Check {
 		subnets = append(subnets, vm.Net.Subnets()...)
 	}
 	want := tailnet.Routes(subnets)
-	var node tailnet.Node
-	var nodeErr error
-	loaded := false
-	load := func() (tailnet.Node, error) {
-		if !loaded {
-			loaded = true
-			node, nodeErr = c.Status(context.Background())
-		}
-		return node, nodeErr
-	}
+	load := sync.OnceValues(func() (tailnet.Node, error) { return c.Status(context.Background()) })
 	fail := func(err error) (Status, string) {
 		if errors.Is(err, tailnet.ErrNoTailscale) {
 			return Skip, err.Error()
@@ -64,33 +56,26 @@ func tailnetChecks(f Fleet) []Check {
 			if err != nil {
 				return fail(err)
 			}
-			var missing, stale, others []string
 			owned, err := tailnet.Owned(f.StateDir)
 			if err != nil {
 				return Fail, err.Error()
 			}
-			for _, r := range want {
-				if !slices.Contains(have, r) {
-					missing = append(missing, r)
-				}
-			}
-			for _, r := range have {
-				switch {
-				case slices.Contains(want, r):
-				case owned != nil && owned(r) || owned == nil && !tailnet.ExitRoute(r):
+			var stale, others []string
+			for _, r := range tailnet.Missing(have, want) {
+				if owned(r) {
 					stale = append(stale, r)
-				default:
+				} else {
 					others = append(others, r)
 				}
 			}
-			if len(missing) > 0 || len(stale) > 0 {
+			if missing := tailnet.Missing(want, have); len(missing) > 0 || len(stale) > 0 {
 				return Fail, fmt.Sprintf("advertised %v, want the VM subnets %v (is the daemon running?)", have, want)
 			}
 			n, err := load()
 			if err != nil {
 				return fail(err)
 			}
-			if u := tailnet.Unapproved(want, n.Approved); len(u) > 0 {
+			if u := tailnet.Missing(want, n.Approved); len(u) > 0 {
 				return Fail, fmt.Sprintf("advertised, but the tailnet has not approved %s: approve them in the admin console (Machines, this host, Edit route settings) or with autoApprovers in the tailnet policy", strings.Join(u, ", "))
 			}
 			ev := "advertises and the tailnet approved " + strings.Join(want, ", ")

@@ -10,13 +10,12 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
+
+	"microvm.dev/microvm/bench/lab"
 )
 
 func main() {
@@ -47,16 +46,6 @@ func fleet(n int, changed int) string {
 	return b.String()
 }
 
-type lab struct {
-	bin, state, socket, ns string
-	daemon                 *exec.Cmd
-}
-
-func (l *lab) cli(args ...string) ([]byte, error) {
-	full := append([]string{"--state-dir", l.state, "--socket", l.socket, "--netns", "/run/netns/" + l.ns}, args...)
-	return exec.Command(filepath.Join(l.bin, "microvm"), full...).CombinedOutput()
-}
-
 func rssKB(pid int) int {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	for _, line := range strings.Split(string(b), "\n") {
@@ -85,11 +74,12 @@ type applyResult struct {
 
 func secs(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 
-func (l *lab) apply(src string) (applyResult, time.Duration, error) {
-	f := filepath.Join(l.state, "infra.yaml")
+// apply applies src with the CLI and times it.
+func apply(l *lab.Lab, src string) (applyResult, time.Duration, error) {
+	f := filepath.Join(l.State, "infra.yaml")
 	os.WriteFile(f, []byte(src), 0o644)
 	t0 := time.Now()
-	out, err := l.cli("apply", "-f", f, "-o", "json")
+	out, err := l.CLI("apply", "-f", f, "-o", "json")
 	d := time.Since(t0)
 	var res applyResult
 	json.Unmarshal(out, &res)
@@ -100,48 +90,21 @@ func (l *lab) apply(src string) (applyResult, time.Duration, error) {
 }
 
 func run(bin, store, sizes string) error {
-	bin, _ = filepath.Abs(bin)
-	store, _ = filepath.Abs(store)
-	st, err := os.MkdirTemp("", "daemonbench-")
+	l, err := lab.New("dbench", bin, store)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(st)
-	os.Symlink(store, filepath.Join(st, "store"))
-	l := &lab{bin: bin, state: st, socket: filepath.Join(st, "run", "microvm.sock"), ns: fmt.Sprintf("dbench%d", os.Getpid())}
-	if out, err := exec.Command("ip", "netns", "add", l.ns).CombinedOutput(); err != nil {
-		return fmt.Errorf("%v: %s", err, out)
-	}
-	defer exec.Command("ip", "netns", "del", l.ns).Run()
-	l.daemon = exec.Command(filepath.Join(bin, "microvm"), "--state-dir", st, "--socket", l.socket, "--netns", "/run/netns/"+l.ns, "daemon")
-	logf, _ := os.Create(filepath.Join(st, "daemon.log"))
-	l.daemon.Stdout, l.daemon.Stderr = logf, logf
-	l.daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := l.daemon.Start(); err != nil {
+	defer l.Close()
+	if err := l.StartDaemon(); err != nil {
 		return err
 	}
-	defer func() {
-		l.apply(fleet(0, 0)) // stops every VM
-		l.daemon.Process.Kill()
-		l.daemon.Wait()
-	}()
-	for i := 0; ; i++ {
-		if c, err := net.Dial("unix", l.socket); err == nil {
-			c.Close()
-			break
-		}
-		if i > 200 {
-			return fmt.Errorf("the daemon did not listen")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	pid := l.daemon.Process.Pid
+	pid := l.PID()
 	fmt.Printf("%-46s %s\n", "measurement", "value")
 	for _, s := range strings.Split(sizes, ",") {
 		var n int
 		fmt.Sscan(s, &n)
 		t0 := time.Now()
-		if _, _, err := l.apply(fleet(n, 0)); err != nil {
+		if _, _, err := apply(l, fleet(n, 0)); err != nil {
 			return err
 		}
 		up := time.Since(t0)
@@ -150,7 +113,7 @@ func run(bin, store, sizes string) error {
 		if n == 50 {
 			var noop []time.Duration
 			for range 5 {
-				_, d, err := l.apply(fleet(50, 0))
+				_, d, err := apply(l, fleet(50, 0))
 				if err != nil {
 					return err
 				}
@@ -164,7 +127,7 @@ func run(bin, store, sizes string) error {
 				if i%2 == 1 {
 					src = fleet(50, 0) // change it back: every apply restarts t7
 				}
-				res, d, err := l.apply(src)
+				res, d, err := apply(l, src)
 				if err != nil {
 					return err
 				}

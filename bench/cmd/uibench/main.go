@@ -19,8 +19,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"microvm.dev/microvm/bench/lab"
 )
 
 func main() {
@@ -46,55 +47,32 @@ func fleet(n int) string {
 }
 
 func run(bin, store, modules string, n, rounds int) error {
-	bin, _ = filepath.Abs(bin)
-	store, _ = filepath.Abs(store)
-	st, err := os.MkdirTemp("", "uibench-")
+	l, err := lab.New("uibench", bin, store)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(st)
-	if err := os.Chmod(st, 0o711); err != nil {
+	defer l.Close()
+	token := "uibench-token-0123456789abcdef"
+	tokenFile := filepath.Join(l.State, "token")
+	file := filepath.Join(l.State, "infra.yaml")
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
 		return err
 	}
-	os.Symlink(store, filepath.Join(st, "store"))
-	ns := fmt.Sprintf("uibench%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		return fmt.Errorf("%v: %s", err, out)
+	if err := os.WriteFile(file, []byte(fleet(n)), 0o644); err != nil {
+		return err
 	}
-	defer exec.Command("ip", "netns", "del", ns).Run()
-	socket := filepath.Join(st, "run", "microvm.sock")
-	token := "uibench-token-0123456789abcdef"
-	tokenFile := filepath.Join(st, "token")
-	os.WriteFile(tokenFile, []byte(token), 0o600)
-	file := filepath.Join(st, "infra.yaml")
-	os.WriteFile(file, []byte(fleet(n)), 0o644)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	base := []string{"--state-dir", st, "--socket", socket, "--netns", "/run/netns/" + ns}
-	d := exec.Command(filepath.Join(bin, "microvm"), append(base, "--api-token-file", tokenFile, "daemon", "--config", file, "--ui-listen", addr)...)
-	logf, _ := os.Create(filepath.Join(st, "daemon.log"))
-	d.Stdout, d.Stderr = logf, logf
-	d.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := d.Start(); err != nil {
+	if err := l.StartDaemon("--api-token-file", tokenFile, "--config", file, "--ui-listen", addr); err != nil {
 		return err
 	}
-	cli := func(args ...string) ([]byte, error) {
-		return exec.Command(filepath.Join(bin, "microvm"), append(base, args...)...).CombinedOutput()
-	}
-	defer func() {
-		empty := filepath.Join(st, "empty.yaml")
-		os.WriteFile(empty, []byte("vms: {}\n"), 0o644)
-		cli("apply", "-f", empty) // stops every VM
-		d.Process.Kill()
-		d.Wait()
-	}()
 	t0 := time.Now()
 	for {
-		out, err := cli("list", "-o", "json")
+		out, err := l.CLI("list", "-o", "json")
 		if err == nil && strings.Count(string(out), `"state":"running"`)+strings.Count(string(out), `"state": "running"`) == n {
 			break
 		}
@@ -125,7 +103,7 @@ func run(bin, store, modules string, n, rounds int) error {
 		}
 		for range 5 {
 			t := time.Now()
-			if out, err := cli("list"); err != nil {
+			if out, err := l.CLI("list"); err != nil {
 				return fmt.Errorf("list: %v\n%s", err, out)
 			}
 			list = append(list, float64(time.Since(t).Microseconds())/1000)

@@ -49,6 +49,17 @@ async function api(method, path, body) {
 }
 
 // fmtBytes shows a byte count; sizes the daemon spells ("512M") stay.
+// table is a scrollable table: headers, then rows (a <tr> as is, else an
+// array of cells, each a <td> as is or the content of one); empty is said
+// instead of an empty table.
+function table(id, headers, rows, empty) {
+  if (!rows.length && empty) return el("p", { class: "muted" }, empty);
+  const cell = (c) => (c instanceof HTMLTableCellElement ? c : el("td", {}, c));
+  return el("div", { class: "scroll" }, el("table", { id },
+    el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, rows.map((r) => (r instanceof HTMLTableRowElement ? r : el("tr", {}, r.map(cell)))))));
+}
+
 function fmtBytes(n) {
   if (typeof n === "string") return n;
   if (!n) return "0";
@@ -191,10 +202,6 @@ function fleetPage() {
 
 // ---- one VM
 
-function redactedSpec(spec) {
-  return JSON.stringify(spec, null, 2);
-}
-
 async function vmPage(name) {
   render(el("h1", {}, name), el("p", { class: "muted" }, "Loading…"));
   let vm, snaps = [], log = "";
@@ -219,16 +226,14 @@ async function vmPage(name) {
       card("Address", (spec.net || {}).address), card("Hypervisor", spec.hypervisor), card("vCPUs", spec.vcpu),
       card("Memory", spec.memory ? fmtBytes(spec.memory) : ""), card("Image", spec.image), card("Restarts", vm.restarts ?? 0),
       card("Boot", vm.bootSeconds ? `${vm.bootSeconds.toFixed(1)}s` : ""), card("Last exit", vm.lastExit || vm.failure || "")),
-    el("div", { class: "actions", style: undefined }, actionButtons(vm)),
+    actionButtons(vm),
     el("h2", {}, "Serial console"), consoleStatus, term,
     el("h2", {}, "Console log"), logPre,
     el("h2", {}, "Volumes"),
-    volumes.length ? el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Name"), el("th", {}, "Mount point"), el("th", {}, "Size"))),
-      el("tbody", {}, volumes.map((v) => el("tr", {}, el("td", {}, v.name), el("td", {}, v.mountPoint), el("td", {}, fmtBytes(v.size))))))) : el("p", { class: "muted" }, "No volumes."),
+    table(undefined, ["Name", "Mount point", "Size"], volumes.map((v) => [v.name, v.mountPoint, fmtBytes(v.size)]), "No volumes."),
     el("h2", {}, "Snapshots"),
-    snaps && snaps.length ? el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Name"), el("th", {}, "Volume"), el("th", {}, "Taken"), el("th", {}, "Size"))),
-      el("tbody", {}, snaps.map((s) => el("tr", {}, el("td", {}, s.name), el("td", {}, s.volume), el("td", {}, new Date(s.time).toLocaleString()), el("td", {}, fmtBytes(s.size))))))) : el("p", { class: "muted" }, "No snapshots."),
-    el("h2", {}, "Applied spec"), el("pre", { id: "spec", tabindex: "0" }, redactedSpec(spec)));
+    table(undefined, ["Name", "Volume", "Taken", "Size"], (snaps || []).map((s) => [s.name, s.volume, new Date(s.time).toLocaleString(), fmtBytes(s.size)]), "No snapshots."),
+    el("h2", {}, "Applied spec"), el("pre", { id: "spec", tabindex: "0" }, JSON.stringify(spec, null, 2)));
   logPre.scrollTop = logPre.scrollHeight;
   if (vm.state === "running") openConsole(name, term, consoleStatus);
   else consoleStatus.textContent = `The console opens when ${name} runs.`;
@@ -280,7 +285,7 @@ async function deploysPage() {
       el("button", { type: "button", id: "suspend", onclick: (e) => run(st.suspended ? "/v1/deploy/resume" : "/v1/deploy/suspend", e.currentTarget) }, st.suspended ? "Resume deploys" : "Suspend deploys"),
       el("button", { type: "button", id: "trigger", onclick: (e) => run("/v1/deploy/trigger", e.currentTarget) }, "Fetch now")),
     el("h2", {}, "Generations"),
-    el("div", { class: "scroll" }, generationsTable(gens, current, run)));
+    generationsTable(gens, current, run));
 }
 
 function generationsTable(gens, current, run) {
@@ -298,9 +303,7 @@ function generationsTable(gens, current, run) {
       ? el("button", { type: "button", "data-rollback": g.number, "aria-label": `Roll back to generation ${g.number}`,
         onclick: (e) => run(`/v1/deploy/rollback?generation=${g.number}`, e.currentTarget) }, "Roll back here")
       : null));
-  return el("table", { id: "generations" },
-    el("thead", {}, el("tr", {}, ["#", "Commit", "Author", "Message", "Signature", "Result", "Started", "Took", ""].map((h) => el("th", { scope: "col" }, h)))),
-    el("tbody", {}, gens.map(row)));
+  return table("generations", ["#", "Commit", "Author", "Message", "Signature", "Result", "Started", "Took", ""], gens.map(row));
 }
 
 // ---- the host
@@ -319,11 +322,9 @@ async function hostPage() {
     el("h1", {}, "Host"),
     el("div", { class: "cards" }, card("Uplink", h.network && h.network.uplink), card("Firewall in sync", h.network && h.network.inSync ? "yes" : "no")),
     el("h2", {}, "Bridges and TAPs"),
-    el("div", { class: "scroll" }, el("table", { id: "links" }, el("thead", {}, el("tr", {}, ["Interface", "VM", "Type", "Up", "Bridge", "Addresses"].map((x) => el("th", { scope: "col" }, x)))),
-      el("tbody", {}, links.map((l) => el("tr", {}, el("td", {}, l.name), el("td", {}, l.vm), el("td", {}, l.type), el("td", {}, l.up ? "up" : "down"), el("td", {}, l.master || ""), el("td", {}, (l.addrs || []).join(", "))))))),
+    table("links", ["Interface", "VM", "Type", "Up", "Bridge", "Addresses"], links.map((l) => [l.name, l.vm, l.type, l.up ? "up" : "down", l.master || "", (l.addrs || []).join(", ")])),
     el("h2", {}, "Images in the store"),
-    el("div", { class: "scroll" }, el("table", { id: "images" }, el("thead", {}, el("tr", {}, ["Name", "Source", "Size"].map((x) => el("th", { scope: "col" }, x)))),
-      el("tbody", {}, h.images.map((i) => el("tr", {}, el("td", {}, i.name), el("td", { class: "wrap" }, i.source), el("td", {}, fmtBytes(i.size))))))),
+    table("images", ["Name", "Source", "Size"], h.images.map((i) => [i.name, el("td", { class: "wrap" }, i.source), fmtBytes(i.size)])),
     el("h2", {}, "Checks"),
     el("button", { type: "button", id: "run-checks", onclick: async (e) => {
       const button = e.currentTarget;
@@ -331,8 +332,8 @@ async function hostPage() {
       results.replaceChildren(el("p", { class: "muted" }, "Running…"));
       try {
         const res = await api("POST", "/v1/host/checks");
-        results.replaceChildren(el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Check"), el("th", {}, "Result"), el("th", {}, "Evidence or fix"))),
-          el("tbody", {}, res.map((r) => el("tr", {}, el("td", {}, r.name), el("td", { class: r.status.toLowerCase() }, r.status), el("td", { class: "wrap" }, r.evidence)))))));
+        results.replaceChildren(table(undefined, ["Check", "Result", "Evidence or fix"],
+          res.map((r) => [r.name, el("td", { class: r.status.toLowerCase() }, r.status), el("td", { class: "wrap" }, r.evidence)])));
       } catch (err) { showError(results, err); }
       button.disabled = false;
     } }, "Run doctor and verify"),
