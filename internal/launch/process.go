@@ -247,10 +247,6 @@ func (s *starter) startHypervisor(context.Context) error {
 	return nil
 }
 
-// ErrHelperExited is a VM's exit when its virtiofsd died under it and the
-// hypervisor was stopped for that.
-var ErrHelperExited = errors.New("virtiofsd exited while the VM ran; the hypervisor was stopped")
-
 // watch follows the started hypervisor: when it exits, its helpers are
 // stopped, the initramfs and the cgroup removed; when a helper dies first,
 // the hypervisor is stopped (a guest whose store server died cannot go on:
@@ -258,7 +254,7 @@ var ErrHelperExited = errors.New("virtiofsd exited while the VM ran; the hypervi
 func (s *starter) watch() *Running {
 	r := &Running{Prepared: s.p, Process: s.cmd.Process, Started: s.started, Exited: make(chan struct{})}
 	r.ProcStart, _ = ProcStartTime(r.Process.Pid)
-	var vmmGone, helperGone atomic.Bool
+	var vmmGone atomic.Bool
 	for _, done := range s.done {
 		go func() {
 			select {
@@ -266,7 +262,6 @@ func (s *starter) watch() *Running {
 				if vmmGone.Load() {
 					return // the hypervisor exited first and took its helpers
 				}
-				helperGone.Store(true)
 				if f, err := os.OpenFile(s.p.layout.VMMLog(), os.O_WRONLY|os.O_APPEND, 0); err == nil {
 					fmt.Fprintln(f, "microvm: virtiofsd exited while the VM ran; stopping the hypervisor")
 					f.Close()
@@ -281,11 +276,6 @@ func (s *starter) watch() *Running {
 		vmmGone.Store(true)
 		os.Remove(s.p.Launch.Initrd) // never left behind, whatever happened
 		s.killHelpers()              // helpers never outlive the hypervisor
-		if helperGone.Load() {
-			// Stopped because its store server died: a failure, however
-			// cleanly the hypervisor took the SIGTERM.
-			r.ExitErr = ErrHelperExited
-		}
 		if r.ExitErr != nil {
 			if b, _ := os.ReadFile(s.p.layout.VMMLog()); len(b) > 0 {
 				r.ExitErr = fmt.Errorf("%w: %s", r.ExitErr, strings.TrimSpace(string(b)))
