@@ -71,6 +71,9 @@ func TestDebianPackage(t *testing.T) {
 	if out, err := exec.Command("/usr/bin/microvm", "version").CombinedOutput(); err != nil || !strings.Contains(string(out), "0.0.0~test") {
 		t.Errorf("installed microvm version: %v %s", err, out)
 	}
+	if out, err := exec.Command("/usr/bin/microvm-kubelet", "--version").CombinedOutput(); err != nil || !strings.Contains(string(out), "0.0.0~test") {
+		t.Errorf("installed microvm-kubelet version: %v %s", err, out)
+	}
 	if out, err := exec.Command("/usr/bin/microvm", "doctor").CombinedOutput(); err != nil {
 		t.Errorf("microvm doctor after install: %v\n%s", err, out)
 	}

@@ -85,7 +85,8 @@ func TestFaults(t *testing.T) {
 	// virtiofsd killed under the running guest, twice.
 	lost, slowest = 0, 0
 	for range 2 {
-		out, err := exec.Command("pgrep", "-f", filepath.Join(l.state, "run", "vms", "f", "store.sock")).Output()
+		// virtiofsd only: QEMU's command line names the socket too.
+		out, err := exec.Command("pgrep", "-f", "virtiofsd.*"+filepath.Join(l.state, "run", "vms", "f", "store.sock")).Output()
 		pids := strings.Fields(string(out))
 		if err != nil || len(pids) == 0 {
 			t.Skipf("no virtiofsd serves the store here (shared over 9p): %v", err)

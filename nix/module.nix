@@ -83,6 +83,7 @@ let
     ports = mkOption { type = types.nullOr (types.listOf port); default = null; description = "Ports reachable from the host and the tailnet."; };
     egress = mkOption { type = types.nullOr (types.either (types.enum [ "none" ]) egress); default = null; description = "Where the VM may connect beyond the VM networks: \"none\", or { internet, allow, deny }."; };
     command = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "The workload's argv."; };
+    args = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "The workload's arguments, after command or the image's entrypoint."; };
     env = mkOption { type = types.nullOr (types.attrsOf types.str); default = null; description = "The workload's environment."; };
     workdir = mkOption { type = types.nullOr types.str; default = null; description = "The workload's working directory."; };
     user = mkOption { type = types.nullOr types.str; default = null; description = "The workload's user."; };

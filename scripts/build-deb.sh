@@ -21,6 +21,7 @@ for arch in $arches; do
 	mkdir -p "$STAGE"
 	CGO_ENABLED=0 GOARCH="$goarch" go build -ldflags="-X main.Version=$version" -o "$STAGE/microvm" ./cmd/microvm
 	CGO_ENABLED=0 GOARCH="$goarch" go build -ldflags="-s -w" -o "$STAGE/microvm-init" ./cmd/microvm-init
+	CGO_ENABLED=0 GOARCH="$goarch" go build -ldflags="-s -w -X main.Version=$version" -o "$STAGE/microvm-kubelet" ./cmd/microvm-kubelet
 	VERSION="$version" DEB_ARCH="$arch" go tool nfpm pkg --config dist/nfpm.yaml --packager deb --target "$out" >&2
 	ls "$out/microvm_${version}_${arch}.deb"
 done

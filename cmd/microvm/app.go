@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"microvm.dev/microvm/internal/api"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/state"
@@ -23,7 +24,7 @@ const (
 )
 
 // DefaultSocket is where the daemon listens.
-const DefaultSocket = "/run/microvm/microvm.sock"
+const DefaultSocket = api.DefaultSocket
 
 // app holds the global flags and the output streams of one invocation.
 type app struct {

@@ -63,16 +63,11 @@ its exit status as microvm's.`,
 			if err != nil {
 				return err
 			}
-			c, err := vmssh.Dial(a.stateDir, args[0], addr, a.netns, 10*time.Second)
+			s, done, err := vmssh.Session(a.stateDir, args[0], addr, a.netns, 10*time.Second)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			s, err := c.NewSession()
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+			defer done()
 			s.Stdin, s.Stdout, s.Stderr = os.Stdin, a.stdout, a.stderr
 			err = s.Run(vmm.ShellQuote(args[1:]))
 			var ee *ssh.ExitError

@@ -29,6 +29,9 @@ import (
 	"microvm.dev/microvm/internal/supervisor"
 )
 
+// DefaultSocket is where the daemon's API listens by default.
+const DefaultSocket = "/run/microvm/microvm.sock"
+
 // SocketGroup is the group that may use the API socket (besides root).
 const SocketGroup = "microvm"
 
@@ -457,10 +460,16 @@ func ListenTLS(addr, certFile, keyFile string) (net.Listener, error) {
 // is an error carrying the daemon's message (out is still filled when the
 // answer has a body of that shape, e.g. apply problems).
 func (c *Client) Do(method, path string, body io.Reader, out any) error {
+	return c.DoContext(context.Background(), method, path, body, out)
+}
+
+// DoContext is Do, given up when ctx ends.
+func (c *Client) DoContext(ctx context.Context, method, path string, body io.Reader, out any) error {
 	req, err := c.newRequest(method, path, body)
 	if err != nil {
 		return err
 	}
+	req = req.WithContext(ctx)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
@@ -499,10 +508,16 @@ func (e *StatusError) Error() string { return e.Message }
 
 // Stream copies a streamed answer (logs) to w.
 func (c *Client) Stream(path string, w io.Writer) error {
+	return c.StreamContext(context.Background(), path, w)
+}
+
+// StreamContext is Stream, given up when ctx ends.
+func (c *Client) StreamContext(ctx context.Context, path string, w io.Writer) error {
 	req, err := c.newRequest("GET", path, nil)
 	if err != nil {
 		return err
 	}
+	req = req.WithContext(ctx)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {

@@ -76,6 +76,7 @@ type VM struct {
 	Secrets    []Secret          `json:"secrets,omitempty"`
 	Ports      []Port            `json:"ports,omitempty"`
 	Command    []string          `json:"command,omitempty"`
+	Args       []string          `json:"args,omitempty"`
 	Env        map[string]string `json:"env,omitempty"`
 	Workdir    string            `json:"workdir,omitempty"`
 	User       string            `json:"user,omitempty"`
@@ -335,6 +336,7 @@ func merge(name string, d, s *VMSpec) *VM {
 		Secrets:    pickList(s.Secrets, d.Secrets),
 		Ports:      pickList(s.Ports, d.Ports),
 		Command:    pickList(s.Command, d.Command),
+		Args:       pickList(s.Args, d.Args),
 		Env:        mergeMaps(d.Env, s.Env),
 		Workdir:    pick(s.Workdir, d.Workdir, ""),
 		User:       pick(s.User, d.User, ""),

@@ -116,6 +116,10 @@ type VMSpec struct {
 	// Command is the workload: argv, or one string run by /bin/sh -c. It runs
 	// in the VM's root once the VM is up, its output on the serial console.
 	Command []string `yaml:"command,omitempty" json:"command,omitempty"`
+	// Args are the workload's arguments, as a container's args: they
+	// follow command, or replace the image's cmd after its entrypoint when
+	// command is unset.
+	Args []string `yaml:"args,omitempty" json:"args,omitempty"`
 	// Env is the workload's environment; merged key by key with the defaults'.
 	Env map[string]string `yaml:"env,omitempty" json:"env,omitempty"`
 	// Workdir is the workload's working directory (default /root or /).

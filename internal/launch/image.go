@@ -76,20 +76,26 @@ func pullImage(ctx context.Context, env Env, st *store.Store, vm *config.VM) (st
 // runtime takes it: the VM's command, env, workdir and user where it sets
 // them, else the image's entrypoint and cmd, environment (the VM's
 // variables win), working directory and user, and the image's stop
-// signal. A command that is a single string with spaces runs through
+// signal. The VM's args follow its command, or the image's entrypoint in
+// place of the image's cmd. A command that is a single string with spaces runs through
 // /bin/sh -c. It is nil for init: image and when neither gives a command.
 func Workload(vm *config.VM, img store.Config) *guest.Workload {
 	if vm.Init == config.InitImage {
 		return nil
 	}
-	cmd := vm.Command
-	if len(cmd) == 0 {
-		cmd = append(append([]string(nil), img.Entrypoint...), img.Cmd...)
+	cmd := append([]string(nil), vm.Command...)
+	switch {
+	case len(cmd) > 0:
+		cmd = append(cmd, vm.Args...)
+	case len(vm.Args) > 0:
+		cmd = append(append(cmd, img.Entrypoint...), vm.Args...)
+	default:
+		cmd = append(append(cmd, img.Entrypoint...), img.Cmd...)
 	}
 	if len(cmd) == 0 {
 		return nil
 	}
-	if len(cmd) == 1 && strings.ContainsAny(cmd[0], " \t") {
+	if len(cmd) == 1 && len(vm.Args) == 0 && strings.ContainsAny(cmd[0], " \t") {
 		cmd = []string{"/bin/sh", "-c", cmd[0]}
 	}
 	var env map[string]string

@@ -81,6 +81,14 @@ func TestWorkloadFromImageConfig(t *testing.T) {
 	if strings.Join(w.Command, " ") != "sleep 1" || w.User != "root" || w.Workdir != "/" {
 		t.Errorf("the VM's own settings do not win: %+v", w)
 	}
+	// Args as a container's: after the command, or after the image's
+	// entrypoint in place of its cmd.
+	if w = Workload(&config.VM{Args: []string{"-p", "9090"}}, img); strings.Join(w.Command, " ") != "/bin/httpd -p 9090" {
+		t.Errorf("args without a command: %q", w.Command)
+	}
+	if w = Workload(&config.VM{Command: []string{"/bin/sh", "-c"}, Args: []string{"echo a b"}}, img); strings.Join(w.Command, "|") != "/bin/sh|-c|echo a b" {
+		t.Errorf("args after a command: %q", w.Command)
+	}
 	if Workload(&config.VM{}, store.Config{}) != nil {
 		t.Error("a workload without a command")
 	}

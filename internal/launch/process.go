@@ -49,7 +49,7 @@ type starter struct {
 	files   []*os.File // closed once the hypervisor has its own copies
 	logf    *os.File
 	helpers []*os.Process
-	done    []<-chan struct{}
+	done    []<-chan error
 	started time.Time // when the hypervisor process started
 }
 
@@ -255,15 +255,23 @@ func (s *starter) watch() *Running {
 	r := &Running{Prepared: s.p, Process: s.cmd.Process, Started: s.started, Exited: make(chan struct{})}
 	r.ProcStart, _ = ProcStartTime(r.Process.Pid)
 	var vmmGone atomic.Bool
+	// helperErr is why a helper's death stopped the hypervisor: a
+	// virtiofsd that failed or was killed (not one that exited cleanly
+	// because its guest disconnected, as at a poweroff).
+	var helperErr atomic.Pointer[error]
 	for _, done := range s.done {
 		go func() {
 			select {
-			case <-done:
+			case err := <-done:
 				if vmmGone.Load() {
 					return // the hypervisor exited first and took its helpers
 				}
-				if f, err := os.OpenFile(s.p.layout.VMMLog(), os.O_WRONLY|os.O_APPEND, 0); err == nil {
-					fmt.Fprintln(f, "microvm: virtiofsd exited while the VM ran; stopping the hypervisor")
+				if err != nil {
+					e := fmt.Errorf("virtiofsd exited while the VM ran (%v); its hypervisor was stopped", err)
+					helperErr.Store(&e)
+				}
+				if f, ferr := os.OpenFile(s.p.layout.VMMLog(), os.O_WRONLY|os.O_APPEND, 0); ferr == nil {
+					fmt.Fprintf(f, "microvm: virtiofsd exited while the VM ran (%v); stopping the hypervisor\n", err)
 					f.Close()
 				}
 				r.Process.Signal(syscall.SIGTERM)
@@ -274,6 +282,11 @@ func (s *starter) watch() *Running {
 	go func() {
 		r.ExitErr = s.cmd.Wait()
 		vmmGone.Store(true)
+		if e := helperErr.Load(); e != nil && r.ExitErr == nil {
+			// The hypervisor's clean exit was the SIGTERM sent for the
+			// helper's death: the VM failed, whatever QEMU's status says.
+			r.ExitErr = *e
+		}
 		os.Remove(s.p.Launch.Initrd) // never left behind, whatever happened
 		s.killHelpers()              // helpers never outlive the hypervisor
 		if r.ExitErr != nil {

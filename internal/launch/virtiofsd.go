@@ -37,11 +37,12 @@ func Virtiofsd() string {
 // read-only mode, so it runs in a private mount namespace where the tree is
 // a read-only bind mount of itself: a guest that remounts its store
 // read-write still cannot write through to the host.
-// The returned channel is closed when virtiofsd exits.
+// The returned channel gives virtiofsd's exit (nil for a clean exit, as
+// after its guest disconnected) and is then closed.
 //
 // With an unprivileged hypervisor, the socket belongs to that user's group
 // (virtiofsd's --socket-group) so the hypervisor can connect to it.
-func startVirtiofsd(sh vmm.Share, u *vmmuser.User, log *os.File) (*os.Process, <-chan struct{}, error) {
+func startVirtiofsd(sh vmm.Share, u *vmmuser.User, log *os.File) (*os.Process, <-chan error, error) {
 	bin := Virtiofsd()
 	// A virtiofsd left serving this socket (its hypervisor gone, its daemon
 	// killed before it could stop it) holds the socket's pid file lock, and
@@ -56,8 +57,8 @@ func startVirtiofsd(sh vmm.Share, u *vmmuser.User, log *os.File) (*os.Process, <
 		return nil, nil, fmt.Errorf("start virtiofsd: %w", err)
 	}
 	exited := make(chan error, 1)
-	done := make(chan struct{})
-	go func() { err := cmd.Wait(); exited <- err; close(done) }()
+	done := make(chan error, 1)
+	go func() { err := cmd.Wait(); exited <- err; done <- err; close(done) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := os.Stat(sh.VirtiofsSocket); err == nil {

@@ -407,7 +407,13 @@ func (s *Store) finish(tmp string, out Image) (Image, error) {
 		return Image{}, err
 	}
 	if err := os.Rename(tmp, s.TreeDir(out.ID)); err != nil {
-		return Image{}, fmt.Errorf("image store: %w", err)
+		// Another pull of the same layers (another VM's start, another
+		// daemon on the store) put the same tree in place first: trees are
+		// named by their content and renamed in whole, so it is this one.
+		if _, serr := os.Stat(s.TreeDir(out.ID)); serr != nil {
+			return Image{}, fmt.Errorf("image store: %w", err)
+		}
+		os.RemoveAll(tmp)
 	}
 	syncDir(s.Trees)
 	out.Size = treeSize(s.TreeDir(out.ID))

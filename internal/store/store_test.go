@@ -591,3 +591,37 @@ func TestDamagedCachedBlobIsFetchedAgain(t *testing.T) {
 		t.Fatalf("the pull after dropping the damaged blob: %v", err)
 	}
 }
+
+// Pulls of one image at once into stores whose trees are shared but whose
+// name tables (and their lock) are not, as the e2e labs share one store's
+// trees, all succeed with the same tree: whichever renames its tree into
+// place second takes the first one's (trees are named by their content).
+func TestConcurrentPullsIntoSharedTrees(t *testing.T) {
+	reg := newRegistry(t)
+	ref := reg.push(t, "app:1", layeredImage(t))
+	shared := t.TempDir()
+	const n = 4
+	errs, ids := make([]error, n), make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		dir := t.TempDir()
+		if err := os.Symlink(shared, filepath.Join(dir, "store")); err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			img, err := Open(dir).Pull(context.Background(), ref, Options{})
+			errs[i], ids[i] = err, img.ID
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil || ids[i] != ids[0] {
+			t.Errorf("pull %d: %v (tree %s, first %s)", i, errs[i], ids[i], ids[0])
+		}
+	}
+	if left, _ := os.ReadDir(filepath.Join(shared, ".tmp")); len(left) != 0 {
+		t.Errorf("temporary trees left: %d", len(left))
+	}
+}

@@ -35,19 +35,27 @@ type TailnetTools struct {
 // concurrent test binaries wait for one build.
 func TailnetBinaries(t testing.TB) TailnetTools {
 	t.Helper()
+	dir := BuildTools(t, "tailnet", TailnetCache, "./cmd/tailnet-control", "tailscale.com/cmd/tailscaled", "tailscale.com/cmd/tailscale")
+	return TailnetTools{Control: filepath.Join(dir, "tailnet-control"), Tailscaled: filepath.Join(dir, "tailscaled"), Tailscale: filepath.Join(dir, "tailscale")}
+}
+
+// BuildTools builds pkgs of the tools module tools/<module> once per
+// version of it (its go.mod, go.sum and sources) into a directory of cache
+// and returns that directory; concurrent test binaries wait for one build.
+func BuildTools(t testing.TB, module, cache string, pkgs ...string) string {
+	t.Helper()
 	RequireRoot(t)
 	_, self, _, _ := runtime.Caller(0)
-	src := filepath.Join(filepath.Dir(self), "..", "..", "tools", "tailnet")
+	src := filepath.Join(filepath.Dir(self), "..", "..", "tools", module)
 	sum, err := treeHash(src)
 	if err != nil {
-		t.Fatalf("the tailnet tools module: %v", err)
+		t.Fatalf("the %s tools module: %v", module, err)
 	}
-	dir := filepath.Join(TailnetCache, sum)
-	tools := TailnetTools{Control: filepath.Join(dir, "tailnet-control"), Tailscaled: filepath.Join(dir, "tailscaled"), Tailscale: filepath.Join(dir, "tailscale")}
-	if err := os.MkdirAll(TailnetCache, 0o755); err != nil {
+	dir := filepath.Join(cache, sum)
+	if err := os.MkdirAll(cache, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	lock, err := os.OpenFile(filepath.Join(TailnetCache, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	lock, err := os.OpenFile(filepath.Join(cache, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,17 +64,16 @@ func TailnetBinaries(t testing.TB) TailnetTools {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "done")); err == nil {
-		return tools
+		return dir
 	}
 	start := time.Now()
 	tmp := dir + ".tmp"
 	os.RemoveAll(tmp)
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-trimpath", "-ldflags=-s -w", "-o", tmp+"/",
-		"./cmd/tailnet-control", "tailscale.com/cmd/tailscaled", "tailscale.com/cmd/tailscale")
+	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), append([]string{"build", "-trimpath", "-ldflags=-s -w", "-o", tmp + "/"}, pkgs...)...)
 	cmd.Dir = src
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-mod=readonly -buildvcs=false")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build Tailscale's binaries (tools/tailnet): %v\n%s", err, out)
+		t.Fatalf("build tools/%s: %v\n%s", module, err, out)
 	}
 	if err := os.WriteFile(filepath.Join(tmp, "done"), nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -75,8 +82,8 @@ func TailnetBinaries(t testing.TB) TailnetTools {
 	if err := os.Rename(tmp, dir); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("built tailscaled, tailscale and tailnet-control in %s (cached in %s)", time.Since(start).Round(time.Second), dir)
-	return tools
+	t.Logf("built %s from tools/%s in %s (cached in %s)", strings.Join(pkgs, ", "), module, time.Since(start).Round(time.Second), dir)
+	return dir
 }
 
 // treeHash names a version of the tools module by its files' contents.

@@ -80,6 +80,21 @@ func Dial(stateDir, vm, addr, nsPath string, timeout time.Duration) (*ssh.Client
 	return ssh.NewClient(c, chans, reqs), nil
 }
 
+// Session opens an SSH session to the VM as root (Dial, then a session);
+// closing it closes the connection too.
+func Session(stateDir, vm, addr, nsPath string, timeout time.Duration) (*ssh.Session, func(), error) {
+	c, err := Dial(stateDir, vm, addr, nsPath, timeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := c.NewSession()
+	if err != nil {
+		c.Close()
+		return nil, nil, fmt.Errorf("ssh to %s: a session: %w", vm, err)
+	}
+	return s, func() { s.Close(); c.Close() }, nil
+}
+
 // DialIn dials addr over TCP from inside the network namespace nsPath
 // ("" = this one): the socket belongs to the
 // namespace it was created in, whatever thread uses it afterwards.

@@ -1,0 +1,160 @@
+package kubelet
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"microvm.dev/microvm/internal/supervisor"
+)
+
+// podStatus is the pod's status from its VM's (st, when the daemon knows
+// the VM): the phase, the container's state with its exit code and
+// restarts, the VM's addresses as the pod's IPs, and Ready from the
+// readiness probe.
+func podStatus(pd *pod, st supervisor.Status, known bool, nodeIP netip.Addr) *corev1.PodStatus {
+	k := pd.rec.Pod
+	start := metav1.NewTime(k.CreationTimestamp.Time)
+	out := &corev1.PodStatus{Phase: corev1.PodPending, HostIP: nodeIP.String(), StartTime: &start}
+	if nodeIP.IsValid() {
+		out.HostIPs = []corev1.HostIP{{IP: nodeIP.String()}}
+	}
+	cs := corev1.ContainerStatus{Image: image(k)}
+	if len(k.Spec.Containers) > 0 {
+		cs.Name = k.Spec.Containers[0].Name
+	}
+	ready := false
+	switch {
+	case pd.vm == nil:
+		out.Phase, out.Reason, out.Message = corev1.PodFailed, "Unsupported", pd.rec.Refusal
+		cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "Unsupported", Message: pd.rec.Refusal}
+	case !known:
+		cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ContainerCreating", Message: "the micro-VM is being created"}
+	default:
+		cs.RestartCount = int32(st.Restarts)
+		cs.ContainerID = "microvm://" + st.Name
+		if st.Spec != nil {
+			for _, a := range st.Spec.Net.Addrs() {
+				out.PodIPs = append(out.PodIPs, corev1.PodIP{IP: a.String()})
+			}
+			out.PodIP = st.Spec.Net.Address.String()
+		}
+		last := lastTermination(st)
+		switch st.State {
+		case supervisor.Running:
+			out.Phase = corev1.PodRunning
+			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(st.StartedAt)}
+			cs.LastTerminationState.Terminated = last
+			started := true
+			cs.Started = &started
+			ready = pd.ready
+		case supervisor.Starting, supervisor.Created, supervisor.Saved:
+			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ContainerCreating", Message: "the micro-VM is booting"}
+			cs.LastTerminationState.Terminated = last
+			if st.Restarts > 0 {
+				out.Phase = corev1.PodRunning
+			}
+		case supervisor.Backoff:
+			out.Phase = corev1.PodRunning
+			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff", Message: st.LastExit}
+			cs.LastTerminationState.Terminated = last
+		case supervisor.Stopping:
+			out.Phase = corev1.PodRunning
+			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(st.StartedAt)}
+		case supervisor.Stopped, supervisor.Failed:
+			if last == nil {
+				msg := st.Failure
+				if msg == "" {
+					msg = st.LastExit
+				}
+				last = &corev1.ContainerStateTerminated{ExitCode: 1, Reason: "VMFailed", Message: msg}
+			}
+			cs.State.Terminated = last
+			out.Phase = corev1.PodFailed
+			if last.ExitCode == 0 {
+				out.Phase = corev1.PodSucceeded
+			}
+		}
+	}
+	cs.Ready = ready
+	out.ContainerStatuses = []corev1.ContainerStatus{cs}
+	out.Conditions = conditions(out.Phase, ready, pd.readySince)
+	return out
+}
+
+// lastTermination is the VM's last exit as a container's termination
+// (nil before any): the workload's exit code where its end ended the VM.
+func lastTermination(st supervisor.Status) *corev1.ContainerStateTerminated {
+	if st.LastExit == "" {
+		return nil
+	}
+	t := &corev1.ContainerStateTerminated{Reason: "Error", Message: st.LastExit, ExitCode: 1}
+	if st.ExitCode != nil {
+		t.ExitCode = int32(*st.ExitCode)
+	}
+	if t.ExitCode == 0 {
+		t.Reason = "Completed"
+	}
+	return t
+}
+
+// terminated is the status of a pod whose VM was removed.
+func terminated(k *corev1.Pod, nodeIP netip.Addr) *corev1.PodStatus {
+	now := metav1.NewTime(time.Now())
+	name := ""
+	if len(k.Spec.Containers) > 0 {
+		name = k.Spec.Containers[0].Name
+	}
+	return &corev1.PodStatus{
+		Phase: corev1.PodSucceeded, HostIP: nodeIP.String(), Reason: "Deleted", Message: "the micro-VM was removed",
+		ContainerStatuses: []corev1.ContainerStatus{{
+			Name: name, Image: image(k),
+			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Reason: "Deleted", Message: "the micro-VM was removed", FinishedAt: now}},
+		}},
+		Conditions: conditions(corev1.PodSucceeded, false, time.Time{}),
+	}
+}
+
+func image(k *corev1.Pod) string {
+	if len(k.Spec.Containers) == 0 {
+		return ""
+	}
+	return k.Spec.Containers[0].Image
+}
+
+// conditions are the pod's conditions for its phase and readiness.
+func conditions(phase corev1.PodPhase, ready bool, since time.Time) []corev1.PodCondition {
+	b := func(v bool) corev1.ConditionStatus {
+		if v {
+			return corev1.ConditionTrue
+		}
+		return corev1.ConditionFalse
+	}
+	t := metav1.NewTime(since)
+	return []corev1.PodCondition{
+		{Type: corev1.PodScheduled, Status: corev1.ConditionTrue},
+		{Type: corev1.PodInitialized, Status: corev1.ConditionTrue},
+		{Type: corev1.ContainersReady, Status: b(ready), LastTransitionTime: t},
+		{Type: corev1.PodReady, Status: b(ready), LastTransitionTime: t},
+	}
+}
+
+// statusKey is what of a status is worth telling Kubernetes again.
+func statusKey(s *corev1.PodStatus) string {
+	key := fmt.Sprintf("%s|%s|%s|%v", s.Phase, s.PodIP, s.Reason, s.Conditions[len(s.Conditions)-1].Status)
+	for _, c := range s.ContainerStatuses {
+		key += fmt.Sprintf("|%d|%v", c.RestartCount, c.Ready)
+		switch {
+		case c.State.Running != nil:
+			key += "|running " + c.State.Running.StartedAt.String()
+		case c.State.Waiting != nil:
+			key += "|waiting " + c.State.Waiting.Reason
+		case c.State.Terminated != nil:
+			key += fmt.Sprintf("|terminated %d %s", c.State.Terminated.ExitCode, c.State.Terminated.Reason)
+		}
+	}
+	return key
+}

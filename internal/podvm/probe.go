@@ -1,0 +1,48 @@
+package podvm
+
+import "microvm.dev/microvm/internal/config"
+
+// Probe is a container's readiness or liveness probe: one of TCP, HTTP
+// (with Path) or Exec, with Kubernetes' timings in seconds.
+type Probe struct {
+	TCP, HTTP    int
+	Path         string
+	Exec         []string
+	InitialDelay int
+	Period       int
+	Timeout      int
+	// SuccessThreshold and FailureThreshold are how many results in a row
+	// turn the probe's verdict.
+	SuccessThreshold, FailureThreshold int
+}
+
+// defaults fills in Kubernetes' defaults for unset timings.
+func (p *Probe) defaults() {
+	if p.Period <= 0 {
+		p.Period = 10
+	}
+	if p.Timeout <= 0 {
+		p.Timeout = 1
+	}
+	if p.SuccessThreshold <= 0 {
+		p.SuccessThreshold = 1
+	}
+	if p.FailureThreshold <= 0 {
+		p.FailureThreshold = 3
+	}
+}
+
+// HealthCheck is the daemon's health check for a TCP or HTTP probe (nil
+// for none or an exec probe), so that the daemon's own view of the VM
+// (microvm status, verify) checks what the pod's readiness does.
+func (p *Probe) HealthCheck() *config.HealthCheck {
+	switch {
+	case p == nil:
+		return nil
+	case p.TCP > 0:
+		return &config.HealthCheck{TCP: p.TCP}
+	case p.HTTP > 0:
+		return &config.HealthCheck{HTTP: p.HTTP, Path: p.Path}
+	}
+	return nil
+}
