@@ -58,9 +58,9 @@ docs/kubernetes.md.`,
 		Example: "  microvm-kubelet --kubeconfig /etc/microvm/kubelet.kubeconfig --node host1 \\\n    --node-ip 192.168.1.10 --pod-cidr 10.244.1.0/24 --config /etc/microvm/host.yaml",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			for flag, v := range map[string]string{"--node": node, "--node-ip": nodeIP, "--pod-cidr": podCIDR, "--config": base} {
-				if v == "" {
-					return fmt.Errorf("%s is required (microvm-kubelet --help)", flag)
+			for _, f := range [][2]string{{"--node", node}, {"--node-ip", nodeIP}, {"--pod-cidr", podCIDR}, {"--config", base}} {
+				if f[1] == "" {
+					return fmt.Errorf("%s is required (microvm-kubelet --help)", f[0])
 				}
 			}
 			ip, err := netip.ParseAddr(nodeIP)

@@ -138,8 +138,17 @@ func New(opts Options) (*Provider, error) {
 
 // Adopt applies the recorded pods' VMs: VMs still running stay as they
 // are (the daemon keeps a VM whose spec did not change), and any the
-// daemon lost are made again.
+// daemon lost are made again. A daemon that deploys from git is refused:
+// its next deploy would replace the pods' VMs with the repository's.
 func (p *Provider) Adopt(ctx context.Context) error {
+	err := p.opts.Daemon.DoContext(ctx, "GET", "/v1/deploy", nil, nil)
+	var refused *api.StatusError
+	switch {
+	case err == nil:
+		return errors.New("the daemon deploys from git (--git-url): on a Kubernetes node it must take its file from microvm-kubelet; start it as plain `microvm daemon`")
+	case !errors.As(err, &refused): // 409: not deploying from git, as wanted
+		return fmt.Errorf("the daemon: %w", err)
+	}
 	if err := p.apply(ctx); err != nil {
 		return fmt.Errorf("adopt the recorded pods: %w", err)
 	}
