@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -152,9 +151,6 @@ type nodeProvider struct {
 	node   *corev1.Node
 	netns  string
 	every  time.Duration
-
-	mu sync.Mutex
-	cb func(*corev1.Node)
 }
 
 // Ping fails while the daemon does not answer: the node then goes NotReady.
@@ -167,9 +163,6 @@ func (np *nodeProvider) Ping(ctx context.Context) error {
 
 // NotifyNodeStatus starts the route check, which reports through cb.
 func (np *nodeProvider) NotifyNodeStatus(ctx context.Context, cb func(*corev1.Node)) {
-	np.mu.Lock()
-	np.cb = cb
-	np.mu.Unlock()
 	go func() {
 		last := ""
 		for {
