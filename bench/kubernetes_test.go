@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -131,7 +130,7 @@ func BenchmarkPodStart(b *testing.B) {
 			b.Fatalf("apply: %v\n%s", err, out)
 		}
 	}
-	mp, ma := median(viaPod), median(viaApply)
+	mp, ma := lab.Median(viaPod), lab.Median(viaApply)
 	b.ReportMetric(mp, "pod-to-ready-s")
 	b.ReportMetric(ma, "apply-to-running-s")
 	b.ReportMetric(mp/ma, "pod/apply")
@@ -178,10 +177,4 @@ func poll(b *testing.B, what string, ok func() bool) {
 			b.Fatalf("%s: not in 5 minutes", what)
 		}
 	}
-}
-
-func median(v []float64) float64 {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[len(s)/2]
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -115,7 +114,7 @@ func TestGitOpsDeploys(t *testing.T) {
 	l := newDaemonLab(t, "gitops")
 	hookOut := filepath.Join(l.state, "hook.env")
 	hook := `env | grep ^MICROVM_ | sort > ` + hookOut + `.tmp && mv ` + hookOut + `.tmp ` + hookOut
-	metricsAddr := freeLoopbackAddr(t)
+	metricsAddr := testutil.FreeAddr(t)
 	daemonArgs := []string{"--git-url", repo.remote, "--git-interval", "1h", "--health-timeout", "25s", "--post-deploy-hook", hook,
 		"--metrics-listen", metricsAddr}
 
@@ -264,16 +263,6 @@ func TestGitOpsDeploys(t *testing.T) {
 	if err != nil || !strings.Contains(out, "rolled-back") || !strings.Contains(out, "b must answer on 9") {
 		t.Errorf("history: %v\n%s", err, out)
 	}
-}
-
-// freeLoopbackAddr is a loopback address with a port nothing listens on.
-func freeLoopbackAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // scrape reads /metrics into series (name with labels, as exposed) → value.

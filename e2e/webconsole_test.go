@@ -1,12 +1,10 @@
 package e2e
 
 import (
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -51,7 +49,7 @@ func TestWebConsole(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr, tlsAddr := freeLoopback(t), freeLoopback(t)
+	addr, tlsAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	cert, key := testutil.SelfSignedCert(t, l.state)
 	l.startDaemon("", "--git-url", repo.remote, "--git-interval", "1h", "--health-timeout", "90s", "--api-token-file", tokenFile, "--ui-listen", addr,
 		"--api-listen", tlsAddr, "--api-tls-cert", cert, "--api-tls-key", key)
@@ -88,17 +86,6 @@ func TestWebConsole(t *testing.T) {
 	if code := statusOf(t, "http://"+addr+"/v1/vms"); code != 401 {
 		t.Errorf("GET /v1/vms without the token: %d", code)
 	}
-}
-
-// freeLoopback is a loopback address with a port free at the time.
-func freeLoopback(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return "127.0.0.1:" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 }
 
 func statusOf(t *testing.T, url string) int {

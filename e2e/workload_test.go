@@ -165,10 +165,4 @@ func TestImageProblemsRefused(t *testing.T) {
 		Result: "refused by validate and apply, naming the VM, the image and the cause; nothing started"})
 }
 
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func tail(s string, n int) string { return testutil.Tail(s, n) }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 )
@@ -97,4 +98,12 @@ func (l *Lab) Close() {
 	}
 	exec.Command("ip", "netns", "del", l.NS).Run()
 	os.RemoveAll(l.State)
+}
+
+// Median is the middle of xs (the upper one of an even count); xs is not
+// reordered.
+func Median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
 }

@@ -1,7 +1,6 @@
 package testutil
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -18,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -105,7 +105,7 @@ func StartKube(t testing.TB, tools KubeTools) *Kube {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("kube-controller-manager made no default service account in 2 minutes:\n%s", lastLines(k.Log("kube-controller-manager"), 30))
+			t.Fatalf("kube-controller-manager made no default service account in 2 minutes:\n%s", Tail(k.Log("kube-controller-manager"), 30))
 		}
 	}
 	return k
@@ -142,7 +142,7 @@ func (k *Kube) start(t testing.TB, name, bin string, args ...string) <-chan stru
 		cmd.Process.Kill()
 		<-exited
 		if t.Failed() {
-			t.Logf("%s log (end):\n%s", name, lastLines(k.Log(name), 30))
+			t.Logf("%s log (end):\n%s", name, Tail(k.Log(name), 30))
 		}
 	})
 	return exited
@@ -163,11 +163,11 @@ func (k *Kube) waitReady(t testing.TB, exited <-chan struct{}) {
 		}
 		select {
 		case <-exited:
-			t.Fatalf("kube-apiserver exited:\n%s", lastLines(k.Log("kube-apiserver"), 20))
+			t.Fatalf("kube-apiserver exited:\n%s", Tail(k.Log("kube-apiserver"), 20))
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("kube-apiserver not ready after 3 minutes (%v):\n%s", err, lastLines(k.Log("kube-apiserver"), 40))
+			t.Fatalf("kube-apiserver not ready after 3 minutes (%v):\n%s", err, Tail(k.Log("kube-apiserver"), 40))
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -277,22 +277,30 @@ func safeName(s string) string {
 	return string(b)
 }
 
-// FreePort is a TCP port free on loopback now.
-func FreePort(t testing.TB) int {
+// FreeAddr is a loopback address (127.0.0.1:PORT) that nothing listens on now.
+func FreeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().String()
 }
 
-// lastLines is the last n lines of s.
-func lastLines(s string, n int) string {
-	lines := bytes.Split([]byte(s), []byte("\n"))
+// FreePort is the port of a FreeAddr.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(FreeAddr(t))
+	n, _ := strconv.Atoi(port)
+	return n
+}
+
+// Tail is the last n lines of s (a trailing newline dropped).
+func Tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
-	return string(bytes.Join(lines, []byte("\n")))
+	return strings.Join(lines, "\n")
 }

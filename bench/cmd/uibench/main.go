@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -109,17 +108,11 @@ func run(bin, store, modules string, n, rounds int) error {
 			list = append(list, float64(time.Since(t).Microseconds())/1000)
 		}
 	}
-	mp, ml := median(page), median(list)
+	mp, ml := lab.Median(page), lab.Median(list)
 	fmt.Printf("fleet page, navigation to %d rows: median %.0f ms over %d loads (%v)\n", n, mp, len(page), rounded(page))
 	fmt.Printf("microvm list, start to exit:     median %.0f ms over %d runs (%v)\n", ml, len(list), rounded(list))
 	fmt.Printf("ratio page/list: %.2fx\n", mp/ml)
 	return nil
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 func rounded(xs []float64) []int {
