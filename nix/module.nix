@@ -75,6 +75,7 @@ let
     vcpu = mkOption { type = types.nullOr types.ints.positive; default = null; description = "Virtual CPUs."; };
     memory = mkOption { type = types.nullOr size; default = null; description = "Guest RAM, e.g. \"1G\"."; };
     kernel = mkOption { type = types.nullOr kernel; default = null; description = "\"host\" or { path, modules }."; };
+    kernelParams = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "Added to the guest kernel's command line after microvm's own, one parameter an item (e.g. \"apparmor=0\"); microvm's own (console=, panic=, reboot=, tsc=, microvm.*, root and init) are refused."; };
     image = mkOption { type = types.nullOr types.str; default = null; description = "A store image name or an OCI reference."; };
     pullPolicy = mkOption { type = types.nullOr (types.enum [ "missing" "always" "never" ]); default = null; description = "When an OCI image is pulled."; };
     volumes = mkOption { type = types.nullOr (types.listOf volume); default = null; description = "Persistent data volumes (never deleted by a config change)."; };
@@ -86,7 +87,7 @@ let
     args = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "The workload's arguments, after command or the image's entrypoint."; };
     env = mkOption { type = types.nullOr (types.attrsOf types.str); default = null; description = "The workload's environment."; };
     workdir = mkOption { type = types.nullOr types.str; default = null; description = "The workload's working directory."; };
-    user = mkOption { type = types.nullOr types.str; default = null; description = "The workload's user."; };
+    user = mkOption { type = types.nullOr types.str; default = null; description = "The workload's user, as docker run --user takes it: name, uid, name:group or uid:gid."; };
     init = mkOption { type = types.nullOr (types.enum [ "microvm" "image" ]); default = null; description = "Who runs as PID 1."; };
     store = mkOption { type = types.nullOr (types.enum [ "auto" "virtiofs" "9p" "block" ]); default = null; description = "How the image reaches the guest; block lets QEMU save the VM (stop --save)."; };
     autostart = mkOption { type = types.nullOr types.bool; default = null; description = "Whether the daemon starts the VM."; };

@@ -27,6 +27,9 @@ import (
 )
 
 func main() {
+	if filepath.Base(os.Args[0]) == "modprobe" {
+		os.Exit(modprobe(os.Args[1:]))
+	}
 	if os.Getpid() != 1 {
 		if len(os.Args) == 2 && os.Args[1] == "sftp-server" {
 			if err := serveSFTP(); err != nil {
@@ -119,6 +122,10 @@ func (in *initd) boot() error {
 	t.begin("root")
 	if err := buildRoot(spec); err != nil {
 		return fmt.Errorf("root: %w", err)
+	}
+	t.begin("module tree")
+	if err := mountModuleTree(spec.Modules); err != nil {
+		return err
 	}
 	t.begin("volumes")
 	for _, v := range spec.Volumes {

@@ -64,23 +64,25 @@ type Config struct {
 
 // VM is one VM with defaults merged and its addressing derived.
 type VM struct {
-	Name       string            `json:"name"`
-	Index      int               `json:"index,omitempty"`
-	Hypervisor string            `json:"hypervisor"`
-	VCPU       int               `json:"vcpu"`
-	Memory     Size              `json:"memory"`
-	Kernel     Kernel            `json:"kernel"`
-	Image      string            `json:"image"`
-	Volumes    []Volume          `json:"volumes,omitempty"`
-	SSHKeys    []string          `json:"sshKeys,omitempty"`
-	Secrets    []Secret          `json:"secrets,omitempty"`
-	Ports      []Port            `json:"ports,omitempty"`
-	Command    []string          `json:"command,omitempty"`
-	Args       []string          `json:"args,omitempty"`
-	Env        map[string]string `json:"env,omitempty"`
-	Workdir    string            `json:"workdir,omitempty"`
-	User       string            `json:"user,omitempty"`
-	Init       string            `json:"init"`
+	Name       string `json:"name"`
+	Index      int    `json:"index,omitempty"`
+	Hypervisor string `json:"hypervisor"`
+	VCPU       int    `json:"vcpu"`
+	Memory     Size   `json:"memory"`
+	Kernel     Kernel `json:"kernel"`
+	// KernelParams are added to the guest kernel's command line.
+	KernelParams []string          `json:"kernelParams,omitempty"`
+	Image        string            `json:"image"`
+	Volumes      []Volume          `json:"volumes,omitempty"`
+	SSHKeys      []string          `json:"sshKeys,omitempty"`
+	Secrets      []Secret          `json:"secrets,omitempty"`
+	Ports        []Port            `json:"ports,omitempty"`
+	Command      []string          `json:"command,omitempty"`
+	Args         []string          `json:"args,omitempty"`
+	Env          map[string]string `json:"env,omitempty"`
+	Workdir      string            `json:"workdir,omitempty"`
+	User         string            `json:"user,omitempty"`
+	Init         string            `json:"init"`
 	// Store is how the image reaches the guest ("" or auto: the host's
 	// choice; virtiofs, 9p, block).
 	Store  string `json:"store,omitempty"`
@@ -325,24 +327,25 @@ func resolve(r *reporter, f *File, opts Options) *Config {
 // merge lays a VM's own keys over the defaults over the built-in defaults.
 func merge(name string, d, s *VMSpec) *VM {
 	vm := &VM{
-		Name:       name,
-		Hypervisor: pick(s.Hypervisor, d.Hypervisor, DefaultHypervisor),
-		VCPU:       pick(s.VCPU, d.VCPU, DefaultVCPU),
-		Memory:     pick(s.Memory, d.Memory, DefaultMemory),
-		Kernel:     pick(s.Kernel, d.Kernel, Kernel{}),
-		Image:      pick(s.Image, d.Image, DefaultImage),
-		Volumes:    pickList(s.Volumes, d.Volumes),
-		SSHKeys:    pickList(s.SSHKeys, d.SSHKeys),
-		Secrets:    pickList(s.Secrets, d.Secrets),
-		Ports:      pickList(s.Ports, d.Ports),
-		Command:    pickList(s.Command, d.Command),
-		Args:       pickList(s.Args, d.Args),
-		Env:        mergeMaps(d.Env, s.Env),
-		Workdir:    pick(s.Workdir, d.Workdir, ""),
-		User:       pick(s.User, d.User, ""),
-		Init:       pick(s.Init, d.Init, InitMicrovm),
-		Store:      pick(s.Store, d.Store, ""),
-		Limits:     pick(s.Limits, d.Limits, Limits{}),
+		Name:         name,
+		Hypervisor:   pick(s.Hypervisor, d.Hypervisor, DefaultHypervisor),
+		VCPU:         pick(s.VCPU, d.VCPU, DefaultVCPU),
+		Memory:       pick(s.Memory, d.Memory, DefaultMemory),
+		Kernel:       pick(s.Kernel, d.Kernel, Kernel{}),
+		KernelParams: pickList(s.KernelParams, d.KernelParams),
+		Image:        pick(s.Image, d.Image, DefaultImage),
+		Volumes:      pickList(s.Volumes, d.Volumes),
+		SSHKeys:      pickList(s.SSHKeys, d.SSHKeys),
+		Secrets:      pickList(s.Secrets, d.Secrets),
+		Ports:        pickList(s.Ports, d.Ports),
+		Command:      pickList(s.Command, d.Command),
+		Args:         pickList(s.Args, d.Args),
+		Env:          mergeMaps(d.Env, s.Env),
+		Workdir:      pick(s.Workdir, d.Workdir, ""),
+		User:         pick(s.User, d.User, ""),
+		Init:         pick(s.Init, d.Init, InitMicrovm),
+		Store:        pick(s.Store, d.Store, ""),
+		Limits:       pick(s.Limits, d.Limits, Limits{}),
 		Supervision: Supervision{
 			Autostart:   pick(s.Autostart, d.Autostart, true),
 			Restart:     pick(s.Restart, d.Restart, RestartAlways),

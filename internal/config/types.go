@@ -97,6 +97,12 @@ type VMSpec struct {
 	// Kernel is "host" (the host's running kernel and its modules, the default)
 	// or {path, modules} for a given one.
 	Kernel *Kernel `yaml:"kernel,omitempty" json:"kernel,omitempty"`
+	// KernelParams are added to the guest kernel's command line after
+	// microvm's own (e.g. apparmor=0, mitigations=off), one parameter an
+	// item. Parameters microvm sets itself (console=, panic=, reboot=,
+	// tsc=, tsc_early_khz=, microvm.*, the root and init arguments) are
+	// refused. A change restarts the VM.
+	KernelParams []string `yaml:"kernelParams,omitempty" json:"kernelParams,omitempty"`
 	// Image is the root image: a store image name or an OCI reference (default "base").
 	Image *string `yaml:"image,omitempty" json:"image,omitempty"`
 	// Volumes are persistent data volumes (sparse ext4 images), created on
@@ -124,7 +130,9 @@ type VMSpec struct {
 	Env map[string]string `yaml:"env,omitempty" json:"env,omitempty"`
 	// Workdir is the workload's working directory (default /root or /).
 	Workdir *string `yaml:"workdir,omitempty" json:"workdir,omitempty"`
-	// User runs the workload as this user name or uid (default root).
+	// User runs the workload as this user, as docker run --user takes it:
+	// a name or uid, optionally with a group name or gid after a colon
+	// (name, uid, uid:gid, name:group), looked up in the image (default root).
 	User *string `yaml:"user,omitempty" json:"user,omitempty"`
 	// Init is who runs as PID 1 once the VM is set up: "microvm" (the default:
 	// microvm-init stays, serving SSH and the workload) or "image" (the

@@ -322,6 +322,7 @@ func (v *validator) spec(p string, s *VMSpec) {
 			v.r.addf(joinPath(p, "kernel.modules"), "modules directory %q must be absolute", k.Modules)
 		}
 	}
+	v.kernelParams(joinPath(p, "kernelParams"), s.KernelParams)
 	if s.Image != nil {
 		if msg := checkImage(*s.Image); msg != "" {
 			v.r.addf(joinPath(p, "image"), "%s", msg)
@@ -401,8 +402,10 @@ func (v *validator) spec(p string, s *VMSpec) {
 	if s.Store != nil && !slices.Contains(StoreKinds, *s.Store) {
 		v.r.addf(joinPath(p, "store"), "store must be one of %s, not %q", strings.Join(StoreKinds, ", "), *s.Store)
 	}
-	if s.User != nil && !userRE.MatchString(*s.User) {
-		v.r.addf(joinPath(p, "user"), "user %q is neither a user name nor a uid", *s.User)
+	if s.User != nil {
+		if msg := checkUser(*s.User); msg != "" {
+			v.r.addf(joinPath(p, "user"), "%s", msg)
+		}
 	}
 	for i, a := range s.Ports {
 		for j := range i {
@@ -412,6 +415,19 @@ func (v *validator) spec(p string, s *VMSpec) {
 			}
 		}
 	}
+}
+
+// checkUser returns why u is not a user as docker run --user takes it: a
+// user name or uid, optionally with a group name or gid after a colon.
+func checkUser(u string) string {
+	name, group, hasGroup := strings.Cut(u, ":")
+	switch {
+	case !userRE.MatchString(name):
+		return fmt.Sprintf("user %q: %q is neither a user name nor a uid (user, uid, user:group or uid:gid)", u, name)
+	case hasGroup && !userRE.MatchString(group):
+		return fmt.Sprintf("user %q: %q is neither a group name nor a gid (user, uid, user:group or uid:gid)", u, group)
+	}
+	return ""
 }
 
 // checkImage returns why ref is neither a store image name nor an OCI reference.
@@ -445,6 +461,8 @@ func (v *validator) volumes(p string, vols []Volume) {
 			v.r.addf(joinPath(vp, "name"), "volume name %q is %d bytes; at most %d (it is the disk's virtio serial)", vol.Name, len(vol.Name), MaxVolumeNameLen)
 		case !volumeNameRE.MatchString(vol.Name):
 			v.r.addf(joinPath(vp, "name"), "volume name %q may use only lowercase letters, digits, '_' and '-'", vol.Name)
+		case strings.HasPrefix(vol.Name, "microvm-"):
+			v.r.addf(joinPath(vp, "name"), "volume name %q: names starting microvm- are the serials of microvm's own disks (the store, the kernel's modules)", vol.Name)
 		default:
 			if j, dup := names[vol.Name]; dup {
 				v.r.addf(joinPath(vp, "name"), "volume name %q is used twice (also at [%d])", vol.Name, j)

@@ -52,6 +52,9 @@ type Spec struct {
 	Store ShareSpec `json:"store"`
 	// Volumes are mounted by virtio serial = name.
 	Volumes []VolumeSpec `json:"volumes,omitempty"`
+	// Modules is the read-only disk of the kernel's module tree, mounted
+	// at /lib/modules/$(uname -r) in the root (nil: none).
+	Modules *DiskSpec `json:"modules,omitempty"`
 	// SSH configures the built-in SSH server.
 	SSH SSHSpec `json:"ssh"`
 	// Workload is what runs in the VM once it is up (optional).
@@ -106,6 +109,17 @@ type ShareSpec struct {
 	// Image is the image tree's path inside the share ("" = the share's root).
 	Image string `json:"image,omitempty"`
 }
+
+// DiskSpec finds one of microvm's own disks: by virtio serial, or by its
+// device name (vdc) for hypervisors that give disks no serial.
+type DiskSpec struct {
+	Serial string `json:"serial"`
+	Device string `json:"device,omitempty"`
+}
+
+// ModulesMount is where microvm-init mounts the kernel's module tree
+// (Spec.Modules) before binding it into the root.
+const ModulesMount = "/run/microvm/modules"
 
 // VolumeSpec is a data volume to mount.
 type VolumeSpec struct {
@@ -246,6 +260,9 @@ func ParseSpec(b []byte) (*Spec, error) {
 		}
 	default:
 		return nil, fmt.Errorf("store.fstype %q is not 9p, virtiofs or ext4", s.Store.FSType)
+	}
+	if m := s.Modules; m != nil && (m.Serial == "" || m.Device != "" && !deviceRE.MatchString(m.Device)) {
+		return nil, fmt.Errorf("modules: serial %q device %q is not a virtio disk", m.Serial, m.Device)
 	}
 	if s.MachineID != "" && !machineIDRE.MatchString(s.MachineID) {
 		return nil, fmt.Errorf("machineID %q is not 32 hex digits", s.MachineID)

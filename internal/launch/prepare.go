@@ -9,6 +9,7 @@ import (
 	"microvm.dev/microvm/internal/cgroup"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/moddisk"
 	"microvm.dev/microvm/internal/sshkey"
 	"microvm.dev/microvm/internal/steps"
 	"microvm.dev/microvm/internal/store"
@@ -90,6 +91,7 @@ func Prepare(ctx context.Context, env Env, vm *config.VM, observe func(steps.Tim
 		steps.Step{Name: "check image", Do: pr.checkImage},
 		steps.Step{Name: "store block image", Do: pr.storeBlock},
 		steps.Step{Name: "initramfs base", Do: pr.initramfsBase},
+		steps.Step{Name: "kernel modules disk", Do: pr.modulesDisk},
 		steps.Step{Name: "ssh keys", Do: pr.sshKeys},
 		// Volumes are never removed by an undo: a volume holds data.
 		steps.Step{Name: "volumes", Do: pr.volumes},
@@ -122,6 +124,9 @@ func (pr *preparer) checkBackend(context.Context) error {
 	}
 	pr.p.Backend, pr.kern = r.Backend, r.Kernel
 	if err := r.Backend.CheckKernel(r.Launch.Kernel, pr.arch); err != nil {
+		return pr.fail(err)
+	}
+	if _, err := guest.CheckRelease(r.Kernel); err != nil {
 		return pr.fail(err)
 	}
 	if !Limits(vm).IsZero() && pr.p.env.Cgroups == nil {
@@ -180,6 +185,15 @@ func (pr *preparer) initramfsBase(context.Context) (err error) {
 	ir := guest.Initramfs{Init: pr.initBin, CacheDir: filepath.Join(pr.p.env.StateDir, "cache")}
 	pr.base, pr.p.BaseCached, err = ir.Base(pr.kern)
 	return err
+}
+
+// modulesDisk builds the disk image of the kernel's module tree the first
+// time a VM boots that kernel.
+func (pr *preparer) modulesDisk(context.Context) error {
+	if _, err := moddisk.Ensure(pr.p.Launch.Modules, pr.kern.Modules); err != nil {
+		return pr.fail(err)
+	}
+	return nil
 }
 
 func (pr *preparer) sshKeys(context.Context) error {

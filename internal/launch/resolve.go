@@ -10,6 +10,7 @@ import (
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/confine"
 	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/moddisk"
 	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/storeimage"
 	"microvm.dev/microvm/internal/vmm"
@@ -91,6 +92,11 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 		}
 	}
 	l.Shares = []vmm.Share{sh}
+	// The kernel's own module tree, one read-only disk for every VM that
+	// boots this kernel.
+	if l.Modules, err = moddisk.Path(ModulesCache(env.StateDir), kern.Modules); err != nil {
+		return nil, fmt.Errorf("vms.%s: %w", vm.Name, err)
+	}
 	l.Arch = arch
 	l.KVM = arch == vmm.HostArch() && vmm.HardwareKVM() && env.canOpen("/dev/kvm")
 	l.VHostNet = l.KVM && env.canOpen("/dev/vhost-net")
@@ -154,6 +160,7 @@ func confined(lay vmm.Layout, l vmm.Launch, cmd vmm.Command) *confine.Spec {
 	}
 	add(&s.ReadOnly, l.Kernel)
 	add(&s.ReadOnly, l.Initrd)
+	add(&s.ReadOnly, l.Modules)
 	for _, sh := range l.Shares {
 		switch {
 		case sh.Block != "":
@@ -210,6 +217,9 @@ func blockImage(stateDir, id, tree string) (string, error) {
 	// A plain directory made by hand: keyed by walking it.
 	return storeimage.Path(BlockCache(stateDir), tree)
 }
+
+// ModulesCache is where the disk images of kernels' module trees are cached.
+func ModulesCache(stateDir string) string { return filepath.Join(stateDir, "cache", "modules") }
 
 // BlockCache is where read-only disk images of store trees are cached.
 func BlockCache(stateDir string) string { return filepath.Join(stateDir, "cache", "store-blocks") }

@@ -50,6 +50,9 @@ func (p *Prepared) resumeKey() (savestate.Key, error) {
 	for _, d := range p.Launch.Disks {
 		files = append(files, d.Path)
 	}
+	if p.Launch.Modules != "" {
+		files = append(files, p.Launch.Modules)
+	}
 	return savestate.NewKey(p.VM.SpecHash(), p.Resolved.Command.Argv, files)
 }
 

@@ -54,6 +54,9 @@ func guestSpec(env Env, vm *config.VM, res *Resolved, volumes map[string]volume.
 		spec.Volumes = append(spec.Volumes, guest.VolumeSpec{Name: v.Name, MountPoint: v.MountPoint, Device: devices[v.Name],
 			Populate: volumes[v.Name] == volume.Created})
 	}
+	if res.Launch.Modules != "" {
+		spec.Modules = &guest.DiskSpec{Serial: vmm.ModulesSerial, Device: devices[vmm.ModulesSerial]}
+	}
 	spec.SwitchRoot = vm.Init == config.InitImage
 	spec.Workload = Workload(vm, res.Image.Config)
 	spec.MachineID = machineID(vm.Name, hostPEM)

@@ -65,6 +65,11 @@ func Path(cacheDir, tree string) (string, error) {
 // for the same tree build it once: the build holds a lock on the cache
 // directory and writes a temporary file renamed into place.
 func Ensure(path, tree string) (built bool, err error) {
+	return EnsureLabeled(path, tree, "microvm-store")
+}
+
+// EnsureLabeled is Ensure with the file system's label given.
+func EnsureLabeled(path, tree, label string) (built bool, err error) {
 	if _, err := os.Stat(path); err == nil {
 		return false, nil
 	}
@@ -94,7 +99,7 @@ func Ensure(path, tree string) (built bool, err error) {
 	// if mkfs runs out of space.
 	bytes := size + size/5 + inodes*4096 + 16<<20
 	for attempt := 0; ; attempt++ {
-		err = mkfs(tmp, tree, bytes, inodes)
+		err = mkfs(tmp, tree, label, bytes, inodes)
 		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "space") {
 			break
 		}
@@ -133,7 +138,7 @@ func measure(tree string) (size, entries int64, err error) {
 	return size, entries, err
 }
 
-func mkfs(img, tree string, bytes, inodes int64) error {
+func mkfs(img, tree, label string, bytes, inodes int64) error {
 	bin, err := exec.LookPath("mkfs.ext4")
 	if err != nil {
 		return fmt.Errorf("store disk image: mkfs.ext4 is missing (install e2fsprogs)")
@@ -150,7 +155,7 @@ func mkfs(img, tree string, bytes, inodes int64) error {
 	f.Close()
 	// No journal (the disk is read-only), no reserved blocks, enough inodes;
 	// -d copies the tree with its modes and owners.
-	out, err := exec.Command(bin, "-q", "-F", "-L", "microvm-store", "-m", "0", "-O", "^has_journal",
+	out, err := exec.Command(bin, "-q", "-F", "-L", label, "-m", "0", "-O", "^has_journal",
 		"-N", fmt.Sprint(inodes+1024), "-d", tree, img).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("store disk image of %s: mkfs.ext4: %v: %s", tree, err, strings.TrimSpace(string(out)))

@@ -22,6 +22,10 @@ const (
 // the backend sets serials.
 const StoreSerial = "microvm-store"
 
+// ModulesSerial is the virtio serial of the kernel's module tree disk
+// (Launch.Modules) where the backend sets serials.
+const ModulesSerial = "microvm-modules"
+
 // Backend is one hypervisor: the command line that starts a VM, how the
 // running VMM is asked to shut the guest down, and what it can do
 // (Capabilities), so that no code outside a backend's own package decides

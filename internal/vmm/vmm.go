@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 
 	"microvm.dev/microvm/internal/config"
@@ -74,6 +75,9 @@ type Launch struct {
 	Shares []Share
 	// Disks are the data volumes in the VM's order.
 	Disks []Disk
+	// Modules is the read-only ext4 image of the kernel's module tree
+	// (internal/moddisk), given as the last disk; "" gives none.
+	Modules string
 	// ConsoleLog is the file the serial console is written to.
 	ConsoleLog string
 	// ConsoleSocket is the unix socket an interactive console attaches to.
@@ -133,9 +137,10 @@ func HardwareKVM() bool {
 
 // KernelCmdline is the guest kernel's command line: the console device, no
 // reboot (a guest reboot ends the VMM; the daemon restarts it), the VM's
-// name for microvm-init, and backend-specific extras last (they win).
+// name for microvm-init, backend-specific extras, and the VM's own
+// kernelParams last (validation refuses those that would undo microvm's).
 func KernelCmdline(vm *config.VM, console string, extra ...string) string {
-	return strings.Join(append([]string{
+	return strings.Join(slices.Concat([]string{
 		"console=" + console,
 		"panic=-1", "reboot=t", "quiet", "loglevel=4",
 		// A loaded host can starve an emulated guest long enough to fail the
@@ -143,7 +148,7 @@ func KernelCmdline(vm *config.VM, console string, extra ...string) string {
 		// on 2 cores); virtual machines do not need that check.
 		"no_timer_check",
 		"microvm.name=" + vm.Name,
-	}, extra...), " ")
+	}, extra, vm.KernelParams), " ")
 }
 
 // SerialConsole is the guest's serial console device on arch.

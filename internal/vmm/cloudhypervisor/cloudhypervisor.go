@@ -54,6 +54,9 @@ func (b Backend) Command(vm *config.VM, l vmm.Launch) (vmm.Command, error) {
 	for _, d := range l.Disks {
 		disks = append(disks, "path="+d.Path+",serial="+d.Name)
 	}
+	if l.Modules != "" {
+		disks = append(disks, "path="+l.Modules+",readonly=on,serial="+vmm.ModulesSerial)
+	}
 	argv := []string{b.Binary(l.Arch),
 		"--api-socket", "path=" + l.ControlSocket,
 		"--kernel", l.Kernel,

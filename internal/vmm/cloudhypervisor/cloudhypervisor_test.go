@@ -22,6 +22,7 @@ vms:
     index: 1
     vcpu: 2
     memory: 1G
+    kernelParams: [apparmor=0, mitigations=off]
     hypervisor: cloud-hypervisor
     volumes:
       - { name: data, mountPoint: /mnt/storage, size: 64G }
@@ -36,6 +37,7 @@ func launch(t *testing.T, share string) (*config.VM, vmm.Launch) {
 	vm := cfg.VM("vm1")
 	l := vmm.Layout{StateDir: "/var/lib/microvm", RunDir: "/run/microvm", VM: vm.Name}.Launch(vm, Backend{}.Capabilities())
 	l.Shares = []vmm.Share{{Tag: "store", Path: "/var/lib/microvm/store"}}
+	l.Modules = "/var/lib/microvm/cache/modules/4567cdef.ext4"
 	l.ControlSocket = "/run/microvm/vm1.api"
 	l.Kernel, l.Initrd = "/var/lib/microvm/kernels/vmlinux", "/var/lib/microvm/vms/vm1/initramfs.cpio"
 	switch share {

@@ -118,6 +118,9 @@ func (b Backend) Command(vm *config.VM, l vmm.Launch) (vmm.Command, error) {
 	for _, d := range l.Disks {
 		cfg.Drives = append(cfg.Drives, Drive{DriveID: "vol-" + d.Name, PathOnHost: d.Path})
 	}
+	if l.Modules != "" {
+		cfg.Drives = append(cfg.Drives, Drive{DriveID: "modules", PathOnHost: l.Modules, IsReadOnly: true})
+	}
 	js, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return vmm.Command{}, err
@@ -163,7 +166,7 @@ func (b Backend) CheckKernel(path, arch string) error {
 }
 
 // DiskDevices names the disks in drive order: the store first, then the
-// volumes.
+// volumes, then the kernel's modules.
 func (Backend) DiskDevices(l vmm.Launch) map[string]string {
 	out := map[string]string{}
 	n := 0
@@ -179,6 +182,9 @@ func (Backend) DiskDevices(l vmm.Launch) map[string]string {
 	}
 	for _, d := range l.Disks {
 		out[d.Name] = next()
+	}
+	if l.Modules != "" {
+		out[vmm.ModulesSerial] = next()
 	}
 	return out
 }

@@ -21,6 +21,7 @@ vms:
     index: 1
     vcpu: 2
     memory: 1G
+    kernelParams: [apparmor=0, mitigations=off]
     hypervisor: firecracker
     volumes:
       - { name: data, mountPoint: /mnt/storage, size: 64G }
@@ -36,6 +37,7 @@ func launch(t *testing.T) (*config.VM, vmm.Launch) {
 	vm := cfg.VM("vm1")
 	l := vmm.Layout{StateDir: "/var/lib/microvm", RunDir: "/run/microvm", VM: vm.Name}.Launch(vm, Backend{}.Capabilities())
 	l.Shares = []vmm.Share{{Tag: "store", Path: "/var/lib/microvm/store"}}
+	l.Modules = "/var/lib/microvm/cache/modules/4567cdef.ext4"
 	l.ControlSocket = "/run/microvm/vm1.api"
 	l.Kernel, l.Initrd = "/var/lib/microvm/kernels/vmlinux", "/var/lib/microvm/vms/vm1/initramfs.cpio"
 	l.Shares[0].Block = "/var/lib/microvm/cache/store-blocks/0123abcd.ext4"
@@ -58,13 +60,13 @@ func TestGoldenConfig(t *testing.T) {
 	if err := json.Unmarshal(js, &back); err != nil {
 		t.Fatal(err)
 	}
-	if len(back.Drives) != 3 || !back.Drives[0].IsReadOnly || back.Drives[1].IsReadOnly || back.Drives[0].IsRootDevice {
-		t.Errorf("drives = %+v: the store must be first and read-only, volumes writable, none the root", back.Drives)
+	if len(back.Drives) != 4 || !back.Drives[0].IsReadOnly || back.Drives[1].IsReadOnly || back.Drives[0].IsRootDevice || !back.Drives[3].IsReadOnly {
+		t.Errorf("drives = %+v: the store must be first and read-only, volumes writable, the kernel's modules last and read-only, none the root", back.Drives)
 	}
 	if _, ok := cmd.Files[LogPath(l)]; !ok {
 		t.Error("the log file is not created beforehand (firecracker does not create it)")
 	}
-	want := map[string]string{vmm.StoreSerial: "vda", "data": "vdb", "logs": "vdc"}
+	want := map[string]string{vmm.StoreSerial: "vda", "data": "vdb", "logs": "vdc", vmm.ModulesSerial: "vdd"}
 	if got := (Backend{}).DiskDevices(l); !reflect.DeepEqual(got, want) {
 		t.Errorf("disk devices = %v, want %v", got, want)
 	}

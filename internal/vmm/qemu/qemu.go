@@ -205,6 +205,11 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 			"-drive", "file="+d.Path+",format=raw,if=none,id="+id+",cache=none,aio=threads,discard=unmap",
 			"-device", dev("virtio-blk-pci")+",drive="+id+",serial="+d.Name)
 	}
+	if l.Modules != "" {
+		args = append(args,
+			"-drive", "file="+l.Modules+",format=raw,if=none,id=modules,readonly=on,cache=none,aio=threads",
+			"-device", dev("virtio-blk-pci")+",drive=modules,serial="+vmm.ModulesSerial)
+	}
 	args = append(args, "-device", dev("virtio-rng-pci"))
 	return args
 }

@@ -15,6 +15,7 @@ vms:
     index: 1
     vcpu: 2
     memory: 1G
+    kernelParams: [apparmor=0, mitigations=off]
     volumes:
       - { name: data, mountPoint: /mnt/storage, size: 64G }
       - { name: logs, mountPoint: /var/log/app, size: 1G }
@@ -29,6 +30,7 @@ func launch(t *testing.T, arch string, kvm bool, virtiofs bool) (*config.VM, vmm
 	vm := cfg.VM("vm1")
 	l := vmm.Layout{StateDir: "/var/lib/microvm", RunDir: "/run/microvm", VM: vm.Name}.Launch(vm, Backend{}.Capabilities())
 	l.Shares = []vmm.Share{{Tag: "store", Path: "/var/lib/microvm/store"}}
+	l.Modules = "/var/lib/microvm/cache/modules/4567cdef.ext4"
 	l.Arch, l.KVM, l.VHostNet = arch, kvm, kvm
 	l.Kernel, l.Initrd = "/boot/vmlinuz", "/var/lib/microvm/vms/vm1/initramfs.cpio"
 	if virtiofs {
