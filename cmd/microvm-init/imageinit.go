@@ -67,6 +67,9 @@ func prepareImageInit(spec *guest.Spec, initPath string) error {
 	}
 	switch kindOfInit(initPath) {
 	case initSystemd:
+		if err := announceDevices(); err != nil {
+			return err
+		}
 		return systemdUnits()
 	case initBusybox:
 		return inittab("::respawn:/run/microvm/init agent", "::ctrlaltdel:/sbin/poweroff", true)
@@ -76,8 +79,8 @@ func prepareImageInit(spec *guest.Spec, initPath string) error {
 }
 
 // systemdUnits writes the agent's unit, wanted by sysinit.target so it
-// answers early, masks the image's own sshd (the agent has port 22) and
-// maps Ctrl-Alt-Del to poweroff.
+// answers early, masks the image's own sshd (the agent has port 22),
+// maps Ctrl-Alt-Del to poweroff and skips kmod-static-nodes without kmod.
 func systemdUnits() error {
 	dir := root + "/run/systemd/system"
 	if err := os.MkdirAll(dir+"/sysinit.target.wants", 0o755); err != nil {
@@ -104,6 +107,17 @@ KillMode=process
 	}
 	for _, u := range []string{"ssh.service", "ssh.socket", "sshd.service"} {
 		os.Symlink("/dev/null", dir+"/"+u)
+	}
+	// The kernel's module tree (with its modules.devname) is there in every
+	// VM, but an image without a kernel package may lack kmod, which
+	// kmod-static-nodes runs: it is skipped then, as when there is no
+	// tree, rather than failed.
+	if err := os.MkdirAll(dir+"/kmod-static-nodes.service.d", 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(dir+"/kmod-static-nodes.service.d/microvm.conf",
+		[]byte("[Unit]\nConditionPathExists=|/bin/kmod\nConditionPathExists=|/usr/bin/kmod\nConditionPathExists=|/sbin/kmod\n"), 0o644); err != nil {
+		return err
 	}
 	for _, d := range []string{"/usr/lib/systemd/system", "/lib/systemd/system"} {
 		if _, err := os.Stat(root + d + "/poweroff.target"); err == nil {
