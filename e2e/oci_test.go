@@ -112,26 +112,5 @@ func TestOCIImageServesItsPort(t *testing.T) {
 // retrying until the server answers.
 func httpGet(t *testing.T, ns interface{ Do(testing.TB, func()) }, addr string) string {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var out []byte
-		var err error
-		ns.Do(t, func() {
-			var c net.Conn
-			if c, err = net.DialTimeout("tcp", addr, 2*time.Second); err != nil {
-				return
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(5 * time.Second))
-			io.WriteString(c, "GET / HTTP/1.0\r\nHost: vm\r\n\r\n")
-			out, err = io.ReadAll(c)
-		})
-		if err == nil && len(out) > 0 {
-			return string(out)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GET http://%s/: %v", addr, err)
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
+	return waitHTTP(t, ns, addr, 30*time.Second)
 }

@@ -69,6 +69,9 @@ type Env struct {
 	// Q35 boots x86 guests under TCG on QEMU's q35 machine even where the
 	// microvm machine could run them (bench/cmd/bootbench compares the two).
 	Q35 bool
+	// NoModuleTree gives guests no disk of their kernel's module tree
+	// (bench/cmd/bootbench measures what the disk costs a boot).
+	NoModuleTree bool
 }
 
 // Layout names the files and sockets of the VM called name.

@@ -190,6 +190,9 @@ func (pr *preparer) initramfsBase(context.Context) (err error) {
 // modulesDisk builds the disk image of the kernel's module tree the first
 // time a VM boots that kernel.
 func (pr *preparer) modulesDisk(context.Context) error {
+	if pr.p.Launch.Modules == "" {
+		return nil
+	}
 	if _, err := moddisk.Ensure(pr.p.Launch.Modules, pr.kern.Modules); err != nil {
 		return pr.fail(err)
 	}

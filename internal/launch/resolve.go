@@ -94,8 +94,10 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 	l.Shares = []vmm.Share{sh}
 	// The kernel's own module tree, one read-only disk for every VM that
 	// boots this kernel.
-	if l.Modules, err = moddisk.Path(ModulesCache(env.StateDir), kern.Modules); err != nil {
-		return nil, fmt.Errorf("vms.%s: %w", vm.Name, err)
+	if !env.NoModuleTree {
+		if l.Modules, err = moddisk.Path(ModulesCache(env.StateDir), kern.Modules); err != nil {
+			return nil, fmt.Errorf("vms.%s: %w", vm.Name, err)
+		}
 	}
 	l.Arch = arch
 	l.KVM = arch == vmm.HostArch() && vmm.HardwareKVM() && env.canOpen("/dev/kvm")

@@ -9,7 +9,10 @@
 // whose init powers off at once. It prints medians, p90s and the ratios.
 // With -compare-init, boots with another microvm-init build alternate with
 // them (a change to the guest's boot, side by side); with -systemd-image,
-// a distribution image with its own init boots cold and resumed.
+// a distribution image with its own init boots cold and resumed; with
+// -module-boots, a busybox VM boots with and without the kernel's module
+// tree disk; with -machine-images, systemd images boot with their own init,
+// each against its own systemd-analyze.
 package main
 
 import (
@@ -52,7 +55,22 @@ func main() {
 	compareInit := flag.String("compare-init", "", "a directory holding another microvm-init (an earlier build): its PVH boots are measured side by side")
 	systemdImage := flag.String("systemd-image", "", "an image whose /sbin/init is systemd, imported into the state directory holding -store: booted with init: image, cold and resumed")
 	imageBoots := flag.Int("image-boots", 3, "boots of -systemd-image")
+	moduleBoots := flag.Int("module-boots", 0, "boots of a busybox VM with and without the kernel's module tree disk, alternating (0: none)")
+	machineImages := flag.String("machine-images", "", "images with systemd as /sbin/init (comma-separated), booted with init: image alternately: ready against systemd-analyze")
+	machineBoots := flag.Int("machine-boots", 3, "boots of each -machine-images image")
 	flag.Parse()
+	if *moduleBoots > 0 {
+		if err := runModules(*moduleBoots, *initDir, *store); err != nil {
+			fmt.Fprintln(os.Stderr, "bootbench:", err)
+			os.Exit(1)
+		}
+	}
+	if *machineImages != "" {
+		if err := runMachines(*machineBoots, *initDir, *store, strings.Split(*machineImages, ",")); err != nil {
+			fmt.Fprintln(os.Stderr, "bootbench:", err)
+			os.Exit(1)
+		}
+	}
 	if *boots > 0 { // -boots 0: only the -systemd-image boots
 		if err := run(*boots, *builds, *initDir, *store, *compareInit); err != nil {
 			fmt.Fprintln(os.Stderr, "bootbench:", err)

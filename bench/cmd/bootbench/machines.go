@@ -1,0 +1,133 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/vmssh"
+)
+
+// runModules measures what the kernel's module tree disk costs a boot:
+// a busybox VM without volumes (so the tree is the only reason its guest
+// loads ext4), booted with and without the disk, alternating, in one run.
+func runModules(boots int, initDir, store string) error {
+	l, err := newLab(store, initDir, `vms:
+  vm3: { index: 3, vcpu: 2, memory: 1G }
+`)
+	if err != nil {
+		return err
+	}
+	defer l.close()
+	times := map[string][]time.Duration{}
+	add := func(k string, d time.Duration) { times[k] = append(times[k], d) }
+	kinds := []struct {
+		name string
+		off  bool
+	}{{"with the module tree", false}, {"without (before)", true}}
+	for range boots {
+		for _, k := range kinds {
+			l.env.NoModuleTree = k.off
+			r, err := boot(l.env, l.cfg.VM("vm3"), l.nsPath, k.name, add)
+			if err != nil {
+				return err
+			}
+			if err := r.Stop(30 * time.Second); err != nil {
+				return err
+			}
+		}
+	}
+	fmt.Printf("busybox VM, no volume, the host's store share, %d boots each, alternating:\n", boots)
+	for _, k := range kinds {
+		fmt.Printf("  %-24s prepare median %-8s ready median %-10s (p90 %s)  SSH median %-10s (p90 %s)\n", k.name,
+			med(times[k.name+" prepare"]), med(times[k.name+" ready"]), p90(times[k.name+" ready"]), med(times[k.name+" ssh"]), p90(times[k.name+" ssh"]))
+	}
+	fmt.Printf("  ready with / without = %.2fx\n", float64(med(times[kinds[0].name+" ready"]))/float64(med(times[kinds[1].name+" ready"])))
+	return nil
+}
+
+// analyzeTotal is the total of `systemd-analyze`'s "Startup finished in
+// … = 17.215s" line.
+var analyzeTotal = regexp.MustCompile(`= (?:(\d+)min )?([0-9.]+)(ms|s)\s*$`)
+
+// runMachines boots each image with its own init (init: image), the
+// images alternating, and compares the time to microvm's ready report
+// with the image's own account of its boot (systemd-analyze's total).
+func runMachines(boots int, initDir, store string, images []string) error {
+	var b strings.Builder
+	b.WriteString("vms:\n")
+	for i, img := range images {
+		fmt.Fprintf(&b, "  m%d: { index: %d, vcpu: 2, memory: 1G, image: %s, init: image, stopTimeout: 60s }\n", i, 10+i, img)
+	}
+	l, err := newLab(store, initDir, b.String())
+	if err != nil {
+		return err
+	}
+	defer l.close()
+	times := map[string][]time.Duration{}
+	add := func(k string, d time.Duration) { times[k] = append(times[k], d) }
+	for range boots {
+		for i, img := range images {
+			vm := l.cfg.VM(fmt.Sprintf("m%d", i))
+			r, err := boot(l.env, vm, l.nsPath, img, add)
+			if err != nil {
+				return fmt.Errorf("%s: %w", img, err)
+			}
+			out, err := sshOutput(l.nsPath, r.Prepared, "systemd-analyze | head -1")
+			if err != nil {
+				return fmt.Errorf("%s: systemd-analyze: %w", img, err)
+			}
+			d, err := parseAnalyze(out)
+			if err != nil {
+				return fmt.Errorf("%s: %w", img, err)
+			}
+			add(img+" analyze", d)
+			if err := r.Stop(time.Minute); err != nil {
+				return err
+			}
+		}
+	}
+	fmt.Printf("machines with their own init (init: image), %d boots each, alternating:\n", boots)
+	for _, img := range images {
+		ready, analyze := med(times[img+" ready"]), med(times[img+" analyze"])
+		fmt.Printf("  %-28s hypervisor start → ready median %-10s (p90 %s); systemd-analyze total median %-10s; ready / systemd-analyze = %.2fx\n",
+			img, ready, p90(times[img+" ready"]), analyze, float64(ready)/float64(analyze))
+	}
+	return nil
+}
+
+func parseAnalyze(line string) (time.Duration, error) {
+	m := analyzeTotal.FindStringSubmatch(strings.TrimSpace(line))
+	if m == nil {
+		return 0, fmt.Errorf("systemd-analyze said %q", line)
+	}
+	v, _ := strconv.ParseFloat(m[2], 64)
+	if m[3] == "ms" {
+		v /= 1000
+	}
+	if m[1] != "" {
+		mins, _ := strconv.Atoi(m[1])
+		v += float64(mins * 60)
+	}
+	return time.Duration(v * float64(time.Second)), nil
+}
+
+// sshOutput runs cmd in the VM over SSH and returns its output.
+func sshOutput(nsPath string, p *launch.Prepared, cmd string) (string, error) {
+	c, err := vmssh.Dial(filepath.Dir(filepath.Dir(filepath.Dir(p.Launch.ConsoleLog))), p.VM.Name, p.VM.Net.Address.String(), nsPath, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	s, err := c.NewSession()
+	if err != nil {
+		return "", err
+	}
+	defer s.Close()
+	out, err := s.CombinedOutput(cmd)
+	return string(out), err
+}
