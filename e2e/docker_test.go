@@ -210,4 +210,3 @@ func waitHTTP(t *testing.T, ns interface{ Do(testing.TB, func()) }, addr string,
 		time.Sleep(300 * time.Millisecond)
 	}
 }
-

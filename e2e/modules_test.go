@@ -10,9 +10,11 @@ import (
 
 // TestKernelModulesInTheGuest: every VM has its kernel's own module tree at
 // /lib/modules/$(uname -r), read-only, whatever its image and store kind.
-// In busybox's root (a block store here) busybox's modprobe loads a module
-// with its dependencies and a missing module gets modprobe's own error. In
-// Debian's root (merged /usr, no kmod at all) the kernel itself loads the
+// In busybox's root (a block store, then a 9p share) busybox's modprobe
+// loads a module with its dependencies and a missing module gets
+// modprobe's own error. In Debian's root (the host's share, virtiofs where
+// a virtiofsd is installed; merged /usr, no kmod at all) the kernel itself
+// loads the
 // module `ip link add wg0 type wireguard` needs, through microvm-init as
 // its modprobe, as a WireGuard application image would under init:
 // microvm.
@@ -22,6 +24,7 @@ func TestKernelModulesInTheGuest(t *testing.T) {
 	ns, cfg := netLab(t, "kmod", `defaults: { memory: 384M }
 vms:
   bb: { index: 1, store: block }
+  bb9p: { index: 3, store: 9p }
   wg: { index: 2, image: debian-iproute2 }
 `)
 	env := newEnv(t, ns)
@@ -29,22 +32,24 @@ vms:
 		t.Fatal(err)
 	}
 
-	p, r := boot(t, env, cfg.VM("bb"))
-	c := sshTo(t, ns, p)
-	rel := run(t, c, "uname -r")
-	if out := run(t, c, "test -f /lib/modules/$(uname -r)/modules.dep && awk '$2 == \"/lib/modules/"+rel+"\" {print $4}' /proc/mounts | cut -d, -f1"); out != "ro" {
-		t.Errorf("busybox: /lib/modules/%s is not the kernel's tree, mounted read-only: %q", rel, out)
+	for _, name := range []string{"bb", "bb9p"} {
+		p, r := boot(t, env, cfg.VM(name))
+		c := sshTo(t, ns, p)
+		rel := run(t, c, "uname -r")
+		if out := run(t, c, "test -f /lib/modules/$(uname -r)/modules.dep && awk '$2 == \"/lib/modules/"+rel+"\" {print $4}' /proc/mounts | cut -d, -f1"); out != "ro" {
+			t.Errorf("%s: /lib/modules/%s is not the kernel's tree, mounted read-only: %q", name, rel, out)
+		}
+		if out := run(t, c, "modprobe br_netfilter && grep -o '^br_netfilter\\|^bridge' /proc/modules | sort | tr '\\n' ' '"); out != "br_netfilter bridge" {
+			t.Errorf("%s: busybox's modprobe br_netfilter: %q, want it and its dependency bridge loaded", name, out)
+		}
+		if out, err := runErr(c, "modprobe no-such-module"); err == nil || !strings.Contains(out, "no-such-module") {
+			t.Errorf("%s: a module that does not exist: %v %q, want modprobe's own error", name, err, out)
+		}
+		stop(t, r)
 	}
-	if out := run(t, c, "modprobe br_netfilter && grep -o '^br_netfilter\\|^bridge' /proc/modules | sort | tr '\\n' ' '"); out != "br_netfilter bridge" {
-		t.Errorf("busybox's modprobe br_netfilter: %q, want it and its dependency bridge loaded", out)
-	}
-	if out, err := runErr(c, "modprobe no-such-module"); err == nil || !strings.Contains(out, "no-such-module") {
-		t.Errorf("a module that does not exist: %v %q, want modprobe's own error", err, out)
-	}
-	stop(t, r)
 
-	p, r = boot(t, env, cfg.VM("wg"))
-	c = sshTo(t, ns, p)
+	p, r := boot(t, env, cfg.VM("wg"))
+	c := sshTo(t, ns, p)
 	if out := run(t, c, "test -x /sbin/modprobe || echo no-kmod; readlink /lib; test -f /usr/lib/modules/$(uname -r)/modules.dep && echo tree"); out != "no-kmod\nusr/lib\ntree" {
 		t.Errorf("Debian's root: %q, want no kmod, merged /usr and the tree under /usr/lib/modules", out)
 	}

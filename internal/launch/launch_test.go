@@ -1,6 +1,7 @@
 package launch
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -10,6 +11,7 @@ import (
 
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/confine"
+	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/vmm"
@@ -122,13 +124,14 @@ func TestConfinedRoot(t *testing.T) {
 	lay := vmm.Layout{StateDir: "/srv/mv", RunDir: "/run/mv", VM: "a"}
 	l := lay.Launch(&config.VM{Name: "a", Volumes: []config.Volume{{Name: "data"}, {Name: "logs"}}}, vmm.Capabilities{ControlSocket: "qmp.sock"})
 	l.Kernel, l.Initrd, l.KVM, l.TAPFD = "/var/cache/k/vmlinux", lay.Initrd(), true, 3
+	l.Modules = "/srv/mv/cache/modules/k.ext4"
 	l.Shares = []vmm.Share{{Tag: "store", Path: "/srv/mv/store/trees/x", Block: "/srv/mv/cache/store-blocks/x.ext4"}}
 	cmd := vmm.Command{Files: map[string][]byte{lay.Run() + "/config.json": nil, lay.Dir() + "/firecracker.log": nil}}
 	s := confined(lay, l, cmd)
 	want := confine.Spec{
 		Root:     "/run/mv/vms/a/root",
 		Writable: []string{"/run/mv/vms/a", "/srv/mv/vms/a/console.log", "/srv/mv/vms/a/data.img", "/srv/mv/vms/a/logs.img", "/srv/mv/vms/a/firecracker.log"},
-		ReadOnly: []string{"/var/cache/k/vmlinux", "/srv/mv/cache/store-blocks/x.ext4"},
+		ReadOnly: []string{"/var/cache/k/vmlinux", "/srv/mv/cache/modules/k.ext4", "/srv/mv/cache/store-blocks/x.ext4"},
 		Devices:  []string{"/dev/kvm"},
 	}
 	if !reflect.DeepEqual(*s, want) {
@@ -172,5 +175,41 @@ func TestTAPOwners(t *testing.T) {
 	}
 	if got, _ := (Env{StateDir: state, VMMUser: &vmmuser.User{Name: "microvm", UID: 999}}).TAPOwners(cfg); len(got) != 0 {
 		t.Errorf("without a range: %v", got)
+	}
+}
+
+// TestPrepareRefusesAnotherReleasesModules: a kernel whose modules
+// directory is another release's, or has no modules.dep, is refused
+// before anything is written for the VM, naming the paths.
+func TestPrepareRefusesAnotherReleasesModules(t *testing.T) {
+	mods, _ := filepath.Glob(filepath.Join(guest.DefaultKernelCache, "amd64", "*", "modules"))
+	if len(mods) == 0 {
+		t.Skip("no Debian kernel in the cache (scripts/fetch-kernel.sh)")
+	}
+	dir := t.TempDir()
+	// An x86 bzImage header whose version string says another release.
+	img := make([]byte, 0x400)
+	copy(img[0x202:], "HdrS")
+	img[0x20e], img[0x20f] = 0x00, 0x01 // 0x100 + 0x200
+	copy(img[0x300:], "9.9.9-other (builder@host) #1")
+	kernel := filepath.Join(dir, "vmlinuz")
+	os.WriteFile(kernel, img, 0o644)
+	for _, c := range []struct{ modules, want string }{
+		{mods[len(mods)-1], "is release 9.9.9-other but the modules in " + mods[len(mods)-1]},
+		{t.TempDir(), "run depmod"},
+	} {
+		cfg, err := config.Parse("t.yaml", []byte(`vms: { a: { index: 1, kernel: { path: `+kernel+`, modules: `+c.modules+` } } }`), config.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := t.TempDir()
+		env := Env{StateDir: st, RunDir: filepath.Join(st, "run"), KernelCache: guest.DefaultKernelCache, InitDir: st}
+		_, err = Prepare(context.Background(), env, cfg.VM("a"), nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "vms.a") {
+			t.Errorf("modules %s: %v; want %q", c.modules, err, c.want)
+		}
+		if entries, _ := os.ReadDir(st); len(entries) != 0 {
+			t.Errorf("modules %s: Prepare left %v in the state directory", c.modules, entries)
+		}
 	}
 }

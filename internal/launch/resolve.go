@@ -68,7 +68,7 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 	arch := env.arch()
 	kern, err := guest.ResolveKernel(vm.Kernel, arch, vmm.HostArch(), env.KernelCache)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("vms.%s: %w", vm.Name, err)
 	}
 	share, err := env.ShareKind(b, vm)
 	if err != nil {

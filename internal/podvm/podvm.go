@@ -150,10 +150,33 @@ func (m *mapper) podLevel(spec *config.VMSpec) {
 		}
 		spec.Init = &init
 	}
-	if ps.SecurityContext != nil && ps.SecurityContext.RunAsUser != nil {
-		u := strconv.FormatInt(*ps.SecurityContext.RunAsUser, 10)
-		spec.User = &u
+}
+
+// runAs is the workload's user from the pod's and the container's
+// securityContext (the container's fields win, one by one): "uid", or
+// "uid:gid" with runAsGroup, as the file's user takes them. A runAsGroup
+// without a runAsUser keeps the image's user (nil).
+func runAs(pod *corev1.PodSecurityContext, c *corev1.SecurityContext) *string {
+	var uid, gid *int64
+	if pod != nil {
+		uid, gid = pod.RunAsUser, pod.RunAsGroup
 	}
+	if c != nil {
+		if c.RunAsUser != nil {
+			uid = c.RunAsUser
+		}
+		if c.RunAsGroup != nil {
+			gid = c.RunAsGroup
+		}
+	}
+	if uid == nil {
+		return nil
+	}
+	u := strconv.FormatInt(*uid, 10)
+	if gid != nil {
+		u += ":" + strconv.FormatInt(*gid, 10)
+	}
+	return &u
 }
 
 // container maps the pod's one container.
@@ -179,11 +202,8 @@ func (m *mapper) container(c *corev1.Container, vm *VM) {
 		if sc.Privileged != nil && *sc.Privileged {
 			m.refuse("%s.securityContext.privileged: the workload is root in its own VM, never on the host", at)
 		}
-		if sc.RunAsUser != nil {
-			u := strconv.FormatInt(*sc.RunAsUser, 10)
-			spec.User = &u
-		}
 	}
+	spec.User = runAs(m.pod.Spec.SecurityContext, c.SecurityContext)
 	if c.Stdin || c.TTY {
 		m.refuse("%s.stdin/tty: attaching to the workload is not supported; kubectl exec and kubectl logs are", at)
 	}

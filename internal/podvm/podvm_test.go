@@ -159,3 +159,30 @@ func TestResourcesFromRequests(t *testing.T) {
 		t.Errorf("no resources: vcpu %v memory %v", vm.Spec.VCPU, vm.Spec.Memory)
 	}
 }
+
+// TestRunAs: the pod's and the container's runAsUser and runAsGroup
+// become the VM's user as docker run --user takes it; the container's
+// fields win one by one.
+func TestRunAs(t *testing.T) {
+	i := func(v int64) *int64 { return &v }
+	for _, c := range []struct {
+		pod  *corev1.PodSecurityContext
+		ctr  *corev1.SecurityContext
+		want string
+	}{
+		{nil, nil, ""},
+		{&corev1.PodSecurityContext{RunAsUser: i(33)}, nil, "33"},
+		{&corev1.PodSecurityContext{RunAsUser: i(33), RunAsGroup: i(44)}, nil, "33:44"},
+		{&corev1.PodSecurityContext{RunAsUser: i(33), RunAsGroup: i(44)}, &corev1.SecurityContext{RunAsUser: i(1000)}, "1000:44"},
+		{&corev1.PodSecurityContext{RunAsGroup: i(44)}, nil, ""},
+		{nil, &corev1.SecurityContext{RunAsUser: i(7), RunAsGroup: i(8)}, "7:8"},
+	} {
+		got := ""
+		if u := runAs(c.pod, c.ctr); u != nil {
+			got = *u
+		}
+		if got != c.want {
+			t.Errorf("pod %+v container %+v: user %q, want %q", c.pod, c.ctr, got, c.want)
+		}
+	}
+}
