@@ -3,16 +3,13 @@ package e2e
 import (
 	"io"
 	"net"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
-	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/testutil"
 )
@@ -62,12 +59,7 @@ func TestReferenceVM1Docker(t *testing.T) {
 	root := debianRootWith(t, vm1Packages, vm1Hook)
 	l := newDaemonLab(t, "vm1")
 	inet := testutil.NewNetns(t, "vm1i")
-	testutil.Veth(t, l.ns, "uplink0", inet, "wan0")
-	l.ns.IP(t, "addr", "add", "203.0.113.1/24", "dev", "uplink0")
-	l.ns.IP(t, "link", "set", "uplink0", "up")
-	l.ns.IP(t, "route", "add", "default", "via", "203.0.113.2")
-	inet.IP(t, "addr", "add", "203.0.113.2/24", "dev", "wan0")
-	inet.IP(t, "link", "set", "wan0", "up")
+	plugUplink(t, l.ns, inet)
 
 	// The registry runs on loopback; the "internet" reaches it at
 	// 203.0.113.2:5000 through a forwarder listening in that namespace,
@@ -75,15 +67,7 @@ func TestReferenceVM1Docker(t *testing.T) {
 	reg := startRegistry(t)
 	var pulls atomic.Int64
 	forwardInto(t, inet, vm1Registry, reg.addr, &pulls)
-	baseDir := filepath.Join(shared.dir, "store", "base")
-	base, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		pr, pw := io.Pipe()
-		go func() { pw.CloseWithError(store.TarTree(pw, baseDir)) }()
-		return pr, nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	base := baseLayer(t)
 	reg.push(t, "sandbox:latest", v1.Config{Cmd: []string{"/bin/sh", "-c",
 		"echo sandbox started; mkdir -p /www && echo hello from the sandbox > /www/index.html && exec httpd -f -v -p 8080 -h /www"}}, base)
 
@@ -155,14 +139,7 @@ func debianRootWith(t *testing.T, packages, hook string) string {
 // target (on this namespace's loopback), counting them.
 func forwardInto(t *testing.T, ns *testutil.Netns, addr, target string, count *atomic.Int64) {
 	t.Helper()
-	var ln net.Listener
-	ns.Do(t, func() {
-		var err error
-		if ln, err = net.Listen("tcp4", addr); err != nil {
-			t.Fatalf("listen %s in %s: %v", addr, ns.Name, err)
-		}
-	})
-	t.Cleanup(func() { ln.Close() })
+	ln := ns.Listen(t, addr)
 	go func() {
 		for {
 			c, err := ln.Accept()

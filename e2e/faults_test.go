@@ -139,6 +139,19 @@ func TestFaults(t *testing.T) {
 	}
 }
 
+// plugUplink joins host to inet, the host's "internet": the host's
+// uplink0 (203.0.113.1/24, its default route) to inet's wan0
+// (203.0.113.2).
+func plugUplink(t *testing.T, host, inet *testutil.Netns) {
+	t.Helper()
+	testutil.Veth(t, host, "uplink0", inet, "wan0")
+	host.IP(t, "addr", "add", "203.0.113.1/24", "dev", "uplink0")
+	host.IP(t, "link", "set", "uplink0", "up")
+	host.IP(t, "route", "add", "default", "via", "203.0.113.2")
+	inet.IP(t, "addr", "add", "203.0.113.2/24", "dev", "wan0")
+	inet.IP(t, "link", "set", "wan0", "up")
+}
+
 // TestUplinkLoss takes the host's uplink away under a running fleet and
 // brings it back: the VM loses the outside while it is gone and reaches it
 // again once it is back, with no apply (NAT matches the uplink by name),
@@ -147,14 +160,7 @@ func TestUplinkLoss(t *testing.T) {
 	requireGuestEnv(t)
 	l := newDaemonLab(t, "upl")
 	inet := testutil.NewNetns(t, "upli")
-	plug := func() {
-		testutil.Veth(t, l.ns, "uplink0", inet, "wan0")
-		l.ns.IP(t, "addr", "add", "203.0.113.1/24", "dev", "uplink0")
-		l.ns.IP(t, "link", "set", "uplink0", "up")
-		l.ns.IP(t, "route", "add", "default", "via", "203.0.113.2")
-		inet.IP(t, "addr", "add", "203.0.113.2/24", "dev", "wan0")
-		inet.IP(t, "link", "set", "wan0", "up")
-	}
+	plug := func() { plugUplink(t, l.ns, inet) }
 	plug()
 	file := filepath.Join(l.state, "infra.yaml")
 	os.WriteFile(file, []byte("vms: { u: { index: 1, vcpu: 1, memory: 256M } }\n"), 0o644)

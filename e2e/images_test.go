@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/testutil"
 )
 
@@ -95,6 +96,21 @@ func (r *debRegistry) push(t *testing.T, repoTag string, cfg v1.Config, layers .
 		t.Fatalf("push %s: %v", ref, err)
 	}
 	return ref
+}
+
+// baseLayer is the base image's tree (busybox) as one layer.
+func baseLayer(t *testing.T) v1.Layer {
+	t.Helper()
+	dir := filepath.Join(shared.dir, "store", "base")
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(store.TarTree(pw, dir)) }()
+		return pr, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }
 
 // fileLayer is a layer of the tar file at path, compressed fast.

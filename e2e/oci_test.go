@@ -19,7 +19,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/store"
@@ -37,15 +36,7 @@ func TestOCIImageServesItsPort(t *testing.T) {
 	t.Cleanup(srv.Close)
 	ref := strings.TrimPrefix(srv.URL, "http://") + "/web:1"
 
-	baseDir := filepath.Join(shared.dir, "store", "base")
-	base, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		pr, pw := io.Pipe()
-		go func() { pw.CloseWithError(store.TarTree(pw, baseDir)) }()
-		return pr, nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	base := baseLayer(t)
 	const page = "<h1>served from an OCI image</h1>\n"
 	webLayer := filesLayer(t, map[string]string{"www/index.html": page})
 	img, err := mutate.AppendLayers(empty.Image, base, webLayer)

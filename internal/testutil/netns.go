@@ -88,9 +88,9 @@ func (n *Netns) Do(t testing.TB, fn func()) {
 	fn()
 }
 
-// Serve listens on TCP addr inside the namespace and answers every
-// connection with the address it came from, then closes it.
-func (n *Netns) Serve(t testing.TB, addr string) {
+// Listen listens on TCP addr inside the namespace (closed when the test
+// ends); what accepts its connections may run anywhere.
+func (n *Netns) Listen(t testing.TB, addr string) net.Listener {
 	t.Helper()
 	var ln net.Listener
 	n.Do(t, func() {
@@ -100,6 +100,14 @@ func (n *Netns) Serve(t testing.TB, addr string) {
 		}
 	})
 	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// Serve listens on TCP addr inside the namespace and answers every
+// connection with the address it came from, then closes it.
+func (n *Netns) Serve(t testing.TB, addr string) {
+	t.Helper()
+	ln := n.Listen(t, addr)
 	go func() {
 		for {
 			c, err := ln.Accept()
