@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"microvm.dev/microvm/internal/store"
 )
@@ -59,6 +60,12 @@ vms:
 	}
 	if out := run(t, c, "grep -c '^wireguard ' /proc/modules"); out != "1" {
 		t.Errorf("wireguard loaded: %q", out)
+	}
+	// A kind no module provides: the kernel's modprobe says so at once and
+	// ip reports it; nothing hangs.
+	t0 := time.Now()
+	if out, err := runErr(c, "ip link add x0 type nosuchkind"); err == nil || !strings.Contains(out, "Unknown device type") || time.Since(t0) > 20*time.Second {
+		t.Errorf("ip link add x0 type nosuchkind: %v after %s\n%s", err, time.Since(t0).Round(time.Millisecond), out)
 	}
 	stop(t, r)
 }

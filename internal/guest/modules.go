@@ -131,9 +131,9 @@ func ModuleLine(path string, deps []string) string {
 // NeededModules are the modules a guest with spec loads: the NIC and disk
 // drivers, the buses, the power button, entropy and overlay always; ext4
 // (with crc32c) for a block store, any volume or the kernel's module
-// tree; 9p or virtiofs for a
-// store shared that way. Leaving the others out is what keeps the boot
-// short: loading a module is emulated code under TCG (ext4 alone is 2 MB).
+// tree; 9p or virtiofs for a store shared that way. Leaving the others
+// out is what keeps the boot short: loading a module is emulated code
+// under TCG (ext4 alone is 2 MB).
 func NeededModules(spec *Spec) []string {
 	need := []string{"virtio_pci", "virtio_mmio", "virtio_net", "virtio_blk", "virtio_rng", "overlay", "button", "gpio_keys", "evdev"}
 	if spec.Store.FSType == "ext4" || len(spec.Volumes) > 0 || spec.Modules != nil {
