@@ -2,16 +2,20 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"microvm.dev/microvm/internal/store"
+	"microvm.dev/microvm/internal/testutil"
 )
 
 // TestKernelModulesInTheGuest: every VM has its kernel's own module tree at
 // /lib/modules/$(uname -r), read-only, whatever its image and store kind.
-// In busybox's root (a block store, then a 9p share) busybox's modprobe
+// In busybox's root (a block store, then a 9p share with the image's own
+// modules for another kernel, which stay beside it) busybox's modprobe
 // loads a module with its dependencies and a missing module gets
 // modprobe's own error. In Debian's root (the host's share, virtiofs where
 // a virtiofsd is installed; merged /usr, no kmod at all) the kernel itself
@@ -25,11 +29,19 @@ func TestKernelModulesInTheGuest(t *testing.T) {
 	ns, cfg := netLab(t, "kmod", `defaults: { memory: 384M }
 vms:
   bb: { index: 1, store: block }
-  bb9p: { index: 3, store: 9p }
+  bb9p: { index: 3, store: 9p, image: base-othermods }
   wg: { index: 2, image: debian-iproute2 }
 `)
 	env := newEnv(t, ns)
 	if _, err := store.Open(env.StateDir).Import(context.Background(), "debian-iproute2", root, store.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	// The base image with modules of its own for another kernel.
+	other := t.TempDir()
+	testutil.MustRun(t, "cp", "-a", filepath.Join(shared.dir, "store", "base")+"/.", other)
+	os.MkdirAll(filepath.Join(other, "lib/modules/5.10.0-other"), 0o755)
+	os.WriteFile(filepath.Join(other, "lib/modules/5.10.0-other/modules.dep"), []byte("kernel/x.ko:\n"), 0o644)
+	if _, err := store.Open(env.StateDir).Import(context.Background(), "base-othermods", other, store.Options{}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -45,6 +57,11 @@ vms:
 		}
 		if out, err := runErr(c, "modprobe no-such-module"); err == nil || !strings.Contains(out, "no-such-module") {
 			t.Errorf("%s: a module that does not exist: %v %q, want modprobe's own error", name, err, out)
+		}
+		if name == "bb9p" {
+			if out := run(t, c, "ls /lib/modules | sort | tr '\\n' ' '"); out != "5.10.0-other "+rel {
+				t.Errorf("the image's own modules for another kernel beside the running kernel's: %q", out)
+			}
 		}
 		stop(t, r)
 	}
