@@ -17,7 +17,8 @@ var (
 	// which would need modprobe in the guest), so it is loaded up front.
 	// button (ACPI, x86) and gpio_keys (aarch64 virt) deliver the power
 	// button; evdev makes it readable.
-	optionalModules = []string{"virtio_pci", "virtio_mmio", "crc32c_generic", "crc32c_intel", "virtio_rng", "virtiofs", "button", "gpio_keys", "evdev"}
+	// virtio_balloon reports the guest's free pages to the host.
+	optionalModules = []string{"virtio_pci", "virtio_mmio", "crc32c_generic", "crc32c_intel", "virtio_rng", "virtio_balloon", "virtiofs", "button", "gpio_keys", "evdev"}
 )
 
 // ModuleSet is the kernel's modules.dep, modules.builtin and the chosen
@@ -135,7 +136,7 @@ func ModuleLine(path string, deps []string) string {
 // out is what keeps the boot short: loading a module is emulated code
 // under TCG (ext4 alone is 2 MB).
 func NeededModules(spec *Spec) []string {
-	need := []string{"virtio_pci", "virtio_mmio", "virtio_net", "virtio_blk", "virtio_rng", "overlay", "button", "gpio_keys", "evdev"}
+	need := []string{"virtio_pci", "virtio_mmio", "virtio_net", "virtio_blk", "virtio_rng", "virtio_balloon", "overlay", "button", "gpio_keys", "evdev"}
 	if spec.Store.FSType == "ext4" || len(spec.Volumes) > 0 || spec.Modules != nil {
 		need = append(need, "crc32c_generic", "crc32c_intel", "ext4")
 	}

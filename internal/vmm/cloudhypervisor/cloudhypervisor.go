@@ -68,6 +68,8 @@ func (b Backend) Command(vm *config.VM, l vmm.Launch) (vmm.Command, error) {
 		"--serial", "file=" + l.ConsoleLog,
 		"--net", "tap=" + vm.Net.TAP + ",mac=" + vm.Net.MAC,
 		"--rng", "src=/dev/urandom",
+		// Free page reporting: freed guest pages go back to the host.
+		"--balloon", "size=0,free_page_reporting=on",
 	}
 	if len(fs) > 0 {
 		argv = append(append(argv, "--fs"), fs...)

@@ -47,7 +47,16 @@ type Config struct {
 	Machine    Machine     `json:"machine-config"`
 	Network    []Interface `json:"network-interfaces"`
 	Entropy    struct{}    `json:"entropy"`
+	Balloon    Balloon     `json:"balloon"`
 	Logger     Logger      `json:"logger"`
+}
+
+// Balloon is the balloon device: not inflated, reporting the guest's free
+// pages so they go back to the host.
+type Balloon struct {
+	AmountMiB         int  `json:"amount_mib"`
+	DeflateOnOOM      bool `json:"deflate_on_oom"`
+	FreePageReporting bool `json:"free_page_reporting"`
 }
 
 // BootSource is the kernel, initramfs and command line.
@@ -108,6 +117,7 @@ func (b Backend) Command(vm *config.VM, l vmm.Launch) (vmm.Command, error) {
 		Machine: Machine{VCPUCount: vm.VCPU, MemSizeMiB: vm.Memory.MiB()},
 		Network: []Interface{{IfaceID: "net0", GuestMAC: vm.Net.MAC, HostDevName: vm.Net.TAP}},
 		Logger:  Logger{LogPath: LogPath(l), Level: "Warning"},
+		Balloon: Balloon{DeflateOnOOM: true, FreePageReporting: true},
 	}
 	for _, s := range l.Shares {
 		if s.Kind() != vmm.ShareBlock {

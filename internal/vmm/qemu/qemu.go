@@ -210,7 +210,12 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 			"-drive", "file="+l.Modules+",format=raw,if=none,id=modules,readonly=on,cache=none,aio=threads",
 			"-device", dev("virtio-blk-pci")+",drive=modules,serial="+vmm.ModulesSerial)
 	}
-	args = append(args, "-device", dev("virtio-rng-pci"))
+	args = append(args, "-device", dev("virtio-rng-pci"),
+		// Free page reporting: the guest hands the pages it frees back to
+		// the host (QEMU discards them, also from the shared memfd
+		// virtiofsd maps), so a VM holds what its guest uses, not every
+		// page it ever touched.
+		"-device", dev("virtio-balloon-pci")+",free-page-reporting=on")
 	return args
 }
 
