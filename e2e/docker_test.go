@@ -101,6 +101,9 @@ func TestReferenceVM1Docker(t *testing.T) {
 	if first == 0 {
 		t.Error("Docker did not pull from the registry")
 	}
+	if out, err := l.cli("exec", "vm1", "--", "docker", "inspect", "--format", "{{.AppArmorProfile}}", "sandbox"); err != nil || strings.TrimSpace(out) != "docker-default" {
+		t.Errorf("the container's AppArmor profile: %v %q, want docker-default", err, out)
+	}
 	if out, err := l.cli("exec", "vm1", "--", "journalctl", "-u", "docker-sandbox", "--no-pager"); err != nil || !strings.Contains(out, "sandbox started") {
 		t.Errorf("journalctl -u docker-sandbox: %v\n%s", err, out)
 	}
