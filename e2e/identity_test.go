@@ -84,20 +84,25 @@ func openAs(t *testing.T, uid, gid uint32, paths ...string) map[string]string {
 // procIDs are the real uid and gid of pid.
 func procIDs(t *testing.T, pid int) (uint32, uint32) {
 	t.Helper()
+	uid, _ := strconv.ParseUint(procField(t, pid, "Uid"), 10, 32)
+	gid, _ := strconv.ParseUint(procField(t, pid, "Gid"), 10, 32)
+	return uint32(uid), uint32(gid)
+}
+
+// procField is the first value of the line key: in /proc/PID/status.
+func procField(t *testing.T, pid int, key string) string {
+	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var uid, gid uint64
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "Uid:"); ok {
-			uid, _ = strconv.ParseUint(strings.Fields(v)[0], 10, 32)
-		}
-		if v, ok := strings.CutPrefix(line, "Gid:"); ok {
-			gid, _ = strconv.ParseUint(strings.Fields(v)[0], 10, 32)
+		if v, ok := strings.CutPrefix(line, key+":"); ok && len(strings.Fields(v)) > 0 {
+			return strings.Fields(v)[0]
 		}
 	}
-	return uint32(uid), uint32(gid)
+	t.Fatalf("no %s in /proc/%d/status", key, pid)
+	return ""
 }
 
 // TestOneIdentityPerVM: with a range of ids (--vmm-ids), each VM's QEMU

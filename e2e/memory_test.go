@@ -1,10 +1,7 @@
 package e2e
 
 import (
-	"fmt"
-	"os"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 )
@@ -49,16 +46,9 @@ func TestFreedMemoryGoesBack(t *testing.T) {
 // memory, which a shared memfd's guest RAM is), in MiB.
 func rssMiB(t *testing.T, pid int) int {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	kb, err := strconv.Atoi(procField(t, pid, "VmRSS"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.Atoi(strings.Fields(v)[0])
-			return kb / 1024
-		}
-	}
-	t.Fatalf("no VmRSS in /proc/%d/status", pid)
-	return 0
+	return kb / 1024
 }

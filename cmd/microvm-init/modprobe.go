@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	securejoin "github.com/cyphar/filepath-securejoin"
 	"golang.org/x/sys/unix"
 
 	"microvm.dev/microvm/internal/guest"
@@ -37,7 +36,7 @@ func mountModuleTree(d *guest.DiskSpec) error {
 		return fmt.Errorf("kernel modules disk: %w", err)
 	}
 	rel := release()
-	target, err := securejoin.SecureJoin(root, "/lib/modules/"+rel)
+	target, err := guest.ResolveInToCreate(root, "/lib/modules/"+rel)
 	if err != nil {
 		return fmt.Errorf("kernel modules: /lib/modules/%s in the image: %w", rel, err)
 	}
@@ -61,11 +60,11 @@ func mountModuleTree(d *guest.DiskSpec) error {
 
 // release is the running kernel's release (uname -r).
 func release() string {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
+	rel, err := guest.RunningRelease()
+	if err != nil {
 		return "unknown"
 	}
-	return unix.ByteSliceToString(u.Release[:])
+	return rel
 }
 
 // modprobe is microvm-init run as the kernel's modprobe ("modprobe -q --
@@ -77,27 +76,21 @@ func release() string {
 func modprobe(args []string) int {
 	quiet, verbose := false, false
 	for len(args) > 0 && strings.HasPrefix(args[0], "-") {
-		switch args[0] {
-		case "-q", "--quiet":
-			quiet = true
-		case "-v", "--verbose":
-			verbose = true
-		case "--":
-			args = args[1:]
-			goto done
-		default:
-			// Other options (-b, -s, …) change nothing here.
-		}
+		opt := args[0]
 		args = args[1:]
+		if opt == "--" {
+			break
+		}
+		// Other options (-b, -s, …) change nothing here.
+		quiet = quiet || opt == "-q" || opt == "--quiet"
+		verbose = verbose || opt == "-v" || opt == "--verbose"
 	}
-done:
 	if len(args) == 0 {
 		fmt.Fprintln(os.Stderr, "modprobe: ERROR: missing module name")
 		return 1
 	}
 	name, params := args[0], strings.Join(args[1:], " ")
-	dir := guest.ModulesMount
-	files, err := guest.ModprobePlan(dir, name)
+	files, err := guest.ModprobePlan(guest.ModulesMount, name)
 	if err != nil {
 		if !quiet {
 			if errors.Is(err, guest.ErrNoModule) {

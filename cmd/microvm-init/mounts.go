@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -110,13 +109,7 @@ func (l *loading) String() string {
 }
 
 func loadModule(path string) {
-	mf, err := os.Open(path)
-	if err != nil {
-		logf("module %s: %v", path, err)
-		return
-	}
-	defer mf.Close()
-	if err := unix.FinitModule(int(mf.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := insmod(path, ""); err != nil {
 		logf("load %s: %v", filepath.Base(path), err)
 	}
 }

@@ -138,7 +138,7 @@ func (b *Initramfs) write(w io.Writer, mods *ModuleSet) error {
 	}
 	var order, deps []string
 	for _, m := range mods.Files {
-		data, err := readModule(filepath.Join(mods.Dir, m))
+		data, err := ReadModule(filepath.Join(mods.Dir, m))
 		if err != nil {
 			return err
 		}
@@ -158,9 +158,10 @@ func (b *Initramfs) write(w io.Writer, mods *ModuleSet) error {
 	return cpio.WriteTrailer(rw)
 }
 
-// readModule reads a module file, decompressing .ko.xz and .ko.zst so the
-// guest kernel needs no in-kernel decompression.
-func readModule(path string) ([]byte, error) {
+// ReadModule reads a module file, decompressing .ko.xz and .ko.zst (the
+// host builds the initramfs with it so the guest kernel needs no in-kernel
+// decompression; microvm-init loads compressed modules with it).
+func ReadModule(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("kernel module: %w", err)

@@ -52,9 +52,7 @@ func ResolveKernel(k config.Kernel, arch, hostArch, cache string) (Kernel, error
 	}
 	var tried []string
 	if arch == hostArch {
-		var u unix.Utsname
-		if err := unix.Uname(&u); err == nil {
-			rel := unix.ByteSliceToString(u.Release[:])
+		if rel, err := RunningRelease(); err == nil {
 			kern := Kernel{Image: "/boot/vmlinuz-" + rel, Modules: "/lib/modules/" + rel}
 			if readable(kern.Image) && readable(filepath.Join(kern.Modules, "modules.dep")) {
 				return kern, nil
@@ -81,6 +79,15 @@ func ResolveKernel(k config.Kernel, arch, hostArch, cache string) (Kernel, error
 	sort.Strings(releases)
 	rel := releases[len(releases)-1]
 	return Kernel{Image: filepath.Join(dir, rel, "vmlinuz"), Modules: filepath.Join(dir, rel, "modules")}, nil
+}
+
+// RunningRelease is the running kernel's release (uname -r).
+func RunningRelease() (string, error) {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "", fmt.Errorf("uname: %w", err)
+	}
+	return unix.ByteSliceToString(u.Release[:]), nil
 }
 
 func readable(p string) bool {

@@ -25,14 +25,11 @@ var ErrNoModule = errors.New("module not found")
 // microvm-init is the kernel's modprobe when the image's own init does not
 // run (init: microvm); this is the resolution it loads by.
 func ModprobePlan(dir, name string) ([]string, error) {
-	deps, err := readDeps(filepath.Join(dir, "modules.dep"))
+	ix, err := readIndex(dir)
 	if err != nil {
 		return nil, err
 	}
-	r := &modResolver{dir: dir, deps: deps, byName: map[string]string{}, builtin: readNames(filepath.Join(dir, "modules.builtin"))}
-	for p := range deps {
-		r.byName[normName(p)] = p
-	}
+	r := &modResolver{moduleIndex: ix, walk: depsFirst{deps: ix.deps}}
 	mods, isBuiltin, err := r.resolve(name)
 	switch {
 	case err != nil:
@@ -43,25 +40,24 @@ func ModprobePlan(dir, name string) ([]string, error) {
 		return nil, fmt.Errorf("%w: %s in %s", ErrNoModule, name, dir)
 	}
 	r.pre, r.post = readSoftdeps(filepath.Join(dir, "modules.softdep"))
-	r.seen = map[string]bool{}
 	for _, m := range mods {
 		if err := r.visitName(m); err != nil {
 			return nil, err
 		}
 	}
-	return r.out, nil
+	files := make([]string, len(r.walk.out))
+	for i, f := range r.walk.out {
+		files[i] = filepath.Join(dir, f)
+	}
+	return files, nil
 }
 
 // modResolver is one ModprobePlan: the tree's indexes and what it chose.
 type modResolver struct {
-	dir       string
-	deps      map[string][]string
-	byName    map[string]string
-	builtin   map[string]bool
+	*moduleIndex
 	aliases   [][2]string // pattern, module; read on first use
 	pre, post map[string][]string
-	seen      map[string]bool
-	out       []string
+	walk      depsFirst
 }
 
 // resolve turns a name or alias into module names; a built-in one is
@@ -90,23 +86,12 @@ func (r *modResolver) resolve(name string) (mods []string, builtin bool, err err
 	return mods, false, nil
 }
 
-func (r *modResolver) visitFile(p string) {
-	if r.seen[p] {
-		return
-	}
-	r.seen[p] = true
-	for _, d := range r.deps[p] {
-		r.visitFile(d)
-	}
-	r.out = append(r.out, filepath.Join(r.dir, p))
-}
-
 // visitName adds module n after its pre: softdeps and before its post:
 // ones (softdeps may be aliases, such as crypto-crc32c; one that matches
 // nothing is skipped, as modprobe does).
 func (r *modResolver) visitName(n string) error {
 	p := r.byName[n]
-	if p == "" || r.seen[p] {
+	if p == "" || r.walk.seen[p] {
 		return nil // built in, or already chosen
 	}
 	soft := func(list []string) error {
@@ -126,23 +111,8 @@ func (r *modResolver) visitName(n string) error {
 	if err := soft(r.pre[n]); err != nil {
 		return err
 	}
-	r.visitFile(p)
+	r.walk.add(p)
 	return soft(r.post[n])
-}
-
-// readNames reads a list of module paths (modules.builtin) as names.
-func readNames(file string) map[string]bool {
-	out := map[string]bool{}
-	f, err := os.Open(file)
-	if err != nil {
-		return out
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		out[normName(s.Text())] = true
-	}
-	return out
 }
 
 // readAliases reads file's "alias PATTERN MODULE" lines.
@@ -212,7 +182,3 @@ func readSoftdeps(file string) (pre, post map[string][]string) {
 	}
 	return pre, post
 }
-
-// ReadModule reads a module file for init_module, decompressing .ko.xz
-// and .ko.zst.
-func ReadModule(path string) ([]byte, error) { return readModule(path) }

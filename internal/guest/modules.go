@@ -45,55 +45,82 @@ func normName(path string) string {
 // ResolveModules reads dir's modules.dep (and modules.builtin) and returns
 // the guest's modules with every dependency, dependencies first.
 func ResolveModules(dir string) (*ModuleSet, error) {
-	deps, err := readDeps(filepath.Join(dir, "modules.dep"))
+	ix, err := readIndex(dir)
 	if err != nil {
 		return nil, err
 	}
-	builtin := map[string]bool{}
-	if f, err := os.Open(filepath.Join(dir, "modules.builtin")); err == nil {
-		s := bufio.NewScanner(f)
-		for s.Scan() {
-			builtin[normName(s.Text())] = true
-		}
-		f.Close()
-	}
-	byName := map[string]string{}
-	for path := range deps {
-		byName[normName(path)] = path
-	}
-	has := func(n string) bool { return builtin[n] || byName[n] != "" }
 	var missing []string
 	for _, n := range requiredModules {
-		if !has(n) {
+		if !ix.has(n) {
 			missing = append(missing, n)
 		}
 	}
-	if !has(anyOfBus[0]) && !has(anyOfBus[1]) {
+	if !ix.has(anyOfBus[0]) && !ix.has(anyOfBus[1]) {
 		missing = append(missing, strings.Join(anyOfBus, " or "))
 	}
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("kernel modules in %s lack %s, which the guest needs", dir, strings.Join(missing, ", "))
 	}
-	ms := &ModuleSet{Dir: dir, Deps: deps}
-	seen := map[string]bool{}
-	var visit func(path string)
-	visit = func(path string) {
-		if seen[path] {
-			return
-		}
-		seen[path] = true
-		for _, d := range deps[path] {
-			visit(d)
-		}
-		ms.Files = append(ms.Files, path)
-	}
+	w := depsFirst{deps: ix.deps}
 	// Buses and crc32c first, so the drivers and ext4 find them.
 	for _, n := range append(append([]string{}, optionalModules...), requiredModules...) {
-		if p := byName[n]; p != "" {
-			visit(p)
+		if p := ix.byName[n]; p != "" {
+			w.add(p)
 		}
 	}
-	return ms, nil
+	return &ModuleSet{Dir: dir, Deps: ix.deps, Files: w.out}, nil
+}
+
+// moduleIndex is a module tree's modules.dep and modules.builtin.
+type moduleIndex struct {
+	dir     string
+	deps    map[string][]string // module file → the files it needs
+	byName  map[string]string   // module name → its file
+	builtin map[string]bool     // names of modules built into the kernel
+}
+
+func readIndex(dir string) (*moduleIndex, error) {
+	deps, err := readDeps(filepath.Join(dir, "modules.dep"))
+	if err != nil {
+		return nil, err
+	}
+	ix := &moduleIndex{dir: dir, deps: deps, byName: map[string]string{}, builtin: map[string]bool{}}
+	for p := range deps {
+		ix.byName[normName(p)] = p
+	}
+	if f, err := os.Open(filepath.Join(dir, "modules.builtin")); err == nil {
+		s := bufio.NewScanner(f)
+		for s.Scan() {
+			ix.builtin[normName(s.Text())] = true
+		}
+		f.Close()
+	}
+	return ix, nil
+}
+
+// has says whether the kernel has module n, built in or as a file.
+func (ix *moduleIndex) has(n string) bool { return ix.builtin[n] || ix.byName[n] != "" }
+
+// depsFirst orders module files each after the files it needs, each once.
+type depsFirst struct {
+	deps map[string][]string
+	seen map[string]bool
+	out  []string
+}
+
+// add puts p, after what it needs, in the order (if not there yet).
+func (w *depsFirst) add(p string) {
+	if w.seen[p] {
+		return
+	}
+	if w.seen == nil {
+		w.seen = map[string]bool{}
+	}
+	w.seen[p] = true
+	for _, d := range w.deps[p] {
+		w.add(d)
+	}
+	w.out = append(w.out, p)
 }
 
 // readDeps parses modules.dep: "path: dep dep …".

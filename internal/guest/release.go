@@ -98,8 +98,7 @@ func ModulesRelease(dir string) (string, error) {
 		}
 		for _, line := range strings.Split(string(b), "\n") {
 			if name, _, _ := strings.Cut(line, ":"); strings.Contains(name, ".ko") {
-				if _, err := os.Stat(filepath.Join(dir, moduleFile(dir, name))); err == nil {
-					first = moduleFile(dir, name)
+				if first = moduleFile(dir, name); first != "" {
 					break
 				}
 			}
@@ -111,7 +110,7 @@ func ModulesRelease(dir string) (string, error) {
 	if first == "" {
 		return "", fmt.Errorf("kernel modules in %s: no module listed in modules.order or modules.dep exists (run depmod for it)", dir)
 	}
-	data, err := readModule(filepath.Join(dir, first))
+	data, err := ReadModule(filepath.Join(dir, first))
 	if err != nil {
 		return "", err
 	}
@@ -136,15 +135,15 @@ func ModulesRelease(dir string) (string, error) {
 	return "", fmt.Errorf("kernel module %s has no vermagic", filepath.Join(dir, first))
 }
 
-// moduleFile is name as a file in dir: modules.order may list "x.ko"
-// where the file is compressed ("x.ko.xz").
+// moduleFile is name as a file in dir ("" if there is none):
+// modules.order may list "x.ko" where the file is compressed ("x.ko.xz").
 func moduleFile(dir, name string) string {
 	for _, ext := range []string{"", ".xz", ".zst"} {
 		if _, err := os.Stat(filepath.Join(dir, name+ext)); err == nil {
 			return name + ext
 		}
 	}
-	return name
+	return ""
 }
 
 // CheckRelease refuses a kernel whose modules were built for another

@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -14,6 +15,18 @@ import (
 // (absolute ones from its top, never above it), at most 40 times. The host
 // checks images with it; microvm-init reads an image's init with it.
 func ResolveIn(tree, p string) (string, error) {
+	return resolveIn(tree, p, false)
+}
+
+// ResolveInToCreate is ResolveIn for a path to be created: from the first
+// component that does not exist on, the rest is taken as it is (microvm-init
+// binds the kernel's module tree at /lib/modules/RELEASE with it, through
+// an image's merged-/usr /lib link, where the directory may not exist).
+func ResolveInToCreate(tree, p string) (string, error) {
+	return resolveIn(tree, p, true)
+}
+
+func resolveIn(tree, p string, missingOK bool) (string, error) {
 	parts := strings.Split(strings.Trim(path.Clean("/"+p), "/"), "/")
 	cur := "/"
 	for hops := 0; len(parts) > 0; {
@@ -24,6 +37,9 @@ func ResolveIn(tree, p string) (string, error) {
 		}
 		next := path.Join(cur, part)
 		fi, err := os.Lstat(filepath.Join(tree, next))
+		if missingOK && errors.Is(err, fs.ErrNotExist) {
+			return filepath.Join(tree, next, path.Join(append([]string{"/"}, parts...)...)), nil
+		}
 		if err != nil {
 			return "", err
 		}

@@ -26,8 +26,8 @@ func runModules(boots int, initDir, store string) error {
 		return err
 	}
 	defer l.close()
-	times := map[string][]time.Duration{}
-	add := func(k string, d time.Duration) { times[k] = append(times[k], d) }
+	times := samples{}
+	add := times.add
 	type kind struct {
 		name, vm string
 		off      bool
@@ -77,8 +77,8 @@ func runMachines(boots int, initDir, store string, images []string) error {
 		return err
 	}
 	defer l.close()
-	times := map[string][]time.Duration{}
-	add := func(k string, d time.Duration) { times[k] = append(times[k], d) }
+	times := samples{}
+	add := times.add
 	for range boots {
 		for i, img := range images {
 			vm := l.cfg.VM(fmt.Sprintf("m%d", i))

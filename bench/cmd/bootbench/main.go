@@ -143,8 +143,8 @@ func run(boots, builds int, initDir, store, compareInit string) error {
 		prev.name, prev.initDir, prev.save, prev.machine = kinds[0].name+", -compare-init's microvm-init", compareInit, false, ""
 		kinds = append(kinds, prev)
 	}
-	times := map[string][]time.Duration{}
-	add := func(k string, d time.Duration) { times[k] = append(times[k], d) }
+	times := samples{}
+	add := times.add
 	var saveBytes int64
 	for range boots {
 		for _, k := range kinds {
@@ -247,8 +247,8 @@ func runImage(boots int, initDir, store, image string) error {
 	}
 	defer l.close()
 	env, cfg, nsPath := l.env, l.cfg, l.nsPath
-	times := map[string][]time.Duration{}
-	add := func(k string, d time.Duration) { times[k] = append(times[k], d) }
+	times := samples{}
+	add := times.add
 	for range boots {
 		r, err := boot(env, cfg.VM("vm2"), nsPath, "cold", add)
 		if err != nil {
@@ -383,6 +383,11 @@ func sshTrue(nsPath string, p *launch.Prepared) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// samples are durations by what they measure.
+type samples map[string][]time.Duration
+
+func (s samples) add(k string, d time.Duration) { s[k] = append(s[k], d) }
 
 func sorted(ds []time.Duration) []time.Duration {
 	s := append([]time.Duration(nil), ds...)

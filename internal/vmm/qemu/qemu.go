@@ -182,9 +182,7 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 	for i, s := range l.Shares {
 		if s.Block != "" {
 			id := fmt.Sprintf("fs%d", i)
-			args = append(args,
-				"-drive", "file="+s.Block+",format=raw,if=none,id="+id+",readonly=on,cache=none,aio=threads",
-				"-device", dev("virtio-blk-pci")+",drive="+id+",serial="+vmm.StoreSerial)
+			args = append(args, readOnlyDisk(dev, id, s.Block, vmm.StoreSerial)...)
 			continue
 		}
 		if s.VirtiofsSocket != "" {
@@ -206,9 +204,7 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 			"-device", dev("virtio-blk-pci")+",drive="+id+",serial="+d.Name)
 	}
 	if l.Modules != "" {
-		args = append(args,
-			"-drive", "file="+l.Modules+",format=raw,if=none,id=modules,readonly=on,cache=none,aio=threads",
-			"-device", dev("virtio-blk-pci")+",drive=modules,serial="+vmm.ModulesSerial)
+		args = append(args, readOnlyDisk(dev, "modules", l.Modules, vmm.ModulesSerial)...)
 	}
 	args = append(args, "-device", dev("virtio-rng-pci"),
 		// Free page reporting: the guest hands the pages it frees back to
@@ -217,6 +213,16 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 		// page it ever touched.
 		"-device", dev("virtio-balloon-pci")+",free-page-reporting=on")
 	return args
+}
+
+// readOnlyDisk are the arguments of a read-only virtio-blk disk (the
+// store's block image, the kernel's module tree) with its serial; dev
+// names the device for the machine's bus.
+func readOnlyDisk(dev func(string) string, id, path, serial string) []string {
+	return []string{
+		"-drive", "file=" + path + ",format=raw,if=none,id=" + id + ",readonly=on,cache=none,aio=threads",
+		"-device", dev("virtio-blk-pci") + ",drive=" + id + ",serial=" + serial,
+	}
 }
 
 // The x86_64 machines under TCG: the microvm machine (with the PIT and PIC
