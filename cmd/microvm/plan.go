@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -23,7 +24,9 @@ each VM whether apply would create it, start it, restart it with a new spec
 (and which fields changed), remove it (its volumes are kept), define it
 without starting it (autostart: false) or leave it alone, with the host steps
 of each. The daemon's apply executes this same plan. With no recorded state
-every VM is created.`,
+every VM is created. VMs put one by one through the daemon's API
+(PUT /v1/vms/{name}, as microvm-kubelet does) are not in the plan: a
+file's apply leaves them alone.`,
 		Example: "  microvm plan -f examples/reference/infra.yaml\n  microvm plan -f infra.yaml --state-dir /tmp/state -o json",
 		Args:    exactArgs(0),
 		RunE: func(*cobra.Command, []string) error {
@@ -31,10 +34,17 @@ every VM is created.`,
 			if err != nil {
 				return err
 			}
-			recs, err := state.Dir{Root: a.stateDir}.RunRecords()
+			dir := state.Dir{Root: a.stateDir}
+			recs, err := dir.RunRecords()
 			if err != nil {
 				return err
 			}
+			// The VMs put through the daemon's API are not the file's to change.
+			api, err := dir.APIVMs()
+			if err != nil {
+				return err
+			}
+			recs = slices.DeleteFunc(recs, func(r state.RunRecord) bool { return api[r.Name] != nil })
 			p := plan.Compute(cfg, plan.FromRecords(recs, launch.Alive))
 			if a.output == "json" {
 				return a.printJSON(p)

@@ -25,6 +25,7 @@ import (
 
 	"microvm.dev/microvm/internal/daemon"
 	"microvm.dev/microvm/internal/deploy"
+	"microvm.dev/microvm/internal/plan"
 	"microvm.dev/microvm/internal/snapshot"
 	"microvm.dev/microvm/internal/supervisor"
 )
@@ -49,6 +50,16 @@ var (
 type SaveResponse struct {
 	Status  supervisor.Status      `json:"status"`
 	Outcome supervisor.SaveOutcome `json:"outcome"`
+}
+
+// PutResponse answers PUT /v1/vms/{name}: what was done (the daemon's
+// PutResult), the VM's status after it (its hypervisor started, its
+// readiness still to come), and the error of a change that failed after
+// it was checked.
+type PutResponse struct {
+	*daemon.PutResult
+	Status *supervisor.Status `json:"status,omitempty"`
+	Error  string             `json:"error,omitempty"`
 }
 
 // Handler serves d's API; dep is the GitOps loop (nil when the daemon
@@ -93,6 +104,37 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 			writeJSON(w, http.StatusOK, res)
 		}
 	})
+	mux.HandleFunc("PUT /v1/vms/{name}", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
+		data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+		if err != nil {
+			writeErr(w, http.StatusRequestEntityTooLarge, fmt.Errorf("read the VM's entry: %w", err))
+			return
+		}
+		res, err := d.Put(name, data)
+		out := PutResponse{PutResult: res}
+		if st, ok := d.Status(name); ok && res != nil {
+			out.Status = &st
+		}
+		code := http.StatusOK
+		switch {
+		case errors.Is(err, daemon.ErrInvalid):
+			code = http.StatusUnprocessableEntity
+		case errors.Is(err, daemon.ErrFileVM):
+			writeErr(w, http.StatusConflict, err)
+			return
+		case err != nil && res == nil:
+			writeErr(w, http.StatusInternalServerError, err)
+			return
+		case err != nil:
+			code, out.Error = http.StatusInternalServerError, err.Error()
+		case res.VM.Action == plan.Create.Past():
+			code = http.StatusCreated
+		}
+		if out.Status != nil {
+			*out.Status = redact(*out.Status)
+		}
+		writeJSON(w, code, out)
+	}))
 	action := func(do func(name string) error) http.HandlerFunc {
 		return withVM(func(w http.ResponseWriter, r *http.Request, name string) {
 			if err := do(name); err != nil {

@@ -81,6 +81,23 @@ func TestAPIRefusals(t *testing.T) {
 		t.Fatalf("apply without autostart: %+v, %v", res, err)
 	}
 	wantStatus(t, c.Do("DELETE", "/v1/vms/a", nil, nil), http.StatusConflict, "is in the applied file")
+
+	// One VM put on its own: refused with its problems, refused for a VM
+	// of the file, defined, removed.
+	var put PutResponse
+	wantStatus(t, c.Do("PUT", "/v1/vms/b", strings.NewReader(`{"index": 2, "memory": "lots"}`), &put), http.StatusUnprocessableEntity, "")
+	if put.PutResult == nil || len(put.Problems) != 1 || put.Problems[0].Path != "vms.b.memory" {
+		t.Errorf("put problems = %+v", put.PutResult)
+	}
+	wantStatus(t, c.Do("PUT", "/v1/vms/a", strings.NewReader(`{"index": 1}`), nil), http.StatusConflict, "is in the applied file")
+	put = PutResponse{}
+	if err := c.Do("PUT", "/v1/vms/b", strings.NewReader("index: 2\nautostart: false\n"), &put); err != nil || put.VM.Action != "defined" || put.Status == nil || put.Status.Name != "b" {
+		t.Fatalf("put b: %v %+v", err, put)
+	}
+	if err := c.Do("DELETE", "/v1/vms/b", nil, nil); err != nil {
+		t.Errorf("delete b: %v", err)
+	}
+	wantStatus(t, c.Do("GET", "/v1/vms/b", nil, nil), http.StatusNotFound, "")
 	var raw json.RawMessage
 	wantStatus(t, c.Do("POST", "/v1/nowhere", nil, &raw), http.StatusNotFound, "")
 }

@@ -39,7 +39,7 @@ func FuzzAPIRequest(f *testing.F) {
 		{0, "/v1/vms", ""}, {0, "/v1/vms/a", ""}, {0, "/v1/vms/..%2Fetc", ""}, {1, "/v1/vms/a/start", ""},
 		{1, "/v1/apply?file=x.yaml", "vms: { a: { index: 1, autostart: false } }"}, {1, "/v1/apply", "vms: {"},
 		{2, "/v1/vms/a?purge=true", ""}, {0, "/v1/vms/a/logs?follow=false", ""}, {1, "/v1/deploy/rollback?generation=-1", ""},
-		{0, "/v1/daemon/logs", ""}, {1, "/v1/apply", strings.Repeat("a", 1000)},
+		{0, "/v1/daemon/logs", ""}, {1, "/v1/apply", strings.Repeat("a", 1000)}, {3, "/v1/vms/b", `{"index": 2, "autostart": false}`},
 	} {
 		f.Add(seed.method, seed.path, []byte(seed.body))
 	}

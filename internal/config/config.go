@@ -58,6 +58,9 @@ type Config struct {
 	Egress Egress `json:"egress,omitzero"`
 	// Domain is the VMs' DNS domain (network.domain, lower case).
 	Domain string `json:"domain"`
+	// Source is the file as it was given to Parse (or ParseWith), without
+	// the VMs ParseWith added: what a later composition starts from.
+	Source []byte `json:"-"`
 
 	byName map[string]*VM
 }
@@ -249,6 +252,7 @@ func Parse(name string, data []byte, opts Options) (*Config, error) {
 	if len(r.problems) > 0 {
 		return nil, r.result(dropFollowUps(r.problems, decodeProblems))
 	}
+	cfg.Source = data
 	return cfg, nil
 }
 

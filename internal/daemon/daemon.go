@@ -10,9 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
+	"maps"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -41,10 +42,22 @@ type Daemon struct {
 	boots chan struct{}
 	sup   *supervisor.Supervisor
 	net   *network.Manager
-	apply sync.Mutex // one apply at a time
-	mu    sync.Mutex
-	cfg   *config.Config
-	file  string
+	apply sync.Mutex // one file's apply at a time
+	// desired orders the changes of what the host is held to: a file's
+	// composition or a VM's entry checked and committed together.
+	desired sync.Mutex
+	// netMu orders the network's reconciles.
+	netMu sync.Mutex
+	// vmLocks orders the changes of one VM put through the API.
+	vmLocks keyedMutex
+	mu      sync.Mutex
+	// cfg is the applied file with the VMs put through the API; file and
+	// fileData the file alone (nil before a file was applied).
+	cfg      *config.Config
+	file     string
+	fileData []byte
+	// api are the entries of the VMs put through the API, by name.
+	api map[string][]byte
 	// onApply, when set, is told about every apply (metrics).
 	onApply func(*ApplyResult, error)
 	// Tailscale advertises the VM subnets when the file asks for it (its
@@ -52,6 +65,7 @@ type Daemon struct {
 	Tailscale tailnet.Client
 	tailnet   tailnetKeeper
 	stop      chan struct{}
+	closed    sync.Once
 	// dns answers the VMs' DNS on their gateways (nil before the first
 	// apply).
 	dns *resolver.Server
@@ -85,7 +99,13 @@ func NewWithLauncher(env launch.Env, l supervisor.Launcher, log *slog.Logger) (*
 		return nil, err
 	}
 	sup := supervisor.New(l, state.Dir{Root: env.StateDir}, log.With("component", "supervisor"))
-	d := &Daemon{env: env, log: log.With("component", "daemon"), sup: sup, net: m, radv: adv, boots: make(chan struct{}, max(2, runtime.NumCPU()))}
+	api, err := state.Dir{Root: env.StateDir}.APIVMs()
+	if err != nil {
+		m.Close()
+		adv.Close()
+		return nil, err
+	}
+	d := &Daemon{env: env, log: log.With("component", "daemon"), sup: sup, net: m, radv: adv, boots: make(chan struct{}, max(2, runtime.NumCPU())), api: api}
 	if _, err := d.sup.Adopt(); err != nil {
 		m.Close()
 		adv.Close()
@@ -98,8 +118,12 @@ func NewWithLauncher(env launch.Env, l supervisor.Launcher, log *slog.Logger) (*
 	return d, nil
 }
 
-// Close releases the daemon; VMs keep running.
+// Close releases the daemon; VMs keep running. Closing again does nothing.
 func (d *Daemon) Close() {
+	d.closed.Do(d.close)
+}
+
+func (d *Daemon) close() {
 	close(d.stop)
 	d.net.Close()
 	d.radv.Close()
@@ -195,13 +219,26 @@ type ApplyResult struct {
 // ErrInvalid is returned (wrapped) when the file has problems; nothing was changed.
 var ErrInvalid = errors.New("the file has problems; nothing was changed")
 
-// Parse validates a file against this host.
+// Parse validates a file against this host, with the VMs put through the
+// API added (config.ParseWith).
 func (d *Daemon) Parse(name string, data []byte) (*config.Config, error) {
+	return d.compose(name, data, d.apiEntries())
+}
+
+// compose is config.ParseWith against this host.
+func (d *Daemon) compose(name string, data []byte, api map[string][]byte) (*config.Config, error) {
 	opts, err := d.net.Host().HostOptions(runtime.NumCPU())
 	if err != nil {
 		return nil, err
 	}
-	return config.Parse(name, data, opts)
+	return config.ParseWith(name, data, api, opts)
+}
+
+// apiEntries are the entries of the VMs put through the API (a copy).
+func (d *Daemon) apiEntries() map[string][]byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return maps.Clone(d.api)
 }
 
 // ApplyFile validates data and applies it. A file with problems changes
@@ -226,19 +263,30 @@ func (d *Daemon) ApplyFile(name string, data []byte) (*ApplyResult, error) {
 }
 
 // Plan is what applying cfg would do now: plan.Compute against the VMs
-// the supervisor knows. Apply executes exactly this.
+// the supervisor knows, without the VMs put through the API (a file's
+// apply leaves them alone). Apply executes exactly this.
 func (d *Daemon) Plan(cfg *config.Config) *plan.Plan {
-	var observed []plan.Observed
-	for _, st := range d.sup.List() {
-		observed = append(observed, plan.Observed{Name: st.Name, Spec: st.Spec, Running: st.PID != 0, Saved: st.State == supervisor.Saved})
-	}
-	return plan.Compute(cfg, observed)
+	api := d.apiEntries()
+	p := plan.Compute(cfg, d.observed())
+	p.VMs = slices.DeleteFunc(p.VMs, func(v plan.VMPlan) bool { return api[v.Name] != nil })
+	return p
 }
 
-// Apply makes the fleet match cfg by executing its plan: removed VMs are
-// stopped (volumes kept), VMs whose spec changed are restarted, new ones
-// created, and the network reconciled between the stops and the starts.
-func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err error) {
+// observed is what the supervisor knows of every VM, for plan.Compute.
+func (d *Daemon) observed() []plan.Observed {
+	var out []plan.Observed
+	for _, st := range d.sup.List() {
+		out = append(out, plan.Observed{Name: st.Name, Spec: st.Spec, Running: st.PID != 0, Saved: st.State == supervisor.Saved})
+	}
+	return out
+}
+
+// Apply makes the fleet match cfg (a file, with d.Parse) by executing its
+// plan: removed VMs are stopped (volumes kept), VMs whose spec changed are
+// restarted, new ones created, and the network reconciled between the
+// stops and the starts; it returns once every VM it started is ready. The
+// VMs put through the API stay as they are.
+func (d *Daemon) Apply(name string, file *config.Config) (res *ApplyResult, err error) {
 	d.apply.Lock()
 	defer d.apply.Unlock()
 	defer func() {
@@ -251,62 +299,35 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 	}()
 	t0 := time.Now()
 	res = &ApplyResult{File: name, VMs: []VMAction{}}
-	p := d.Plan(cfg)
-	// Every secret of a VM that will (re)start must decrypt here, and its
-	// image (when the store has it) must run what the VM asks, before
-	// anything changes: such a file stops nothing.
-	var starting []*config.VM
-	for _, v := range p.VMs {
-		if v.Action.Starts() {
-			_, err := d.env.Secrets(v.Desired)
-			res.Problems = append(res.Problems, launch.Problems(name, "vms."+v.Name+".secrets", err)...)
-			starting = append(starting, v.Desired)
-		}
-	}
-	res.Problems = append(res.Problems, launch.ImageProblems(d.env, starting, name)...)
-	if len(res.Problems) > 0 {
+	// The file is composed again with the VMs put through the API now (one
+	// may have come since it was parsed), checked and committed in one go.
+	d.desired.Lock()
+	vms, ps, err := d.decide(name, file.Source, d.apiEntries(), name, func(cfg *config.Config) []plan.VMPlan { return d.Plan(cfg).VMs }, nil)
+	d.desired.Unlock()
+	if len(ps) > 0 {
+		res.Problems = ps
 		return res, ErrInvalid
 	}
+	if err != nil {
+		return nil, err
+	}
+
 	var toStart []*config.VM
 	actions := map[string]*VMAction{}
-	for _, v := range p.VMs {
+	for _, v := range vms {
 		a := &VMAction{Name: v.Name, Action: v.Action.Past()}
 		actions[v.Name] = a
-		switch v.Action {
-		case plan.Remove:
-			a.StopSeconds, a.Error = timed(func() error { return d.forget(v.Name) })
-		case plan.Update:
-			if a.StopSeconds, a.Error = timed(func() error { return d.sup.Stop(v.Name) }); a.Error == "" {
-				toStart = append(toStart, v.Desired)
-			}
-		case plan.Create, plan.Start:
+		if d.teardown(v, a) {
 			toStart = append(toStart, v.Desired)
-		case plan.Unchanged:
-			d.sup.UpdateSupervision(v.Desired)
 		}
 	}
 	res.Phases.Stop = time.Since(t0).Seconds()
 	tNet := time.Now()
-	netRes, err := d.net.Apply(cfg)
+	res.Network, err = d.reconcile(res)
 	res.Phases.Network = time.Since(tNet).Seconds()
-	res.Network = netRes
 	if err != nil {
-		return res, fmt.Errorf("network: %w", err)
+		return res, err
 	}
-	d.mu.Lock()
-	d.cfg, d.file = cfg, name
-	d.sup.Touch() // the list shows the file's VMs that never started
-	d.radv.Update(radv.Networks(cfg))
-	dns, err := resolver.ForFleet(d.dns, cfg, d.env.NetNS, d.log.With("component", "dns"))
-	d.dns = dns
-	d.mu.Unlock()
-	if err != nil {
-		// The VMs boot anyway; names outside the fleet still resolve where
-		// the guest's own resolver differs.
-		d.log.Warn("the VMs' DNS", "err", err)
-		res.Warnings = append(res.Warnings, "dns: "+err.Error())
-	}
-	d.syncTailnet(cfg, res)
 	tStart := time.Now()
 	d.startAll(toStart, actions)
 	res.Phases.Start = time.Since(tStart).Seconds()
@@ -324,6 +345,98 @@ func (d *Daemon) Apply(name string, cfg *config.Config) (res *ApplyResult, err e
 	return res, nil
 }
 
+// startProblems are what stops VMs of the plan from starting, found before
+// anything changes: every secret of a VM that will (re)start must decrypt
+// here, and its image (when the store has it) must run what the VM asks.
+// Such a file (or VM) stops nothing.
+func (d *Daemon) startProblems(file string, vms []plan.VMPlan) config.Problems {
+	var out config.Problems
+	var starting []*config.VM
+	for _, v := range vms {
+		if v.Action.Starts() {
+			_, err := d.env.Secrets(v.Desired)
+			out = append(out, launch.Problems(file, "vms."+v.Name+".secrets", err)...)
+			starting = append(starting, v.Desired)
+		}
+	}
+	return append(out, launch.ImageProblems(d.env, starting, file)...)
+}
+
+// decide makes the file (name, data) composed with the VMs put through
+// the API (api) what the host is held to, if it can be: the composition
+// valid, the plan's starts (of planFor) free of startProblems (named
+// after problemsFile), and record, when given, done. It returns the plan's
+// VMs, or the problems (nothing changed). d.desired is held.
+func (d *Daemon) decide(name string, data []byte, api map[string][]byte, problemsFile string, planFor func(*config.Config) []plan.VMPlan, record func() error) ([]plan.VMPlan, config.Problems, error) {
+	cfg, err := d.compose(name, data, api)
+	if ps, ok := errors.AsType[config.Problems](err); ok {
+		return nil, ps, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	vms := planFor(cfg)
+	if ps := d.startProblems(problemsFile, vms); len(ps) > 0 {
+		return nil, ps, nil
+	}
+	if record != nil {
+		if err := record(); err != nil {
+			return nil, nil, err
+		}
+	}
+	d.mu.Lock()
+	d.cfg, d.file, d.fileData, d.api = cfg, name, data, api
+	d.mu.Unlock()
+	d.sup.Touch() // the list shows the file's VMs that never started
+	return vms, nil, nil
+}
+
+// teardown is the first half of one VM's plan, before the network: a
+// removed VM is stopped and forgotten, an updated one stopped; a VM left
+// alone takes its new supervision settings. It says whether the second
+// half starts the VM.
+func (d *Daemon) teardown(v plan.VMPlan, a *VMAction) bool {
+	switch v.Action {
+	case plan.Remove:
+		a.StopSeconds, a.Error = timed(func() error { return d.forget(v.Name) })
+	case plan.Update:
+		a.StopSeconds, a.Error = timed(func() error { return d.sup.Stop(v.Name) })
+		return a.Error == ""
+	case plan.Create, plan.Start:
+		return true
+	case plan.Unchanged:
+		d.sup.UpdateSupervision(v.Desired)
+	}
+	return false
+}
+
+// reconcile makes the host's network, the VMs' DNS, their IPv6 adverts
+// and the tailnet's routes match what the daemon holds now (one at a
+// time: each reads the latest). Problems of the DNS and the tailnet are
+// warnings in res.
+func (d *Daemon) reconcile(res *ApplyResult) (*network.Result, error) {
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	cfg := d.applied()
+	netRes, err := d.net.Apply(cfg)
+	if err != nil {
+		return netRes, fmt.Errorf("network: %w", err)
+	}
+	d.radv.Update(radv.Networks(cfg))
+	d.mu.Lock()
+	dns, err := resolver.ForFleet(d.dns, cfg, d.env.NetNS, d.log.With("component", "dns"))
+	d.dns = dns
+	d.mu.Unlock()
+	if err != nil {
+		// The VMs boot anyway; names outside the fleet still resolve where
+		// the guest's own resolver differs.
+		d.log.Warn("the VMs' DNS", "err", err)
+		res.Warnings = append(res.Warnings, "dns: "+err.Error())
+	}
+	d.syncTailnet(cfg, res)
+	return netRes, nil
+}
+
 // timed runs f and returns how long it took and its error's text.
 func timed(f func() error) (float64, string) {
 	t := time.Now()
@@ -339,25 +452,26 @@ func timed(f func() error) (float64, string) {
 func (d *Daemon) startAll(vms []*config.VM, actions map[string]*VMAction) {
 	var wg sync.WaitGroup
 	for _, vm := range vms {
-		a := actions[vm.Name]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			d.boots <- struct{}{}
 			defer func() { <-d.boots }()
-			err := d.sup.Start(context.Background(), vm)
-			if err != nil {
-				a.Error = err.Error()
-			}
-			if st, ok := d.sup.Status(vm.Name); ok {
-				a.Steps = st.Steps
-				if err == nil {
-					a.BootSeconds, a.PrepareSeconds = st.BootSeconds, st.PrepareSeconds
-				}
-			}
-		}()
+			d.started(vm, actions[vm.Name], d.sup.Start(context.Background(), vm))
+		})
 	}
 	wg.Wait()
+}
+
+// started records a start's outcome and timings in a.
+func (d *Daemon) started(vm *config.VM, a *VMAction, err error) {
+	if err != nil {
+		a.Error = err.Error()
+	}
+	if st, ok := d.sup.Status(vm.Name); ok {
+		a.Steps = st.Steps
+		if err == nil {
+			a.BootSeconds, a.PrepareSeconds = st.BootSeconds, st.PrepareSeconds
+		}
+	}
 }
 
 // List reports every VM: each the supervisor knows, and each VM of the
@@ -483,21 +597,6 @@ func (d *Daemon) applied() *config.Config {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cfg
-}
-
-// Remove forgets a VM (stopping it) and, with purge, deletes its directory
-// with its volumes. A VM still in the applied file is refused.
-func (d *Daemon) Remove(name string, purge bool) error {
-	if d.VMConfig(name) != nil {
-		return fmt.Errorf("%s is in the applied file; remove it from the file and apply", name)
-	}
-	if err := d.forget(name); err != nil {
-		return err
-	}
-	if purge {
-		return os.RemoveAll(state.Dir{Root: d.env.StateDir}.VMDir(name))
-	}
-	return nil
 }
 
 // DaemonLog is the daemon's own log file (text, rotated by size).

@@ -6,66 +6,18 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/plan"
 	"microvm.dev/microvm/internal/state"
-	"microvm.dev/microvm/internal/steps"
 	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/testutil"
+	"microvm.dev/microvm/internal/testvmm"
 )
-
-// instant is a launcher whose "hypervisors" are ready at once and stand in
-// for real ones by this test's own process (so a run record names a live
-// pid, as `microvm plan` checks). The host network the daemon applies is
-// real, in a namespace; no hypervisor can run that fast, so none runs.
-type instant struct{ pid int }
-
-type instantProc struct {
-	vm      config.VM
-	pid     int
-	start   uint64
-	started time.Time
-	exited  chan struct{}
-}
-
-func (l instant) Launch(_ context.Context, vm *config.VM, _ func(steps.Timing)) (supervisor.Process, error) {
-	start, err := launch.ProcStartTime(l.pid)
-	if err != nil {
-		return nil, err
-	}
-	return &instantProc{vm: *vm, pid: l.pid, start: start, started: time.Now(), exited: make(chan struct{})}, nil
-}
-
-func (l instant) Adopt(state.RunRecord) (supervisor.Process, error) {
-	return nil, launch.ErrNotOurs
-}
-
-func (p *instantProc) PID() int                      { return p.pid }
-func (p *instantProc) StartedAt() time.Time          { return p.started }
-func (p *instantProc) WaitReady(time.Duration) error { return nil }
-func (p *instantProc) Readiness() string             { return "" }
-func (p *instantProc) Exited() <-chan struct{}       { return p.exited }
-func (p *instantProc) ExitErr() error                { return nil }
-func (p *instantProc) Stop(time.Duration) error      { close(p.exited); return nil }
-func (p *instantProc) Pause() error                  { return nil }
-func (p *instantProc) Resume() error                 { return nil }
-func (p *instantProc) ConsoleLog() string            { return os.DevNull }
-func (p *instantProc) Timings() []steps.Timing       { return nil }
-func (p *instantProc) Boot() string                  { return "cold boot" }
-func (p *instantProc) Save() (supervisor.SaveInfo, error) {
-	close(p.exited)
-	return supervisor.SaveInfo{}, nil
-}
-func (p *instantProc) Record() state.RunRecord {
-	return state.RunRecord{Name: p.vm.Name, Spec: p.vm, PID: p.pid, ProcStart: p.start, StartedAt: p.started}
-}
 
 // randomFile is a fleet of some of four VMs, each with a random memory
 // size and autostart.
@@ -88,7 +40,7 @@ func TestPlanAndApplyAgree(t *testing.T) {
 	ns.IP(t, "link", "add", "up0", "type", "bridge")
 	st := t.TempDir()
 	env := launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), NetNS: ns.Path}
-	d, err := NewWithLauncher(env, instant{pid: os.Getpid()}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d, err := NewWithLauncher(env, &testvmm.Launcher{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +112,7 @@ func TestDefinedVMsAreListed(t *testing.T) {
 	ns := testutil.NewNetns(t, "ddef")
 	ns.IP(t, "link", "add", "up0", "type", "bridge")
 	st := t.TempDir()
-	d, err := NewWithLauncher(launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), NetNS: ns.Path}, instant{pid: os.Getpid()}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d, err := NewWithLauncher(launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), NetNS: ns.Path}, &testvmm.Launcher{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,18 +5,15 @@ import (
 	"net/netip"
 	"os"
 
-	"go.yaml.in/yaml/v3"
-
 	"microvm.dev/microvm/internal/config"
 )
 
 // baseFile is the host's own file: its host settings, defaults and network
-// exceptions, and any VMs of its own, which the pods' VMs are added to. It
-// is kept as the generic document it was written as, so that every key
-// reaches the daemon as written.
+// exceptions, and any VMs of its own. It is applied as the daemon's file,
+// as written; the pods' VMs are put beside it.
 type baseFile struct {
-	doc map[string]any
-	cfg *config.Config
+	data []byte
+	cfg  *config.Config
 }
 
 // readBase reads and validates the host's file; its VMs' names may not
@@ -30,13 +27,7 @@ func readBase(path string) (*baseFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &baseFile{cfg: cfg}
-	if err := yaml.Unmarshal(data, &b.doc); err != nil {
-		return nil, fmt.Errorf("the host's file %s: %w", path, err)
-	}
-	if b.doc == nil {
-		b.doc = map[string]any{}
-	}
+	b := &baseFile{data: data, cfg: cfg}
 	for _, vm := range cfg.VMs {
 		if isPodVM(vm.Name) {
 			return nil, fmt.Errorf("the host's file %s: VM %s is named as a pod's VM would be (k and 11 hex digits); rename it", path, vm.Name)
@@ -56,29 +47,6 @@ func isPodVM(name string) bool {
 		}
 	}
 	return true
-}
-
-// render is the daemon's file: the host's with the pods' VMs added.
-func (b *baseFile) render(pods map[string]config.VMSpec) ([]byte, error) {
-	vms := map[string]any{}
-	if own, ok := b.doc["vms"].(map[string]any); ok {
-		for name, s := range own {
-			vms[name] = s
-		}
-	}
-	for name, s := range pods {
-		vms[name] = s
-	}
-	doc := make(map[string]any, len(b.doc)+1)
-	for k, v := range b.doc {
-		doc[k] = v
-	}
-	doc["vms"] = vms
-	data, err := yaml.Marshal(doc)
-	if err != nil {
-		return nil, fmt.Errorf("render the daemon's file: %w", err)
-	}
-	return data, nil
 }
 
 // subnets are the host's own VMs' subnets, which no pod's may overlap.

@@ -27,9 +27,10 @@ func testPod() *corev1.Pod {
 	}
 }
 
-// The daemon's file is the host's with the pods' VMs added, and it is a
-// file the daemon takes: every key of the host's, each pod's VM as mapped.
-func TestRender(t *testing.T) {
+// A pod's VM entry is one the daemon takes beside the host's file (as
+// config.ParseWith composes them): every key of the host's applies to it,
+// and the pod's VM is as mapped.
+func TestEntryComposes(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "host.yaml")
 	os.WriteFile(path, []byte("host: { externalInterface: lan0, ipv6Prefix: none }\ndefaults: { stopTimeout: 20s }\nvms:\n  own: { index: 7, memory: 256M }\n"), 0o644)
@@ -44,18 +45,18 @@ func TestRender(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data, err := base.render(map[string]config.VMSpec{vm.Name: vm.Spec})
+	data, err := vmEntry(vm.Spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Parse("rendered", data, config.Options{})
+	cfg, err := config.ParseWith("host.yaml", base.data, map[string][]byte{vm.Name: data}, config.Options{})
 	if err != nil {
-		t.Fatalf("the rendered file is refused: %v\n%s", err, data)
+		t.Fatalf("the entry is refused: %v\n%s", err, data)
 	}
 	own, pvm := cfg.VM("own"), cfg.VM(vm.Name)
 	if own == nil || own.Memory != 256*config.MiB || pvm == nil || pvm.Net.Address.String() != "10.244.1.2" || pvm.Image != "nginx" ||
 		len(pvm.Volumes) != 1 || pvm.Ports[0].String() != "80/tcp" || pvm.Supervision.StopTimeout != config.Duration(20*time.Second) || cfg.Host.ExternalInterface != "lan0" || pvm.Net.HasIPv6() {
-		t.Errorf("rendered:\n%s", data)
+		t.Errorf("composed with the entry:\n%s", data)
 	}
 
 	// A VM of the host's that a pod's name could collide with is refused.
@@ -98,17 +99,18 @@ func TestRecords(t *testing.T) {
 	}
 }
 
-// The pod's status follows its VM's.
+// The pod's status follows its VM's, as its restart policy reads it.
 func TestPodStatus(t *testing.T) {
 	k := testPod()
 	vm, _ := podvm.Map(k, netip.MustParsePrefix("10.244.1.8/29"))
-	pd := &pod{rec: &podRecord{Pod: k}, vm: vm, ready: true}
 	spec := &config.VM{Net: config.Net{Address: netip.MustParseAddr("10.244.1.10")}}
 	node := netip.MustParseAddr("192.168.1.5")
 	two, zero := 2, 0
 	for _, tc := range []struct {
+		policy            corev1.RestartPolicy
 		st                supervisor.Status
 		known             bool
+		launchErr         string
 		phase             corev1.PodPhase
 		ready             bool
 		state, reason, ip string
@@ -118,10 +120,22 @@ func TestPodStatus(t *testing.T) {
 		{st: supervisor.Status{State: supervisor.Starting, Spec: spec}, known: true, phase: corev1.PodPending, state: "waiting", reason: "ContainerCreating", ip: "10.244.1.10"},
 		{st: supervisor.Status{State: supervisor.Running, Spec: spec, StartedAt: time.Now()}, known: true, phase: corev1.PodRunning, ready: true, state: "running", ip: "10.244.1.10"},
 		{st: supervisor.Status{State: supervisor.Backoff, Spec: spec, LastExit: "workload exited 2", ExitCode: &two, Restarts: 1}, known: true, phase: corev1.PodRunning, state: "waiting", reason: "CrashLoopBackOff", ip: "10.244.1.10"},
-		{st: supervisor.Status{State: supervisor.Stopped, Spec: spec, LastExit: "workload exited 0", ExitCode: &zero}, known: true, phase: corev1.PodSucceeded, state: "terminated", reason: "Completed", ip: "10.244.1.10"},
-		{st: supervisor.Status{State: supervisor.Failed, Spec: spec, LastExit: "workload exited 2", ExitCode: &two}, known: true, phase: corev1.PodFailed, state: "terminated", reason: "Error", ip: "10.244.1.10", exit: 2},
-		{st: supervisor.Status{State: supervisor.Failed, Spec: spec, Failure: "no such image"}, known: true, phase: corev1.PodFailed, state: "terminated", reason: "VMFailed", ip: "10.244.1.10", exit: 1},
+		// Under Always a VM that ended waits for its next start.
+		{st: supervisor.Status{State: supervisor.Stopped, Spec: spec, LastExit: "workload exited 0", ExitCode: &zero}, known: true, phase: corev1.PodRunning, state: "waiting", reason: "CrashLoopBackOff", ip: "10.244.1.10"},
+		{st: supervisor.Status{State: supervisor.Failed, Spec: spec, Failure: "crash loop"}, known: true, phase: corev1.PodRunning, state: "waiting", reason: "CrashLoopBackOff", ip: "10.244.1.10"},
+		// Under OnFailure a success is final, a failure is not.
+		{policy: corev1.RestartPolicyOnFailure, st: supervisor.Status{State: supervisor.Stopped, Spec: spec, LastExit: "workload exited 0", ExitCode: &zero}, known: true, phase: corev1.PodSucceeded, state: "terminated", reason: "Completed", ip: "10.244.1.10"},
+		{policy: corev1.RestartPolicyOnFailure, st: supervisor.Status{State: supervisor.Failed, Spec: spec, LastExit: "workload exited 2", ExitCode: &two}, known: true, phase: corev1.PodRunning, state: "waiting", reason: "CrashLoopBackOff", ip: "10.244.1.10"},
+		// Under Never every end is final.
+		{policy: corev1.RestartPolicyNever, st: supervisor.Status{State: supervisor.Failed, Spec: spec, LastExit: "workload exited 2", ExitCode: &two}, known: true, phase: corev1.PodFailed, state: "terminated", reason: "Error", ip: "10.244.1.10", exit: 2},
+		{policy: corev1.RestartPolicyNever, st: supervisor.Status{State: supervisor.Failed, Spec: spec, Failure: "no such image"}, known: true, phase: corev1.PodFailed, state: "terminated", reason: "VMFailed", ip: "10.244.1.10", exit: 1},
+		// A launch that failed is waited on, whatever the policy.
+		{policy: corev1.RestartPolicyNever, st: supervisor.Status{State: supervisor.Failed, Spec: spec, Failure: "pull x: 404"}, known: true, launchErr: "pull x: 404", phase: corev1.PodPending, state: "waiting", reason: "ImagePullBackOff", ip: "10.244.1.10"},
+		{launchErr: "kernel missing", phase: corev1.PodPending, state: "waiting", reason: "RunContainerError"},
 	} {
+		k := k.DeepCopy()
+		k.Spec.RestartPolicy = tc.policy
+		pd := &pod{rec: &podRecord{Pod: k}, vm: vm, ready: true, launchErr: tc.launchErr}
 		s := podStatus(pd, tc.st, tc.known, node)
 		cs := s.ContainerStatuses[0]
 		state, reason, exit := "", "", int32(0)
@@ -134,13 +148,18 @@ func TestPodStatus(t *testing.T) {
 			state, reason, exit = "terminated", cs.State.Terminated.Reason, cs.State.Terminated.ExitCode
 		}
 		if s.Phase != tc.phase || cs.Ready != tc.ready || state != tc.state || reason != tc.reason || s.PodIP != tc.ip || exit != tc.exit || s.HostIP != "192.168.1.5" {
-			t.Errorf("VM %s: phase %s ready %v %s %s exit %d ip %q", tc.st.State, s.Phase, cs.Ready, state, reason, exit, s.PodIP)
+			t.Errorf("%s VM %s (launch error %q): phase %s ready %v %s %s exit %d ip %q", tc.policy, tc.st.State, tc.launchErr, s.Phase, cs.Ready, state, reason, exit, s.PodIP)
 		}
 	}
+	pd := &pod{rec: &podRecord{Pod: k}, vm: vm}
 	// Not ready until the readiness probe says so.
-	pd.ready = false
 	if s := podStatus(pd, supervisor.Status{State: supervisor.Running, Spec: spec}, true, node); s.ContainerStatuses[0].Ready || s.Conditions[3].Status != corev1.ConditionFalse {
 		t.Error("ready without the probe's success")
+	}
+	// A finished pod keeps its end, whatever its VM does.
+	pd.rec.Finished = &corev1.ContainerStateTerminated{ExitCode: 0, Reason: "Completed"}
+	if s := podStatus(pd, supervisor.Status{State: supervisor.Running, Spec: spec}, true, node); s.Phase != corev1.PodSucceeded || s.ContainerStatuses[0].State.Terminated == nil {
+		t.Errorf("finished: %s %+v", s.Phase, s.ContainerStatuses[0].State)
 	}
 	// A refused pod fails with the reason.
 	refused := &pod{rec: &podRecord{Pod: k, Refusal: "the pod cannot run as a micro-VM: x"}}

@@ -1,24 +1,25 @@
 // Package kubelet is microvm's virtual-kubelet provider: it makes a host a
 // Kubernetes node whose pods run as micro-VMs of the host's daemon, one VM
-// a pod (internal/podvm maps them). The provider adds the pods' VMs to the
-// host's own file and applies it through the daemon's API, reports each
-// pod's status from its VM, probes the pods from the host, and serves
-// kubectl logs (the VM's console), exec (over SSH) and port-forward
-// through virtual-kubelet's node API. A restarted provider adopts the VMs
-// it recorded; data volumes outlive their pods unless a pod asks
-// otherwise.
+// a pod (internal/podvm maps them). The provider applies the host's own
+// file, puts each pod's VM through the daemon's per-VM API on its own (one
+// pod's boot or failure never waits for or fails another's), follows the
+// VMs' states on the daemon's event stream, restarts a pod's VM as its
+// restart policy says and keeps a finished pod finished, probes the pods
+// from the host, and serves kubectl logs (the VM's console), exec (over
+// SSH) and port-forward through virtual-kubelet's node API. A restarted
+// provider adopts the VMs it recorded; data volumes outlive their pods
+// unless a pod asks otherwise.
 package kubelet
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"net/url"
-	"slices"
-	"strings"
+	"strconv"
 	"sync"
 	"time"
 
@@ -52,13 +53,20 @@ type Options struct {
 	NetNS string
 	// Records is the directory the provider keeps its pods in.
 	Records string
-	// Base is the host's own file, which the pods' VMs are added to.
+	// Base is the host's own file (its host settings, defaults and VMs of
+	// its own), applied as the daemon's file; the pods' VMs are put beside
+	// it.
 	Base string
 	// PodCIDR is where the pods' subnets come from, one /SubnetBits each.
 	PodCIDR    netip.Prefix
 	SubnetBits int
-	// Poll is how often the VMs' states are read (default 2s).
+	// Poll is how often the VMs' states are read while the daemon's event
+	// stream is down (default 2s).
 	Poll time.Duration
+	// Backoff is the first wait before a pod's VM that failed to start or
+	// stopped is started again; it doubles up to MaxBackoff (defaults 10s
+	// and 5m, a kubelet's).
+	Backoff, MaxBackoff time.Duration
 	// Recorder records the provider's events on pods.
 	Recorder record.EventRecorder
 	// Log is the provider's log.
@@ -71,12 +79,10 @@ type Provider struct {
 	base    *baseFile
 	records records
 
-	// applyMu orders applies: each sends the whole file.
-	applyMu sync.Mutex
-
 	mu     sync.Mutex
 	pods   map[string]*pod // by VM name
 	vms    map[string]supervisor.Status
+	listed bool // vms holds a list from the daemon
 	notify func(*corev1.Pod)
 }
 
@@ -84,6 +90,9 @@ type Provider struct {
 type pod struct {
 	rec *podRecord
 	vm  *podvm.VM // nil when refused
+	// entry is the VM's entry as put to the daemon (YAML).
+	entry []byte
+	sync  podSync
 	// sent is the last status the provider told Kubernetes of.
 	sent string
 	// ready is the readiness probe's verdict (true without a probe);
@@ -91,6 +100,11 @@ type pod struct {
 	ready      bool
 	readySince time.Time
 	probes     context.CancelFunc
+	// launchErr is why the last try to start the VM failed ("" when it
+	// did not).
+	launchErr string
+	// daemonRestarts is the daemon's count of the VM's restarts last seen.
+	daemonRestarts int
 }
 
 // New reads the host's file and the provider's records; the pods recorded
@@ -98,6 +112,12 @@ type pod struct {
 func New(opts Options) (*Provider, error) {
 	if opts.Poll <= 0 {
 		opts.Poll = 2 * time.Second
+	}
+	if opts.Backoff <= 0 {
+		opts.Backoff = 10 * time.Second
+	}
+	if opts.MaxBackoff < opts.Backoff {
+		opts.MaxBackoff = max(opts.Backoff, 5*time.Minute)
 	}
 	if opts.SubnetBits == 0 {
 		opts.SubnetBits = 29
@@ -125,21 +145,38 @@ func New(opts Options) (*Provider, error) {
 	for name, rec := range recs {
 		pd := &pod{rec: rec, ready: true}
 		if rec.Refusal == "" {
-			vm, err := podvm.Map(rec.Pod, rec.Subnet)
-			if err != nil {
+			if err := pd.mapVM(rec.Pod); err != nil {
 				return nil, fmt.Errorf("recorded pod %s/%s: %w", rec.Pod.Namespace, rec.Pod.Name, err)
 			}
-			pd.vm, pd.ready = vm, vm.Readiness == nil
 		}
 		p.pods[name] = pd
 	}
 	return p, nil
 }
 
-// Adopt applies the recorded pods' VMs: VMs still running stay as they
-// are (the daemon keeps a VM whose spec did not change), and any the
-// daemon lost are made again. A daemon that deploys from git is refused:
-// its next deploy would replace the pods' VMs with the repository's.
+// mapVM makes k the pod's VM (on its subnet).
+func (pd *pod) mapVM(k *corev1.Pod) error {
+	vm, err := podvm.Map(k, pd.rec.Subnet)
+	if err != nil {
+		return err
+	}
+	entry, err := vmEntry(vm.Spec)
+	if err != nil {
+		return err
+	}
+	if pd.vm == nil {
+		pd.ready = vm.Readiness == nil
+	}
+	pd.vm, pd.entry = vm, entry
+	return nil
+}
+
+// Adopt applies the host's file and puts the recorded pods' VMs again:
+// VMs still running stay as they are (the daemon keeps a VM whose entry
+// did not change), any the daemon lost are made again, and a pod whose VM
+// ended while no provider watched is finished as its restart policy says.
+// A daemon that deploys from git is refused: its next deploy would replace
+// the host's file with the repository's.
 func (p *Provider) Adopt(ctx context.Context) error {
 	err := p.opts.Daemon.DoContext(ctx, "GET", "/v1/deploy", nil, nil)
 	var refused *api.StatusError
@@ -149,15 +186,36 @@ func (p *Provider) Adopt(ctx context.Context) error {
 	case !errors.As(err, &refused): // 409: not deploying from git, as wanted
 		return fmt.Errorf("the daemon: %w", err)
 	}
-	if err := p.apply(ctx); err != nil {
+	if err := p.applyBase(ctx); err != nil {
+		return err
+	}
+	list, err := p.opts.Daemon.VMs()
+	if err != nil {
 		return fmt.Errorf("adopt the recorded pods: %w", err)
 	}
+	p.observe(list)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, pd := range p.pods {
-		if pd.vm != nil {
+	for name, pd := range p.pods {
+		if pd.vm != nil && pd.rec.Finished == nil {
 			p.startProbes(pd)
+			p.kickLocked(name, pd)
 		}
+	}
+	return nil
+}
+
+// applyBase applies the host's own file as the daemon's file.
+func (p *Provider) applyBase(ctx context.Context) error {
+	var res struct {
+		Problems config.Problems `json:"problems"`
+	}
+	err := p.opts.Daemon.DoContext(ctx, "POST", "/v1/apply?file="+url.QueryEscape(p.opts.Base), bytes.NewReader(p.base.data), &res)
+	if err != nil && len(res.Problems) > 0 {
+		return fmt.Errorf("the daemon refused the host's file: %w", res.Problems)
+	}
+	if err != nil {
+		return fmt.Errorf("apply the host's file: %w", err)
 	}
 	return nil
 }
@@ -171,81 +229,54 @@ func (p *Provider) count() int {
 
 func key(pd *corev1.Pod) string { return podvm.Name(pd.Namespace, pd.Name) }
 
-// CreatePod makes the pod's VM. A pod that cannot run as a VM is refused:
-// it fails at once with an event naming every reason, and is not retried.
-func (p *Provider) CreatePod(ctx context.Context, k *corev1.Pod) error {
+// CreatePod records the pod and starts putting its VM, returning at once:
+// the VM's boot, and any failure of it, is the pod's status. A pod that
+// cannot run as a VM is refused: it fails at once with an event naming
+// every reason, and is not retried.
+func (p *Provider) CreatePod(_ context.Context, k *corev1.Pod) error {
 	name := key(k)
 	p.mu.Lock()
-	if old, ok := p.pods[name]; ok && old.rec.Pod.UID != k.UID {
-		p.mu.Unlock()
-		return fmt.Errorf("pod %s/%s: the VM of an earlier pod of that name (%s) is still being deleted", k.Namespace, k.Name, name)
+	defer p.mu.Unlock()
+	if old, ok := p.pods[name]; ok {
+		if old.rec.Pod.UID != k.UID {
+			return fmt.Errorf("pod %s/%s: the VM of an earlier pod of that name (%s) is still being deleted", k.Namespace, k.Name, name)
+		}
+		return nil // created already
 	}
 	subnet, err := allocate(p.opts.PodCIDR, p.opts.SubnetBits, p.usedLocked())
 	if err != nil {
-		p.mu.Unlock()
 		return err
 	}
-	rec := &podRecord{Pod: k.DeepCopy(), Subnet: subnet}
-	pd := &pod{rec: rec}
-	vm, err := podvm.Map(k, subnet)
-	var refused *podvm.Refused
-	switch {
-	case errors.As(err, &refused):
-		rec.Refusal = err.Error()
-	case err != nil:
-		p.mu.Unlock()
+	pd := &pod{rec: &podRecord{Pod: k.DeepCopy(), Subnet: subnet}}
+	err = pd.mapVM(k)
+	if _, ok := errors.AsType[*podvm.Refused](err); ok {
+		pd.rec.Refusal = err.Error()
+	} else if err != nil {
 		return err
-	default:
-		pd.vm, pd.ready = vm, vm.Readiness == nil
 	}
-	if err := p.records.save(name, rec); err != nil {
-		p.mu.Unlock()
+	if err := p.records.save(name, pd.rec); err != nil {
 		return err
 	}
 	p.pods[name] = pd
-	p.mu.Unlock()
 	if pd.vm == nil {
-		return p.refuse(name, pd)
+		p.refuseLocked(pd)
+		return nil
 	}
-	err = p.apply(ctx)
-	var problems *applyProblems
-	switch {
-	case errors.As(err, &problems) && problems.about(name) != "":
-		rec.Refusal = "the daemon refused the pod's VM: " + problems.about(name)
-		p.mu.Lock()
-		pd.vm = nil
-		p.mu.Unlock()
-		if err := p.records.save(name, rec); err != nil {
-			return err
-		}
-		return p.refuse(name, pd)
-	case err != nil:
-		// Not the pod's fault: forget it, so that virtual-kubelet's
-		// retry creates it afresh.
-		p.mu.Lock()
-		delete(p.pods, name)
-		p.mu.Unlock()
-		p.records.remove(name)
-		return err
-	}
-	p.event(k, corev1.EventTypeNormal, "Created", "micro-VM %s (%s, %s) with IP %s", name, *vm.Spec.Hypervisor, *vm.Spec.Image, subnetVMAddr(subnet))
-	p.mu.Lock()
 	p.startProbes(pd)
-	p.mu.Unlock()
-	p.push(name)
+	p.kickLocked(name, pd)
 	return nil
 }
 
-// refuse tells Kubernetes the pod failed, and why.
-func (p *Provider) refuse(name string, pd *pod) error {
+// refuseLocked tells Kubernetes the pod failed, and why (p.mu held).
+func (p *Provider) refuseLocked(pd *pod) {
 	p.event(pd.rec.Pod, corev1.EventTypeWarning, "Unsupported", "%s", pd.rec.Refusal)
 	p.opts.Log.Warn("pod refused", "pod", pd.rec.Pod.Namespace+"/"+pd.rec.Pod.Name, "reason", pd.rec.Refusal)
-	p.push(name)
-	return nil
+	go p.push(key(pd.rec.Pod))
 }
 
 // UpdatePod takes a changed pod: Kubernetes lets a running pod change its
-// container's image (the VM restarts with it), labels and annotations.
+// container's image (the VM restarts with it), labels and annotations. A
+// finished pod stays finished.
 func (p *Provider) UpdatePod(ctx context.Context, k *corev1.Pod) error {
 	name := key(k)
 	p.mu.Lock()
@@ -254,24 +285,19 @@ func (p *Provider) UpdatePod(ctx context.Context, k *corev1.Pod) error {
 		p.mu.Unlock()
 		return p.CreatePod(ctx, k)
 	}
+	defer p.mu.Unlock()
 	pd.rec.Pod = k.DeepCopy()
-	changed := false
 	if pd.vm != nil {
-		vm, err := podvm.Map(k, pd.rec.Subnet)
-		if err != nil {
-			p.mu.Unlock()
+		was := pd.entry
+		if err := pd.mapVM(k); err != nil {
 			p.event(k, corev1.EventTypeWarning, "Unsupported", "the change is not taken: %v", err)
 			return nil
 		}
-		changed = *vm.Spec.Image != *pd.vm.Spec.Image
-		pd.vm = vm
+		if !bytes.Equal(was, pd.entry) && pd.rec.Finished == nil {
+			p.kickLocked(name, pd)
+		}
 	}
-	err := p.records.save(name, pd.rec)
-	p.mu.Unlock()
-	if err != nil || !changed {
-		return err
-	}
-	return p.apply(ctx)
+	return p.records.save(name, pd.rec)
 }
 
 // DeletePod stops and removes the pod's VM, and its data volumes when
@@ -284,37 +310,40 @@ func (p *Provider) DeletePod(ctx context.Context, k *corev1.Pod) error {
 		p.mu.Unlock()
 		return errdefs.NotFoundf("pod %s/%s is not on this node", k.Namespace, k.Name)
 	}
-	delete(p.pods, name)
+	pd.sync.deleted = true
 	if pd.probes != nil {
 		pd.probes()
+		pd.probes = nil
 	}
 	p.mu.Unlock()
 	if pd.vm != nil {
-		if err := p.apply(ctx); err != nil {
+		if err := p.removeVM(ctx, name, pd); err != nil {
 			p.mu.Lock()
-			p.pods[name] = pd
+			pd.sync.deleted = false
 			p.mu.Unlock()
 			return fmt.Errorf("remove the VM of pod %s/%s: %w", k.Namespace, k.Name, err)
-		}
-		if pd.vm.DeleteVolumes {
-			q := url.Values{"purge": {"true"}}
-			if err := p.opts.Daemon.Do("DELETE", "/v1/vms/"+name+"?"+q.Encode(), nil, nil); err != nil {
-				p.event(k, corev1.EventTypeWarning, "VolumesKept", "the pod's data volumes could not be deleted: %v", err)
-			}
 		}
 	}
 	if err := p.records.remove(name); err != nil {
 		return err
 	}
-	done := pd.rec.Pod.DeepCopy()
-	done.Status = *terminated(pd.rec.Pod, p.opts.NodeIP)
 	p.mu.Lock()
+	delete(p.pods, name)
 	cb := p.notify
 	p.mu.Unlock()
+	done := pd.rec.Pod.DeepCopy()
+	done.Status = *terminated(pd.rec.Pod, p.opts.NodeIP)
 	if cb != nil {
 		cb(done)
 	}
 	return nil
+}
+
+// removeVM removes the pod's VM from the daemon, its data volumes too
+// when the pod says so.
+func (p *Provider) removeVM(ctx context.Context, name string, pd *pod) error {
+	q := url.Values{"purge": {strconv.FormatBool(pd.vm.DeleteVolumes)}}
+	return p.opts.Daemon.DoContext(ctx, "DELETE", "/v1/vms/"+name+"?"+q.Encode(), nil, nil)
 }
 
 // GetPod returns the pod with its status, if it is on this node.
@@ -348,61 +377,13 @@ func (p *Provider) GetPods(context.Context) ([]*corev1.Pod, error) {
 	return out, nil
 }
 
-// NotifyPods registers cb for status changes and starts reading the VMs'
-// states until ctx ends.
+// NotifyPods registers cb for status changes and starts following the
+// VMs' states until ctx ends.
 func (p *Provider) NotifyPods(ctx context.Context, cb func(*corev1.Pod)) {
 	p.mu.Lock()
 	p.notify = cb
 	p.mu.Unlock()
 	go p.watch(ctx)
-}
-
-// watch reads the VMs' states every Poll, tells Kubernetes of every pod
-// whose status changed, and applies the file again when the daemon lost
-// a pod's VM (a daemon restarted with another file).
-func (p *Provider) watch(ctx context.Context) {
-	t := time.NewTicker(p.opts.Poll)
-	defer t.Stop()
-	missing := map[string]int{}
-	for {
-		list, err := p.opts.Daemon.VMs()
-		if err != nil {
-			p.opts.Log.Warn("read the VMs' states", "err", err)
-		} else {
-			vms := map[string]supervisor.Status{}
-			for _, st := range list {
-				vms[st.Name] = st
-			}
-			p.mu.Lock()
-			p.vms = vms
-			lost := false
-			for name, pd := range p.pods {
-				if _, ok := vms[name]; !ok && pd.vm != nil {
-					missing[name]++
-					lost = lost || missing[name] >= 2
-				} else {
-					delete(missing, name)
-				}
-			}
-			names := slices.Collect(maps.Keys(p.pods))
-			p.mu.Unlock()
-			for _, name := range names {
-				p.push(name)
-			}
-			if lost {
-				p.opts.Log.Warn("the daemon lost pods' VMs; applying again")
-				if err := p.apply(ctx); err != nil {
-					p.opts.Log.Warn("apply again", "err", err)
-				}
-				clear(missing)
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 // push tells Kubernetes of the pod's status if it changed.
@@ -440,55 +421,6 @@ func (p *Provider) usedLocked() []netip.Prefix {
 		used = append(used, pd.rec.Subnet)
 	}
 	return used
-}
-
-// applyProblems is the daemon's refusal of the file: nothing changed.
-type applyProblems struct{ problems config.Problems }
-
-func (e *applyProblems) Error() string { return e.join("") }
-
-// about is the problems with the VM vm ("" for none), without the
-// rendered file's lines, which mean nothing to the pod's owner.
-func (e *applyProblems) about(vm string) string { return e.join("vms." + vm) }
-
-func (e *applyProblems) join(prefix string) string {
-	var parts []string
-	for _, pr := range e.problems {
-		if strings.HasPrefix(pr.Path, prefix) {
-			parts = append(parts, strings.TrimPrefix(strings.TrimPrefix(pr.Path, prefix), ".")+": "+pr.Message)
-		}
-	}
-	return strings.Join(parts, "; ")
-}
-
-// apply sends the host's file with every pod's VM to the daemon.
-func (p *Provider) apply(ctx context.Context) error {
-	p.applyMu.Lock()
-	defer p.applyMu.Unlock()
-	p.mu.Lock()
-	specs := map[string]config.VMSpec{}
-	for name, pd := range p.pods {
-		if pd.vm != nil {
-			specs[name] = pd.vm.Spec
-		}
-	}
-	p.mu.Unlock()
-	data, err := p.base.render(specs)
-	if err != nil {
-		return err
-	}
-	var res struct {
-		Problems config.Problems `json:"problems"`
-	}
-	err = p.opts.Daemon.DoContext(ctx, "POST", "/v1/apply?file="+FileName, strings.NewReader(string(data)), &res)
-	var se *api.StatusError
-	if errors.As(err, &se) && se.Code == 422 && len(res.Problems) > 0 {
-		return &applyProblems{res.Problems}
-	}
-	if err != nil {
-		return fmt.Errorf("apply the pods' VMs: %w", err)
-	}
-	return nil
 }
 
 // event records an event on the pod.

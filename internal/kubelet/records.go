@@ -16,11 +16,16 @@ import (
 
 // podRecord is what the provider keeps of one pod on disk, so that a
 // restarted provider knows its VMs again: the pod as it was given, the
-// subnet it was given, and why it was refused, if it was.
+// subnet it was given, why it was refused, if it was, and how it ended,
+// once it finished (a finished pod's VM is never started again), and the
+// restarts the daemon's count of the VM's no longer holds (the provider's
+// own starts of it, and the daemon's count before it restarted).
 type podRecord struct {
-	Pod     *corev1.Pod  `json:"pod"`
-	Subnet  netip.Prefix `json:"subnet"`
-	Refusal string       `json:"refusal,omitempty"`
+	Pod      *corev1.Pod                      `json:"pod"`
+	Subnet   netip.Prefix                     `json:"subnet"`
+	Refusal  string                           `json:"refusal,omitempty"`
+	Finished *corev1.ContainerStateTerminated `json:"finished,omitempty"`
+	Restarts int32                            `json:"restarts,omitempty"`
 }
 
 // records is the directory of records, one JSON file per VM name.

@@ -3,6 +3,7 @@ package kubelet
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -12,9 +13,12 @@ import (
 )
 
 // podStatus is the pod's status from its VM's (st, when the daemon knows
-// the VM): the phase, the container's state with its exit code and
-// restarts, the VM's addresses as the pod's IPs, and Ready from the
-// readiness probe.
+// the VM) as a kubelet tells it of a container: the phase, the container's
+// state with its exit code and restarts, the VM's addresses as the pod's
+// IPs, and Ready from the readiness probe. A pod that finished keeps the
+// end its record holds; a VM that could not be started is waiting for its
+// next try, with the launch's error; a VM that stopped is terminated or
+// waiting to be started again, as the pod's restart policy says.
 func podStatus(pd *pod, st supervisor.Status, known bool, nodeIP netip.Addr) *corev1.PodStatus {
 	k := pd.rec.Pod
 	start := metav1.NewTime(k.CreationTimestamp.Time)
@@ -26,15 +30,8 @@ func podStatus(pd *pod, st supervisor.Status, known bool, nodeIP netip.Addr) *co
 	if len(k.Spec.Containers) > 0 {
 		cs.Name = k.Spec.Containers[0].Name
 	}
-	ready := false
-	switch {
-	case pd.vm == nil:
-		out.Phase, out.Reason, out.Message = corev1.PodFailed, "Unsupported", pd.rec.Refusal
-		cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "Unsupported", Message: pd.rec.Refusal}
-	case !known:
-		cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ContainerCreating", Message: "the micro-VM is being created"}
-	default:
-		cs.RestartCount = int32(st.Restarts)
+	if known {
+		cs.RestartCount = pd.rec.Restarts + int32(st.Restarts)
 		cs.ContainerID = "microvm://" + st.Name
 		if st.Spec != nil {
 			for _, a := range st.Spec.Net.Addrs() {
@@ -42,7 +39,25 @@ func podStatus(pd *pod, st supervisor.Status, known bool, nodeIP netip.Addr) *co
 			}
 			out.PodIP = st.Spec.Net.Address.String()
 		}
-		last := lastTermination(st)
+	}
+	last := lastTermination(st)
+	if cs.RestartCount > 0 {
+		out.Phase = corev1.PodRunning
+	}
+	ready := false
+	switch {
+	case pd.vm == nil:
+		out.Phase, out.Reason, out.Message = corev1.PodFailed, "Unsupported", pd.rec.Refusal
+		cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "Unsupported", Message: pd.rec.Refusal}
+	case pd.rec.Finished != nil:
+		cs.State.Terminated = pd.rec.Finished
+		out.Phase = finishedPhase(pd.rec.Finished)
+	case pd.launchErr != "" && (!known || st.State == supervisor.Failed || st.State == supervisor.Stopped || st.State == supervisor.Created):
+		cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: launchReason(pd.launchErr), Message: pd.launchErr}
+		cs.LastTerminationState.Terminated = last
+	case !known:
+		cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ContainerCreating", Message: "the micro-VM is being created"}
+	default:
 		switch st.State {
 		case supervisor.Running:
 			out.Phase = corev1.PodRunning
@@ -54,9 +69,6 @@ func podStatus(pd *pod, st supervisor.Status, known bool, nodeIP netip.Addr) *co
 		case supervisor.Starting, supervisor.Created, supervisor.Saved:
 			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ContainerCreating", Message: "the micro-VM is booting"}
 			cs.LastTerminationState.Terminated = last
-			if st.Restarts > 0 {
-				out.Phase = corev1.PodRunning
-			}
 		case supervisor.Backoff:
 			out.Phase = corev1.PodRunning
 			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff", Message: st.LastExit}
@@ -65,24 +77,83 @@ func podStatus(pd *pod, st supervisor.Status, known bool, nodeIP netip.Addr) *co
 			out.Phase = corev1.PodRunning
 			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(st.StartedAt)}
 		case supervisor.Stopped, supervisor.Failed:
-			if last == nil {
-				msg := st.Failure
-				if msg == "" {
-					msg = st.LastExit
-				}
-				last = &corev1.ContainerStateTerminated{ExitCode: 1, Reason: "VMFailed", Message: msg}
+			if end := finished(restartPolicy(k), st); end != nil {
+				// Finished, before the provider recorded it.
+				cs.State.Terminated = end
+				out.Phase = finishedPhase(end)
+				break
 			}
-			cs.State.Terminated = last
-			out.Phase = corev1.PodFailed
-			if last.ExitCode == 0 {
-				out.Phase = corev1.PodSucceeded
-			}
+			// To be started again (the provider's next try).
+			out.Phase = corev1.PodRunning
+			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff", Message: ending(st)}
+			cs.LastTerminationState.Terminated = last
 		}
 	}
 	cs.Ready = ready
 	out.ContainerStatuses = []corev1.ContainerStatus{cs}
 	out.Conditions = conditions(out.Phase, ready, pd.readySince)
 	return out
+}
+
+// restartPolicy is the pod's, Always when unset.
+func restartPolicy(k *corev1.Pod) corev1.RestartPolicy {
+	if k.Spec.RestartPolicy == "" {
+		return corev1.RestartPolicyAlways
+	}
+	return k.Spec.RestartPolicy
+}
+
+// finished is how the pod ended when its VM, stopped or failed as st
+// says, ended it under policy (nil when it is to run again): under Never
+// any end is final, under OnFailure a successful one, under Always none.
+func finished(policy corev1.RestartPolicy, st supervisor.Status) *corev1.ContainerStateTerminated {
+	if st.State != supervisor.Stopped && st.State != supervisor.Failed {
+		return nil
+	}
+	end := lastTermination(st)
+	if end == nil {
+		end = &corev1.ContainerStateTerminated{ExitCode: 1, Reason: "VMFailed", Message: ending(st)}
+	}
+	if !st.StartedAt.IsZero() {
+		end.StartedAt = metav1.NewTime(st.StartedAt)
+	}
+	end.FinishedAt = metav1.NewTime(time.Now())
+	switch {
+	case policy == corev1.RestartPolicyNever:
+		return end
+	case policy == corev1.RestartPolicyOnFailure && end.ExitCode == 0:
+		return end
+	}
+	return nil
+}
+
+// finishedPhase is the phase of a pod that ended as end.
+func finishedPhase(end *corev1.ContainerStateTerminated) corev1.PodPhase {
+	if end.ExitCode == 0 {
+		return corev1.PodSucceeded
+	}
+	return corev1.PodFailed
+}
+
+// ending is what the daemon says of how the VM ended.
+func ending(st supervisor.Status) string {
+	switch {
+	case st.Failure != "":
+		return st.Failure
+	case st.LastExit != "":
+		return st.LastExit
+	}
+	return "the micro-VM is " + string(st.State)
+}
+
+// launchReason is a kubelet's waiting reason for a VM that could not be
+// started with the launch error msg: its image could not be pulled, or
+// something else kept it from running.
+func launchReason(msg string) string {
+	if strings.Contains(msg, "pull ") {
+		return "ImagePullBackOff"
+	}
+	return "RunContainerError"
 }
 
 // lastTermination is the VM's last exit as a container's termination

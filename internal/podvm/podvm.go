@@ -240,9 +240,9 @@ func (m *mapper) container(c *corev1.Container, vm *VM) {
 	}
 	vm.Readiness = m.probe(c, c.ReadinessProbe, at+".readinessProbe")
 	vm.Liveness = m.probe(c, c.LivenessProbe, at+".livenessProbe")
-	if hc := vm.Readiness.HealthCheck(); hc != nil {
-		spec.HealthCheck = hc
-	}
+	// The readiness probe is not the VM's healthCheck: the daemon restarts
+	// a VM whose check never passes, a kubelet never restarts a container
+	// for its readiness.
 }
 
 // resources maps limits (else requests) to vCPUs and memory.

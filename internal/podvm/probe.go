@@ -1,7 +1,5 @@
 package podvm
 
-import "microvm.dev/microvm/internal/config"
-
 // Probe is a container's readiness or liveness probe: one of TCP, HTTP
 // (with Path) or Exec, with Kubernetes' timings in seconds.
 type Probe struct {
@@ -30,19 +28,4 @@ func (p *Probe) defaults() {
 	if p.FailureThreshold <= 0 {
 		p.FailureThreshold = 3
 	}
-}
-
-// HealthCheck is the daemon's health check for a TCP or HTTP probe (nil
-// for none or an exec probe), so that the daemon's own view of the VM
-// (microvm status, verify) checks what the pod's readiness does.
-func (p *Probe) HealthCheck() *config.HealthCheck {
-	switch {
-	case p == nil:
-		return nil
-	case p.TCP > 0:
-		return &config.HealthCheck{TCP: p.TCP}
-	case p.HTTP > 0:
-		return &config.HealthCheck{HTTP: p.HTTP, Path: p.Path}
-	}
-	return nil
 }

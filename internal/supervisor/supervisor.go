@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -40,6 +39,16 @@ const (
 	// (autostart: false): its network is made, `start` boots it.
 	Created State = "created"
 )
+
+// ErrUnknownVM is the error (wrapped) about a VM the supervisor does not
+// know.
+var ErrUnknownVM = errors.New("no such VM")
+
+// unknownVM is ErrUnknownVM naming the VM.
+type unknownVM string
+
+func (e unknownVM) Error() string      { return fmt.Sprintf("no VM named %q", string(e)) }
+func (unknownVM) Is(target error) bool { return target == ErrUnknownVM }
 
 // ReadyTimeout is how long a guest may take to report ready by default.
 const ReadyTimeout = 3 * time.Minute
@@ -223,6 +232,27 @@ func (v *vmProc) retake(vm *config.VM) bool {
 // the guest is ready. A VM already running with the same spec is left alone.
 // Cancelling ctx (or stopping the VM) cancels a boot still preparing.
 func (s *Supervisor) Start(ctx context.Context, vm *config.VM) error {
+	return s.start(ctx, vm, nil)
+}
+
+// Launch is Start returning once the hypervisor runs (or its preparation
+// failed): the wait for the guest's ready line goes on without the
+// caller, its outcome in the VM's status and the Changes it signals.
+func (s *Supervisor) Launch(ctx context.Context, vm *config.VM) error {
+	launched := make(chan error, 1)
+	go func() {
+		err := s.start(ctx, vm, launched)
+		select {
+		case launched <- err:
+		default: // told already
+		}
+	}()
+	return <-launched
+}
+
+// start is Start; launched, when not nil, is sent nil once the
+// hypervisor runs.
+func (s *Supervisor) start(ctx context.Context, vm *config.VM, launched chan<- error) error {
 	s.mu.Lock()
 	v := s.vms[vm.Name]
 	if v == nil {
@@ -240,11 +270,12 @@ func (s *Supervisor) Start(ctx context.Context, vm *config.VM) error {
 	v.spec, v.wanted, v.failure, v.exits = vm, true, "", nil
 	s.changedLocked()
 	s.mu.Unlock()
-	return s.boot(ctx, vm.Name, v)
+	return s.boot(ctx, vm.Name, v, launched)
 }
 
-// boot starts the hypervisor and waits for the ready line.
-func (s *Supervisor) boot(ctx context.Context, name string, v *vmProc) error {
+// boot starts the hypervisor and waits for the ready line; launched, when
+// not nil, is sent nil once the hypervisor runs.
+func (s *Supervisor) boot(ctx context.Context, name string, v *vmProc, launched chan<- error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s.mu.Lock()
@@ -286,6 +317,9 @@ func (s *Supervisor) boot(ctx context.Context, name string, v *vmProc) error {
 		s.log.Error("write run record", "vm", name, "err", werr)
 	}
 	go s.watch(name, v, r, gen)
+	if launched != nil {
+		launched <- nil
+	}
 	return s.awaitReady(name, v, r, gen)
 }
 
@@ -397,7 +431,7 @@ func (s *Supervisor) watch(name string, v *vmProc, r Process, gen int) {
 	v.restarts++ // counted when it happens
 	s.changedLocked()
 	s.mu.Unlock()
-	s.boot(context.Background(), name, v)
+	s.boot(context.Background(), name, v, nil)
 }
 
 // noteExit records how the VM's hypervisor ended and says whether that was
@@ -464,7 +498,7 @@ func (s *Supervisor) stopping(name string, save bool) (*vmProc, Process, error) 
 	defer s.changedLocked()
 	v := s.vms[name]
 	if v == nil {
-		return nil, nil, fmt.Errorf("no VM named %q", name)
+		return nil, nil, unknownVM(name)
 	}
 	if save && (v.run == nil || v.state != Running) {
 		return nil, nil, fmt.Errorf("%s is %s: only a running VM can be saved", name, v.state)
@@ -505,7 +539,7 @@ func (s *Supervisor) stopped(name string, v *vmProc, r Process, saved bool, err 
 
 // Forget stops vm and drops it and its run record; its volumes stay.
 func (s *Supervisor) Forget(name string) error {
-	if err := s.Stop(name); err != nil && !strings.HasPrefix(err.Error(), "no VM named") {
+	if err := s.Stop(name); err != nil && !errors.Is(err, ErrUnknownVM) {
 		return err
 	}
 	s.mu.Lock()

@@ -1,0 +1,228 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"sync"
+
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/network"
+	"microvm.dev/microvm/internal/plan"
+	"microvm.dev/microvm/internal/state"
+)
+
+// noFile is what the VMs put through the API are composed with before a
+// file was applied: no VMs, the host's defaults.
+var noFile = []byte("vms: {}\n")
+
+// ErrFileVM says a VM is the applied file's: it changes with the file.
+var ErrFileVM = errors.New("the VM is in the applied file")
+
+// PutResult is what putting one VM did.
+type PutResult struct {
+	// File names what the VM was checked against (its problems' file).
+	File string `json:"file"`
+	// Problems are why the VM's entry was refused; nothing changed.
+	Problems config.Problems `json:"problems,omitempty"`
+	// VM is the plan's action done, and its timings up to the
+	// hypervisor's start.
+	VM      VMAction        `json:"vm"`
+	Network *network.Result `json:"network,omitempty"`
+	// Warnings are problems that did not fail the change.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// Put makes the VM name match entry (its entry as a file would hold it:
+// YAML or JSON), on its own: it is checked with the applied file's
+// defaults and against every other VM (an entry with problems changes
+// nothing and returns them with ErrInvalid), recorded in the state
+// directory (a restarted daemon has it again; a file's apply leaves it
+// alone), and the plan's action for it done: created, restarted with the
+// new spec, started, or left alone. It returns once the VM's hypervisor
+// runs; readiness and failure come in its status (and the event stream).
+// Changes to one VM are done in the order they come; changes to different
+// VMs do not wait for each other's boots.
+func (d *Daemon) Put(name string, entry []byte) (*PutResult, error) {
+	lock := d.vmLocks.lock(name)
+	defer lock.Unlock()
+	file := "PUT /v1/vms/" + name
+	res := &PutResult{File: file, VM: VMAction{Name: name}}
+	data, err := config.ParseEntry(entry)
+	if err != nil {
+		res.Problems = config.Problems{{File: file, Path: "vms." + name, Message: err.Error()}}
+		return res, ErrInvalid
+	}
+	d.desired.Lock()
+	d.mu.Lock()
+	fileName, fileData, api := d.file, d.fileData, maps.Clone(d.api)
+	inFile := d.cfg != nil && d.cfg.VM(name) != nil && d.api[name] == nil
+	d.mu.Unlock()
+	if inFile {
+		d.desired.Unlock()
+		return nil, fmt.Errorf("%w %s: change %s there", ErrFileVM, fileName, name)
+	}
+	if fileData == nil {
+		fileData = noFile
+	}
+	api[name] = data
+	vms, ps, err := d.decide(fileName, fileData, api, file,
+		func(cfg *config.Config) []plan.VMPlan { return []plan.VMPlan{d.planOf(cfg, name)} },
+		func() error { return state.Dir{Root: d.env.StateDir}.WriteAPIVM(name, data) })
+	d.desired.Unlock()
+	if len(ps) > 0 {
+		res.Problems = ps
+		return res, ErrInvalid
+	}
+	if err != nil {
+		return nil, err
+	}
+	v := vms[0]
+
+	res.VM.Action = v.Action.Past()
+	start := d.teardown(v, &res.VM)
+	if res.VM.Error != "" {
+		return res, fmt.Errorf("%s: %s", name, res.VM.Error)
+	}
+	var apply ApplyResult
+	res.Network, err = d.reconcile(&apply)
+	res.Warnings = apply.Warnings
+	if err != nil {
+		return res, err
+	}
+	if start {
+		d.boots <- struct{}{}
+		err := d.sup.Launch(context.Background(), v.Desired)
+		<-d.boots
+		d.started(v.Desired, &res.VM, err)
+		if err != nil {
+			return res, err
+		}
+	}
+	d.log.Info("VM put", "vm", name, "action", res.VM.Action)
+	return res, nil
+}
+
+// planOf is the plan of the VM name in cfg, against what the supervisor
+// knows of it.
+func (d *Daemon) planOf(cfg *config.Config, name string) plan.VMPlan {
+	var observed []plan.Observed
+	for _, o := range d.observed() {
+		if o.Name == name {
+			observed = append(observed, o)
+		}
+	}
+	for _, v := range plan.Compute(cfg, observed).VMs {
+		if v.Name == name {
+			return v
+		}
+	}
+	return plan.VMPlan{Name: name, Action: plan.Unchanged}
+}
+
+// IsPut says whether name is a VM put through the API.
+func (d *Daemon) IsPut(name string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.api[name] != nil
+}
+
+// Remove forgets a VM (stopping it; a boot still preparing gives up at
+// once) and, with purge, deletes its directory with its volumes. A VM put
+// through the API is taken out of what the host is held to; one still in
+// the applied file is refused.
+func (d *Daemon) Remove(name string, purge bool) error {
+	put := d.IsPut(name)
+	if !put && d.VMConfig(name) != nil {
+		return fmt.Errorf("%s is in the applied file; remove it from the file and apply", name)
+	}
+	if put {
+		d.sup.Stop(name) // cancels a Put's launch still preparing, which holds the VM's lock
+		lock := d.vmLocks.lock(name)
+		defer lock.Unlock()
+		if err := d.unput(name); err != nil {
+			return err
+		}
+	}
+	if err := d.forget(name); err != nil {
+		return err
+	}
+	if put {
+		if _, err := d.reconcile(&ApplyResult{}); err != nil {
+			return err
+		}
+	}
+	if purge {
+		return os.RemoveAll(state.Dir{Root: d.env.StateDir}.VMDir(name))
+	}
+	return nil
+}
+
+// unput takes the VM name out of the VMs put through the API.
+func (d *Daemon) unput(name string) error {
+	d.desired.Lock()
+	defer d.desired.Unlock()
+	d.mu.Lock()
+	api := maps.Clone(d.api)
+	fileName, fileData := d.file, d.fileData
+	d.mu.Unlock()
+	if api[name] == nil {
+		return nil // removed meanwhile
+	}
+	delete(api, name)
+	if fileData == nil {
+		fileData = noFile
+	}
+	_, ps, err := d.decide(fileName, fileData, api, fileName, func(*config.Config) []plan.VMPlan { return nil },
+		func() error { return state.Dir{Root: d.env.StateDir}.RemoveAPIVM(name) })
+	if len(ps) > 0 {
+		// Fewer VMs than a valid whole: only a host that changed under the
+		// file (an interface gone) fails here.
+		return fmt.Errorf("remove %s: %w", name, ps)
+	}
+	return err
+}
+
+// keyedMutex is a mutex per key, made on first use and dropped when its
+// last holder unlocks.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[string]*keyedLock
+}
+
+type keyedLock struct {
+	sync.Mutex
+	k       *keyedMutex
+	key     string
+	waiters int
+}
+
+// lock locks key's mutex; Unlock the returned lock.
+func (k *keyedMutex) lock(key string) *keyedLock {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[string]*keyedLock{}
+	}
+	l := k.locks[key]
+	if l == nil {
+		l = &keyedLock{k: k, key: key}
+		k.locks[key] = l
+	}
+	l.waiters++
+	k.mu.Unlock()
+	l.Mutex.Lock()
+	return l
+}
+
+// Unlock unlocks the key's mutex.
+func (l *keyedLock) Unlock() {
+	l.k.mu.Lock()
+	l.waiters--
+	if l.waiters == 0 {
+		delete(l.k.locks, l.key)
+	}
+	l.k.mu.Unlock()
+	l.Mutex.Unlock()
+}
