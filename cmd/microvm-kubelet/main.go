@@ -20,6 +20,7 @@ import (
 
 	"microvm.dev/microvm/internal/api"
 	"microvm.dev/microvm/internal/kubelet"
+	"microvm.dev/microvm/internal/pathflags"
 	"microvm.dev/microvm/internal/state"
 )
 
@@ -58,6 +59,9 @@ docs/kubernetes.md.`,
 		Example: "  microvm-kubelet --kubeconfig /etc/microvm/kubelet.kubeconfig --node host1 \\\n    --node-ip 192.168.1.10 --pod-cidr 10.244.1.0/24 --config /etc/microvm/host.yaml",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := pathflags.Absolute(cmd.Flags(), "state-dir", "socket", "netns", "kubeconfig", "config", "tls-cert-file", "tls-private-key-file", "client-ca-file"); err != nil {
+				return err
+			}
 			for _, f := range [][2]string{{"--node", node}, {"--node-ip", nodeIP}, {"--pod-cidr", podCIDR}, {"--config", base}} {
 				if f[1] == "" {
 					return fmt.Errorf("%s is required (microvm-kubelet --help)", f[0])
@@ -108,7 +112,7 @@ docs/kubernetes.md.`,
 	f.StringVar(&nodeIP, "node-ip", "", "the node's address: the API server reaches the node API there, and it is the pods' host IP")
 	f.StringVar(&podCIDR, "pod-cidr", "", "this node's pod network (IPv4), one subnet per pod; other hosts must route it here")
 	f.IntVar(&subnetBits, "pod-subnet-bits", 29, "the prefix length of each pod's subnet, /29 by default (8 addresses)")
-	f.StringVar(&base, "config", "", "the host's own file (host settings, defaults, its own VMs), applied with the pods' VMs added")
+	f.StringVar(&base, "config", "", "the host's own file (host settings, defaults, its own VMs), applied as the daemon's file; each pod's VM is put beside it")
 	f.StringVar(&listen, "listen", ":10250", "the node API's address (logs, exec, port-forward)")
 	f.StringVar(&tlsCert, "tls-cert-file", "", "the node API's certificate (default self-signed, made once in STATE-DIR/kubelet)")
 	f.StringVar(&tlsKey, "tls-private-key-file", "", "the key of --tls-cert-file")

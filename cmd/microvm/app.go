@@ -13,6 +13,7 @@ import (
 	"microvm.dev/microvm/internal/api"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/hostnet"
+	"microvm.dev/microvm/internal/pathflags"
 	"microvm.dev/microvm/internal/state"
 )
 
@@ -105,7 +106,10 @@ read-only image store, an ephemeral /var and persistent data volumes.`,
 			if a.output != "table" && a.output != "json" {
 				return usagef("-o must be table or json, not %q", a.output)
 			}
-			return nil
+			// Host paths are absolute from here on: a relative --state-dir
+			// would not be the same directory for a confined hypervisor.
+			return pathflags.Absolute(cmd.Flags(), "state-dir", "socket", "netns", "api-token-file", "api-ca", "api-tls-cert", "api-tls-key",
+				"config", "git-ssh-key", "git-token-file", "webhook-secret-file", "init-dir", "kernel-cache")
 		},
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })

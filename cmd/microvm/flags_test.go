@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -60,5 +62,18 @@ func TestSiblingFlagsAgree(t *testing.T) {
 		if code, _, errOut := runCLI(t, args...); code != 0 {
 			t.Errorf("%v: exit %d: %s", args, code, errOut)
 		}
+	}
+}
+
+// A relative path flag is made absolute where the flags are read: the
+// plan names the state directory it read as an absolute path.
+func TestRelativePathFlagsAreMadeAbsolute(t *testing.T) {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCLI(t, "plan", "-f", reference, "--offline", "--state-dir", "no-such-state")
+	if want := "(state " + filepath.Join(wd, "no-such-state") + ")"; code != 0 || !strings.Contains(out, want) {
+		t.Fatalf("code %d, want %q in:\n%s%s", code, want, out, errOut)
 	}
 }
