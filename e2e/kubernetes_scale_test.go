@@ -11,15 +11,12 @@ import (
 	"testing"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"microvm.dev/microvm/internal/kubelet"
 	"microvm.dev/microvm/internal/podvm"
@@ -60,26 +57,8 @@ func smallPod(image string, command []string, policy corev1.RestartPolicy, probe
 // their data volumes (policy retain). Times are logged (bench/ measures
 // them against microvm apply).
 func TestKubernetesNodeScale(t *testing.T) {
-	requireGuestEnv(t)
-	tools := testutil.KubeBinaries(t)
-	bin := buildKubelet(t)
-	root := debianRoot(t, "nginx-light,procps")
-	reg := startRegistry(t)
-	nginx := reg.push(t, "debian/nginx:1", v1.Config{
-		Entrypoint: []string{"nginx"}, Cmd: []string{"-g", "daemon off;"}, StopSignal: "SIGQUIT",
-		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-	}, fileLayer(t, root))
+	k, cs, bin, nginx := kubeWithNginx(t)
 	missing := strings.Replace(nginx, "debian/nginx:1", "debian/missing:1", 1)
-
-	k := testutil.StartKube(t, tools)
-	if out, err := k.Kubectl("apply", "-f", "../dist/kubernetes/rbac.yaml"); err != nil {
-		t.Fatalf("kubectl apply: %v\n%s", err, out)
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", k.Admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs := kubernetes.NewForConfigOrDie(cfg)
 	ctx := context.Background()
 	pods := cs.CoreV1().Pods("default")
 

@@ -147,17 +147,7 @@ func webPod(name, image string) *corev1.Pod {
 // deleted while its provider is down goes with its VM once it is back;
 // a data volume outlives its pod.
 func TestKubernetes(t *testing.T) {
-	requireGuestEnv(t)
-	tools := testutil.KubeBinaries(t)
-	bin := buildKubelet(t)
-	root := debianRoot(t, "nginx-light,procps")
-	reg := startRegistry(t)
-	nginx := reg.push(t, "debian/nginx:1", v1.Config{
-		Entrypoint: []string{"nginx"}, Cmd: []string{"-g", "daemon off;"}, StopSignal: "SIGQUIT",
-		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-	}, fileLayer(t, root))
-
-	k := testutil.StartKube(t, tools)
+	k, cs, bin, nginx := kubeWithNginx(t)
 	kubectl := func(args ...string) string {
 		t.Helper()
 		out, err := k.Kubectl(args...)
@@ -166,12 +156,6 @@ func TestKubernetes(t *testing.T) {
 		}
 		return out
 	}
-	kubectl("apply", "-f", "../dist/kubernetes/rbac.yaml", "-f", "../dist/kubernetes/runtimeclasses.yaml")
-	cfg, err := clientcmd.BuildConfigFromFlags("", k.Admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs := kubernetes.NewForConfigOrDie(cfg)
 	ctx := context.Background()
 
 	hosts := map[string]*kubeHost{}
@@ -407,6 +391,32 @@ func TestKubernetes(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(b.lab.state, "vms", podvm.Name("default", pb.Name), "data.img")); !os.IsNotExist(err) {
 		t.Errorf("the data volume of a pod deleted with policy delete: %v", err)
 	}
+}
+
+// kubeWithNginx is what the Kubernetes tests share: a real control plane
+// (tools/kube) with the RBAC and RuntimeClasses of dist/kubernetes,
+// microvm-kubelet built, and Debian's nginx pushed to a registry of the
+// test's (the reference it returns).
+func kubeWithNginx(t *testing.T) (*testutil.Kube, *kubernetes.Clientset, string, string) {
+	t.Helper()
+	requireGuestEnv(t)
+	tools := testutil.KubeBinaries(t)
+	bin := buildKubelet(t)
+	root := debianRoot(t, "nginx-light,procps")
+	reg := startRegistry(t)
+	nginx := reg.push(t, "debian/nginx:1", v1.Config{
+		Entrypoint: []string{"nginx"}, Cmd: []string{"-g", "daemon off;"}, StopSignal: "SIGQUIT",
+		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+	}, fileLayer(t, root))
+	k := testutil.StartKube(t, tools)
+	if out, err := k.Kubectl("apply", "-f", "../dist/kubernetes/rbac.yaml", "-f", "../dist/kubernetes/runtimeclasses.yaml"); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", k.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, kubernetes.NewForConfigOrDie(cfg), bin, nginx
 }
 
 // portForward runs kubectl port-forward to port of pod and GETs / through it.

@@ -86,11 +86,15 @@ func (d *Daemon) Put(name string, entry []byte) (*PutResult, error) {
 	if res.VM.Error != "" {
 		return res, fmt.Errorf("%s: %s", name, res.VM.Error)
 	}
-	var apply ApplyResult
-	res.Network, err = d.reconcile(&apply)
-	res.Warnings = apply.Warnings
-	if err != nil {
-		return res, err
+	if v.Action != plan.Unchanged {
+		// An unchanged VM's network is the one reconciled already: a
+		// provider putting every pod's VM again does no host work.
+		var apply ApplyResult
+		res.Network, err = d.reconcile(&apply)
+		res.Warnings = apply.Warnings
+		if err != nil {
+			return res, err
+		}
 	}
 	if start {
 		d.boots <- struct{}{}

@@ -91,6 +91,15 @@ func newProviderLab(t *testing.T) *providerLab {
 	lab.startProvider(t)
 	t.Cleanup(func() {
 		lab.cancel()
+		// No put lands any more, and no VM is left to be restarted into
+		// the state directory being removed.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		lab.srv.Shutdown(ctx)
+		for _, st := range lab.d.Supervisor().List() {
+			lab.d.Supervisor().Stop(st.Name)
+		}
+		time.Sleep(200 * time.Millisecond) // past the daemon's back-off, whose wake-up then finds the VM stopped
 		lab.stopDaemon()
 	})
 	return lab
