@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
 
 	"microvm.dev/microvm/internal/kubelet"
 	"microvm.dev/microvm/internal/podvm"
@@ -54,8 +55,11 @@ func smallPod(image string, command []string, policy corev1.RestartPolicy, probe
 // Succeeded, its VM stopped, through a scale-up to 10, a restart of the
 // provider and a restart of the daemon; the troubled pods keep their own
 // reasons; deleting the Deployment removes every one of its VMs and keeps
-// their data volumes (policy retain). Times are logged (bench/ measures
-// them against microvm apply).
+// their data volumes (policy retain). A Service over the Deployment, through
+// Kubernetes' own kube-proxy beside the provider, answers on its ClusterIP
+// from the host and from another pod, which cannot reach the same pods on
+// their own addresses. Times are logged (bench/ measures them against
+// microvm apply).
 func TestKubernetesNodeScale(t *testing.T) {
 	k, cs, bin, nginx := kubeWithNginx(t)
 	missing := strings.Replace(nginx, "debian/nginx:1", "debian/missing:1", 1)
@@ -66,9 +70,12 @@ func TestKubernetesNodeScale(t *testing.T) {
 	l.ns.IP(t, "link", "add", "lan0", "type", "bridge")
 	l.ns.IP(t, "addr", "add", "172.31.9.1/24", "dev", "lan0")
 	l.ns.IP(t, "link", "set", "lan0", "up")
+	// The host reaches ClusterIPs by a route to the Service range, as a
+	// host's default route would take them.
+	l.ns.IP(t, "route", "add", testutil.ServiceCIDR, "dev", "lan0")
 	l.startDaemon("")
 	h := &kubeHost{t: t, lab: l, node: "node-1", cidr: "10.244.1.0/24", port: testutil.FreePort(t), bin: bin}
-	base := l.writeFile("host: { externalInterface: lan0 }\ndefaults: { stopTimeout: 20s }\nvms: {}\n")
+	base := l.writeFile("host: { externalInterface: lan0, serviceCIDRs: [" + testutil.ServiceCIDR + "] }\ndefaults: { stopTimeout: 20s }\nvms: {}\n")
 	h.args = l.args("--kubeconfig", k.Kubeconfig(t, "microvm-kubelet-"+h.node, "microvm:kubelets"),
 		"--node", h.node, "--node-ip", "127.0.0.1", "--listen", "127.0.0.1:"+strconv.Itoa(h.port),
 		"--pod-cidr", h.cidr, "--config", base, "--client-ca-file", k.CA)
@@ -112,6 +119,11 @@ func TestKubernetesNodeScale(t *testing.T) {
 			n.Status.Phase == corev1.PodRunning && !podReady(n), state
 	}
 	waitK8s(t, "the troubled pods in their states", 6*time.Minute, troubledOK)
+	proxyConfig, err := os.ReadFile("../dist/kubernetes/kube-proxy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.StartProxy(t, l.ns, h.node, string(proxyConfig))
 
 	// The Deployment and the Job, together.
 	replicas := int32(8)
@@ -159,6 +171,7 @@ func TestKubernetesNodeScale(t *testing.T) {
 	waitK8s(t, "the Deployment available", 10*time.Minute, available(8))
 	t.Logf("8 replicas available %.0f s after the Deployment was created, beside 3 troubled pods and a Job", time.Since(t0).Seconds())
 	waitK8s(t, "the Job complete", 3*time.Minute, jobDone)
+	clusterIP := webService(t, cs, l, k)
 	jobPod := func() *corev1.Pod {
 		t.Helper()
 		list, err := pods.List(ctx, metav1.ListOptions{LabelSelector: "app=once"})
@@ -214,6 +227,9 @@ func TestKubernetesNodeScale(t *testing.T) {
 	time.Sleep(10 * time.Second)
 	waitK8s(t, "10 replicas after the daemon's restart", 3*time.Minute, available(10))
 	finished("after the daemon's restart")
+	if got := waitHTTP(t, l.ns, clusterIP+":80", time.Minute); !strings.Contains(got, "Welcome to nginx") {
+		t.Errorf("the Service from the host after the daemon's restart: %q", got)
+	}
 
 	// Deleting the Deployment removes every one of its VMs; their data
 	// volumes stay.
@@ -249,6 +265,45 @@ func TestKubernetesNodeScale(t *testing.T) {
 		}
 	}
 	finished("after the Deployment's deletion")
+}
+
+// webService puts a Service over the Deployment's pods (app=web, port 80)
+// and checks that its ClusterIP answers from the host and from the pod
+// never-ready, and that never-ready cannot reach a web pod on its own
+// address: the firewall lets through only what kube-proxy sent on. It
+// returns the ClusterIP.
+func webService(t *testing.T, cs *kubernetes.Clientset, l *daemonLab, k *testutil.Kube) string {
+	t.Helper()
+	ctx := context.Background()
+	svc, err := cs.CoreV1().Services("default").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"},
+			Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(80)}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := svc.Spec.ClusterIP
+	t0 := time.Now()
+	if got := waitHTTP(t, l.ns, ip+":80", 2*time.Minute); !strings.Contains(got, "Welcome to nginx") {
+		t.Errorf("the Service %s from the host: %q", ip, got)
+	}
+	t.Logf("the Service %s answered the host %.1f s after it was created", ip, time.Since(t0).Seconds())
+	fetch := func(addr string) (string, error) {
+		return k.Kubectl("exec", "never-ready", "--", "timeout", "10", "bash", "-c",
+			`exec 3<>/dev/tcp/`+addr+`/80 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && cat <&3`)
+	}
+	if out, err := fetch(ip); err != nil || !strings.Contains(out, "Welcome to nginx") {
+		t.Errorf("the Service %s from the pod never-ready: %v\n%s", ip, err, tail(out, 10))
+	}
+	list, err := cs.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+	if err != nil || len(list.Items) == 0 {
+		t.Fatalf("the Deployment's pods: %v", err)
+	}
+	if out, err := fetch(list.Items[0].Status.PodIP); err == nil {
+		t.Errorf("the pod never-ready reached the pod %s on its own address %s, past the isolation:\n%s", list.Items[0].Name, list.Items[0].Status.PodIP, tail(out, 5))
+	}
+	return ip
 }
 
 func restarts(p *corev1.Pod) int32 {

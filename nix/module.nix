@@ -132,6 +132,7 @@ in
                 tailscale = mkOption { type = types.nullOr (types.submodule { options = { advertiseRoutes = mkOption { type = types.bool; default = false; description = "Advertise the VM subnets."; }; socket = mkOption { type = types.nullOr types.str; default = null; description = "tailscaled's socket (default the tailscale command's own)."; }; interface = mkOption { type = types.nullOr types.str; default = null; description = "tailscaled's TUN device (default tailscale0)."; }; port = mkOption { type = types.nullOr types.port; default = null; description = "tailscaled's UDP port, opened on a filtered uplink (default 41641)."; }; }; }); default = null; description = "Tailscale subnet routing."; };
                 ipv6Prefix = mkOption { type = types.nullOr types.str; default = null; description = "Where the VMs' IPv6 networks come from: unset (a unique local prefix behind NAT66), a routed /32 to /56, or \"none\"."; };
                 dns = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "Resolvers the VMs' DNS forwards other names to (addresses or address:port; default the host's own)."; };
+                serviceCIDRs = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "The Kubernetes Service ranges of the cluster the host is a node of: connections from a VM that kube-proxy sent to another VM pass the isolation."; };
               };
             };
             description = "Host settings.";

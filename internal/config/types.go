@@ -38,6 +38,12 @@ type Host struct {
 	// subnet) behind NAT66; a prefix routed to the host (/48 to /56: VM n
 	// gets its n-th /64, routed without NAT); or "none" for IPv4 only.
 	IPv6Prefix string `yaml:"ipv6Prefix,omitempty" json:"ipv6Prefix,omitempty"`
+	// ServiceCIDRs are the Kubernetes Service ranges of the cluster the
+	// host is a node of (kube-apiserver's --service-cluster-ip-range): a
+	// VM's connection to an address in them that the host's kube-proxy
+	// translated (DNAT) to another VM passes the VM isolation. Unset: no
+	// such exception.
+	ServiceCIDRs []string `yaml:"serviceCIDRs,omitempty" json:"serviceCIDRs,omitempty"`
 }
 
 // Tailscale configures the host's tailnet integration.

@@ -84,6 +84,27 @@ func (v *validator) host(h *Host) {
 			v.r.addf(indexPath("host.dns", i), "%v", err)
 		}
 	}
+	for i, s := range h.ServiceCIDRs {
+		if _, err := ServiceCIDR(s); err != nil {
+			v.r.addf(indexPath("host.serviceCIDRs", i), "%v", err)
+		}
+	}
+}
+
+// ServiceCIDR is a range of host.serviceCIDRs: an IPv4 or IPv6 prefix
+// without host bits, as kube-apiserver's --service-cluster-ip-range names
+// it.
+func ServiceCIDR(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	switch {
+	case err != nil:
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR range such as 10.96.0.0/12 (the API server's --service-cluster-ip-range)", s)
+	case p.Masked() != p:
+		return netip.Prefix{}, fmt.Errorf("range %s has host bits set; did you mean %s?", p, p.Masked())
+	case p.Bits() == 0:
+		return netip.Prefix{}, fmt.Errorf("range %s is every address: a Service range is the cluster's own, such as 10.96.0.0/12", p)
+	}
+	return p, nil
 }
 
 // ResolverAddr is a resolver named in host.dns: an address (port 53), or
@@ -578,6 +599,20 @@ func (v *validator) crossVM(cfg *Config) {
 			continue
 		}
 		by6[vm.Net.Subnet6] = vm.Name
+	}
+	for i, s := range cfg.Host.ServiceCIDRs {
+		svc, err := ServiceCIDR(s)
+		if err != nil {
+			continue // reported with the host
+		}
+		for _, vm := range cfg.VMs {
+			switch {
+			case vm.Net.Subnet.IsValid() && vm.Net.Subnet.Overlaps(svc):
+				v.r.addf(v.subnetPath(vm), "subnet %s overlaps the Service range %s (host.serviceCIDRs[%d])", vm.Net.Subnet, svc, i)
+			case vm.Net.HasIPv6() && vm.Net.Subnet6.Overlaps(svc):
+				v.r.addf(v.subnet6Path(vm), "subnet6 %s overlaps the Service range %s (host.serviceCIDRs[%d])", vm.Net.Subnet6, svc, i)
+			}
+		}
 	}
 	bridges := map[string]bool{}
 	for _, vm := range cfg.VMs {

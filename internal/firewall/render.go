@@ -116,6 +116,7 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 		{name: "vm_ports6", typ: "ipv6_addr . inet_proto . inet_service", flags: "interval", elems: ports6},
 		{name: "vm_allow6", typ: "ifname . ipv6_addr . inet_proto . inet_service", flags: "interval", elems: allows6},
 	}
+	sets = append(sets, serviceSets(cfg)...)
 	sets = append(sets, egressSets(cfg)...)
 	for _, st := range sets {
 		st.write(w)
@@ -202,6 +203,11 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	for _, f := range families {
 		w("\t\tiifname . %s daddr . meta l4proto . th dport @vm_allow%s accept", f.match, f.suffix)
 	}
+	// A connection to a Kubernetes Service that the host's kube-proxy
+	// sent on to a pod's VM: to the Service's own endpoints only.
+	for _, f := range families {
+		w("\t\tct status dnat ct original %s daddr @k8s_services%s accept", f.match, f.suffix)
+	}
 	w("\t\tcounter drop")
 	w("\t}")
 	w("\tchain into_vm {")
@@ -252,6 +258,25 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	sum := sha256.Sum256([]byte(body))
 	hash := hex.EncodeToString(sum[:])[:16]
 	return Ruleset{Body: strings.ReplaceAll(body, "@HASH@", hash), Hash: hash}
+}
+
+// serviceSets are host.serviceCIDRs, IPv4 and IPv6 apart.
+func serviceSets(cfg *config.Config) []namedSet {
+	var v4, v6 []string
+	for _, s := range cfg.Host.ServiceCIDRs {
+		p, err := config.ServiceCIDR(s)
+		switch {
+		case err != nil: // refused by validation
+		case p.Addr().Is4():
+			v4 = append(v4, p.String())
+		default:
+			v6 = append(v6, p.String())
+		}
+	}
+	return []namedSet{
+		{name: "k8s_services", typ: "ipv4_addr", flags: "interval", autoMerge: true, elems: v4},
+		{name: "k8s_services6", typ: "ipv6_addr", flags: "interval", autoMerge: true, elems: v6},
+	}
 }
 
 // families are IPv4 and IPv6 as the rules match them (ip, ip6) and as

@@ -11,7 +11,7 @@ import (
 )
 
 const richConfig = `
-host: { allowedTCPPorts: [22], tailscale: { advertiseRoutes: true } }
+host: { allowedTCPPorts: [22], tailscale: { advertiseRoutes: true }, serviceCIDRs: [10.96.0.0/12, "fd00:96::/108"] }
 vms:
   vm1: { index: 1, ports: [8080, "6000-6010/udp"] }
   db:  { subnet: 192.168.50.0/24 }

@@ -29,15 +29,16 @@ const KubeCache = "/var/cache/microvm/kube"
 // KubeTools are the Kubernetes engine's own binaries, built from the
 // k8s.io/kubernetes and etcd modules by the tools module in tools/kube.
 type KubeTools struct {
-	Etcd, APIServer, ControllerManager, Scheduler, Kubectl string
+	Etcd, APIServer, ControllerManager, Scheduler, Proxy, Kubectl string
 }
 
 // KubeBinaries builds etcd, kube-apiserver, kube-controller-manager,
-// kube-scheduler and kubectl once per version of tools/kube into KubeCache.
+// kube-scheduler, kube-proxy and kubectl once per version of tools/kube
+// into KubeCache.
 func KubeBinaries(t testing.TB) KubeTools {
 	t.Helper()
-	dir := BuildTools(t, "kube", KubeCache, "./cmd/etcd", "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager", "k8s.io/kubernetes/cmd/kube-scheduler", "k8s.io/kubernetes/cmd/kubectl")
-	return KubeTools{Etcd: filepath.Join(dir, "etcd"), APIServer: filepath.Join(dir, "kube-apiserver"), ControllerManager: filepath.Join(dir, "kube-controller-manager"), Scheduler: filepath.Join(dir, "kube-scheduler"), Kubectl: filepath.Join(dir, "kubectl")}
+	dir := BuildTools(t, "kube", KubeCache, "./cmd/etcd", "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager", "k8s.io/kubernetes/cmd/kube-scheduler", "k8s.io/kubernetes/cmd/kube-proxy", "k8s.io/kubernetes/cmd/kubectl")
+	return KubeTools{Etcd: filepath.Join(dir, "etcd"), APIServer: filepath.Join(dir, "kube-apiserver"), ControllerManager: filepath.Join(dir, "kube-controller-manager"), Scheduler: filepath.Join(dir, "kube-scheduler"), Proxy: filepath.Join(dir, "kube-proxy"), Kubectl: filepath.Join(dir, "kubectl")}
 }
 
 // Kube is a control plane a test started on loopback: etcd, a
@@ -89,7 +90,7 @@ func StartKube(t testing.TB, tools KubeTools) *Kube {
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", strconv.Itoa(apiPort),
 		"--tls-cert-file", servingCert, "--tls-private-key-file", servingKey, "--client-ca-file", k.CA,
 		"--service-account-issuer", "https://kubernetes.default.svc", "--service-account-key-file", saKey,
-		"--service-account-signing-key-file", saKey, "--service-cluster-ip-range", "10.96.0.0/16",
+		"--service-account-signing-key-file", saKey, "--service-cluster-ip-range", ServiceCIDR,
 		"--authorization-mode", "Node,RBAC", "--kubelet-client-certificate", kubeletCert, "--kubelet-client-key", kubeletKey,
 		"--kubelet-preferred-address-types", "InternalIP", "--endpoint-reconciler-type", "none", "--v", "1")
 	k.waitReady(t, apiserver)
