@@ -21,6 +21,11 @@ const (
 	Name   = "microvm"
 	// MarkerPrefix starts the name of the empty chain that carries the hash.
 	MarkerPrefix = "ruleset_"
+	// ServiceMark is the packet mark bit on a VM's packet to a Kubernetes
+	// Service range (host.serviceCIDRs), set before kube-proxy's DNAT and
+	// read by the forward chain; kube-proxy's own bits are 0x4000 and
+	// 0x8000, Tailscale's 0xff0000.
+	ServiceMark = "0x01000000"
 )
 
 // Options are the host facts the ruleset depends on.
@@ -139,6 +144,16 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	w("\t\tiifname @vm_bridges6 iifname . ip6 saddr . ether saddr != @vm_sources6 counter drop")
 	w("\t}")
 
+	// A VM's connection to a Kubernetes Service range, marked before
+	// kube-proxy translates it (dstnat), so that the forward chain can
+	// tell it from a VM's connection to another VM's own address.
+	w("\tchain k8s_services_mark {")
+	w("\t\ttype filter hook prerouting priority mangle; policy accept;")
+	for _, f := range families {
+		w("\t\tiifname @vm_bridges %s daddr @k8s_services%s meta mark set meta mark | %s", f.match, f.suffix, ServiceMark)
+	}
+	w("\t}")
+
 	// Host port forwards: traffic to a local address (not from a VM) on the
 	// host port goes to the VM's port.
 	w("\tchain dnat_in {")
@@ -203,11 +218,10 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	for _, f := range families {
 		w("\t\tiifname . %s daddr . meta l4proto . th dport @vm_allow%s accept", f.match, f.suffix)
 	}
-	// A connection to a Kubernetes Service that the host's kube-proxy
-	// sent on to a pod's VM: to the Service's own endpoints only.
-	for _, f := range families {
-		w("\t\tct status dnat ct original %s daddr @k8s_services%s accept", f.match, f.suffix)
-	}
+	// A connection to a Kubernetes Service (marked before kube-proxy's
+	// DNAT) that kube-proxy sent on to a pod's VM: to the Service's own
+	// endpoints only.
+	w("\t\tmeta mark & %s == %s ct status dnat accept", ServiceMark, ServiceMark)
 	w("\t\tcounter drop")
 	w("\t}")
 	w("\tchain into_vm {")

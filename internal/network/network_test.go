@@ -3,7 +3,9 @@ package network
 import (
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -421,5 +423,62 @@ func TestTAPOwners(t *testing.T) {
 	}
 	if got := owner("vm-vm2"); got != "1879048196:1879048196" || !strings.Contains(fmt.Sprint(res.Links), "vm-vm2") {
 		t.Errorf("after the owner changed: %s (links %v)", got, res.Links)
+	}
+}
+
+// On a Kubernetes node (host.serviceCIDRs), a VM reaches another VM through
+// a Service address that a DNAT of its own table translates, as
+// kube-proxy's nftables tables do (the e2e test runs kube-proxy itself),
+// and still not that VM on its own address, nor an address of the range
+// that nothing translates. The host reaches the Service too.
+func TestServiceRangeThroughDNAT(t *testing.T) {
+	l := newLab(t, "host: { externalInterface: auto, serviceCIDRs: [10.96.0.0/16] }\nvms: { a: { index: 1 }, b: { index: 2 } }\n")
+	if _, err := l.m.Apply(l.cfg); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	l.attachGuests(t)
+	a, b := l.vms["a"], l.vms["b"]
+	b.Serve(t, "0.0.0.0:80")
+	b.Serve(t, "0.0.0.0:81")
+	l.host.IP(t, "route", "add", "10.96.0.0/16", "dev", "uplink0")
+	// A table of its own, at kube-proxy's priorities: the Service
+	// 10.96.0.10:80 is b's port 80.
+	proxy := `table ip svc {
+	chain pre { type nat hook prerouting priority dstnat; policy accept; ip daddr 10.96.0.10 tcp dport 80 dnat to 10.2.0.2:80; }
+	chain out { type nat hook output priority -100; policy accept; ip daddr 10.96.0.10 tcp dport 80 dnat to 10.2.0.2:80; }
+}
+`
+	file := filepath.Join(t.TempDir(), "svc.nft")
+	if err := os.WriteFile(file, []byte(proxy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := l.host.Exec("nft", "-f", file); err != nil {
+		t.Fatalf("nft: %v\n%s", err, out)
+	}
+	got, err := a.Dial(t, "", "10.96.0.10:80", dialTimeout)
+	if err != nil {
+		t.Errorf("a → the Service 10.96.0.10:80 (b:80): %v", err)
+	} else if got != "10.1.0.2" {
+		t.Errorf("a → the Service: b saw %s, want a's own address", got)
+	}
+	if _, err := a.Dial(t, "", "10.2.0.2:80", dialTimeout); err == nil {
+		t.Error("a → b:80 on b's own address: connected, want it dropped")
+	}
+	if _, err := a.Dial(t, "", "10.96.0.11:81", dialTimeout); err == nil {
+		t.Error("a → an untranslated address of the Service range: connected")
+	}
+	if _, err := l.host.Dial(t, "", "10.96.0.10:80", dialTimeout); err != nil {
+		t.Errorf("the host → the Service: %v", err)
+	}
+	// Without the range in the file, the same DNAT is no way through.
+	cfg, err := config.Parse("lab.yaml", []byte("host: { externalInterface: auto }\nvms: { a: { index: 1 }, b: { index: 2 } }\n"), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.m.Apply(cfg); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	if _, err := a.Dial(t, "", "10.96.0.10:80", dialTimeout); err == nil {
+		t.Error("a → the Service without host.serviceCIDRs: connected, want it dropped")
 	}
 }
