@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/testutil"
 )
 
@@ -129,17 +129,17 @@ func (l *daemonLab) log() string {
 	return string(b)
 }
 
-func (l *daemonLab) list() map[string]supervisor.Status {
+func (l *daemonLab) list() map[string]apitypes.VMStatus {
 	l.t.Helper()
 	out, err := l.cli("list", "-o", "json")
 	if err != nil {
 		l.t.Fatalf("list: %v\n%s", err, out)
 	}
-	var vms []supervisor.Status
+	var vms []apitypes.VMStatus
 	if err := json.Unmarshal([]byte(out), &vms); err != nil {
 		l.t.Fatalf("list output: %v\n%s", err, out)
 	}
-	m := map[string]supervisor.Status{}
+	m := map[string]apitypes.VMStatus{}
 	for _, v := range vms {
 		m[v.Name] = v
 	}
@@ -147,7 +147,7 @@ func (l *daemonLab) list() map[string]supervisor.Status {
 }
 
 // waitFor polls list until ok holds.
-func (l *daemonLab) waitFor(what string, timeout time.Duration, ok func(map[string]supervisor.Status) bool) map[string]supervisor.Status {
+func (l *daemonLab) waitFor(what string, timeout time.Duration, ok func(map[string]apitypes.VMStatus) bool) map[string]apitypes.VMStatus {
 	l.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -162,10 +162,10 @@ func (l *daemonLab) waitFor(what string, timeout time.Duration, ok func(map[stri
 	}
 }
 
-func allRunning(names ...string) func(map[string]supervisor.Status) bool {
-	return func(vms map[string]supervisor.Status) bool {
+func allRunning(names ...string) func(map[string]apitypes.VMStatus) bool {
+	return func(vms map[string]apitypes.VMStatus) bool {
 		for _, n := range names {
-			if vms[n].State != supervisor.Running || vms[n].PID == 0 {
+			if vms[n].State != apitypes.Running || vms[n].PID == 0 {
 				return false
 			}
 		}
@@ -234,7 +234,7 @@ func TestDaemonFleet(t *testing.T) {
 		t.Errorf("apply actions = %v, want only b restarted", got)
 	}
 	vms = l.list()
-	if vms["a"].PID != pids["a"] || vms["c"].PID != pids["c"] || vms["b"].PID == pids["b"] || vms["b"].State != supervisor.Running {
+	if vms["a"].PID != pids["a"] || vms["c"].PID != pids["c"] || vms["b"].PID == pids["b"] || vms["b"].State != apitypes.Running {
 		t.Errorf("after changing b: %+v (before %v)", vms, pids)
 	}
 	if vms["b"].Spec.Memory.String() != "448M" {
@@ -252,8 +252,8 @@ func TestDaemonFleet(t *testing.T) {
 
 	// A VM killed from outside is restarted by policy, after a backoff.
 	syscall.Kill(vms["a"].PID, syscall.SIGKILL)
-	vms = l.waitFor("a restarted after being killed", 2*time.Minute, func(v map[string]supervisor.Status) bool {
-		return v["a"].State == supervisor.Running && v["a"].PID != pids["a"] && v["a"].Restarts == 1
+	vms = l.waitFor("a restarted after being killed", 2*time.Minute, func(v map[string]apitypes.VMStatus) bool {
+		return v["a"].State == apitypes.Running && v["a"].PID != pids["a"] && v["a"].Restarts == 1
 	})
 	if !strings.Contains(vms["a"].LastExit, "signal: killed") && !strings.Contains(vms["a"].LastExit, "exited") {
 		t.Errorf("a's last exit = %q", vms["a"].LastExit)
@@ -300,7 +300,7 @@ func TestDaemonFleet(t *testing.T) {
 	if out, err := l.cli("restart", "b"); err != nil || !strings.Contains(out, "b: running") {
 		t.Errorf("restart b: %v\n%s", err, out)
 	}
-	if after := l.list()["b"]; after.PID == before || after.State != supervisor.Running {
+	if after := l.list()["b"]; after.PID == before || after.State != apitypes.Running {
 		t.Errorf("restart b: pid %d → %d, state %s", before, after.PID, after.State)
 	}
 

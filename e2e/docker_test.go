@@ -10,7 +10,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/testutil"
 )
 
@@ -116,7 +116,7 @@ func TestReferenceVM1Docker(t *testing.T) {
 	if out, err := l.cli("restart", "vm1"); err != nil {
 		t.Fatalf("restart: %v\n%s", err, out)
 	}
-	l.waitFor("vm1 running again", 6*time.Minute, func(m map[string]supervisor.Status) bool {
+	l.waitFor("vm1 running again", 6*time.Minute, func(m map[string]apitypes.VMStatus) bool {
 		return allRunning("vm1")(m) && m["vm1"].PID != vms["vm1"].PID
 	})
 	if page := waitHTTP(t, l.ns, "10.1.0.2:8080", 3*time.Minute); !strings.Contains(page, "hello from the sandbox") {

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/testutil"
 )
 
@@ -62,10 +62,10 @@ func TestFaults(t *testing.T) {
 		return 0
 	}
 
-	converge := func(what string, old int) (supervisor.Status, float64) {
+	converge := func(what string, old int) (apitypes.VMStatus, float64) {
 		t0 := time.Now()
-		m := l.waitFor(what, 3*time.Minute, func(m map[string]supervisor.Status) bool {
-			return m["f"].State == supervisor.Running && m["f"].PID != old && alive(m["f"].PID)
+		m := l.waitFor(what, 3*time.Minute, func(m map[string]apitypes.VMStatus) bool {
+			return m["f"].State == apitypes.Running && m["f"].PID != old && alive(m["f"].PID)
 		})
 		return m["f"], time.Since(t0).Seconds()
 	}
@@ -123,8 +123,8 @@ func TestFaults(t *testing.T) {
 		apply.Wait()
 		t0 := time.Now()
 		l.startDaemon(file)
-		m := l.waitFor("the fleet converges after the daemon was killed mid-apply", 3*time.Minute, func(m map[string]supervisor.Status) bool {
-			return m["f"].State == supervisor.Running && m["f"].Spec != nil && m["f"].Spec.Memory.String() == mems[i%2]
+		m := l.waitFor("the fleet converges after the daemon was killed mid-apply", 3*time.Minute, func(m map[string]apitypes.VMStatus) bool {
+			return m["f"].State == apitypes.Running && m["f"].Spec != nil && m["f"].Spec.Memory.String() == mems[i%2]
 		})
 		slowest = max(slowest, time.Since(t0).Seconds())
 		if !alive(m["f"].PID) {
@@ -188,7 +188,7 @@ func TestUplinkLoss(t *testing.T) {
 	}
 	secs := time.Since(t0).Seconds()
 	lostVMs := 0
-	if now := l.list(); now["u"].PID != vms["u"].PID || now["u"].State != supervisor.Running {
+	if now := l.list(); now["u"].PID != vms["u"].PID || now["u"].State != apitypes.Running {
 		lostVMs = 1
 		t.Errorf("the VM was disturbed: %+v", now["u"])
 	}

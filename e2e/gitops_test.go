@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/deploy"
 	"microvm.dev/microvm/internal/generation"
-	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/testutil"
 )
 
@@ -124,8 +124,8 @@ func TestGitOpsDeploys(t *testing.T) {
 	if g1.Status != generation.Succeeded || g1.Commit.Hash != first {
 		t.Fatalf("generation 1 = %+v", g1)
 	}
-	vms := l.waitFor("both VMs running", time.Minute, func(m map[string]supervisor.Status) bool {
-		return m["a"].State == supervisor.Running && m["b"].State == supervisor.Running
+	vms := l.waitFor("both VMs running", time.Minute, func(m map[string]apitypes.VMStatus) bool {
+		return m["a"].State == apitypes.Running && m["b"].State == apitypes.Running
 	})
 	m := scrape(t, metricsAddr)
 	for series, want := range map[string]float64{`microvm_vm_up{hypervisor="qemu",vm="a"}`: 1, `microvm_vm_up{hypervisor="qemu",vm="b"}`: 1,
@@ -182,8 +182,8 @@ func TestGitOpsDeploys(t *testing.T) {
 	if g4.Status != generation.RolledBack || g4.RolledBackTo != 2 || !strings.Contains(g4.Error, "not healthy") {
 		t.Errorf("generation 4 = %s to %d: %q", g4.Status, g4.RolledBackTo, g4.Error)
 	}
-	rolled := l.waitFor("b back on generation 2", time.Minute, func(m map[string]supervisor.Status) bool {
-		return m["b"].State == supervisor.Running && m["b"].Spec.Memory.MiB() == 320
+	rolled := l.waitFor("b back on generation 2", time.Minute, func(m map[string]apitypes.VMStatus) bool {
+		return m["b"].State == apitypes.Running && m["b"].Spec.Memory.MiB() == 320
 	})
 	if rolled["a"].PID != after["a"].PID {
 		t.Error("the rollback restarted a")
@@ -198,8 +198,8 @@ func TestGitOpsDeploys(t *testing.T) {
 	}
 	// A VM killed from outside is restarted; the restart is counted.
 	syscall.Kill(rolled["b"].PID, syscall.SIGKILL)
-	rolled = l.waitFor("b restarted after a kill", time.Minute, func(m map[string]supervisor.Status) bool {
-		return m["b"].State == supervisor.Running && m["b"].PID != rolled["b"].PID
+	rolled = l.waitFor("b restarted after a kill", time.Minute, func(m map[string]apitypes.VMStatus) bool {
+		return m["b"].State == apitypes.Running && m["b"].PID != rolled["b"].PID
 	})
 	if m := scrape(t, metricsAddr); m[`microvm_vm_restarts_total{vm="b"}`] != 1 || m[`microvm_vm_restarts_total{vm="a"}`] != 0 {
 		t.Errorf("restarts: b %v, a %v", m[`microvm_vm_restarts_total{vm="b"}`], m[`microvm_vm_restarts_total{vm="a"}`])
@@ -237,8 +237,8 @@ func TestGitOpsDeploys(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	final := l.waitFor("the fleet on generation 5", time.Minute, func(m map[string]supervisor.Status) bool {
-		return m["a"].State == supervisor.Running && m["b"].State == supervisor.Running && m["b"].Spec.Memory.MiB() == 352
+	final := l.waitFor("the fleet on generation 5", time.Minute, func(m map[string]apitypes.VMStatus) bool {
+		return m["a"].State == apitypes.Running && m["b"].State == apitypes.Running && m["b"].Spec.Memory.MiB() == 352
 	})
 	if final["a"].PID != after["a"].PID {
 		t.Error("a was restarted across the interrupted deploy")

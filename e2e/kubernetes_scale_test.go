@@ -19,9 +19,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/kubelet"
 	"microvm.dev/microvm/internal/podvm"
-	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/testutil"
 )
 
@@ -196,7 +196,7 @@ func TestKubernetesNodeScale(t *testing.T) {
 		if p.Status.Phase != corev1.PodSucceeded {
 			t.Errorf("%s: the Job's pod is %s", when, p.Status.Phase)
 		}
-		if st := h.podVMs()[jobVM]; st.State == supervisor.Running || st.State == supervisor.Starting {
+		if st := h.podVMs()[jobVM]; st.State == apitypes.Running || st.State == apitypes.Starting {
 			t.Errorf("%s: the Job's VM is %s", when, st.State)
 		}
 		if ok, state := troubledOK(); !ok {
@@ -313,7 +313,7 @@ func restarts(p *corev1.Pod) int32 {
 	return p.Status.ContainerStatuses[0].RestartCount
 }
 
-func names(vms map[string]supervisor.Status) []string {
+func names(vms map[string]apitypes.VMStatus) []string {
 	var out []string
 	for n, st := range vms {
 		out = append(out, n+" "+string(st.State))

@@ -23,9 +23,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/kubelet"
 	"microvm.dev/microvm/internal/podvm"
-	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/testutil"
 )
 
@@ -75,8 +75,8 @@ func (h *kubeHost) log() string {
 }
 
 // podVMs are the daemon's VMs that are pods'.
-func (h *kubeHost) podVMs() map[string]supervisor.Status {
-	out := map[string]supervisor.Status{}
+func (h *kubeHost) podVMs() map[string]apitypes.VMStatus {
+	out := map[string]apitypes.VMStatus{}
 	for name, st := range h.lab.list() {
 		if len(name) == 12 && name[0] == 'k' {
 			out[name] = st
@@ -256,7 +256,7 @@ func TestKubernetes(t *testing.T) {
 		if !strings.HasPrefix(p.Status.PodIP, strings.TrimSuffix(h.cidr, "0/24")) {
 			t.Errorf("%s's IP %s is not in %s's pod CIDR %s", p.Name, p.Status.PodIP, h.node, h.cidr)
 		}
-		if vms := h.podVMs(); len(vms) != 1 || vms[podvm.Name("default", p.Name)].State != supervisor.Running {
+		if vms := h.podVMs(); len(vms) != 1 || vms[podvm.Name("default", p.Name)].State != apitypes.Running {
 			t.Errorf("%s's VMs: %v", h.node, vms)
 		}
 	}
@@ -308,7 +308,7 @@ func TestKubernetes(t *testing.T) {
 	before := a.podVMs()[vmName]
 	a.kill()
 	time.Sleep(3 * time.Second)
-	if st := a.podVMs()[vmName]; st.State != supervisor.Running || st.PID != before.PID {
+	if st := a.podVMs()[vmName]; st.State != apitypes.Running || st.PID != before.PID {
 		t.Fatalf("the VM did not run on without its provider: %+v", st)
 	}
 	a.start()

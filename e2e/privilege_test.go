@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"microvm.dev/microvm/internal/api"
+	"microvm.dev/microvm/internal/apiserver"
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
@@ -25,7 +25,7 @@ import (
 // everything the hypervisor opens itself: TAP, volume, console, sockets.
 func TestUnprivilegedHypervisor(t *testing.T) {
 	requireGuestEnv(t)
-	u, err := vmmuser.Lookup(vmmuser.DefaultName, api.SocketGroup)
+	u, err := vmmuser.Lookup(vmmuser.DefaultName, apiserver.SocketGroup)
 	if err != nil || u == nil {
 		t.Fatalf("the %s user is needed (scripts/lib.sh creates it): %v", vmmuser.DefaultName, err)
 	}

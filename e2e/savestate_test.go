@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/testutil"
 	"microvm.dev/microvm/internal/vmmuser"
 )
@@ -70,7 +70,7 @@ vms:
 			t.Errorf("state file owned by %d mode %v; want the hypervisor's user %d, 0600", st.Uid, fi.Mode().Perm(), uid)
 		}
 	}
-	if st := l.list()["a"]; st.State != supervisor.Saved || st.PID != 0 {
+	if st := l.list()["a"]; st.State != apitypes.Saved || st.PID != 0 {
 		t.Fatalf("a after the save: %+v", st)
 	}
 
@@ -82,7 +82,7 @@ vms:
 	}
 	resumed := time.Since(t0)
 	st := l.list()["a"]
-	if st.State != supervisor.Running || !strings.HasPrefix(st.Boot, "resumed") {
+	if st.State != apitypes.Running || !strings.HasPrefix(st.Boot, "resumed") {
 		t.Fatalf("a after start: %+v", st)
 	}
 	out, err = exec("a", "kill -0 "+pid+" && cat /root/in-memory && cut -d' ' -f1 /proc/uptime && date +%s")
@@ -141,7 +141,7 @@ vms:
 	if out, err := l.cli("start", "a"); err != nil {
 		t.Fatalf("start a on a damaged state: %v\n%s", err, out)
 	}
-	if st := l.list()["a"]; st.State != supervisor.Running || !strings.Contains(st.Boot, "cold boot: the saved state was dropped: it did not load") {
+	if st := l.list()["a"]; st.State != apitypes.Running || !strings.Contains(st.Boot, "cold boot: the saved state was dropped: it did not load") {
 		t.Errorf("a after a damaged state: %s %q", st.State, st.Boot)
 	}
 	if out, err := exec("a", "cat /data/written"); err != nil || out != "unsynced" {

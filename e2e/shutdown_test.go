@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/testutil"
 )
 
@@ -36,7 +36,7 @@ func TestHostShutdownPath(t *testing.T) {
 	}
 	t.Logf("stop --all: %s in %s", strings.ReplaceAll(strings.TrimSpace(out), "\n", "; "), time.Since(t0).Round(time.Millisecond))
 	for name, st := range l.list() {
-		if st.State != supervisor.Stopped || st.PID != 0 {
+		if st.State != apitypes.Stopped || st.PID != 0 {
 			t.Errorf("%s after stop --all: %+v", name, st)
 		}
 	}

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/snapshot"
-	"microvm.dev/microvm/internal/supervisor"
 )
 
 // TestVolumeSnapshots snapshots the volume of a running VM (synced, paused,
@@ -54,7 +54,7 @@ func TestVolumeSnapshots(t *testing.T) {
 	if out, err := l.cli("start", "s"); err != nil {
 		t.Fatalf("start: %v %s", err, out)
 	}
-	l.waitFor("s running again", 3*time.Minute, func(m map[string]supervisor.Status) bool { return m["s"].State == supervisor.Running })
+	l.waitFor("s running again", 3*time.Minute, func(m map[string]apitypes.VMStatus) bool { return m["s"].State == apitypes.Running })
 	if got := exec("cat /data/file"); got != "one" {
 		t.Errorf("after the restore the file holds %q, want the snapshot's %q", got, "one")
 	}

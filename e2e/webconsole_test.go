@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/testutil"
 )
 
@@ -57,7 +57,7 @@ func TestWebConsole(t *testing.T) {
 	l.waitFor("a and b running", 4*time.Minute, allRunning("a", "b"))
 	repo.push(fleet("288M"), "second: b gets more memory")
 	l.waitGeneration(2, 4*time.Minute)
-	l.waitFor("b on 288M", 4*time.Minute, func(vms map[string]supervisor.Status) bool {
+	l.waitFor("b on 288M", 4*time.Minute, func(vms map[string]apitypes.VMStatus) bool {
 		return allRunning("a", "b")(vms) && vms["b"].Spec.Memory.String() == "288M"
 	})
 
@@ -76,7 +76,7 @@ func TestWebConsole(t *testing.T) {
 
 	// What the page did, as the CLI sees it.
 	vms := l.list()
-	if vms["b"].State != supervisor.Stopped || vms["a"].State != supervisor.Running {
+	if vms["b"].State != apitypes.Stopped || vms["a"].State != apitypes.Running {
 		t.Errorf("after the page stopped b: a %s, b %s", vms["a"].State, vms["b"].State)
 	}
 	if st := l.deployStatus(); st.Current == nil || st.Current.Commit.Hash != first || vms["b"].Spec.Memory.String() != "256M" {

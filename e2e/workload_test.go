@@ -11,7 +11,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/testutil"
 )
 
@@ -51,9 +51,9 @@ vms:
 `, nginx, tools)
 	os.WriteFile(file, []byte(fleet), 0o644)
 	l.startDaemon(file)
-	l.waitFor("web and tools running", 5*time.Minute, func(v map[string]supervisor.Status) bool {
+	l.waitFor("web and tools running", 5*time.Minute, func(v map[string]apitypes.VMStatus) bool {
 		for _, n := range []string{"web", "tools"} {
-			if v[n].State == supervisor.Failed {
+			if v[n].State == apitypes.Failed {
 				t.Fatalf("%s failed: %s", n, v[n].Failure)
 			}
 		}
@@ -96,7 +96,7 @@ vms:
 	if !strings.Contains(string(console), "stopping the workload with SIGQUIT") || !strings.Contains(string(console), "microvm-exit vm=web code=0") {
 		t.Errorf("web's console does not show the graceful stop:\n%s", tail(string(console), 15))
 	}
-	if st := l.list()["web"]; st.State != supervisor.Stopped || st.ExitCode == nil || *st.ExitCode != 0 {
+	if st := l.list()["web"]; st.State != apitypes.Stopped || st.ExitCode == nil || *st.ExitCode != 0 {
 		t.Errorf("web after stop: %+v", st)
 	}
 
@@ -108,8 +108,8 @@ vms:
 	if out, err := l.cli("apply", "-f", file); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
 	}
-	vms := l.waitFor("done stopped, fails restarted", 3*time.Minute, func(v map[string]supervisor.Status) bool {
-		return v["done"].State == supervisor.Stopped && v["fails"].Restarts >= 1
+	vms := l.waitFor("done stopped, fails restarted", 3*time.Minute, func(v map[string]apitypes.VMStatus) bool {
+		return v["done"].State == apitypes.Stopped && v["fails"].Restarts >= 1
 	})
 	if st := vms["done"]; st.ExitCode == nil || *st.ExitCode != 0 || st.Restarts != 0 {
 		t.Errorf("done: %+v, want stopped with exit 0 and no restart", st)

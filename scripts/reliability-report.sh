@@ -12,7 +12,7 @@ go test -count=1 -run 'TestWriteInterruptedByKill|TestFullDisk|TestCorrupt|TestH
 	./internal/state ./internal/volume ./internal/daemon ./internal/generation ./internal/store ./internal/network ./internal/supervisor >&2
 go test -count=1 -timeout 30m -run 'TestFaults|TestUplinkLoss|TestDeployKills|TestUnprivilegedHypervisor|TestSecretsReachOnlyTheirVM|TestHostShutdownPath|TestSaveAndResume|TestOneIdentityPerVM|TestImageProblemsRefused' ./e2e >&2
 fuzz=()
-for target in "FuzzParse ./internal/config" "FuzzParseSpec ./internal/guest" "FuzzAPIRequest ./internal/api"; do
+for target in "FuzzParse ./internal/config" "FuzzParseSpec ./internal/guest" "FuzzAPIRequest ./internal/apiserver"; do
 	set -- $target
 	out=$(go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-30s}" "$2" 2>&1 | tee /dev/stderr)
 	execs=$(grep -o 'execs: [0-9]*' <<<"$out" | tail -1 | cut -d' ' -f2)

@@ -44,7 +44,7 @@ go test -count=1 -timeout 60m ./...
 
 # Fuzz targets, each for a bounded time (FUZZTIME, default 20s).
 fuzztime="${FUZZTIME:-20s}"
-for target in "FuzzParse ./internal/config" "FuzzParseSpec ./internal/guest" "FuzzAPIRequest ./internal/api"; do
+for target in "FuzzParse ./internal/config" "FuzzParseSpec ./internal/guest" "FuzzAPIRequest ./internal/apiserver"; do
 	set -- $target
 	echo "==> fuzz $1 for $fuzztime"
 	go test -run '^$' -fuzz "^$1\$" -fuzztime "$fuzztime" "$2"

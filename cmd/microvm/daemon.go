@@ -13,7 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"microvm.dev/microvm/internal/api"
+	"microvm.dev/microvm/internal/apiserver"
 	"microvm.dev/microvm/internal/daemon"
 	"microvm.dev/microvm/internal/deploy"
 	"microvm.dev/microvm/internal/logging"
@@ -96,11 +96,11 @@ func (a *app) runDaemon(file, logFormat string, o runOptions, g gitOptions) erro
 			return err
 		}
 	}
-	ln, err := api.Listen(a.socket)
+	ln, err := apiserver.Listen(a.socket)
 	if err != nil {
 		return err
 	}
-	handler := api.Handler(d, dep)
+	handler := apiserver.Handler(d, dep)
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	log.Info("listening", "socket", a.socket)
@@ -171,7 +171,7 @@ func serveTCPAPI(ctx context.Context, addr, certFile, keyFile, tokenFile string,
 	if err != nil {
 		return err
 	}
-	ln, err := api.ListenTLS(addr, certFile, keyFile)
+	ln, err := apiserver.ListenTLS(addr, certFile, keyFile)
 	if err != nil {
 		return err
 	}

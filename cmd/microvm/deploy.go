@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/daemon"
 	"microvm.dev/microvm/internal/deploy"
 	"microvm.dev/microvm/internal/generation"
@@ -130,7 +131,7 @@ steer that loop.`,
 	cmd.AddCommand(
 		&cobra.Command{Use: "status", Short: "Current, last good and last attempted generation, next poll", Example: "  microvm deploy status", Args: exactArgs(0),
 			RunE: func(*cobra.Command, []string) error {
-				var st deploy.Status
+				var st apitypes.DeployStatus
 				if err := a.client().Do("GET", "/v1/deploy", nil, &st); err != nil {
 					return err
 				}
@@ -153,7 +154,7 @@ steer that loop.`,
 			}},
 		&cobra.Command{Use: "history", Short: "The retained generations, newest first", Example: "  microvm deploy history -o json", Args: exactArgs(0),
 			RunE: func(*cobra.Command, []string) error {
-				var h []generation.Generation
+				var h []apitypes.Generation
 				if err := a.client().Do("GET", "/v1/deploy/history", nil, &h); err != nil {
 					return err
 				}
@@ -184,7 +185,7 @@ steer that loop.`,
 					}
 					path += "?generation=" + args[0]
 				}
-				var g generation.Generation
+				var g apitypes.Generation
 				err := a.client().Do("POST", path, nil, &g)
 				if a.output == "json" && g.Number > 0 {
 					a.printJSON(g)
@@ -197,7 +198,7 @@ steer that loop.`,
 	return cmd
 }
 
-func genLine(g *generation.Generation) string {
+func genLine(g *apitypes.Generation) string {
 	if g == nil {
 		return "none"
 	}

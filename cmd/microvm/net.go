@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"microvm.dev/microvm/internal/api"
+	"microvm.dev/microvm/internal/apiserver"
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
@@ -44,7 +44,7 @@ does not own in the way) changes nothing.`,
 				// The TAPs belong to the user the daemon runs hypervisors as
 				// (a TAP opened by name to its VM's own id, as the daemon
 				// gives it).
-				if u, err := vmmuser.Lookup(vmmuser.DefaultName, api.SocketGroup); err == nil && u != nil {
+				if u, err := vmmuser.Lookup(vmmuser.DefaultName, apiserver.SocketGroup); err == nil && u != nil {
 					tapUser = u.UID
 					if u.IDs, err = vmmIDs("auto", u.Name); err == nil {
 						env = launch.Env{StateDir: a.stateDir, VMMUser: u}

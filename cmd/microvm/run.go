@@ -13,7 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"microvm.dev/microvm/internal/api"
+	"microvm.dev/microvm/internal/apiserver"
 	"microvm.dev/microvm/internal/cgroup"
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/hostnet"
@@ -133,7 +133,7 @@ func (a *app) launchEnv(o runOptions) (launch.Env, error) {
 	if cg, err := cgroup.Detect(cgroup.DefaultRoot); err == nil {
 		env.Cgroups = cg
 	}
-	u, err := vmmuser.Lookup(o.vmmUser, api.SocketGroup)
+	u, err := vmmuser.Lookup(o.vmmUser, apiserver.SocketGroup)
 	switch {
 	case errors.Is(err, vmmuser.ErrNoUser) && (o.vmmUserSet == nil || !o.vmmUserSet()):
 		fmt.Fprintf(a.stderr, "warning: hypervisors run as root: %v\n", err)

@@ -18,9 +18,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"microvm.dev/microvm/internal/api"
-	"microvm.dev/microvm/internal/daemon"
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/steps"
-	"microvm.dev/microvm/internal/supervisor"
 )
 
 // client talks to the daemon: on its socket, or on its TCP API with --api-url.
@@ -60,7 +59,7 @@ ones, and answers when every VM it started is ready.`,
 			if err != nil {
 				return fmt.Errorf("read config: %w", err)
 			}
-			var res daemon.ApplyResult
+			var res apitypes.ApplyResult
 			err = a.client().Do("POST", "/v1/apply?file="+url.QueryEscape(file), bytes.NewReader(data), &res)
 			if a.output == "json" {
 				a.printJSON(res)
@@ -113,7 +112,7 @@ func stepLine(t steps.Timing) string {
 }
 
 // printSteps prints the launch steps of each VM an apply started.
-func (a *app) printSteps(vms []daemon.VMAction) {
+func (a *app) printSteps(vms []apitypes.VMAction) {
 	for _, v := range vms {
 		if len(v.Steps) == 0 {
 			continue
@@ -153,14 +152,14 @@ func (a *app) listCommand() *cobra.Command {
 	}
 }
 
-func uptime(v supervisor.Status) string {
+func uptime(v apitypes.VMStatus) string {
 	if v.PID == 0 || v.StartedAt.IsZero() {
 		return "-"
 	}
 	return time.Since(v.StartedAt).Round(time.Second).String()
 }
 
-func bootTime(v supervisor.Status) string {
+func bootTime(v apitypes.VMStatus) string {
 	if v.BootSeconds == 0 {
 		return "-"
 	}
@@ -174,7 +173,7 @@ func (a *app) vmVerb(use, short, method, suffix string) *cobra.Command {
 		Example: "  microvm " + use + " vm1",
 		Args:    exactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			var st supervisor.Status
+			var st apitypes.VMStatus
 			path := "/v1/vms/" + url.PathEscape(args[0]) + suffix
 			if err := a.client().Do(method, path, nil, &st); err != nil {
 				return err
@@ -235,7 +234,7 @@ next daemon starts the VMs whose autostart is on and resumes the saved ones.`
 }
 
 func (a *app) saveVM(name string) error {
-	var res api.SaveResponse
+	var res apitypes.SaveResponse
 	if err := a.client().Do("POST", "/v1/vms/"+url.PathEscape(name)+"/save", nil, &res); err != nil {
 		return err
 	}
@@ -251,7 +250,7 @@ func (a *app) saveVM(name string) error {
 }
 
 func (a *app) stopAll(save bool) error {
-	var res []daemon.StopResult
+	var res []apitypes.StopResult
 	err := a.client().Do("POST", "/v1/stop?save="+strconv.FormatBool(save), nil, &res)
 	if a.output == "json" {
 		a.printJSON(res)
@@ -273,14 +272,14 @@ func (a *app) stopAll(save bool) error {
 }
 
 // exitCode is the workload's exit status that ended the VM, or "-".
-func exitCode(st supervisor.Status) string {
+func exitCode(st apitypes.VMStatus) string {
 	if st.ExitCode == nil {
 		return "-"
 	}
 	return fmt.Sprint(*st.ExitCode)
 }
 
-func (a *app) printStatus(st supervisor.Status) {
+func (a *app) printStatus(st apitypes.VMStatus) {
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 1, ' ', 0)
 	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
 	row("name", st.Name)

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"microvm.dev/microvm/internal/apitypes"
+
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
@@ -27,7 +29,6 @@ import (
 	"microvm.dev/microvm/internal/resolver"
 	"microvm.dev/microvm/internal/savestate"
 	"microvm.dev/microvm/internal/state"
-	"microvm.dev/microvm/internal/steps"
 	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/tailnet"
 	"microvm.dev/microvm/internal/vmm/backends"
@@ -167,54 +168,13 @@ func (d *Daemon) rotateConsoles(every time.Duration) {
 func (d *Daemon) Supervisor() *supervisor.Supervisor { return d.sup }
 
 // VMAction is what an apply did to one VM.
-type VMAction struct {
-	Name   string `json:"name"`
-	Action string `json:"action"` // the plan's action done: created, started, restarted, removed, defined, unchanged
-	Error  string `json:"error,omitempty"`
-	// StopSeconds is how long the old VM took to shut down (restarted, removed).
-	StopSeconds float64 `json:"stopSeconds,omitempty"`
-	// PrepareSeconds is how long the start took before the hypervisor ran.
-	PrepareSeconds float64 `json:"prepareSeconds,omitempty"`
-	// Steps are the launch's steps, each timed (started VMs).
-	Steps []steps.Timing `json:"steps,omitempty"`
-	// BootSeconds is how long the VM took to become ready.
-	BootSeconds float64 `json:"bootSeconds,omitempty"`
-}
-
-// Started says whether the apply booted the VM (created, started or
-// restarted it).
-func (a VMAction) Started() bool {
-	for _, act := range []plan.Action{plan.Create, plan.Start, plan.Update} {
-		if a.Action == act.Past() {
-			return true
-		}
-	}
-	return false
-}
+type VMAction = apitypes.VMAction
 
 // Phases splits an apply's wall time, in seconds.
-type Phases struct {
-	// Parse is reading and validating the file (ApplyFile only).
-	Parse float64 `json:"parse"`
-	// Stop is stopping removed and changed VMs (their clean shutdowns).
-	Stop float64 `json:"stop"`
-	// Network is reconciling bridges, TAPs and the firewall.
-	Network float64 `json:"network"`
-	// Start is starting new and changed VMs until all are ready.
-	Start float64 `json:"start"`
-}
+type Phases = apitypes.Phases
 
 // ApplyResult is the outcome of an apply.
-type ApplyResult struct {
-	File     string          `json:"file"`
-	Problems config.Problems `json:"problems,omitempty"`
-	VMs      []VMAction      `json:"vms"`
-	Network  *network.Result `json:"network,omitempty"`
-	Seconds  float64         `json:"seconds"`
-	Phases   Phases          `json:"phases"`
-	// Warnings are problems that did not fail the apply.
-	Warnings []string `json:"warnings,omitempty"`
-}
+type ApplyResult = apitypes.ApplyResult
 
 // ErrInvalid is returned (wrapped) when the file has problems; nothing was changed.
 var ErrInvalid = errors.New("the file has problems; nothing was changed")
@@ -529,15 +489,7 @@ func (d *Daemon) Save(name string) (supervisor.SaveOutcome, error) {
 }
 
 // StopResult is how one VM ended in StopAll.
-type StopResult struct {
-	Name    string  `json:"name"`
-	Seconds float64 `json:"seconds"`
-	// Saved says its state was saved; Fallback says why a VM that was to
-	// be saved was shut down instead.
-	Saved    bool   `json:"saved,omitempty"`
-	Fallback string `json:"fallback,omitempty"`
-	Error    string `json:"error,omitempty"`
-}
+type StopResult = apitypes.StopResult
 
 // StopAll shuts every running VM down cleanly, all at once, each within
 // its stopTimeout (the host is shutting down: unsynced data must reach the

@@ -3,7 +3,8 @@ package daemon
 import (
 	"errors"
 
-	"microvm.dev/microvm/internal/network"
+	"microvm.dev/microvm/internal/apitypes"
+
 	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/verify"
 )
@@ -11,11 +12,7 @@ import (
 // HostInfo is the host as the web console shows it: its microvm
 // interfaces and loaded table, the ruleset the applied file renders (as
 // `microvm render nftables` prints it) and the images in the store.
-type HostInfo struct {
-	Network  *network.Status `json:"network,omitempty"`
-	Firewall string          `json:"firewall"`
-	Images   []store.Image   `json:"images"`
-}
+type HostInfo = apitypes.HostInfo
 
 // ErrNoFile says no file has been applied yet.
 var ErrNoFile = errors.New("no file is applied yet")

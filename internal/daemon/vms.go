@@ -8,8 +8,9 @@ import (
 	"os"
 	"sync"
 
+	"microvm.dev/microvm/internal/apitypes"
+
 	"microvm.dev/microvm/internal/config"
-	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/plan"
 	"microvm.dev/microvm/internal/state"
 )
@@ -22,18 +23,7 @@ var noFile = []byte("vms: {}\n")
 var ErrFileVM = errors.New("the VM is in the applied file")
 
 // PutResult is what putting one VM did.
-type PutResult struct {
-	// File names what the VM was checked against (its problems' file).
-	File string `json:"file"`
-	// Problems are why the VM's entry was refused; nothing changed.
-	Problems config.Problems `json:"problems,omitempty"`
-	// VM is the plan's action done, and its timings up to the
-	// hypervisor's start.
-	VM      VMAction        `json:"vm"`
-	Network *network.Result `json:"network,omitempty"`
-	// Warnings are problems that did not fail the change.
-	Warnings []string `json:"warnings,omitempty"`
-}
+type PutResult = apitypes.PutResult
 
 // Put makes the VM name match entry (its entry as a file would hold it:
 // YAML or JSON), on its own: it is checked with the applied file's

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"microvm.dev/microvm/internal/apitypes"
+
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/daemon"
 	"microvm.dev/microvm/internal/generation"
@@ -474,18 +476,7 @@ func hookStatus(s generation.Status) string {
 }
 
 // Status is what `microvm deploy status` shows.
-type Status struct {
-	Branch     string                 `json:"branch"`
-	Path       string                 `json:"path"`
-	Current    *generation.Generation `json:"current,omitempty"`
-	LastGood   *generation.Generation `json:"lastGood,omitempty"`
-	Last       *generation.Generation `json:"lastAttempt,omitempty"`
-	RemoteHead string                 `json:"remoteHead,omitempty"`
-	LastFetch  time.Time              `json:"lastFetch,omitzero"`
-	FetchErr   string                 `json:"fetchError,omitempty"`
-	NextPoll   time.Time              `json:"nextPoll,omitzero"`
-	Suspended  bool                   `json:"suspended"`
-}
+type Status = apitypes.DeployStatus
 
 // Status reports the loop's state. Current is the generation the fleet
 // runs: the last good one (a rolled-back attempt put it back).

@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"strings"
 
+	"microvm.dev/microvm/internal/apitypes"
+
 	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
 )
@@ -18,18 +20,12 @@ type Applier struct {
 }
 
 // Loaded is what the namespace holds of microvm's table.
-type Loaded struct {
-	// Present says whether the table exists.
-	Present bool `json:"present"`
-	// Hash is the ruleset hash read from the marker chain ("" if none).
-	Hash string `json:"hash,omitempty"`
-	// ChainRules counts the rules of each chain of the table.
-	ChainRules map[string]int `json:"chainRules,omitempty"`
-}
+type Loaded = apitypes.FirewallLoaded
 
-// Matches reports whether the loaded table is rs: same marker, and the same
-// number of rules in every chain (a rule added or deleted by hand is seen).
-func (l *Loaded) Matches(rs Ruleset) bool {
+// Matches reports whether the loaded table l is rs: same marker, and the
+// same number of rules in every chain (a rule added or deleted by hand is
+// seen).
+func (rs Ruleset) Matches(l *Loaded) bool {
 	if !l.Present || l.Hash != rs.Hash {
 		return false
 	}
@@ -115,7 +111,7 @@ func (a *Applier) Apply(rs Ruleset) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if l.Matches(rs) {
+	if rs.Matches(l) {
 		return false, nil
 	}
 	if err := a.nft(rs.Script()); err != nil {

@@ -15,55 +15,32 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 
-	"microvm.dev/microvm/internal/gitsync"
+	"microvm.dev/microvm/internal/apitypes"
+
 	"microvm.dev/microvm/internal/state"
 )
 
 // Status is where a generation's deploy got to.
-type Status string
+type Status = apitypes.GenerationStatus
 
 // Statuses.
 const (
 	// Applying: the host is being changed to this generation (a daemon that
 	// finds it at start completes the deploy or rolls it back).
-	Applying Status = "applying"
+	Applying = apitypes.Applying
 	// Succeeded: applied and healthy; the fleet runs it.
-	Succeeded Status = "succeeded"
+	Succeeded = apitypes.Succeeded
 	// Failed: refused before anything changed (invalid file, bad signature),
 	// or failed with no earlier generation to go back to.
-	Failed Status = "failed"
+	Failed = apitypes.GenerationFailed
 	// RolledBack: applied, found unhealthy, and the last good generation
 	// was put back.
-	RolledBack Status = "rolled-back"
+	RolledBack = apitypes.RolledBack
 )
 
 // Generation is one deploy attempt.
-type Generation struct {
-	Number int            `json:"number"`
-	Commit gitsync.Commit `json:"commit"`
-	// Ref is the branch the commit came from.
-	Ref string `json:"ref"`
-	// Signer is who signed the commit, when signatures are required.
-	Signer string `json:"signer,omitempty"`
-	Status Status `json:"status"`
-	Error  string `json:"error,omitempty"`
-	// Manual marks a generation made by `microvm deploy rollback`.
-	Manual bool `json:"manual,omitempty"`
-	// RolledBackTo is the generation put back after this one failed.
-	RolledBackTo int       `json:"rolledBackTo,omitempty"`
-	Started      time.Time `json:"started"`
-	Finished     time.Time `json:"finished,omitzero"`
-	// Path and Config are the config file's path in the repository and
-	// its content at the commit.
-	Path   string `json:"path"`
-	Config string `json:"config"`
-	// VMs counts the VMs of this host in the generation and those running
-	// when it finished.
-	VMsTotal  int `json:"vmsTotal"`
-	VMsActive int `json:"vmsActive"`
-}
+type Generation = apitypes.Generation
 
 // Store keeps the generations of one state directory.
 type Store struct {

@@ -12,7 +12,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"time"
+
+	"microvm.dev/microvm/internal/apitypes"
 
 	"github.com/go-git/go-git/v5"
 	gitconfig "github.com/go-git/go-git/v5/config"
@@ -39,14 +40,7 @@ type Options struct {
 }
 
 // Commit is the facts of one commit a deploy records.
-type Commit struct {
-	Hash    string    `json:"hash"`
-	Message string    `json:"message"`
-	Author  string    `json:"author"`
-	Time    time.Time `json:"time"`
-	// Signed says whether the commit carries a signature (checked or not).
-	Signed bool `json:"signed"`
-}
+type Commit = apitypes.Commit
 
 // Mirror is the local mirror of one branch.
 type Mirror struct {

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 
+	"microvm.dev/microvm/internal/apitypes"
+
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -79,12 +81,7 @@ type Options struct {
 }
 
 // Change is one operation the reconcile performed.
-type Change struct {
-	Op     string `json:"op"`
-	Target string `json:"target"`
-}
-
-func (c Change) String() string { return c.Op + " " + c.Target }
+type Change = apitypes.LinkChange
 
 // ConflictError says the host holds something microvm must not take over.
 type ConflictError struct{ Problems []string }
@@ -205,7 +202,7 @@ func (h *Host) Reconcile(want []VMLink, opts Options) ([]Change, error) {
 		}
 	}
 	var changes []Change
-	record := func(op, target string) { changes = append(changes, Change{op, target}) }
+	record := func(op, target string) { changes = append(changes, Change{Op: op, Target: target}) }
 
 	// Remove what is ours and no longer wanted: TAPs first, then bridges.
 	keep := map[string]bool{}
@@ -433,14 +430,7 @@ func (h *Host) Teardown() ([]Change, error) {
 }
 
 // LinkState is the observed state of one of microvm's interfaces.
-type LinkState struct {
-	Name   string   `json:"name"`
-	VM     string   `json:"vm"`
-	Type   string   `json:"type"`
-	Up     bool     `json:"up"`
-	Master string   `json:"master,omitempty"`
-	Addrs  []string `json:"addrs,omitempty"`
-}
+type LinkState = apitypes.LinkState
 
 // Show lists microvm's interfaces in the namespace, sorted by name.
 func (h *Host) Show() ([]LinkState, error) {

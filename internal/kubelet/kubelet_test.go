@@ -11,9 +11,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/podvm"
-	"microvm.dev/microvm/internal/supervisor"
 )
 
 func testPod() *corev1.Pod {
@@ -108,7 +108,7 @@ func TestPodStatus(t *testing.T) {
 	two, zero := 2, 0
 	for _, tc := range []struct {
 		policy            corev1.RestartPolicy
-		st                supervisor.Status
+		st                apitypes.VMStatus
 		known             bool
 		launchErr         string
 		phase             corev1.PodPhase
@@ -117,20 +117,20 @@ func TestPodStatus(t *testing.T) {
 		exit              int32
 	}{
 		{known: false, phase: corev1.PodPending, state: "waiting", reason: "ContainerCreating"},
-		{st: supervisor.Status{State: supervisor.Starting, Spec: spec}, known: true, phase: corev1.PodPending, state: "waiting", reason: "ContainerCreating", ip: "10.244.1.10"},
-		{st: supervisor.Status{State: supervisor.Running, Spec: spec, StartedAt: time.Now()}, known: true, phase: corev1.PodRunning, ready: true, state: "running", ip: "10.244.1.10"},
-		{st: supervisor.Status{State: supervisor.Backoff, Spec: spec, LastExit: "workload exited 2", ExitCode: &two, Restarts: 1}, known: true, phase: corev1.PodRunning, state: "waiting", reason: "CrashLoopBackOff", ip: "10.244.1.10"},
+		{st: apitypes.VMStatus{State: apitypes.Starting, Spec: spec}, known: true, phase: corev1.PodPending, state: "waiting", reason: "ContainerCreating", ip: "10.244.1.10"},
+		{st: apitypes.VMStatus{State: apitypes.Running, Spec: spec, StartedAt: time.Now()}, known: true, phase: corev1.PodRunning, ready: true, state: "running", ip: "10.244.1.10"},
+		{st: apitypes.VMStatus{State: apitypes.Backoff, Spec: spec, LastExit: "workload exited 2", ExitCode: &two, Restarts: 1}, known: true, phase: corev1.PodRunning, state: "waiting", reason: "CrashLoopBackOff", ip: "10.244.1.10"},
 		// Under Always a VM that ended waits for its next start.
-		{st: supervisor.Status{State: supervisor.Stopped, Spec: spec, LastExit: "workload exited 0", ExitCode: &zero}, known: true, phase: corev1.PodRunning, state: "waiting", reason: "CrashLoopBackOff", ip: "10.244.1.10"},
-		{st: supervisor.Status{State: supervisor.Failed, Spec: spec, Failure: "crash loop"}, known: true, phase: corev1.PodRunning, state: "waiting", reason: "CrashLoopBackOff", ip: "10.244.1.10"},
+		{st: apitypes.VMStatus{State: apitypes.Stopped, Spec: spec, LastExit: "workload exited 0", ExitCode: &zero}, known: true, phase: corev1.PodRunning, state: "waiting", reason: "CrashLoopBackOff", ip: "10.244.1.10"},
+		{st: apitypes.VMStatus{State: apitypes.Failed, Spec: spec, Failure: "crash loop"}, known: true, phase: corev1.PodRunning, state: "waiting", reason: "CrashLoopBackOff", ip: "10.244.1.10"},
 		// Under OnFailure a success is final, a failure is not.
-		{policy: corev1.RestartPolicyOnFailure, st: supervisor.Status{State: supervisor.Stopped, Spec: spec, LastExit: "workload exited 0", ExitCode: &zero}, known: true, phase: corev1.PodSucceeded, state: "terminated", reason: "Completed", ip: "10.244.1.10"},
-		{policy: corev1.RestartPolicyOnFailure, st: supervisor.Status{State: supervisor.Failed, Spec: spec, LastExit: "workload exited 2", ExitCode: &two}, known: true, phase: corev1.PodRunning, state: "waiting", reason: "CrashLoopBackOff", ip: "10.244.1.10"},
+		{policy: corev1.RestartPolicyOnFailure, st: apitypes.VMStatus{State: apitypes.Stopped, Spec: spec, LastExit: "workload exited 0", ExitCode: &zero}, known: true, phase: corev1.PodSucceeded, state: "terminated", reason: "Completed", ip: "10.244.1.10"},
+		{policy: corev1.RestartPolicyOnFailure, st: apitypes.VMStatus{State: apitypes.Failed, Spec: spec, LastExit: "workload exited 2", ExitCode: &two}, known: true, phase: corev1.PodRunning, state: "waiting", reason: "CrashLoopBackOff", ip: "10.244.1.10"},
 		// Under Never every end is final.
-		{policy: corev1.RestartPolicyNever, st: supervisor.Status{State: supervisor.Failed, Spec: spec, LastExit: "workload exited 2", ExitCode: &two}, known: true, phase: corev1.PodFailed, state: "terminated", reason: "Error", ip: "10.244.1.10", exit: 2},
-		{policy: corev1.RestartPolicyNever, st: supervisor.Status{State: supervisor.Failed, Spec: spec, Failure: "no such image"}, known: true, phase: corev1.PodFailed, state: "terminated", reason: "VMFailed", ip: "10.244.1.10", exit: 1},
+		{policy: corev1.RestartPolicyNever, st: apitypes.VMStatus{State: apitypes.Failed, Spec: spec, LastExit: "workload exited 2", ExitCode: &two}, known: true, phase: corev1.PodFailed, state: "terminated", reason: "Error", ip: "10.244.1.10", exit: 2},
+		{policy: corev1.RestartPolicyNever, st: apitypes.VMStatus{State: apitypes.Failed, Spec: spec, Failure: "no such image"}, known: true, phase: corev1.PodFailed, state: "terminated", reason: "VMFailed", ip: "10.244.1.10", exit: 1},
 		// A launch that failed is waited on, whatever the policy.
-		{policy: corev1.RestartPolicyNever, st: supervisor.Status{State: supervisor.Failed, Spec: spec, Failure: "pull x: 404"}, known: true, launchErr: "pull x: 404", phase: corev1.PodPending, state: "waiting", reason: "ImagePullBackOff", ip: "10.244.1.10"},
+		{policy: corev1.RestartPolicyNever, st: apitypes.VMStatus{State: apitypes.Failed, Spec: spec, Failure: "pull x: 404"}, known: true, launchErr: "pull x: 404", phase: corev1.PodPending, state: "waiting", reason: "ImagePullBackOff", ip: "10.244.1.10"},
 		{launchErr: "kernel missing", phase: corev1.PodPending, state: "waiting", reason: "RunContainerError"},
 	} {
 		k := k.DeepCopy()
@@ -153,17 +153,17 @@ func TestPodStatus(t *testing.T) {
 	}
 	pd := &pod{rec: &podRecord{Pod: k}, vm: vm}
 	// Not ready until the readiness probe says so.
-	if s := podStatus(pd, supervisor.Status{State: supervisor.Running, Spec: spec}, true, node); s.ContainerStatuses[0].Ready || s.Conditions[3].Status != corev1.ConditionFalse {
+	if s := podStatus(pd, apitypes.VMStatus{State: apitypes.Running, Spec: spec}, true, node); s.ContainerStatuses[0].Ready || s.Conditions[3].Status != corev1.ConditionFalse {
 		t.Error("ready without the probe's success")
 	}
 	// A finished pod keeps its end, whatever its VM does.
 	pd.rec.Finished = &corev1.ContainerStateTerminated{ExitCode: 0, Reason: "Completed"}
-	if s := podStatus(pd, supervisor.Status{State: supervisor.Running, Spec: spec}, true, node); s.Phase != corev1.PodSucceeded || s.ContainerStatuses[0].State.Terminated == nil {
+	if s := podStatus(pd, apitypes.VMStatus{State: apitypes.Running, Spec: spec}, true, node); s.Phase != corev1.PodSucceeded || s.ContainerStatuses[0].State.Terminated == nil {
 		t.Errorf("finished: %s %+v", s.Phase, s.ContainerStatuses[0].State)
 	}
 	// A refused pod fails with the reason.
 	refused := &pod{rec: &podRecord{Pod: k, Refusal: "the pod cannot run as a micro-VM: x"}}
-	if s := podStatus(refused, supervisor.Status{}, false, node); s.Phase != corev1.PodFailed || s.Reason != "Unsupported" || s.Message != refused.rec.Refusal {
+	if s := podStatus(refused, apitypes.VMStatus{}, false, node); s.Phase != corev1.PodFailed || s.Reason != "Unsupported" || s.Message != refused.rec.Refusal {
 		t.Errorf("refused: %s %s %q", s.Phase, s.Reason, s.Message)
 	}
 }

@@ -10,8 +10,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/podvm"
-	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmssh"
 )
@@ -63,7 +63,7 @@ func (p *Provider) runProbe(ctx context.Context, name string, pr *podvm.Probe, v
 		p.mu.Lock()
 		st, known := p.vms[name]
 		p.mu.Unlock()
-		if !known || st.State != supervisor.Running || st.Spec == nil {
+		if !known || st.State != apitypes.Running || st.Spec == nil {
 			continue
 		}
 		if !st.StartedAt.Equal(booted) {
@@ -92,7 +92,7 @@ func (p *Provider) runProbe(ctx context.Context, name string, pr *podvm.Probe, v
 }
 
 // probe runs pr once against the running VM st.
-func (p *Provider) probe(ctx context.Context, st supervisor.Status, pr *podvm.Probe) error {
+func (p *Provider) probe(ctx context.Context, st apitypes.VMStatus, pr *podvm.Probe) error {
 	timeout := time.Duration(pr.Timeout) * time.Second
 	addr := st.Spec.Net.Address.String()
 	switch {

@@ -29,9 +29,9 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
 
 	"microvm.dev/microvm/internal/api"
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/podvm"
-	"microvm.dev/microvm/internal/supervisor"
 )
 
 // FileName is the name the provider applies the daemon's file under.
@@ -81,7 +81,7 @@ type Provider struct {
 
 	mu     sync.Mutex
 	pods   map[string]*pod // by VM name
-	vms    map[string]supervisor.Status
+	vms    map[string]apitypes.VMStatus
 	listed bool // vms holds a list from the daemon
 	notify func(*corev1.Pod)
 }
@@ -137,7 +137,7 @@ func New(opts Options) (*Provider, error) {
 			return nil, fmt.Errorf("the pod CIDR %s overlaps a VM subnet of the host's file (%s)", opts.PodCIDR, s)
 		}
 	}
-	p := &Provider{opts: opts, base: base, records: records{opts.Records}, pods: map[string]*pod{}, vms: map[string]supervisor.Status{}}
+	p := &Provider{opts: opts, base: base, records: records{opts.Records}, pods: map[string]*pod{}, vms: map[string]apitypes.VMStatus{}}
 	recs, err := p.records.load()
 	if err != nil {
 		return nil, err

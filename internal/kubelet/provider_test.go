@@ -21,6 +21,8 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"microvm.dev/microvm/internal/api"
+	"microvm.dev/microvm/internal/apiserver"
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/daemon"
 	"microvm.dev/microvm/internal/launch"
@@ -32,7 +34,7 @@ import (
 )
 
 // providerLab is a provider over an in-process daemon: the daemon's own
-// API (api.Handler) on a unix socket, the host network real in a
+// API (apiserver.Handler) on a unix socket, the host network real in a
 // namespace, and the hypervisors scripted by image name (testvmm; no
 // hypervisor boots at the pace these tests need):
 //
@@ -117,7 +119,7 @@ func (lab *providerLab) startDaemon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lab.d, lab.srv = d, &http.Server{Handler: api.Handler(d, nil)}
+	lab.d, lab.srv = d, &http.Server{Handler: apiserver.Handler(d, nil)}
 	go lab.srv.Serve(ln)
 }
 
@@ -436,7 +438,7 @@ func TestProviderRestarts(t *testing.T) {
 			t.Fatalf("the crash pod's restart count went back from %d to %d", before, n)
 		}
 	}
-	if s, ok := lab.d.Status(web); !ok || s.State != supervisor.Running {
+	if s, ok := lab.d.Status(web); !ok || s.State != apitypes.Running {
 		t.Errorf("the restarted daemon has web as %+v", s)
 	}
 	// The restarted provider still creates pods.

@@ -8,8 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/apitypes"
 )
 
 // podStatus is the pod's status from its VM's (st, when the daemon knows
@@ -19,7 +18,7 @@ import (
 // end its record holds; a VM that could not be started is waiting for its
 // next try, with the launch's error; a VM that stopped is terminated or
 // waiting to be started again, as the pod's restart policy says.
-func podStatus(pd *pod, st supervisor.Status, known bool, nodeIP netip.Addr) *corev1.PodStatus {
+func podStatus(pd *pod, st apitypes.VMStatus, known bool, nodeIP netip.Addr) *corev1.PodStatus {
 	k := pd.rec.Pod
 	start := metav1.NewTime(k.CreationTimestamp.Time)
 	out := &corev1.PodStatus{Phase: corev1.PodPending, HostIP: nodeIP.String(), StartTime: &start}
@@ -52,31 +51,31 @@ func podStatus(pd *pod, st supervisor.Status, known bool, nodeIP netip.Addr) *co
 	case pd.rec.Finished != nil:
 		cs.State.Terminated = pd.rec.Finished
 		out.Phase = finishedPhase(pd.rec.Finished)
-	case pd.launchErr != "" && (!known || st.State == supervisor.Failed || st.State == supervisor.Stopped || st.State == supervisor.Created):
+	case pd.launchErr != "" && (!known || st.State == apitypes.Failed || st.State == apitypes.Stopped || st.State == apitypes.Created):
 		cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: launchReason(pd.launchErr), Message: pd.launchErr}
 		cs.LastTerminationState.Terminated = last
 	case !known:
 		cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ContainerCreating", Message: "the micro-VM is being created"}
 	default:
 		switch st.State {
-		case supervisor.Running:
+		case apitypes.Running:
 			out.Phase = corev1.PodRunning
 			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(st.StartedAt)}
 			cs.LastTerminationState.Terminated = last
 			started := true
 			cs.Started = &started
 			ready = pd.ready
-		case supervisor.Starting, supervisor.Created, supervisor.Saved:
+		case apitypes.Starting, apitypes.Created, apitypes.Saved:
 			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ContainerCreating", Message: "the micro-VM is booting"}
 			cs.LastTerminationState.Terminated = last
-		case supervisor.Backoff:
+		case apitypes.Backoff:
 			out.Phase = corev1.PodRunning
 			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff", Message: st.LastExit}
 			cs.LastTerminationState.Terminated = last
-		case supervisor.Stopping:
+		case apitypes.Stopping:
 			out.Phase = corev1.PodRunning
 			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(st.StartedAt)}
-		case supervisor.Stopped, supervisor.Failed:
+		case apitypes.Stopped, apitypes.Failed:
 			if end := finished(restartPolicy(k), st); end != nil {
 				// Finished, before the provider recorded it.
 				cs.State.Terminated = end
@@ -106,8 +105,8 @@ func restartPolicy(k *corev1.Pod) corev1.RestartPolicy {
 // finished is how the pod ended when its VM, stopped or failed as st
 // says, ended it under policy (nil when it is to run again): under Never
 // any end is final, under OnFailure a successful one, under Always none.
-func finished(policy corev1.RestartPolicy, st supervisor.Status) *corev1.ContainerStateTerminated {
-	if st.State != supervisor.Stopped && st.State != supervisor.Failed {
+func finished(policy corev1.RestartPolicy, st apitypes.VMStatus) *corev1.ContainerStateTerminated {
+	if st.State != apitypes.Stopped && st.State != apitypes.Failed {
 		return nil
 	}
 	end := lastTermination(st)
@@ -136,7 +135,7 @@ func finishedPhase(end *corev1.ContainerStateTerminated) corev1.PodPhase {
 }
 
 // ending is what the daemon says of how the VM ended.
-func ending(st supervisor.Status) string {
+func ending(st apitypes.VMStatus) string {
 	switch {
 	case st.Failure != "":
 		return st.Failure
@@ -158,7 +157,7 @@ func launchReason(msg string) string {
 
 // lastTermination is the VM's last exit as a container's termination
 // (nil before any): the workload's exit code where its end ended the VM.
-func lastTermination(st supervisor.Status) *corev1.ContainerStateTerminated {
+func lastTermination(st apitypes.VMStatus) *corev1.ContainerStateTerminated {
 	if st.LastExit == "" {
 		return nil
 	}

@@ -17,14 +17,14 @@ import (
 	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
 	utilexec "k8s.io/utils/exec"
 
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/podvm"
-	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmssh"
 )
 
 // running is the VM of the pod namespace/name, which must be running.
-func (p *Provider) running(namespace, name string) (supervisor.Status, error) {
+func (p *Provider) running(namespace, name string) (apitypes.VMStatus, error) {
 	vm := podvm.Name(namespace, name)
 	p.mu.Lock()
 	_, ok := p.pods[vm]
@@ -33,7 +33,7 @@ func (p *Provider) running(namespace, name string) (supervisor.Status, error) {
 	switch {
 	case !ok:
 		return st, errdefs.NotFoundf("pod %s/%s is not on this node", namespace, name)
-	case !known || st.State != supervisor.Running || st.Spec == nil:
+	case !known || st.State != apitypes.Running || st.Spec == nil:
 		return st, errdefs.InvalidInputf("pod %s/%s: its micro-VM %s is %s, not running", namespace, name, vm, st.State)
 	}
 	return st, nil

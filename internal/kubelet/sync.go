@@ -12,9 +12,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"microvm.dev/microvm/internal/api"
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/plan"
-	"microvm.dev/microvm/internal/supervisor"
 )
 
 // podSync is where putting one pod's VM to the daemon stands.
@@ -56,7 +56,7 @@ func (p *Provider) syncPod(name string, pd *pod) {
 		}
 		entry := pd.entry
 		p.mu.Unlock()
-		var res api.PutResponse
+		var res apitypes.PutResponse
 		err := p.opts.Daemon.DoContext(context.Background(), "PUT", "/v1/vms/"+name, bytes.NewReader(entry), &res)
 		p.mu.Lock()
 		deleted := pd.sync.deleted
@@ -97,7 +97,7 @@ func (p *Provider) dueLocked(name string, pd *pod, now time.Time) bool {
 // tookLocked records the outcome of putting entry: the
 // VM's status, or the refusal that fails the pod, or the launch error
 // that is the pod's waiting reason until the next try.
-func (p *Provider) tookLocked(name string, pd *pod, entry []byte, res *api.PutResponse, err error) {
+func (p *Provider) tookLocked(name string, pd *pod, entry []byte, res *apitypes.PutResponse, err error) {
 	pd.sync.put = entry
 	k := pd.rec.Pod
 	if se, ok := errors.AsType[*api.StatusError](err); ok && se.Code == 422 && res.PutResult != nil && len(res.Problems) > 0 {
@@ -155,8 +155,8 @@ func (p *Provider) backoffLocked(pd *pod) time.Duration {
 // finished (kept so from now on) or scheduled to start again, as its
 // restart policy says; a VM that ran well long enough forgets its
 // back-off; every pod whose status changed is told of.
-func (p *Provider) observe(list []supervisor.Status) {
-	vms := make(map[string]supervisor.Status, len(list))
+func (p *Provider) observe(list []apitypes.VMStatus) {
+	vms := make(map[string]apitypes.VMStatus, len(list))
 	for _, st := range list {
 		vms[st.Name] = st
 	}
@@ -182,9 +182,9 @@ func (p *Provider) observe(list []supervisor.Status) {
 			if pd.sync.put != nil {
 				p.kickLocked(name, pd) // lost by the daemon
 			}
-		case st.State == supervisor.Running && now.Sub(st.StartedAt) > 2*p.opts.MaxBackoff:
+		case st.State == apitypes.Running && now.Sub(st.StartedAt) > 2*p.opts.MaxBackoff:
 			pd.sync.backoff = 0
-		case (st.State == supervisor.Stopped || st.State == supervisor.Failed) && pd.launchErr == "" && !pd.sync.busy && (pd.sync.hash == "" || st.SpecHash == pd.sync.hash):
+		case (st.State == apitypes.Stopped || st.State == apitypes.Failed) && pd.launchErr == "" && !pd.sync.busy && (pd.sync.hash == "" || st.SpecHash == pd.sync.hash):
 			p.endedLocked(name, pd, st)
 		}
 	}
@@ -196,7 +196,7 @@ func (p *Provider) observe(list []supervisor.Status) {
 
 // endedLocked takes a pod's VM that stopped or failed: the pod finishes
 // as its restart policy says, or its VM is started again after a back-off.
-func (p *Provider) endedLocked(name string, pd *pod, st supervisor.Status) {
+func (p *Provider) endedLocked(name string, pd *pod, st apitypes.VMStatus) {
 	k := pd.rec.Pod
 	if end := finished(restartPolicy(k), st); end != nil {
 		pd.rec.Finished = end

@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/apitypes"
 )
 
 // watch follows the VMs' states on the daemon's event stream (GET
@@ -48,7 +48,7 @@ func (p *Provider) watch(ctx context.Context) {
 // follow reads the event stream until it ends; on a reconnect, the first
 // event applies the host's file again first.
 func (p *Provider) follow(ctx context.Context, reconnect bool) error {
-	return p.opts.Daemon.WatchVMs(ctx, func(list []supervisor.Status) {
+	return p.opts.Daemon.WatchVMs(ctx, func(list []apitypes.VMStatus) {
 		if reconnect {
 			reconnect = false
 			if err := p.applyBase(ctx); err != nil {

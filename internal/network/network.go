@@ -8,27 +8,15 @@ import (
 	"errors"
 	"fmt"
 
+	"microvm.dev/microvm/internal/apitypes"
+
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/firewall"
 	"microvm.dev/microvm/internal/hostnet"
 )
 
 // Result says what an apply or teardown did.
-type Result struct {
-	// Uplink is the resolved NAT uplink ("" when none could be found).
-	Uplink string `json:"uplink,omitempty"`
-	// Firewall says whether the nftables table was (re)loaded or removed.
-	Firewall bool `json:"firewall"`
-	// Hash is the ruleset hash now loaded.
-	Hash string `json:"hash,omitempty"`
-	// Links lists the interface operations performed.
-	Links []hostnet.Change `json:"links"`
-	// Warnings are things the operator should know but that did not stop the apply.
-	Warnings []string `json:"warnings,omitempty"`
-}
-
-// Changed reports whether anything on the host was changed.
-func (r *Result) Changed() bool { return r.Firewall || len(r.Links) > 0 }
+type Result = apitypes.NetworkResult
 
 // Manager applies configs to one namespace.
 type Manager struct {
@@ -144,15 +132,7 @@ func (m *Manager) Teardown() (*Result, error) {
 }
 
 // Status is the observed network of the namespace against a config.
-type Status struct {
-	Uplink     string              `json:"uplink,omitempty"`
-	Links      []hostnet.LinkState `json:"links"`
-	Loaded     *firewall.Loaded    `json:"firewall"`
-	WantHash   string              `json:"wantHash"`
-	InSync     bool                `json:"inSync"`
-	MissingVMs []string            `json:"missingVMs,omitempty"`
-	Warnings   []string            `json:"warnings,omitempty"`
-}
+type Status = apitypes.NetworkStatus
 
 // Show reports the namespace's microvm interfaces and table, and whether
 // they match cfg.
@@ -182,6 +162,6 @@ func (m *Manager) Show(cfg *config.Config) (*Status, error) {
 			st.MissingVMs = append(st.MissingVMs, vm.Name)
 		}
 	}
-	st.InSync = loaded.Matches(rs) && len(st.MissingVMs) == 0 && len(links) == 2*len(cfg.VMs)
+	st.InSync = rs.Matches(loaded) && len(st.MissingVMs) == 0 && len(links) == 2*len(cfg.VMs)
 	return st, nil
 }

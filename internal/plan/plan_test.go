@@ -3,6 +3,7 @@ package plan
 import (
 	"testing"
 
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/state"
 )
@@ -122,5 +123,20 @@ vms:
 	}
 	if got["a"] != Start || got["b"] != Unchanged || got["c"] != Start {
 		t.Errorf("actions %v, want a and c started (saved), b unchanged", got)
+	}
+}
+
+// What an apply reports having done is the wire's action names.
+func TestPastIsTheWiresAction(t *testing.T) {
+	for a, want := range map[Action]string{
+		Create: apitypes.ActionCreated, Start: apitypes.ActionStarted, Update: apitypes.ActionRestarted,
+		Remove: apitypes.ActionRemoved, Define: apitypes.ActionDefined, Unchanged: apitypes.ActionUnchanged,
+	} {
+		if got := a.Past(); got != want {
+			t.Errorf("%s.Past() = %q, the API says %q", a, got, want)
+		}
+		if got := (apitypes.VMAction{Action: a.Past()}).Started(); got != a.Starts() {
+			t.Errorf("a VMAction of %s: Started() = %v, the plan's Starts() %v", a, got, a.Starts())
+		}
 	}
 }

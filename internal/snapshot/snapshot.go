@@ -17,19 +17,13 @@ import (
 	"strings"
 	"time"
 
+	"microvm.dev/microvm/internal/apitypes"
+
 	"golang.org/x/sys/unix"
 )
 
 // Snapshot is one copy of a volume.
-type Snapshot struct {
-	// Name is "<volume>@<time>", what restore takes.
-	Name   string    `json:"name"`
-	Volume string    `json:"volume"`
-	Time   time.Time `json:"time"`
-	Size   int64     `json:"size"`
-	// Method is how it was made: reflink or sparse copy ("" when listed).
-	Method string `json:"method,omitempty"`
-}
+type Snapshot = apitypes.Snapshot
 
 const timeFormat = "20060102T150405.000Z"
 

@@ -8,6 +8,8 @@ package steps
 import (
 	"context"
 	"time"
+
+	"microvm.dev/microvm/internal/apitypes"
 )
 
 // Step is one named piece of work.
@@ -22,10 +24,7 @@ type Step struct {
 }
 
 // Timing is how long one step took.
-type Timing struct {
-	Name    string  `json:"name"`
-	Seconds float64 `json:"seconds"`
-}
+type Timing = apitypes.StepTiming
 
 // Runner runs steps and remembers how to undo the ones that succeeded.
 // Its zero value is ready to use; it is not safe for concurrent use.

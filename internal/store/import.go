@@ -49,8 +49,8 @@ type Options struct {
 	Config *Config
 }
 
-// with lays the fields set in o over c.
-func (c Config) with(o *Config) Config {
+// overlay lays the fields set in o over c.
+func overlay(c Config, o *Config) Config {
 	if o == nil {
 		return c
 	}
@@ -281,7 +281,7 @@ func (s *Store) install(ctx context.Context, imgName, source string, img v1.Imag
 		return Image{}, fmt.Errorf("%s: config: %w", source, err)
 	}
 	p.diffIDs = cf.RootFS.DiffIDs
-	out := Image{Name: imgName, ID: ChainID(p.diffIDs), Source: source, Config: configOf(cf).with(o.Config)}
+	out := Image{Name: imgName, ID: ChainID(p.diffIDs), Source: source, Config: overlay(configOf(cf), o.Config)}
 	for _, l := range layers {
 		d, err := l.Digest()
 		if err != nil {
@@ -380,7 +380,7 @@ func (s *Store) installTar(ctx context.Context, imgName, source string, r io.Rea
 	}
 	o.emit(Event{Kind: "unpacked", Layer: 1, Layers: 1})
 	d, _ := v1.NewHash("sha256:" + hex.EncodeToString(h.Sum(nil)))
-	out := Image{Name: imgName, ID: ChainID([]v1.Hash{d}), Source: source, Config: Config{}.with(o.Config)}
+	out := Image{Name: imgName, ID: ChainID([]v1.Hash{d}), Source: source, Config: overlay(Config{}, o.Config)}
 	if _, err := os.Stat(s.TreeDir(out.ID)); err == nil {
 		out.Size = treeSize(s.TreeDir(out.ID))
 		return out, s.setName(out)

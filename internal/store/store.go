@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"time"
 
+	"microvm.dev/microvm/internal/apitypes"
+
 	"golang.org/x/sys/unix"
 
 	"microvm.dev/microvm/internal/state"
@@ -41,38 +43,10 @@ func Open(stateDir string) *Store {
 }
 
 // Config is what an image says about running it (from its OCI config).
-type Config struct {
-	Entrypoint []string `json:"entrypoint,omitempty"`
-	Cmd        []string `json:"cmd,omitempty"`
-	Env        []string `json:"env,omitempty"`
-	WorkingDir string   `json:"workingDir,omitempty"`
-	User       string   `json:"user,omitempty"`
-	// ExposedPorts are informational ("8080/tcp"); the VM's ports open the firewall.
-	ExposedPorts []string `json:"exposedPorts,omitempty"`
-	// StopSignal is sent to the workload first when the VM stops.
-	StopSignal string `json:"stopSignal,omitempty"`
-	// Volumes are the directories the image declares for data; one no VM
-	// volume covers is reset at every boot (a warning says so).
-	Volumes []string `json:"volumes,omitempty"`
-}
+type Config = apitypes.ImageConfig
 
 // Image is one named image.
-type Image struct {
-	// Name is the store name or the OCI reference it was pulled by.
-	Name string `json:"name"`
-	// ID names the tree: store/<ID>.
-	ID string `json:"id"`
-	// Source is where it came from (a reference with its manifest digest, or a path).
-	Source string `json:"source"`
-	// Size is the unpacked tree's size in bytes.
-	Size int64 `json:"size"`
-	// Layers are the compressed layer digests cached in blobs/ (pulls only).
-	Layers []string `json:"layers,omitempty"`
-	// Config is how the image runs.
-	Config Config `json:"config"`
-	// Imported is when the name was last set.
-	Imported time.Time `json:"imported"`
-}
+type Image = apitypes.Image
 
 // idRE is a tree id: 64 hex digits.
 var idRE = regexp.MustCompile(`^[0-9a-f]{64}$`)

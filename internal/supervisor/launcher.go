@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"microvm.dev/microvm/internal/apitypes"
+
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/steps"
@@ -23,10 +25,7 @@ type Launcher interface {
 }
 
 // SaveInfo is how a save went: the state's size and how long it took.
-type SaveInfo struct {
-	Bytes   int64   `json:"bytes"`
-	Seconds float64 `json:"seconds"`
-}
+type SaveInfo = apitypes.SaveInfo
 
 // Process is one started (or adopted) hypervisor.
 type Process interface {

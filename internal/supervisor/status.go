@@ -4,40 +4,13 @@ import (
 	"os"
 	"sort"
 	"strings"
-	"time"
 
-	"microvm.dev/microvm/internal/config"
-	"microvm.dev/microvm/internal/steps"
+	"microvm.dev/microvm/internal/apitypes"
 )
 
-// Status is what the supervisor knows about one VM.
-type Status struct {
-	Name        string    `json:"name"`
-	State       State     `json:"state"`
-	PID         int       `json:"pid,omitempty"`
-	StartedAt   time.Time `json:"startedAt,omitzero"`
-	BootSeconds float64   `json:"bootSeconds,omitempty"`
-	// PrepareSeconds is how long the last start took before the hypervisor
-	// ran: initramfs, keys, volumes, process start.
-	PrepareSeconds float64 `json:"prepareSeconds,omitempty"`
-	// Readiness is how an image's own init came up ("running", "degraded:
-	// a.service, b.service"; "" for workload VMs).
-	Readiness string `json:"readiness,omitempty"`
-	// Boot says how the last start brought the guest up: a cold boot, a
-	// resume of its saved state, or a cold boot because the saved state
-	// was dropped (and why).
-	Boot string `json:"boot,omitempty"`
-	// Steps are the last launch's steps, each timed.
-	Steps    []steps.Timing `json:"steps,omitempty"`
-	Restarts int            `json:"restarts"`
-	LastExit string         `json:"lastExit,omitempty"`
-	// ExitCode is the workload's exit status when its end ended the VM
-	// (128+signal for a signal).
-	ExitCode *int       `json:"exitCode,omitempty"`
-	Failure  string     `json:"failure,omitempty"`
-	SpecHash string     `json:"specHash"`
-	Spec     *config.VM `json:"spec"`
-}
+// Status is what the supervisor knows about one VM (the API's
+// apitypes.VMStatus).
+type Status = apitypes.VMStatus
 
 // Process returns the running hypervisor of a VM that is running.
 func (s *Supervisor) Process(name string) (Process, bool) {

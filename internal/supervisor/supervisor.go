@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"microvm.dev/microvm/internal/apitypes"
+
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/state"
@@ -22,22 +24,22 @@ import (
 	"microvm.dev/microvm/internal/vmm"
 )
 
-// State is where a VM is in its life.
-type State string
+// State is where a VM is in its life (the API's apitypes.State).
+type State = apitypes.State
 
 // The states of a VM.
 const (
-	Starting State = "starting"
-	Running  State = "running"
-	Stopping State = "stopping"
-	Stopped  State = "stopped"
-	Backoff  State = "backoff" // waiting to be restarted
-	Failed   State = "failed"  // crash loop or failed start; needs start or apply
+	Starting = apitypes.Starting
+	Running  = apitypes.Running
+	Stopping = apitypes.Stopping
+	Stopped  = apitypes.Stopped
+	Backoff  = apitypes.Backoff // waiting to be restarted
+	Failed   = apitypes.Failed  // crash loop or failed start; needs start or apply
 	// Saved is a VM stopped by saving its state: `start` resumes it.
-	Saved State = "saved"
+	Saved = apitypes.Saved
 	// Created is a VM of the applied file that was never started
 	// (autostart: false): its network is made, `start` boots it.
-	Created State = "created"
+	Created = apitypes.Created
 )
 
 // ErrUnknownVM is the error (wrapped) about a VM the supervisor does not
@@ -462,14 +464,7 @@ func (s *Supervisor) Stop(name string) error {
 }
 
 // SaveOutcome is how a save (stop --save) ended.
-type SaveOutcome struct {
-	// Saved says the state was saved; the VM is then Saved.
-	Saved bool `json:"saved"`
-	SaveInfo
-
-	// Fallback says why the VM was shut down cleanly instead.
-	Fallback string `json:"fallback,omitempty"`
-}
+type SaveOutcome = apitypes.SaveOutcome
 
 // Save saves a running VM's state and leaves it Saved: its next start
 // resumes it. A save that fails (a device that refuses to migrate, a full

@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 
+	"microvm.dev/microvm/internal/apitypes"
+
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/launch"
@@ -20,21 +22,17 @@ import (
 )
 
 // Status is a check's outcome.
-type Status string
+type Status = apitypes.CheckStatus
 
 // Outcomes.
 const (
-	Pass Status = "PASS"
-	Fail Status = "FAIL"
-	Skip Status = "SKIP"
+	Pass = apitypes.Pass
+	Fail = apitypes.Fail
+	Skip = apitypes.Skip
 )
 
 // Result is one check's outcome with what it saw.
-type Result struct {
-	Name     string `json:"name"`
-	Status   Status `json:"status"`
-	Evidence string `json:"evidence"`
-}
+type Result = apitypes.CheckResult
 
 // Check is one named check.
 type Check struct {

@@ -1,38 +1,35 @@
-// Package api is the daemon's HTTP+JSON API on a unix socket, and the client
-// the command line uses. Errors are JSON {"error": "..."} with a fitting
-// status; an apply with problems answers 422 with the problems.
-package api
+// Package apiserver serves the daemon's HTTP+JSON API, on a unix socket
+// and, with TLS and a token, on TCP. Bodies are the wire types of
+// internal/apitypes; errors are JSON {"error": "..."} with a fitting
+// status, and an apply with problems answers 422 with the problems. The
+// client is internal/api.
+package apiserver
 
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/daemon"
 	"microvm.dev/microvm/internal/deploy"
 	"microvm.dev/microvm/internal/plan"
 	"microvm.dev/microvm/internal/snapshot"
-	"microvm.dev/microvm/internal/supervisor"
 )
 
 // DefaultSocket is where the daemon's API listens by default.
-const DefaultSocket = "/run/microvm/microvm.sock"
-
 // SocketGroup is the group that may use the API socket (besides root).
 const SocketGroup = "microvm"
 
@@ -44,23 +41,6 @@ var (
 	volRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,19}$`)
 	snapRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,19}@[0-9]{8}T[0-9]{6}\.[0-9]{3}Z$`)
 )
-
-// SaveResponse answers POST /v1/vms/{name}/save: the VM's status after
-// it, and whether it was saved or (why it was) shut down instead.
-type SaveResponse struct {
-	Status  supervisor.Status      `json:"status"`
-	Outcome supervisor.SaveOutcome `json:"outcome"`
-}
-
-// PutResponse answers PUT /v1/vms/{name}: what was done (the daemon's
-// PutResult), the VM's status after it (its hypervisor started, its
-// readiness still to come), and the error of a change that failed after
-// it was checked.
-type PutResponse struct {
-	*daemon.PutResult
-	Status *supervisor.Status `json:"status,omitempty"`
-	Error  string             `json:"error,omitempty"`
-}
 
 // Handler serves d's API; dep is the GitOps loop (nil when the daemon
 // applies a file instead, and the deploy endpoints answer 409).
@@ -94,10 +74,7 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 		case errors.Is(err, daemon.ErrInvalid):
 			writeJSON(w, http.StatusUnprocessableEntity, res)
 		case err != nil && res != nil:
-			writeJSON(w, http.StatusInternalServerError, struct {
-				*daemon.ApplyResult
-				Error string `json:"error"`
-			}{res, err.Error()})
+			writeJSON(w, http.StatusInternalServerError, apitypes.ApplyFailure{ApplyResult: res, Error: err.Error()})
 		case err != nil:
 			writeErr(w, http.StatusInternalServerError, err)
 		default:
@@ -111,7 +88,7 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 			return
 		}
 		res, err := d.Put(name, data)
-		out := PutResponse{PutResult: res}
+		out := apitypes.PutResponse{PutResult: res}
 		if st, ok := d.Status(name); ok && res != nil {
 			out.Status = &st
 		}
@@ -163,7 +140,7 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 			return
 		}
 		st, _ := d.Status(name)
-		writeJSON(w, http.StatusOK, SaveResponse{Status: st, Outcome: out})
+		writeJSON(w, http.StatusOK, apitypes.SaveResponse{Status: st, Outcome: out})
 	}))
 	mux.HandleFunc("POST /v1/stop", func(w http.ResponseWriter, r *http.Request) {
 		save, _ := strconv.ParseBool(r.URL.Query().Get("save"))
@@ -188,7 +165,7 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 			writeErr(w, http.StatusConflict, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"removed": name, "purged": purge})
+		writeJSON(w, http.StatusOK, apitypes.RemoveResponse{Removed: name, Purged: purge})
 	}))
 	mux.HandleFunc("GET /v1/vms/{name}/snapshots", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
 		list, err := d.Snapshots(name)
@@ -234,7 +211,7 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 		case err != nil:
 			writeErr(w, http.StatusBadRequest, err)
 		default:
-			writeJSON(w, http.StatusOK, map[string]any{"restored": snap, "previous": before})
+			writeJSON(w, http.StatusOK, apitypes.RestoreResponse{Restored: snap, Previous: before})
 		}
 	}))
 	mux.HandleFunc("GET /v1/events", events(d))
@@ -287,12 +264,12 @@ func deployRoutes(mux *http.ServeMux, dep *deploy.Engine) {
 	}))
 	mux.HandleFunc("POST /v1/deploy/trigger", with(func(w http.ResponseWriter, r *http.Request) {
 		dep.Trigger()
-		writeJSON(w, http.StatusAccepted, map[string]bool{"triggered": true})
+		writeJSON(w, http.StatusAccepted, apitypes.TriggerResponse{Triggered: true})
 	}))
 	for path, on := range map[string]bool{"suspend": true, "resume": false} {
 		mux.HandleFunc("POST /v1/deploy/"+path, with(func(w http.ResponseWriter, r *http.Request) {
 			dep.Suspend(on)
-			writeJSON(w, http.StatusOK, map[string]bool{"suspended": on})
+			writeJSON(w, http.StatusOK, apitypes.SuspendResponse{Suspended: on})
 		}))
 	}
 	mux.HandleFunc("POST /v1/deploy/rollback", with(func(w http.ResponseWriter, r *http.Request) {
@@ -392,7 +369,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeErr(w http.ResponseWriter, code int, err error) {
-	writeJSON(w, code, map[string]string{"error": err.Error()})
+	writeJSON(w, code, apitypes.ErrorResponse{Error: err.Error()})
 }
 
 // Listen opens the API socket (mode 0660; group microvm when that group
@@ -423,68 +400,12 @@ func Listen(socket string) (net.Listener, error) {
 }
 
 // Client talks to a daemon.
-type Client struct {
-	// where names the daemon in errors (the socket or the URL).
-	where string
-	// base is the URL prefix requests go to.
-	base  string
-	token string
-	http  *http.Client
-	// err, when set, is returned by every request: the client could not be
-	// made (a bad --api-url or token file), and nothing is sent anywhere.
-	err error
-}
-
 // Unusable returns a client whose every request fails with err.
-func Unusable(err error) *Client { return &Client{err: err} }
-
 // ErrNoDaemon says nothing listens on the socket.
-var ErrNoDaemon = errors.New("no daemon is listening")
-
 // NewClient returns a client for the daemon on socket.
-func NewClient(socket string) *Client {
-	return &Client{where: socket, base: "http://microvm", http: &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-	}}}
-}
-
 // NewRemoteClient returns a client for a daemon's TCP API at baseURL
 // (https://host:port), sending token as a bearer token and trusting the
 // CA certificates in caFile (the system's when empty).
-func NewRemoteClient(baseURL, token, caFile string) (*Client, error) {
-	u, err := url.Parse(baseURL)
-	if err != nil || u.Scheme != "https" || u.Host == "" {
-		return nil, fmt.Errorf("API URL %q: want https://host:port (the TCP API is TLS only)", baseURL)
-	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("API CA: %w", err)
-		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("API CA %s holds no PEM certificate", caFile)
-		}
-	}
-	return &Client{where: baseURL, base: strings.TrimSuffix(baseURL, "/"), token: token,
-		http: &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}}, nil
-}
-
-func (c *Client) newRequest(method, path string, body io.Reader) (*http.Request, error) {
-	if c.err != nil {
-		return nil, c.err
-	}
-	req, err := http.NewRequest(method, c.base+path, body)
-	if err == nil && c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	return req, err
-}
-
 // ListenTLS opens the TCP API on addr with the certificate and key.
 func ListenTLS(addr, certFile, keyFile string) (net.Listener, error) {
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
@@ -501,84 +422,8 @@ func ListenTLS(addr, certFile, keyFile string) (net.Listener, error) {
 // Do sends a request and decodes a JSON answer into out; a non-2xx answer
 // is an error carrying the daemon's message (out is still filled when the
 // answer has a body of that shape, e.g. apply problems).
-func (c *Client) Do(method, path string, body io.Reader, out any) error {
-	return c.DoContext(context.Background(), method, path, body, out)
-}
-
 // DoContext is Do, given up when ctx ends.
-func (c *Client) DoContext(ctx context.Context, method, path string, body io.Reader, out any) error {
-	req, err := c.newRequest(method, path, body)
-	if err != nil {
-		return err
-	}
-	req = req.WithContext(ctx)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("%w on %s (start one with: microvm daemon --config FILE)", ErrNoDaemon, c.where)
-		}
-		return fmt.Errorf("talk to the daemon on %s: %w", c.where, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if out != nil && len(data) > 0 {
-		json.Unmarshal(data, out)
-	}
-	if resp.StatusCode/100 != 2 {
-		var e struct {
-			Error string `json:"error"`
-		}
-		json.Unmarshal(data, &e)
-		if e.Error == "" {
-			e.Error = resp.Status
-		}
-		return &StatusError{Code: resp.StatusCode, Message: e.Error}
-	}
-	return nil
-}
-
 // StatusError is a daemon's refusal.
-type StatusError struct {
-	Code    int
-	Message string
-}
-
-func (e *StatusError) Error() string { return e.Message }
-
 // Stream copies a streamed answer (logs) to w.
-func (c *Client) Stream(path string, w io.Writer) error {
-	return c.StreamContext(context.Background(), path, w)
-}
-
 // StreamContext is Stream, given up when ctx ends.
-func (c *Client) StreamContext(ctx context.Context, path string, w io.Writer) error {
-	req, err := c.newRequest("GET", path, nil)
-	if err != nil {
-		return err
-	}
-	req = req.WithContext(ctx)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("%w on %s (start one with: microvm daemon --config FILE)", ErrNoDaemon, c.where)
-		}
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error string }
-		json.NewDecoder(resp.Body).Decode(&e)
-		return &StatusError{Code: resp.StatusCode, Message: e.Error}
-	}
-	_, err = io.Copy(w, resp.Body)
-	return err
-}
-
 // VMs lists the VMs.
-func (c *Client) VMs() ([]supervisor.Status, error) {
-	var out []supervisor.Status
-	return out, c.Do("GET", "/v1/vms", nil, &out)
-}

@@ -1,9 +1,10 @@
-package api
+package apiserver
 
 import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -18,11 +19,14 @@ import (
 // does not run is refused, saying so; the host view has the applied
 // file's bridges and ruleset.
 func TestEventsConsoleHost(t *testing.T) {
-	c := serve(t)
+	c, sock := serveSocket(t)
 	if err := c.Do("POST", "/v1/apply", strings.NewReader("vms: { a: { index: 1, autostart: false } }"), nil); err != nil {
 		t.Fatal(err)
 	}
-	hc := c.http
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://microvm/v1/events", nil)

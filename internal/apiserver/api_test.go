@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"bytes"
@@ -12,13 +12,23 @@ import (
 	"testing"
 	"time"
 
+	"microvm.dev/microvm/internal/api"
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/daemon"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/testutil"
 )
 
-// serve runs the API of a daemon with no VMs, in a namespace of the test's.
-func serve(t *testing.T) *Client {
+// serve runs the API of a daemon with no VMs, in a namespace of the test's,
+// and returns a client of it.
+func serve(t *testing.T) *api.Client {
+	t.Helper()
+	c, _ := serveSocket(t)
+	return c
+}
+
+// serveSocket is serve, also returning the API's socket.
+func serveSocket(t *testing.T) (*api.Client, string) {
 	t.Helper()
 	ns := testutil.NewNetns(t, "api")
 	st := t.TempDir()
@@ -38,12 +48,12 @@ func serve(t *testing.T) *Client {
 	if _, err := Listen(sock); err == nil || !strings.Contains(err.Error(), "already listening") {
 		t.Errorf("a second daemon on the same socket: %v", err)
 	}
-	return NewClient(sock)
+	return api.NewClient(sock), sock
 }
 
 func wantStatus(t *testing.T, err error, code int, msg string) {
 	t.Helper()
-	var se *StatusError
+	var se *api.StatusError
 	if !errors.As(err, &se) || se.Code != code || !strings.Contains(se.Message, msg) {
 		t.Errorf("got %v, want %d %q", err, code, msg)
 	}
@@ -84,13 +94,13 @@ func TestAPIRefusals(t *testing.T) {
 
 	// One VM put on its own: refused with its problems, refused for a VM
 	// of the file, defined, removed.
-	var put PutResponse
+	var put apitypes.PutResponse
 	wantStatus(t, c.Do("PUT", "/v1/vms/b", strings.NewReader(`{"index": 2, "memory": "lots"}`), &put), http.StatusUnprocessableEntity, "")
 	if put.PutResult == nil || len(put.Problems) != 1 || put.Problems[0].Path != "vms.b.memory" {
 		t.Errorf("put problems = %+v", put.PutResult)
 	}
 	wantStatus(t, c.Do("PUT", "/v1/vms/a", strings.NewReader(`{"index": 1}`), nil), http.StatusConflict, "is in the applied file")
-	put = PutResponse{}
+	put = apitypes.PutResponse{}
 	if err := c.Do("PUT", "/v1/vms/b", strings.NewReader("index: 2\nautostart: false\n"), &put); err != nil || put.VM.Action != "defined" || put.Status == nil || put.Status.Name != "b" {
 		t.Fatalf("put b: %v %+v", err, put)
 	}

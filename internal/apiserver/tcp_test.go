@@ -1,10 +1,11 @@
-package api
+package apiserver
 
 import (
 	"net/http"
 	"strings"
 	"testing"
 
+	"microvm.dev/microvm/internal/api"
 	"microvm.dev/microvm/internal/testutil"
 	"microvm.dev/microvm/internal/webui"
 )
@@ -24,7 +25,7 @@ func TestTCPAPIRequiresTLSAndToken(t *testing.T) {
 	defer srv.Close()
 	url := "https://" + ln.Addr().String()
 
-	c, err := NewRemoteClient(url, token, cert)
+	c, err := api.NewRemoteClient(url, token, cert)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,19 +34,19 @@ func TestTCPAPIRequiresTLSAndToken(t *testing.T) {
 		t.Errorf("with the token and the CA: %v", err)
 	}
 	for name, tok := range map[string]string{"no token": "", "wrong token": "guess", "prefix of the token": token[:10]} {
-		c, _ := NewRemoteClient(url, tok, cert)
-		var se *StatusError
+		c, _ := api.NewRemoteClient(url, tok, cert)
+		var se *api.StatusError
 		if err := c.Do("GET", "/v1/vms", nil, nil); err == nil || !asStatus(err, &se) || se.Code != http.StatusUnauthorized {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
 	// Without the CA the server is not trusted.
-	c, _ = NewRemoteClient(url, token, "")
+	c, _ = api.NewRemoteClient(url, token, "")
 	if err := c.Do("GET", "/v1/vms", nil, nil); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("untrusted certificate: %v", err)
 	}
 	// Plain HTTP is refused.
-	if _, err := NewRemoteClient("http://"+ln.Addr().String(), token, cert); err == nil {
+	if _, err := api.NewRemoteClient("http://"+ln.Addr().String(), token, cert); err == nil {
 		t.Error("an http:// API URL was accepted")
 	}
 	resp, err := http.Get("http://" + ln.Addr().String() + "/v1/vms")
@@ -54,8 +55,8 @@ func TestTCPAPIRequiresTLSAndToken(t *testing.T) {
 	}
 }
 
-func asStatus(err error, se **StatusError) bool {
-	s, ok := err.(*StatusError)
+func asStatus(err error, se **api.StatusError) bool {
+	s, ok := err.(*api.StatusError)
 	*se = s
 	return ok
 }

@@ -1,0 +1,142 @@
+package apitypes
+
+import (
+	"time"
+
+	"microvm.dev/microvm/internal/config"
+)
+
+// The actions a VMAction reports: the plan's actions, done.
+const (
+	ActionCreated   = "created"
+	ActionStarted   = "started"
+	ActionRestarted = "restarted"
+	ActionRemoved   = "removed"
+	ActionDefined   = "defined"
+	ActionUnchanged = "unchanged"
+)
+
+// VMAction is what an apply (or a put) did to one VM.
+type VMAction struct {
+	Name string `json:"name"`
+	// Action is the plan's action done: one of the Action constants.
+	Action string `json:"action"`
+	Error  string `json:"error,omitempty"`
+	// StopSeconds is how long the old VM took to shut down (restarted, removed).
+	StopSeconds float64 `json:"stopSeconds,omitempty"`
+	// PrepareSeconds is how long the start took before the hypervisor ran.
+	PrepareSeconds float64 `json:"prepareSeconds,omitempty"`
+	// Steps are the launch's steps, each timed (started VMs).
+	Steps []StepTiming `json:"steps,omitempty"`
+	// BootSeconds is how long the VM took to become ready.
+	BootSeconds float64 `json:"bootSeconds,omitempty"`
+}
+
+// Started says whether the change booted the VM (created, started or
+// restarted it).
+func (a VMAction) Started() bool {
+	return a.Action == ActionCreated || a.Action == ActionStarted || a.Action == ActionRestarted
+}
+
+// Phases splits an apply's wall time, in seconds.
+type Phases struct {
+	// Parse is reading and validating the file (ApplyFile only).
+	Parse float64 `json:"parse"`
+	// Stop is stopping removed and changed VMs (their clean shutdowns).
+	Stop float64 `json:"stop"`
+	// Network is reconciling bridges, TAPs and the firewall.
+	Network float64 `json:"network"`
+	// Start is starting new and changed VMs until all are ready.
+	Start float64 `json:"start"`
+}
+
+// ApplyResult answers POST /v1/apply: what the apply of a whole file did.
+// With problems (422) nothing was changed; with an error (500) it is the
+// body's error beside what was done.
+type ApplyResult struct {
+	File     string          `json:"file"`
+	Problems config.Problems `json:"problems,omitempty"`
+	VMs      []VMAction      `json:"vms"`
+	Network  *NetworkResult  `json:"network,omitempty"`
+	Seconds  float64         `json:"seconds"`
+	Phases   Phases          `json:"phases"`
+	// Warnings are problems that did not fail the apply.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// ApplyFailure is the body of an apply that failed after its file was
+// checked (500): what was done, and the error.
+type ApplyFailure struct {
+	*ApplyResult
+	Error string `json:"error"`
+}
+
+// PutResult is what putting one VM (PUT /v1/vms/{name}) did.
+type PutResult struct {
+	// File names what the VM was checked against (its problems' file).
+	File string `json:"file"`
+	// Problems are why the VM's entry was refused; nothing changed.
+	Problems config.Problems `json:"problems,omitempty"`
+	// VM is the plan's action done, and its timings up to the
+	// hypervisor's start.
+	VM      VMAction       `json:"vm"`
+	Network *NetworkResult `json:"network,omitempty"`
+	// Warnings are problems that did not fail the change.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// PutResponse answers PUT /v1/vms/{name}: what was done, the VM's status
+// after it (its hypervisor started, its readiness still to come), and the
+// error of a change that failed after it was checked.
+type PutResponse struct {
+	*PutResult
+	Status *VMStatus `json:"status,omitempty"`
+	Error  string    `json:"error,omitempty"`
+}
+
+// NetworkResult is what a reconcile of the host's network did.
+type NetworkResult struct {
+	// Uplink is the resolved NAT uplink ("" when none could be found).
+	Uplink string `json:"uplink,omitempty"`
+	// Firewall says whether the nftables table was (re)loaded or removed.
+	Firewall bool `json:"firewall"`
+	// Hash is the ruleset hash now loaded.
+	Hash string `json:"hash,omitempty"`
+	// Links lists the interface operations performed.
+	Links []LinkChange `json:"links"`
+	// Warnings are things the operator should know but that did not stop the apply.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// Changed reports whether anything on the host was changed.
+func (r *NetworkResult) Changed() bool { return r.Firewall || len(r.Links) > 0 }
+
+// LinkChange is one operation a network reconcile performed.
+type LinkChange struct {
+	Op     string `json:"op"`
+	Target string `json:"target"`
+}
+
+func (c LinkChange) String() string { return c.Op + " " + c.Target }
+
+// StopResult is one VM of POST /v1/stop: how its shutdown (or save) went.
+type StopResult struct {
+	Name    string  `json:"name"`
+	Seconds float64 `json:"seconds"`
+	// Saved says its state was saved; Fallback says why a VM that was to
+	// be saved was shut down instead.
+	Saved    bool   `json:"saved,omitempty"`
+	Fallback string `json:"fallback,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// Snapshot is one copy of a volume (GET and POST /v1/vms/{name}/snapshots).
+type Snapshot struct {
+	// Name is "<volume>@<time>", what restore takes.
+	Name   string    `json:"name"`
+	Volume string    `json:"volume"`
+	Time   time.Time `json:"time"`
+	Size   int64     `json:"size"`
+	// Method is how it was made: reflink or sparse copy ("" when listed).
+	Method string `json:"method,omitempty"`
+}
