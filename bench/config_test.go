@@ -43,7 +43,7 @@ func BenchmarkPlan1000(b *testing.B) {
 		observed = append(observed, plan.Observed{Name: vm.Name, Spec: &spec, Running: true})
 	}
 	for b.Loop() {
-		p := plan.Compute(cfg, observed)
+		p := plan.Compute(cfg, observed, plan.Host{})
 		if p.Counts()[plan.Update] != 100 {
 			b.Fatal("wrong plan")
 		}
@@ -59,7 +59,7 @@ func BenchmarkValidatePlan1000(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		plan.Compute(cfg, nil)
+		plan.Compute(cfg, nil, plan.Host{})
 	}
 }
 

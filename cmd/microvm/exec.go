@@ -12,8 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ssh"
 
-	"microvm.dev/microvm/internal/launch"
-	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmssh"
 )
@@ -28,12 +27,12 @@ func (a *app) vmAddress(name string) (string, error) {
 }
 
 // runningVM asks the daemon for a VM that must be running.
-func (a *app) runningVM(name string) (supervisor.Status, error) {
-	var st supervisor.Status
+func (a *app) runningVM(name string) (apitypes.VMStatus, error) {
+	var st apitypes.VMStatus
 	if err := a.client().Do("GET", "/v1/vms/"+url.PathEscape(name), nil, &st); err != nil {
 		return st, err
 	}
-	if st.State != supervisor.Running || st.Spec == nil {
+	if st.State != apitypes.Running || st.Spec == nil {
 		return st, fmt.Errorf("%s is %s, not running", name, st.State)
 	}
 	return st, nil
@@ -106,7 +105,7 @@ to ssh after the destination: options, or a command to run.`,
 			if err != nil {
 				return fmt.Errorf("the ssh client is not installed (apt-get install openssh-client); microvm exec works without it")
 			}
-			argv := []string{bin, "-i", launch.ClientKeyPath(a.stateDir), "-o", "UserKnownHostsFile=" + known,
+			argv := []string{bin, "-i", vmssh.ClientKeyPath(a.stateDir), "-o", "UserKnownHostsFile=" + known,
 				"-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes"}
 			argv = append(append(argv, "root@"+addr), args[1:]...)
 			if a.netns != "" {

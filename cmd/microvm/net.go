@@ -7,11 +7,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"microvm.dev/microvm/internal/apiserver"
 	"microvm.dev/microvm/internal/hostnet"
-	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
-	"microvm.dev/microvm/internal/vmmuser"
 )
 
 func (a *app) netCommand() *cobra.Command {
@@ -25,6 +22,7 @@ and one TAP vm-<vm> per VM, IPv4 forwarding, and the nftables table
 	}
 	var file string
 	var tapUser uint32
+	var vmmUser runOptions
 	apply := &cobra.Command{
 		Use:   "apply",
 		Short: "Create, change and remove bridges, TAPs and the firewall table to match the file",
@@ -39,24 +37,27 @@ does not own in the way) changes nothing.`,
 			if err != nil {
 				return err
 			}
-			var env launch.Env
-			if !c.Flags().Changed("tap-owner") {
-				// The TAPs belong to the user the daemon runs hypervisors as
-				// (a TAP opened by name to its VM's own id, as the daemon
-				// gives it).
-				if u, err := vmmuser.Lookup(vmmuser.DefaultName, apiserver.SocketGroup); err == nil && u != nil {
-					tapUser = u.UID
-					if u.IDs, err = vmmIDs("auto", u.Name); err == nil {
-						env = launch.Env{StateDir: a.stateDir, VMMUser: u}
-					}
-				}
+			// The TAPs belong to the user the daemon runs hypervisors as
+			// (a TAP opened by name to its VM's own id, as the daemon
+			// gives it), as the same flags say.
+			o := a.launchOptions(vmmUser)
+			o.NoSecrets = true
+			env, err := a.newEnv(o)
+			if err != nil {
+				return err
 			}
-			m, err := network.New(a.netns, hostnet.Options{TAPOwner: tapUser})
+			owner, owners := env.TAPOwner(), env.TAPOwners
+			if c.Flags().Changed("tap-owner") {
+				owner, owners = tapUser, nil
+			}
+			m, err := network.New(a.netns, hostnet.Options{TAPOwner: owner})
 			if err != nil {
 				return err
 			}
 			defer m.Close()
-			m.OwnTAPs(env.TAPOwners)
+			if owners != nil {
+				m.OwnTAPs(owners)
+			}
 			res, err := m.Apply(cfg)
 			if res != nil {
 				a.printNetResult(res)
@@ -65,7 +66,8 @@ does not own in the way) changes nothing.`,
 		},
 	}
 	fileFlag(apply, &file)
-	apply.Flags().Uint32Var(&tapUser, "tap-owner", 0, "uid that owns the TAPs, for a hypervisor running unprivileged (default: the microvm user's, else root)")
+	vmmUserFlags(apply, &vmmUser)
+	apply.Flags().Uint32Var(&tapUser, "tap-owner", 0, "uid that owns the TAPs (default: the --vmm-user's, or each VM's own id from --vmm-ids for a hypervisor that opens its TAP by name)")
 
 	show := &cobra.Command{
 		Use:     "show",

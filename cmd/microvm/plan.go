@@ -7,7 +7,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"microvm.dev/microvm/internal/daemon"
+	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/plan"
 	"microvm.dev/microvm/internal/state"
 )
@@ -15,6 +18,7 @@ import (
 func (a *app) planCommand() *cobra.Command {
 	var file string
 	var offline bool
+	var vmmUser runOptions
 	cmd := &cobra.Command{
 		Use:   "plan",
 		Short: "Show what apply would change, VM by VM",
@@ -45,7 +49,24 @@ file's apply leaves them alone.`,
 				return err
 			}
 			recs = slices.DeleteFunc(recs, func(r state.RunRecord) bool { return api[r.Name] != nil })
-			p := plan.Compute(cfg, plan.FromRecords(recs, launch.Alive))
+			// The network steps are a dry run of the reconcile in the
+			// namespace, with the TAPs' owners the daemon would give them
+			// (unknown without access to the namespace: assumed).
+			o := a.launchOptions(vmmUser)
+			o.NoSecrets = true
+			env, err := a.newEnv(o)
+			if err != nil {
+				return err
+			}
+			m, err := network.New(a.netns, hostnet.Options{TAPOwner: env.TAPOwner()})
+			if err != nil {
+				fmt.Fprintf(a.stderr, "warning: the network steps are assumed: %v\n", err)
+				m = nil
+			} else {
+				defer m.Close()
+				m.OwnTAPs(env.TAPOwners)
+			}
+			p := plan.Compute(cfg, plan.FromRecords(recs, launch.Alive), daemon.PlanHost(m, a.stateDir, cfg))
 			if a.output == "json" {
 				return a.printJSON(p)
 			}
@@ -55,6 +76,7 @@ file's apply leaves them alone.`,
 	}
 	fileFlag(cmd, &file)
 	offlineFlag(cmd, &offline)
+	vmmUserFlags(cmd, &vmmUser)
 	return cmd
 }
 
@@ -76,7 +98,7 @@ func (a *app) printPlan(file string, p *plan.Plan) {
 	}
 	tw.Flush()
 	for _, v := range p.VMs {
-		if v.Action == plan.Unchanged {
+		if v.Action == plan.Unchanged && len(v.Steps) == 0 {
 			continue
 		}
 		fmt.Fprintf(a.stdout, "\n%s %s (%s)\n", actionSign[v.Action], v.Name, v.Action)

@@ -14,14 +14,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"microvm.dev/microvm/internal/apiserver"
-	"microvm.dev/microvm/internal/cgroup"
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/network"
 	"microvm.dev/microvm/internal/radv"
 	"microvm.dev/microvm/internal/resolver"
-	"microvm.dev/microvm/internal/secrets"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/steps"
 	"microvm.dev/microvm/internal/vmm"
@@ -76,11 +74,16 @@ func launchFlags(cmd *cobra.Command, o *runOptions) {
 	cmd.Flags().StringVar(&o.kernelCache, "kernel-cache", guest.DefaultKernelCache, "where scripts/fetch-kernel.sh keeps kernels")
 	cmd.Flags().StringVar(&o.arch, "arch", vmm.HostArch(), "guest architecture: x86_64 or aarch64")
 	cmd.Flags().StringVar(&o.share, "share", "auto", "how the store reaches guests: virtiofs, 9p, block (a read-only disk image) or auto (the hypervisor's first choice available)")
+	vmmUserFlags(cmd, o)
+	cmd.Flags().StringVar(&o.vmmConfine, "vmm-confine", "auto", "shut each unprivileged hypervisor into a root of its own (only its VM's files) in new mount and PID namespaces: auto (when hypervisors run as --vmm-user) or off")
+	identityFlag(cmd.Flags(), &o.identities)
+}
+
+// vmmUserFlags adds the flags that say who hypervisors run as.
+func vmmUserFlags(cmd *cobra.Command, o *runOptions) {
 	cmd.Flags().StringVar(&o.vmmUser, "vmm-user", vmmuser.DefaultName, "the unprivileged user hypervisors run as, without capabilities (root: as root; when the default user does not exist, root with a warning)")
 	o.vmmUserSet = func() bool { return cmd.Flags().Changed("vmm-user") }
 	cmd.Flags().StringVar(&o.vmmIDs, "vmm-ids", "auto", "ids for one identity per VM's hypervisor: START:COUNT, auto (the --vmm-user's range in /etc/subuid and /etc/subgid, when it has one) or off (every hypervisor runs as --vmm-user)")
-	cmd.Flags().StringVar(&o.vmmConfine, "vmm-confine", "auto", "shut each unprivileged hypervisor into a root of its own (only its VM's files) in new mount and PID namespaces: auto (when hypervisors run as --vmm-user) or off")
-	identityFlag(cmd.Flags(), &o.identities)
 }
 
 // PackagedInitDir is where the Debian package installs microvm-init.
@@ -104,69 +107,32 @@ func defaultInitDir() string {
 	return PackagedInitDir
 }
 
-// vmmIDs is the range --vmm-ids says for user's hypervisors (nil: off).
-func vmmIDs(flag, user string) (*vmmuser.Range, error) {
-	switch flag {
-	case "off":
-		return nil, nil
-	case "auto":
-		r, ok, err := vmmuser.Subordinate(user, "/etc/subuid", "/etc/subgid")
-		if err != nil || !ok {
-			return nil, err
-		}
-		return &r, nil
-	}
-	r, err := vmmuser.ParseRange(flag)
-	if err != nil {
-		return nil, fmt.Errorf("--vmm-ids: %w", err)
-	}
-	return &r, nil
+// launchEnv is the launch environment the flags describe.
+func (a *app) launchEnv(o runOptions) (launch.Env, error) {
+	return a.newEnv(a.launchOptions(o))
 }
 
-// launchEnv is the launch environment the flags describe.
-// Without usable cgroups, VMs without limits still run; one with limits
-// is refused when it starts.
-// Hypervisors run as --vmm-user; a missing user is an error when named on
-// the command line and a warning (hypervisors as root) for the default.
-func (a *app) launchEnv(o runOptions) (launch.Env, error) {
-	env := launch.Env{StateDir: a.stateDir, RunDir: filepath.Dir(a.socket), KernelCache: o.kernelCache, InitDir: o.initDir, NetNS: a.netns, Arch: o.arch, Share: o.share}
-	if cg, err := cgroup.Detect(cgroup.DefaultRoot); err == nil {
-		env.Cgroups = cg
-	}
-	u, err := vmmuser.Lookup(o.vmmUser, apiserver.SocketGroup)
-	switch {
-	case errors.Is(err, vmmuser.ErrNoUser) && (o.vmmUserSet == nil || !o.vmmUserSet()):
-		fmt.Fprintf(a.stderr, "warning: hypervisors run as root: %v\n", err)
-	case err != nil:
+// newEnv is launch.NewEnv(o), its warnings on stderr, a bad option a
+// usage error.
+func (a *app) newEnv(o launch.Options) (launch.Env, error) {
+	env, warnings, err := launch.NewEnv(o)
+	if errors.Is(err, launch.ErrOption) {
 		return env, usageError{err}
 	}
-	if u != nil {
-		if u.IDs, err = vmmIDs(o.vmmIDs, u.Name); err != nil {
-			return env, usageError{err}
-		}
+	for _, w := range warnings {
+		fmt.Fprintln(a.stderr, "warning:", w)
 	}
-	env.VMMUser = u
-	switch o.vmmConfine {
-	case "auto", "":
-		if u != nil {
-			if env.Self, err = os.Executable(); err != nil {
-				return env, fmt.Errorf("--vmm-confine: the microvm binary: %w", err)
-			}
-		}
-	case "off":
-	default:
-		return env, usageError{fmt.Errorf("--vmm-confine must be auto or off, not %q", o.vmmConfine)}
+	return env, err
+}
+
+// launchOptions are the launch flags o and the global ones.
+func (a *app) launchOptions(o runOptions) launch.Options {
+	return launch.Options{
+		StateDir: a.stateDir, RunDir: filepath.Dir(a.socket), NetNS: a.netns,
+		KernelCache: o.kernelCache, InitDir: o.initDir, Arch: o.arch, Share: o.share,
+		VMMUser: o.vmmUser, VMMUserNamed: o.vmmUserSet != nil && o.vmmUserSet(), VMMIDs: o.vmmIDs, VMMConfine: o.vmmConfine,
+		Identities: o.identities, APIGroup: apiserver.SocketGroup,
 	}
-	switch env.Identities, err = secrets.HostIdentities(o.identities); {
-	case err != nil && len(o.identities) > 0:
-		return env, usageError{err}
-	case err != nil:
-		fmt.Fprintf(a.stderr, "warning: VMs' secrets cannot be decrypted: %v\n", err)
-	}
-	if vmm.HardwareKVM() && u != nil && !u.CanOpen("/dev/kvm") {
-		fmt.Fprintf(a.stderr, "warning: hypervisors run as %s, who cannot open /dev/kvm: VMs are emulated (TCG). Give /dev/kvm a group (chgrp kvm /dev/kvm && chmod 660 /dev/kvm), or run hypervisors as root with --vmm-user root\n", u.Name)
-	}
-	return env, nil
 }
 
 func (a *app) run(name string, o runOptions) error {
@@ -230,7 +196,7 @@ func (a *app) run(name string, o runOptions) error {
 	for _, w := range p.Warnings {
 		fmt.Fprintln(a.stderr, "warning:", w)
 	}
-	fmt.Fprintf(a.stderr, "prepared %s in %s (initramfs base cached: %v)\n", name, time.Since(t0).Round(time.Millisecond), p.BaseCached)
+	fmt.Fprintf(a.stderr, "prepared %s in %s (initramfs base cached: %v): %s\n", name, time.Since(t0).Round(time.Millisecond), p.BaseCached, p.Boot)
 	r, err := launch.Start(ctx, p)
 	if err != nil {
 		return err
@@ -254,7 +220,7 @@ func (a *app) run(name string, o runOptions) error {
 			fmt.Fprintln(a.stdout, line)
 		}
 	}
-	ready, err := r.WaitReady(o.readyWait, echo)
+	ready, err := r.AwaitReady(o.readyWait, echo)
 	if err != nil {
 		r.Stop(o.stopTimeout)
 		return fmt.Errorf("%s: %w", name, err)

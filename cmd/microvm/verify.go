@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/verify"
 )
 
@@ -37,18 +37,18 @@ its evidence; the exit status is 1 when any check fails.`,
 				return err
 			}
 			checks := verify.Prerequisites(cfg, env, nil)
-			var vms []supervisor.Status
+			var vms []apitypes.VMStatus
 			if err := a.client().Do("GET", "/v1/vms", nil, &vms); err != nil {
 				checks = append(checks, verify.Check{Name: "live fleet", Run: func() (verify.Status, string) {
 					return verify.Skip, err.Error()
 				}})
 			} else {
-				byName := map[string]supervisor.Status{}
+				byName := map[string]apitypes.VMStatus{}
 				for _, v := range vms {
 					byName[v.Name] = v
 				}
 				checks = append(checks, verify.Live(verify.Fleet{Config: cfg, StateDir: a.stateDir, NetNS: a.netns,
-					Status: func(n string) (supervisor.Status, bool) { st, ok := byName[n]; return st, ok }})...)
+					Status: func(n string) (apitypes.VMStatus, bool) { st, ok := byName[n]; return st, ok }})...)
 			}
 			return a.printResults(verify.Run(checks))
 		},

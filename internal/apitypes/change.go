@@ -30,6 +30,17 @@ type VMAction struct {
 	Steps []StepTiming `json:"steps,omitempty"`
 	// BootSeconds is how long the VM took to become ready.
 	BootSeconds float64 `json:"bootSeconds,omitempty"`
+	// Done are the host operations done for the VM, in the plan's terms
+	// (the ops of `microvm plan`): what the apply found it had to do and
+	// did, in order.
+	Done []HostStep `json:"done,omitempty"`
+}
+
+// HostStep is one host operation done for a VM: an op of the plan
+// (create-bridge, ensure-volume, start, …) and what it acted on.
+type HostStep struct {
+	Op     string `json:"op"`
+	Detail string `json:"detail"`
 }
 
 // Started says whether the change booted the VM (created, started or

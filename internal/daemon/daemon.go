@@ -227,7 +227,7 @@ func (d *Daemon) ApplyFile(name string, data []byte) (*ApplyResult, error) {
 // apply leaves them alone). Apply executes exactly this.
 func (d *Daemon) Plan(cfg *config.Config) *plan.Plan {
 	api := d.apiEntries()
-	p := plan.Compute(cfg, d.observed())
+	p := plan.Compute(cfg, d.observed(), d.planHost(cfg))
 	p.VMs = slices.DeleteFunc(p.VMs, func(v plan.VMPlan) bool { return api[v.Name] != nil })
 	return p
 }
@@ -272,27 +272,34 @@ func (d *Daemon) Apply(name string, file *config.Config) (res *ApplyResult, err 
 		return nil, err
 	}
 
-	var toStart []*config.VM
-	actions := map[string]*VMAction{}
+	var changes, toStart []*change
 	for _, v := range vms {
-		a := &VMAction{Name: v.Name, Action: v.Action.Past()}
-		actions[v.Name] = a
-		if d.teardown(v, a) {
-			toStart = append(toStart, v.Desired)
+		c := d.newChange(v)
+		changes = append(changes, c)
+		if d.teardown(c) {
+			toStart = append(toStart, c)
 		}
 	}
 	res.Phases.Stop = time.Since(t0).Seconds()
 	tNet := time.Now()
 	res.Network, err = d.reconcile(res)
 	res.Phases.Network = time.Since(tNet).Seconds()
+	if res.Network != nil {
+		networkDone(changes, res.Network.Links)
+	}
+	for _, c := range changes {
+		if c.plan.Action == plan.Remove {
+			c.keptDone(d.env.StateDir)
+		}
+	}
 	if err != nil {
 		return res, err
 	}
 	tStart := time.Now()
-	d.startAll(toStart, actions)
+	d.startAll(toStart)
 	res.Phases.Start = time.Since(tStart).Seconds()
-	for _, a := range actions {
-		res.VMs = append(res.VMs, *a)
+	for _, c := range changes {
+		res.VMs = append(res.VMs, *c.a)
 	}
 	sort.Slice(res.VMs, func(i, j int) bool { return res.VMs[i].Name < res.VMs[j].Name })
 	res.Seconds = time.Since(t0).Seconds()
@@ -355,17 +362,17 @@ func (d *Daemon) decide(name string, data []byte, api map[string][]byte, problem
 // removed VM is stopped and forgotten, an updated one stopped; a VM left
 // alone takes its new supervision settings. It says whether the second
 // half starts the VM.
-func (d *Daemon) teardown(v plan.VMPlan, a *VMAction) bool {
-	switch v.Action {
+func (d *Daemon) teardown(c *change) bool {
+	switch c.plan.Action {
 	case plan.Remove:
-		a.StopSeconds, a.Error = timed(func() error { return d.forget(v.Name) })
+		c.stopDone(func() error { return d.forget(c.plan.Name) })
 	case plan.Update:
-		a.StopSeconds, a.Error = timed(func() error { return d.sup.Stop(v.Name) })
-		return a.Error == ""
+		c.stopDone(func() error { return d.sup.Stop(c.plan.Name) })
+		return c.a.Error == ""
 	case plan.Create, plan.Start:
 		return true
 	case plan.Unchanged:
-		d.sup.UpdateSupervision(v.Desired)
+		d.sup.UpdateSupervision(c.plan.Desired)
 	}
 	return false
 }
@@ -407,30 +414,33 @@ func timed(f func() error) (float64, string) {
 	return time.Since(t).Seconds(), ""
 }
 
-// startAll boots vms in parallel (at most cap(d.boots) at once) and records
-// each one's outcome and timings in actions.
-func (d *Daemon) startAll(vms []*config.VM, actions map[string]*VMAction) {
+// startAll boots the changes' VMs in parallel (at most cap(d.boots) at
+// once) and records each one's outcome and timings.
+func (d *Daemon) startAll(changes []*change) {
 	var wg sync.WaitGroup
-	for _, vm := range vms {
+	for _, c := range changes {
 		wg.Go(func() {
 			d.boots <- struct{}{}
 			defer func() { <-d.boots }()
-			d.started(vm, actions[vm.Name], d.sup.Start(context.Background(), vm))
+			d.started(c, d.sup.Start(context.Background(), c.plan.Desired))
 		})
 	}
 	wg.Wait()
 }
 
-// started records a start's outcome and timings in a.
-func (d *Daemon) started(vm *config.VM, a *VMAction, err error) {
+// started records a start's outcome, timings and what it did.
+func (d *Daemon) started(c *change, err error) {
 	if err != nil {
-		a.Error = err.Error()
+		c.a.Error = err.Error()
 	}
-	if st, ok := d.sup.Status(vm.Name); ok {
-		a.Steps = st.Steps
-		if err == nil {
-			a.BootSeconds, a.PrepareSeconds = st.BootSeconds, st.PrepareSeconds
-		}
+	st, ok := d.sup.Status(c.plan.Name)
+	if !ok {
+		return
+	}
+	c.a.Steps = st.Steps
+	if err == nil {
+		c.a.BootSeconds, c.a.PrepareSeconds = st.BootSeconds, st.PrepareSeconds
+		c.startDone(d.env.StateDir, d.sup.LaunchVolumes(c.plan.Name), st.Boot)
 	}
 }
 

@@ -2,12 +2,10 @@ package daemon
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"time"
 
 	"microvm.dev/microvm/internal/config"
-	"microvm.dev/microvm/internal/health"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/steps"
@@ -69,27 +67,25 @@ func (p process) ConsoleLog() string         { return p.r.Prepared.Launch.Consol
 func (p process) Timings() []steps.Timing    { return p.r.Prepared.Timings() }
 func (p process) Boot() string               { return p.r.Prepared.Boot.String() }
 
-// Save asks the guest to sync its disks (so a saved state that is later
-// dropped loses nothing written before the save), then saves it.
-func (p process) Save() (supervisor.SaveInfo, error) {
-	if err := inGuest(p.env.StateDir, p.env.NetNS, p.r.Prepared.VM, "sync", 30*time.Second); err != nil {
-		return supervisor.SaveInfo{}, fmt.Errorf("sync the guest's disks before the save: %w", err)
+func (p process) Volumes() map[string]string {
+	out := map[string]string{}
+	for name, act := range p.r.Prepared.Volumes {
+		out[name] = string(act)
 	}
+	return out
+}
+
+// Save saves the guest's state (launch.Running.Save: its disks synced
+// first) and ends its hypervisor.
+func (p process) Save() (supervisor.SaveInfo, error) {
 	res, err := p.r.Save()
 	return supervisor.SaveInfo{Bytes: res.Bytes, Seconds: res.Seconds}, err
 }
 
-// WaitReady waits for the guest's ready line and then, for a VM with a
-// healthCheck, for the check to pass, within timeout in all.
+// WaitReady waits until the guest is ready for its workload
+// (launch.Running.AwaitReady: the ready line, its clock after a resume,
+// its healthCheck), within timeout in all.
 func (p process) WaitReady(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	if _, err := p.r.WaitReady(timeout, nil); err != nil {
-		return err
-	}
-	if p.r.Prepared.Boot.Resume != nil {
-		if err := setGuestClock(p.env.StateDir, p.env.NetNS, p.r.Prepared.VM); err != nil {
-			return fmt.Errorf("resumed, but its clock could not be set: %w", err)
-		}
-	}
-	return health.Wait(p.env.NetNS, p.r.Prepared.VM, deadline, p.r.Exited)
+	_, err := p.r.AwaitReady(timeout, nil)
+	return err
 }

@@ -20,12 +20,16 @@ import (
 )
 
 // randomFile is a fleet of some of four VMs, each with a random memory
-// size and autostart.
-func randomFile(r *rand.Rand) string {
+// size, autostart, index (so a network of its own that may move) and
+// volumes (none, one, or two; the first grows every tenth round: volumes
+// never shrink).
+func randomFile(r *rand.Rand, round int) string {
 	var vms []string
+	data := fmt.Sprintf("{ name: data, mountPoint: /data, size: %dM }", 16+8*(round/10))
 	for i, name := range []string{"a", "b", "c", "d"} {
 		if r.IntN(4) != 0 {
-			vms = append(vms, fmt.Sprintf("%s: { index: %d, memory: %s, autostart: %v }", name, i+1, []string{"512M", "1G"}[r.IntN(2)], r.IntN(3) != 0))
+			vols := []string{"", "volumes: [" + data + "], ", "volumes: [" + data + ", { name: logs, mountPoint: /logs, size: 16M }], "}[r.IntN(3)]
+			vms = append(vms, fmt.Sprintf("%s: { index: %d, memory: %s, %sautostart: %v }", name, i+1+4*r.IntN(2), []string{"512M", "1G"}[r.IntN(2)], vols, r.IntN(3) != 0))
 		}
 	}
 	return "host: { externalInterface: up0 }\nvms: {" + strings.Join(vms, ", ") + "}\n"
@@ -33,14 +37,18 @@ func randomFile(r *rand.Rand) string {
 
 // Plan and apply agree: over generated pairs of files, with VMs stopped by
 // hand between them, what `microvm plan` computes from the state directory
-// and what the daemon plans are what its apply then does, VM by VM.
+// and what the daemon plans are what its apply then does, VM by VM: the
+// same action, and the plan's host steps are the steps the apply reports
+// having done (its stops, the links the network reconcile really made or
+// deleted, the volumes the launch really made, grew or found, the boots),
+// op by op in order.
 func TestPlanAndApplyAgree(t *testing.T) {
 	testutil.RequireRoot(t)
 	ns := testutil.NewNetns(t, "dplan")
 	ns.IP(t, "link", "add", "up0", "type", "bridge")
 	st := t.TempDir()
 	env := launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), NetNS: ns.Path}
-	d, err := NewWithLauncher(env, &testvmm.Launcher{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d, err := NewWithLauncher(env, &testvmm.Launcher{StateDir: st}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,9 +56,9 @@ func TestPlanAndApplyAgree(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	r := rand.New(rand.NewPCG(seed, 0))
-	seen := map[plan.Action]int{}
+	seen, seenOps := map[plan.Action]int{}, map[plan.Op]int{}
 	for round := range 30 {
-		src := randomFile(r)
+		src := randomFile(r, round)
 		cfg, err := d.Parse("t.yaml", []byte(src))
 		if err != nil {
 			t.Fatalf("round %d: %v\n%s", round, err, src)
@@ -59,20 +67,38 @@ func TestPlanAndApplyAgree(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cli := actions(plan.Compute(cfg, plan.FromRecords(recs, launch.Alive)))
-		daemon := actions(d.Plan(cfg))
+		cliPlan := plan.Compute(cfg, plan.FromRecords(recs, launch.Alive), d.planHost(cfg))
+		cli, daemonPlan := actions(cliPlan), d.Plan(cfg)
+		daemon := actions(daemonPlan)
 		res, err := d.Apply("t.yaml", cfg)
 		if err != nil {
 			t.Fatalf("round %d: apply: %v", round, err)
 		}
-		applied := map[string]string{}
+		applied, done := map[string]string{}, map[string]string{}
 		for _, a := range res.VMs {
 			applied[a.Name] = a.Action
+			var ops []string
+			for _, s := range a.Done {
+				ops = append(ops, s.Op)
+			}
+			done[a.Name] = strings.Join(ops, " ")
 		}
 		for name, act := range daemon {
 			seen[act]++
 			if cli[name] != act || applied[name] != act.Past() {
 				t.Errorf("round %d, %s: microvm plan says %q, the daemon plans %q, apply did %q\n%s", round, name, cli[name], act, applied[name], src)
+			}
+		}
+		for _, p := range []*plan.Plan{cliPlan, daemonPlan} {
+			for _, v := range p.VMs {
+				var ops []string
+				for _, s := range v.Steps {
+					ops = append(ops, string(s.Op))
+					seenOps[s.Op]++
+				}
+				if want := strings.Join(ops, " "); done[v.Name] != want {
+					t.Errorf("round %d, %s (%s): the plan's steps are %q, the apply did %q\n%s", round, v.Name, v.Action, want, done[v.Name], src)
+				}
 			}
 		}
 		if len(cli) != len(daemon) || len(applied) != len(daemon) {
@@ -88,7 +114,7 @@ func TestPlanAndApplyAgree(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("actions seen: %v", seen)
+	t.Logf("actions seen: %v; steps seen: %v", seen, seenOps)
 	for _, a := range []plan.Action{plan.Create, plan.Start, plan.Update, plan.Remove, plan.Define, plan.Unchanged} {
 		if seen[a] == 0 {
 			t.Logf("no %s in this run (seed %d)", a, seed)

@@ -9,6 +9,7 @@ import (
 	"microvm.dev/microvm/internal/snapshot"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/vmssh"
 	"microvm.dev/microvm/internal/volume"
 )
 
@@ -40,7 +41,7 @@ func (d *Daemon) Snapshot(vm, vol string) ([]snapshot.Snapshot, error) {
 	}
 	if r, ok := d.sup.Process(vm); ok {
 		// Best effort: flush the guest's page cache to its disks.
-		inGuest(d.env.StateDir, d.env.NetNS, spec, "sync", 30*time.Second)
+		vmssh.Run(d.env.StateDir, vm, spec.Net.Address.String(), d.env.NetNS, "sync", 30*time.Second)
 		if err := r.Pause(); err != nil {
 			return nil, fmt.Errorf("pause %s for the snapshot: %w", vm, err)
 		}

@@ -69,33 +69,35 @@ func (d *Daemon) Put(name string, entry []byte) (*PutResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := vms[0]
-
-	res.VM.Action = v.Action.Past()
-	start := d.teardown(v, &res.VM)
-	if res.VM.Error != "" {
-		return res, fmt.Errorf("%s: %s", name, res.VM.Error)
+	c := d.newChange(vms[0])
+	defer func() { res.VM = *c.a }()
+	start := d.teardown(c)
+	if c.a.Error != "" {
+		return res, fmt.Errorf("%s: %s", name, c.a.Error)
 	}
-	if v.Action != plan.Unchanged {
+	if c.plan.Action != plan.Unchanged {
 		// An unchanged VM's network is the one reconciled already: a
 		// provider putting every pod's VM again does no host work.
 		var apply ApplyResult
 		res.Network, err = d.reconcile(&apply)
 		res.Warnings = apply.Warnings
+		if res.Network != nil {
+			networkDone([]*change{c}, res.Network.Links)
+		}
 		if err != nil {
 			return res, err
 		}
 	}
 	if start {
 		d.boots <- struct{}{}
-		err := d.sup.Launch(context.Background(), v.Desired)
+		err := d.sup.Launch(context.Background(), c.plan.Desired)
 		<-d.boots
-		d.started(v.Desired, &res.VM, err)
+		d.started(c, err)
 		if err != nil {
 			return res, err
 		}
 	}
-	d.log.Info("VM put", "vm", name, "action", res.VM.Action)
+	d.log.Info("VM put", "vm", name, "action", c.a.Action)
 	return res, nil
 }
 
@@ -108,7 +110,7 @@ func (d *Daemon) planOf(cfg *config.Config, name string) plan.VMPlan {
 			observed = append(observed, o)
 		}
 	}
-	for _, v := range plan.Compute(cfg, observed).VMs {
+	for _, v := range plan.Compute(cfg, observed, d.planHost(cfg)).VMs {
 		if v.Name == name {
 			return v
 		}

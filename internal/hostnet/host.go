@@ -1,6 +1,7 @@
 package hostnet
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -115,17 +116,30 @@ type SysctlSetting struct {
 // returns the ones it changed. A missing sysctl is an error wrapping
 // fs.ErrNotExist.
 func (h *Host) Sysctls(settings []SysctlSetting) ([]SysctlSetting, error) {
+	return h.sysctls(settings, nil)
+}
+
+// sysctls is Sysctls; with dry (a dry run's settings so far, by name) it
+// writes nothing but dry, and reads a setting of an interface that is not
+// there (one the dry run would make) as the namespace's default for new
+// interfaces.
+func (h *Host) sysctls(settings []SysctlSetting, dry map[string]string) ([]SysctlSetting, error) {
 	var changed []SysctlSetting
 	err := h.Do(func() error {
 		for _, st := range settings {
-			p := filepath.Join("/proc/sys", strings.ReplaceAll(st.Name, ".", "/"))
-			cur, err := os.ReadFile(p)
+			cur, err := readSysctl(st.Name, dry)
 			if err != nil {
-				return fmt.Errorf("sysctl %s: %w", st.Name, err)
+				return err
 			}
-			if strings.TrimSpace(string(cur)) == st.Value {
+			if cur == st.Value {
 				continue
 			}
+			if dry != nil {
+				dry[st.Name] = st.Value
+				changed = append(changed, st)
+				continue
+			}
+			p := filepath.Join("/proc/sys", strings.ReplaceAll(st.Name, ".", "/"))
 			if err := os.WriteFile(p, []byte(st.Value), 0o644); err != nil {
 				return fmt.Errorf("sysctl %s=%s: %w", st.Name, st.Value, err)
 			}
@@ -136,18 +150,43 @@ func (h *Host) Sysctls(settings []SysctlSetting) ([]SysctlSetting, error) {
 	return changed, err
 }
 
+// readSysctl reads the setting name (in the namespace entered): the dry
+// run's value when it set one (dry not nil), a new interface's default
+// when a dry run reads a setting of an interface not there yet.
+func readSysctl(name string, dry map[string]string) (string, error) {
+	if v, ok := dry[name]; ok {
+		return v, nil
+	}
+	cur, err := os.ReadFile(filepath.Join("/proc/sys", strings.ReplaceAll(name, ".", "/")))
+	if dry != nil && errors.Is(err, os.ErrNotExist) {
+		if parts := strings.Split(name, "."); len(parts) == 5 && parts[2] == "conf" {
+			parts[3] = "default"
+			return readSysctl(strings.Join(parts, "."), nil)
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("sysctl %s: %w", name, err)
+	}
+	return strings.TrimSpace(string(cur)), nil
+}
+
 // KeepRAWithForwarding makes the uplink keep taking router advertisements
 // once IPv6 forwarding is on (accept_ra 1, which forwarding turns into
 // "ignore", becomes 2), so a host that configures its own uplink by SLAAC
 // keeps its address and default route. Any other value is the admin's and
-// left alone. It says whether it changed the setting.
-func (h *Host) KeepRAWithForwarding(uplink string) (bool, error) {
+// left alone. It says whether it changed the setting (with dry, whether
+// it would, changing nothing).
+func (h *Host) KeepRAWithForwarding(uplink string, dry bool) (bool, error) {
 	changed := false
 	err := h.Do(func() error {
 		p := filepath.Join("/proc/sys/net/ipv6/conf", uplink, "accept_ra")
 		cur, err := os.ReadFile(p)
 		if err != nil || strings.TrimSpace(string(cur)) != "1" {
 			return nil // no IPv6 on it, or not the default
+		}
+		if dry {
+			changed = true
+			return nil
 		}
 		if err := os.WriteFile(p, []byte("2"), 0o644); err != nil {
 			return fmt.Errorf("sysctl net.ipv6.conf.%s.accept_ra=2: %w", uplink, err)

@@ -78,6 +78,9 @@ type Options struct {
 	// any interface is changed (the firewall goes there, so isolation holds
 	// before a VM link comes up). Its error stops the reconcile.
 	BeforeChanges func() error
+	// DryRun measures and lists the changes the reconcile would make,
+	// and makes none (BeforeChanges is not run).
+	DryRun bool
 }
 
 // Change is one operation the reconcile performed.
@@ -92,9 +95,14 @@ func (e *ConflictError) Error() string {
 
 // observed is one snapshot of the namespace's links and addresses.
 type observed struct {
-	byName map[string]netlink.Link
-	addrs  map[int][]netlink.Addr // by link index
-	ours   map[string]netlink.Link
+	// planned is the index a dry run gave its last made-up link (each
+	// new one is one below: no real link's); dry holds the settings a dry
+	// run would have made (nil: not a dry run).
+	planned int
+	dry     map[string]string
+	byName  map[string]netlink.Link
+	addrs   map[int][]netlink.Addr // by link index
+	ours    map[string]netlink.Link
 }
 
 func (h *Host) observe() (*observed, error) {
@@ -196,7 +204,10 @@ func (h *Host) Reconcile(want []VMLink, opts Options) ([]Change, error) {
 	if problems := o.conflicts(want); len(problems) > 0 {
 		return nil, &ConflictError{Problems: problems}
 	}
-	if opts.BeforeChanges != nil {
+	if opts.DryRun {
+		o.dry = map[string]string{}
+	}
+	if opts.BeforeChanges != nil && !opts.DryRun {
 		if err := opts.BeforeChanges(); err != nil {
 			return nil, err
 		}
@@ -215,7 +226,7 @@ func (h *Host) Reconcile(want []VMLink, opts Options) ([]Change, error) {
 			if keep[name] || (l.Type() == "tuntap") != (pass == "tuntap") {
 				continue
 			}
-			if err := h.nl.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			if err := h.act(opts, func() error { return h.nl.LinkDel(l) }); err != nil && !errors.Is(err, unix.ENODEV) {
 				return changes, fmt.Errorf("delete %s: %w", name, err)
 			}
 			record("delete-"+l.Type(), name)
@@ -235,7 +246,7 @@ func (h *Host) Reconcile(want []VMLink, opts Options) ([]Change, error) {
 			return changes, fmt.Errorf("%s: %w", w.VM, err)
 		}
 	}
-	if err := h.ensureSysctls(want, ipv6, record); err != nil {
+	if err := h.ensureSysctls(want, ipv6, o.dry, record); err != nil {
 		return changes, err
 	}
 	return changes, nil
@@ -269,7 +280,7 @@ func bridgeIPv6(bridge string, on bool) []SysctlSetting {
 // IPv6 (a host link-local address on an IPv4-only VM network would only
 // widen what a VM can reach; a TAP is a bridge port and needs no address),
 // entering the namespace once for all of them.
-func (h *Host) ensureSysctls(want []VMLink, ipv6 bool, record func(op, target string)) error {
+func (h *Host) ensureSysctls(want []VMLink, ipv6 bool, dry map[string]string, record func(op, target string)) error {
 	if len(want) == 0 {
 		return nil
 	}
@@ -285,18 +296,26 @@ func (h *Host) ensureSysctls(want []VMLink, ipv6 bool, record func(op, target st
 			settings = append(settings, SysctlSetting{"net.ipv6.conf.all.forwarding", "1"})
 		}
 	}
-	changed, err := h.Sysctls(settings)
+	changed, err := h.sysctls(settings, dry)
 	for _, st := range changed {
 		record("set-sysctl", st.Name+"="+st.Value)
 	}
 	return err
 }
 
+// act does f, unless opts says to make no change.
+func (h *Host) act(opts Options, f func() error) error {
+	if opts.DryRun {
+		return nil
+	}
+	return f()
+}
+
 func (h *Host) ensureVM(o *observed, w VMLink, opts Options, record func(op, target string)) error {
 	alias := AliasPrefix + w.VM
 	br, err := h.ensureLink(o, w.Bridge, "bridge", alias, func() netlink.Link {
 		return &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: w.Bridge}}
-	}, nil, record)
+	}, nil, opts, record)
 	if err != nil {
 		return err
 	}
@@ -305,7 +324,7 @@ func (h *Host) ensureVM(o *observed, w VMLink, opts Options, record func(op, tar
 		// link with IPv6 off), and the host takes no router advertisement
 		// or address from the VM's network. A bridge that has it is left to
 		// ensureSysctls, which checks every link's settings in one pass.
-		changed, err := h.Sysctls(bridgeIPv6(w.Bridge, true))
+		changed, err := h.sysctls(bridgeIPv6(w.Bridge, true), o.dry)
 		for _, st := range changed {
 			record("set-sysctl", st.Name+"="+st.Value)
 		}
@@ -313,7 +332,7 @@ func (h *Host) ensureVM(o *observed, w VMLink, opts Options, record func(op, tar
 			return err
 		}
 	}
-	if err := h.ensureAddrs(o, br, w.gateways(), record); err != nil {
+	if err := h.ensureAddrs(o, br, w.gateways(), opts, record); err != nil {
 		return err
 	}
 	owner := Owner{opts.TAPOwner, opts.TAPGroup}
@@ -334,19 +353,19 @@ func (h *Host) ensureVM(o *observed, w VMLink, opts Options, record func(op, tar
 		// running VM keeps its network until it restarts.
 		t, ok := l.(*netlink.Tuntap)
 		return ok && (t.Owner != owner.UID || t.Group != owner.GID) && l.Attrs().RawFlags&unix.IFF_LOWER_UP == 0
-	}, record)
+	}, opts, record)
 	if err != nil {
 		return err
 	}
 	if tap.Attrs().MasterIndex != br.Attrs().Index {
-		if err := h.nl.LinkSetMasterByIndex(tap, br.Attrs().Index); err != nil {
+		if err := h.act(opts, func() error { return h.nl.LinkSetMasterByIndex(tap, br.Attrs().Index) }); err != nil {
 			return fmt.Errorf("attach %s to %s: %w", w.TAP, w.Bridge, err)
 		}
 		record("attach", w.TAP+" to "+w.Bridge)
 	}
 	for _, l := range []netlink.Link{br, tap} {
 		if l.Attrs().Flags&net.FlagUp == 0 {
-			if err := h.nl.LinkSetUp(l); err != nil {
+			if err := h.act(opts, func() error { return h.nl.LinkSetUp(l) }); err != nil {
 				return fmt.Errorf("set %s up: %w", l.Attrs().Name, err)
 			}
 			record("set-up", l.Attrs().Name)
@@ -357,16 +376,24 @@ func (h *Host) ensureVM(o *observed, w VMLink, opts Options, record func(op, tar
 
 // ensureLink returns the link called name, creating it (marked with alias)
 // when missing or when ours but of the wrong type, or (stale, when set)
-// when stale says it must be made again.
-func (h *Host) ensureLink(o *observed, name, typ, alias string, mk func() netlink.Link, stale func(netlink.Link) bool, record func(op, target string)) (netlink.Link, error) {
+// when stale says it must be made again. A dry run returns the link it
+// would make, with an index no real link has.
+func (h *Host) ensureLink(o *observed, name, typ, alias string, mk func() netlink.Link, stale func(netlink.Link) bool, opts Options, record func(op, target string)) (netlink.Link, error) {
 	if l, ok := o.ours[name]; ok {
 		if l.Type() == typ && l.Attrs().Alias == alias && (stale == nil || !stale(l)) {
 			return l, nil
 		}
-		if err := h.nl.LinkDel(l); err != nil {
+		if err := h.act(opts, func() error { return h.nl.LinkDel(l) }); err != nil {
 			return nil, fmt.Errorf("delete %s (%s, alias %q) to recreate it: %w", name, l.Type(), l.Attrs().Alias, err)
 		}
 		record("delete-"+l.Type(), name)
+	}
+	if opts.DryRun {
+		l := mk()
+		o.planned--
+		l.Attrs().Index = o.planned
+		record("create-"+typ, name)
+		return l, nil
 	}
 	// A TAP is created by an ioctl on /dev/net/tun, which acts in the calling
 	// thread's namespace, not the netlink handle's: run it inside the
@@ -391,7 +418,7 @@ func (h *Host) ensureLink(o *observed, name, typ, alias string, mk func() netlin
 
 // ensureAddrs makes the bridge's addresses exactly gws (its IPv6
 // link-local address, the kernel's, is left alone).
-func (h *Host) ensureAddrs(o *observed, br netlink.Link, gws []netip.Prefix, record func(op, target string)) error {
+func (h *Host) ensureAddrs(o *observed, br netlink.Link, gws []netip.Prefix, opts Options, record func(op, target string)) error {
 	have := map[netip.Prefix]bool{}
 	for _, a := range o.addrs[br.Attrs().Index] {
 		p, ok := prefixOf(a)
@@ -402,7 +429,7 @@ func (h *Host) ensureAddrs(o *observed, br netlink.Link, gws []netip.Prefix, rec
 		if ok && p.Addr().Is6() && p.Addr().IsLinkLocalUnicast() {
 			continue
 		}
-		if err := h.nl.AddrDel(br, &a); err != nil {
+		if err := h.act(opts, func() error { return h.nl.AddrDel(br, &a) }); err != nil {
 			return fmt.Errorf("remove stale address %s from %s: %w", a.IPNet, br.Attrs().Name, err)
 		}
 		record("delete-addr", fmt.Sprintf("%s on %s", a.IPNet, br.Attrs().Name))
@@ -415,7 +442,7 @@ func (h *Host) ensureAddrs(o *observed, br netlink.Link, gws []netip.Prefix, rec
 		if gw.Addr().Is6() {
 			addr.Flags = unix.IFA_F_NODAD // the gateway's, unique by construction: usable at once
 		}
-		if err := h.nl.AddrAdd(br, addr); err != nil {
+		if err := h.act(opts, func() error { return h.nl.AddrAdd(br, addr) }); err != nil {
 			return fmt.Errorf("add %s to %s: %w", gw, br.Attrs().Name, err)
 		}
 		record("add-addr", fmt.Sprintf("%s on %s", gw, br.Attrs().Name))

@@ -90,10 +90,12 @@ func (e Env) TAPOwner() uint32 {
 
 // TAPOwners are the owners of the TAPs of cfg's VMs whose hypervisor
 // opens its TAP by name (cloud-hypervisor, Firecracker) and runs as an id
-// of its own: that id, given to the VM now when it has none yet (the
-// network is applied before the VM starts). The network gives every other
-// TAP to the hypervisors' user (TAPOwner).
-func (e Env) TAPOwners(cfg *config.Config) (map[string]hostnet.Owner, error) {
+// of its own: that id, given to the VM now when it has none yet and
+// allocate is set (the network is applied before the VM starts; without
+// allocate, as for a plan, nothing is written and a VM without an id is
+// shown with the one it would get). The network gives every other TAP to
+// the hypervisors' user (TAPOwner).
+func (e Env) TAPOwners(cfg *config.Config, allocate bool) (map[string]hostnet.Owner, error) {
 	out := map[string]hostnet.Owner{}
 	if e.VMMUser == nil || e.VMMUser.IDs == nil {
 		return out, nil
@@ -106,7 +108,7 @@ func (e Env) TAPOwners(cfg *config.Config) (map[string]hostnet.Owner, error) {
 		if b.Capabilities().TAPFromFD {
 			continue // opened by root and handed over
 		}
-		u, err := e.vmmUser(vm.Name, true)
+		u, err := e.vmmUser(vm.Name, allocate)
 		if err != nil {
 			return nil, err
 		}
@@ -154,9 +156,6 @@ func (e Env) arch() string {
 func goarch(arch string) string {
 	return map[string]string{vmm.ArchX86_64: "amd64", vmm.ArchAArch64: "arm64"}[arch]
 }
-
-// ClientKeyPath is microvm's own SSH client key.
-func ClientKeyPath(stateDir string) string { return filepath.Join(stateDir, "ssh", "id_ed25519") }
 
 // InitBinary finds microvm-init for arch in dir.
 func InitBinary(dir, arch string) (string, error) {

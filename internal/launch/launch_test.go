@@ -158,7 +158,7 @@ func TestTAPOwners(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := Env{StateDir: state, VMMUser: u}
-	got, err := env.TAPOwners(cfg)
+	got, err := env.TAPOwners(cfg, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,10 +170,10 @@ func TestTAPOwners(t *testing.T) {
 	if ru, err := env.vmmUser("a", false); err != nil || ru.UID != 1879048193 || ru.GID != 1879048193 {
 		t.Errorf("a's hypervisor runs as %+v (%v)", ru, err)
 	}
-	if got, _ := env.TAPOwners(cfg); !reflect.DeepEqual(got, want) {
+	if got, _ := env.TAPOwners(cfg, true); !reflect.DeepEqual(got, want) {
 		t.Errorf("a second apply: %v", got)
 	}
-	if got, _ := (Env{StateDir: state, VMMUser: &vmmuser.User{Name: "microvm", UID: 999}}).TAPOwners(cfg); len(got) != 0 {
+	if got, _ := (Env{StateDir: state, VMMUser: &vmmuser.User{Name: "microvm", UID: 999}}).TAPOwners(cfg, true); len(got) != 0 {
 		t.Errorf("without a range: %v", got)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/storeimage"
 	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmssh"
 	"microvm.dev/microvm/internal/volume"
 )
 
@@ -208,7 +209,7 @@ func (pr *preparer) sshKeys(context.Context) error {
 	if err != nil {
 		return fmt.Errorf("host key: %w", err)
 	}
-	p.ClientKey = ClientKeyPath(p.env.StateDir)
+	p.ClientKey = vmssh.ClientKeyPath(p.env.StateDir)
 	client, _, err := sshkey.Ensure(p.ClientKey, "microvm")
 	if err != nil {
 		return fmt.Errorf("client key: %w", err)

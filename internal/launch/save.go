@@ -148,6 +148,11 @@ func (r *Running) Save() (SaveResult, error) {
 	if !ok {
 		return SaveResult{}, fmt.Errorf("%s cannot save a VM's state", p.Backend.Name())
 	}
+	// The guest syncs its disks first, so that a saved state that is later
+	// dropped loses nothing written before the save.
+	if err := r.InGuest("sync", 30*time.Second); err != nil {
+		return SaveResult{}, fmt.Errorf("sync the guest's disks before the save: %w", err)
+	}
 	t0 := time.Now()
 	uid, gid := -1, -1
 	if u := p.Resolved.User; u != nil {

@@ -24,13 +24,16 @@ type Manager struct {
 	fw   *firewall.Applier
 	opts hostnet.Options
 	// tapOwners, when set, gives VMs' TAPs owners of their own (OwnTAPs).
-	tapOwners func(*config.Config) (map[string]hostnet.Owner, error)
+	tapOwners func(cfg *config.Config, allocate bool) (map[string]hostnet.Owner, error)
 }
 
-// OwnTAPs makes f decide, at every apply, which VMs' TAPs have an owner
-// of their own (hostnet.Options.TAPOwners): hypervisors that open their
-// TAP by name and run as an id of their own (launch.Env.TAPOwners).
-func (m *Manager) OwnTAPs(f func(*config.Config) (map[string]hostnet.Owner, error)) { m.tapOwners = f }
+// OwnTAPs makes f decide, at every apply (allocate set) and plan, which
+// VMs' TAPs have an owner of their own (hostnet.Options.TAPOwners):
+// hypervisors that open their TAP by name and run as an id of their own
+// (launch.Env.TAPOwners).
+func (m *Manager) OwnTAPs(f func(cfg *config.Config, allocate bool) (map[string]hostnet.Owner, error)) {
+	m.tapOwners = f
+}
 
 // New returns a Manager for the namespace at nsPath ("" for the process's own).
 func New(nsPath string, opts hostnet.Options) (*Manager, error) {
@@ -70,11 +73,9 @@ func (m *Manager) Apply(cfg *config.Config) (*Result, error) {
 	// The firewall goes in after the conflict check and before any link
 	// changes, so a refused apply changes nothing and isolation holds before
 	// a VM link comes up.
-	opts := m.opts
-	if m.tapOwners != nil {
-		if opts.TAPOwners, err = m.tapOwners(cfg); err != nil {
-			return nil, err
-		}
+	opts, err := m.options(cfg, true)
+	if err != nil {
+		return nil, err
 	}
 	opts.BeforeChanges = func() error {
 		var err error
@@ -95,17 +96,60 @@ func (m *Manager) Apply(cfg *config.Config) (*Result, error) {
 		}
 		return res, fmt.Errorf("apply network: %w", err)
 	}
-	if uplink != "" && hasIPv6(cfg) {
-		// IPv6 forwarding is on: the uplink keeps its SLAAC.
-		changed, err := m.host.KeepRAWithForwarding(uplink)
-		if err != nil {
-			return res, err
-		}
-		if changed {
-			res.Links = append(res.Links, hostnet.Change{Op: "set-sysctl", Target: "net.ipv6.conf." + uplink + ".accept_ra=2"})
-		}
+	if err := m.keepRA(uplink, cfg, false, res); err != nil {
+		return res, err
 	}
 	return res, nil
+}
+
+// keepRA keeps the uplink's SLAAC once IPv6 forwarding is on (a dry run
+// says whether it would), recording the change in res.
+func (m *Manager) keepRA(uplink string, cfg *config.Config, dry bool, res *Result) error {
+	if uplink == "" || !hasIPv6(cfg) {
+		return nil
+	}
+	changed, err := m.host.KeepRAWithForwarding(uplink, dry)
+	if changed {
+		res.Links = append(res.Links, hostnet.Change{Op: "set-sysctl", Target: "net.ipv6.conf." + uplink + ".accept_ra=2"})
+	}
+	return err
+}
+
+// options are the reconcile's options for cfg: the TAPs' owners, given
+// ids where allocate says (a plan allocates none).
+func (m *Manager) options(cfg *config.Config, allocate bool) (hostnet.Options, error) {
+	opts := m.opts
+	if m.tapOwners != nil {
+		var err error
+		if opts.TAPOwners, err = m.tapOwners(cfg, allocate); err != nil {
+			return opts, err
+		}
+	}
+	return opts, nil
+}
+
+// Plan lists the link changes an Apply of cfg would make now (a dry run
+// of the reconcile: nothing is changed, no id allocated). A conflict is
+// the error Apply would return.
+func (m *Manager) Plan(cfg *config.Config) ([]hostnet.Change, error) {
+	opts, err := m.options(cfg, false)
+	if err != nil {
+		return nil, err
+	}
+	opts.DryRun = true
+	links, err := m.host.Reconcile(hostnet.LinksFor(cfg), opts)
+	if err != nil {
+		return links, err
+	}
+	uplink, err := m.host.ResolveUplink(cfg.Host)
+	if errors.Is(err, hostnet.ErrNoDefaultRoute) {
+		return links, nil // no NAT: nothing to keep
+	} else if err != nil {
+		return links, err
+	}
+	res := &Result{Links: links}
+	err = m.keepRA(uplink, cfg, true, res)
+	return res.Links, err
 }
 
 func hasIPv6(cfg *config.Config) bool {

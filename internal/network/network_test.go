@@ -399,7 +399,7 @@ network:
 func TestTAPOwners(t *testing.T) {
 	l := newLab(t, labConfig)
 	owners := map[string]hostnet.Owner{"vm2": {UID: 1879048195, GID: 1879048195}}
-	l.m.OwnTAPs(func(*config.Config) (map[string]hostnet.Owner, error) { return owners, nil })
+	l.m.OwnTAPs(func(*config.Config, bool) (map[string]hostnet.Owner, error) { return owners, nil })
 	if _, err := l.m.Apply(l.cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -481,4 +481,46 @@ func TestServiceRangeThroughDNAT(t *testing.T) {
 	if _, err := a.Dial(t, "", "10.96.0.10:80", dialTimeout); err == nil {
 		t.Error("a → the Service without host.serviceCIDRs: connected, want it dropped")
 	}
+}
+
+// Plan is a dry run of the reconcile: it lists exactly the link changes
+// the next Apply makes, and makes none of them: on a fresh host, after a
+// TAP was deleted by hand, after a VM's index moved, and with nothing to
+// do.
+func TestPlanIsTheApplysChanges(t *testing.T) {
+	l := newLab(t, labConfig)
+	links := func() string {
+		out, err := l.host.Exec("ip", "-br", "link")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	check := func(what string, cfg *config.Config) {
+		t.Helper()
+		before := links()
+		planned, err := l.m.Plan(cfg)
+		if err != nil {
+			t.Fatalf("%s: plan: %v", what, err)
+		}
+		if after := links(); after != before {
+			t.Fatalf("%s: the plan changed the links:\n%s\n→\n%s", what, before, after)
+		}
+		res, err := l.m.Apply(cfg)
+		if err != nil {
+			t.Fatalf("%s: apply: %v", what, err)
+		}
+		if fmt.Sprint(planned) != fmt.Sprint(res.Links) {
+			t.Errorf("%s: the plan said\n  %v\nthe apply did\n  %v", what, planned, res.Links)
+		}
+	}
+	check("a fresh host", l.cfg)
+	check("nothing to do", l.cfg)
+	l.host.IP(t, "link", "del", "vm-vm2")
+	check("a TAP deleted by hand", l.cfg)
+	moved, err := config.Parse("lab.yaml", []byte(strings.Replace(labConfig, "vm2: { index: 2 }", "vm2: { index: 7 }", 1)), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("vm2's index moved", moved)
 }

@@ -9,12 +9,12 @@ package plan
 import (
 	"encoding/json"
 	"fmt"
-	"maps"
 	"reflect"
 	"slices"
 	"sort"
 	"strings"
 
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/state"
 )
@@ -76,10 +76,30 @@ type Change struct {
 	To    string `json:"to"`
 }
 
+// Op is one kind of host operation a plan lists and an apply reports
+// having done (apitypes.VMAction.Done).
+type Op string
+
+// The host operations of a plan.
+const (
+	OpStop               Op = "stop"                // shut the running VM down
+	OpCreateBridge       Op = "create-bridge"       // its bridge, with the gateway address
+	OpCreateTAP          Op = "create-tap"          // its TAP, on the bridge
+	OpReconfigureNetwork Op = "reconfigure-network" // its bridge's addresses or its TAP changed
+	OpDeleteTAP          Op = "delete-tap"
+	OpDeleteBridge       Op = "delete-bridge"
+	OpEnsureVolume       Op = "ensure-volume" // created and formatted if missing
+	OpGrowVolume         Op = "grow-volume"
+	OpDetachVolume       Op = "detach-volume" // no longer attached, kept on disk
+	OpKeepVolume         Op = "keep-volume"   // a removed VM's volume, kept on disk
+	OpStart              Op = "start"         // boot
+	OpResume             Op = "resume"        // from its saved state (a cold boot if it was dropped)
+)
+
 // Step is one host operation of a VM's plan.
 type Step struct {
-	// Op names the operation (e.g. "create-bridge", "start").
-	Op string `json:"op"`
+	// Op names the operation.
+	Op Op `json:"op"`
 	// Detail says what it acts on.
 	Detail string `json:"detail"`
 }
@@ -108,21 +128,45 @@ func (p *Plan) Counts() map[Action]int {
 	return m
 }
 
-// Empty reports whether applying the plan would change nothing.
+// Empty reports whether applying the plan would change nothing: no VM
+// has a host step.
 func (p *Plan) Empty() bool {
 	for _, v := range p.VMs {
-		if v.Action != Unchanged && v.Action != Define {
+		if len(v.Steps) > 0 {
 			return false
 		}
 	}
 	return true
 }
 
+// Host is what a plan knows of the host beyond the VMs. The zero Host
+// knows nothing more: every VM created or defined then needs its links
+// made, a removed one its links deleted, an updated one whose network
+// changed its network reconfigured, and every volume is missing.
+type Host struct {
+	// Links are the link changes the network reconcile would make for
+	// the desired file (network.Manager.Plan, a dry run), when LinksKnown:
+	// the plan's network steps are then these (LinkSteps).
+	Links      []apitypes.LinkChange
+	LinksKnown bool
+	// Volume says the size on disk of a VM's volume (false: not there);
+	// nil: none is.
+	Volume func(vm, volume string) (config.Size, bool)
+}
+
+// volume is h.Volume, or nothing.
+func (h Host) volume(vm, name string) (config.Size, bool) {
+	if h.Volume == nil {
+		return 0, false
+	}
+	return h.Volume(vm, name)
+}
+
 // Compute plans the way from the observed VMs to the desired config: a
 // running VM whose spec changed is restarted (whatever its autostart), a
 // VM not running is started when autostart is on, a known VM no longer in
-// the file is removed.
-func Compute(desired *config.Config, observed []Observed) *Plan {
+// the file is removed. Each VM's host steps are what host says they are.
+func Compute(desired *config.Config, observed []Observed, host Host) *Plan {
 	known := make(map[string]Observed, len(observed))
 	for _, o := range observed {
 		known[o.Name] = o
@@ -135,23 +179,26 @@ func Compute(desired *config.Config, observed []Observed) *Plan {
 		case o.Running && o.Spec.SpecHash() == vm.SpecHash():
 			v.Action = Unchanged
 		case o.Running:
-			v.Action, v.Changes, v.Steps = Update, Diff(o.Spec, vm), updateSteps(o.Spec, vm)
+			v.Action, v.Changes = Update, Diff(o.Spec, vm)
 		case ok && o.Saved:
-			v.Action, v.Steps = Start, append(volumeSteps(nil, vm), Step{"resume", startDetail(vm) + ", from its saved state if nothing it ran on changed"})
+			v.Action = Start
 		case !vm.Supervision.Autostart && ok:
 			v.Action = Unchanged
 		case !vm.Supervision.Autostart:
-			v.Action, v.Steps = Define, networkSteps(vm)
+			v.Action = Define
 		case ok:
-			v.Action, v.Steps = Start, append(volumeSteps(nil, vm), Step{"start", startDetail(vm)})
+			v.Action = Start
 		default:
-			v.Action, v.Steps = Create, createSteps(vm)
+			v.Action = Create
 		}
+		v.Steps = steps(v, o, host)
 		p.VMs = append(p.VMs, v)
 	}
 	for _, o := range observed {
 		if desired.VM(o.Name) == nil {
-			p.VMs = append(p.VMs, VMPlan{Name: o.Name, Action: Remove, Steps: removeSteps(o.Spec, o.Running)})
+			v := VMPlan{Name: o.Name, Action: Remove}
+			v.Steps = steps(v, o, host)
+			p.VMs = append(p.VMs, v)
 		}
 	}
 	order := map[Action]int{Remove: 0, Update: 1, Create: 2, Start: 2, Define: 3, Unchanged: 3}
@@ -165,60 +212,149 @@ func Compute(desired *config.Config, observed []Observed) *Plan {
 	return p
 }
 
-func networkSteps(vm *config.VM) []Step {
-	return []Step{
-		{"create-bridge", fmt.Sprintf("%s %s/%d", vm.Net.Bridge, vm.Net.Gateway, vm.Net.Subnet.Bits())},
-		{"create-tap", fmt.Sprintf("%s on %s", vm.Net.TAP, vm.Net.Bridge)},
+// steps are v's host steps, in the order an apply does them: the stop of
+// a running VM, the network, the volumes, the boot (o is what the host
+// had of the VM).
+func steps(v VMPlan, o Observed, host Host) []Step {
+	var out []Step
+	if o.Running && (v.Action == Update || v.Action == Remove) {
+		out = append(out, Step{OpStop, fmt.Sprintf("%s (graceful shutdown)", v.Name)})
 	}
-}
-
-// volumeSteps are the volume steps from old's volumes (nil: none) to vm's.
-func volumeSteps(old, vm *config.VM) []Step {
-	var steps []Step
-	oldVols := map[string]config.Volume{}
-	if old != nil {
-		for _, v := range old.Volumes {
-			oldVols[v.Name] = v
+	if host.LinksKnown {
+		out = append(out, LinkSteps(v.Action, v.Desired, o.Spec, host.Links)...)
+	} else {
+		out = append(out, assumedLinkSteps(v, o.Spec)...)
+	}
+	switch v.Action {
+	case Remove:
+		for _, vol := range o.Spec.Volumes {
+			if _, there := host.volume(v.Name, vol.Name); there {
+				out = append(out, Step{OpKeepVolume, fmt.Sprintf("%s (remove with microvm rm --purge)", vol.Name)})
+			}
+		}
+	case Create, Start, Update:
+		var old *config.VM
+		if v.Action == Update {
+			old = o.Spec
+		}
+		out = append(out, volumeSteps(old, v.Desired, host)...)
+		if o.Saved {
+			out = append(out, Step{OpResume, startDetail(v.Desired) + ", from its saved state if nothing it ran on changed"})
+		} else {
+			out = append(out, Step{OpStart, startDetail(v.Desired)})
 		}
 	}
+	return out
+}
+
+// assumedLinkSteps are the network steps of v when the host's links are
+// not known (the zero Host).
+func assumedLinkSteps(v VMPlan, old *config.VM) []Step {
+	switch {
+	case v.Action == Create || v.Action == Define:
+		return []Step{
+			{OpCreateBridge, fmt.Sprintf("%s %s/%d", v.Desired.Net.Bridge, v.Desired.Net.Gateway, v.Desired.Net.Subnet.Bits())},
+			{OpCreateTAP, fmt.Sprintf("%s on %s", v.Desired.Net.TAP, v.Desired.Net.Bridge)},
+		}
+	case v.Action == Remove:
+		return []Step{{OpDeleteTAP, old.Net.TAP}, {OpDeleteBridge, old.Net.Bridge}}
+	case v.Action == Update && old.Net != v.Desired.Net:
+		return []Step{{OpReconfigureNetwork, reconfigured(v.Desired)}}
+	}
+	return nil
+}
+
+func reconfigured(vm *config.VM) string {
+	return fmt.Sprintf("%s %s/%d, %s", vm.Net.Bridge, vm.Net.Gateway, vm.Net.Subnet.Bits(), vm.Net.TAP)
+}
+
+// linkOps are the plan's ops of a link created or deleted.
+var linkOps = map[string]Op{"create-bridge": OpCreateBridge, "create-tuntap": OpCreateTAP, "delete-tuntap": OpDeleteTAP, "delete-bridge": OpDeleteBridge}
+
+// LinkSteps are the network steps of one VM (its action, its desired and
+// its known spec, either may be nil) among the link changes of a network
+// reconcile (changes: the ones a dry run would make, or the ones an apply
+// made). A VM created, defined or removed has its links created or
+// deleted (the addresses, attachments and settings of a link made anew
+// are part of making it); any change to the links of a VM that had them
+// (a new address, a new index, a link deleted by hand and made again) is
+// its network reconfigured.
+func LinkSteps(action Action, desired, old *config.VM, changes []apitypes.LinkChange) []Step {
+	mine := map[string]bool{}
+	for _, vm := range []*config.VM{desired, old} {
+		if vm != nil {
+			mine[vm.Net.Bridge], mine[vm.Net.TAP] = true, true
+		}
+	}
+	var whole, other []Step
+	for _, c := range changes {
+		name := LinkOf(c)
+		if !mine[name] {
+			continue
+		}
+		if op, ok := linkOps[c.Op]; ok {
+			whole = append(whole, Step{op, name})
+		} else {
+			other = append(other, Step{Op(c.Op), c.Target})
+		}
+	}
+	switch {
+	case len(whole)+len(other) == 0:
+		return nil
+	case len(whole) > 0 && (action == Create || action == Define || action == Remove):
+		return whole
+	}
+	vm := desired
+	if vm == nil {
+		vm = old
+	}
+	return []Step{{OpReconfigureNetwork, reconfigured(vm)}}
+}
+
+// LinkOf is the interface a link change acts on: its target's first word
+// ("vm-a to br-a"), the interface after "on" ("10.1.0.1/24 on br-a"), or
+// the interface of a per-interface setting
+// ("net.ipv6.conf.br-a.disable_ipv6=1"; "" for a setting of the whole
+// host).
+func LinkOf(c apitypes.LinkChange) string {
+	if c.Op == "set-sysctl" {
+		parts := strings.Split(c.Target, ".")
+		if len(parts) >= 5 && parts[2] == "conf" {
+			return parts[3]
+		}
+		return ""
+	}
+	if _, on, ok := strings.Cut(c.Target, " on "); ok {
+		return on
+	}
+	name, _, _ := strings.Cut(c.Target, " ")
+	return name
+}
+
+// volumeSteps are the volume steps of vm, from old's volumes (nil: none):
+// a volume not on disk is made, one smaller on disk grown, one of old's
+// that vm no longer has detached (kept on disk).
+func volumeSteps(old, vm *config.VM, host Host) []Step {
+	var steps []Step
 	for _, vol := range vm.Volumes {
-		prev, had := oldVols[vol.Name]
+		size, there := host.volume(vm.Name, vol.Name)
 		switch {
-		case !had:
-			steps = append(steps, Step{"ensure-volume", fmt.Sprintf("%s %s at %s (created and formatted if missing)", vol.Name, vol.Size, vol.MountPoint)})
-		case vol.Size > prev.Size:
-			steps = append(steps, Step{"grow-volume", fmt.Sprintf("%s %s → %s", vol.Name, prev.Size, vol.Size)})
+		case !there:
+			steps = append(steps, Step{OpEnsureVolume, fmt.Sprintf("%s %s at %s (created and formatted)", vol.Name, vol.Size, vol.MountPoint)})
+		case size < vol.Size:
+			steps = append(steps, Step{OpGrowVolume, fmt.Sprintf("%s %s → %s", vol.Name, size, vol.Size)})
 		}
-		delete(oldVols, vol.Name)
 	}
-	for _, gone := range slices.Sorted(maps.Keys(oldVols)) {
-		steps = append(steps, Step{"detach-volume", fmt.Sprintf("%s (kept on disk)", gone)})
+	if old == nil {
+		return steps
 	}
-	return steps
-}
-
-func createSteps(vm *config.VM) []Step {
-	steps := append(networkSteps(vm), volumeSteps(nil, vm)...)
-	return append(steps, Step{"start", startDetail(vm)})
-}
-
-func updateSteps(old, vm *config.VM) []Step {
-	steps := []Step{{"stop", fmt.Sprintf("%s (graceful shutdown)", old.Name)}}
-	if old.Net != vm.Net {
-		steps = append(steps, Step{"reconfigure-network", fmt.Sprintf("%s %s/%d, %s", vm.Net.Bridge, vm.Net.Gateway, vm.Net.Subnet.Bits(), vm.Net.TAP)})
-	}
-	steps = append(steps, volumeSteps(old, vm)...)
-	return append(steps, Step{"start", startDetail(vm)})
-}
-
-func removeSteps(old *config.VM, running bool) []Step {
-	var steps []Step
-	if running {
-		steps = append(steps, Step{"stop", fmt.Sprintf("%s (graceful shutdown)", old.Name)})
-	}
-	steps = append(steps, Step{"delete-tap", old.Net.TAP}, Step{"delete-bridge", old.Net.Bridge})
-	for _, vol := range old.Volumes {
-		steps = append(steps, Step{"keep-volume", fmt.Sprintf("%s (remove with microvm rm --purge)", vol.Name)})
+	for _, gone := range old.Volumes {
+		if slices.ContainsFunc(vm.Volumes, func(v config.Volume) bool { return v.Name == gone.Name }) {
+			continue
+		}
+		if _, there := host.volume(vm.Name, gone.Name); there {
+			steps = append(steps, Step{OpDetachVolume, fmt.Sprintf("%s (kept on disk)", gone.Name)})
+		}
 	}
 	return steps
 }

@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"strings"
 	"testing"
 
 	"microvm.dev/microvm/internal/apitypes"
@@ -26,6 +27,14 @@ func running(cfg *config.Config) []Observed {
 	return FromRecords(recs, func(state.RunRecord) bool { return true })
 }
 
+// onDisk is a Host's Volume from sizes by "vm/volume".
+func onDisk(sizes map[string]config.Size) func(vm, name string) (config.Size, bool) {
+	return func(vm, name string) (config.Size, bool) {
+		s, ok := sizes[vm+"/"+name]
+		return s, ok
+	}
+}
+
 const before = `
 defaults: { memory: 1G, volumes: [{ name: data, mountPoint: /mnt/storage, size: 8G }] }
 vms:
@@ -35,7 +44,7 @@ vms:
 `
 
 func TestNoStateCreatesEverything(t *testing.T) {
-	p := Compute(parse(t, before), nil)
+	p := Compute(parse(t, before), nil, Host{})
 	if c := p.Counts(); c[Create] != 3 || len(p.VMs) != 3 {
 		t.Fatalf("counts = %v", c)
 	}
@@ -47,7 +56,7 @@ func TestNoStateCreatesEverything(t *testing.T) {
 
 func TestSameSpecIsUnchanged(t *testing.T) {
 	cfg := parse(t, before)
-	p := Compute(cfg, running(cfg))
+	p := Compute(cfg, running(cfg), Host{Volume: onDisk(map[string]config.Size{"a/data": 8 << 30, "b/data": 8 << 30, "c/data": 8 << 30}), LinksKnown: true})
 	if !p.Empty() {
 		t.Fatalf("plan against identical state is not empty: %+v", p)
 	}
@@ -62,7 +71,7 @@ vms:
   b: { index: 2 }
   d: { index: 4 }
 `)
-	p := Compute(cur, running(old))
+	p := Compute(cur, running(old), Host{Volume: onDisk(map[string]config.Size{"a/data": 8 << 30, "b/data": 8 << 30, "c/data": 8 << 30})})
 	got := map[string]Action{}
 	for _, v := range p.VMs {
 		got[v.Name] = v.Action
@@ -113,7 +122,7 @@ vms:
 	for _, vm := range cfg.VMs {
 		recs = append(recs, state.RunRecord{Name: vm.Name, Spec: *vm, Saved: vm.Name != "b"})
 	}
-	p := Compute(cfg, FromRecords(recs, func(state.RunRecord) bool { return false }))
+	p := Compute(cfg, FromRecords(recs, func(state.RunRecord) bool { return false }), Host{})
 	got := map[string]Action{}
 	for _, v := range p.VMs {
 		got[v.Name] = v.Action
@@ -138,5 +147,49 @@ func TestPastIsTheWiresAction(t *testing.T) {
 		if got := (apitypes.VMAction{Action: a.Past()}).Started(); got != a.Starts() {
 			t.Errorf("a VMAction of %s: Started() = %v, the plan's Starts() %v", a, got, a.Starts())
 		}
+	}
+}
+
+// With the host's links known (a dry run of the reconcile), the network
+// steps are what it would do: none for a VM defined before whose links
+// are there, a repair for an unchanged VM whose TAP went, the links of a
+// removed VM deleted; a VM whose volume is on disk at its size makes none.
+func TestStepsFromTheHost(t *testing.T) {
+	cfg := parse(t, `
+vms:
+  a: { index: 1, autostart: false }
+  b: { index: 2 }
+  c: { index: 3, volumes: [{ name: data, mountPoint: /data, size: 1G }] }
+`)
+	old := parse(t, "vms: { b: { index: 2 }, d: { index: 4 } }")
+	host := Host{LinksKnown: true, Links: []apitypes.LinkChange{
+		{Op: "delete-tuntap", Target: "vm-d"}, {Op: "delete-bridge", Target: "br-d"},
+		{Op: "create-tuntap", Target: "vm-b"}, {Op: "attach", Target: "vm-b to br-b"}, {Op: "set-up", Target: "vm-b"},
+		{Op: "create-bridge", Target: "br-c"}, {Op: "add-addr", Target: "10.3.0.1/24 on br-c"},
+		{Op: "create-tuntap", Target: "vm-c"}, {Op: "set-sysctl", Target: "net.ipv6.conf.vm-c.disable_ipv6=1"},
+		{Op: "set-sysctl", Target: "net.ipv4.ip_forward=1"},
+	}, Volume: onDisk(map[string]config.Size{"c/data": 1 << 30})}
+	p := Compute(cfg, running(old), host)
+	got := map[string]string{}
+	for _, v := range p.VMs {
+		var ops []string
+		for _, s := range v.Steps {
+			ops = append(ops, string(s.Op))
+		}
+		got[v.Name] = v.Action.Past() + ": " + strings.Join(ops, " ")
+	}
+	want := map[string]string{
+		"a": "defined: ",
+		"b": "unchanged: reconfigure-network",
+		"c": "created: create-bridge create-tap start",
+		"d": "removed: stop delete-tap delete-bridge",
+	}
+	for name, w := range want {
+		if got[name] != w {
+			t.Errorf("%s: %q, want %q", name, got[name], w)
+		}
+	}
+	if p.Empty() {
+		t.Error("a plan with steps is empty")
 	}
 }

@@ -59,4 +59,7 @@ type Process interface {
 	ConsoleLog() string
 	// Timings are the launch's steps, each timed (none when adopted).
 	Timings() []steps.Timing
+	// Volumes says what the launch did to each data volume: "created",
+	// "grown" or "kept" (none when adopted).
+	Volumes() map[string]string
 }

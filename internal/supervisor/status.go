@@ -49,6 +49,17 @@ func (s *Supervisor) status(name string, v *vmProc) Status {
 	return st
 }
 
+// LaunchVolumes says what the VM's last launch did to each of its data
+// volumes ("created", "grown", "kept"; nil before a launch ran).
+func (s *Supervisor) LaunchVolumes(name string) map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v := s.vms[name]; v != nil {
+		return v.volumes
+	}
+	return nil
+}
+
 // List reports every VM, by name.
 func (s *Supervisor) List() []Status {
 	s.mu.Lock()

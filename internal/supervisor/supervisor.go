@@ -85,6 +85,7 @@ type vmProc struct {
 	boot     time.Duration
 	prepare  time.Duration
 	steps    []steps.Timing
+	volumes  map[string]string // what the last launch did to each volume
 	started  time.Time
 	bootNote string // how the last start brought the guest up
 	// stalled is why the supervisor stopped a boot that was not ready in
@@ -284,7 +285,7 @@ func (s *Supervisor) boot(ctx context.Context, name string, v *vmProc, launched 
 	v.state = Starting
 	v.gen++
 	gen, spec := v.gen, v.spec
-	v.cancel, v.steps = cancel, nil
+	v.cancel, v.steps, v.volumes = cancel, nil, nil
 	s.changedLocked()
 	s.mu.Unlock()
 	t0 := time.Now()
@@ -307,7 +308,7 @@ func (s *Supervisor) boot(ctx context.Context, name string, v *vmProc, launched 
 	s.mu.Lock()
 	current := v.gen == gen
 	if current {
-		v.run, v.started, v.prepare, v.steps, v.bootNote = r, r.StartedAt(), time.Since(t0), r.Timings(), r.Boot()
+		v.run, v.started, v.prepare, v.steps, v.bootNote, v.volumes = r, r.StartedAt(), time.Since(t0), r.Timings(), r.Boot(), r.Volumes()
 		s.changedLocked()
 	}
 	s.mu.Unlock()

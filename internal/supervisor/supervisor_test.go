@@ -40,15 +40,16 @@ type fakeProc struct {
 	saveErr error // what Save fails with (nil: it saves)
 }
 
-func (p *fakeProc) PID() int                { return p.pid }
-func (p *fakeProc) StartedAt() time.Time    { return p.started }
-func (p *fakeProc) Exited() <-chan struct{} { return p.exited }
-func (p *fakeProc) ExitErr() error          { return p.err }
-func (p *fakeProc) Pause() error            { return nil }
-func (p *fakeProc) Resume() error           { return nil }
-func (p *fakeProc) ConsoleLog() string      { return p.console }
-func (p *fakeProc) Readiness() string       { return "" }
-func (p *fakeProc) Timings() []steps.Timing { return []steps.Timing{{Name: "fake", Seconds: 0.001}} }
+func (p *fakeProc) PID() int                   { return p.pid }
+func (p *fakeProc) StartedAt() time.Time       { return p.started }
+func (p *fakeProc) Exited() <-chan struct{}    { return p.exited }
+func (p *fakeProc) ExitErr() error             { return p.err }
+func (p *fakeProc) Pause() error               { return nil }
+func (p *fakeProc) Resume() error              { return nil }
+func (p *fakeProc) ConsoleLog() string         { return p.console }
+func (p *fakeProc) Readiness() string          { return "" }
+func (p *fakeProc) Volumes() map[string]string { return nil }
+func (p *fakeProc) Timings() []steps.Timing    { return []steps.Timing{{Name: "fake", Seconds: 0.001}} }
 func (p *fakeProc) WaitReady(time.Duration) error {
 	return p.ready
 }

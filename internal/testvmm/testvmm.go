@@ -22,6 +22,7 @@ import (
 	"microvm.dev/microvm/internal/steps"
 	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/volume"
 )
 
 // Behaviour is what one launch of a VM does.
@@ -46,6 +47,10 @@ type Behaviour struct {
 // several daemons in turn: a later daemon adopts the VMs still running.
 type Launcher struct {
 	Script func(vm *config.VM) Behaviour
+	// StateDir, when set, is the daemon's state directory: each launch
+	// makes the VM's data volumes there as a real launch does
+	// (volume.Ensure: real ext4 images), and says what it did.
+	StateDir string
 
 	mu       sync.Mutex
 	live     map[string]*Proc
@@ -74,12 +79,22 @@ func (l *Launcher) Launch(ctx context.Context, vm *config.VM, _ func(steps.Timin
 	if b.LaunchErr != nil {
 		return nil, b.LaunchErr
 	}
+	volumes := map[string]string{}
+	if l.StateDir != "" {
+		for _, v := range vm.Volumes {
+			act, err := volume.Ensure(state.Dir{Root: l.StateDir}.VMDir(vm.Name), v)
+			if err != nil {
+				return nil, fmt.Errorf("vms.%s: volume %s: %w", vm.Name, v.Name, err)
+			}
+			volumes[v.Name] = string(act)
+		}
+	}
 	pid := os.Getpid()
 	start, err := launch.ProcStartTime(pid)
 	if err != nil {
 		return nil, err
 	}
-	p := &Proc{vm: *vm, b: b, pid: pid, start: start, started: time.Now(), exited: make(chan struct{}), ready: make(chan struct{})}
+	p := &Proc{vm: *vm, b: b, volumes: volumes, pid: pid, start: start, started: time.Now(), exited: make(chan struct{}), ready: make(chan struct{})}
 	if !b.NeverReady {
 		close(p.ready)
 	}
@@ -126,6 +141,7 @@ func (l *Launcher) Running(name string) bool {
 type Proc struct {
 	vm      config.VM
 	b       Behaviour
+	volumes map[string]string
 	pid     int
 	start   uint64
 	started time.Time
@@ -201,6 +217,10 @@ func (p *Proc) ConsoleLog() string { return os.DevNull }
 
 // Timings are none.
 func (p *Proc) Timings() []steps.Timing { return nil }
+
+// Volumes says what the launch did to each data volume (none without the
+// Launcher's StateDir).
+func (p *Proc) Volumes() map[string]string { return p.volumes }
 
 // Boot is a cold boot.
 func (p *Proc) Boot() string { return "cold boot" }

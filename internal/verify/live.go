@@ -15,9 +15,9 @@ import (
 	"sync"
 	"time"
 
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/hostnet"
-	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/tailnet"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmssh"
@@ -31,7 +31,7 @@ type Fleet struct {
 	StateDir string
 	NetNS    string
 	// Status is the daemon's status of a VM.
-	Status func(name string) (supervisor.Status, bool)
+	Status func(name string) (apitypes.VMStatus, bool)
 	// Tailscale reads the advertised routes (its socket is the file's
 	// host.tailscale.socket when that is set).
 	Tailscale tailnet.Client
@@ -139,7 +139,7 @@ func Live(f Fleet) []Check {
 			if !ok {
 				return Fail, "the daemon does not know it"
 			}
-			if st.State != supervisor.Running {
+			if st.State != apitypes.Running {
 				return Fail, fmt.Sprintf("state %s %s", st.State, st.Failure)
 			}
 			return Pass, fmt.Sprintf("pid %d, up since %s, booted in %.1fs", st.PID, st.StartedAt.Format(time.RFC3339), st.BootSeconds)

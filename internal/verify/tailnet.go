@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/tailnet"
 	"microvm.dev/microvm/internal/vmssh"
 )
@@ -135,7 +135,7 @@ func firstV4(addrs []netip.Addr) netip.Addr {
 func firstRunning(f Fleet) string {
 	var names []string
 	for _, vm := range f.Config.VMs {
-		if st, ok := f.Status(vm.Name); ok && st.State == supervisor.Running {
+		if st, ok := f.Status(vm.Name); ok && st.State == apitypes.Running {
 			names = append(names, vm.Name)
 		}
 	}

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/launch"
-	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/tailnet"
 	"microvm.dev/microvm/internal/testutil"
 )
@@ -139,7 +139,7 @@ func TestTailscaleChecks(t *testing.T) {
 		}
 		return out
 	}
-	f := Fleet{Config: cfg, NetNS: ns.Path, Tailscale: client, Status: func(string) (supervisor.Status, bool) { return supervisor.Status{}, false }}
+	f := Fleet{Config: cfg, NetNS: ns.Path, Tailscale: client, Status: func(string) (apitypes.VMStatus, bool) { return apitypes.VMStatus{}, false }}
 	if r := run(f)["tailscale node"]; r.Status != Fail || !strings.Contains(r.Evidence, "NeedsLogin") || !strings.Contains(r.Evidence, "tailscale up") {
 		t.Errorf("logged out: %+v", r)
 	}

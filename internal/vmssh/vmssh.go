@@ -10,14 +10,17 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/crypto/ssh"
 
-	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/state"
 )
+
+// ClientKeyPath is microvm's own SSH client key, authorized in every VM.
+func ClientKeyPath(stateDir string) string { return filepath.Join(stateDir, "ssh", "id_ed25519") }
 
 // HostKeyPath is the VM's SSH host key.
 func HostKeyPath(stateDir, vm string) string {
@@ -50,7 +53,7 @@ func KnownHosts(stateDir, vm, addr string) (string, error) {
 
 // Dial connects to addr as root, from the namespace at nsPath when set.
 func Dial(stateDir, vm, addr, nsPath string, timeout time.Duration) (*ssh.Client, error) {
-	key, err := os.ReadFile(launch.ClientKeyPath(stateDir))
+	key, err := os.ReadFile(ClientKeyPath(stateDir))
 	if err != nil {
 		return nil, fmt.Errorf("microvm's SSH key: %w", err)
 	}
@@ -93,6 +96,31 @@ func Session(stateDir, vm, addr, nsPath string, timeout time.Duration) (*ssh.Ses
 		return nil, nil, fmt.Errorf("ssh to %s: a session: %w", vm, err)
 	}
 	return s, func() { s.Close(); c.Close() }, nil
+}
+
+// Run runs cmd in the VM as root (Dial, then a session) within timeout,
+// reached from the namespace at nsPath ("" = this one); the error has the
+// command's output.
+func Run(stateDir, vm, addr, nsPath, cmd string, timeout time.Duration) error {
+	s, closeAll, err := Session(stateDir, vm, addr, nsPath, timeout)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	done := make(chan error, 1)
+	go func() {
+		out, err := s.CombinedOutput(cmd)
+		if err != nil {
+			err = fmt.Errorf("%s in %s: %w: %s", cmd, vm, err, strings.TrimSpace(string(out)))
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(timeout):
+		return fmt.Errorf("%s in %s: no answer in %s", cmd, vm, timeout)
+	}
 }
 
 // DialIn dials addr over TCP from inside the network namespace nsPath

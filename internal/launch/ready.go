@@ -1,0 +1,41 @@
+package launch
+
+import (
+	"fmt"
+	"time"
+
+	"microvm.dev/microvm/internal/health"
+	"microvm.dev/microvm/internal/vmm"
+	"microvm.dev/microvm/internal/vmssh"
+)
+
+// AwaitReady waits, within timeout in all, until the guest is ready for
+// its workload, the same way for `microvm run` and the daemon: the
+// guest's ready line (WaitReady, echoing the console to echo); after a
+// resume, its clock set to the host's (it stood still while the VM was
+// saved); then, for a VM with a healthCheck, the check passing.
+func (r *Running) AwaitReady(timeout time.Duration, echo func(string)) (vmm.ReadyResult, error) {
+	deadline := time.Now().Add(timeout)
+	ready, err := r.WaitReady(timeout, echo)
+	if err != nil {
+		return ready, err
+	}
+	if r.Prepared.Boot.Resume != nil {
+		if err := r.setGuestClock(); err != nil {
+			return ready, fmt.Errorf("resumed, but its clock could not be set: %w", err)
+		}
+	}
+	return ready, health.Wait(r.Prepared.env.NetNS, r.Prepared.VM, deadline, r.Exited)
+}
+
+// InGuest runs cmd in the guest as root over microvm's own SSH key,
+// within timeout.
+func (r *Running) InGuest(cmd string, timeout time.Duration) error {
+	vm := r.Prepared.VM
+	return vmssh.Run(r.Prepared.env.StateDir, vm.Name, vm.Net.Address.String(), r.Prepared.env.NetNS, cmd, timeout)
+}
+
+// setGuestClock sets a resumed guest's clock to the host's.
+func (r *Running) setGuestClock() error {
+	return r.InGuest(fmt.Sprintf("/run/microvm/init clock %d", time.Now().UnixNano()), 10*time.Second)
+}
