@@ -19,7 +19,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"time"
 
 	"microvm.dev/microvm/internal/apitypes"
@@ -188,7 +187,7 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 		switch {
 		case errors.Is(err, daemon.ErrUnknownVM):
 			writeErr(w, http.StatusNotFound, err)
-		case err != nil && len(list) == 0 && strings.Contains(err.Error(), "has no volume"):
+		case errors.Is(err, daemon.ErrNoVolume):
 			writeErr(w, http.StatusBadRequest, err)
 		case err != nil:
 			writeErr(w, http.StatusInternalServerError, err)

@@ -19,6 +19,9 @@ var ErrRunning = errors.New("the VM is running; stop it first (microvm stop)")
 // ErrUnknownVM says the VM is not in the applied file.
 var ErrUnknownVM = errors.New("no such VM in the applied file")
 
+// ErrNoVolume says the VM has no volume of the name asked for.
+var ErrNoVolume = errors.New("no such volume")
+
 // Snapshot snapshots one volume of vm (all of them when vol is ""). A
 // running guest is asked to sync, then paused for the copy and resumed, so
 // the snapshot is at least crash-consistent and holds everything the
@@ -37,7 +40,7 @@ func (d *Daemon) Snapshot(vm, vol string) ([]snapshot.Snapshot, error) {
 		}
 	}
 	if len(names) == 0 {
-		return nil, fmt.Errorf("%s has no volume %q", vm, vol)
+		return nil, fmt.Errorf("%s has no volume %q: %w", vm, vol, ErrNoVolume)
 	}
 	if r, ok := d.sup.Process(vm); ok {
 		// Best effort: flush the guest's page cache to its disks.

@@ -8,6 +8,7 @@ package storeimage
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -100,7 +101,7 @@ func EnsureLabeled(path, tree, label string) (built bool, err error) {
 	bytes := size + size/5 + inodes*4096 + 16<<20
 	for attempt := 0; ; attempt++ {
 		err = mkfs(tmp, tree, label, bytes, inodes)
-		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "space") {
+		if err == nil || attempt == 3 || !errors.Is(err, errTooSmall) {
 			break
 		}
 		bytes *= 2
@@ -138,6 +139,10 @@ func measure(tree string) (size, entries int64, err error) {
 	return size, entries, err
 }
 
+// errTooSmall says the image was too small for the tree (mkfs.ext4 ran
+// out of space): a larger one may do.
+var errTooSmall = errors.New("the image is too small for the tree")
+
 func mkfs(img, tree, label string, bytes, inodes int64) error {
 	bin, err := exec.LookPath("mkfs.ext4")
 	if err != nil {
@@ -158,7 +163,11 @@ func mkfs(img, tree, label string, bytes, inodes int64) error {
 	out, err := exec.Command(bin, "-q", "-F", "-L", label, "-m", "0", "-O", "^has_journal",
 		"-N", fmt.Sprint(inodes+1024), "-d", tree, img).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("store disk image of %s: mkfs.ext4: %v: %s", tree, err, strings.TrimSpace(string(out)))
+		msg := strings.TrimSpace(string(out))
+		if strings.Contains(msg, "space") || strings.Contains(msg, "Could not allocate block") {
+			return fmt.Errorf("store disk image of %s: %w: mkfs.ext4: %v: %s", tree, errTooSmall, err, msg)
+		}
+		return fmt.Errorf("store disk image of %s: mkfs.ext4: %v: %s", tree, err, msg)
 	}
 	return nil
 }

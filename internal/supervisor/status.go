@@ -12,41 +12,46 @@ import (
 // apitypes.VMStatus).
 type Status = apitypes.VMStatus
 
-// Process returns the running hypervisor of a VM that is running.
-func (s *Supervisor) Process(name string) (Process, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := s.vms[name]
-	if v == nil || v.run == nil || v.state != Running {
-		return nil, false
-	}
-	return v.run, true
+// snapshot is what a VM's loop last published: its status, and its
+// hypervisor while it runs.
+type snapshot struct {
+	status  Status
+	run     Process // while Running
+	volumes map[string]string
 }
 
-// Status reports one VM.
-func (s *Supervisor) Status(name string) (Status, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := s.vms[name]
-	if v == nil {
-		return Status{}, false
-	}
-	return s.status(name, v), true
-}
-
-func (s *Supervisor) status(name string, v *vmProc) Status {
-	st := Status{Name: name, State: v.state, Restarts: v.restarts, LastExit: v.lastExit, ExitCode: v.exitCode, Failure: v.failure, Spec: v.spec,
+// publish makes the VM's state what readers see, and tells the watchers
+// of Changes. It runs in the VM's loop.
+func (v *vmLoop) publish() {
+	st := Status{Name: v.name, State: v.state, Restarts: v.restarts, LastExit: v.lastExit, ExitCode: v.exitCode, Failure: v.failure, Spec: v.spec,
 		BootSeconds: v.boot.Seconds(), PrepareSeconds: v.prepare.Seconds(), Steps: v.steps, Boot: v.bootNote}
 	if v.spec != nil {
 		st.SpecHash = v.spec.SpecHash()
 	}
+	snap := snapshot{status: st, volumes: v.volumes}
 	if v.run != nil {
-		st.PID, st.StartedAt = v.run.PID(), v.started
+		snap.status.PID, snap.status.StartedAt = v.run.PID(), v.started
 		if v.state == Running {
-			st.Readiness = v.run.Readiness()
+			snap.status.Readiness = v.run.Readiness()
+			snap.run = v.run
 		}
 	}
-	return st
+	s := v.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.vms[v.name] != v {
+		return // forgotten
+	}
+	s.published[v.name] = snap
+	s.changedLocked()
+}
+
+// Process returns the running hypervisor of a VM that is running.
+func (s *Supervisor) Process(name string) (Process, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.published[name].run
+	return r, r != nil
 }
 
 // LaunchVolumes says what the VM's last launch did to each of its data
@@ -54,19 +59,37 @@ func (s *Supervisor) status(name string, v *vmProc) Status {
 func (s *Supervisor) LaunchVolumes(name string) map[string]string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if v := s.vms[name]; v != nil {
-		return v.volumes
+	return s.published[name].volumes
+}
+
+// Running reports the spec hash of each VM that is running or starting.
+func (s *Supervisor) Running() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]string{}
+	for name, p := range s.published {
+		if p.status.PID != 0 {
+			out[name] = p.status.SpecHash
+		}
 	}
-	return nil
+	return out
+}
+
+// Status reports one VM.
+func (s *Supervisor) Status(name string) (Status, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.published[name]
+	return p.status, ok
 }
 
 // List reports every VM, by name.
 func (s *Supervisor) List() []Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]Status, 0, len(s.vms))
-	for name, v := range s.vms {
-		out = append(out, s.status(name, v))
+	out := make([]Status, 0, len(s.published))
+	for _, p := range s.published {
+		out = append(out, p.status)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out

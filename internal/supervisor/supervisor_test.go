@@ -522,3 +522,36 @@ func TestChanges(t *testing.T) {
 		t.Fatal("forgetting a VM is no change")
 	}
 }
+
+// A stop during a backoff cancels the restart it waits for (the wait is
+// a timer the loop owns, stopped with it), and a start then boots at
+// once, not at the end of the backoff.
+func TestStopCancelsABackoff(t *testing.T) {
+	f := newFake(t)
+	s, _ := newSup(t, f)
+	s.Tuning.FirstBackoff, s.Tuning.MaxBackoff = time.Hour, time.Hour
+	if err := s.Start(context.Background(), vm("a", config.RestartAlways)); err != nil {
+		t.Fatal(err)
+	}
+	f.launches("a")[0].exit(errors.New("exit status 1"))
+	waitFor(t, "the backoff", func() bool { return state_(s, "a") == Backoff })
+	t0 := time.Now()
+	if err := s.Stop("a"); err != nil {
+		t.Fatal(err)
+	}
+	if st := state_(s, "a"); st != Stopped || time.Since(t0) > time.Second {
+		t.Fatalf("stop during the backoff: %s after %s", st, time.Since(t0))
+	}
+	if err := s.Start(context.Background(), vm("a", config.RestartAlways)); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.launches("a")); n != 2 || state_(s, "a") != Running {
+		t.Fatalf("the start after it: %d launches, %s", n, state_(s, "a"))
+	}
+	if err := s.Stop("a"); err != nil || !errors.Is(s.Stop("ghost"), ErrUnknownVM) {
+		t.Fatalf("stop: %v; a stop of an unknown VM is not ErrUnknownVM", err)
+	}
+	if _, err := s.Save("a"); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("a save of a stopped VM: %v, want ErrNotRunning", err)
+	}
+}
