@@ -11,7 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/guestagent"
+	"microvm.dev/microvm/internal/guestroot"
 )
 
 // readyMark is made once the agent has reported the VM ready in this boot,
@@ -26,29 +27,25 @@ const readyMark = "/run/microvm/ready-reported"
 // target (systemd: is-system-running says running or degraded, with the
 // failed units named).
 func runAgent() error {
-	root = "" // already inside the VM's root: no chroot
-	b, err := os.ReadFile(agentSpecPath)
+	var root guestroot.Root // already inside the VM's root: no chroot
+	b, err := os.ReadFile(guestroot.AgentSpecPath)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	var spec agentSpec
+	var spec guestroot.AgentSpec
 	if err := json.Unmarshal(b, &spec); err != nil {
-		return fmt.Errorf("agent: %s: %w", agentSpecPath, err)
+		return fmt.Errorf("agent: %s: %w", guestroot.AgentSpecPath, err)
 	}
 	procs := newReaper()
 	procs.start()
 	procs.onSignal(unix.SIGTERM, func() { os.Exit(0) })
-	if err := startSSH(spec.SSH, procs); err != nil {
+	if err := startSSH(spec.SSH, procs, root); err != nil {
 		return fmt.Errorf("agent: ssh: %w", err)
 	}
-	watchPowerButton(func(string) { poweroff(procs) })
+	watchPowerButton(func(string) { poweroff(procs, root) })
 	if _, err := os.Stat(readyMark); err != nil {
-		state, failed := initState(procs)
-		line := fmt.Sprintf("%s vm=%s uptime=%s init=%s state=%s", guest.ReadyPrefix, spec.Name, uptime(), initName(), state)
-		if len(failed) > 0 {
-			line += " failed=" + strings.Join(failed, ",")
-		}
-		if err := toConsole(line); err != nil {
+		state, failed := initState(procs, root)
+		if err := toConsole(guestagent.ReadyLine(spec.Name, uptime(), initName(), state, failed)); err != nil {
 			return fmt.Errorf("agent: report ready: %w", err)
 		}
 		os.WriteFile(readyMark, nil, 0o600)
@@ -66,22 +63,17 @@ func initName() string {
 // went: for systemd its system state (running, degraded, …) and failed
 // units; an inittab init has run its boot scripts before it starts the
 // agent, so it is running.
-func initState(procs *reaper) (string, []string) {
+func initState(procs *reaper, root guestroot.Root) (string, []string) {
 	if initName() != "systemd" {
 		return "running", nil
 	}
-	state := strings.TrimSpace(output(procs, "systemctl", "is-system-running", "--wait"))
+	state := strings.TrimSpace(output(procs, root, "systemctl", "is-system-running", "--wait"))
 	if state == "" {
 		state = "unknown"
 	}
 	var failed []string
 	if state != "running" {
-		out := output(procs, "systemctl", "list-units", "--state=failed", "--plain", "--no-legend", "--no-pager")
-		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-			if f := strings.Fields(line); len(f) > 0 {
-				failed = append(failed, f[0])
-			}
-		}
+		failed = guestagent.FailedUnits(output(procs, root, "systemctl", "list-units", "--state=failed", "--plain", "--no-legend", "--no-pager"))
 	}
 	return state, failed
 }
@@ -89,13 +81,13 @@ func initState(procs *reaper) (string, []string) {
 // output runs argv and returns its standard output. The reaper owns every
 // child's exit status, so the command is waited for through it (never
 // exec.Cmd.Wait), its output read from a pipe of its own.
-func output(procs *reaper, argv ...string) string {
+func output(procs *reaper, root guestroot.Root, argv ...string) string {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return ""
 	}
 	defer r.Close()
-	cmd := &exec.Cmd{Path: lookPathInRoot(argv[0]), Args: argv, Stdout: w}
+	cmd := &exec.Cmd{Path: root.LookPath(argv[0]), Args: argv, Stdout: w}
 	err = cmd.Start()
 	w.Close()
 	if err != nil {
@@ -119,8 +111,8 @@ func toConsole(line string) error {
 }
 
 // poweroff asks the image's init for a clean poweroff with its own tool.
-func poweroff(procs *reaper) {
-	if p := lookPathInRoot("poweroff"); p != "poweroff" {
+func poweroff(procs *reaper, root guestroot.Root) {
+	if p := root.LookPath("poweroff"); p != "poweroff" {
 		cmd := &exec.Cmd{Path: p, Args: []string{p}}
 		if err := cmd.Start(); err == nil {
 			procs.wait(cmd.Process.Pid)

@@ -29,8 +29,8 @@ func (in *initd) serveConsole() {
 	if tty == "" {
 		return
 	}
-	if _, err := os.Lstat(root + "/bin/sh"); err != nil {
-		return // the image has no shell (Lstat: links resolve only in the root)
+	if !in.root.HasShell() {
+		return
 	}
 	go func() {
 		for !in.stopping.Load() {
@@ -39,7 +39,7 @@ func (in *initd) serveConsole() {
 				logf("console shell: %v", err)
 				return
 			}
-			cmd := rootCmd([]string{"/bin/sh", "-l"}, map[string]string{"TERM": "linux"}, "")
+			cmd := in.root.Command([]string{"/bin/sh", "-l"}, map[string]string{"TERM": "linux"}, "")
 			cmd.Stdin, cmd.Stdout, cmd.Stderr = f, f, f
 			cmd.SysProcAttr.Setctty = true
 			cmd.SysProcAttr.Ctty = 0

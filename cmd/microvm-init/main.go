@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/guestroot"
 )
 
 func main() {
@@ -62,7 +63,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "microvm-init runs as PID 1 inside a microvm guest")
 		os.Exit(2)
 	}
-	in := &initd{procs: newReaper()}
+	in := &initd{root: newRoot, procs: newReaper(), shutdownReq: make(chan string, 4)}
 	if err := in.boot(); err != nil {
 		name := "?"
 		if in.spec != nil {
@@ -76,6 +77,8 @@ func main() {
 
 // initd is the state of PID 1.
 type initd struct {
+	// root is the guest's root it assembles (newRoot).
+	root     guestroot.Root
 	spec     *guest.Spec
 	procs    *reaper
 	volumes  []string // mount points (in the init's view) to unmount at shutdown
@@ -87,6 +90,8 @@ type initd struct {
 	// consolePID is the console shell's pid (0 if none): an interactive
 	// shell ignores SIGTERM, so shutdown hangs it up instead.
 	consolePID atomic.Int64
+	// shutdownReq carries why the VM is to shut down (the first is acted on).
+	shutdownReq chan string
 }
 
 func logf(format string, args ...any) {
@@ -120,22 +125,22 @@ func (in *initd) boot() error {
 		return fmt.Errorf("network: %w", err)
 	}
 	t.begin("root")
-	if err := buildRoot(spec); err != nil {
+	if err := buildRoot(in.root, spec); err != nil {
 		return fmt.Errorf("root: %w", err)
 	}
 	t.begin("module tree")
-	if err := mountModuleTree(spec.Modules); err != nil {
+	if err := mountModuleTree(in.root, spec.Modules); err != nil {
 		return err
 	}
 	t.begin("volumes")
 	for _, v := range spec.Volumes {
-		mp, err := mountVolume(v)
+		mp, err := mountVolume(in.root, v)
 		if err != nil {
 			return fmt.Errorf("volume %s: %w", v.Name, err)
 		}
 		in.volumes = append(in.volumes, mp)
 		if v.Populate {
-			n, err := populate(filepath.Join(guest.StoreMount, spec.Store.Image, v.MountPoint), mp)
+			n, err := guestroot.Populate(filepath.Join(guest.StoreMount, spec.Store.Image, v.MountPoint), mp)
 			if err != nil {
 				return fmt.Errorf("volume %s: populate it from the image: %w", v.Name, err)
 			}
@@ -144,7 +149,7 @@ func (in *initd) boot() error {
 			}
 		}
 	}
-	if err := writeSecrets(spec.Secrets); err != nil {
+	if err := in.root.WriteSecrets(spec.Secrets); err != nil {
 		return err
 	}
 	if spec.SwitchRoot {
@@ -153,7 +158,7 @@ func (in *initd) boot() error {
 		return in.switchRoot()
 	}
 	t.begin("ssh and workload")
-	if err := startSSH(spec.SSH, in.procs); err != nil {
+	if err := startSSH(spec.SSH, in.procs, in.root); err != nil {
 		return fmt.Errorf("ssh: %w", err)
 	}
 	if spec.Workload != nil && len(spec.Workload.Command) > 0 {
@@ -176,19 +181,11 @@ func (in *initd) boot() error {
 // (prepareImageInit): from then on the image's init owns the console,
 // services and shutdown, and microvm's agent runs as one of its services.
 func (in *initd) switchRoot() error {
-	initPath := ""
-	for _, p := range guest.Inits {
-		// Lstat: the link (often absolute, to /bin/busybox or systemd)
-		// resolves only inside the new root.
-		if fi, err := os.Lstat(root + p); err == nil && !fi.IsDir() {
-			initPath = p
-			break
-		}
+	initPath, err := in.root.FindInit()
+	if err != nil {
+		return err
 	}
-	if initPath == "" {
-		return fmt.Errorf("init: image: the image has no /sbin/init")
-	}
-	if err := prepareImageInit(in.spec, initPath); err != nil {
+	if err := in.root.PrepareImageInit(in.spec, initPath, "/sys"); err != nil {
 		return fmt.Errorf("init: image: %w", err)
 	}
 	unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_ON) // the image's init decides about Ctrl-Alt-Del
@@ -196,11 +193,11 @@ func (in *initd) switchRoot() error {
 	// The agent, run by the image's init, reports the VM ready once that
 	// init has reached its target.
 	logf("handing PID 1 to the image's %s", initPath)
-	if err := unix.Chdir(root); err != nil {
+	if err := unix.Chdir(string(in.root)); err != nil {
 		return err
 	}
 	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
-		return fmt.Errorf("switch root: move %s to /: %w", root, err)
+		return fmt.Errorf("switch root: move %s to /: %w", in.root, err)
 	}
 	if err := unix.Chroot("."); err != nil {
 		return fmt.Errorf("switch root: chroot: %w", err)
@@ -225,11 +222,10 @@ func uptime() string {
 	return f[0]
 }
 
-var shutdownRequests = make(chan string, 4)
-
+// requestShutdown asks for a clean shutdown, saying why.
 func (in *initd) requestShutdown(why string) {
 	select {
-	case shutdownRequests <- why:
+	case in.shutdownReq <- why:
 	default:
 	}
 }
@@ -240,7 +236,7 @@ func (in *initd) waitForShutdown() {
 	in.procs.onSignal(unix.SIGINT, func() { in.requestShutdown("ctrl-alt-del") })
 	in.procs.onSignal(unix.SIGTERM, func() { in.requestShutdown("SIGTERM") })
 	in.procs.onSignal(unix.SIGPWR, func() { in.requestShutdown("SIGPWR") })
-	why := <-shutdownRequests
+	why := <-in.shutdownReq
 	logf("shutting down (%s)", why)
 	in.shutdown()
 }

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/guestroot"
 )
 
 // kernelModprobe is where the kernel runs modprobe to load a module it
@@ -24,7 +25,7 @@ const kernelModprobe = "/sbin/modprobe"
 // modules the image has for other kernels; and makes microvm-init the
 // kernel's modprobe in the initramfs. A missing disk is an error: every
 // VM is given one.
-func mountModuleTree(d *guest.DiskSpec) error {
+func mountModuleTree(root guestroot.Root, d *guest.DiskSpec) error {
 	if d == nil {
 		return nil
 	}
@@ -36,7 +37,7 @@ func mountModuleTree(d *guest.DiskSpec) error {
 		return fmt.Errorf("kernel modules disk: %w", err)
 	}
 	rel := release()
-	target, err := guest.ResolveInToCreate(root, "/lib/modules/"+rel)
+	target, err := guest.ResolveInToCreate(string(root), "/lib/modules/"+rel)
 	if err != nil {
 		return fmt.Errorf("kernel modules: /lib/modules/%s in the image: %w", rel, err)
 	}
@@ -44,7 +45,7 @@ func mountModuleTree(d *guest.DiskSpec) error {
 		return fmt.Errorf("kernel modules: %w", err)
 	}
 	if err := unix.Mount(guest.ModulesMount, target, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("kernel modules: bind on %s: %w", strings.TrimPrefix(target, root), err)
+		return fmt.Errorf("kernel modules: bind on %s: %w", strings.TrimPrefix(target, string(root)), err)
 	}
 	if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
 		return fmt.Errorf("kernel modules: read-only bind: %w", err)

@@ -12,12 +12,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/guestroot"
 )
 
-// root is where the guest's root is assembled; sessions and the workload
-// run chrooted into it. The agent (run by the image's own init, inside the
-// real root) sets it to "" once, before anything else runs: no chroot.
-var root = "/newroot"
+// newRoot is where PID 1 assembles the guest's root; sessions and the
+// workload run chrooted into it. The agent (run by the image's own init,
+// inside the real root) uses "": no chroot.
+const newRoot guestroot.Root = "/newroot"
 
 type mountSpec struct {
 	source, target, fstype string
@@ -116,7 +117,7 @@ func loadModule(path string) {
 
 // buildRoot mounts the store share read-only, the root overlay on it and the
 // guest's pseudo and ephemeral filesystems.
-func buildRoot(spec *guest.Spec) error {
+func buildRoot(root guestroot.Root, spec *guest.Spec) error {
 	st := spec.Store
 	var storeMount mountSpec
 	switch st.FSType {
@@ -148,33 +149,33 @@ func buildRoot(spec *guest.Spec) error {
 		}
 	}
 	if err := mountAll([]mountSpec{
-		{"overlay", root, "overlay", 0, "lowerdir=" + lower + ",upperdir=/run/microvm/rw/upper,workdir=/run/microvm/rw/work"},
+		{"overlay", string(root), "overlay", 0, "lowerdir=" + lower + ",upperdir=/run/microvm/rw/upper,workdir=/run/microvm/rw/work"},
 	}); err != nil {
 		return err
 	}
 	if err := mountAll([]mountSpec{
-		{"proc", root + "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
-		{"sysfs", root + "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
-		{"/dev", root + "/dev", "", unix.MS_BIND | unix.MS_REC, ""},
+		{"proc", root.Path("/proc"), "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"sysfs", root.Path("/sys"), "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"/dev", root.Path("/dev"), "", unix.MS_BIND | unix.MS_REC, ""},
 		// cgroup2, as a container runtime gives its workload (and systemd
 		// needs); /dev/mqueue for POSIX message queues.
-		{"cgroup2", root + "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
-		{"mqueue", root + "/dev/mqueue", "mqueue", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"cgroup2", root.Path("/sys/fs/cgroup"), "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"mqueue", root.Path("/dev/mqueue"), "mqueue", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 		// /var is the image's own, reset at every boot like the rest of the
 		// root (the overlay's upper layer is in memory); /run and /tmp
 		// start empty.
-		{"tmpfs", root + "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
-		{"tmpfs", root + "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{"tmpfs", root.Path("/run"), "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+		{"tmpfs", root.Path("/tmp"), "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
 		// The store stays visible, read-only, inside the guest.
-		{guest.StoreMount, root + guest.StoreMount, "", unix.MS_BIND, ""},
+		{guest.StoreMount, root.Path(guest.StoreMount), "", unix.MS_BIND, ""},
 	}); err != nil {
 		return err
 	}
-	if err := unix.Mount("", root+guest.StoreMount, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+	if err := unix.Mount("", root.Path(guest.StoreMount), "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
 		return fmt.Errorf("make the store read-only in the root: %w", err)
 	}
 	// The init binary, for the SFTP server that runs inside the root.
-	initInRoot := root + "/run/microvm/init"
+	initInRoot := root.Path("/run/microvm/init")
 	if err := os.WriteFile(initInRoot, nil, 0o755); err != nil {
 		return err
 	}
@@ -182,51 +183,23 @@ func buildRoot(spec *guest.Spec) error {
 		return fmt.Errorf("bind /init into the root: %w", err)
 	}
 	for _, d := range []string{"/var/log", "/var/lib", "/root", "/etc"} {
-		os.MkdirAll(root+d, 0o755)
+		os.MkdirAll(root.Path(d), 0o755)
 	}
-	if fi, err := os.Stat(root + "/var/tmp"); err != nil || !fi.IsDir() {
-		os.MkdirAll(root+"/var/tmp", 0o1777)
-		os.Chmod(root+"/var/tmp", 0o1777)
+	if fi, err := os.Stat(root.Path("/var/tmp")); err != nil || !fi.IsDir() {
+		os.MkdirAll(root.Path("/var/tmp"), 0o1777)
+		os.Chmod(root.Path("/var/tmp"), 0o1777)
 	}
-	return writeIdentity(spec)
-}
-
-// writeIdentity writes the files a container runtime gives its workload:
-// /etc/resolv.conf, /etc/hostname and /etc/hosts naming the VM.
-func writeIdentity(spec *guest.Spec) error {
-	var resolv strings.Builder
-	for _, ns := range spec.Net.DNS {
-		fmt.Fprintf(&resolv, "nameserver %s\n", ns)
-	}
-	if len(spec.Net.Search) > 0 {
-		fmt.Fprintf(&resolv, "search %s\n", strings.Join(spec.Net.Search, " "))
-	}
-	addr, _, _ := strings.Cut(spec.Net.Address, "/")
-	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", addr, spec.Name)
-	if addr6, _, ok := strings.Cut(spec.Net.Address6, "/"); ok {
-		hosts += fmt.Sprintf("%s\t%s\n", addr6, spec.Name)
-	}
-	for _, f := range []struct{ path, body string }{
-		{"/etc/resolv.conf", resolv.String()},
-		{"/etc/hostname", spec.Name + "\n"},
-		{"/etc/hosts", hosts},
-	} {
-		os.Remove(root + f.path) // may be a symlink in the image
-		if err := os.WriteFile(root+f.path, []byte(f.body), 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
+	return root.WriteIdentity(spec)
 }
 
 // mountVolume finds the virtio disk whose serial is the volume's name and
 // mounts it (ext4) at its mount point inside the root.
-func mountVolume(v guest.VolumeSpec) (string, error) {
+func mountVolume(root guestroot.Root, v guest.VolumeSpec) (string, error) {
 	dev, err := findDisk(v.Name, v.Device, 10*time.Second)
 	if err != nil {
 		return "", err
 	}
-	target := filepath.Join(root, v.MountPoint)
+	target := root.Path(filepath.Join("/", v.MountPoint))
 	if err := os.MkdirAll(target, 0o755); err != nil {
 		return "", err
 	}

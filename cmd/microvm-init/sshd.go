@@ -15,11 +15,13 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/guestagent"
+	"microvm.dev/microvm/internal/guestroot"
 )
 
 // startSSH serves SSH on port 22: public-key login as root with the
 // configured keys; every session runs chrooted in the guest's root.
-func startSSH(spec guest.SSHSpec, procs *reaper) error {
+func startSSH(spec guest.SSHSpec, procs *reaper, root guestroot.Root) error {
 	signer, err := ssh.ParsePrivateKey([]byte(spec.HostKey))
 	if err != nil {
 		return fmt.Errorf("host key: %w", err)
@@ -54,13 +56,13 @@ func startSSH(spec guest.SSHSpec, procs *reaper) error {
 				time.Sleep(100 * time.Millisecond)
 				continue
 			}
-			go serveConn(c, cfg, procs)
+			go serveConn(c, cfg, procs, root)
 		}
 	}()
 	return nil
 }
 
-func serveConn(c net.Conn, cfg *ssh.ServerConfig, procs *reaper) {
+func serveConn(c net.Conn, cfg *ssh.ServerConfig, procs *reaper, root guestroot.Root) {
 	sc, chans, reqs, err := ssh.NewServerConn(c, cfg)
 	if err != nil {
 		c.Close()
@@ -77,7 +79,7 @@ func serveConn(c net.Conn, cfg *ssh.ServerConfig, procs *reaper) {
 		if err != nil {
 			continue
 		}
-		s := &session{ch: ch, procs: procs, env: map[string]string{}}
+		s := &session{ch: ch, procs: procs, root: root, env: map[string]string{}}
 		go s.serve(requests)
 	}
 }
@@ -86,6 +88,7 @@ func serveConn(c net.Conn, cfg *ssh.ServerConfig, procs *reaper) {
 type session struct {
 	ch      ssh.Channel
 	procs   *reaper
+	root    guestroot.Root
 	env     map[string]string
 	mu      sync.Mutex
 	ptmx    *os.File
@@ -130,7 +133,7 @@ func (s *session) serve(requests <-chan *ssh.Request) {
 			if s.started {
 				break
 			}
-			argv, err := s.command(req)
+			argv, err := guestagent.SessionCommand(req.Type, req.Payload)
 			if err != nil {
 				fmt.Fprintln(s.ch.Stderr(), err)
 				break
@@ -149,37 +152,15 @@ func (s *session) serve(requests <-chan *ssh.Request) {
 	}
 }
 
-func (s *session) command(req *ssh.Request) ([]string, error) {
-	switch req.Type {
-	case "shell":
-		return []string{"/bin/sh", "-l"}, nil
-	case "exec":
-		var p struct{ Command string }
-		if err := ssh.Unmarshal(req.Payload, &p); err != nil {
-			return nil, err
-		}
-		return []string{"/bin/sh", "-c", p.Command}, nil
-	default: // subsystem
-		var p struct{ Name string }
-		if err := ssh.Unmarshal(req.Payload, &p); err != nil {
-			return nil, err
-		}
-		if p.Name != "sftp" {
-			return nil, fmt.Errorf("unknown subsystem %q", p.Name)
-		}
-		return []string{"/run/microvm/init", "sftp-server"}, nil
-	}
-}
-
 // run starts argv in the root, wires it to the channel, and reports its
 // exit status when it ends.
 func (s *session) run(argv []string) {
 	defer s.ch.Close()
-	cmd := rootCmd(argv, s.env, "")
+	cmd := s.root.Command(argv, s.env, "")
 	var copies sync.WaitGroup
 	var pid int
 	if s.winsize != nil {
-		ptmx, err := pty.StartWithAttrs(cmd, s.winsize, &syscall.SysProcAttr{Chroot: root, Setsid: true, Setctty: true})
+		ptmx, err := pty.StartWithAttrs(cmd, s.winsize, &syscall.SysProcAttr{Chroot: string(s.root), Setsid: true, Setctty: true})
 		if err != nil {
 			fmt.Fprintf(s.ch.Stderr(), "start %s: %v\n", argv[0], err)
 			s.exit(127)

@@ -1,4 +1,4 @@
-package main
+package guestroot
 
 import (
 	"encoding/json"
@@ -9,80 +9,83 @@ import (
 	"microvm.dev/microvm/internal/guest"
 )
 
-// agentSpecPath is where, in the root, the agent finds what it serves.
-const agentSpecPath = "/run/microvm/agent.json"
+// AgentSpecPath is where, in the root, the agent finds what it serves.
+const AgentSpecPath = "/run/microvm/agent.json"
 
-// agentSpec is what the agent needs: the VM's name and its SSH identity.
-type agentSpec struct {
+// AgentSpec is what the agent needs: the VM's name and its SSH identity.
+type AgentSpec struct {
 	Name string        `json:"name"`
 	SSH  guest.SSHSpec `json:"ssh"`
 }
 
-// imageInit is the kind of init an image has, as it is set up.
-type imageInit int
+// InitKind is the kind of init an image has, as it is set up.
+type InitKind int
 
+// The kinds of init.
 const (
-	initSystemd imageInit = iota
-	initBusybox
-	initSysv
+	Systemd InitKind = iota
+	Busybox
+	Sysv // an inittab init: sysvinit
 )
 
-// kindOfInit tells systemd, busybox init and an inittab init (sysvinit)
+// KindOfInit tells systemd, busybox init and an inittab init (sysvinit)
 // apart by where the image's init leads.
-func kindOfInit(initPath string) imageInit {
-	target, err := guest.ResolveIn(root, initPath)
+func (r Root) KindOfInit(initPath string) InitKind {
+	target, err := guest.ResolveIn(string(r), initPath)
 	if err != nil {
 		target = initPath
 	}
 	switch {
 	case strings.Contains(target, "systemd"):
-		return initSystemd
+		return Systemd
 	case strings.Contains(target, "busybox"):
-		return initBusybox
+		return Busybox
 	}
-	return initSysv
+	return Sysv
 }
 
-// prepareImageInit readies the root for the image's own init, in the
+// PrepareImageInit readies the root for the image's own init, in the
 // root's memory layer only (the image is untouched): a stable machine-id;
 // microvm's agent (SSH for exec, ssh and verify; the power button; the
 // ready report) as a service of that init; Ctrl-Alt-Del powering off
 // rather than rebooting. For systemd these are runtime units in
-// /run/systemd/system; for inittab inits, lines of /etc/inittab.
-func prepareImageInit(spec *guest.Spec, initPath string) error {
+// /run/systemd/system, and the devices present at boot (as sysfs, the
+// directory of /sys, lists them) announced in udev's database where the
+// image has no udev; for inittab inits, lines of /etc/inittab.
+func (r Root) PrepareImageInit(spec *guest.Spec, initPath, sysfs string) error {
 	if spec.MachineID != "" {
-		if err := os.WriteFile(root+"/etc/machine-id", []byte(spec.MachineID+"\n"), 0o444); err != nil {
+		if err := os.WriteFile(r.Path("/etc/machine-id"), []byte(spec.MachineID+"\n"), 0o444); err != nil {
 			return err
 		}
 	}
-	b, err := json.Marshal(agentSpec{Name: spec.Name, SSH: spec.SSH})
+	b, err := json.Marshal(AgentSpec{Name: spec.Name, SSH: spec.SSH})
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(root+"/run/microvm", 0o755); err != nil {
+	if err := os.MkdirAll(r.Path("/run/microvm"), 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(root+agentSpecPath, b, 0o600); err != nil {
+	if err := os.WriteFile(r.Path(AgentSpecPath), b, 0o600); err != nil {
 		return err
 	}
-	switch kindOfInit(initPath) {
-	case initSystemd:
-		if err := announceDevices(); err != nil {
+	switch r.KindOfInit(initPath) {
+	case Systemd:
+		if err := r.AnnounceDevices(sysfs); err != nil {
 			return err
 		}
-		return systemdUnits()
-	case initBusybox:
-		return inittab("::respawn:/run/microvm/init agent", "::ctrlaltdel:/sbin/poweroff", true)
+		return r.systemdUnits()
+	case Busybox:
+		return r.inittab("::respawn:/run/microvm/init agent", "::ctrlaltdel:/sbin/poweroff", true)
 	default:
-		return inittab("mv:2345:respawn:/run/microvm/init agent", "ca::ctrlaltdel:/sbin/shutdown -t1 -h -P now", false)
+		return r.inittab("mv:2345:respawn:/run/microvm/init agent", "ca::ctrlaltdel:/sbin/shutdown -t1 -h -P now", false)
 	}
 }
 
 // systemdUnits writes the agent's unit, wanted by sysinit.target so it
 // answers early, masks the image's own sshd (the agent has port 22),
 // maps Ctrl-Alt-Del to poweroff and skips kmod-static-nodes without kmod.
-func systemdUnits() error {
-	dir := root + "/run/systemd/system"
+func (r Root) systemdUnits() error {
+	dir := r.Path("/run/systemd/system")
 	if err := os.MkdirAll(dir+"/sysinit.target.wants", 0o755); err != nil {
 		return err
 	}
@@ -120,7 +123,7 @@ KillMode=process
 		return err
 	}
 	for _, d := range []string{"/usr/lib/systemd/system", "/lib/systemd/system"} {
-		if _, err := os.Stat(root + d + "/poweroff.target"); err == nil {
+		if _, err := os.Stat(r.Path(d + "/poweroff.target")); err == nil {
 			return os.Symlink(d+"/poweroff.target", dir+"/ctrl-alt-del.target")
 		}
 	}
@@ -130,8 +133,8 @@ KillMode=process
 // inittab adds the agent's respawn line to the image's /etc/inittab and
 // makes Ctrl-Alt-Del power off. Without an inittab, busybox init runs its
 // built-in one; that is written out first so the agent's line adds to it.
-func inittab(agent, ctrlAltDel string, busybox bool) error {
-	path := root + "/etc/inittab"
+func (r Root) inittab(agent, ctrlAltDel string, busybox bool) error {
+	path := r.Path("/etc/inittab")
 	b, err := os.ReadFile(path)
 	if os.IsNotExist(err) && busybox {
 		b = []byte("::sysinit:/etc/init.d/rcS\n::askfirst:-/bin/sh\n::restart:/sbin/init\n::shutdown:/bin/umount -a -r\n::shutdown:/sbin/swapoff -a\n")

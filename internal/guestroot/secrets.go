@@ -1,4 +1,4 @@
-package main
+package guestroot
 
 import (
 	"errors"
@@ -13,29 +13,29 @@ import (
 	"microvm.dev/microvm/internal/guest"
 )
 
-// writeSecrets writes the VM's decrypted secrets into the new root, whose
+// WriteSecrets writes the VM's decrypted secrets into the root, whose
 // writable layer is memory. Missing parent directories are made (0755,
 // root's); a parent that is a symlink in the image is refused, since it
 // could lead onto a data volume, and the file itself is never followed.
-func writeSecrets(files []guest.SecretFile) error {
+func (r Root) WriteSecrets(files []guest.SecretFile) error {
 	for _, f := range files {
-		if err := writeSecret(f); err != nil {
+		if err := r.writeSecret(f); err != nil {
 			return fmt.Errorf("secret %s: %w", f.Path, err)
 		}
 	}
 	return nil
 }
 
-func writeSecret(f guest.SecretFile) error {
+func (r Root) writeSecret(f guest.SecretFile) error {
 	uid, gid := uint32(0), uint32(0)
 	if f.Owner != "" && f.Owner != "root" && f.Owner != "0" {
-		u, err := lookupUser(f.Owner)
+		u, err := r.LookupUser(f.Owner)
 		if err != nil {
 			return err
 		}
 		uid, gid = u.UID, u.GID
 	}
-	dir := root
+	dir := string(r)
 	parts := strings.Split(strings.TrimPrefix(filepath.Dir(f.Path), "/"), "/")
 	for _, part := range parts {
 		if part == "" {
@@ -51,12 +51,12 @@ func writeSecret(f guest.SecretFile) error {
 		case err != nil:
 			return err
 		case fi.Mode()&fs.ModeSymlink != 0:
-			return fmt.Errorf("%s is a symlink in the image", strings.TrimPrefix(dir, root))
+			return fmt.Errorf("%s is a symlink in the image", strings.TrimPrefix(dir, string(r)))
 		case !fi.IsDir():
-			return fmt.Errorf("%s is not a directory", strings.TrimPrefix(dir, root))
+			return fmt.Errorf("%s is not a directory", strings.TrimPrefix(dir, string(r)))
 		}
 	}
-	fd, err := unix.Open(root+f.Path, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	fd, err := unix.Open(r.Path(f.Path), unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package main
+package guestroot
 
 import (
 	"fmt"
@@ -11,12 +11,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// populate copies the image's content at src (a directory of the store's
+// Populate copies the image's content at src (a directory of the store's
 // image tree) onto a new, empty volume mounted at dst, as Docker
 // initialises a new named volume from the image: owners, modes, times and
 // symlinks kept, the volume's root taking the directory's owner and mode.
-// A volume with anything on it but lost+found is left alone.
-func populate(src, dst string) (int, error) {
+// A volume with anything on it but lost+found is left alone. It returns
+// how many entries it copied.
+func Populate(src, dst string) (int, error) {
 	fi, err := os.Lstat(src)
 	if err != nil || !fi.IsDir() {
 		return 0, nil // nothing in the image there
@@ -88,6 +89,7 @@ func copyEntry(p, target string, fi fs.FileInfo, root bool) error {
 	return unix.UtimesNanoAt(unix.AT_FDCWD, target, ts, unix.AT_SYMLINK_NOFOLLOW)
 }
 
+// copyFile copies the regular file src to dst, a new file.
 func copyFile(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
