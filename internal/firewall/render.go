@@ -49,11 +49,48 @@ func (r Ruleset) Script() string {
 	return fmt.Sprintf("table %s %s\ndelete table %s %s\n%s", Family, Name, Family, Name, r.Body)
 }
 
-// Render builds the ruleset for cfg.
+// writeFunc writes one line of the ruleset.
+type writeFunc func(format string, args ...any)
+
+// Render builds the ruleset for cfg: the table's sets (the VMs' facts,
+// the Service ranges, egress), then its chains by where they hook:
+// prerouting (anti-spoofing, the Service mark), NAT (port forwards,
+// masquerade), forwarding (VM to VM, into VMs, egress) and input (VMs to
+// the host, the uplink's allowed ports).
 func Render(cfg *config.Config, opts Options) Ruleset {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
 
+	w("table %s %s {", Family, Name)
+	w("\tcomment %q", "managed by microvm: replaced whole on every apply; ruleset @HASH@")
+	// An empty chain named after the hash lets an apply read back, over
+	// netlink, which ruleset is loaded.
+	w("\tchain %s@HASH@ {", MarkerPrefix)
+	w("\t}")
+	sets := vmSets(cfg)
+	sets = append(sets, serviceSets(cfg)...)
+	sets = append(sets, egressSets(cfg)...)
+	for _, st := range sets {
+		st.write(w)
+	}
+	preroutingChains(w)
+	natChains(w, cfg, opts)
+	forwardChains(w, cfg)
+	inputChains(w, cfg, opts)
+	w("}")
+
+	body := b.String()
+	sum := sha256.Sum256([]byte(body))
+	hash := hex.EncodeToString(sum[:])[:16]
+	return Ruleset{Body: strings.ReplaceAll(body, "@HASH@", hash), Hash: hash}
+}
+
+// vmSets are the sets of the VMs' facts: their bridges, subnets,
+// addresses, sources (bridge, address, MAC), gateways, declared ports
+// and allowed pairs, for IPv4 and, for the VMs with it, IPv6 (with what
+// IPv6 needs besides: MACs, neighbour advertisement targets, NAT66
+// networks).
+func vmSets(cfg *config.Config) []namedSet {
 	var bridges, subnets, sources, gateways, addrs, ports, allows []string
 	// The same facts for the VMs with IPv6, and what IPv6 needs besides:
 	// the VMs' MACs (link-local and DAD sources), the addresses a VM may
@@ -97,13 +134,7 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 		}
 	}
 
-	w("table %s %s {", Family, Name)
-	w("\tcomment %q", "managed by microvm: replaced whole on every apply; ruleset @HASH@")
-	// An empty chain named after the hash lets an apply read back, over
-	// netlink, which ruleset is loaded.
-	w("\tchain %s@HASH@ {", MarkerPrefix)
-	w("\t}")
-	sets := []namedSet{
+	return []namedSet{
 		{name: "vm_bridges", typ: "ifname", elems: bridges},
 		{name: "vm_subnets", typ: "ipv4_addr", flags: "interval", elems: subnets},
 		{name: "vm_addrs", typ: "ipv4_addr", elems: addrs},
@@ -121,12 +152,11 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 		{name: "vm_ports6", typ: "ipv6_addr . inet_proto . inet_service", flags: "interval", elems: ports6},
 		{name: "vm_allow6", typ: "ifname . ipv6_addr . inet_proto . inet_service", flags: "interval", elems: allows6},
 	}
-	sets = append(sets, serviceSets(cfg)...)
-	sets = append(sets, egressSets(cfg)...)
-	for _, st := range sets {
-		st.write(w)
-	}
+}
 
+// preroutingChains: anti-spoofing before conntrack, and the mark of a
+// VM's connection to a Kubernetes Service before kube-proxy's DNAT.
+func preroutingChains(w writeFunc) {
 	// Anti-spoofing, before conntrack: a VM's bridge carries only IPv4
 	// from the VM's own MAC and address, and IPv6 only for a VM with IPv6:
 	// from its MAC, from its own address (or link-local, or unspecified for
@@ -154,6 +184,11 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	}
 	w("\t}")
 
+}
+
+// natChains: host port forwards into VMs (from elsewhere and from the
+// host itself) and masquerade out of the uplink.
+func natChains(w writeFunc, cfg *config.Config, opts Options) {
 	// Host port forwards: traffic to a local address (not from a VM) on the
 	// host port goes to the VM's port.
 	w("\tchain dnat_in {")
@@ -185,6 +220,11 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	}
 	w("\t}")
 
+}
+
+// forwardChains: VM to VM only where allowed; into VMs only replies,
+// forwards and declared ports; out of VMs as their egress says.
+func forwardChains(w writeFunc, cfg *config.Config) {
 	// Forwarding: VM to VM only where allowed; into VMs only replies,
 	// forwards and declared ports; out of VMs to the world is free.
 	w("\tchain forward {")
@@ -237,6 +277,11 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	w("\t\tcounter drop")
 	w("\t}")
 
+}
+
+// inputChains: from VMs to the host only ICMP echo and DNS to their own
+// gateway; from the uplink, when the file names ports, only those.
+func inputChains(w writeFunc, cfg *config.Config, opts Options) {
 	// VM to host: only ICMP echo and DNS (the daemon's resolver) to the
 	// VM's own gateway.
 	w("\tchain input {")
@@ -266,12 +311,6 @@ func Render(cfg *config.Config, opts Options) Ruleset {
 	w("\t\tmeta l4proto { udp, tcp } th dport 53 iifname . ip6 daddr @vm_gateways6 accept")
 	w("\t\tcounter drop")
 	w("\t}")
-	w("}")
-
-	body := b.String()
-	sum := sha256.Sum256([]byte(body))
-	hash := hex.EncodeToString(sum[:])[:16]
-	return Ruleset{Body: strings.ReplaceAll(body, "@HASH@", hash), Hash: hash}
 }
 
 // serviceSets are host.serviceCIDRs, IPv4 and IPv6 apart.

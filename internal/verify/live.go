@@ -44,98 +44,89 @@ type Fleet struct {
 // beyond it, failing to reach every other VM except allowed pairs, a
 // read-only store, an ephemeral /var (the image's, on the in-memory
 // overlay), the data volumes mounted, and the declared ports answering
-// from the host.
+// from the host. The checks are grouped: the host's (live_host.go), each
+// VM's process (its state, privileges, confinement), what each guest
+// reports over SSH (live_guest.go), the tailnet's (tailnet.go).
 func Live(f Fleet) []Check {
-	cfg := f.Config
-	var checks []Check
-	h, herr := hostnet.Open(f.NetNS)
-	var links []hostnet.LinkState
-	if herr == nil {
-		links, herr = h.Show()
-	}
-	for _, vm := range cfg.VMs {
-		gw := netip.PrefixFrom(vm.Net.Gateway, vm.Net.Subnet.Bits()).String()
-		checks = append(checks, Check{Name: "bridge " + vm.Net.Bridge, Run: func() (Status, string) {
-			if herr != nil {
-				return Fail, herr.Error()
-			}
-			for _, l := range links {
-				if l.Name == vm.Net.Bridge {
-					if !l.Up || !slices.Contains(l.Addrs, gw) {
-						return Fail, fmt.Sprintf("%s is up=%t with %v, want up with %s", l.Name, l.Up, l.Addrs, gw)
-					}
-					return Pass, fmt.Sprintf("up with %s", gw)
-				}
-			}
-			return Fail, fmt.Sprintf("%s does not exist", vm.Net.Bridge)
-		}})
-	}
-	checks = append(checks, Check{Name: "ip forwarding", Run: func() (Status, string) {
-		if h == nil {
-			return Fail, herr.Error()
-		}
-		var v []byte
-		err := h.Do(func() error {
-			var err error
-			v, err = os.ReadFile("/proc/sys/net/ipv4/ip_forward")
-			return err
-		})
-		if err != nil {
-			return Fail, err.Error()
-		}
-		if strings.TrimSpace(string(v)) != "1" {
-			return Fail, "net.ipv4.ip_forward = " + strings.TrimSpace(string(v))
-		}
-		return Pass, "net.ipv4.ip_forward = 1"
-	}})
-	gateway := ""
-	checks = append(checks, Check{Name: "NAT", Run: func() (Status, string) {
-		if h == nil {
-			return Fail, herr.Error()
-		}
-		uplink, err := h.ResolveUplink(cfg.Host)
-		if err != nil {
-			return Skip, "no uplink: " + err.Error()
-		}
-		gateway, _ = h.DefaultGateway()
-		out, err := nft(f.NetNS, "list", "chain", "inet", "microvm", "nat_out")
-		if err != nil {
-			return Fail, err.Error()
-		}
-		want := fmt.Sprintf("oifname %q ip saddr @vm_subnets masquerade", uplink)
-		if !strings.Contains(out, want) {
-			return Fail, fmt.Sprintf("nat_out lacks %q", want)
-		}
-		return Pass, "masquerade to " + uplink
-	}})
-
-	if cfg.Host.Tailscale.AdvertiseRoutes {
+	l := newLive(f)
+	checks := l.hostChecks()
+	if f.Config.Host.Tailscale.AdvertiseRoutes {
 		checks = append(checks, tailnetChecks(f)...)
 	}
-
-	// One SSH session per VM gathers its facts and probes, all in parallel.
-	var once sync.Once
-	facts := map[string]map[string]string{}
-	errs := map[string]error{}
-	gather := func() {
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		for _, vm := range cfg.VMs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				fs, err := probe(f, vm, gateway)
-				mu.Lock()
-				facts[vm.Name], errs[vm.Name] = fs, err
-				mu.Unlock()
-			}()
-		}
-		wg.Wait()
+	for _, vm := range f.Config.VMs {
+		checks = append(checks, l.processChecks(vm.Name)...)
+		checks = append(checks, l.guestChecks(vm)...)
+		checks = append(checks, l.portChecks(vm)...)
 	}
-	for _, vm := range cfg.VMs {
-		name := vm.Name
-		checks = append(checks, Check{Name: name + " running", Run: func() (Status, string) {
-			st, ok := f.Status(name)
+	if len(f.Config.VMs) > 1 {
+		checks = append(checks, Check{Name: "one identity per hypervisor", Run: func() (Status, string) {
+			return identities(f, f.Config)
+		}})
+	}
+	return checks
+}
+
+// live is one run of the live checks: the host's namespace, its links,
+// the default gateway the NAT check finds, and each guest's facts,
+// gathered once over SSH for every VM at the first check that needs them.
+type live struct {
+	f     Fleet
+	h     *hostnet.Host
+	herr  error
+	links []hostnet.LinkState
+	// gateway is the host's default gateway, found by the NAT check ("":
+	// none), which the guests' probes then try to reach.
+	gateway string
+	once    sync.Once
+	facts   map[string]map[string]string
+	errs    map[string]error
+}
+
+func newLive(f Fleet) *live {
+	l := &live{f: f, facts: map[string]map[string]string{}, errs: map[string]error{}}
+	l.h, l.herr = hostnet.Open(f.NetNS)
+	if l.herr == nil {
+		l.links, l.herr = l.h.Show()
+	}
+	return l
+}
+
+// gather runs every VM's probe over SSH, all in parallel.
+func (l *live) gather() {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, vm := range l.f.Config.VMs {
+		wg.Go(func() {
+			fs, err := probe(l.f, vm, l.gateway)
+			mu.Lock()
+			l.facts[vm.Name], l.errs[vm.Name] = fs, err
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+}
+
+// fact is a check of what the VM name's probe reported.
+func (l *live) fact(name string, check func(map[string]string) (Status, string)) func() (Status, string) {
+	return func() (Status, string) {
+		l.once.Do(l.gather)
+		if err := l.errs[name]; err != nil {
+			return Fail, err.Error()
+		}
+		return check(l.facts[name])
+	}
+}
+
+// processChecks are the checks of the VM name's hypervisor as the daemon
+// and /proc see it: running, without privileges, confined.
+func (l *live) processChecks(name string) []Check {
+	pid := func() (int, bool) {
+		st, ok := l.f.Status(name)
+		return st.PID, ok && st.PID != 0
+	}
+	return []Check{
+		{Name: name + " running", Run: func() (Status, string) {
+			st, ok := l.f.Status(name)
 			if !ok {
 				return Fail, "the daemon does not know it"
 			}
@@ -143,148 +134,40 @@ func Live(f Fleet) []Check {
 				return Fail, fmt.Sprintf("state %s %s", st.State, st.Failure)
 			}
 			return Pass, fmt.Sprintf("pid %d, up since %s, booted in %.1fs", st.PID, st.StartedAt.Format(time.RFC3339), st.BootSeconds)
-		}})
-		checks = append(checks, Check{Name: name + " hypervisor privileges", Run: func() (Status, string) {
-			st, ok := f.Status(name)
-			if !ok || st.PID == 0 {
+		}},
+		{Name: name + " hypervisor privileges", Run: func() (Status, string) {
+			p, ok := pid()
+			if !ok {
 				return Fail, "not running"
 			}
-			return hypervisorPrivileges(st.PID)
-		}})
-		checks = append(checks, Check{Name: name + " hypervisor confined", Run: func() (Status, string) {
-			st, ok := f.Status(name)
-			if !ok || st.PID == 0 {
+			return hypervisorPrivileges(p)
+		}},
+		{Name: name + " hypervisor confined", Run: func() (Status, string) {
+			p, ok := pid()
+			if !ok {
 				return Fail, "not running"
 			}
-			return hypervisorConfined(st.PID)
-		}})
-		fact := func(check func(map[string]string) (Status, string)) func() (Status, string) {
-			return func() (Status, string) {
-				once.Do(gather)
-				if err := errs[name]; err != nil {
-					return Fail, err.Error()
-				}
-				return check(facts[name])
-			}
-		}
-		checks = append(checks, Check{Name: name + " over SSH", Run: fact(func(m map[string]string) (Status, string) {
-			memKB, _ := strconv.ParseInt(m["memkb"], 10, 64)
-			wantKB := int64(vm.Memory) / 1024
-			ev := fmt.Sprintf("hostname %s, %s vCPU, %d MiB", m["hostname"], m["nproc"], memKB/1024)
-			if m["hostname"] != name || m["nproc"] != strconv.Itoa(vm.VCPU) || memKB > wantKB || memKB < wantKB*7/10 {
-				return Fail, ev + fmt.Sprintf("; want hostname %s, %d vCPU, %s", name, vm.VCPU, vm.Memory)
-			}
-			return Pass, ev
-		})})
-		checks = append(checks, Check{Name: name + " store read-only", Run: fact(func(m map[string]string) (Status, string) {
-			if m["store_write"] != "refused" {
-				return Fail, "a write to /run/microvm/store succeeded"
-			}
-			return Pass, "writes to /run/microvm/store are refused"
-		})})
-		checks = append(checks, Check{Name: name + " /var ephemeral", Run: fact(func(m map[string]string) (Status, string) {
-			// The image's own /var, on the root overlay whose upper layer is
-			// in memory: reset to the image's content at every boot.
-			if m["var"] != "" || m["root_upper"] != "upperdir=/run/microvm/rw/upper" {
-				return Fail, fmt.Sprintf("/var is mounted %q on a root with %q, not on the root's in-memory overlay", m["var"], m["root_upper"])
-			}
-			return Pass, "/var is the image's, on the root overlay's in-memory upper layer"
-		})})
-		for _, v := range vm.Volumes {
-			checks = append(checks, Check{Name: name + " volume " + v.Name, Run: fact(func(m map[string]string) (Status, string) {
-				if m["mount "+v.MountPoint] != "ext4" {
-					return Fail, fmt.Sprintf("%s is not mounted (found %q)", v.MountPoint, m["mount "+v.MountPoint])
-				}
-				return Pass, v.MountPoint + " is ext4"
-			})})
-		}
-		checks = append(checks, Check{Name: name + " → gateway", Run: fact(func(m map[string]string) (Status, string) {
-			return reachable(m["ping_gateway"], vm.Net.Gateway.String())
-		})})
-		if vm.Net.HasIPv6() {
-			checks = append(checks, Check{Name: name + " → gateway (IPv6)", Run: fact(func(m map[string]string) (Status, string) {
-				return reachable(m["ping_gateway6"], vm.Net.Gateway6.String())
-			})})
-		}
-		checks = append(checks, Check{Name: name + " → internet", Run: fact(func(m map[string]string) (Status, string) {
-			if gateway == "" {
-				return Skip, "the host has no default gateway"
-			}
-			return reachable(m["ping_internet"], gateway+" (the host's default gateway, through NAT)")
-		})})
-		checks = append(checks, Check{Name: name + " DNS", Run: fact(func(m map[string]string) (Status, string) {
-			return vmNames(cfg, vm, m)
-		})})
-		checks = append(checks, Check{Name: name + " → cloud metadata", Run: fact(func(m map[string]string) (Status, string) {
-			if metadataAllowed(cfg, vm) {
-				return Skip, "the file allows " + metadataAddr + " to this VM"
-			}
-			if got := m["metadata"]; got != "blocked" {
-				return Fail, fmt.Sprintf("%s:80 is reachable from the VM (%s): its egress is not closed", metadataAddr, got)
-			}
-			return Pass, metadataAddr + " (the cloud metadata service) is unreachable"
-		})})
-		checks = append(checks, Check{Name: name + " isolation", Run: fact(func(m map[string]string) (Status, string) {
-			var broken, allowedOK, notes []string
-			v6 := 0
-			for _, other := range cfg.VMs {
-				if other.Name == name {
-					continue
-				}
-				port := allowedPort(cfg, name, other.Name)
-				targets := isolationTargets(vm, other)
-				if len(targets) > 1 {
-					v6++
-				}
-				for _, tg := range targets {
-					got := m[tg.key]
-					switch {
-					case got == "":
-						notes = append(notes, tg.key[3:]+": not probed")
-					case port != 0 && got == "blocked":
-						broken = append(broken, fmt.Sprintf("%s → %s:%d is allowed but blocked (%s)", name, other.Name, port, netip.AddrPortFrom(tg.addr, uint16(port))))
-					case port != 0:
-						if tg.addr == other.Net.Address {
-							allowedOK = append(allowedOK, fmt.Sprintf("%s:%d", other.Name, port))
-						}
-					case got != "blocked":
-						broken = append(broken, fmt.Sprintf("%s → %s (%s) is reachable (%s): isolation is broken", name, other.Name, netip.AddrPortFrom(tg.addr, 22), got))
-					}
-				}
-			}
-			if len(broken) > 0 {
-				return Fail, strings.Join(broken, "; ")
-			}
-			ev := fmt.Sprintf("cannot reach the %d other VMs", len(cfg.VMs)-1-len(allowedOK))
-			if v6 > 0 {
-				ev += ", over IPv4 or IPv6"
-			}
-			if len(allowedOK) > 0 {
-				ev += "; reaches allowed " + strings.Join(allowedOK, ", ")
-			}
-			if len(notes) > 0 {
-				ev += "; " + strings.Join(notes, ", ")
-			}
-			return Pass, ev
-		})})
-		for _, p := range vm.Ports {
-			if p.Proto != "tcp" {
-				continue
-			}
-			addr := net.JoinHostPort(vm.Net.Address.String(), strconv.Itoa(p.From))
-			checks = append(checks, Check{Name: fmt.Sprintf("%s port %d", name, p.From), Run: func() (Status, string) {
-				c, err := vmssh.DialIn(f.NetNS, addr, 3*time.Second)
-				if err != nil {
-					return Fail, fmt.Sprintf("%s from the host: %v", addr, err)
-				}
-				c.Close()
-				return Pass, addr + " answers from the host"
-			}})
-		}
+			return hypervisorConfined(p)
+		}},
 	}
-	if len(cfg.VMs) > 1 {
-		checks = append(checks, Check{Name: "one identity per hypervisor", Run: func() (Status, string) {
-			return identities(f, cfg)
+}
+
+// portChecks are the VM's declared TCP ports, each answering from the
+// host.
+func (l *live) portChecks(vm *config.VM) []Check {
+	var checks []Check
+	for _, p := range vm.Ports {
+		if p.Proto != "tcp" {
+			continue
+		}
+		addr := net.JoinHostPort(vm.Net.Address.String(), strconv.Itoa(p.From))
+		checks = append(checks, Check{Name: fmt.Sprintf("%s port %d", vm.Name, p.From), Run: func() (Status, string) {
+			c, err := vmssh.DialIn(l.f.NetNS, addr, 3*time.Second)
+			if err != nil {
+				return Fail, fmt.Sprintf("%s from the host: %v", addr, err)
+			}
+			c.Close()
+			return Pass, addr + " answers from the host"
 		}})
 	}
 	return checks
