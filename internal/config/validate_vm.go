@@ -116,6 +116,16 @@ func ParseFileMode(s string) (uint32, error) {
 // spec validates the keys one VM (or the defaults) wrote, at path p.
 func (v *validator) spec(p string, s *VMSpec) {
 	v.egress(joinPath(p, "egress"), s.Egress, false)
+	v.machine(p, s)
+	v.volumes(joinPath(p, "volumes"), s.Volumes)
+	v.secrets(joinPath(p, "secrets"), s.Secrets)
+	v.workload(p, s)
+	v.supervision(p, s)
+}
+
+// machine checks what the VM is: its hypervisor, vCPUs, memory, kernel,
+// image, init, store, pull policy and host.
+func (v *validator) machine(p string, s *VMSpec) {
 	if s.Hypervisor != nil && !slices.Contains(Hypervisors(), *s.Hypervisor) {
 		v.r.addf(joinPath(p, "hypervisor"), "unknown hypervisor %q (%s)", *s.Hypervisor, orList(Hypervisors()))
 	}
@@ -146,8 +156,23 @@ func (v *validator) spec(p string, s *VMSpec) {
 			v.r.addf(joinPath(p, "image"), "%s", msg)
 		}
 	}
-	v.volumes(joinPath(p, "volumes"), s.Volumes)
-	v.secrets(joinPath(p, "secrets"), s.Secrets)
+	if s.Host != nil && !hostNameRE.MatchString(*s.Host) {
+		v.r.addf(joinPath(p, "host"), "host %q is not a host name", *s.Host)
+	}
+	if s.PullPolicy != nil && *s.PullPolicy != PullMissing && *s.PullPolicy != PullAlways && *s.PullPolicy != PullNever {
+		v.r.addf(joinPath(p, "pullPolicy"), "pullPolicy must be missing, always or never, not %q", *s.PullPolicy)
+	}
+	if s.Init != nil && *s.Init != InitMicrovm && *s.Init != InitImage {
+		v.r.addf(joinPath(p, "init"), "init must be microvm or image, not %q", *s.Init)
+	}
+	if s.Store != nil && !slices.Contains(StoreKinds, *s.Store) {
+		v.r.addf(joinPath(p, "store"), "store must be one of %s, not %q", strings.Join(StoreKinds, ", "), *s.Store)
+	}
+}
+
+// workload checks what the VM runs and how it is reached: its command,
+// environment, working directory, user, SSH keys and ports.
+func (v *validator) workload(p string, s *VMSpec) {
 	for i, key := range s.SSHKeys {
 		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(key)); err != nil {
 			v.r.addf(indexPath(joinPath(p, "sshKeys"), i), "not an SSH public key in authorized_keys format: %v", err)
@@ -166,6 +191,24 @@ func (v *validator) spec(p string, s *VMSpec) {
 	if s.Workdir != nil && !path.IsAbs(*s.Workdir) {
 		v.r.addf(joinPath(p, "workdir"), "workdir %q must be an absolute path", *s.Workdir)
 	}
+	if s.User != nil {
+		if msg := checkUser(*s.User); msg != "" {
+			v.r.addf(joinPath(p, "user"), "%s", msg)
+		}
+	}
+	for i, a := range s.Ports {
+		for j := range i {
+			if a.Overlaps(s.Ports[j]) {
+				v.r.addf(indexPath(joinPath(p, "ports"), i), "port %s overlaps %s at [%d]", a, s.Ports[j], j)
+				break
+			}
+		}
+	}
+}
+
+// supervision checks how the VM is kept: restart policy, stop timeout,
+// limits, health check and snapshots.
+func (v *validator) supervision(p string, s *VMSpec) {
 	if s.Restart != nil && *s.Restart != RestartAlways && *s.Restart != RestartOnFailure && *s.Restart != RestartNo {
 		v.r.addf(joinPath(p, "restart"), "restart must be always, on-failure or no, not %q", *s.Restart)
 	}
@@ -206,31 +249,6 @@ func (v *validator) spec(p string, s *VMSpec) {
 		}
 		if sn.Every != 0 && sn.Every < Duration(time.Minute) {
 			v.r.addf(joinPath(p, "snapshots.every"), "every %s is under a minute", sn.Every)
-		}
-	}
-	if s.Host != nil && !hostNameRE.MatchString(*s.Host) {
-		v.r.addf(joinPath(p, "host"), "host %q is not a host name", *s.Host)
-	}
-	if s.PullPolicy != nil && *s.PullPolicy != PullMissing && *s.PullPolicy != PullAlways && *s.PullPolicy != PullNever {
-		v.r.addf(joinPath(p, "pullPolicy"), "pullPolicy must be missing, always or never, not %q", *s.PullPolicy)
-	}
-	if s.Init != nil && *s.Init != InitMicrovm && *s.Init != InitImage {
-		v.r.addf(joinPath(p, "init"), "init must be microvm or image, not %q", *s.Init)
-	}
-	if s.Store != nil && !slices.Contains(StoreKinds, *s.Store) {
-		v.r.addf(joinPath(p, "store"), "store must be one of %s, not %q", strings.Join(StoreKinds, ", "), *s.Store)
-	}
-	if s.User != nil {
-		if msg := checkUser(*s.User); msg != "" {
-			v.r.addf(joinPath(p, "user"), "%s", msg)
-		}
-	}
-	for i, a := range s.Ports {
-		for j := range i {
-			if a.Overlaps(s.Ports[j]) {
-				v.r.addf(indexPath(joinPath(p, "ports"), i), "port %s overlaps %s at [%d]", a, s.Ports[j], j)
-				break
-			}
 		}
 	}
 }
