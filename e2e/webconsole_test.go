@@ -29,7 +29,9 @@ const ArtifactsEnv = "MICROVM_TEST_ARTIFACTS"
 // the deploys page takes effect, stopping b from the fleet page stops it
 // (the CLI sees it) and its row changes without a reload, the host page
 // shows bridges, images, the firewall and the doctor's and verify's checks,
-// the fleet fits a phone, and over TLS the session cookie is Secure.
+// the fleet fits a phone, and over TLS the session cookie is Secure. The
+// fleet and a VM's page draw its host memory, CPU and network from the
+// daemon's samples (every 2 s here).
 func TestWebConsole(t *testing.T) {
 	requireGuestEnv(t)
 	testutil.RequireCommand(t, "git")
@@ -51,7 +53,7 @@ func TestWebConsole(t *testing.T) {
 	}
 	addr, tlsAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	cert, key := testutil.SelfSignedCert(t, l.state)
-	l.startDaemon("", "--git-url", repo.remote, "--git-interval", "1h", "--health-timeout", "90s", "--api-token-file", tokenFile, "--ui-listen", addr,
+	l.startDaemon("", "--git-url", repo.remote, "--git-interval", "1h", "--health-timeout", "90s", "--api-token-file", tokenFile, "--ui-listen", addr, "--sample-every", "2s",
 		"--api-listen", tlsAddr, "--api-tls-cert", cert, "--api-tls-key", key)
 	l.waitGeneration(1, 4*time.Minute)
 	l.waitFor("a and b running", 4*time.Minute, allRunning("a", "b"))

@@ -74,6 +74,7 @@ let
     hypervisor = mkOption { type = types.nullOr (types.enum [ "qemu" "cloud-hypervisor" "firecracker" ]); default = null; description = "The VMM backend."; };
     vcpu = mkOption { type = types.nullOr types.ints.positive; default = null; description = "Virtual CPUs."; };
     memory = mkOption { type = types.nullOr size; default = null; description = "Guest RAM, e.g. \"1G\"."; };
+    memoryMin = mkOption { type = types.nullOr size; default = null; description = "As far as the host may balloon the VM's memory down when it runs short (host.reclaim); unset: never."; };
     kernel = mkOption { type = types.nullOr kernel; default = null; description = "\"host\" or { path, modules }."; };
     kernelParams = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "Added to the guest kernel's command line after microvm's own, one parameter an item (e.g. \"apparmor=0\"); microvm's own (console=, panic=, reboot=, tsc=, microvm.*, root and init) are refused."; };
     image = mkOption { type = types.nullOr types.str; default = null; description = "A store image name or an OCI reference."; };
@@ -133,6 +134,8 @@ in
                 ipv6Prefix = mkOption { type = types.nullOr types.str; default = null; description = "Where the VMs' IPv6 networks come from: unset (a unique local prefix behind NAT66), a routed /32 to /56, or \"none\"."; };
                 dns = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "Resolvers the VMs' DNS forwards other names to (addresses or address:port; default the host's own)."; };
                 serviceCIDRs = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "The Kubernetes Service ranges of the cluster the host is a node of: connections from a VM that kube-proxy sent to another VM pass the isolation."; };
+                reclaim = mkOption { type = types.nullOr (types.submodule { options = { below = mkOption { type = size; description = "The host's available memory under which VMs with a memoryMin are ballooned down to it."; }; above = mkOption { type = types.nullOr size; default = null; description = "The available memory over which their memory is given back (default twice below)."; }; }; }); default = null; description = "Taking memory back from VMs under pressure (off when unset)."; };
+                ksm = mkOption { type = types.nullOr (types.submodule { options = { enabled = mkOption { type = types.bool; default = false; description = "Turn the host's kernel samepage merging on."; }; pagesToScan = mkOption { type = types.nullOr types.ints.unsigned; default = null; description = "Pages scanned per wake-up (default 1000)."; }; sleep = mkOption { type = types.nullOr types.str; default = null; description = "Sleep between scans (default 20ms)."; }; }; }); default = null; description = "Kernel samepage merging (left as it is when unset)."; };
               };
             };
             description = "Host settings.";

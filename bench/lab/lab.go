@@ -1,8 +1,9 @@
-// Package lab runs the real microvm daemon for the benchmark programs: a
-// state directory of its own (the given store linked in, reachable by the
-// unprivileged hypervisors), a throwaway network namespace for the VMs'
-// networks, the daemon started and waited for, and the command line
-// against it.
+// Package lab is the benchmark programs' world: the real microvm daemon
+// (Lab: a state directory of its own, the given store linked in and
+// reachable by the unprivileged hypervisors, a throwaway network namespace
+// for the VMs' networks, the daemon started and waited for, the command
+// line against it), or, for the programs that launch VMs themselves, a
+// state directory and a namespace holding a file's network (Launch).
 package lab
 
 import (

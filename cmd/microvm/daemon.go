@@ -49,6 +49,7 @@ standard error otherwise (--log-format picks).`,
 	cmd.Flags().StringVar(&g.uiListen, "ui-listen", "", "also serve the web console (and the API, token required) over plain HTTP on this loopback address, for a quick look (off by default; the console is always on --api-listen)")
 	cmd.Flags().StringVar(&g.metrics, "metrics-listen", "", "serve Prometheus metrics at /metrics on this address (off by default; a bare :PORT binds loopback)")
 	cmd.Flags().StringVar(&logFormat, "log-format", logging.FormatAuto, "auto (journald under systemd, else text), text, json or journald")
+	cmd.Flags().DurationVar(&g.sampleEvery, "sample-every", daemon.SampleEvery, "how often the VMs' host memory, CPU and network are measured (kept an hour) and the host's memory checked against host.reclaim")
 	launchFlags(cmd, &o)
 	return cmd
 }
@@ -83,11 +84,15 @@ func (a *app) runDaemon(file, logFormat string, o runOptions, g gitOptions) erro
 	if err != nil {
 		return err
 	}
+	if g.sampleEvery < time.Second {
+		return usagef("--sample-every %s is under a second", g.sampleEvery)
+	}
 	d, err := daemon.New(env, log)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
+	d.SetSampleEvery(g.sampleEvery)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var dep *deploy.Engine

@@ -36,6 +36,8 @@ type gitOptions struct {
 	apiListen, apiCert    string
 	uiListen              string
 	apiKey                string
+	// sampleEvery is --sample-every (the daemon's, beside its listeners').
+	sampleEvery time.Duration
 }
 
 func gitFlags(cmd *cobra.Command, g *gitOptions) {

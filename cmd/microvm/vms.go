@@ -139,13 +139,13 @@ func (a *app) listCommand() *cobra.Command {
 				return a.printJSON(vms)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIP\tHYPERVISOR\tVCPU\tMEMORY\tUPTIME\tBOOT\tRESTARTS\tEXIT")
+			fmt.Fprintln(tw, "NAME\tSTATE\tIP\tHYPERVISOR\tVCPU\tMEMORY\tHOST MEM\tUPTIME\tBOOT\tRESTARTS\tEXIT")
 			for _, v := range vms {
 				ip, hv, vcpu, mem := "-", "-", "-", "-"
 				if v.Spec != nil {
 					ip, hv, vcpu, mem = v.Spec.Net.Address.String(), v.Spec.Hypervisor, fmt.Sprint(v.Spec.VCPU), v.Spec.Memory.String()
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", v.Name, v.State, ip, hv, vcpu, mem, uptime(v), bootTime(v), v.Restarts, exitCode(v))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", v.Name, v.State, ip, hv, vcpu, mem, hostMem(v), uptime(v), bootTime(v), v.Restarts, exitCode(v))
 			}
 			return tw.Flush()
 		},
@@ -158,6 +158,17 @@ func uptime(v apitypes.VMStatus) string {
 	}
 	return time.Since(v.StartedAt).Round(time.Second).String()
 }
+
+// hostMem is what the running VM costs the host in memory, or "-".
+func hostMem(v apitypes.VMStatus) string {
+	if v.HostMemory == nil {
+		return "-"
+	}
+	return mib(v.HostMemory.Total)
+}
+
+// mib is a size in MiB, as the host's memory is counted.
+func mib(b int64) string { return fmt.Sprintf("%d MiB", b>>20) }
 
 func bootTime(v apitypes.VMStatus) string {
 	if v.BootSeconds == 0 {
@@ -292,6 +303,13 @@ func (a *app) printStatus(st apitypes.VMStatus) {
 		row("hypervisor", st.Spec.Hypervisor)
 		row("resources", fmt.Sprintf("%d vCPU, %s", st.Spec.VCPU, st.Spec.Memory))
 		row("image", st.Spec.Image)
+	}
+	if m := st.HostMemory; m != nil {
+		line := fmt.Sprintf("%s: guest %s, hypervisor %s, helpers %s", mib(m.Total), mib(m.Guest), mib(m.Hypervisor), mib(m.Helpers))
+		if m.Balloon > 0 {
+			line += fmt.Sprintf("; %s taken back (host.reclaim)", mib(m.Balloon))
+		}
+		row("host memory", line)
 	}
 	row("pid", dash(strings.TrimPrefix(fmt.Sprint(st.PID), "0")))
 	row("uptime", uptime(st))

@@ -50,12 +50,33 @@ try {
   for (const vm of ["a", "b"]) {
     await page.waitForSelector(`#fleet tr[data-vm="${vm}"] [data-state="running"]`, { timeout: 120000 });
   }
+  step("the fleet draws each running VM's last hour: host memory, CPU, network");
+  // The daemon samples every 2 s here: a few samples make a line.
+  const points = (sel) => page.locator(sel).getAttribute("data-points").then(Number).catch(() => 0);
+  for (const vm of ["a", "b"]) {
+    for (const g of ["memory", "cpu", "network"]) {
+      const sel = `#fleet tr[data-vm="${vm}"] svg[data-graph="${g}"]`;
+      const end = Date.now() + 60000;
+      while ((await points(sel)) < 2) {
+        if (Date.now() > end) fail(`${vm}'s ${g} graph has fewer than 2 points`);
+        await page.waitForTimeout(500);
+      }
+      if (!(await page.locator(`${sel} polyline`).count())) fail(`${vm}'s ${g} graph draws no line`);
+    }
+    const label = await page.locator(`#fleet tr[data-vm="${vm}"] svg[data-graph="memory"]`).getAttribute("aria-label");
+    if (!/host memory, last hour: \d+(\.\d)? MiB now \(guest \d+(\.\d)? MiB\)/.test(label)) fail(`${vm}'s memory graph says ${label}`);
+  }
   await page.screenshot({ path: `${SCREENSHOTS}/fleet.png` });
 
   step("the console page shows the guest's shell prompt and a typed command's output");
   await page.click(`#fleet tr[data-vm="a"] a`);
   await page.waitForSelector("#terminal .xterm-rows", { timeout: 30000 });
   await page.waitForSelector("text=Attached.", { timeout: 30000 });
+  for (const g of ["memory", "cpu", "network"]) {
+    if ((await points(`#usage svg[data-graph="${g}"]`)) < 2) fail(`a's page has no ${g} graph of its samples`);
+  }
+  const hostMem = await page.locator(".card:has-text('Host memory')").innerText();
+  if (!/guest \d+(\.\d)? MiB, hypervisor \d+(\.\d)? MiB, helpers/.test(hostMem)) fail(`a's host memory card: ${hostMem}`);
   const rows = page.locator("#terminal .xterm-rows");
   const until = async (what, ok, ms) => {
     const end = Date.now() + ms;

@@ -9,6 +9,19 @@ type HostInfo struct {
 	// Firewall is the ruleset the applied file renders (nft's input).
 	Firewall string  `json:"firewall"`
 	Images   []Image `json:"images"`
+	// Memory is the host's memory as the daemon sees it.
+	Memory HostMemoryState `json:"memory"`
+}
+
+// HostMemoryState is the host's memory: what is available, whether VMs'
+// memory is being taken back (host.reclaim), and its samepage merging.
+type HostMemoryState struct {
+	AvailableBytes int64 `json:"availableBytes"`
+	// Short says the host is short of memory: the VMs with a memoryMin
+	// are ballooned down to it.
+	Short bool `json:"short"`
+	// KSM is the host's samepage merging (nil where the kernel has none).
+	KSM *KSMStats `json:"ksm,omitempty"`
 }
 
 // NetworkStatus is the host's network as microvm finds it.

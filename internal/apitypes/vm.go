@@ -53,6 +53,8 @@ type VMStatus struct {
 	SpecHash string `json:"specHash"`
 	// Spec is the VM as applied, its secrets' values Redacted.
 	Spec *config.VM `json:"spec"`
+	// HostMemory is what the running VM costs the host, as last measured.
+	HostMemory *HostMemory `json:"hostMemory,omitempty"`
 }
 
 // Redacted is what the API says of a secret's value: never its ciphertext.

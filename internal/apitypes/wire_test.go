@@ -33,6 +33,8 @@ func TestWireJSON(t *testing.T) {
 		"generation":       Generation{},
 		"trigger_response": TriggerResponse{},
 		"suspend_response": SuspendResponse{},
+		"vm_sample":        VMSample{},
+		"ksm_stats":        KSMStats{},
 	} {
 		t.Run(name, func(t *testing.T) {
 			full := reflect.New(reflect.TypeOf(v))

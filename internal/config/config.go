@@ -112,6 +112,9 @@ type Supervision struct {
 	HealthCheck *HealthCheck `json:"healthCheck,omitempty"`
 	// Snapshots is the volume snapshot retention and schedule.
 	Snapshots Snapshots `json:"snapshots,omitzero"`
+	// MemoryMin is as far as the host may balloon the VM's memory down
+	// under pressure (0: never); a change takes effect without a restart.
+	MemoryMin Size `json:"memoryMin,omitempty"`
 }
 
 // Restart policies.
@@ -227,6 +230,9 @@ type Options struct {
 	// HostAddrs are the host's addresses; a VM subnet must not overlap one,
 	// except on the VM's own bridge.
 	HostAddrs []HostAddr
+	// NoKSM, when set, says why the host has no kernel samepage merging
+	// (host.ksm is refused).
+	NoKSM string
 }
 
 // Load reads, decodes and validates the file at path.
@@ -357,6 +363,7 @@ func merge(name string, d, s *VMSpec) *VM {
 			PullPolicy:  pick(s.PullPolicy, d.PullPolicy, PullMissing),
 			HealthCheck: pickPtr(s.HealthCheck, d.HealthCheck),
 			Snapshots:   pick(s.Snapshots, d.Snapshots, Snapshots{}),
+			MemoryMin:   pick(s.MemoryMin, d.MemoryMin, 0),
 		},
 		Host:   pick(s.Host, d.Host, ""),
 		Egress: pick(s.Egress, d.Egress, Egress{}),

@@ -352,6 +352,13 @@ var badConfigs = []badConfig{
 	{"bad pull policy", "vms: { a: { index: 1, pullPolicy: sometimes } }", "vms.a.pullPolicy", "missing, always or never", Options{}},
 	{"stop timeout too short", "vms: { a: { index: 1, stopTimeout: 10ms } }", "vms.a.stopTimeout", "outside 1s-1h", Options{}},
 	{"billion laughs", laughs(), "", "expands to more than", Options{}},
+	{"memoryMin above memory", "vms: { a: { index: 1, memory: 512M, memoryMin: 1G } }", "vms.a.memoryMin", "memoryMin 1G is more than memory 512M", Options{}},
+	{"memoryMin above the defaults' memory", "defaults: { memory: 256M, memoryMin: 384M }\nvms: { a: { index: 1 } }", "vms.a.memoryMin", "is more than memory 256M", Options{}},
+	{"memoryMin too small", "vms: { a: { index: 1, memoryMin: 16M } }", "vms.a.memoryMin", "below the minimum", Options{}},
+	{"reclaim without below", "host: { reclaim: { above: 4G } }\nvms: { a: { index: 1 } }", "host.reclaim.below", "below must be a size", Options{}},
+	{"reclaim that would flap", "host: { reclaim: { below: 4G, above: 2G } }\nvms: { a: { index: 1 } }", "host.reclaim.above", "must be more than below", Options{}},
+	{"ksm on a kernel without it", "host: { ksm: { enabled: true } }\nvms: { a: { index: 1 } }", "host.ksm.enabled", "this host's kernel has no KSM: /sys/kernel/mm/ksm is missing", Options{NoKSM: "/sys/kernel/mm/ksm is missing"}},
+	{"ksm sleep too long", "host: { ksm: { enabled: true, sleep: 2m } }\nvms: { a: { index: 1 } }", "host.ksm.sleep", "outside 0-1m", Options{}},
 }
 
 func TestBadConfigs(t *testing.T) {

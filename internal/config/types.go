@@ -1,6 +1,8 @@
 package config
 
 import (
+	"time"
+
 	"github.com/invopop/jsonschema"
 	"go.yaml.in/yaml/v3"
 )
@@ -44,7 +46,52 @@ type Host struct {
 	// translated (DNAT) to another VM passes the VM isolation. Unset: no
 	// such exception.
 	ServiceCIDRs []string `yaml:"serviceCIDRs,omitempty" json:"serviceCIDRs,omitempty"`
+	// Reclaim takes memory back from VMs when the host runs short: while
+	// its available memory is below Below, each VM with a memoryMin is
+	// ballooned down to it; once it is above Above again, the balloons
+	// are deflated. Unset: off, no VM's memory is ever taken back.
+	Reclaim *Reclaim `yaml:"reclaim,omitempty" json:"reclaim,omitempty"`
+	// KSM turns the host's kernel samepage merging on, so identical pages
+	// of VMs' memory (the same kernel and image in many guests) are kept
+	// once. Unset: the host's KSM is left as it is.
+	KSM *KSM `yaml:"ksm,omitempty" json:"ksm,omitempty"`
 }
+
+// Reclaim is when the host takes memory back from VMs with a memoryMin
+// (their balloon inflated down to it) and when it gives it back.
+type Reclaim struct {
+	// Below is the host's available memory (MemAvailable) under which
+	// memory is taken back.
+	Below Size `yaml:"below" json:"below"`
+	// Above is the available memory over which it is given back (default
+	// twice Below): the gap keeps the balloons from flapping.
+	Above Size `yaml:"above,omitempty" json:"above,omitempty"`
+}
+
+// ReleaseAbove is Above, or twice Below.
+func (r Reclaim) ReleaseAbove() Size {
+	if r.Above == 0 {
+		return 2 * r.Below
+	}
+	return r.Above
+}
+
+// KSM is the host's kernel samepage merging, as the daemon sets it.
+type KSM struct {
+	// Enabled turns it on (/sys/kernel/mm/ksm/run).
+	Enabled bool `yaml:"enabled" json:"enabled"`
+	// PagesToScan is how many pages it scans each time it wakes (default
+	// 1000; the kernel's own is 100).
+	PagesToScan int `yaml:"pagesToScan,omitempty" json:"pagesToScan,omitempty" jsonschema:"minimum=0"`
+	// Sleep is how long it sleeps between scans (default 20ms).
+	Sleep Duration `yaml:"sleep,omitempty" json:"sleep,omitempty"`
+}
+
+// Default KSM settings.
+const (
+	DefaultKSMPagesToScan = 1000
+	DefaultKSMSleep       = Duration(20 * time.Millisecond)
+)
 
 // Tailscale configures the host's tailnet integration.
 type Tailscale struct {
@@ -100,6 +147,11 @@ type VMSpec struct {
 	VCPU *int `yaml:"vcpu,omitempty" json:"vcpu,omitempty" jsonschema:"minimum=1"`
 	// Memory is the guest RAM (default 512M, at least 128M).
 	Memory *Size `yaml:"memory,omitempty" json:"memory,omitempty"`
+	// MemoryMin is as far as the host may take the VM's memory back when
+	// it runs short (host.reclaim), by inflating its balloon; unset: never.
+	// The guest then has MemoryMin to run in: a workload that needs more
+	// swaps, or has the guest's OOM killer pick a process.
+	MemoryMin *Size `yaml:"memoryMin,omitempty" json:"memoryMin,omitempty"`
 	// Kernel is "host" (the host's running kernel and its modules, the default)
 	// or {path, modules} for a given one.
 	Kernel *Kernel `yaml:"kernel,omitempty" json:"kernel,omitempty"`

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // Limits checked by validation.
@@ -77,6 +78,25 @@ func (v *validator) host(h *Host) {
 	for i, s := range h.ServiceCIDRs {
 		if _, err := ServiceCIDR(s); err != nil {
 			v.r.addf(indexPath("host.serviceCIDRs", i), "%v", err)
+		}
+	}
+	if r := h.Reclaim; r != nil {
+		switch {
+		case r.Below <= 0:
+			v.r.addf("host.reclaim.below", "below must be a size (the host's available memory under which VMs' memory is taken back, e.g. 2G)")
+		case r.Above != 0 && r.Above <= r.Below:
+			v.r.addf("host.reclaim.above", "above %s must be more than below %s, or the balloons would flap", r.Above, r.Below)
+		}
+	}
+	if k := h.KSM; k != nil && k.Enabled {
+		if k.PagesToScan < 0 {
+			v.r.addf("host.ksm.pagesToScan", "pagesToScan %d is negative", k.PagesToScan)
+		}
+		if k.Sleep < 0 || k.Sleep > Duration(time.Minute) {
+			v.r.addf("host.ksm.sleep", "sleep %s is outside 0-1m", k.Sleep)
+		}
+		if v.opts.NoKSM != "" {
+			v.r.addf("host.ksm.enabled", "this host's kernel has no KSM: %s", v.opts.NoKSM)
 		}
 	}
 }

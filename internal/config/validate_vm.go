@@ -31,6 +31,9 @@ func (v *validator) vm(vm *VM, s VMSpec) {
 	}
 	v.spec(p, &s)
 	v.secretsOnVolumes(p, vm)
+	if m := vm.Supervision.MemoryMin; m > vm.Memory {
+		v.r.addf(joinPath(p, "memoryMin"), "memoryMin %s is more than memory %s: the host can only take back memory the VM has", m, vm.Memory)
+	}
 	if m := vm.Limits.Memory; m != 0 && m < vm.Memory+LimitMemoryHeadroom {
 		v.r.addf(joinPath(p, "limits.memory"), "limits.memory %s leaves no room for the hypervisor: it must be at least memory (%s) plus %s", m, vm.Memory, LimitMemoryHeadroom)
 	}
@@ -141,6 +144,9 @@ func (v *validator) machine(p string, s *VMSpec) {
 	}
 	if s.Memory != nil && *s.Memory < MinMemory {
 		v.r.addf(joinPath(p, "memory"), "memory %s is below the minimum of %s (sizes take units: 512M, 1G)", s.Memory, MinMemory)
+	}
+	if s.MemoryMin != nil && *s.MemoryMin < MinMemory {
+		v.r.addf(joinPath(p, "memoryMin"), "memoryMin %s is below the minimum of %s: a guest needs room to run", s.MemoryMin, MinMemory)
 	}
 	if k := s.Kernel; k != nil && !k.IsHost() {
 		if !path.IsAbs(k.Path) {

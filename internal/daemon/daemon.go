@@ -16,9 +16,13 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"microvm.dev/microvm/internal/apitypes"
+	"microvm.dev/microvm/internal/hostmem"
+	"microvm.dev/microvm/internal/ksm"
+	"microvm.dev/microvm/internal/usage"
 
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/hostnet"
@@ -72,6 +76,16 @@ type Daemon struct {
 	dns *resolver.Server
 	// radv announces the VMs' IPv6 networks on their bridges.
 	radv *radv.Advertiser
+	// usage keeps the VMs' samples (usage.go), taken every sampleEvery;
+	// proc is where the host's memory is read, ksm where its samepage
+	// merging is set; short says the host is short of memory
+	// (host.reclaim) and the VMs' memory is being taken back.
+	usage       *usage.History
+	sampleEvery atomic.Int64 // a time.Duration
+	resample    chan struct{}
+	proc        hostmem.Proc
+	ksm         ksm.Dir
+	short       atomic.Bool
 }
 
 // OnApply registers f to be called after every apply with its result.
@@ -106,7 +120,9 @@ func NewWithLauncher(env launch.Env, l supervisor.Launcher, log *slog.Logger) (*
 		adv.Close()
 		return nil, err
 	}
-	d := &Daemon{env: env, log: log.With("component", "daemon"), sup: sup, net: m, radv: adv, boots: make(chan struct{}, max(2, runtime.NumCPU())), api: api}
+	d := &Daemon{env: env, log: log.With("component", "daemon"), sup: sup, net: m, radv: adv, boots: make(chan struct{}, max(2, runtime.NumCPU())), api: api,
+		usage: usage.NewHistory(usage.DefaultWindow), resample: make(chan struct{}, 1), proc: "/proc", ksm: hostnet.KSMDir}
+	d.sampleEvery.Store(int64(SampleEvery))
 	if _, err := d.sup.Adopt(); err != nil {
 		m.Close()
 		adv.Close()
@@ -115,6 +131,7 @@ func NewWithLauncher(env launch.Env, l supervisor.Launcher, log *slog.Logger) (*
 	d.stop = make(chan struct{})
 	d.tailnet.poke = make(chan struct{}, 1)
 	go d.rotateConsoles(15 * time.Second)
+	go d.measureLoop()
 	go d.tailnet.run(d)
 	return d, nil
 }
@@ -401,6 +418,15 @@ func (d *Daemon) reconcile(res *ApplyResult) (*network.Result, error) {
 		res.Warnings = append(res.Warnings, "dns: "+err.Error())
 	}
 	d.syncTailnet(cfg, res)
+	if k := cfg.Host.KSM; k != nil {
+		if changed, err := d.ksm.Apply(*k); err != nil {
+			d.log.Warn("the host's KSM", "err", err)
+			res.Warnings = append(res.Warnings, "host.ksm: "+err.Error())
+		} else if len(changed) > 0 {
+			d.log.Info("the host's KSM set", "changed", changed)
+		}
+	}
+	res.Warnings = append(res.Warnings, d.usageWarnings(cfg)...)
 	return netRes, nil
 }
 
@@ -449,6 +475,9 @@ func (d *Daemon) started(c *change, err error) {
 // as `docker ps -a` lists containers that never ran. By name.
 func (d *Daemon) List() []supervisor.Status {
 	out := d.sup.List()
+	for i := range out {
+		out[i] = d.withUsage(out[i])
+	}
 	known := map[string]bool{}
 	for _, st := range out {
 		known[st.Name] = true
@@ -469,7 +498,7 @@ func (d *Daemon) List() []supervisor.Status {
 // Status reports one VM as List does.
 func (d *Daemon) Status(name string) (supervisor.Status, bool) {
 	if st, ok := d.sup.Status(name); ok {
-		return st, true
+		return d.withUsage(st), true
 	}
 	if vm := d.VMConfig(name); vm != nil {
 		return defined(vm), true

@@ -38,7 +38,18 @@ func (d *Daemon) Host() (*HostInfo, error) {
 	if imgs == nil {
 		imgs = []store.Image{}
 	}
-	return &HostInfo{Network: st, Firewall: rs.Script(), Images: imgs}, nil
+	return &HostInfo{Network: st, Firewall: rs.Script(), Images: imgs, Memory: d.MemoryState()}, nil
+}
+
+// MemoryState is the host's memory as the daemon sees it: available,
+// short (host.reclaim), and its samepage merging's counters.
+func (d *Daemon) MemoryState() apitypes.HostMemoryState {
+	short, avail, _ := d.Short()
+	m := apitypes.HostMemoryState{AvailableBytes: avail, Short: short}
+	if st, err := d.ksm.Stats(); err == nil {
+		m.KSM = &st
+	}
+	return m
 }
 
 // Checks runs `microvm doctor` and `microvm verify` for the applied file

@@ -2,14 +2,18 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/hostmem"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/steps"
 	"microvm.dev/microvm/internal/supervisor"
+	"microvm.dev/microvm/internal/vmm"
 )
 
 // hypervisors is the supervisor's launcher of real hypervisors; what a
@@ -88,4 +92,57 @@ func (p process) Save() (supervisor.SaveInfo, error) {
 func (p process) WaitReady(timeout time.Duration) error {
 	_, err := p.r.AwaitReady(timeout, nil)
 	return err
+}
+
+// Measure is the VM's memory on the host and its CPU time, read from
+// /proc: the hypervisor's, and its virtiofsd's (found by its socket).
+func (p process) Measure() (apitypes.VMSample, error) {
+	proc := hostmem.Proc("/proc")
+	pid := p.r.Process.Pid
+	var helpers []int
+	for _, s := range p.r.Prepared.Launch.Shares {
+		if s.VirtiofsSocket != "" {
+			h, err := proc.Helpers("virtiofsd", s.VirtiofsSocket)
+			if err != nil {
+				return apitypes.VMSample{}, err
+			}
+			helpers = append(helpers, h...)
+		}
+	}
+	mem, err := proc.Memory(pid, helpers, int64(p.r.Prepared.VM.Memory))
+	if err != nil {
+		return apitypes.VMSample{}, err
+	}
+	cpu, err := proc.CPUSeconds(append([]int{pid}, helpers...)...)
+	if err != nil {
+		return apitypes.VMSample{}, err
+	}
+	return apitypes.VMSample{GuestBytes: mem.Guest, HypervisorBytes: mem.Hypervisor, HelperBytes: mem.Helpers, CPUSeconds: cpu}, nil
+}
+
+// ballooner is the VM's backend's balloon control.
+func (p process) ballooner() (vmm.Ballooner, error) {
+	b, ok := p.r.Prepared.Backend.(vmm.Ballooner)
+	if !ok {
+		return nil, fmt.Errorf("%s has no balloon control", p.r.Prepared.Backend.Name())
+	}
+	return b, nil
+}
+
+// SetBalloon has the guest give up taken bytes of its memory.
+func (p process) SetBalloon(taken int64) error {
+	b, err := p.ballooner()
+	if err != nil {
+		return err
+	}
+	return b.SetBalloon(p.r.Prepared.Launch, int64(p.r.Prepared.VM.Memory), taken)
+}
+
+// Balloon is what the guest has given up.
+func (p process) Balloon() (int64, error) {
+	b, err := p.ballooner()
+	if err != nil {
+		return 0, err
+	}
+	return b.Balloon(p.r.Prepared.Launch, int64(p.r.Prepared.VM.Memory))
 }

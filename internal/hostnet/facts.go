@@ -3,6 +3,7 @@ package hostnet
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -96,12 +97,24 @@ func (h *Host) Addrs() ([]config.HostAddr, error) {
 	return out, nil
 }
 
-// HostOptions are the facts of this namespace that validation checks a file
-// against: its addresses, and the given CPU count.
+// HostOptions are the facts of this namespace and host that validation
+// checks a file against: its addresses, the given CPU count, and whether
+// the kernel has samepage merging (host.ksm).
 func (h *Host) HostOptions(cpus int) (config.Options, error) {
 	addrs, err := h.Addrs()
 	if err != nil {
 		return config.Options{}, err
 	}
-	return config.Options{HostCPUs: cpus, HostAddrs: addrs}, nil
+	return config.Options{HostCPUs: cpus, HostAddrs: addrs, NoKSM: noKSM(KSMDir)}, nil
+}
+
+// KSMDir is the kernel's samepage merging in sysfs.
+const KSMDir = "/sys/kernel/mm/ksm"
+
+// noKSM says why the kernel has no samepage merging at dir ("": it has).
+func noKSM(dir string) string {
+	if _, err := os.Stat(dir + "/run"); err != nil {
+		return dir + "/run is missing (a kernel built without CONFIG_KSM)"
+	}
+	return ""
 }

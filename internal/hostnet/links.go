@@ -491,3 +491,24 @@ func sortedNames(m map[string]netlink.Link) []string {
 	sort.Strings(names)
 	return names
 }
+
+// LinkCounters are the bytes an interface has received and sent.
+type LinkCounters struct{ Received, Sent uint64 }
+
+// Counters reads the byte counters of microvm's interfaces in the
+// namespace, by name.
+func (h *Host) Counters() (map[string]LinkCounters, error) {
+	links, err := h.nl.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	out := map[string]LinkCounters{}
+	for _, l := range links {
+		a := l.Attrs()
+		if !strings.HasPrefix(a.Alias, AliasPrefix) || a.Statistics == nil {
+			continue
+		}
+		out[a.Name] = LinkCounters{Received: a.Statistics.RxBytes, Sent: a.Statistics.TxBytes}
+	}
+	return out, nil
+}

@@ -72,6 +72,10 @@ type Env struct {
 	// NoModuleTree gives guests no disk of their kernel's module tree
 	// (bench/cmd/bootbench measures what the disk costs a boot).
 	NoModuleTree bool
+	// NoFreePageReporting and TBSizeMiB are vmm.Launch's
+	// (bench/cmd/densitybench measures what they cost).
+	NoFreePageReporting bool
+	TBSizeMiB           int
 }
 
 // Layout names the files and sockets of the VM called name.

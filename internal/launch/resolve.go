@@ -100,6 +100,7 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 		}
 	}
 	l.Arch = arch
+	l.NoFreePageReporting, l.TBSizeMiB = env.NoFreePageReporting, env.TBSizeMiB
 	l.KVM = arch == vmm.HostArch() && vmm.HardwareKVM() && env.canOpen("/dev/kvm")
 	l.VHostNet = l.KVM && env.canOpen("/dev/vhost-net")
 	l.Kernel = env.BootKernel(kern, b, arch)

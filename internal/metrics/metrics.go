@@ -59,6 +59,17 @@ var (
 	vmVCPU     = prometheus.NewDesc("microvm_vm_vcpus", "The VM's virtual CPUs.", []string{"vm"}, nil)
 	vmMemory   = prometheus.NewDesc("microvm_vm_memory_bytes", "The VM's memory.", []string{"vm"}, nil)
 	vmExitCode = prometheus.NewDesc("microvm_vm_last_exit_code", "The exit status of the workload whose end last ended the VM.", []string{"vm"}, nil)
+	vmHostMem  = prometheus.NewDesc("microvm_vm_host_memory_bytes", "What the running VM costs the host in memory, as last measured: the guest's memory resident on the host, the hypervisor's own, its helpers' (virtiofsd).", []string{"vm", "kind"}, nil)
+	vmBalloon  = prometheus.NewDesc("microvm_vm_balloon_bytes", "The memory the host has taken back from the guest (host.reclaim).", []string{"vm"}, nil)
+	vmCPU      = prometheus.NewDesc("microvm_vm_cpu_seconds_total", "CPU time the VM's hypervisor and helpers have used since they started.", []string{"vm"}, nil)
+	vmNet      = prometheus.NewDesc("microvm_vm_network_bytes_total", "Bytes the VM has received and sent on its network interface.", []string{"vm", "direction"}, nil)
+
+	hostAvail  = prometheus.NewDesc("microvm_host_memory_available_bytes", "The host's available memory (MemAvailable).", nil, nil)
+	hostShort  = prometheus.NewDesc("microvm_host_memory_short", "1 while the host is short of memory and the VMs with a memoryMin are ballooned down (host.reclaim).", nil, nil)
+	ksmRunning = prometheus.NewDesc("microvm_host_ksm_running", "1 while the host's samepage merging runs.", nil, nil)
+	ksmShared  = prometheus.NewDesc("microvm_host_ksm_pages_shared", "Pages KSM keeps once for many (pages_shared).", nil, nil)
+	ksmSharing = prometheus.NewDesc("microvm_host_ksm_pages_sharing", "Pages that share them: the pages saved (pages_sharing).", nil, nil)
+	ksmProfit  = prometheus.NewDesc("microvm_host_ksm_profit_bytes", "What merging saves, less its own metadata (general_profit).", nil, nil)
 
 	depGen       = prometheus.NewDesc("microvm_deploy_generation", "The generation the fleet runs (the last good one).", nil, nil)
 	depAttempt   = prometheus.NewDesc("microvm_deploy_last_attempt_generation", "The newest generation tried.", nil, nil)
@@ -72,6 +83,7 @@ var (
 
 func (f *fleet) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{vmState, vmUp, vmBoot, vmRestarts, vmUptime, vmVCPU, vmMemory, vmExitCode,
+		vmHostMem, vmBalloon, vmCPU, vmNet, hostAvail, hostShort, ksmRunning, ksmShared, ksmSharing, ksmProfit,
 		depGen, depAttempt, depSuccess, depDeploys, depFailures, depRollbacks, depFetchErrs, depSuspended} {
 		ch <- d
 	}
@@ -102,6 +114,18 @@ func (f *fleet) Collect(ch chan<- prometheus.Metric) {
 		if !st.StartedAt.IsZero() && st.State == supervisor.Running {
 			gauge(vmUptime, time.Since(st.StartedAt).Seconds(), st.Name)
 		}
+		if st.HostMemory != nil {
+			f.usage(ch, st.Name)
+		}
+	}
+	m := f.d.MemoryState()
+	gauge(hostAvail, float64(m.AvailableBytes))
+	gauge(hostShort, b2f(m.Short))
+	if k := m.KSM; k != nil {
+		gauge(ksmRunning, b2f(k.Running))
+		gauge(ksmShared, float64(k.PagesShared))
+		gauge(ksmSharing, float64(k.PagesSharing))
+		gauge(ksmProfit, float64(k.ProfitBytes))
 	}
 	if f.dep == nil {
 		return
@@ -124,6 +148,23 @@ func (f *fleet) Collect(ch chan<- prometheus.Metric) {
 	for d, v := range map[*prometheus.Desc]int{depDeploys: c.Deploys, depFailures: c.Failures, depRollbacks: c.Rollbacks, depFetchErrs: c.FetchErrors} {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
 	}
+}
+
+// usage is the VM's last sample: its host memory by kind, its balloon,
+// its CPU time and its network's bytes.
+func (f *fleet) usage(ch chan<- prometheus.Metric, vm string) {
+	samples := f.d.Samples(vm)
+	if len(samples) == 0 {
+		return
+	}
+	s := samples[len(samples)-1]
+	for kind, v := range map[string]int64{"guest": s.GuestBytes, "hypervisor": s.HypervisorBytes, "helpers": s.HelperBytes} {
+		ch <- prometheus.MustNewConstMetric(vmHostMem, prometheus.GaugeValue, float64(v), vm, kind)
+	}
+	ch <- prometheus.MustNewConstMetric(vmBalloon, prometheus.GaugeValue, float64(s.BalloonBytes), vm)
+	ch <- prometheus.MustNewConstMetric(vmCPU, prometheus.CounterValue, s.CPUSeconds, vm)
+	ch <- prometheus.MustNewConstMetric(vmNet, prometheus.CounterValue, float64(s.ReceivedBytes), vm, "received")
+	ch <- prometheus.MustNewConstMetric(vmNet, prometheus.CounterValue, float64(s.SentBytes), vm, "sent")
 }
 
 func b2f(b bool) float64 {

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/launch"
@@ -147,9 +148,10 @@ type Proc struct {
 	started time.Time
 	ready   chan struct{}
 
-	mu     sync.Mutex
-	exited chan struct{}
-	err    error
+	mu      sync.Mutex
+	exited  chan struct{}
+	err     error
+	balloon int64
 }
 
 func (p *Proc) exit(err error) {
@@ -233,4 +235,36 @@ func (p *Proc) Save() (supervisor.SaveInfo, error) {
 // Record is the VM's run record.
 func (p *Proc) Record() state.RunRecord {
 	return state.RunRecord{Name: p.vm.Name, Spec: p.vm, PID: p.pid, ProcStart: p.start, StartedAt: p.started}
+}
+
+// What every scripted VM costs the host, as Measure reports it.
+const (
+	GuestBytes      = 400 << 20
+	HypervisorBytes = 20 << 20
+	HelperBytes     = 2 << 20
+)
+
+// Measure reports GuestBytes, HypervisorBytes and HelperBytes, less what
+// the balloon took from the guest.
+func (p *Proc) Measure() (apitypes.VMSample, error) {
+	s := apitypes.VMSample{GuestBytes: GuestBytes, HypervisorBytes: HypervisorBytes, HelperBytes: HelperBytes, CPUSeconds: 1.5}
+	p.mu.Lock()
+	s.GuestBytes -= min(p.balloon, s.GuestBytes)
+	p.mu.Unlock()
+	return s, nil
+}
+
+// SetBalloon takes taken bytes from the guest at once.
+func (p *Proc) SetBalloon(taken int64) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.balloon = taken
+	return nil
+}
+
+// Balloon is what the guest has given up.
+func (p *Proc) Balloon() (int64, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.balloon, nil
 }

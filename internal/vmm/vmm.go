@@ -95,6 +95,12 @@ type Launch struct {
 	// to refine with, its guest needs the TSC's frequency (the host's, which
 	// a TCG guest's TSC runs at) on its command line.
 	TSCKHz int
+	// TBSizeMiB, when not 0, is the size of QEMU's TCG translation cache
+	// (-accel tcg,tb-size); 0 leaves QEMU's own (1 GiB).
+	TBSizeMiB int
+	// NoFreePageReporting gives the balloon device no free page reporting
+	// (bench/cmd/densitybench measures what it gives back).
+	NoFreePageReporting bool
 }
 
 // HostTSCKHz is the host's TSC frequency from /proc/cpuinfo where the CPU

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"microvm.dev/microvm/bench/lab"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/vmssh"
 )
@@ -18,14 +19,14 @@ import (
 // reason its guest loads ext4) and one with a volume (ext4 loaded anyway,
 // as in the reference fleet).
 func runModules(boots int, initDir, store string) error {
-	l, err := newLab(store, initDir, `vms:
+	l, err := lab.NewLaunch("bootbench", store, initDir, `vms:
   bare: { index: 3, vcpu: 2, memory: 1G }
   vol: { index: 4, vcpu: 2, memory: 1G, volumes: [{ name: data, mountPoint: /data, size: 1G }] }
 `)
 	if err != nil {
 		return err
 	}
-	defer l.close()
+	defer l.Close()
 	times := samples{}
 	add := times.add
 	type kind struct {
@@ -38,8 +39,8 @@ func runModules(boots int, initDir, store string) error {
 	}
 	for range boots {
 		for _, k := range kinds {
-			l.env.NoModuleTree = k.off
-			r, err := boot(l.env, l.cfg.VM(k.vm), l.nsPath, k.name, add)
+			l.Env.NoModuleTree = k.off
+			r, err := boot(l.Env, l.Config.VM(k.vm), l.NetNS, k.name, add)
 			if err != nil {
 				return err
 			}
@@ -72,21 +73,21 @@ func runMachines(boots int, initDir, store string, images []string) error {
 	for i, img := range images {
 		fmt.Fprintf(&b, "  m%d: { index: %d, vcpu: 2, memory: 1G, image: %s, init: image, stopTimeout: 60s }\n", i, 10+i, img)
 	}
-	l, err := newLab(store, initDir, b.String())
+	l, err := lab.NewLaunch("bootbench", store, initDir, b.String())
 	if err != nil {
 		return err
 	}
-	defer l.close()
+	defer l.Close()
 	times := samples{}
 	add := times.add
 	for range boots {
 		for i, img := range images {
-			vm := l.cfg.VM(fmt.Sprintf("m%d", i))
-			r, err := boot(l.env, vm, l.nsPath, img, add)
+			vm := l.Config.VM(fmt.Sprintf("m%d", i))
+			r, err := boot(l.Env, vm, l.NetNS, img, add)
 			if err != nil {
 				return fmt.Errorf("%s: %w", img, err)
 			}
-			out, err := sshOutput(l.nsPath, r.Prepared, "systemd-analyze | head -1")
+			out, err := sshOutput(l.NetNS, r.Prepared, "systemd-analyze | head -1")
 			if err != nil {
 				return fmt.Errorf("%s: systemd-analyze: %w", img, err)
 			}

@@ -28,6 +28,7 @@ import (
 
 	"github.com/u-root/u-root/pkg/cpio"
 
+	"microvm.dev/microvm/bench/lab"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/launch"
@@ -87,12 +88,12 @@ func main() {
 }
 
 func run(boots, builds int, initDir, store, compareInit string) error {
-	l, err := newLab(store, initDir, vmConfig)
+	l, err := lab.NewLaunch("bootbench", store, initDir, vmConfig)
 	if err != nil {
 		return err
 	}
-	defer l.close()
-	env, cfg, nsPath, st := l.env, l.cfg, l.nsPath, l.env.StateDir
+	defer l.Close()
+	env, cfg, nsPath, st := l.Env, l.Config, l.NetNS, l.Env.StateDir
 	kern, err := guest.ResolveKernel(config.Kernel{}, vmm.HostArch(), vmm.HostArch(), guest.DefaultKernelCache)
 	if err != nil {
 		return err
@@ -239,14 +240,14 @@ type kind struct {
 // runImage boots a distribution image with its own init (systemd) cold
 // and resumed from its saved state, boots times.
 func runImage(boots int, initDir, store, image string) error {
-	l, err := newLab(store, initDir, fmt.Sprintf(`vms:
+	l, err := lab.NewLaunch("bootbench", store, initDir, fmt.Sprintf(`vms:
   vm2: { index: 2, vcpu: 2, memory: 1G, image: %s, init: image, store: block, stopTimeout: 60s }
 `, image))
 	if err != nil {
 		return err
 	}
-	defer l.close()
-	env, cfg, nsPath := l.env, l.cfg, l.nsPath
+	defer l.Close()
+	env, cfg, nsPath := l.Env, l.Config, l.NetNS
 	times := samples{}
 	add := times.add
 	for range boots {

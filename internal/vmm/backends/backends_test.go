@@ -27,6 +27,10 @@ func TestRegistryMatchesConfig(t *testing.T) {
 				t.Errorf("%s: saves with share %s it does not offer", b.Name(), s)
 			}
 		}
+		// Every VM has a balloon device; every backend can inflate it.
+		if _, ok := b.(vmm.Ballooner); !ok {
+			t.Errorf("%s does not implement vmm.Ballooner", b.Name())
+		}
 		if got, err := Get(b.Name()); err != nil || got.Name() != b.Name() {
 			t.Errorf("Get(%q) = %v, %v", b.Name(), got, err)
 		}

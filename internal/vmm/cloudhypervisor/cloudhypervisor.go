@@ -37,7 +37,10 @@ func (Backend) Capabilities() vmm.Capabilities {
 
 // Command is the cloud-hypervisor command line.
 func (b Backend) Command(vm *config.VM, l vmm.Launch) (vmm.Command, error) {
-	mem := fmt.Sprintf("size=%dM", vm.Memory.MiB())
+	// mergeable: guest memory KSM may merge (host.ksm), as QEMU's
+	// mem-merge marks it by default; memory shared with virtiofsd is not
+	// merged by the kernel whatever it is marked.
+	mem := fmt.Sprintf("size=%dM,mergeable=on", vm.Memory.MiB())
 	var fs, disks []string
 	for _, s := range l.Shares {
 		switch s.Kind() {
@@ -123,4 +126,21 @@ func (Backend) Pause(l vmm.Launch) error {
 // Resume is PUT vm.resume.
 func (Backend) Resume(l vmm.Launch) error {
 	return vmm.APICall(l.ControlSocket, "PUT", "/api/v1/vm.resume", nil, nil, 5*time.Second)
+}
+
+// SetBalloon is PUT /api/v1/vm.resize {"desired_balloon": taken}.
+func (Backend) SetBalloon(l vmm.Launch, _, taken int64) error {
+	return vmm.APICall(l.ControlSocket, "PUT", "/api/v1/vm.resize", map[string]int64{"desired_balloon": taken}, nil, 5*time.Second)
+}
+
+// Balloon is memory less the guest's memory_actual_size (GET
+// /api/v1/vm.info).
+func (Backend) Balloon(l vmm.Launch, memory int64) (int64, error) {
+	var vi struct {
+		MemoryActualSize int64 `json:"memory_actual_size"`
+	}
+	if err := vmm.APICall(l.ControlSocket, "GET", "/api/v1/vm.info", nil, &vi, 5*time.Second); err != nil {
+		return 0, err
+	}
+	return memory - vi.MemoryActualSize, nil
 }

@@ -137,3 +137,21 @@ func TestPauseResume(t *testing.T) {
 		t.Errorf("requests = %+v", got)
 	}
 }
+
+// The balloon is set by vm.resize's desired_balloon and read from
+// vm.info's memory_actual_size, as cloud-hypervisor's API has them.
+func TestBalloon(t *testing.T) {
+	api := testutil.NewFakeAPI(t, map[string]string{"PUT /api/v1/vm.resize": "", "GET /api/v1/vm.info": `{"state":"Running","memory_actual_size":805306368}`})
+	l := vmm.Launch{ControlSocket: api.Socket}
+	if err := (Backend{}).SetBalloon(l, 1<<30, 256<<20); err != nil {
+		t.Fatal(err)
+	}
+	taken, err := Backend{}.Balloon(l, 1<<30)
+	if err != nil || taken != 256<<20 {
+		t.Fatalf("Balloon = %d, %v; want 256 MiB", taken, err)
+	}
+	want := []testutil.APIRequest{{Method: "PUT", Path: "/api/v1/vm.resize", Body: `{"desired_balloon":268435456}`}, {Method: "GET", Path: "/api/v1/vm.info"}}
+	if got := api.Requests(); !reflect.DeepEqual(got, want) {
+		t.Errorf("requests = %+v", got)
+	}
+}

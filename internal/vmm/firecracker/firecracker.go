@@ -208,3 +208,20 @@ func (Backend) Pause(l vmm.Launch) error {
 func (Backend) Resume(l vmm.Launch) error {
 	return vmm.APICall(l.ControlSocket, "PATCH", "/vm", map[string]string{"state": "Resumed"}, nil, 5*time.Second)
 }
+
+// SetBalloon is PATCH /balloon {"amount_mib": taken in MiB}.
+func (Backend) SetBalloon(l vmm.Launch, _, taken int64) error {
+	return vmm.APICall(l.ControlSocket, "PATCH", "/balloon", map[string]int64{"amount_mib": taken >> 20}, nil, 5*time.Second)
+}
+
+// Balloon is the balloon's target (GET /balloon: Firecracker reports the
+// actual size only with statistics polling, which microvm leaves off).
+func (Backend) Balloon(l vmm.Launch, _ int64) (int64, error) {
+	var b struct {
+		AmountMiB int64 `json:"amount_mib"`
+	}
+	if err := vmm.APICall(l.ControlSocket, "GET", "/balloon", nil, &b, 5*time.Second); err != nil {
+		return 0, err
+	}
+	return b.AmountMiB << 20, nil
+}

@@ -126,3 +126,21 @@ func TestPauseResume(t *testing.T) {
 		t.Errorf("requests = %+v", got)
 	}
 }
+
+// The balloon is set by PATCH /balloon in MiB and read back from GET
+// /balloon, as Firecracker's API has them.
+func TestBalloon(t *testing.T) {
+	api := testutil.NewFakeAPI(t, map[string]string{"PATCH /balloon": "", "GET /balloon": `{"amount_mib":256,"deflate_on_oom":true}`})
+	l := vmm.Launch{ControlSocket: api.Socket}
+	if err := (Backend{}).SetBalloon(l, 1<<30, 256<<20); err != nil {
+		t.Fatal(err)
+	}
+	taken, err := Backend{}.Balloon(l, 1<<30)
+	if err != nil || taken != 256<<20 {
+		t.Fatalf("Balloon = %d, %v; want 256 MiB", taken, err)
+	}
+	want := []testutil.APIRequest{{Method: "PATCH", Path: "/balloon", Body: `{"amount_mib":256}`}, {Method: "GET", Path: "/balloon"}}
+	if got := api.Requests(); !reflect.DeepEqual(got, want) {
+		t.Errorf("requests = %+v", got)
+	}
+}

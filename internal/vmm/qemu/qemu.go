@@ -143,6 +143,12 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 		machine += ",memory-backend=mem"
 		args = append(args, "-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", vm.Memory.MiB()))
 	}
+	if !l.KVM && l.TBSizeMiB > 0 {
+		// The translation cache's size is an -accel option, which QEMU
+		// takes only without the machine's accel=.
+		machine = strings.Replace(machine, ",accel=tcg", "", 1)
+		args = append(args, "-accel", fmt.Sprintf("tcg,tb-size=%d", l.TBSizeMiB))
+	}
 	args = append(args, "-machine", machine)
 	if mmio {
 		// virtio-mmio devices are legacy (version 1) unless told otherwise,
@@ -210,9 +216,20 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 		// Free page reporting: the guest hands the pages it frees back to
 		// the host (QEMU discards them, also from the shared memfd
 		// virtiofsd maps), so a VM holds what its guest uses, not every
-		// page it ever touched.
-		"-device", dev("virtio-balloon-pci")+",free-page-reporting=on")
+		// page it ever touched. The host inflates it to take memory back
+		// under pressure (host.reclaim); a guest short of memory deflates
+		// it itself rather than kill a process.
+		"-device", dev("virtio-balloon-pci")+balloonProps(l))
 	return args
+}
+
+// balloonProps are the balloon device's properties: free page reporting
+// (unless the bench turns it off), deflated on the guest's own OOM.
+func balloonProps(l vmm.Launch) string {
+	if l.NoFreePageReporting {
+		return ",deflate-on-oom=on"
+	}
+	return ",free-page-reporting=on,deflate-on-oom=on"
 }
 
 // readOnlyDisk are the arguments of a read-only virtio-blk disk (the
@@ -352,4 +369,26 @@ func (Backend) Restore(l vmm.Launch, f *os.File) error {
 	}
 	_, err = s.Run("cont", nil)
 	return err
+}
+
+// SetBalloon sets the guest's memory to memory-taken (QMP balloon: the
+// target is the guest's size, not the balloon's).
+func (Backend) SetBalloon(l vmm.Launch, memory, taken int64) error {
+	_, err := QMP(l.ControlSocket, "balloon", map[string]int64{"value": memory - taken}, 5*time.Second)
+	return err
+}
+
+// Balloon is memory less the guest's size now (QMP query-balloon).
+func (Backend) Balloon(l vmm.Launch, memory int64) (int64, error) {
+	out, err := QMP(l.ControlSocket, "query-balloon", nil, 5*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	var b struct {
+		Actual int64 `json:"actual"`
+	}
+	if err := json.Unmarshal(out, &b); err != nil {
+		return 0, fmt.Errorf("query-balloon: %w", err)
+	}
+	return memory - b.Actual, nil
 }

@@ -98,3 +98,25 @@ func TestCommandShape(t *testing.T) {
 		}
 	}
 }
+
+// Under TCG a translation cache size moves the accelerator to -accel
+// (QEMU refuses it beside the machine's accel=); under KVM it is not
+// given. Free page reporting can be left off (the density benchmark).
+func TestTranslationCacheAndReporting(t *testing.T) {
+	vm, l := launch(t, vmm.ArchX86_64, false, false)
+	l.TSCKHz, l.TBSizeMiB, l.NoFreePageReporting = 2100000, 128, true
+	argv := strings.Join(Command(vm, l), " ")
+	for _, want := range []string{"-accel tcg,tb-size=128 -machine microvm,pit=on", "virtio-balloon-device,deflate-on-oom=on"} {
+		if !strings.Contains(argv, want) {
+			t.Errorf("command line lacks %q:\n%s", want, argv)
+		}
+	}
+	if strings.Contains(argv, "accel=tcg") || strings.Contains(argv, "free-page-reporting") {
+		t.Errorf("command line:\n%s", argv)
+	}
+	vm, l = launch(t, vmm.ArchX86_64, true, false)
+	l.TBSizeMiB = 128
+	if argv := strings.Join(Command(vm, l), " "); strings.Contains(argv, "tb-size") || !strings.Contains(argv, "accel=kvm") {
+		t.Errorf("a KVM guest's command line:\n%s", argv)
+	}
+}

@@ -3,6 +3,8 @@
 // built with DOM calls and textContent only (nothing the daemon says is
 // parsed as HTML). The fleet updates from the daemon's event stream.
 
+import { series, graph, last } from "./graphs.js";
+
 const main = document.getElementById("main");
 const live = document.getElementById("live");
 const logout = document.getElementById("logout");
@@ -75,6 +77,35 @@ function fmtDuration(s) {
   if (s < 3600) return `${Math.floor(s / 60)}m ${Math.floor(s % 60)}s`;
   if (s < 86400) return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
   return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
+}
+
+function fmtRate(n) {
+  return `${fmtBytes(n)}/s`;
+}
+
+// usageGraphs are a VM's graphs of the last hour (its samples): host
+// memory, CPU, network; big ones on its page, small ones in the fleet.
+function usageGraphs(name, samples, big) {
+  const s = series(samples || []);
+  const size = big ? { width: 360, height: 90 } : { width: 96, height: 24 };
+  const mem = last(s.mem), cpu = last(s.cpu), rx = last(s.rx), tx = last(s.tx);
+  const g = (key, label, lines, opts = {}) => el("figure", { class: "usage" }, graph(key, label, lines, { ...size, ...opts }),
+    big ? el("figcaption", {}, label) : null);
+  return [
+    g("memory", `${name} host memory, last hour: ${fmtBytes(mem)} now (guest ${fmtBytes(last(s.guest))})`,
+      [{ points: s.mem, class: "line-total" }, { points: s.guest, class: "line-guest" }]),
+    g("cpu", `${name} CPU, last hour: ${cpu.toFixed(0)}% of a CPU now`, [{ points: s.cpu, class: "line-cpu" }], { max: Math.max(100, ...s.cpu.map((p) => p.v)) }),
+    g("network", `${name} network, last hour: ${fmtRate(rx)} in, ${fmtRate(tx)} out now`,
+      [{ points: s.rx, class: "line-rx" }, { points: s.tx, class: "line-tx" }]),
+  ];
+}
+
+// samples are the fleet's last hour of samples, refreshed while a page
+// shows them.
+let samples = {};
+
+async function refreshSamples() {
+  try { samples = (await api("GET", "/v1/samples")) || {}; } catch { /* kept as they were */ }
 }
 
 function uptime(vm) {
@@ -161,6 +192,7 @@ function fleetRow(vm) {
     el("td", { class: "hide-small" }, s.hypervisor || ""),
     el("td", { class: "hide-small" }, s.vcpu || ""),
     el("td", { class: "hide-small" }, s.memory ? fmtBytes(s.memory) : ""),
+    el("td", { class: "hide-small usage-cell", "data-usage": vm.name }, usageGraphs(vm.name, samples[vm.name], false)),
     el("td", { "data-uptime": vm.startedAt || "", "data-label": "Up" }, uptime(vm)),
     el("td", { class: "hide-small" }, vm.bootSeconds ? `${vm.bootSeconds.toFixed(1)}s` : ""),
     el("td", { class: "hide-small" }, vm.restarts ?? 0),
@@ -172,13 +204,18 @@ function fleetPage() {
   const body = el("tbody");
   const table = el("table", { id: "fleet" },
     el("thead", {}, el("tr", {}, ["VM", "State", "Address"].map((h) => el("th", { scope: "col" }, h)),
-      ["Hypervisor", "vCPUs", "Memory"].map((h) => el("th", { scope: "col", class: "hide-small" }, h)),
+      ["Hypervisor", "vCPUs", "Memory", "Host memory · CPU · network (1 h)"].map((h) => el("th", { scope: "col", class: "hide-small" }, h)),
       el("th", { scope: "col" }, "Uptime"),
       ["Boot", "Restarts", "Last exit"].map((h) => el("th", { scope: "col", class: "hide-small" }, h)),
       el("th", { scope: "col" }, "Actions"))),
     body);
   const status = el("p", { class: "muted" }, "Connecting…");
   render(el("h1", {}, "Fleet"), status, el("div", { class: "scroll" }, table));
+  const drawUsage = () => {
+    for (const td of body.querySelectorAll("td[data-usage]")) td.replaceChildren(...usageGraphs(td.dataset.usage, samples[td.dataset.usage], false));
+  };
+  refreshSamples().then(drawUsage);
+  let tick = 0;
   events = new EventSource("/v1/events");
   events.addEventListener("vms", (e) => {
     const vms = JSON.parse(e.data);
@@ -191,6 +228,7 @@ function fleetPage() {
     try { await api("GET", "/v1/vms"); } catch (err) { if (err instanceof Unauthorized) loginPage(); }
   };
   ticker = setInterval(() => {
+    if (++tick % 10 === 0) refreshSamples().then(drawUsage);
     for (const td of body.querySelectorAll("td[data-uptime]")) {
       const since = td.getAttribute("data-uptime");
       const row = td.closest("tr");
@@ -204,12 +242,13 @@ function fleetPage() {
 
 async function vmPage(name) {
   render(el("h1", {}, name), el("p", { class: "muted" }, "Loading…"));
-  let vm, snaps = [], log = "";
+  let vm, snaps = [], log = "", history = [];
   try {
     vm = await api("GET", `/v1/vms/${encodeURIComponent(name)}`);
-    [snaps, log] = await Promise.all([
+    [snaps, log, history] = await Promise.all([
       api("GET", `/v1/vms/${encodeURIComponent(name)}/snapshots`).catch(() => []),
       api("GET", `/v1/vms/${encodeURIComponent(name)}/logs`).catch((e) => `(${e.message})`),
+      api("GET", `/v1/vms/${encodeURIComponent(name)}/samples`).catch(() => []),
     ]);
   } catch (err) {
     return showError(main, err);
@@ -219,14 +258,18 @@ async function vmPage(name) {
   const term = el("div", { id: "terminal", role: "region", "aria-label": `serial console of ${name}` });
   const consoleStatus = el("p", { class: "muted", role: "status" });
   const logPre = el("pre", { id: "console-log", tabindex: "0" }, typeof log === "string" ? log.slice(-64 * 1024) : "");
+  const hm = vm.hostMemory;
+  const usage = el("div", { class: "graphs", id: "usage" }, usageGraphs(name, history, true));
   render(
     el("p", {}, el("a", { href: "#/" }, "← Fleet")),
     el("h1", {}, name, " ", stateCell(vm.state)),
     el("div", { class: "cards" },
       card("Address", (spec.net || {}).address), card("Hypervisor", spec.hypervisor), card("vCPUs", spec.vcpu),
       card("Memory", spec.memory ? fmtBytes(spec.memory) : ""), card("Image", spec.image), card("Restarts", vm.restarts ?? 0),
-      card("Boot", vm.bootSeconds ? `${vm.bootSeconds.toFixed(1)}s` : ""), card("Last exit", vm.lastExit || vm.failure || "")),
+      card("Boot", vm.bootSeconds ? `${vm.bootSeconds.toFixed(1)}s` : ""), card("Last exit", vm.lastExit || vm.failure || ""),
+      card("Host memory", hm ? `${fmtBytes(hm.totalBytes)}: guest ${fmtBytes(hm.guestBytes)}, hypervisor ${fmtBytes(hm.hypervisorBytes)}, helpers ${fmtBytes(hm.helperBytes)}${hm.balloonBytes ? `; ${fmtBytes(hm.balloonBytes)} taken back` : ""}` : "")),
     actionButtons(vm),
+    el("h2", {}, "The last hour"), usage,
     el("h2", {}, "Serial console"), consoleStatus, term,
     el("h2", {}, "Console log"), logPre,
     el("h2", {}, "Volumes"),
@@ -235,6 +278,10 @@ async function vmPage(name) {
     table(undefined, ["Name", "Volume", "Taken", "Size"], (snaps || []).map((s) => [s.name, s.volume, new Date(s.time).toLocaleString(), fmtBytes(s.size)]), "No snapshots."),
     el("h2", {}, "Applied spec"), el("pre", { id: "spec", tabindex: "0" }, JSON.stringify(spec, null, 2)));
   logPre.scrollTop = logPre.scrollHeight;
+  ticker = setInterval(async () => {
+    const h = await api("GET", `/v1/vms/${encodeURIComponent(name)}/samples`).catch(() => null);
+    if (h) usage.replaceChildren(...usageGraphs(name, h, true));
+  }, 10000);
   if (vm.state === "running") openConsole(name, term, consoleStatus);
   else consoleStatus.textContent = `The console opens when ${name} runs.`;
 }
