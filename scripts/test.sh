@@ -39,6 +39,13 @@ fi
 echo "==> go vet"
 go vet ./...
 
+# The engines the e2e tests run (Kubernetes, Tailscale), built from
+# tools/kube and tools/tailnet into /var/cache/microvm before the tests
+# start: a cold build takes about 15 minutes, which no package's time
+# limit should hold.
+echo "==> the tests' engines"
+go run ./internal/testutil/prebuild
+
 echo "==> go test"
 go test -count=1 -timeout 60m ./...
 

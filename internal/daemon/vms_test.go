@@ -5,12 +5,14 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/supervisor"
@@ -216,5 +218,40 @@ func TestPutVMsOutliveFileAndDaemon(t *testing.T) {
 	lab.d = lab.start(t)
 	if lab.d.IsPut("p1") {
 		t.Fatal("a removed VM came back with the daemon")
+	}
+}
+
+// A subnet that a removed VM's bridge still holds (its removal's
+// reconcile under way, as when a pod is deleted and another created at
+// once) is free for a VM put now: the reconcile deletes the old bridge
+// before it makes the new one. Before, the put was refused as
+// overlapping "the host's interface", and microvm-kubelet failed the pod.
+func TestPutTakesASubnetAnOldBridgeHolds(t *testing.T) {
+	lab := newPutLab(t, nil)
+	ns := lab.env.NetNS
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"-n", filepath.Base(ns)}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	ip("link", "add", "br-gone", "type", "bridge")
+	ip("link", "set", "br-gone", "alias", hostnet.AliasPrefix+"gone")
+	ip("addr", "add", "10.244.1.33/29", "dev", "br-gone")
+	res, err := lab.d.Put("k1", []byte("subnet: 10.244.1.32/29\n"))
+	if err != nil {
+		t.Fatalf("put: %v %+v", err, res)
+	}
+	if !lab.running(t, "k1") {
+		t.Fatal("k1 is not running")
+	}
+	if out, _ := exec.Command("ip", "-n", filepath.Base(ns), "-br", "link").CombinedOutput(); strings.Contains(string(out), "br-gone") {
+		t.Errorf("the old bridge is still there:\n%s", out)
+	}
+	// A foreign interface holding the subnet is still refused.
+	ip("link", "add", "foreign0", "type", "bridge")
+	ip("addr", "add", "10.244.1.41/29", "dev", "foreign0")
+	if _, err := lab.d.Put("k2", []byte("subnet: 10.244.1.40/29\n")); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a subnet a foreign interface holds: %v", err)
 	}
 }

@@ -80,21 +80,47 @@ func (h *Host) ResolveUplink(hc config.Host) (string, error) {
 	return hc.ExternalInterface, nil
 }
 
-// Addrs lists the namespace's IPv4 addresses with their interfaces.
+// Addrs lists the namespace's addresses with their interfaces, but for
+// those on microvm's own links: a subnet a removed VM's bridge still
+// holds is free for another VM (the reconcile deletes the bridge before it
+// makes the new one), and one a VM of the file holds is that VM's (the
+// validation's own check between VMs). An address whose link appeared
+// between the listing of links and that of addresses (a reconcile under
+// way) is read again.
 func (h *Host) Addrs() ([]config.HostAddr, error) {
-	o, err := h.observe()
-	if err != nil {
-		return nil, err
-	}
-	var out []config.HostAddr
-	for idx, addrs := range o.addrs {
-		for _, a := range addrs {
-			if p, ok := prefixOf(a); ok {
-				out = append(out, config.HostAddr{Interface: linkName(o, idx), Prefix: p})
+	for try := 0; ; try++ {
+		o, err := h.observe()
+		if err != nil {
+			return nil, err
+		}
+		ours := map[int]bool{}
+		for _, l := range o.ours {
+			ours[l.Attrs().Index] = true
+		}
+		known := map[int]bool{}
+		for _, l := range o.byName {
+			known[l.Attrs().Index] = true
+		}
+		var out []config.HostAddr
+		unknown := false
+		for idx, addrs := range o.addrs {
+			if ours[idx] {
+				continue
+			}
+			if !known[idx] {
+				unknown = true
+				continue
+			}
+			for _, a := range addrs {
+				if p, ok := prefixOf(a); ok {
+					out = append(out, config.HostAddr{Interface: linkName(o, idx), Prefix: p})
+				}
 			}
 		}
+		if !unknown || try == 2 {
+			return out, nil
+		}
 	}
-	return out, nil
 }
 
 // HostOptions are the facts of this namespace and host that validation

@@ -26,6 +26,11 @@ import (
 // version of the tools module.
 const KubeCache = "/var/cache/microvm/kube"
 
+// KubePackages are what KubeBinaries builds of tools/kube.
+func KubePackages() []string {
+	return []string{"./cmd/etcd", "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager", "k8s.io/kubernetes/cmd/kube-scheduler", "k8s.io/kubernetes/cmd/kube-proxy", "k8s.io/kubernetes/cmd/kubectl"}
+}
+
 // KubeTools are the Kubernetes engine's own binaries, built from the
 // k8s.io/kubernetes and etcd modules by the tools module in tools/kube.
 type KubeTools struct {
@@ -37,7 +42,7 @@ type KubeTools struct {
 // into KubeCache.
 func KubeBinaries(t testing.TB) KubeTools {
 	t.Helper()
-	dir := BuildTools(t, "kube", KubeCache, "./cmd/etcd", "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager", "k8s.io/kubernetes/cmd/kube-scheduler", "k8s.io/kubernetes/cmd/kube-proxy", "k8s.io/kubernetes/cmd/kubectl")
+	dir := BuildTools(t, "kube", KubeCache, KubePackages()...)
 	return KubeTools{Etcd: filepath.Join(dir, "etcd"), APIServer: filepath.Join(dir, "kube-apiserver"), ControllerManager: filepath.Join(dir, "kube-controller-manager"), Scheduler: filepath.Join(dir, "kube-scheduler"), Proxy: filepath.Join(dir, "kube-proxy"), Kubectl: filepath.Join(dir, "kubectl")}
 }
 

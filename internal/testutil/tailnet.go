@@ -20,6 +20,11 @@ import (
 // directory per version of the tools module.
 const TailnetCache = "/var/cache/microvm/tailnet"
 
+// TailnetPackages are what TailnetBinaries builds of tools/tailnet.
+func TailnetPackages() []string {
+	return []string{"./cmd/tailnet-control", "tailscale.com/cmd/tailscaled", "tailscale.com/cmd/tailscale"}
+}
+
 // TailnetTools are Tailscale's own binaries, built from the tailscale.com
 // module by the tools module in tools/tailnet.
 type TailnetTools struct {
@@ -35,7 +40,7 @@ type TailnetTools struct {
 // concurrent test binaries wait for one build.
 func TailnetBinaries(t testing.TB) TailnetTools {
 	t.Helper()
-	dir := BuildTools(t, "tailnet", TailnetCache, "./cmd/tailnet-control", "tailscale.com/cmd/tailscaled", "tailscale.com/cmd/tailscale")
+	dir := BuildTools(t, "tailnet", TailnetCache, TailnetPackages()...)
 	return TailnetTools{Control: filepath.Join(dir, "tailnet-control"), Tailscaled: filepath.Join(dir, "tailscaled"), Tailscale: filepath.Join(dir, "tailscale")}
 }
 
@@ -45,26 +50,40 @@ func TailnetBinaries(t testing.TB) TailnetTools {
 func BuildTools(t testing.TB, module, cache string, pkgs ...string) string {
 	t.Helper()
 	RequireRoot(t)
+	dir, took, err := Build(module, cache, pkgs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took > 0 {
+		t.Logf("built %s from tools/%s in %s (cached in %s)", strings.Join(pkgs, ", "), module, took.Round(time.Second), dir)
+	}
+	return dir
+}
+
+// Build is BuildTools without a test (scripts/test.sh builds the tools
+// before the tests start): it returns the directory and how long the
+// build took (0 when the cache had it).
+func Build(module, cache string, pkgs ...string) (string, time.Duration, error) {
 	_, self, _, _ := runtime.Caller(0)
 	src := filepath.Join(filepath.Dir(self), "..", "..", "tools", module)
 	sum, err := treeHash(src)
 	if err != nil {
-		t.Fatalf("the %s tools module: %v", module, err)
+		return "", 0, fmt.Errorf("the %s tools module: %w", module, err)
 	}
 	dir := filepath.Join(cache, sum)
 	if err := os.MkdirAll(cache, 0o755); err != nil {
-		t.Fatal(err)
+		return "", 0, err
 	}
 	lock, err := os.OpenFile(filepath.Join(cache, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
-		t.Fatal(err)
+		return "", 0, err
 	}
 	defer lock.Close()
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
+		return "", 0, err
 	}
 	if _, err := os.Stat(filepath.Join(dir, "done")); err == nil {
-		return dir
+		return dir, 0, nil
 	}
 	start := time.Now()
 	tmp := dir + ".tmp"
@@ -73,17 +92,16 @@ func BuildTools(t testing.TB, module, cache string, pkgs ...string) string {
 	cmd.Dir = src
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-mod=readonly -buildvcs=false")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build tools/%s: %v\n%s", module, err, out)
+		return "", 0, fmt.Errorf("build tools/%s: %v\n%s", module, err, out)
 	}
 	if err := os.WriteFile(filepath.Join(tmp, "done"), nil, 0o644); err != nil {
-		t.Fatal(err)
+		return "", 0, err
 	}
 	os.RemoveAll(dir)
 	if err := os.Rename(tmp, dir); err != nil {
-		t.Fatal(err)
+		return "", 0, err
 	}
-	t.Logf("built %s from tools/%s in %s (cached in %s)", strings.Join(pkgs, ", "), module, time.Since(start).Round(time.Second), dir)
-	return dir
+	return dir, time.Since(start), nil
 }
 
 // treeHash names a version of the tools module by its files' contents.
