@@ -12,8 +12,13 @@ go mod download
 # tests start themselves: its packaged service is not left running; the
 # tests' stand-in for the internet's DNS is Debian's dnsmasq.
 apt_install mmdebstrap docker-registry dnsmasq-base
+# GitOps over SSH is tested against OpenSSH's own sshd, which the test
+# starts on loopback with a configuration of its own: the package's
+# service is not left running.
+apt_install openssh-server
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
 	systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+	systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
 fi
 # The web console's browser test: Debian's chromium, driven by Playwright
 # (playwright-core from npm, e2e/ui/package-lock.json) with the machine's

@@ -109,7 +109,7 @@ read-only image store, an ephemeral /var and persistent data volumes.`,
 			// Host paths are absolute from here on: a relative --state-dir
 			// would not be the same directory for a confined hypervisor.
 			return pathflags.Absolute(cmd.Flags(), "state-dir", "socket", "netns", "api-token-file", "api-ca", "api-tls-cert", "api-tls-key",
-				"config", "git-ssh-key", "git-token-file", "webhook-secret-file", "init-dir", "kernel-cache")
+				"config", "git-ssh-key", "git-token-file", "git-known-hosts", "webhook-secret-file", "init-dir", "kernel-cache")
 		},
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })

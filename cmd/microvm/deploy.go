@@ -28,6 +28,7 @@ type gitOptions struct {
 	url, branch, path     string
 	interval, health      time.Duration
 	tokenFile, sshKey     string
+	knownHosts            string
 	keys                  []string
 	hook, hostName        string
 	webhook, webhookToken string
@@ -48,7 +49,8 @@ func gitFlags(cmd *cobra.Command, g *gitOptions) {
 	f.StringVar(&g.path, "git-path", "infra.yaml", "the config file's path in the repository")
 	f.DurationVar(&g.interval, "git-interval", time.Minute, "how often the branch is fetched")
 	f.StringVar(&g.tokenFile, "git-token-file", "", "file holding an HTTPS access token")
-	f.StringVar(&g.sshKey, "git-ssh-key", "", "SSH private key for ssh:// remotes")
+	f.StringVar(&g.sshKey, "git-ssh-key", "", "SSH private key for ssh:// remotes (logging in as the URL's user, git when it names none)")
+	f.StringVar(&g.knownHosts, "git-known-hosts", "", "known_hosts file holding the SSH remote's host key (default ~/.ssh/known_hosts, or $SSH_KNOWN_HOSTS)")
 	f.StringSliceVar(&g.keys, "require-signed-by", nil, "deploy only commits signed by these keys: an armored OpenPGP key file or an SSH allowed_signers file (repeatable)")
 	f.DurationVar(&g.health, "health-timeout", 2*time.Minute, "how long changed VMs have to become ready and healthy before a rollback")
 	f.StringVar(&g.hook, "post-deploy-hook", "", "shell command run after every deploy, with MICROVM_* variables")
@@ -59,7 +61,7 @@ func gitFlags(cmd *cobra.Command, g *gitOptions) {
 }
 
 func (a *app) deployEngine(d *daemon.Daemon, g gitOptions, log *slog.Logger) (*deploy.Engine, error) {
-	m, err := gitsync.Open(gitsync.Options{URL: g.url, Branch: g.branch, Dir: filepath.Join(a.stateDir, "git"), TokenFile: g.tokenFile, SSHKeyFile: g.sshKey})
+	m, err := gitsync.Open(gitsync.Options{URL: g.url, Branch: g.branch, Dir: filepath.Join(a.stateDir, "git"), TokenFile: g.tokenFile, SSHKeyFile: g.sshKey, KnownHostsFile: g.knownHosts})
 	if err != nil {
 		return nil, err
 	}

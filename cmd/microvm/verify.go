@@ -60,24 +60,33 @@ its evidence; the exit status is 1 when any check fails.`,
 
 func (a *app) doctorCommand() *cobra.Command {
 	var o runOptions
+	var gitURL, knownHosts string
 	cmd := &cobra.Command{
 		Use:   "doctor",
 		Short: "Check this host's prerequisites, with the fix for each",
 		Long: `Doctor checks what any fleet needs on this host: KVM (else VMs are emulated),
 TUN, vhost-net, nftables, cgroups, QEMU, virtiofsd, mkfs.ext4 and a guest
 kernel. A failing check says how to fix it; the exit status is 1 when one
-fails. SKIP marks what is missing but has a slower fallback.`,
-		Example: "  microvm doctor\n  microvm doctor -o json",
+fails. SKIP marks what is missing but has a slower fallback. With the
+daemon's --git-url and --git-known-hosts it also checks that the known
+hosts file holds the SSH remote's host key.`,
+		Example: "  microvm doctor\n  microvm doctor -o json\n  microvm doctor --git-url ssh://deploy@git.example:2222/infra.git --git-known-hosts /etc/microvm/known_hosts",
 		Args:    exactArgs(0),
 		RunE: func(*cobra.Command, []string) error {
 			env, err := a.launchEnv(o)
 			if err != nil {
 				return err
 			}
-			return a.printResults(verify.Run(verify.Doctor(env, nil)))
+			checks := verify.Doctor(env, nil)
+			if knownHosts != "" {
+				checks = append(checks, verify.GitKnownHosts(gitURL, knownHosts))
+			}
+			return a.printResults(verify.Run(checks))
 		},
 	}
 	launchFlags(cmd, &o)
+	cmd.Flags().StringVar(&gitURL, "git-url", "", "the daemon's --git-url, for the known hosts check")
+	cmd.Flags().StringVar(&knownHosts, "git-known-hosts", "", "the daemon's --git-known-hosts: check it holds the SSH remote's host key")
 	return cmd
 }
 

@@ -8,10 +8,16 @@ package gitsync
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"strings"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
 
 	"microvm.dev/microvm/internal/apitypes"
 
@@ -34,9 +40,12 @@ type Options struct {
 	Dir string
 	// TokenFile holds an HTTPS access token (sent as the password).
 	TokenFile string
-	// SSHKeyFile is a private key for ssh:// remotes (host keys are checked
-	// against ~/.ssh/known_hosts or $SSH_KNOWN_HOSTS).
+	// SSHKeyFile is a private key for ssh:// remotes, who log in as the
+	// URL's user (git when it names none).
 	SSHKeyFile string
+	// KnownHostsFile holds the remote's SSH host key (known_hosts
+	// format); unset: ~/.ssh/known_hosts or $SSH_KNOWN_HOSTS.
+	KnownHostsFile string
 }
 
 // Commit is the facts of one commit a deploy records.
@@ -84,13 +93,61 @@ func (m *Mirror) auth() (transport.AuthMethod, error) {
 		}
 		return &githttp.BasicAuth{Username: "microvm", Password: strings.TrimSpace(string(b))}, nil
 	case m.o.SSHKeyFile != "":
-		k, err := gitssh.NewPublicKeysFromFile("git", m.o.SSHKeyFile, "")
+		k, err := gitssh.NewPublicKeysFromFile(SSHUser(m.o.URL), m.o.SSHKeyFile, "")
 		if err != nil {
 			return nil, fmt.Errorf("git ssh key %s: %w", m.o.SSHKeyFile, err)
+		}
+		if m.o.KnownHostsFile != "" {
+			if k.HostKeyCallback, err = gitssh.NewKnownHostsCallback(m.o.KnownHostsFile); err != nil {
+				return nil, fmt.Errorf("git known hosts %s: %w", m.o.KnownHostsFile, err)
+			}
 		}
 		return k, nil
 	}
 	return nil, nil
+}
+
+// SSHUser is the user an SSH remote's URL logs in as: its own
+// (ssh://deploy@host/…, deploy@host:path), or git.
+func SSHUser(url string) string {
+	if ep, err := transport.NewEndpoint(url); err == nil && ep.User != "" {
+		return ep.User
+	}
+	return "git"
+}
+
+// HostKnown says whether the known hosts file lists a key for the SSH
+// remote url's host (and port), and which host it looked for.
+func HostKnown(knownHosts, url string) (bool, string, error) {
+	ep, err := transport.NewEndpoint(url)
+	if err != nil {
+		return false, "", err
+	}
+	port := ep.Port
+	if port == 0 {
+		port = 22
+	}
+	host := net.JoinHostPort(ep.Host, strconv.Itoa(port))
+	cb, err := knownhosts.New(knownHosts)
+	if err != nil {
+		return false, host, err
+	}
+	// A key no file holds: the callback says whether the host has others.
+	_, probe, _ := ed25519.GenerateKey(nil)
+	signer, err := ssh.NewSignerFromKey(probe)
+	if err != nil {
+		return false, host, err
+	}
+	ip := net.ParseIP(ep.Host)
+	if ip == nil {
+		ip = net.IPv4zero // a name: its entries are looked up by the name alone
+	}
+	err = cb(host, &net.TCPAddr{IP: ip, Port: port}, signer.PublicKey())
+	var ke *knownhosts.KeyError
+	if errors.As(err, &ke) {
+		return len(ke.Want) > 0, host, nil
+	}
+	return err == nil, host, err
 }
 
 func (m *Mirror) remoteRef() plumbing.ReferenceName {

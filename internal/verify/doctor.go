@@ -9,6 +9,7 @@ import (
 
 	"microvm.dev/microvm/internal/cgroup"
 	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/gitsync"
 	"microvm.dev/microvm/internal/guest"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/vmm"
@@ -112,4 +113,23 @@ func Doctor(env launch.Env, look LookPath) []Check {
 			return Pass, k.Image
 		}},
 	}
+}
+
+// GitKnownHosts checks that the known hosts file (the daemon's
+// --git-known-hosts) holds a key for the host of the SSH remote url: with
+// none, every fetch is refused as an unknown host.
+func GitKnownHosts(url, file string) Check {
+	return Check{Name: "git known hosts", Run: func() (Status, string) {
+		if url == "" {
+			return Fail, "--git-known-hosts needs the daemon's --git-url to check against"
+		}
+		known, host, err := gitsync.HostKnown(file, url)
+		switch {
+		case err != nil:
+			return Fail, fmt.Sprintf("%s: %v", file, err)
+		case !known:
+			return Fail, fmt.Sprintf("%s has no key for %s: every fetch will be refused; fix: ssh-keyscan -p PORT HOST >> %s (check the key's fingerprint with the forge)", file, host, file)
+		}
+		return Pass, fmt.Sprintf("%s holds %s's host key", file, host)
+	}}
 }
