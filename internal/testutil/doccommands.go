@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // DocCommand is one command line the docs show: where, and its words.
@@ -116,62 +117,78 @@ func CheckDocCommand(t testing.TB, root *cobra.Command, c DocCommand, skip func(
 	if len(args) > 0 && skip != nil && skip(args[0]) {
 		return
 	}
-	cmd := root
-	i := 0
-	// Verbs: words before the first flag that name a subcommand (each of
-	// "a|b" alternatives must).
-	for ; i < len(args); i++ {
+	line := strings.Join(c.Words, " ")
+	cmd, verbs := root, true
+	for i := 0; i < len(args); i++ {
 		w := strings.Trim(args[i], "[]")
-		if strings.HasPrefix(w, "-") || w == "" {
-			break
-		}
-		alts := strings.Split(w, "|")
-		var next *cobra.Command
-		for _, a := range alts {
-			sub := findSub(cmd, a)
-			if sub == nil {
-				next = nil
-				break
-			}
-			next = sub
-		}
-		if next == nil {
-			break // an argument, not a verb
-		}
-		cmd = next
-	}
-	if cmd == root && len(args) > 0 && !strings.HasPrefix(strings.Trim(args[0], "[]"), "-") {
-		t.Errorf("%s: %q: no verb %q", c.Where, strings.Join(c.Words, " "), args[0])
-		return
-	}
-	for _, w := range args[i:] {
-		w = strings.Trim(w, "[]")
-		if w == "--" {
+		switch {
+		case w == "--":
 			return // what follows goes to the guest or to ssh
-		}
-		if !strings.HasPrefix(w, "-") || w == "-" {
-			continue
-		}
-		name, _, _ := strings.Cut(strings.TrimLeft(w, "-"), "=")
-		if name == "" || strings.ContainsAny(name, "…<>") {
-			continue
-		}
-		var ok bool
-		if strings.HasPrefix(w, "--") {
-			ok = cmd.Flags().Lookup(name) != nil || cmd.InheritedFlags().Lookup(name) != nil
-		} else {
-			for _, r := range name {
-				if cmd.Flags().ShorthandLookup(string(r)) == nil && cmd.InheritedFlags().ShorthandLookup(string(r)) == nil {
-					ok = false
+		case w == "" || w == "-":
+		case strings.HasPrefix(w, "-"):
+			f := lookupFlag(cmd, w)
+			if f == nil {
+				if !strings.ContainsAny(w, "…<>") {
+					t.Errorf("%s: %q: %s takes no flag %s", c.Where, line, cmd.CommandPath(), w)
+				}
+				continue
+			}
+			if !strings.Contains(w, "=") && f.Value.Type() != "bool" && !strings.HasPrefix(w, "-"+f.Shorthand+"=") {
+				i++ // its value
+			}
+		case verbs:
+			// A verb, or each of "a|b" alternatives; else an argument, and
+			// no verb follows.
+			var next *cobra.Command
+			for _, a := range strings.Split(w, "|") {
+				if next = findSub(cmd, a); next == nil {
 					break
 				}
-				ok = true
 			}
-		}
-		if !ok {
-			t.Errorf("%s: %q: %s takes no flag %s", c.Where, strings.Join(c.Words, " "), cmd.CommandPath(), w)
+			if next != nil {
+				cmd = next
+				continue
+			}
+			if cmd == root {
+				t.Errorf("%s: %q: no verb %q", c.Where, line, w)
+				return
+			}
+			verbs = false
 		}
 	}
+}
+
+// lookupFlag is the flag w ("--name", "--name=value", "-x") of cmd or
+// one it inherits; nil when there is none.
+func lookupFlag(cmd *cobra.Command, w string) *pflag.Flag {
+	if name, ok := strings.CutPrefix(w, "--"); ok {
+		name, _, _ = strings.Cut(name, "=")
+		for _, fs := range []*pflag.FlagSet{cmd.Flags(), cmd.PersistentFlags(), cmd.InheritedFlags()} {
+			if f := fs.Lookup(name); f != nil {
+				return f
+			}
+		}
+		return nil
+	}
+	short := strings.TrimPrefix(w, "-")
+	if short == "" {
+		return nil
+	}
+	var last *pflag.Flag
+	for _, r := range short {
+		f := cmd.Flags().ShorthandLookup(string(r))
+		if f == nil {
+			f = cmd.PersistentFlags().ShorthandLookup(string(r))
+		}
+		if f == nil {
+			f = cmd.InheritedFlags().ShorthandLookup(string(r))
+		}
+		if f == nil {
+			return nil
+		}
+		last = f
+	}
+	return last
 }
 
 // findSub is cmd's subcommand called name (or by an alias).
