@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Fetch Debian's generic kernel (linux-image-amd64 or -arm64) into the kernel
-# cache, for hosts without a usable /boot (like CI) and for foreign-arch
-# guests. Idempotent: an already fetched release is kept.
+# Fetch the distribution's generic kernel into the kernel cache, for hosts
+# without a usable /boot (like CI) and for foreign-arch guests: Debian's
+# linux-image-amd64 or -arm64; on Ubuntu linux-image-virtual, whose modules
+# come in linux-modules-<release> (and -extra-). Idempotent: an already
+# fetched release is kept.
 #
 #   scripts/fetch-kernel.sh [amd64|arm64]      (default: this machine's)
 #
@@ -18,16 +20,21 @@ if [ "$arch" != "$(dpkg --print-architecture)" ] && ! dpkg --print-foreign-archi
 	dpkg --add-architecture "$arch"
 	apt-get update -qq
 fi
-# linux-image-<arch> is a meta package: resolve the real image package.
-pkg=$(apt-cache depends "linux-image-$arch:$arch" 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-pkg="${pkg%%:*}"
+# The meta package is Debian's linux-image-<arch>, Ubuntu's
+# linux-image-virtual: resolve the real image package it depends on.
+. /etc/os-release
+meta="linux-image-$arch"
+[ "${ID:-}" = ubuntu ] && meta=linux-image-virtual
+resolve() { apt-cache depends "$meta:$arch" 2>/dev/null | awk '/Depends: linux-image-(unsigned-)?[0-9]/{print $2; exit}'; }
+pkg=$(resolve)
 if [ -z "$pkg" ]; then
 	apt-get update -qq
-	pkg=$(apt-cache depends "linux-image-$arch:$arch" | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-	pkg="${pkg%%:*}"
+	pkg=$(resolve)
 fi
-[ -n "$pkg" ] || { echo "fetch-kernel: cannot resolve linux-image-$arch" >&2; exit 1; }
+pkg="${pkg%%:*}"
+[ -n "$pkg" ] || { echo "fetch-kernel: cannot resolve $meta for $arch on ${PRETTY_NAME:-this system}" >&2; exit 1; }
 release="${pkg#linux-image-}"
+release="${release#unsigned-}"
 dest="$cache/$arch/$release"
 if [ -f "$dest/vmlinuz" ] && [ -f "$dest/modules/modules.dep" ]; then
 	echo "$dest"
@@ -36,10 +43,19 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 (cd "$work" && apt-get download "$pkg:$arch" >/dev/null 2>&1) || { echo "fetch-kernel: apt-get download $pkg:$arch failed" >&2; exit 1; }
-dpkg-deb -x "$work"/*.deb "$work/x"
+if [ "${ID:-}" = ubuntu ]; then
+	# Ubuntu keeps the modules in packages of their own.
+	(cd "$work" && apt-get download "linux-modules-$release:$arch" >/dev/null 2>&1) || { echo "fetch-kernel: apt-get download linux-modules-$release failed" >&2; exit 1; }
+	(cd "$work" && apt-get download "linux-modules-extra-$release:$arch" >/dev/null 2>&1) || true
+fi
+for deb in "$work"/*.deb; do
+	dpkg-deb -x "$deb" "$work/x"
+done
 mkdir -p "$work/out/modules"
 cp "$work/x/boot/vmlinuz-$release" "$work/out/vmlinuz"
-cp -a "$work/x/lib/modules/$release/." "$work/out/modules/"
+mods="$work/x/lib/modules/$release"
+[ -d "$mods" ] || mods="$work/x/usr/lib/modules/$release" # merged /usr packages
+cp -a "$mods/." "$work/out/modules/"
 # depmod -b wants <base>/lib/modules/<release>.
 mkdir -p "$work/depmod/lib/modules"
 ln -s "$work/out/modules" "$work/depmod/lib/modules/$release"

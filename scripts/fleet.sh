@@ -33,7 +33,8 @@ SANDBOX=docker.io/wholelottahoopla/sandbox:latest
 mkdir -p bin "$LOGS"
 go build -o bin/microvm ./cmd/microvm
 CGO_ENABLED=0 go build -ldflags="-s -w" -o bin/microvm-init ./cmd/microvm-init
-echo "==> kernel: $(bash scripts/fetch-kernel.sh)"
+kernel=$(bash scripts/fetch-kernel.sh) || { echo "fleet: no guest kernel (scripts/fetch-kernel.sh failed)" >&2; exit 1; }
+echo "==> kernel: $kernel"
 microvm() { bin/microvm --netns "/run/netns/$HOSTNS" --state-dir "$STATE_DIR" --socket "$SOCK" "$@"; }
 t_setup=$((SECONDS - t0))
 

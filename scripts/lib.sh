@@ -22,15 +22,92 @@ apt_install() {
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# ensure_go puts a Go toolchain on PATH: the one in /usr/local/go if present,
-# else Debian's golang-go, which fetches the toolchain go.mod asks for from
-# the Go module proxy (GOTOOLCHAIN=auto, Go 1.21 or later).
+# die stops the script with a reason.
+die() {
+	echo "$0: $*" >&2
+	exit 1
+}
+
+# check_release stops on a system the scripts do not support: they run on
+# Debian 12 and 13 and Ubuntu 22.04 and 24.04 (the package names and the
+# kernel package differ elsewhere).
+check_release() {
+	[ -r /etc/os-release ] || die "no /etc/os-release: the scripts support Debian 12 and 13, Ubuntu 22.04 and 24.04"
+	. /etc/os-release
+	case "$ID:$VERSION_ID" in
+	debian:12 | debian:13 | ubuntu:22.04 | ubuntu:24.04) ;;
+	*) die "${PRETTY_NAME:-this system} is not supported: the scripts support Debian 12 and 13, Ubuntu 22.04 and 24.04 (set MICROVM_ANY_RELEASE=1 to try anyway)" ;;
+	esac
+}
+
+# go_switches says whether the go on PATH is Go 1.21 or later, which
+# fetches the toolchain go.mod asks for from the Go module proxy itself
+# (GOTOOLCHAIN=auto, checked against the checksum database).
+go_switches() {
+	command -v go >/dev/null 2>&1 || return 1
+	local v major rest minor
+	v=$(go env GOVERSION 2>/dev/null) || return 1
+	v=${v#go}
+	major=${v%%.*}
+	rest=${v#*.}
+	minor=${rest%%.*}
+	[ "$major" -gt 1 ] 2>/dev/null || [ "$minor" -ge 21 ] 2>/dev/null
+}
+
+# distro_go is the newest Go 1.21 or later the distribution installed
+# beside its default one (/usr/lib/go-1.N), or nothing.
+distro_go() {
+	local d
+	for d in $(ls -d /usr/lib/go-1.* 2>/dev/null | sort -t. -k2 -n); do
+		[ "${d##*.}" -ge 21 ] 2>/dev/null && [ -x "$d/bin/go" ] && echo "$d"
+	done | tail -1
+}
+
+# install_distro_go installs a Go 1.21 or later from the distribution:
+# Debian 13's and Ubuntu 24.04's own golang-go; Debian 12's from
+# bookworm-backports (its own is 1.19); Ubuntu 22.04's golang-1.22 or
+# golang-1.21 where its archive has them.
+install_distro_go() {
+	. /etc/os-release
+	export DEBIAN_FRONTEND=noninteractive
+	case "$ID:$VERSION_ID" in
+	debian:12)
+		if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+			echo "deb http://deb.debian.org/debian bookworm-backports main" >/etc/apt/sources.list.d/microvm-backports.list
+		fi
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends -t bookworm-backports golang-1.23 ca-certificates >/dev/null
+		;;
+	ubuntu:22.04)
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends golang-1.22 ca-certificates >/dev/null 2>&1 ||
+			apt-get install -y -qq --no-install-recommends golang-1.21 ca-certificates >/dev/null 2>&1 ||
+			die "Ubuntu 22.04's archive offers no golang-1.22 or golang-1.21 here: install Go 1.21 or later into /usr/local/go"
+		;;
+	*)
+		apt_install golang-go ca-certificates
+		;;
+	esac
+}
+
+# ensure_go puts on PATH a Go that builds the module: the one in
+# /usr/local/go if present, else the distribution's when it is 1.21 or
+# later (installing one that is: install_distro_go), which then fetches the
+# toolchain go.mod asks for from the Go module proxy, as Go's toolchain
+# switching does (GOTOOLCHAIN=auto).
 ensure_go() {
 	export PATH="/usr/local/go/bin:$HOME/go/bin:$PATH"
-	if ! command -v go >/dev/null 2>&1; then
-		apt_install golang-go ca-certificates
-	fi
 	export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
+	if ! go_switches; then
+		local d
+		d=$(distro_go)
+		if [ -z "$d" ] && ! { command -v go >/dev/null 2>&1 && go_switches; }; then
+			install_distro_go
+			d=$(distro_go)
+		fi
+		[ -n "$d" ] && export PATH="$d/bin:$PATH"
+		go_switches || die "no Go 1.21 or later could be installed; install one into /usr/local/go"
+	fi
 	go version
 }
 
@@ -64,6 +141,7 @@ ensure_vmm_user() {
 # hypervisors' user.
 setup() {
 	need_root
+	[ "${MICROVM_ANY_RELEASE:-0}" = 1 ] || check_release
 	apt_install "${PROJECT_PACKAGES[@]}"
 	ensure_go
 	ensure_vmm_user

@@ -419,9 +419,10 @@ func pickList[T any](own, def []T) []T {
 }
 
 // ForHost is the part of the file host runs: the VMs that name it (all of
-// them when no VM names a host), with the allow rules and forwards between
-// those VMs. The subnets of every VM stay reserved by validation, so hosts
-// never overlap.
+// them when no VM names a host), with the allow rules between those VMs
+// (validation refuses one between hosts) and the forwards to them. The
+// subnets of every VM stay reserved by validation, so hosts never
+// overlap.
 func (c *Config) ForHost(host string) *Config {
 	named := false
 	for _, vm := range c.VMs {

@@ -352,6 +352,7 @@ var badConfigs = []badConfig{
 	{"bad pull policy", "vms: { a: { index: 1, pullPolicy: sometimes } }", "vms.a.pullPolicy", "missing, always or never", Options{}},
 	{"stop timeout too short", "vms: { a: { index: 1, stopTimeout: 10ms } }", "vms.a.stopTimeout", "outside 1s-1h", Options{}},
 	{"billion laughs", laughs(), "", "expands to more than", Options{}},
+	{"allow across hosts", "vms: { a: { index: 1, host: h1 }, b: { index: 2, host: h2 } }\nnetwork: { allow: [{ from: a, to: b, ports: [\"80/tcp\"] }] }", "network.allow[0]", "a runs on host h1 and b on host h2", Options{}},
 	{"memoryMin above memory", "vms: { a: { index: 1, memory: 512M, memoryMin: 1G } }", "vms.a.memoryMin", "memoryMin 1G is more than memory 512M", Options{}},
 	{"memoryMin above the defaults' memory", "defaults: { memory: 256M, memoryMin: 384M }\nvms: { a: { index: 1 } }", "vms.a.memoryMin", "is more than memory 256M", Options{}},
 	{"memoryMin too small", "vms: { a: { index: 1, memoryMin: 16M } }", "vms.a.memoryMin", "below the minimum", Options{}},
@@ -478,7 +479,7 @@ func TestForHost(t *testing.T) {
   b: { index: 2, host: h1 }
   c: { index: 3, host: h2 }
 network:
-  allow: [{ from: a, to: b, ports: [80] }, { from: a, to: c, ports: [80] }]
+  allow: [{ from: a, to: b, ports: [80] }]
   forwards: [{ hostPort: 8080, to: "a:8080" }, { hostPort: 8081, to: "c:80" }]
 `, Options{})
 	h1 := c.ForHost("h1")

@@ -251,6 +251,13 @@ func (v *validator) allows(cfg *Config, rules []Allow) []Allow {
 			v.r.addf(p, "from and to are the same VM (%s); a VM always reaches itself", a.From)
 			ok = false
 		}
+		if ok {
+			if from, to := cfg.VM(a.From), cfg.VM(a.To); from.Host != to.Host {
+				v.r.addf(p, "%s runs on host %s and %s on host %s: an allow rule opens one host's firewall between two of its VMs; VMs on different hosts reach each other over the hosts' own network (a declared port, reached over the tailnet: tailscale.md), not through an allow rule",
+					a.From, from.Host, a.To, to.Host)
+				ok = false
+			}
+		}
 		if len(a.Ports) == 0 {
 			v.r.addf(joinPath(p, "ports"), `at least one port is required, e.g. ports: ["5432/tcp"]`)
 			ok = false
