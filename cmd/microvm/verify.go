@@ -22,7 +22,8 @@ cgroups for VMs with limits. With a daemon running the file, it then checks
 the live fleet: bridges and their gateways, forwarding, NAT, every VM
 running and answering over SSH with its hostname, vCPUs and memory, reaching
 its gateway and the host's default gateway, unable to reach the other VMs
-(except allowed pairs), a read-only store, a tmpfs /var, its volumes
+(except allowed pairs), a read-only store, an ephemeral /var (the image's,
+on the root's in-memory overlay, reset at every boot), its volumes
 mounted, and its declared ports answering from the host. Each check prints
 its evidence; the exit status is 1 when any check fails.`,
 		Example: "  microvm verify -f examples/reference/infra.yaml\n  microvm verify -f infra.yaml -o json",

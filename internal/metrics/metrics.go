@@ -20,7 +20,7 @@ import (
 )
 
 // States a VM may be in, each exported as one microvm_vm_state series.
-var states = []supervisor.State{supervisor.Created, supervisor.Starting, supervisor.Running, supervisor.Stopping, supervisor.Stopped, supervisor.Backoff, supervisor.Failed}
+var states = []supervisor.State{supervisor.Created, supervisor.Starting, supervisor.Running, supervisor.Stopping, supervisor.Stopped, supervisor.Saved, supervisor.Backoff, supervisor.Failed}
 
 // New returns the /metrics handler for d (and dep, when the daemon deploys
 // from git) and starts observing applies.
