@@ -1,36 +1,17 @@
 package e2e
 
 import (
-	"bytes"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"microvm.dev/microvm/internal/testutil"
 	"microvm.dev/microvm/internal/vmssh"
 )
-
-// lockedBuffer is an output that a test reads while a command writes it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // `microvm run` readies a VM the way the daemon does (launch.AwaitReady):
 // a VM the daemon saved resumes in the foreground with its clock set to
@@ -56,7 +37,7 @@ vms:
 	time.Sleep(5 * time.Second)
 
 	run := exec.Command(filepath.Join(shared.initDir, "microvm"), l.args("run", "a", "-f", file, "-q")...)
-	var out lockedBuffer
+	var out testutil.SyncBuffer
 	run.Stdout, run.Stderr = &out, &out
 	if err := run.Start(); err != nil {
 		t.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,7 +27,7 @@ import (
 func TestApplyAdvertisesVMSubnets(t *testing.T) {
 	tools, ns, url, node := testutil.TailnetHost(t, "dts", "0.0.0.0/0,::/0")
 	st := t.TempDir()
-	var log syncBuffer
+	var log testutil.SyncBuffer
 	d, err := New(launch.Env{StateDir: st, RunDir: filepath.Join(st, "run"), NetNS: ns.Path}, slog.New(slog.NewTextHandler(&log, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -72,24 +71,6 @@ vms:
 	if err != nil || len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "tailscale command is not installed") {
 		t.Errorf("without tailscale: %v %v", err, res.Warnings)
 	}
-}
-
-// syncBuffer is a log the daemon's goroutines write while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // A run record damaged on disk: the daemon refuses to start with an error
