@@ -73,9 +73,21 @@ type Env struct {
 	// (bench/cmd/bootbench measures what the disk costs a boot).
 	NoModuleTree bool
 	// NoFreePageReporting and TBSizeMiB are vmm.Launch's
-	// (bench/cmd/densitybench measures what they cost).
+	// (bench/cmd/densitybench measures what they cost); TBSizeMiB 0 is
+	// TranslationCacheMiB of the VM's memory.
 	NoFreePageReporting bool
 	TBSizeMiB           int
+}
+
+// TranslationCacheMiB is the size of QEMU's TCG translation cache for an
+// emulated guest of memory: a sixteenth of it, between 64 and 256 MiB.
+// QEMU's own, 1 GiB whatever the guest, let one small VM's cache grow to
+// more than its guest's memory; an idle 1 GiB guest translates about
+// 60-80 MiB of code, and bench/cmd/densitybench measured the 64 MiB cap
+// saving 15 MiB per VM of Debian's nginx with no slower boot
+// (benchmarks.md, "Density").
+func TranslationCacheMiB(memory config.Size) int {
+	return min(256, max(64, int(memory.MiB()/16)))
 }
 
 // Layout names the files and sockets of the VM called name.

@@ -213,3 +213,13 @@ func TestPrepareRefusesAnotherReleasesModules(t *testing.T) {
 		}
 	}
 }
+
+// An emulated guest's translation cache scales with its memory, within
+// 64 to 256 MiB.
+func TestTranslationCacheMiB(t *testing.T) {
+	for mem, want := range map[config.Size]int{128 * config.MiB: 64, 1024 * config.MiB: 64, 2048 * config.MiB: 128, 8192 * config.MiB: 256} {
+		if got := TranslationCacheMiB(mem); got != want {
+			t.Errorf("TranslationCacheMiB(%s) = %d, want %d", mem, got, want)
+		}
+	}
+}

@@ -102,6 +102,9 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 	l.Arch = arch
 	l.NoFreePageReporting, l.TBSizeMiB = env.NoFreePageReporting, env.TBSizeMiB
 	l.KVM = arch == vmm.HostArch() && vmm.HardwareKVM() && env.canOpen("/dev/kvm")
+	if !l.KVM && l.TBSizeMiB == 0 {
+		l.TBSizeMiB = TranslationCacheMiB(vm.Memory)
+	}
 	l.VHostNet = l.KVM && env.canOpen("/dev/vhost-net")
 	l.Kernel = env.BootKernel(kern, b, arch)
 	if !l.KVM && arch == vmm.ArchX86_64 && l.Kernel != kern.Image && !env.Q35 {
