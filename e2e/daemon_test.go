@@ -308,6 +308,11 @@ func TestDaemonFleet(t *testing.T) {
 	if out, err := l.cli("exec", "b", "--", "hostname"); err != nil || strings.TrimSpace(out) != "b" {
 		t.Errorf("exec hostname: %v %q", err, out)
 	}
+	// Without --netns, exec reaches the VM in the daemon's namespace.
+	bare := exec.Command(filepath.Join(shared.initDir, "microvm"), "--state-dir", l.state, "--socket", l.socket, "exec", "b", "--", "hostname")
+	if out, err := bare.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "b" {
+		t.Errorf("exec without --netns: %v %q", err, out)
+	}
 	cmd := exec.Command(filepath.Join(shared.initDir, "microvm"), l.args("exec", "b", "--", "sh", "-c", "exit 3")...)
 	if err := cmd.Run(); cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 3 {
 		t.Errorf("exec exit status: %v, want 3", err)

@@ -17,13 +17,18 @@ import (
 	"microvm.dev/microvm/internal/vmssh"
 )
 
-// vmAddress asks the daemon for a running VM's address.
-func (a *app) vmAddress(name string) (string, error) {
+// vmAddress asks the daemon for a running VM's address and the network
+// namespace it is reached in: --netns when given, else the daemon's own.
+func (a *app) vmAddress(name string) (addr, netns string, err error) {
 	st, err := a.runningVM(name)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
-	return st.Spec.Net.Address.String(), nil
+	netns = a.netns
+	if netns == "" {
+		netns = st.Netns
+	}
+	return st.Spec.Net.Address.String(), netns, nil
 }
 
 // runningVM asks the daemon for a VM that must be running.
@@ -58,11 +63,11 @@ its exit status as microvm's.`,
 			return nil
 		},
 		RunE: func(_ *cobra.Command, args []string) error {
-			addr, err := a.vmAddress(args[0])
+			addr, netns, err := a.vmAddress(args[0])
 			if err != nil {
 				return err
 			}
-			s, done, err := vmssh.Session(a.stateDir, args[0], addr, a.netns, 10*time.Second)
+			s, done, err := vmssh.Session(a.stateDir, args[0], addr, netns, 10*time.Second)
 			if err != nil {
 				return err
 			}
@@ -93,7 +98,7 @@ to ssh after the destination: options, or a command to run.`,
 			return nil
 		},
 		RunE: func(_ *cobra.Command, args []string) error {
-			addr, err := a.vmAddress(args[0])
+			addr, netns, err := a.vmAddress(args[0])
 			if err != nil {
 				return err
 			}
@@ -108,12 +113,12 @@ to ssh after the destination: options, or a command to run.`,
 			argv := []string{bin, "-i", vmssh.ClientKeyPath(a.stateDir), "-o", "UserKnownHostsFile=" + known,
 				"-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes"}
 			argv = append(append(argv, "root@"+addr), args[1:]...)
-			if a.netns != "" {
+			if netns != "" {
 				nsenter, err := exec.LookPath("nsenter")
 				if err != nil {
 					return err
 				}
-				argv = append([]string{nsenter, "--net=" + a.netns, "--"}, argv...)
+				argv = append([]string{nsenter, "--net=" + netns, "--"}, argv...)
 			}
 			return syscall.Exec(argv[0], argv, os.Environ())
 		},

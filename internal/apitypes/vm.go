@@ -55,6 +55,10 @@ type VMStatus struct {
 	Spec *config.VM `json:"spec"`
 	// HostMemory is what the running VM costs the host, as last measured.
 	HostMemory *HostMemory `json:"hostMemory,omitempty"`
+	// Netns is the network namespace the VM's network is in (the
+	// daemon's --netns), where its address is reached; empty for the
+	// host's own.
+	Netns string `json:"netns,omitempty"`
 }
 
 // Redacted is what the API says of a secret's value: never its ciphertext.

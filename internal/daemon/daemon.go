@@ -476,7 +476,7 @@ func (d *Daemon) started(c *change, err error) {
 func (d *Daemon) List() []supervisor.Status {
 	out := d.sup.List()
 	for i := range out {
-		out[i] = d.withUsage(out[i])
+		out[i] = d.statusOf(out[i])
 	}
 	known := map[string]bool{}
 	for _, st := range out {
@@ -498,7 +498,7 @@ func (d *Daemon) List() []supervisor.Status {
 // Status reports one VM as List does.
 func (d *Daemon) Status(name string) (supervisor.Status, bool) {
 	if st, ok := d.sup.Status(name); ok {
-		return d.withUsage(st), true
+		return d.statusOf(st), true
 	}
 	if vm := d.VMConfig(name); vm != nil {
 		return defined(vm), true

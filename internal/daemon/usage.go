@@ -165,8 +165,11 @@ func (d *Daemon) Short() (bool, int64, error) {
 	return d.short.Load(), avail, err
 }
 
-// withUsage adds the VM's last measure to its status.
-func (d *Daemon) withUsage(st supervisor.Status) supervisor.Status {
+// statusOf adds to a VM's status what the daemon knows of it beside the
+// supervisor: the network namespace its address is reached in and its
+// last measure.
+func (d *Daemon) statusOf(st supervisor.Status) supervisor.Status {
+	st.Netns = d.env.NetNS
 	if st.PID == 0 {
 		return st
 	}
