@@ -309,9 +309,9 @@ func boot(env launch.Env, vm *config.VM, nsPath, kind string, add func(string, t
 // setup can beat with this kernel, machine and accelerator.
 func kernelOnly(kernel, initrd, machine string, cmdline ...string) (time.Duration, error) {
 	t0 := time.Now()
-	out, err := exec.Command(qemu.Binary(vmm.HostArch()), "-machine", machine, "-cpu", "max", "-smp", "2", "-m", "1G",
+	out, err := exec.Command(qemu.Binary(vmm.HostArch()), append(qemu.MachineArgs(machine), "-cpu", "max", "-smp", "2", "-m", "1G",
 		"-nodefaults", "-no-user-config", "-no-reboot", "-display", "none", "-serial", "null",
-		"-kernel", kernel, "-initrd", initrd, "-append", strings.Join(append([]string{"console=ttyS0", "panic=-1"}, cmdline...), " ")).CombinedOutput()
+		"-kernel", kernel, "-initrd", initrd, "-append", strings.Join(append([]string{"console=ttyS0", "panic=-1"}, cmdline...), " "))...).CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("kernel-only boot: %v: %s", err, out)
 	}

@@ -149,7 +149,7 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 		machine = strings.Replace(machine, ",accel=tcg", "", 1)
 		args = append(args, "-accel", fmt.Sprintf("tcg,tb-size=%d", l.TBSizeMiB))
 	}
-	args = append(args, "-machine", machine)
+	args = append(args, MachineArgs(machine)...)
 	if mmio {
 		// virtio-mmio devices are legacy (version 1) unless told otherwise,
 		// and vhost-user backends (virtiofsd) serve only modern devices.
@@ -248,6 +248,23 @@ const (
 	MachineTCGMicrovm = "microvm,accel=tcg,pit=on,pic=on,rtc=on,isa-serial=on,x-option-roms=off"
 	MachineTCGQ35     = "q35,accel=tcg"
 )
+
+// MicrovmFirmware is the firmware the microvm machine boots: qboot,
+// QEMU's own minimal firmware for it, which loads the kernel from fw_cfg
+// itself. With x-option-roms=off no option ROM does that for SeaBIOS,
+// which some distributions' QEMU (Debian 13's QEMU 10) makes the microvm
+// machine's default: their guests then never start.
+const MicrovmFirmware = "qboot.rom"
+
+// MachineArgs are QEMU's arguments choosing machine, with qboot as the
+// firmware of the microvm machine.
+func MachineArgs(machine string) []string {
+	args := []string{"-machine", machine}
+	if strings.HasPrefix(machine, "microvm,") {
+		args = append(args, "-bios", MicrovmFirmware)
+	}
+	return args
+}
 
 // TSCArgs tell a guest of the microvm machine under TCG its TSC's
 // frequency, which it has nothing to calibrate against.

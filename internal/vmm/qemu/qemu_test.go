@@ -85,7 +85,7 @@ func TestCommandShape(t *testing.T) {
 	}
 	vm, l = launch(t, vmm.ArchX86_64, true, true)
 	cmd = strings.Join(Command(vm, l), " ")
-	for _, want := range []string{"microvm,accel=kvm", "virtio-net-device", "vhost-user-fs-device", "memory-backend-memfd", "memory-backend=mem", "vhost=on"} {
+	for _, want := range []string{"microvm,accel=kvm", "-bios qboot.rom", "virtio-net-device", "vhost-user-fs-device", "memory-backend-memfd", "memory-backend=mem", "vhost=on"} {
 		if !strings.Contains(cmd, want) {
 			t.Errorf("KVM command line lacks %q:\n%s", want, cmd)
 		}
@@ -97,6 +97,9 @@ func TestCommandShape(t *testing.T) {
 			t.Errorf("aarch64 command line lacks %q:\n%s", want, cmd)
 		}
 	}
+	if strings.Contains(cmd, "-bios") {
+		t.Errorf("aarch64 command line names a firmware:\n%s", cmd)
+	}
 }
 
 // Under TCG a translation cache size moves the accelerator to -accel
@@ -106,7 +109,7 @@ func TestTranslationCacheAndReporting(t *testing.T) {
 	vm, l := launch(t, vmm.ArchX86_64, false, false)
 	l.TSCKHz, l.TBSizeMiB, l.NoFreePageReporting = 2100000, 128, true
 	argv := strings.Join(Command(vm, l), " ")
-	for _, want := range []string{"-accel tcg,tb-size=128 -machine microvm,pit=on", "virtio-balloon-device,deflate-on-oom=on"} {
+	for _, want := range []string{"-accel tcg,tb-size=128 -machine microvm,pit=on", "-bios qboot.rom", "virtio-balloon-device,deflate-on-oom=on"} {
 		if !strings.Contains(argv, want) {
 			t.Errorf("command line lacks %q:\n%s", want, argv)
 		}
