@@ -42,6 +42,12 @@ let
     };
   };
 
+  imagePolicy = types.submodule {
+    options = {
+      keys = mkOption { type = types.listOf types.str; description = "Public keys (PEM, or the absolute path of one on the host) an image from a registry must carry a valid cosign signature by."; };
+      allowLocal = mkOption { type = types.nullOr types.bool; default = null; description = "Let images that never came from a registry boot unsigned."; };
+    };
+  };
   egress = types.submodule {
     options = {
       internet = mkOption { type = types.nullOr types.bool; default = null; description = "false cuts the VM off everything beyond its gateway but its allows (per VM)."; };
@@ -78,6 +84,7 @@ let
     kernel = mkOption { type = types.nullOr kernel; default = null; description = "\"host\" or { path, modules }."; };
     kernelParams = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "Added to the guest kernel's command line after microvm's own, one parameter an item (e.g. \"apparmor=0\"); microvm's own (console=, panic=, reboot=, tsc=, microvm.*, root and init) are refused."; };
     image = mkOption { type = types.nullOr types.str; default = null; description = "A store image name or an OCI reference."; };
+    imagePolicy = mkOption { type = types.nullOr imagePolicy; default = null; description = "Which cosign signatures an image from a registry must carry before it is pulled and booted."; };
     pullPolicy = mkOption { type = types.nullOr (types.enum [ "missing" "always" "never" ]); default = null; description = "When an OCI image is pulled."; };
     volumes = mkOption { type = types.nullOr (types.listOf volume); default = null; description = "Persistent data volumes (never deleted by a config change)."; };
     sshKeys = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "Root's authorized keys."; };

@@ -44,10 +44,10 @@ fi
 echo "==> go vet"
 go vet ./...
 
-# The engines the e2e tests run (Kubernetes, Tailscale), built from
-# tools/kube and tools/tailnet into /var/cache/microvm before the tests
-# start: a cold build takes about 15 minutes, which no package's time
-# limit should hold.
+# The engines the e2e tests run (Kubernetes, Tailscale, and cosign to sign
+# images), built from tools/kube, tools/tailnet and tools/cosign into
+# /var/cache/microvm before the tests start: a cold build takes about 15
+# minutes, which no package's time limit should hold.
 echo "==> the tests' engines"
 go run ./internal/testutil/prebuild
 

@@ -15,7 +15,9 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/vmm"
@@ -38,6 +40,8 @@ image ("base") or an OCI reference, pulled on first use.`,
 	var jobs int
 	var entrypoint, cmdArgs, env []string
 	var workdir, user, stopSignal string
+	var trust bool
+	var keys []string
 	cmd.PersistentFlags().IntVar(&jobs, "jobs", 8, "layers fetched at once")
 	importCmd := &cobra.Command{
 		Use:   "import NAME SRC",
@@ -56,7 +60,7 @@ image ("base") or an OCI reference, pulled on first use.`,
 				over = &store.Config{Entrypoint: entrypoint, Cmd: cmdArgs, Env: env, WorkingDir: workdir, User: user, StopSignal: stopSignal}
 			}
 			return a.imageFetch(args[0], func(ctx context.Context, s *store.Store, o store.Options) (store.Image, error) {
-				o.Config = over
+				o.Config, o.Trust = over, trust
 				return s.Import(ctx, args[0], args[1], o)
 			}, jobs)
 		},
@@ -67,6 +71,30 @@ image ("base") or an OCI reference, pulled on first use.`,
 	importCmd.Flags().StringVar(&workdir, "workdir", "", "the image's working directory")
 	importCmd.Flags().StringVar(&user, "user", "", "the user the image runs as (name, uid, uid:gid or name:group)")
 	importCmd.Flags().StringVar(&stopSignal, "stop-signal", "", "the signal the workload is sent first when its VM stops (default SIGTERM)")
+	importCmd.Flags().BoolVar(&trust, "trust", false, "record the image as trusted: a VM whose imagePolicy asks for signatures may boot it unsigned")
+	pullCmd := &cobra.Command{
+		Use:   "pull REF",
+		Short: "Pull an image from its registry (credentials from ~/.docker/config.json)",
+		Long: `pull fetches REF's layers into the store. With --key, the image must first
+carry a valid cosign signature by one of the keys (as a VM's imagePolicy asks):
+else nothing is fetched and the error says which signature was missing or wrong.`,
+		Example: "  microvm image pull docker.io/library/nginx:1.27\n  microvm image pull --key /etc/microvm/cosign.pub registry.example/app:1",
+		Args:    exactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var verify store.VerifyFunc
+			if len(keys) > 0 {
+				var err error
+				if verify, err = launch.Verification(config.ImagePolicy{Keys: keys}); err != nil {
+					return usageError{fmt.Errorf("--key: %w", err)}
+				}
+			}
+			return a.imageFetch(args[0], func(ctx context.Context, s *store.Store, o store.Options) (store.Image, error) {
+				o.Verify = verify
+				return s.Pull(ctx, args[0], o)
+			}, jobs)
+		},
+	}
+	pullCmd.Flags().StringArrayVar(&keys, "key", nil, "a cosign public key file (PEM) the image must be signed by (repeatable: any one)")
 	cmd.AddCommand(
 		&cobra.Command{
 			Use:     "list",
@@ -83,17 +111,7 @@ image ("base") or an OCI reference, pulled on first use.`,
 			Args:    exactArgs(1),
 			RunE:    func(_ *cobra.Command, args []string) error { return a.imageInspect(args[0]) },
 		},
-		&cobra.Command{
-			Use:     "pull REF",
-			Short:   "Pull an image from its registry (credentials from ~/.docker/config.json)",
-			Example: "  microvm image pull docker.io/library/nginx:1.27",
-			Args:    exactArgs(1),
-			RunE: func(_ *cobra.Command, args []string) error {
-				return a.imageFetch(args[0], func(ctx context.Context, s *store.Store, o store.Options) (store.Image, error) {
-					return s.Pull(ctx, args[0], o)
-				}, jobs)
-			},
-		},
+		pullCmd,
 		&cobra.Command{
 			Use:     "rm NAME",
 			Short:   "Remove an image's name (refused while a VM uses it); gc frees the space",

@@ -74,6 +74,12 @@ type Image struct {
 	Config ImageConfig `json:"config"`
 	// Imported is when the name was last set.
 	Imported time.Time `json:"imported"`
+	// Signers are the IDs (sha256 of the public key) of the image policy's
+	// keys whose cosign signature was verified when it was pulled.
+	Signers []string `json:"signers,omitempty"`
+	// Trusted says it was imported with --trust: an image policy lets it
+	// boot unsigned.
+	Trusted bool `json:"trusted,omitempty"`
 }
 
 // ImageConfig is how an image runs: what its OCI config says.

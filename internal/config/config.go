@@ -115,6 +115,9 @@ type Supervision struct {
 	// MemoryMin is as far as the host may balloon the VM's memory down
 	// under pressure (0: never); a change takes effect without a restart.
 	MemoryMin Size `json:"memoryMin,omitempty"`
+	// ImagePolicy is which signatures the VM's image must carry; it is
+	// checked when the image is pulled or the VM started.
+	ImagePolicy ImagePolicy `json:"imagePolicy,omitzero"`
 }
 
 // Restart policies.
@@ -364,6 +367,7 @@ func merge(name string, d, s *VMSpec) *VM {
 			HealthCheck: pickPtr(s.HealthCheck, d.HealthCheck),
 			Snapshots:   pick(s.Snapshots, d.Snapshots, Snapshots{}),
 			MemoryMin:   pick(s.MemoryMin, d.MemoryMin, 0),
+			ImagePolicy: pick(s.ImagePolicy, d.ImagePolicy, ImagePolicy{}),
 		},
 		Host:   pick(s.Host, d.Host, ""),
 		Egress: pick(s.Egress, d.Egress, Egress{}),

@@ -216,6 +216,10 @@ type VMSpec struct {
 	// missing (default: when the store does not have it), always (at every
 	// start, to follow a moving tag) or never (it must have been pulled).
 	PullPolicy *string `yaml:"pullPolicy,omitempty" json:"pullPolicy,omitempty" jsonschema:"enum=missing,enum=always,enum=never"`
+	// ImagePolicy is which cosign signatures an image from a registry
+	// must carry before it is pulled and booted: {keys: [PEM or path],
+	// allowLocal}. Unset: none are checked. A change restarts nothing.
+	ImagePolicy *ImagePolicy `yaml:"imagePolicy,omitempty" json:"imagePolicy,omitempty"`
 	// Host names the hypervisor host that runs the VM when one repository
 	// drives several: each daemon applies only its own VMs. Either every VM
 	// names its host or none does.

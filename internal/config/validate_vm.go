@@ -127,7 +127,7 @@ func (v *validator) spec(p string, s *VMSpec) {
 }
 
 // machine checks what the VM is: its hypervisor, vCPUs, memory, kernel,
-// image, init, store, pull policy and host.
+// image, its signature policy, init, store, pull policy and host.
 func (v *validator) machine(p string, s *VMSpec) {
 	if s.Hypervisor != nil && !slices.Contains(Hypervisors(), *s.Hypervisor) {
 		v.r.addf(joinPath(p, "hypervisor"), "unknown hypervisor %q (%s)", *s.Hypervisor, orList(Hypervisors()))
@@ -165,6 +165,7 @@ func (v *validator) machine(p string, s *VMSpec) {
 	if s.Host != nil && !hostNameRE.MatchString(*s.Host) {
 		v.r.addf(joinPath(p, "host"), "host %q is not a host name", *s.Host)
 	}
+	v.imagePolicy(joinPath(p, "imagePolicy"), s.ImagePolicy)
 	if s.PullPolicy != nil && *s.PullPolicy != PullMissing && *s.PullPolicy != PullAlways && *s.PullPolicy != PullNever {
 		v.r.addf(joinPath(p, "pullPolicy"), "pullPolicy must be missing, always or never, not %q", *s.PullPolicy)
 	}

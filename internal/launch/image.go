@@ -5,10 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/guest"
+	"microvm.dev/microvm/internal/imagesig"
 	"microvm.dev/microvm/internal/store"
 )
 
@@ -18,7 +24,8 @@ const PendingTree = "<pending>"
 // ResolveImage returns the store image vm boots from. An OCI reference
 // is pulled when pull is set and the VM's pull policy asks for it
 // (missing: when the store lacks it; always: every time; never: not).
-// Cancelling ctx cancels a pull.
+// With pull set (a start) the VM's image policy is enforced too: a pull is
+// verified, a stored image must have been. Cancelling ctx cancels a pull.
 func ResolveImage(ctx context.Context, env Env, vm *config.VM, pull bool) (store.Image, error) {
 	st := store.Open(env.StateDir)
 	ref := strings.ContainsAny(vm.Image, "/:@")
@@ -28,8 +35,18 @@ func ResolveImage(ctx context.Context, env Env, vm *config.VM, pull bool) (store
 	}
 	img, err := st.Get(vm.Image)
 	switch {
-	case err == nil:
+	case err == nil && !pull:
+		// Not a start (plan, render, adoption): the image policy is
+		// checked when the VM starts, so a policy change stops nothing.
 		return img, nil
+	case err == nil:
+		perr := policyAllows(vm, img, ref)
+		if perr == nil || !ref || policy == config.PullNever {
+			return img, perr
+		}
+		// Pulled before the policy asked for signatures (or by other
+		// keys): pulled again, verified this time.
+		return pullImage(ctx, env, st, vm)
 	case !errors.Is(err, store.ErrNotFound):
 		return store.Image{}, fmt.Errorf("vms.%s.image: %w", vm.Name, err)
 	case !ref:
@@ -64,8 +81,58 @@ type notFoundError struct{ msg string }
 func (e notFoundError) Error() string { return e.msg }
 func (e notFoundError) Unwrap() error { return store.ErrNotFound }
 
+// policyAllows checks a stored image against vm's image policy: one from
+// a registry must have been verified by one of its keys when pulled, a
+// local one imported with --trust or allowed by allowLocal.
+func policyAllows(vm *config.VM, img store.Image, ref bool) error {
+	pol := vm.Supervision.ImagePolicy
+	if !pol.Enforced() {
+		return nil
+	}
+	if !ref {
+		if img.Trusted || pol.AllowLocal {
+			return nil
+		}
+		return fmt.Errorf("vms.%s.image: %q is a local image and the VM's image policy asks for signatures: import it with microvm image import --trust, or set imagePolicy.allowLocal", vm.Name, vm.Image)
+	}
+	v, err := imagesig.New(pol)
+	if err != nil {
+		return fmt.Errorf("vms.%s.%w", vm.Name, err)
+	}
+	for _, id := range v.KeyIDs() {
+		if slices.Contains(img.Signers, id) {
+			return nil
+		}
+	}
+	return fmt.Errorf("vms.%s.image: %s in the store was not verified against the VM's image policy's keys when pulled (microvm image pull --key KEY %s)", vm.Name, vm.Image, vm.Image)
+}
+
+// Verification is a store pull's signature check against pol: the ID of
+// the key that signed the image.
+func Verification(pol config.ImagePolicy) (store.VerifyFunc, error) {
+	v, err := imagesig.New(pol)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, repo name.Repository, digests []v1.Hash, opts []remote.Option) ([]string, error) {
+		key, err := v.Verify(ctx, repo, digests, opts...)
+		if err != nil {
+			return nil, err
+		}
+		return []string{key.ID}, nil
+	}, nil
+}
+
 func pullImage(ctx context.Context, env Env, st *store.Store, vm *config.VM) (store.Image, error) {
-	img, err := st.Pull(ctx, vm.Image, store.Options{Arch: goarch(env.arch())})
+	o := store.Options{Arch: goarch(env.arch())}
+	if pol := vm.Supervision.ImagePolicy; pol.Enforced() {
+		verify, err := Verification(pol)
+		if err != nil {
+			return store.Image{}, fmt.Errorf("vms.%s.%w", vm.Name, err)
+		}
+		o.Verify = verify
+	}
+	img, err := st.Pull(ctx, vm.Image, o)
 	if err != nil {
 		return store.Image{}, fmt.Errorf("vms.%s.image: %w", vm.Name, err)
 	}

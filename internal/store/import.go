@@ -47,7 +47,22 @@ type Options struct {
 	// rootfs tarball has no config of its own; for images with one, the
 	// fields set here replace theirs).
 	Config *Config
+	// Verify, when set, checks a pull's signatures before any layer is
+	// fetched, given the repository and the reference's digests (its own,
+	// then the platform manifest's when it is an index) and the registry
+	// options; it returns the IDs of the keys that signed it, recorded as
+	// the image's signers. Its error stops the pull.
+	Verify VerifyFunc
+	// Trust records an imported image as trusted by the operator
+	// (microvm image import --trust): an image policy lets it boot unsigned.
+	Trust bool
+	// signers are what Verify returned, for install to record.
+	signers []string
 }
+
+// VerifyFunc checks the signatures of the image with digests in repo
+// (opts reach its registry) and returns the IDs of the keys that made them.
+type VerifyFunc func(ctx context.Context, repo name.Repository, digests []v1.Hash, opts []remote.Option) ([]string, error)
 
 // overlay lays the fields set in o over c.
 func overlay(c Config, o *Config) Config {
@@ -112,7 +127,12 @@ func (s *Store) Pull(ctx context.Context, ref string, o Options) (Image, error) 
 	if err != nil {
 		return Image{}, fmt.Errorf("image %q: %w", ref, err)
 	}
-	img, err := remote.Image(r, remoteOptions(ctx, o)...)
+	opts := remoteOptions(ctx, o)
+	desc, err := remote.Get(r, opts...)
+	if err != nil {
+		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	img, err := desc.Image() // the platform's image of an index
 	if err != nil {
 		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
@@ -120,6 +140,16 @@ func (s *Store) Pull(ctx context.Context, ref string, o Options) (Image, error) 
 	if err != nil {
 		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
+	if o.Verify != nil {
+		digests := []v1.Hash{desc.Digest}
+		if digest != desc.Digest {
+			digests = append(digests, digest)
+		}
+		if o.signers, err = o.Verify(ctx, r.Context(), digests, opts); err != nil {
+			return Image{}, fmt.Errorf("pull %s: %w", ref, err)
+		}
+	}
+	o.Trust = false // a pull is trusted by its signatures only
 	return s.install(ctx, ref, r.Context().Name()+"@"+digest.String(), img, true, o)
 }
 
@@ -281,7 +311,7 @@ func (s *Store) install(ctx context.Context, imgName, source string, img v1.Imag
 		return Image{}, fmt.Errorf("%s: config: %w", source, err)
 	}
 	p.diffIDs = cf.RootFS.DiffIDs
-	out := Image{Name: imgName, ID: ChainID(p.diffIDs), Source: source, Config: overlay(configOf(cf), o.Config)}
+	out := Image{Name: imgName, ID: ChainID(p.diffIDs), Source: source, Config: overlay(configOf(cf), o.Config), Signers: o.signers, Trusted: o.Trust}
 	for _, l := range layers {
 		d, err := l.Digest()
 		if err != nil {
@@ -380,7 +410,7 @@ func (s *Store) installTar(ctx context.Context, imgName, source string, r io.Rea
 	}
 	o.emit(Event{Kind: "unpacked", Layer: 1, Layers: 1})
 	d, _ := v1.NewHash("sha256:" + hex.EncodeToString(h.Sum(nil)))
-	out := Image{Name: imgName, ID: ChainID([]v1.Hash{d}), Source: source, Config: overlay(Config{}, o.Config)}
+	out := Image{Name: imgName, ID: ChainID([]v1.Hash{d}), Source: source, Config: overlay(Config{}, o.Config), Trusted: o.Trust}
 	if _, err := os.Stat(s.TreeDir(out.ID)); err == nil {
 		out.Size = treeSize(s.TreeDir(out.ID))
 		return out, s.setName(out)

@@ -3,7 +3,9 @@
 // added to every request (standing in for a remote registry's round trip):
 // layers fetched concurrently against one layer at a time (fetch, unpack,
 // next), alternated in one run, and then a second name for the same image
-// (as a second VM on it), which copies nothing.
+// (as a second VM on it), which copies nothing. With -cosign, the image
+// is signed by cosign and pulls that check the signature (an image
+// policy) alternate with pulls that do not.
 package main
 
 import (
@@ -47,6 +49,7 @@ func main() {
 	jobs := flag.Int("jobs", 8, "concurrent layer fetches")
 	profile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
 	dir := flag.String("dir", "/var/tmp", "where the rounds' stores (or, with -fresh-fs, the filesystem image) are made; removed at the end")
+	cosign := flag.String("cosign", "", "a cosign binary: sign the image with a key pair of its own and alternate concurrent pulls with and without checking that signature (an imagePolicy's cost) instead of comparing fetchers")
 	freshFS := flag.Bool("fresh-fs", true, "pull into a freshly made ext4 (a sparse image on a loop device, mkfs.ext4's defaults, as a host's /var/lib usually is) instead of -dir's own filesystem")
 	flag.Parse()
 	if *profile != "" {
@@ -58,7 +61,7 @@ func main() {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	if err := run(*dir, *freshFS, *layers, *totalMB, *delay, *rounds, *jobs); err != nil {
+	if err := run(*dir, *freshFS, *layers, *totalMB, *delay, *rounds, *jobs, *cosign); err != nil {
 		fmt.Fprintln(os.Stderr, "pullbench:", err)
 		pprof.StopCPUProfile()
 		os.Exit(1)
@@ -83,7 +86,7 @@ func (s *slow) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-func run(dir string, freshFS bool, nLayers, totalMB int, delay time.Duration, rounds, jobs int) error {
+func run(dir string, freshFS bool, nLayers, totalMB int, delay time.Duration, rounds, jobs int, cosign string) error {
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer srv.Close()
 	ref := strings.TrimPrefix(srv.URL, "http://") + "/sandbox:latest"
@@ -103,6 +106,9 @@ func run(dir string, freshFS bool, nLayers, totalMB int, delay time.Duration, ro
 		return err
 	}
 	defer cleanup()
+	if cosign != "" {
+		return compareVerified(work, freshFS, ref, cosign, img, jobs, rounds, delay)
+	}
 	var conc, seq []time.Duration
 	for i := range rounds * 2 {
 		j := jobs
@@ -110,7 +116,7 @@ func run(dir string, freshFS bool, nLayers, totalMB int, delay time.Duration, ro
 			j = 1
 		}
 		round := filepath.Join(work, fmt.Sprint(i))
-		d, err := pullOnce(round, ref, j, delay, i == rounds*2-2, img)
+		d, err := pullOnce(round, ref, j, delay, i == rounds*2-2, img, nil)
 		if err != nil {
 			return err
 		}
@@ -185,14 +191,14 @@ func workDir(dir string, fresh bool) (string, func(), error) {
 // returns the time taken; the page cache is written back before and after,
 // so rounds do not slow each other down. With second, it also pulls the
 // image again under its digest (a second VM on the image).
-func pullOnce(dir, ref string, jobs int, delay time.Duration, second bool, img v1.Image) (time.Duration, error) {
+func pullOnce(dir, ref string, jobs int, delay time.Duration, second bool, img v1.Image, verify store.VerifyFunc) (time.Duration, error) {
 	defer syscall.Sync()
 	syscall.Sync()
 	s := store.Open(dir)
 	tr := &slow{rt: http.DefaultTransport, delay: delay}
 	cpu0 := cpuTime()
 	start := time.Now()
-	if _, err := s.Pull(context.Background(), ref, store.Options{Jobs: jobs, Remote: []remote.Option{remote.WithTransport(tr)}}); err != nil {
+	if _, err := s.Pull(context.Background(), ref, store.Options{Jobs: jobs, Remote: []remote.Option{remote.WithTransport(tr)}, Verify: verify}); err != nil {
 		return 0, err
 	}
 	d := time.Since(start)

@@ -1,5 +1,5 @@
 // Command prebuild builds the engines the tests run (tools/kube's etcd
-// and Kubernetes binaries, tools/tailnet's Tailscale) into their caches
+// and Kubernetes binaries, tools/tailnet's Tailscale, tools/cosign's cosign) into their caches
 // before the tests start (scripts/test.sh), so that no test package's
 // time limit holds a cold build of them.
 package main
@@ -19,6 +19,7 @@ func main() {
 	}{
 		{"kube", testutil.KubeCache, testutil.KubePackages()},
 		{"tailnet", testutil.TailnetCache, testutil.TailnetPackages()},
+		{"cosign", testutil.CosignCache, testutil.CosignPackages()},
 	} {
 		dir, took, err := testutil.Build(t.module, t.cache, t.pkgs...)
 		if err != nil {
