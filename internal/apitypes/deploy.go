@@ -61,6 +61,10 @@ type Generation struct {
 	// when it finished.
 	VMsTotal  int `json:"vmsTotal"`
 	VMsActive int `json:"vmsActive"`
+	// Images maps each VM of the generation whose image came from a
+	// registry to the digest it ran (repo@sha256:…), recorded when the
+	// generation succeeded; a rollback to it boots those digests.
+	Images map[string]string `json:"images,omitempty"`
 }
 
 // Commit is a commit of the repository the fleet is deployed from.

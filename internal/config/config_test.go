@@ -556,3 +556,28 @@ func TestIPv6Networks(t *testing.T) {
 		t.Errorf("none: %s", n.Subnet6)
 	}
 }
+
+// WithImages pins VMs' images in the file: an entry's own image replaced,
+// one from the defaults written into the entry; the rest unchanged.
+func TestWithImages(t *testing.T) {
+	src := "defaults: { image: \"r.example/app:1\", memory: 256M }\nvms:\n  a: { index: 1 }\n  b:\n    index: 2\n    image: r.example/db:2 # the database\n  c: { index: 3 }\n"
+	out, err := WithImages([]byte(src), map[string]string{"a": "r.example/app@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "b": "r.example/db@sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Parse("infra.yaml", out, Options{})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for name, want := range map[string]string{"a": "r.example/app@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "b": "r.example/db@sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "c": "r.example/app:1"} {
+		if got := cfg.VM(name).Image; got != want {
+			t.Errorf("%s: image %q, want %q\n%s", name, got, want, out)
+		}
+	}
+	if cfg.VM("a").Memory.MiB() != 256 {
+		t.Errorf("a lost the defaults' memory:\n%s", out)
+	}
+	if _, err := WithImages([]byte(src), map[string]string{"zz": "x@sha256:1"}); err == nil {
+		t.Error("a VM not in the file was pinned")
+	}
+}

@@ -583,6 +583,20 @@ func (d *Daemon) VMConfig(name string) *config.VM {
 	return nil
 }
 
+// RunRecords are the VMs' run records by name: the spec each last ran
+// with and the image it booted.
+func (d *Daemon) RunRecords() (map[string]state.RunRecord, error) {
+	recs, err := state.Dir{Root: d.env.StateDir}.RunRecords()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]state.RunRecord{}
+	for _, r := range recs {
+		out[r.Name] = r
+	}
+	return out, nil
+}
+
 // applied is the applied file (nil before the first apply).
 func (d *Daemon) applied() *config.Config {
 	d.mu.Lock()

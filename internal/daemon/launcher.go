@@ -46,7 +46,8 @@ func (h hypervisors) Adopt(rec state.RunRecord) (supervisor.Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.Started = rec.StartedAt
+	// What it booted, not what the image's name points at now.
+	r.Started, r.Image = rec.StartedAt, rec.Image
 	return &process{r, h.env}, nil
 }
 

@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -298,6 +300,7 @@ func (e *Engine) finish(ctx context.Context, g *generation.Generation, gens []*g
 	if err == nil {
 		g.Status = generation.Succeeded
 		g.VMsTotal, g.VMsActive = e.counts(cfg)
+		g.Images = e.booted(log, cfg)
 		if serr := e.gens.Save(g); serr != nil {
 			log.Error("record generation", "err", serr)
 		}
@@ -356,7 +359,7 @@ func (e *Engine) Rollback(ctx context.Context, n int) (*generation.Generation, e
 		}
 	}
 	g := &generation.Generation{Number: generation.Next(gens), Commit: target.Commit, Ref: target.Ref, Signer: target.Signer,
-		Path: target.Path, Config: target.Config, Started: time.Now().UTC(), Status: generation.Applying, Manual: true}
+		Path: target.Path, Config: target.Config, Images: target.Images, Started: time.Now().UTC(), Status: generation.Applying, Manual: true}
 	if err := e.gens.Save(g); err != nil {
 		return nil, err
 	}
@@ -368,11 +371,43 @@ func (e *Engine) Rollback(ctx context.Context, n int) (*generation.Generation, e
 	return g, nil
 }
 
+// booted are the image digests cfg's VMs run, for the generation's record.
+func (e *Engine) booted(log *slog.Logger, cfg *config.Config) map[string]string {
+	recs, err := e.d.RunRecords()
+	if err != nil {
+		log.Error("image digests not recorded", "err", err)
+		return nil
+	}
+	return bootedImages(cfg, recs)
+}
+
+// parse is generation g's file for this host, its VMs pinned to the image
+// digests g recorded (a generation rolled back to, or applied again after
+// a restart, boots what it ran, not what its tags name now).
 func (e *Engine) parse(g *generation.Generation) (*config.Config, error) {
 	cfg, err := e.d.Parse(g.Path, []byte(g.Config))
 	if err != nil {
 		return nil, err
 	}
+	if len(g.Images) == 0 {
+		return cfg.ForHost(e.o.HostName), nil
+	}
+	recs, err := e.d.RunRecords()
+	if err != nil {
+		e.log.Warn("run records unread: every recorded image digest is pinned", "err", err)
+	}
+	pins := pinImages(cfg.ForHost(e.o.HostName), g.Images, recs)
+	if len(pins) == 0 {
+		return cfg.ForHost(e.o.HostName), nil
+	}
+	src, err := config.WithImages(cfg.Source, pins)
+	if err == nil {
+		cfg, err = e.d.Parse(g.Path, src)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pinning the image digests of generation %d: %w", g.Number, err)
+	}
+	e.log.Info("image digests pinned to the generation's", "generation", g.Number, "vms", strings.Join(slices.Sorted(maps.Keys(pins)), ","))
 	return cfg.ForHost(e.o.HostName), nil
 }
 

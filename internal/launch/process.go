@@ -37,7 +37,10 @@ type Running struct {
 	// ProcStart is the process's start time (see ProcStartTime).
 	ProcStart uint64
 	// Ready is what the guest said when it became ready.
-	Ready   vmm.ReadyResult
+	Ready vmm.ReadyResult
+	// Image is where the booted image came from (store.Image.Source: a
+	// registry image's repo@sha256:… digest reference).
+	Image   string
 	console int64
 }
 
@@ -252,7 +255,7 @@ func (s *starter) startHypervisor(context.Context) error {
 // the hypervisor is stopped (a guest whose store server died cannot go on:
 // its root is gone), and the supervisor restarts the VM by policy.
 func (s *starter) watch() *Running {
-	r := &Running{Prepared: s.p, Process: s.cmd.Process, Started: s.started, Exited: make(chan struct{})}
+	r := &Running{Prepared: s.p, Process: s.cmd.Process, Started: s.started, Exited: make(chan struct{}), Image: s.p.Resolved.Image.Source}
 	r.ProcStart, _ = ProcStartTime(r.Process.Pid)
 	var vmmGone atomic.Bool
 	// helperErr is why a helper's death stopped the hypervisor: a
@@ -403,5 +406,5 @@ func (r *Running) Stop(timeout time.Duration) error {
 
 // Record is the run record of a started VM.
 func (r *Running) Record() state.RunRecord {
-	return state.RunRecord{Name: r.Prepared.VM.Name, Spec: *r.Prepared.VM, PID: r.Process.Pid, ProcStart: r.ProcStart, StartedAt: r.Started}
+	return state.RunRecord{Name: r.Prepared.VM.Name, Spec: *r.Prepared.VM, PID: r.Process.Pid, ProcStart: r.ProcStart, StartedAt: r.Started, Image: r.Image}
 }

@@ -54,6 +54,10 @@ type RunRecord struct {
 	// Saved says the VM was stopped by saving its state (stop --save):
 	// its next start resumes it.
 	Saved bool `json:"saved,omitempty"`
+	// Image is where the image the VM booted came from: for a registry
+	// image its repository and manifest digest (repo@sha256:…), which a
+	// deploy generation records and a rollback returns to.
+	Image string `json:"image,omitempty"`
 }
 
 // WriteRunRecord stores a VM's run record atomically.
