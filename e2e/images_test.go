@@ -17,12 +17,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"golang.org/x/crypto/bcrypt"
 
 	"microvm.dev/microvm/internal/store"
 	"microvm.dev/microvm/internal/testutil"
@@ -48,16 +50,41 @@ func debianRoot(t *testing.T, packages string) string {
 // debRegistry is Debian's docker-registry (the CNCF distribution registry),
 // run by the test on a free loopback port with its storage in a temporary
 // directory.
-type debRegistry struct{ addr string }
+type debRegistry struct {
+	addr string
+	// auth is the login pushes use (a registry started with one).
+	auth authn.Authenticator
+}
 
-func startRegistry(t *testing.T) *debRegistry {
+func startRegistry(t *testing.T) *debRegistry { return startRegistryConfig(t, "") }
+
+// startRegistryWithLogin starts a registry that serves only user with
+// password (htpasswd, bcrypt, as docker-registry's own auth takes it).
+func startRegistryWithLogin(t *testing.T, user, password string) *debRegistry {
+	t.Helper()
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.DefaultCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(file, []byte(user+":"+string(hash)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := startRegistryConfig(t, fmt.Sprintf("auth: { htpasswd: { realm: microvm-test, path: %s } }\n", file))
+	r.auth = &authn.Basic{Username: user, Password: password}
+	return r
+}
+
+// startRegistryConfig starts Debian's docker-registry on loopback with
+// extra lines of configuration.
+func startRegistryConfig(t *testing.T, extra string) *debRegistry {
 	t.Helper()
 	testutil.RequireCommand(t, "docker-registry")
 	addr := testutil.FreeAddr(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "config.yml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("version: 0.1\nlog: { level: error }\nstorage: { filesystem: { rootdirectory: %s } }\nhttp: { addr: %s }\n",
-		filepath.Join(dir, "data"), addr)), 0o644)
+	os.WriteFile(cfg, []byte(fmt.Sprintf("version: 0.1\nlog: { level: error }\nstorage: { filesystem: { rootdirectory: %s } }\nhttp: { addr: %s }\n%s",
+		filepath.Join(dir, "data"), addr, extra)), 0o644)
 	cmd := exec.Command("docker-registry", "serve", cfg)
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
@@ -92,7 +119,11 @@ func (r *debRegistry) push(t *testing.T, repoTag string, cfg v1.Config, layers .
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(parsed, img); err != nil {
+	opts := []remote.Option{}
+	if r.auth != nil {
+		opts = append(opts, remote.WithAuth(r.auth))
+	}
+	if err := remote.Write(parsed, img, opts...); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 	return ref

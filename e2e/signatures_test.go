@@ -184,7 +184,7 @@ vms:
   signed: { index: 1, image: %q }
   unsigned: { index: 2, image: %q }
   local: { index: 3, image: base }
-`, indent(string(key), "        "), bundled, unsigned))
+`, testutil.Indent(string(key), "        "), bundled, unsigned))
 	l.startDaemon(file)
 	vms := l.waitFor("signed running, unsigned and local failed", 5*time.Minute, func(v map[string]apitypes.VMStatus) bool {
 		return allRunning("signed")(v) && v["unsigned"].Failure != "" && v["local"].Failure != ""
@@ -222,13 +222,4 @@ func copySigTag(t *testing.T, from, to string) {
 	if err := remote.Write(tagOf(to), img); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// indent prefixes every line of s with p.
-func indent(s, p string) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	for i := range lines {
-		lines[i] = p + lines[i]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -118,6 +118,9 @@ type Supervision struct {
 	// ImagePolicy is which signatures the VM's image must carry; it is
 	// checked when the image is pulled or the VM started.
 	ImagePolicy ImagePolicy `json:"imagePolicy,omitzero"`
+	// Registries are host.registries: the logins the VM's image is pulled
+	// with (ciphertext; decrypted only for the pull).
+	Registries map[string]RegistryAuth `json:"registries,omitempty"`
 }
 
 // Restart policies.
@@ -332,6 +335,7 @@ func resolve(r *reporter, f *File, opts Options) *Config {
 	cfg.Egress = f.Network.Egress
 	cfg.Domain = v.domain("network.domain", f.Network.Domain)
 	for _, vm := range cfg.VMs {
+		vm.Supervision.Registries = cfg.Host.Registries
 		vm.Net.Domain = cfg.Domain
 	}
 	return cfg

@@ -55,6 +55,11 @@ type Host struct {
 	// of VMs' memory (the same kernel and image in many guests) are kept
 	// once. Unset: the host's KSM is left as it is.
 	KSM *KSM `yaml:"ksm,omitempty" json:"ksm,omitempty"`
+	// Registries are the logins the host pulls with, by registry host
+	// (host or host:port, as in image references): {username, password},
+	// the password age-encrypted. The docker config file
+	// (~/.docker/config.json) still serves registries not named here.
+	Registries map[string]RegistryAuth `yaml:"registries,omitempty" json:"registries,omitempty"`
 }
 
 // Reclaim is when the host takes memory back from VMs with a memoryMin

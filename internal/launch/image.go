@@ -124,7 +124,7 @@ func Verification(pol config.ImagePolicy) (store.VerifyFunc, error) {
 }
 
 func pullImage(ctx context.Context, env Env, st *store.Store, vm *config.VM) (store.Image, error) {
-	o := store.Options{Arch: goarch(env.arch())}
+	o := store.Options{Arch: goarch(env.arch()), Keychain: RegistryLogins(vm.Supervision.Registries, env.Identities)}
 	if pol := vm.Supervision.ImagePolicy; pol.Enforced() {
 		verify, err := Verification(pol)
 		if err != nil {

@@ -43,6 +43,9 @@ type Options struct {
 	Progress func(Event)
 	// Remote are extra options for registry access (tests give a transport).
 	Remote []remote.Option
+	// Keychain, when set, gives the registry logins tried before the
+	// docker config file's (the file's host.registries).
+	Keychain authn.Keychain
 	// Config, when set, is how the imported image runs (a directory or
 	// rootfs tarball has no config of its own; for images with one, the
 	// fields set here replace theirs).
@@ -160,9 +163,13 @@ func remoteOptions(ctx context.Context, o Options) []remote.Option {
 	if arch == "" {
 		arch = runtime.GOARCH
 	}
+	var keychain authn.Keychain = authn.DefaultKeychain
+	if o.Keychain != nil {
+		keychain = authn.NewMultiKeychain(o.Keychain, authn.DefaultKeychain)
+	}
 	return append([]remote.Option{
 		remote.WithContext(ctx),
-		remote.WithAuthFromKeychain(authn.DefaultKeychain),
+		remote.WithAuthFromKeychain(keychain),
 		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: arch}),
 		// go-containerregistry limits blob fetches in flight (4 by default),
 		// the config's included, and a layer waiting for the unpacker holds
