@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"filippo.io/age"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"microvm.dev/microvm/internal/secrets"
@@ -34,14 +33,7 @@ func TestPrivateRegistryLogins(t *testing.T) {
 		t.Errorf("a pull without a login: %v, want the registry's 401:\n%s", err, out)
 	}
 
-	id, err := age.GenerateX25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyFile := filepath.Join(t.TempDir(), "age.key")
-	if err := os.WriteFile(keyFile, []byte(id.String()+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	id, keyFile := ageIdentity(t)
 	armored, err := secrets.Encrypt([]byte(password+"\n"), id.Recipient())
 	if err != nil {
 		t.Fatal(err)

@@ -23,14 +23,7 @@ import (
 // another VM's initramfs.
 func TestSecretsReachOnlyTheirVM(t *testing.T) {
 	requireGuestEnv(t)
-	id, err := age.GenerateX25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyFile := filepath.Join(t.TempDir(), "age.key")
-	if err := os.WriteFile(keyFile, []byte(id.String()+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	id, keyFile := ageIdentity(t)
 	ids, err := secrets.LoadIdentities([]string{keyFile}, false)
 	if err != nil {
 		t.Fatal(err)
@@ -104,4 +97,18 @@ func TestSecretsReachOnlyTheirVM(t *testing.T) {
 	}
 	testutil.Report(t, testutil.FaultResult{Fault: "an age-encrypted secret given to one VM of two", Trials: 1,
 		Result: "read in the guest with its mode and owner, in memory; its initramfs removed once loaded; the plaintext in no host file and not in the other VM's initramfs"})
+}
+
+// ageIdentity makes a host's age identity and the file it is kept in.
+func ageIdentity(t *testing.T) (*age.X25519Identity, string) {
+	t.Helper()
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "age.key")
+	if err := os.WriteFile(keyFile, []byte(id.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return id, keyFile
 }
