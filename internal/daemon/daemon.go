@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"sort"
@@ -574,44 +573,3 @@ func (d *Daemon) forget(name string) error {
 	}
 	return savestate.Of(state.Dir{Root: d.env.StateDir}.VMDir(name)).Drop()
 }
-
-// VMConfig returns a VM of the applied file.
-func (d *Daemon) VMConfig(name string) *config.VM {
-	if cfg := d.applied(); cfg != nil {
-		return cfg.VM(name)
-	}
-	return nil
-}
-
-// RunRecords are the VMs' run records by name: the spec each last ran
-// with and the image it booted.
-func (d *Daemon) RunRecords() (map[string]state.RunRecord, error) {
-	recs, err := state.Dir{Root: d.env.StateDir}.RunRecords()
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]state.RunRecord{}
-	for _, r := range recs {
-		out[r.Name] = r
-	}
-	return out, nil
-}
-
-// applied is the applied file (nil before the first apply).
-func (d *Daemon) applied() *config.Config {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.cfg
-}
-
-// DaemonLog is the daemon's own log file (text, rotated by size).
-func DaemonLog(stateDir string) string { return filepath.Join(stateDir, "log", "daemon.log") }
-
-// DaemonLog is this daemon's own log file.
-func (d *Daemon) DaemonLog() string { return DaemonLog(d.env.StateDir) }
-
-// ConsoleSocket is the unix socket of name's interactive serial console.
-func (d *Daemon) ConsoleSocket(name string) string { return d.env.Layout(name).ConsoleSocket() }
-
-// ConsoleLog is the path of a VM's console log.
-func (d *Daemon) ConsoleLog(name string) string { return d.env.Layout(name).ConsoleLog() }
