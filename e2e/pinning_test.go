@@ -54,8 +54,8 @@ func TestRollbackBootsTheRecordedDigest(t *testing.T) {
 	push("two")
 	second := digestRef(t, ref)
 	repo.push(fleet("2"), "w again")
-	if g := l.waitGeneration(2, 3*time.Minute); g.Status != generation.Succeeded || g.Images["w"] != second {
-		t.Fatalf("generation 2: %s, images %v, want w at %s", g.Status, g.Images, second)
+	if g := l.waitGeneration(2, 3*time.Minute); g.Status != generation.Succeeded || g.Images["w"] != second || g.Moved["w"] != first {
+		t.Fatalf("generation 2: %s, images %v, moved %v, want w at %s, moved from %s", g.Status, g.Images, g.Moved, second, first)
 	}
 	if got := image(); got != "two" {
 		t.Fatalf("w runs %q after generation 2, want two", got)

@@ -65,6 +65,10 @@ type Generation struct {
 	// registry to the digest it ran (repo@sha256:…), recorded when the
 	// generation succeeded; a rollback to it boots those digests.
 	Images map[string]string `json:"images,omitempty"`
+	// Moved maps each VM whose image tag, written the same as in the
+	// good generation before, named another digest this time to the
+	// digest it ran then: a change nobody made in git.
+	Moved map[string]string `json:"moved,omitempty"`
 }
 
 // Commit is a commit of the repository the fleet is deployed from.

@@ -301,6 +301,12 @@ func (e *Engine) finish(ctx context.Context, g *generation.Generation, gens []*g
 		g.Status = generation.Succeeded
 		g.VMsTotal, g.VMsActive = e.counts(cfg)
 		g.Images = e.booted(log, cfg)
+		if prev := generation.LastGood(gens); prev != nil && prev.Number != g.Number {
+			g.Moved = e.moved(prev, cfg, g.Images)
+			for vm, was := range g.Moved {
+				log.Warn("image tag moved since the last good generation", "vm", vm, "image", cfgImage(cfg, vm), "was", was, "now", g.Images[vm], "last", prev.Number)
+			}
+		}
 		if serr := e.gens.Save(g); serr != nil {
 			log.Error("record generation", "err", serr)
 		}
@@ -369,6 +375,34 @@ func (e *Engine) Rollback(ctx context.Context, n int) (*generation.Generation, e
 		return g, errors.New(g.Error)
 	}
 	return g, nil
+}
+
+// moved are the VMs of cfg whose image, written as in prev's file, ran
+// another digest than prev recorded: vm → prev's digest.
+func (e *Engine) moved(prev *generation.Generation, cfg *config.Config, images map[string]string) map[string]string {
+	pcfg, err := e.d.Parse(prev.Path, []byte(prev.Config))
+	if err != nil {
+		return nil
+	}
+	out := map[string]string{}
+	for vm, now := range images {
+		was := prev.Images[vm]
+		if p := pcfg.VM(vm); p != nil && was != "" && was != now && p.Image == cfgImage(cfg, vm) {
+			out[vm] = was
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// cfgImage is the image cfg names for vm.
+func cfgImage(cfg *config.Config, vm string) string {
+	if v := cfg.VM(vm); v != nil {
+		return v.Image
+	}
+	return ""
 }
 
 // booted are the image digests cfg's VMs run, for the generation's record.
