@@ -84,7 +84,8 @@ func digestRef(t *testing.T, ref string) string {
 // digest and a signature moved onto another digest, naming the cause and
 // storing nothing. Then a daemon whose file asks for the key boots the
 // signed image and refuses, with nothing started, an unsigned one and a
-// local image not imported with --trust.
+// local image not imported with --trust, which the file lets through and
+// the host's --image-key does not.
 func TestSignedImages(t *testing.T) {
 	requireGuestEnv(t)
 	reg := startRegistry(t)
@@ -167,33 +168,37 @@ func TestSignedImages(t *testing.T) {
 		t.Errorf("the layer cache holds %d blobs, want the %d of the two accepted images", len(blobs), len(want))
 	}
 
-	// The daemon: a policy with the key written in the file.
+	// The daemon: the signed VM's policy has the key written in the file;
+	// the others have none, and the host's --image-key refuses them.
 	key, err := os.ReadFile(pub)
 	if err != nil {
 		t.Fatal(err)
 	}
 	l := newDaemonLab(t, "sig")
-	file := l.writeFile(fmt.Sprintf(`defaults:
-  memory: 256M
-  stopTimeout: 20s
-  imagePolicy:
-    keys:
-      - |
-%s
+	file := l.writeFile(fmt.Sprintf(`defaults: { memory: 256M, stopTimeout: 20s }
 vms:
-  signed: { index: 1, image: %q }
+  signed:
+    index: 1
+    image: %q
+    imagePolicy:
+      keys:
+        - |
+%s
   unsigned: { index: 2, image: %q }
   local: { index: 3, image: base }
-`, testutil.Indent(string(key), "        "), bundled, unsigned))
-	l.startDaemon(file)
+`, bundled, testutil.Indent(string(key), "          "), unsigned))
+	if out, err := l.cli("daemon", "--config", file, "--image-key", filepath.Join(c.home, "missing.pub")); err == nil || !strings.Contains(out, "--image-key") {
+		t.Errorf("a daemon with an unreadable --image-key: %v, want it refused naming the flag:\n%s", err, out)
+	}
+	l.startDaemon(file, "--image-key", pub)
 	vms := l.waitFor("signed running, unsigned and local failed", 5*time.Minute, func(v map[string]apitypes.VMStatus) bool {
 		return allRunning("signed")(v) && v["unsigned"].Failure != "" && v["local"].Failure != ""
 	})
 	if f := vms["unsigned"].Failure; !strings.Contains(f, "is not signed") {
 		t.Errorf("unsigned's failure = %q, want it to say the image is not signed", f)
 	}
-	if f := vms["local"].Failure; !strings.Contains(f, "--trust") {
-		t.Errorf("local's failure = %q, want it to name image import --trust", f)
+	if f := vms["local"].Failure; !strings.Contains(f, "--trust") || !strings.Contains(f, "the host's --image-key") {
+		t.Errorf("local's failure = %q, want it to name the host's key and image import --trust", f)
 	}
 	for _, n := range []string{"unsigned", "local"} {
 		if vms[n].PID != 0 || vms[n].State == apitypes.Running {

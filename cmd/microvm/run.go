@@ -42,6 +42,7 @@ type runOptions struct {
 	vmmIDs      string
 	vmmConfine  string
 	identities  []string
+	imageKeys   []string
 }
 
 func (a *app) runCommand() *cobra.Command {
@@ -77,6 +78,7 @@ func launchFlags(cmd *cobra.Command, o *runOptions) {
 	vmmUserFlags(cmd, o)
 	cmd.Flags().StringVar(&o.vmmConfine, "vmm-confine", "auto", "shut each unprivileged hypervisor into a root of its own (only its VM's files) in new mount and PID namespaces: auto (when hypervisors run as --vmm-user) or off")
 	identityFlag(cmd.Flags(), &o.identities)
+	cmd.Flags().StringArrayVar(&o.imageKeys, "image-key", nil, "a cosign public key file every VM's image from a registry must be signed by, whatever the file's imagePolicy says (repeatable: any one; local images then need image import --trust)")
 }
 
 // vmmUserFlags adds the flags that say who hypervisors run as.
@@ -131,7 +133,7 @@ func (a *app) launchOptions(o runOptions) launch.Options {
 		StateDir: a.stateDir, RunDir: filepath.Dir(a.socket), NetNS: a.netns,
 		KernelCache: o.kernelCache, InitDir: o.initDir, Arch: o.arch, Share: o.share,
 		VMMUser: o.vmmUser, VMMUserNamed: o.vmmUserSet != nil && o.vmmUserSet(), VMMIDs: o.vmmIDs, VMMConfine: o.vmmConfine,
-		Identities: o.identities, APIGroup: apiserver.SocketGroup,
+		Identities: o.identities, ImageKeys: o.imageKeys, APIGroup: apiserver.SocketGroup,
 	}
 }
 

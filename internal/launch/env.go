@@ -63,6 +63,9 @@ type Env struct {
 	Self string
 	// Identities decrypt the VMs' age-encrypted secrets.
 	Identities []secrets.Identity
+	// HostImagePolicy is the host's floor (--image-key): the keys every
+	// VM's image must be signed by besides its own imagePolicy's.
+	HostImagePolicy config.ImagePolicy
 	// BzImage boots x86 kernels as the bzImage they are, never as their
 	// extracted PVH vmlinux (bench/cmd/bootbench compares the two).
 	BzImage bool

@@ -40,7 +40,7 @@ func ResolveImage(ctx context.Context, env Env, vm *config.VM, pull bool) (store
 		// checked when the VM starts, so a policy change stops nothing.
 		return img, nil
 	case err == nil:
-		perr := policyAllows(vm, img, ref)
+		perr := policyAllows(env, vm, img, ref)
 		if perr == nil || !ref || policy == config.PullNever {
 			return img, perr
 		}
@@ -81,52 +81,83 @@ type notFoundError struct{ msg string }
 func (e notFoundError) Error() string { return e.msg }
 func (e notFoundError) Unwrap() error { return store.ErrNotFound }
 
-// policyAllows checks a stored image against vm's image policy: one from
-// a registry must have been verified by one of its keys when pulled, a
-// local one imported with --trust or allowed by allowLocal.
-func policyAllows(vm *config.VM, img store.Image, ref bool) error {
-	pol := vm.Supervision.ImagePolicy
-	if !pol.Enforced() {
-		return nil
-	}
-	if !ref {
-		if img.Trusted || pol.AllowLocal {
-			return nil
-		}
-		return fmt.Errorf("vms.%s.image: %q is a local image and the VM's image policy asks for signatures: import it with microvm image import --trust, or set imagePolicy.allowLocal", vm.Name, vm.Image)
-	}
-	v, err := imagesig.New(pol)
-	if err != nil {
-		return fmt.Errorf("vms.%s.%w", vm.Name, err)
-	}
-	for _, id := range v.KeyIDs() {
-		if slices.Contains(img.Signers, id) {
-			return nil
-		}
-	}
-	return fmt.Errorf("vms.%s.image: %s in the store was not verified against the VM's image policy's keys when pulled (microvm image pull --key KEY %s)", vm.Name, vm.Image, vm.Image)
+// imagePolicy is one policy a VM's image must satisfy, and what to call
+// it in an error.
+type imagePolicy struct {
+	config.ImagePolicy
+	what string
 }
 
-// Verification is a store pull's signature check against pol: the ID of
-// the key that signed the image.
-func Verification(pol config.ImagePolicy) (store.VerifyFunc, error) {
-	v, err := imagesig.New(pol)
-	if err != nil {
-		return nil, err
+// imagePolicies are the policies vm's image must satisfy: its own
+// imagePolicy and the host's --image-key, those that check anything.
+func imagePolicies(env Env, vm *config.VM) []imagePolicy {
+	var out []imagePolicy
+	if p := vm.Supervision.ImagePolicy; p.Enforced() {
+		out = append(out, imagePolicy{p, "the VM's imagePolicy"})
 	}
-	return func(ctx context.Context, repo name.Repository, digests []v1.Hash, opts []remote.Option) ([]string, error) {
-		key, err := v.Verify(ctx, repo, digests, opts...)
+	if p := env.HostImagePolicy; p.Enforced() {
+		out = append(out, imagePolicy{p, "the host's --image-key"})
+	}
+	return out
+}
+
+// policyAllows checks a stored image against vm's image policies: one
+// from a registry must have been verified by one of each policy's keys
+// when pulled, a local one imported with --trust or allowed by
+// allowLocal.
+func policyAllows(env Env, vm *config.VM, img store.Image, ref bool) error {
+	for _, pol := range imagePolicies(env, vm) {
+		if !ref {
+			if img.Trusted || pol.AllowLocal {
+				continue
+			}
+			return fmt.Errorf("vms.%s.image: %q is a local image and %s asks for signatures: import it with microvm image import --trust, or set imagePolicy.allowLocal", vm.Name, vm.Image, pol.what)
+		}
+		v, err := imagesig.New(pol.ImagePolicy)
+		if err != nil {
+			return fmt.Errorf("vms.%s.%w", vm.Name, err)
+		}
+		if !slices.ContainsFunc(v.KeyIDs(), func(id string) bool { return slices.Contains(img.Signers, id) }) {
+			return fmt.Errorf("vms.%s.image: %s in the store was not verified against %s's keys when pulled (microvm image pull --key KEY %s)", vm.Name, vm.Image, pol.what, vm.Image)
+		}
+	}
+	return nil
+}
+
+// Verification is a store pull's signature check against every one of
+// pols: the IDs of the keys that signed the image.
+func Verification(pols ...config.ImagePolicy) (store.VerifyFunc, error) {
+	var vs []*imagesig.Verifier
+	for _, pol := range pols {
+		v, err := imagesig.New(pol)
 		if err != nil {
 			return nil, err
 		}
-		return []string{key.ID}, nil
+		vs = append(vs, v)
+	}
+	return func(ctx context.Context, repo name.Repository, digests []v1.Hash, opts []remote.Option) ([]string, error) {
+		var ids []string
+		for _, v := range vs {
+			key, err := v.Verify(ctx, repo, digests, opts...)
+			if err != nil {
+				return nil, err
+			}
+			if !slices.Contains(ids, key.ID) {
+				ids = append(ids, key.ID)
+			}
+		}
+		return ids, nil
 	}, nil
 }
 
 func pullImage(ctx context.Context, env Env, st *store.Store, vm *config.VM) (store.Image, error) {
 	o := store.Options{Arch: goarch(env.arch()), Keychain: RegistryLogins(vm.Supervision.Registries, env.Identities)}
-	if pol := vm.Supervision.ImagePolicy; pol.Enforced() {
-		verify, err := Verification(pol)
+	if pols := imagePolicies(env, vm); len(pols) > 0 {
+		var ps []config.ImagePolicy
+		for _, p := range pols {
+			ps = append(ps, p.ImagePolicy)
+		}
+		verify, err := Verification(ps...)
 		if err != nil {
 			return store.Image{}, fmt.Errorf("vms.%s.%w", vm.Name, err)
 		}

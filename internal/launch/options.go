@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"microvm.dev/microvm/internal/cgroup"
+	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/secrets"
 	"microvm.dev/microvm/internal/vmm"
 	"microvm.dev/microvm/internal/vmmuser"
@@ -30,8 +31,11 @@ type Options struct {
 	// VMMConfine is --vmm-confine: auto or off.
 	VMMConfine string
 	// Identities are the files of the identities that decrypt secrets
-	// (--identity); none: the host's own.
+	// (--age-identity); none: the host's own.
 	Identities []string
+	// ImageKeys are --image-key: cosign public key files every VM's image
+	// must be signed by, whatever the file's imagePolicy says.
+	ImageKeys []string
 	// NoSecrets says the caller starts no VM (`net apply`): no identity is
 	// read.
 	NoSecrets bool
@@ -90,12 +94,22 @@ func NewEnv(o Options) (Env, []string, error) {
 	if vmm.HardwareKVM() && u != nil && !u.CanOpen("/dev/kvm") {
 		warnings = append(warnings, fmt.Sprintf("hypervisors run as %s, who cannot open /dev/kvm: VMs are emulated (TCG). Give /dev/kvm a group (chgrp kvm /dev/kvm && chmod 660 /dev/kvm), or run hypervisors as root with --vmm-user root", u.Name))
 	}
+	for _, k := range o.ImageKeys {
+		data, err := os.ReadFile(k)
+		if err == nil {
+			_, err = config.ParsePublicKey(data)
+		}
+		if err != nil {
+			return env, nil, optionf("--image-key %s: %w", k, err)
+		}
+		env.HostImagePolicy.Keys = append(env.HostImagePolicy.Keys, string(data))
+	}
 	if o.NoSecrets {
 		return env, warnings, nil
 	}
 	switch env.Identities, err = secrets.HostIdentities(o.Identities); {
 	case err != nil && len(o.Identities) > 0:
-		return env, nil, optionError{fmt.Errorf("--identity: %w", err)}
+		return env, nil, optionError{fmt.Errorf("--age-identity: %w", err)}
 	case err != nil:
 		warnings = append(warnings, fmt.Sprintf("VMs' secrets cannot be decrypted: %v", err))
 	}
