@@ -21,7 +21,8 @@ func TestNewEnv(t *testing.T) {
 		{"default user missing", func(o *Options) { o.VMMUser = "no-such-user-here" }, "", "hypervisors run as root"},
 		{"named user missing", func(o *Options) { o.VMMUser, o.VMMUserNamed = "no-such-user-here", true }, "--vmm-user", ""},
 		{"confine", func(o *Options) { o.VMMConfine = "sometimes" }, "--vmm-confine must be auto or off", ""},
-		{"identity", func(o *Options) { o.NoSecrets, o.Identities = false, []string{"/nonexistent/key.txt"} }, "--identity", ""},
+		{"identity", func(o *Options) { o.NoSecrets, o.Identities = false, []string{"/nonexistent/key.txt"} }, "--age-identity", ""},
+		{"image key", func(o *Options) { o.ImageKeys = []string{"/nonexistent/cosign.pub"} }, "--image-key /nonexistent/cosign.pub", ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			o := base
