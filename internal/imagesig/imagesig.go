@@ -44,6 +44,8 @@ const (
 	BundleArtifactType = "application/vnd.dev.sigstore.bundle.v0.3+json"
 	// SignatureAnnotation holds a .sig layer's base64 signature.
 	SignatureAnnotation = "dev.cosignproject.cosign/signature"
+	// simpleSigningType is the critical type of cosign's signed payload.
+	simpleSigningType = "cosign container image signature"
 )
 
 // maxBlob bounds a bundle or payload read from a registry.
@@ -252,6 +254,9 @@ func (v *Verifier) verifySimple(s simpleSig, d v1.Hash) (*Key, string) {
 	}
 	if err := json.Unmarshal(s.payload, &p); err != nil {
 		return nil, fmt.Sprintf("the signed payload is not cosign's: %v", err)
+	}
+	if p.Critical.Type != simpleSigningType {
+		return nil, fmt.Sprintf("not a cosign image signature (type %q)", p.Critical.Type)
 	}
 	if p.Critical.Image.Digest != d.String() {
 		return nil, fmt.Sprintf("signed over another digest (%s)", p.Critical.Image.Digest)
