@@ -69,3 +69,7 @@ func (v *validator) imagePolicy(p string, pol *ImagePolicy) {
 		}
 	}
 }
+
+// IsReference reports whether an image names a registry image (an OCI
+// reference: it has a registry, tag or digest) rather than a store name.
+func IsReference(image string) bool { return strings.ContainsAny(image, "/:@") }

@@ -280,7 +280,7 @@ func checkImage(ref string) string {
 		return "image is empty"
 	case strings.Contains(ref, ".."):
 		return fmt.Sprintf("image %q may not contain '..'", ref)
-	case strings.ContainsAny(ref, "/:@"):
+	case IsReference(ref):
 		if _, err := name.ParseReference(ref, name.StrictValidation); err != nil {
 			if _, err2 := name.ParseReference(ref); err2 != nil {
 				return fmt.Sprintf("image %q is not a valid OCI reference: %v", ref, err2)

@@ -12,7 +12,7 @@ import (
 func bootedImages(cfg *config.Config, recs map[string]state.RunRecord) map[string]string {
 	out := map[string]string{}
 	for _, vm := range cfg.VMs {
-		if r, ok := recs[vm.Name]; ok && isReference(vm.Image) && strings.Contains(r.Image, "@sha256:") {
+		if r, ok := recs[vm.Name]; ok && config.IsReference(vm.Image) && strings.Contains(r.Image, "@sha256:") {
 			out[vm.Name] = r.Image
 		}
 	}
@@ -30,7 +30,7 @@ func pinImages(cfg *config.Config, images map[string]string, recs map[string]sta
 	pins := map[string]string{}
 	for _, vm := range cfg.VMs {
 		want := images[vm.Name]
-		if want == "" || !isReference(vm.Image) || strings.Contains(vm.Image, "@") {
+		if want == "" || !config.IsReference(vm.Image) || strings.Contains(vm.Image, "@") {
 			continue
 		}
 		if r, ok := recs[vm.Name]; ok && r.Image == want && r.SpecHash == vm.SpecHash() {
@@ -40,7 +40,3 @@ func pinImages(cfg *config.Config, images map[string]string, recs map[string]sta
 	}
 	return pins
 }
-
-// isReference says whether an image names a registry image rather than a
-// store name.
-func isReference(image string) bool { return strings.ContainsAny(image, "/:@") }

@@ -28,7 +28,7 @@ const PendingTree = "<pending>"
 // verified, a stored image must have been. Cancelling ctx cancels a pull.
 func ResolveImage(ctx context.Context, env Env, vm *config.VM, pull bool) (store.Image, error) {
 	st := store.Open(env.StateDir)
-	ref := strings.ContainsAny(vm.Image, "/:@")
+	ref := config.IsReference(vm.Image)
 	policy := vm.Supervision.PullPolicy
 	if ref && pull && policy == config.PullAlways {
 		return pullImage(ctx, env, st, vm)
