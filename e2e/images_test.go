@@ -52,6 +52,8 @@ func debianRoot(t *testing.T, packages string) string {
 // directory.
 type debRegistry struct {
 	addr string
+	// dir is the registry's storage (its filesystem driver's root).
+	dir string
 	// auth is the login pushes use (a registry started with one).
 	auth authn.Authenticator
 }
@@ -95,7 +97,7 @@ func startRegistryConfig(t *testing.T, extra string) *debRegistry {
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
-			return &debRegistry{addr: addr}
+			return &debRegistry{addr: addr, dir: filepath.Join(dir, "data")}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("docker-registry did not listen on %s:\n%s", addr, logs.String())

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"os/exec"
@@ -145,7 +146,8 @@ func webPod(name, image string) *corev1.Pod {
 // the VMs; a pod that cannot be a VM is refused with an event; a killed
 // provider leaves its VM running and the restarted one adopts it; a pod
 // deleted while its provider is down goes with its VM once it is back;
-// a data volume outlives its pod.
+// a data volume outlives its pod; a pod pulls from a registry with logins
+// with its imagePullSecret, and without it is refused by the registry.
 func TestKubernetes(t *testing.T) {
 	k, cs, bin, nginx := kubeWithNginx(t)
 	kubectl := func(args ...string) string {
@@ -159,11 +161,12 @@ func TestKubernetes(t *testing.T) {
 	ctx := context.Background()
 
 	hosts := map[string]*kubeHost{}
+	_, ageKey := ageIdentity(t)
 	for i, name := range []string{"host-a", "host-b"} {
 		l := newDaemonLab(t, "k8"+name[5:])
 		h := &kubeHost{t: t, lab: l, node: name, cidr: fmt.Sprintf("10.244.%d.0/24", i+1), lanIP: fmt.Sprintf("172.31.9.%d", i+1), port: testutil.FreePort(t), bin: bin}
 		hosts[name] = h
-		l.startDaemon("")
+		l.startDaemon("", "--age-identity", ageKey)
 		t.Cleanup(func() {
 			h.kill()
 			if t.Failed() {
@@ -390,6 +393,73 @@ func TestKubernetes(t *testing.T) {
 	})
 	if _, err := os.Stat(filepath.Join(b.lab.state, "vms", podvm.Name("default", pb.Name), "data.img")); !os.IsNotExist(err) {
 		t.Errorf("the data volume of a pod deleted with policy delete: %v", err)
+	}
+
+	pullSecrets(t, cs, b)
+}
+
+// pullSecrets: a pod whose image is in a registry with htpasswd logins
+// pulls it with its imagePullSecret (a kubernetes.io/dockerconfigjson
+// Secret), whose password reaches the daemon only age-encrypted to the
+// host; the same pod without the secret waits in ImagePullBackOff with
+// the registry's 401.
+func pullSecrets(t *testing.T, cs *kubernetes.Clientset, h *kubeHost) {
+	t.Helper()
+	ctx := context.Background()
+	password := "pw-" + randomToken(t)
+	reg := startRegistryWithLogin(t, "puller", password)
+	ref := reg.push(t, "private/app:1", v1.Config{Entrypoint: []string{"/bin/sh", "-c", "exec sleep 86400"}},
+		baseLayer(t), filesLayer(t, map[string]string{"etc/image": "private\n"}))
+	auth := base64.StdEncoding.EncodeToString([]byte("puller:" + password))
+	if _, err := cs.CoreV1().Secrets("default").Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "regcred"}, Type: corev1.SecretTypeDockerConfigJson,
+		Data: map[string][]byte{corev1.DockerConfigJsonKey: []byte(`{"auths":{"` + reg.addr + `":{"auth":"` + auth + `"}}}`)},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := func(name string, secrets ...string) *corev1.Pod {
+		no := false
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.PodSpec{
+			AutomountServiceAccountToken: &no, NodeSelector: map[string]string{"kubernetes.io/hostname": h.node},
+			Tolerations: []corev1.Toleration{{Key: kubelet.TaintKey, Operator: corev1.TolerationOpEqual, Value: "microvm", Effect: corev1.TaintEffectNoSchedule}},
+			Containers:  []corev1.Container{{Name: "app", Image: ref}},
+		}}
+		for _, s := range secrets {
+			p.Spec.ImagePullSecrets = append(p.Spec.ImagePullSecrets, corev1.LocalObjectReference{Name: s})
+		}
+		return p
+	}
+	for _, p := range []*corev1.Pod{pod("private", "regcred"), pod("no-login")} {
+		if _, err := cs.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitK8s(t, "private running, no-login refused by the registry", 4*time.Minute, func() (bool, string) {
+		var states []string
+		ok := true
+		for name, want := range map[string]string{"private": "running", "no-login": "UNAUTHORIZED"} {
+			p, err := cs.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			got := string(p.Status.Phase)
+			if cs := p.Status.ContainerStatuses; len(cs) == 1 && cs[0].State.Running != nil {
+				got = "running"
+			} else if len(cs) == 1 && cs[0].State.Waiting != nil {
+				got = cs[0].State.Waiting.Reason + ": " + cs[0].State.Waiting.Message
+			}
+			states = append(states, name+": "+got)
+			ok = ok && strings.Contains(got, want)
+		}
+		return ok, strings.Join(states, "; ")
+	})
+	vm := podvm.Name("default", "private")
+	if out, err := h.lab.cli("exec", vm, "--", "cat", "/etc/image"); err != nil || strings.TrimSpace(out) != "private" {
+		t.Errorf("the private pod's /etc/image = %q (%v)", out, err)
+	}
+	entry := mustRead(t, filepath.Join(h.lab.state, "api-vms", vm+".yaml"))
+	if strings.Contains(string(entry), password) || !strings.Contains(string(entry), "AGE ENCRYPTED") {
+		t.Errorf("the daemon's entry for the private pod's VM holds the password in the clear, or no login:\n%s", entry)
 	}
 }
 

@@ -13,8 +13,8 @@ import (
 )
 
 // TestRollbackBootsTheRecordedDigest: a deploy records the digest each
-// VM's tag resolved to; after the tag moved on (and a later deploy ran the
-// new digest), `deploy rollback` boots the digest the old generation ran,
+// VM's tag resolved to; `plan` shows the tag moving before any deploy;
+// after the tag moved on (and a later deploy ran the new digest), `deploy rollback` boots the digest the old generation ran,
 // not what the tag names now, and a restarted daemon keeps it so.
 func TestRollbackBootsTheRecordedDigest(t *testing.T) {
 	requireGuestEnv(t)
@@ -50,9 +50,15 @@ func TestRollbackBootsTheRecordedDigest(t *testing.T) {
 		t.Fatalf("w runs %q after generation 1, want one", got)
 	}
 
-	// The tag moves on; the next deploy (w changed) pulls and runs it.
+	// The tag moves on: plan says so before any deploy, naming both
+	// digests; the next deploy (w changed) pulls and runs it.
 	push("two")
 	second := digestRef(t, ref)
+	out, err := l.cli("plan", "-f", l.writeFile(fleet("1")))
+	if err != nil || !strings.Contains(out, "image tag moved: "+ref+" runs "+first+", the tag names "+second+" now") ||
+		!strings.Contains(out, "boots the new image at its next start (pullPolicy always)") {
+		t.Errorf("plan after the tag moved: %v, want it to show the move:\n%s", err, out)
+	}
 	repo.push(fleet("2"), "w again")
 	if g := l.waitGeneration(2, 3*time.Minute); g.Status != generation.Succeeded || g.Images["w"] != second || g.Moved["w"] != first {
 		t.Fatalf("generation 2: %s, images %v, moved %v, want w at %s, moved from %s", g.Status, g.Images, g.Moved, second, first)

@@ -1,8 +1,17 @@
 package e2e
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"math/big"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -63,6 +72,106 @@ func (c *cosignLab) sign(ref, key string, legacy bool) {
 	c.run(append(args, digestRef(c.t, ref))...)
 }
 
+// certificate issues a code-signing certificate for the public key at
+// pub from a certificate authority the test makes (standing in for a
+// Fulcio, which cannot run here), naming subject and the OIDC issuer as
+// Fulcio's certificates do. It returns the leaf's and the CA's PEM files.
+func (c *cosignLab) certificate(pub, subject, issuer string) (leaf, chain string) {
+	c.t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "microvm test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	pubPEM, err := os.ReadFile(pub)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	block, _ := pem.Decode(pubPEM)
+	key, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	issuerDER, err := asn1.Marshal(issuer)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	san, err := url.Parse(subject)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: big.NewInt(2), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(2 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
+		URIs:            []*url.URL{san},
+		ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 57264, 1, 8}, Value: issuerDER}},
+	}, ca, key, caKey)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	leaf, chain = filepath.Join(c.home, "leaf.pem"), filepath.Join(c.home, "ca.pem")
+	os.WriteFile(leaf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}), 0o644)
+	os.WriteFile(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644)
+	return leaf, chain
+}
+
+// trustedRoot makes, with cosign's own trusted-root create, a sigstore
+// trusted root whose only authority is the CA in chain.
+func (c *cosignLab) trustedRoot(chain string) string {
+	out := filepath.Join(c.home, "trusted_root.json")
+	c.run("trusted-root", "create", "--fulcio", "url=https://ca.example.test,certificate-chain="+chain, "--out", out)
+	return out
+}
+
+// signWithCert signs ref's digest with key as a bundle carrying the
+// certificate leaf (chained to chain): cosign's signing with a private
+// PKI, verified as a keyless signature is.
+func (c *cosignLab) signWithCert(ref, key, leaf, chain string) {
+	c.run("sign", "--key", key, "--certificate", leaf, "--certificate-chain", chain,
+		"--tlog-upload=false", "--use-signing-config=false", "--allow-http-registry", digestRef(c.t, ref))
+}
+
+// tamperLastLayer changes a byte of ref's last layer where the registry
+// stores it: the registry serves the changed bytes under the old digest,
+// as a compromised registry or a man in the middle would.
+func tamperLastLayer(t *testing.T, reg *debRegistry, ref string) {
+	t.Helper()
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := remote.Image(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := m.Layers[len(m.Layers)-1].Digest
+	path := filepath.Join(reg.dir, "docker/registry/v2/blobs", d.Algorithm, d.Hex[:2], d.Hex, "data")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0xff
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // digestRef is ref pinned to the digest its tag has now.
 func digestRef(t *testing.T, ref string) string {
 	t.Helper()
@@ -81,8 +190,12 @@ func digestRef(t *testing.T, ref string) string {
 // microvm before a single layer is pulled. `image pull --key` takes an
 // image signed as a bundle (referrer) or in the .sig tag, and refuses one
 // unsigned, one signed by another key, a tag re-pointed to an unsigned
-// digest and a signature moved onto another digest, naming the cause and
-// storing nothing. Then a daemon whose file asks for the key boots the
+// digest, a signature moved onto another digest and a signed image whose
+// layer was changed in the registry, naming the cause and storing
+// nothing. A certificate identity from a trusted root (keyless signing,
+// checked by cosign verify too) is taken and another identity refused; a
+// key rotation (signed by the old key, then the new) passes a policy
+// with both keys and then the new key alone. Then a daemon whose file asks for the key boots the
 // signed image and refuses, with nothing started, an unsigned one and a
 // local image not imported with --trust, which the file lets through and
 // the host's --image-key does not.
@@ -110,6 +223,20 @@ func TestSignedImages(t *testing.T) {
 	// digest: valid by the key, but over the legacy image's digest.
 	stolen := push("app/stolen:1", "stolen")
 	copySigTag(t, legacy, stolen)
+	tampered := push("app/tampered:1", "tampered")
+	c.sign(tampered, priv, false)
+	tamperLastLayer(t, reg, tampered)
+	// Keyless: a certificate naming the release pipeline, from the test's
+	// CA, which the trusted root made by cosign names.
+	const subject, issuer = "https://ci.example.test/release", "https://issuer.example.test"
+	keyless := push("app/keyless:1", "keyless")
+	leaf, chain := c.certificate(pub, subject, issuer)
+	c.signWithCert(keyless, priv, leaf, chain)
+	trustedRoot := c.trustedRoot(chain)
+	// Rotation: signed by the old key now, by the new one later.
+	newPub, newPriv := c.keyPair("new")
+	rotated := push("app/rotated:1", "rotated")
+	c.sign(rotated, priv, false)
 
 	state := t.TempDir()
 	mv := func(args ...string) (string, error) {
@@ -126,10 +253,36 @@ func TestSignedImages(t *testing.T) {
 		{other, "signed by another key"},
 		{moved, "is not signed"},
 		{stolen, "signed over another digest"},
+		{tampered, "TAMPERED"},
+		{keyless, "signed with a certificate (keyless) and the image policy names no identities"},
 	} {
 		out, err := mv("image", "pull", "--key", pub, tc.ref)
 		if err == nil || !strings.Contains(out, tc.want) {
 			t.Errorf("pull --key of %s: %v, want an error saying %q:\n%s", tc.ref, err, tc.want, out)
+		}
+	}
+	identity := func(subject string) []string {
+		return []string{"image", "pull", "--trusted-root", trustedRoot, "--certificate-oidc-issuer", issuer, "--certificate-identity", subject, keyless}
+	}
+	if out, err := mv(identity(subject)...); err != nil {
+		t.Errorf("pull of %s by its certificate identity: %v\n%s", keyless, err, out)
+	}
+	if out, err := mv(identity("https://ci.example.test/other")...); err == nil || !strings.Contains(out, "signed by another identity") {
+		t.Errorf("pull of %s by another identity: %v, want it refused saying so:\n%s", keyless, err, out)
+	}
+	// cosign itself, the peer a user would check with, takes the same
+	// signature under the same root and identity.
+	c.run("verify", "--trusted-root", trustedRoot, "--certificate-identity", subject, "--certificate-oidc-issuer", issuer,
+		"--insecure-ignore-tlog", "--insecure-ignore-sct", "--allow-http-registry", digestRef(t, keyless))
+	// Rotation: the new key alone refuses the image until it signs it too;
+	// then both keys, and the new one alone, take it.
+	if out, err := mv("image", "pull", "--key", newPub, rotated); err == nil || !strings.Contains(out, "signed by another key") {
+		t.Errorf("pull of %s, signed by the old key only, with the new key: %v, want it refused:\n%s", rotated, err, out)
+	}
+	c.sign(rotated, newPriv, false)
+	for _, keys := range [][]string{{"--key", pub, "--key", newPub}, {"--key", newPub}} {
+		if out, err := mv(append(append([]string{"image", "pull"}, keys...), rotated)...); err != nil {
+			t.Errorf("pull of %s, signed by both keys, with %v: %v\n%s", rotated, keys, err, out)
 		}
 	}
 	if out, err := mv("image", "pull", "--key", filepath.Join(c.home, "missing.pub"), bundled); err == nil || !strings.Contains(out, "missing.pub") {
@@ -147,7 +300,7 @@ func TestSignedImages(t *testing.T) {
 	for _, img := range imgs {
 		got[img.Name] = img
 	}
-	for _, ref := range []string{unsigned, other, moved, stolen} {
+	for _, ref := range []string{unsigned, other, moved, stolen, tampered} {
 		if _, ok := got[ref]; ok {
 			t.Errorf("%s was refused but is in the store", ref)
 		}
@@ -155,17 +308,23 @@ func TestSignedImages(t *testing.T) {
 	if len(got[bundled].Signers) != 1 || !strings.HasPrefix(got[bundled].Signers[0], "sha256:") {
 		t.Errorf("%s's signers = %v, want the key's id", bundled, got[bundled].Signers)
 	}
+	if s := got[keyless].Signers; len(s) != 1 || !strings.Contains(s[0], url.QueryEscape(subject)) {
+		t.Errorf("%s's signers = %v, want the certificate's identity", keyless, s)
+	}
+	if s := got[rotated].Signers; len(s) != 1 || s[0] == got[bundled].Signers[0] {
+		t.Errorf("%s's signers = %v, want the new key's id (the last pull's policy)", rotated, s)
+	}
 	// No layer of a refused image was fetched: the cache holds the
 	// accepted images' layers only.
 	want := map[string]bool{}
-	for _, ref := range []string{bundled, legacy} {
+	for _, ref := range []string{bundled, legacy, keyless, rotated} {
 		for _, l := range got[ref].Layers {
 			want[l] = true
 		}
 	}
 	blobs, _ := os.ReadDir(filepath.Join(state, "images", "blobs", "sha256"))
 	if len(blobs) != len(want) {
-		t.Errorf("the layer cache holds %d blobs, want the %d of the two accepted images", len(blobs), len(want))
+		t.Errorf("the layer cache holds %d blobs, want the %d of the accepted images", len(blobs), len(want))
 	}
 
 	// The daemon: the signed VM's policy has the key written in the file;

@@ -42,9 +42,25 @@ let
     };
   };
 
+  registryLogin = types.submodule {
+    options = {
+      username = mkOption { type = types.str; description = "The registry user."; };
+      password = mkOption { type = types.str; description = "The password or token, age-encrypted (microvm secret encrypt)."; };
+    };
+  };
+  identity = types.submodule {
+    options = {
+      issuer = mkOption { type = types.nullOr types.str; default = null; description = "The OIDC issuer in the signing certificate, exactly."; };
+      issuerRegExp = mkOption { type = types.nullOr types.str; default = null; description = "A regular expression the issuer must match."; };
+      subject = mkOption { type = types.nullOr types.str; default = null; description = "The certificate's subject alternative name (email or URI), exactly."; };
+      subjectRegExp = mkOption { type = types.nullOr types.str; default = null; description = "A regular expression the subject must match."; };
+    };
+  };
   imagePolicy = types.submodule {
     options = {
-      keys = mkOption { type = types.listOf types.str; description = "Public keys (PEM, or the absolute path of one on the host) an image from a registry must carry a valid cosign signature by."; };
+      keys = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "Public keys (PEM, or the absolute path of one on the host) an image from a registry must carry a valid cosign signature by."; };
+      identities = mkOption { type = types.nullOr (types.listOf identity); default = null; description = "Certificate identities (keyless signing) an image may be signed by instead, checked against trustedRoot."; };
+      trustedRoot = mkOption { type = types.nullOr types.str; default = null; description = "Absolute path of a sigstore trusted_root.json naming the certificate authorities the identities' certificates come from."; };
       allowLocal = mkOption { type = types.nullOr types.bool; default = null; description = "Let images that never came from a registry boot unsigned."; };
     };
   };
@@ -84,6 +100,7 @@ let
     kernel = mkOption { type = types.nullOr kernel; default = null; description = "\"host\" or { path, modules }."; };
     kernelParams = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "Added to the guest kernel's command line after microvm's own, one parameter an item (e.g. \"apparmor=0\"); microvm's own (console=, panic=, reboot=, tsc=, microvm.*, root and init) are refused."; };
     image = mkOption { type = types.nullOr types.str; default = null; description = "A store image name or an OCI reference."; };
+    registries = mkOption { type = types.nullOr (types.attrsOf registryLogin); default = null; description = "Logins for this VM's pulls only, by registry host, laid over host.registries."; };
     imagePolicy = mkOption { type = types.nullOr imagePolicy; default = null; description = "Which cosign signatures an image from a registry must carry before it is pulled and booted."; };
     pullPolicy = mkOption { type = types.nullOr (types.enum [ "missing" "always" "never" ]); default = null; description = "When an OCI image is pulled."; };
     volumes = mkOption { type = types.nullOr (types.listOf volume); default = null; description = "Persistent data volumes (never deleted by a config change)."; };
@@ -143,7 +160,7 @@ in
                 serviceCIDRs = mkOption { type = types.nullOr (types.listOf types.str); default = null; description = "The Kubernetes Service ranges of the cluster the host is a node of: connections from a VM that kube-proxy sent to another VM pass the isolation."; };
                 reclaim = mkOption { type = types.nullOr (types.submodule { options = { below = mkOption { type = size; description = "The host's available memory under which VMs with a memoryMin are ballooned down to it."; }; above = mkOption { type = types.nullOr size; default = null; description = "The available memory over which their memory is given back (default twice below)."; }; }; }); default = null; description = "Taking memory back from VMs under pressure (off when unset)."; };
                 ksm = mkOption { type = types.nullOr (types.submodule { options = { enabled = mkOption { type = types.bool; default = false; description = "Turn the host's kernel samepage merging on."; }; pagesToScan = mkOption { type = types.nullOr types.ints.unsigned; default = null; description = "Pages scanned per wake-up (default 1000)."; }; sleep = mkOption { type = types.nullOr types.str; default = null; description = "Sleep between scans (default 20ms)."; }; }; }); default = null; description = "Kernel samepage merging (left as it is when unset)."; };
-                registries = mkOption { type = types.nullOr (types.attrsOf (types.submodule { options = { username = mkOption { type = types.str; description = "The registry user."; }; password = mkOption { type = types.str; description = "The password or token, age-encrypted (microvm secret encrypt)."; }; }; })); default = null; description = "Logins the host pulls with, by registry host (host or host:port); others come from the docker config file."; };
+                registries = mkOption { type = types.nullOr (types.attrsOf registryLogin); default = null; description = "Logins the host pulls with, by registry host (host or host:port); others come from the docker config file."; };
               };
             };
             description = "Host settings.";

@@ -42,6 +42,8 @@ image ("base") or an OCI reference, pulled on first use.`,
 	var workdir, user, stopSignal string
 	var trust bool
 	var keys []string
+	var identity config.Identity
+	var trustedRoot string
 	cmd.PersistentFlags().IntVar(&jobs, "jobs", 8, "layers fetched at once")
 	importCmd := &cobra.Command{
 		Use:   "import NAME SRC",
@@ -76,17 +78,28 @@ image ("base") or an OCI reference, pulled on first use.`,
 		Use:   "pull REF",
 		Short: "Pull an image from its registry (credentials from ~/.docker/config.json)",
 		Long: `pull fetches REF's layers into the store. With --key, the image must first
-carry a valid cosign signature by one of the keys (as a VM's imagePolicy asks):
-else nothing is fetched and the error says which signature was missing or wrong.`,
-		Example: "  microvm image pull docker.io/library/nginx:1.27\n  microvm image pull --key /etc/microvm/cosign.pub registry.example/app:1",
-		Args:    exactArgs(1),
+carry a valid cosign signature by one of the keys (as a VM's imagePolicy asks);
+with --certificate-identity and --certificate-oidc-issuer (or their -regexp
+forms) and --trusted-root, a signature made with a certificate naming that
+identity, from an authority of the trusted root (cosign's keyless signing).
+Else nothing is fetched and the error says which signature was missing or wrong.`,
+		Example: "  microvm image pull docker.io/library/nginx:1.27\n  microvm image pull --key /etc/microvm/cosign.pub registry.example/app:1\n" +
+			"  microvm image pull --trusted-root /etc/microvm/trusted_root.json --certificate-oidc-issuer https://token.actions.githubusercontent.com \\\n" +
+			"    --certificate-identity-regexp '^https://github.com/example/app/' registry.example/app:1",
+		Args: exactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
+			pol := config.ImagePolicy{Keys: keys, TrustedRoot: trustedRoot}
+			if identity != (config.Identity{}) {
+				pol.Identities = []config.Identity{identity}
+			}
 			var verify store.VerifyFunc
-			if len(keys) > 0 {
+			if pol.Enforced() {
 				var err error
-				if verify, err = launch.Verification(config.ImagePolicy{Keys: keys}); err != nil {
-					return usageError{fmt.Errorf("--key: %w", err)}
+				if verify, err = launch.Verification(pol); err != nil {
+					return usageError{fmt.Errorf("--key, --certificate-identity: %w", err)}
 				}
+			} else if trustedRoot != "" {
+				return usageError{fmt.Errorf("--trusted-root needs --certificate-identity (or -regexp) and --certificate-oidc-issuer (or -regexp)")}
 			}
 			return a.imageFetch(args[0], func(ctx context.Context, s *store.Store, o store.Options) (store.Image, error) {
 				o.Verify = verify
@@ -95,6 +108,11 @@ else nothing is fetched and the error says which signature was missing or wrong.
 		},
 	}
 	pullCmd.Flags().StringArrayVar(&keys, "key", nil, "a cosign public key file (PEM) the image must be signed by (repeatable: any one)")
+	pullCmd.Flags().StringVar(&identity.Subject, "certificate-identity", "", "the subject (email or URI) of the certificate the image must be signed with")
+	pullCmd.Flags().StringVar(&identity.SubjectRegExp, "certificate-identity-regexp", "", "a regular expression the signing certificate's subject must match")
+	pullCmd.Flags().StringVar(&identity.Issuer, "certificate-oidc-issuer", "", "the OIDC issuer named in the signing certificate")
+	pullCmd.Flags().StringVar(&identity.IssuerRegExp, "certificate-oidc-issuer-regexp", "", "a regular expression the signing certificate's OIDC issuer must match")
+	pullCmd.Flags().StringVar(&trustedRoot, "trusted-root", "", "a sigstore trusted_root.json whose authorities the signing certificate must come from")
 	cmd.AddCommand(
 		&cobra.Command{
 			Use:     "list",

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/daemon"
 	"microvm.dev/microvm/internal/hostnet"
 	"microvm.dev/microvm/internal/launch"
@@ -27,7 +30,10 @@ func (a *app) planCommand() *cobra.Command {
 each VM whether apply would create it, start it, restart it with a new spec
 (and which fields changed), remove it (its volumes are kept), define it
 without starting it (autostart: false) or leave it alone, with the host steps
-of each. The daemon's apply executes this same plan. With no recorded state
+of each. The daemon's apply executes this same plan. For each running VM whose
+image is a tag, the registry is asked which image the tag names now: a tag
+that moved since the VM booted is shown with both digests and what the VM
+boots at its next start. With no recorded state
 every VM is created. VMs put one by one through the daemon's API
 (PUT /v1/vms/{name}, as microvm-kubelet does) are not in the plan: a
 file's apply leaves them alone.`,
@@ -67,6 +73,7 @@ file's apply leaves them alone.`,
 				m.OwnTAPs(env.TAPOwners)
 			}
 			p := plan.Compute(cfg, plan.FromRecords(recs, launch.Alive), daemon.PlanHost(m, a.stateDir, cfg))
+			a.markMovedTags(p, recs, env)
 			if a.output == "json" {
 				return a.printJSON(p)
 			}
@@ -78,6 +85,24 @@ file's apply leaves them alone.`,
 	offlineFlag(cmd, &offline)
 	vmmUserFlags(cmd, &vmmUser)
 	return cmd
+}
+
+// markMovedTags asks each running VM's registry whether its image tag
+// still names the image it runs (a registry that cannot be asked is a
+// warning, not an error: the plan stands without it).
+func (a *app) markMovedTags(p *plan.Plan, recs []state.RunRecord, env launch.Env) {
+	running := map[string]string{}
+	for _, r := range recs {
+		if r.Image != "" && launch.Alive(r) {
+			running[r.Name] = r.Image
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p.MarkMovedTags(running, func(vm *config.VM) (string, error) { return launch.TagDigest(ctx, env, vm) },
+		func(vm string, err error) {
+			fmt.Fprintf(a.stderr, "warning: %s: whether its image tag moved is unknown: %v\n", vm, err)
+		})
 }
 
 var actionSign = map[plan.Action]string{plan.Create: "+", plan.Start: ">", plan.Update: "~", plan.Remove: "-", plan.Define: ".", plan.Unchanged: "="}
@@ -98,10 +123,13 @@ func (a *app) printPlan(file string, p *plan.Plan) {
 	}
 	tw.Flush()
 	for _, v := range p.VMs {
-		if v.Action == plan.Unchanged && len(v.Steps) == 0 {
+		if v.Action == plan.Unchanged && len(v.Steps) == 0 && v.TagMoved == nil {
 			continue
 		}
 		fmt.Fprintf(a.stdout, "\n%s %s (%s)\n", actionSign[v.Action], v.Name, v.Action)
+		if m := v.TagMoved; m != nil {
+			fmt.Fprintf(a.stdout, "    image tag moved: %s runs %s, the tag names %s now; boots %s\n", m.Image, m.Running, m.Now, m.Boots)
+		}
 		for _, ch := range v.Changes {
 			fmt.Fprintf(a.stdout, "    %s: %s → %s\n", ch.Field, ch.From, ch.To)
 		}

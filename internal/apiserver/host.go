@@ -18,6 +18,9 @@ func hostRoutes(mux *http.ServeMux, d *daemon.Daemon) {
 		h, err := d.Host()
 		reply(w, h, err)
 	})
+	mux.HandleFunc("GET /v1/host/recipients", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.Recipients())
+	})
 	mux.HandleFunc("POST /v1/host/checks", func(w http.ResponseWriter, r *http.Request) {
 		res, err := d.Checks()
 		reply(w, res, err)

@@ -114,3 +114,11 @@ type CheckResult struct {
 	Status   CheckStatus `json:"status"`
 	Evidence string      `json:"evidence"`
 }
+
+// Recipients is GET /v1/host/recipients: the public side of the host's
+// age identities, what a secret for this host is encrypted to (as
+// `microvm secret recipient` prints them). microvm-kubelet encrypts a
+// pod's registry logins to them before it puts the pod's VM.
+type Recipients struct {
+	Recipients []string `json:"recipients"`
+}

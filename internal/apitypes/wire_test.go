@@ -35,6 +35,7 @@ func TestWireJSON(t *testing.T) {
 		"suspend_response": SuspendResponse{},
 		"vm_sample":        VMSample{},
 		"ksm_stats":        KSMStats{},
+		"recipients":       Recipients{},
 	} {
 		t.Run(name, func(t *testing.T) {
 			full := reflect.New(reflect.TypeOf(v))

@@ -118,7 +118,9 @@ type Supervision struct {
 	// ImagePolicy is which signatures the VM's image must carry; it is
 	// checked when the image is pulled or the VM started.
 	ImagePolicy ImagePolicy `json:"imagePolicy,omitzero"`
-	// Registries are host.registries: the logins the VM's image is pulled
+	// Registries are the VM's own registries laid over host.registries
+	// (the VM's login wins for a registry both name): the logins the VM's
+	// image is pulled
 	// with (ciphertext; decrypted only for the pull).
 	Registries map[string]RegistryAuth `json:"registries,omitempty"`
 }
@@ -335,7 +337,7 @@ func resolve(r *reporter, f *File, opts Options) *Config {
 	cfg.Egress = f.Network.Egress
 	cfg.Domain = v.domain("network.domain", f.Network.Domain)
 	for _, vm := range cfg.VMs {
-		vm.Supervision.Registries = cfg.Host.Registries
+		vm.Supervision.Registries = mergeMaps(cfg.Host.Registries, vm.Supervision.Registries)
 		vm.Net.Domain = cfg.Domain
 	}
 	return cfg
@@ -372,6 +374,7 @@ func merge(name string, d, s *VMSpec) *VM {
 			Snapshots:   pick(s.Snapshots, d.Snapshots, Snapshots{}),
 			MemoryMin:   pick(s.MemoryMin, d.MemoryMin, 0),
 			ImagePolicy: pick(s.ImagePolicy, d.ImagePolicy, ImagePolicy{}),
+			Registries:  mergeMaps(d.Registries, s.Registries),
 		},
 		Host:   pick(s.Host, d.Host, ""),
 		Egress: pick(s.Egress, d.Egress, Egress{}),
@@ -400,11 +403,11 @@ func pick[T any](own, def *T, builtin T) T {
 }
 
 // mergeMaps: a map merges key by key with the default's, the VM's keys winning.
-func mergeMaps(def, own map[string]string) map[string]string {
+func mergeMaps[V any](def, own map[string]V) map[string]V {
 	if len(def) == 0 && len(own) == 0 {
 		return nil
 	}
-	out := make(map[string]string, len(def)+len(own))
+	out := make(map[string]V, len(def)+len(own))
 	for k, v := range def {
 		out[k] = v
 	}

@@ -279,6 +279,8 @@ var badConfigs = []badConfig{
 	{"volume name too long", "vms: { a: { index: 1, volumes: [{ name: abcdefghijklmnopqrstuv, mountPoint: /d, size: 1G }] } }", "vms.a.volumes[0].name", "virtio serial", Options{}},
 	{"volume no name", "vms: { a: { index: 1, volumes: [{ mountPoint: /d, size: 1G }] } }", "vms.a.volumes[0].name", "needs a name", Options{}},
 	{"bad ssh key", "vms: { a: { index: 1, sshKeys: [\"ssh-rsa nope\"] } }", "vms.a.sshKeys[0]", "not an SSH public key", Options{}},
+	{"VM registry password not age", "vms: { a: { index: 1, registries: { r.test: { username: u, password: hunter2 } } } }", "vms.a.registries[\"r.test\"].password", "must be age-encrypted", Options{}},
+	{"VM registry not a host", "vms: { a: { index: 1, registries: { \"r.test/app\": { username: u, password: hunter2 } } } }", "vms.a.registries[\"r.test/app\"]", "is not a registry host", Options{}},
 	{"secret not age", "vms: { a: { index: 1, secrets: [{path: /run/s, age: hunter2}] } }", "vms.a.secrets[0].age", "not an ASCII-armored age file", Options{}},
 	{"secret relative path", "vms: { a: { index: 1, secrets: [{path: run/s, age: " + testSecret + "}] } }", "vms.a.secrets[0].path", "absolute, clean", Options{}},
 	{"secret no path", "vms: { a: { index: 1, secrets: [{age: " + testSecret + "}] } }", "vms.a.secrets[0].path", "needs the path", Options{}},
@@ -350,6 +352,12 @@ var badConfigs = []badConfig{
 	{"host name", "vms: { a: { index: 1, host: \"bad host\" } }", "vms.a.host", "not a host name", Options{}},
 	{"hosts mixed", "vms: { a: { index: 1, host: h1 }, b: { index: 2 } }", "vms.b.host", "every VM names its host", Options{}},
 	{"image policy without keys", "vms: { a: { index: 1, imagePolicy: { allowLocal: true } } }", "vms.a.imagePolicy.keys", "at least one key", Options{}},
+	{"identities without a trusted root", "vms: { a: { index: 1, imagePolicy: { identities: [{ issuer: i, subject: s }] } } }", "vms.a.imagePolicy.trustedRoot", "identities need a trusted root", Options{}},
+	{"relative trusted root", "vms: { a: { index: 1, imagePolicy: { identities: [{ issuer: i, subject: s }], trustedRoot: root.json } } }", "vms.a.imagePolicy.trustedRoot", "must be an absolute path", Options{}},
+	{"identity without an issuer", "vms: { a: { index: 1, imagePolicy: { identities: [{ subject: s }], trustedRoot: /r.json } } }", "vms.a.imagePolicy.identities[0].issuer", "needs issuer or issuerRegExp", Options{}},
+	{"identity with subject twice", "vms: { a: { index: 1, imagePolicy: { identities: [{ issuer: i, subject: s, subjectRegExp: s }], trustedRoot: /r.json } } }", "vms.a.imagePolicy.identities[0].subject", "not both", Options{}},
+	{"identity with a bad expression", "vms: { a: { index: 1, imagePolicy: { identities: [{ issuer: i, subjectRegExp: '(' }], trustedRoot: /r.json } } }", "vms.a.imagePolicy.identities[0].subjectRegExp", "not a regular expression", Options{}},
+	{"trusted root without identities", "vms: { a: { index: 1, imagePolicy: { keys: [/k.pub], trustedRoot: /r.json } } }", "vms.a.imagePolicy.identities", "only used to check identities", Options{}},
 	{"image policy relative key", "defaults: { imagePolicy: { keys: [cosign.pub] } }\nvms: { a: { index: 1 } }", "defaults.imagePolicy.keys[0]", "absolute path", Options{}},
 	{"image policy bad PEM", "vms: { a: { index: 1, imagePolicy: { keys: [\"-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n\"] } } }", "vms.a.imagePolicy.keys[0]", "cannot be read", Options{}},
 	{"bad pull policy", "vms: { a: { index: 1, pullPolicy: sometimes } }", "vms.a.pullPolicy", "missing, always or never", Options{}},
@@ -579,5 +587,20 @@ func TestWithImages(t *testing.T) {
 	}
 	if _, err := WithImages([]byte(src), map[string]string{"zz": "x@sha256:1"}); err == nil {
 		t.Error("a VM not in the file was pinned")
+	}
+}
+
+// A VM's registry logins are laid over the host's, registry by registry.
+func TestVMRegistriesOverTheHost(t *testing.T) {
+	cfg := mustParse(t, `host: { registries: { r.test: { username: host, password: `+testSecret+` }, other.test: { username: host, password: `+testSecret+` } } }
+vms:
+  a: { index: 1, registries: { r.test: { username: vm, password: `+testSecret+` } } }
+  b: { index: 2 }
+`, Options{})
+	if a := cfg.VM("a").Supervision.Registries; a["r.test"].Username != "vm" || a["other.test"].Username != "host" {
+		t.Errorf("a's logins = %+v, want its own for r.test and the host's for other.test", a)
+	}
+	if b := cfg.VM("b").Supervision.Registries; b["r.test"].Username != "host" || len(b) != 2 {
+		t.Errorf("b's logins = %+v, want the host's", b)
 	}
 }

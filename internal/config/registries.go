@@ -22,16 +22,17 @@ type RegistryAuth struct {
 	Password string `yaml:"password" json:"password"`
 }
 
-// registries checks host.registries: each key a registry host (with its
-// port where it has one), a user and an age-encrypted password.
-func (v *validator) registries(regs map[string]RegistryAuth) {
+// registries checks the logins at path at (host.registries, or a VM's
+// registries): each key a registry host (with its port where it has
+// one), a user and an age-encrypted password.
+func (v *validator) registries(at string, regs map[string]RegistryAuth) {
 	keys := make([]string, 0, len(regs))
 	for k := range regs {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		p := fmt.Sprintf("host.registries[%q]", k)
+		p := fmt.Sprintf("%s[%q]", at, k)
 		if _, err := name.NewRegistry(k, name.StrictValidation); err != nil {
 			v.r.addf(p, "%q is not a registry host (host or host:port, as in the image references): %v", k, err)
 		}

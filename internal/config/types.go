@@ -225,6 +225,11 @@ type VMSpec struct {
 	// must carry before it is pulled and booted: {keys: [PEM or path],
 	// allowLocal}. Unset: none are checked. A change restarts nothing.
 	ImagePolicy *ImagePolicy `yaml:"imagePolicy,omitempty" json:"imagePolicy,omitempty"`
+	// Registries are logins for this VM's pulls only, by registry host as
+	// in host.registries, laid over the host's (a pod's imagePullSecrets
+	// reach its VM this way). Merged key by key with the defaults'. A
+	// change restarts nothing.
+	Registries map[string]RegistryAuth `yaml:"registries,omitempty" json:"registries,omitempty"`
 	// Host names the hypervisor host that runs the VM when one repository
 	// drives several: each daemon applies only its own VMs. Either every VM
 	// names its host or none does.

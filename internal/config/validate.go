@@ -41,7 +41,7 @@ type validator struct {
 }
 
 func (v *validator) host(h *Host) {
-	v.registries(h.Registries)
+	v.registries("host.registries", h.Registries)
 	if h.ExternalInterface != DefaultExternalInterface {
 		if msg := checkIfName(h.ExternalInterface); msg != "" {
 			v.r.addf("host.externalInterface", "%s (or write auto)", msg)

@@ -166,6 +166,7 @@ func (v *validator) machine(p string, s *VMSpec) {
 		v.r.addf(joinPath(p, "host"), "host %q is not a host name", *s.Host)
 	}
 	v.imagePolicy(joinPath(p, "imagePolicy"), s.ImagePolicy)
+	v.registries(joinPath(p, "registries"), s.Registries)
 	if s.PullPolicy != nil && *s.PullPolicy != PullMissing && *s.PullPolicy != PullAlways && *s.PullPolicy != PullNever {
 		v.r.addf(joinPath(p, "pullPolicy"), "pullPolicy must be missing, always or never, not %q", *s.PullPolicy)
 	}

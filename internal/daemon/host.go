@@ -41,6 +41,15 @@ func (d *Daemon) Host() (*HostInfo, error) {
 	return &HostInfo{Network: st, Firewall: rs.Script(), Images: imgs, Memory: d.MemoryState()}, nil
 }
 
+// Recipients are the public side of the daemon's age identities.
+func (d *Daemon) Recipients() apitypes.Recipients {
+	out := apitypes.Recipients{Recipients: []string{}}
+	for _, id := range d.env.Identities {
+		out.Recipients = append(out.Recipients, id.Recipient)
+	}
+	return out
+}
+
 // MemoryState is the host's memory as the daemon sees it: available,
 // short (host.reclaim), and its samepage merging's counters.
 func (d *Daemon) MemoryState() apitypes.HostMemoryState {

@@ -1,11 +1,15 @@
 // Package imagesig checks an image's cosign signatures in its registry
-// against an image policy's public keys before the image is pulled. It
-// reads signatures where cosign stores them: the sigstore bundles cosign 3
-// attaches to the image's digest as OCI referrers (or under the referrers
-// tag schema's sha256-<hex> tag on a registry without the referrers API),
-// verified by sigstore-go; and the simple-signing payloads of the older
-// sha256-<hex>.sig tag, verified by sigstore's signature package. No
-// transparency log is asked: a key's signature needs none.
+// against an image policy before the image is pulled: its public keys, or
+// its certificate identities (cosign's keyless signing) checked against a
+// sigstore trusted root given as a file. It reads signatures where cosign
+// stores them: the sigstore bundles cosign 3 attaches to the image's
+// digest as OCI referrers (or under the referrers tag schema's
+// sha256-<hex> tag on a registry without the referrers API), verified by
+// sigstore-go; and the simple-signing payloads of the older
+// sha256-<hex>.sig tag, verified by sigstore's signature package (by key
+// only). Nothing is fetched from the public sigstore services: a key's
+// signature needs no log, and a certificate's bundle carries whatever
+// proof the trusted root asks for.
 package imagesig
 
 import (
@@ -23,6 +27,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -63,15 +68,33 @@ type Key struct {
 	bundles  *verify.Verifier
 }
 
-// Verifier checks signatures against a policy's keys.
-type Verifier struct {
-	keys []Key
+// Signer is who made a signature that satisfied a policy.
+type Signer struct {
+	// Name is a key's Name, or a certificate's subject and issuer.
+	Name string
+	// ID is what a store image records as its signer: a key's ID, or the
+	// certificate identity and the trusted root that vouched for it.
+	ID string
 }
 
-// New loads the policy's keys: each written in the file or read from the
-// host. An unreadable or malformed key is an error naming it.
+// Verifier checks signatures against a policy's keys and identities.
+type Verifier struct {
+	keys []Key
+	ids  *identities
+}
+
+// New loads the policy's keys, each written in the file or read from the
+// host, and its trusted root. An unreadable or malformed key or root is
+// an error naming it.
 func New(p config.ImagePolicy) (*Verifier, error) {
 	v := &Verifier{}
+	if len(p.Identities) > 0 {
+		ids, err := newIdentities(p.TrustedRoot, p.Identities)
+		if err != nil {
+			return nil, err
+		}
+		v.ids = ids
+	}
 	for i, k := range p.Keys {
 		name, data := fmt.Sprintf("keys[%d]", i), []byte(k)
 		if !config.InlineKey(k) {
@@ -87,8 +110,8 @@ func New(p config.ImagePolicy) (*Verifier, error) {
 		}
 		v.keys = append(v.keys, key)
 	}
-	if len(v.keys) == 0 {
-		return nil, errors.New("imagePolicy: no keys")
+	if len(v.keys) == 0 && v.ids == nil {
+		return nil, errors.New("imagePolicy: no keys and no identities")
 	}
 	return v, nil
 }
@@ -117,13 +140,21 @@ func loadKey(name string, pemData []byte) (Key, error) {
 	return Key{Name: name, ID: "sha256:" + hex.EncodeToString(sum[:]), verifier: sv, bundles: bv}, nil
 }
 
-// KeyIDs are the IDs of the verifier's keys.
-func (v *Verifier) KeyIDs() []string {
-	var ids []string
-	for _, k := range v.keys {
-		ids = append(ids, k.ID)
+// Allows reports whether one of an image's recorded signers satisfies
+// the policy: one of its keys, or a certificate from its trusted root
+// with one of its identities.
+func (v *Verifier) Allows(signers []string) bool {
+	for _, s := range signers {
+		for _, k := range v.keys {
+			if k.ID == s {
+				return true
+			}
+		}
+		if v.ids != nil && v.ids.allows(s) {
+			return true
+		}
 	}
-	return ids
+	return false
 }
 
 // Error says why an image's signatures did not satisfy the policy.
@@ -141,63 +172,72 @@ func (e *Error) Error() string {
 		return fmt.Sprintf("%s@%s is not signed: no cosign signature found (neither as an OCI referrer nor under the tag %s)",
 			e.Repository, e.Digests[0], sigTag(e.Digests[0]))
 	}
-	return fmt.Sprintf("%s@%s has no valid signature by the image policy's keys: %s",
+	return fmt.Sprintf("%s@%s has no valid signature by the image policy's keys or identities: %s",
 		e.Repository, e.Digests[0], strings.Join(e.Reasons, "; "))
 }
 
 func sigTag(digest string) string { return strings.Replace(digest, ":", "-", 1) + ".sig" }
 
-// Verify looks for a signature by one of the keys over one of digests
-// (the reference's own digest first, then the platform manifest's when
-// the reference is an index) in repo, and returns the key that made it.
-// opts reach the registry (its credentials, transport and context).
-func (v *Verifier) Verify(ctx context.Context, repo name.Repository, digests []v1.Hash, opts ...remote.Option) (Key, error) {
+// Verify looks for a signature by one of the keys or identities over one
+// of digests (the reference's own digest first, then the platform
+// manifest's when the reference is an index) in repo, and returns who
+// made it. opts reach the registry (its credentials, transport and
+// context).
+func (v *Verifier) Verify(ctx context.Context, repo name.Repository, digests []v1.Hash, opts ...remote.Option) (Signer, error) {
 	opts = append([]remote.Option{remote.WithContext(ctx)}, opts...)
 	e := &Error{Repository: repo.Name()}
 	for _, d := range digests {
 		e.Digests = append(e.Digests, d.String())
-		key, reasons, err := v.verifyDigest(repo, d, opts)
+		signer, reasons, err := v.verifyDigest(repo, d, opts)
 		if err != nil {
-			return Key{}, fmt.Errorf("signatures of %s@%s: %w", repo.Name(), d, err)
+			return Signer{}, fmt.Errorf("signatures of %s@%s: %w", repo.Name(), d, err)
 		}
-		if key != nil {
-			return *key, nil
+		if signer != nil {
+			return *signer, nil
 		}
 		e.Reasons = append(e.Reasons, reasons...)
 	}
-	return Key{}, e
+	return Signer{}, e
 }
 
-// verifyDigest checks every signature of d: the key that verified one, or
-// why each failed. err is a registry that could not be asked.
-func (v *Verifier) verifyDigest(repo name.Repository, d v1.Hash, opts []remote.Option) (*Key, []string, error) {
-	var reasons []string
-	bundles, err := referrerBundles(repo.Digest(d.String()), opts)
-	if err != nil {
+// verifyDigest checks every signature of d: who made one that verified,
+// or why each failed. err is a registry that could not be asked. The two
+// places cosign stores signatures are looked up at once: each is a few
+// round trips to the registry.
+func (v *Verifier) verifyDigest(repo name.Repository, d v1.Hash, opts []remote.Option) (*Signer, []string, error) {
+	var (
+		wg                  sync.WaitGroup
+		bundles             []blob
+		sigs                []simpleSig
+		bundlesErr, sigsErr error
+	)
+	wg.Go(func() { bundles, bundlesErr = referrerBundles(repo.Digest(d.String()), opts) })
+	wg.Go(func() { sigs, sigsErr = simpleSignatures(repo, d, opts) })
+	wg.Wait()
+	if err := errors.Join(bundlesErr, sigsErr); err != nil {
 		return nil, nil, err
 	}
+	var reasons []string
 	for _, b := range bundles {
-		key, why := v.verifyBundle(b.data, d)
-		if key != nil {
-			return key, nil, nil
+		signer, why := v.verifyBundle(b.data, d)
+		if signer != nil {
+			return signer, nil, nil
 		}
 		reasons = append(reasons, fmt.Sprintf("bundle %s: %s", short(b.digest), why))
 	}
-	sigs, err := simpleSignatures(repo, d, opts)
-	if err != nil {
-		return nil, nil, err
-	}
 	for _, s := range sigs {
-		key, why := v.verifySimple(s, d)
-		if key != nil {
-			return key, nil, nil
+		signer, why := v.verifySimple(s, d)
+		if signer != nil {
+			return signer, nil, nil
 		}
 		reasons = append(reasons, fmt.Sprintf("%s layer %s: %s", sigTag(d.String()), short(s.digest), why))
 	}
 	return nil, reasons, nil
 }
 
-func (v *Verifier) verifyBundle(data []byte, d v1.Hash) (*Key, string) {
+// verifyBundle checks a bundle by the policy's keys when a key signed
+// it, by its identities when a certificate did.
+func (v *Verifier) verifyBundle(data []byte, d v1.Hash) (*Signer, string) {
 	var b bundle.Bundle
 	if err := b.UnmarshalJSON(data); err != nil {
 		return nil, fmt.Sprintf("not a sigstore bundle: %v", err)
@@ -206,11 +246,24 @@ func (v *Verifier) verifyBundle(data []byte, d v1.Hash) (*Key, string) {
 	if err != nil {
 		return nil, err.Error()
 	}
+	vc, err := b.VerificationContent()
+	if err != nil {
+		return nil, fmt.Sprintf("no verification material: %v", err)
+	}
+	if vc.Certificate() != nil {
+		if v.ids == nil {
+			return nil, "signed with a certificate (keyless) and the image policy names no identities"
+		}
+		return v.ids.verify(&b, d.Algorithm, raw)
+	}
+	if len(v.keys) == 0 {
+		return nil, "signed by a key and the image policy names only identities"
+	}
 	var last error
 	for i := range v.keys {
 		_, err := v.keys[i].bundles.Verify(&b, verify.NewPolicy(verify.WithArtifactDigest(d.Algorithm, raw), verify.WithKey()))
 		if err == nil {
-			return &v.keys[i], ""
+			return &Signer{Name: v.keys[i].Name, ID: v.keys[i].ID}, ""
 		}
 		last = err
 	}
@@ -221,6 +274,10 @@ func (v *Verifier) verifyBundle(data []byte, d v1.Hash) (*Key, string) {
 func describe(err error) string {
 	msg := err.Error()
 	switch {
+	case strings.Contains(msg, "no matching CertificateIdentity"):
+		return "signed by another identity (" + msg + ")"
+	case strings.Contains(msg, "leaf certificate"):
+		return "the signing certificate is not one the trusted root's authorities vouch for (" + msg + ")"
 	case strings.Contains(msg, "could not verify envelope") || strings.Contains(msg, "verification error") || strings.Contains(msg, "invalid signature"):
 		return "signed by another key (" + msg + ")"
 	case strings.Contains(msg, "digest"):
@@ -229,17 +286,20 @@ func describe(err error) string {
 	return msg
 }
 
-func (v *Verifier) verifySimple(s simpleSig, d v1.Hash) (*Key, string) {
+func (v *Verifier) verifySimple(s simpleSig, d v1.Hash) (*Signer, string) {
 	sig, err := base64.StdEncoding.DecodeString(s.signature)
 	if err != nil {
 		return nil, "the signature annotation is not base64"
 	}
-	var signer *Key
+	var signer *Signer
 	for i := range v.keys {
 		if v.keys[i].verifier.VerifySignature(bytes.NewReader(sig), bytes.NewReader(s.payload)) == nil {
-			signer = &v.keys[i]
+			signer = &Signer{Name: v.keys[i].Name, ID: v.keys[i].ID}
 			break
 		}
+	}
+	if signer == nil && len(v.keys) == 0 {
+		return nil, "a .sig signature is checked by key only; identities need cosign 3's bundle (cosign sign --new-bundle-format)"
 	}
 	if signer == nil {
 		return nil, "signed by another key (the signature does not verify with any of the policy's keys)"

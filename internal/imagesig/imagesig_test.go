@@ -39,9 +39,12 @@ func TestNewLoadsKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ids := v.KeyIDs()
-	if len(ids) != 2 || ids[0] != ids[1] || !strings.HasPrefix(ids[0], "sha256:") || len(ids[0]) != 7+64 {
-		t.Errorf("KeyIDs = %v, want the same sha256 ID twice", ids)
+	ids := []string{v.keys[0].ID, v.keys[1].ID}
+	if ids[0] != ids[1] || !strings.HasPrefix(ids[0], "sha256:") || len(ids[0]) != 7+64 {
+		t.Errorf("key IDs = %v, want the same sha256 ID twice", ids)
+	}
+	if !v.Allows([]string{"sha256:other", ids[0]}) || v.Allows([]string{"sha256:other"}) {
+		t.Errorf("Allows: want a recorded signer with the key's ID allowed, another refused")
 	}
 	if v.keys[0].Name != "keys[0]" || v.keys[1].Name != path {
 		t.Errorf("key names = %q, %q", v.keys[0].Name, v.keys[1].Name)
@@ -55,7 +58,7 @@ func TestNewLoadsKeys(t *testing.T) {
 	}{
 		{[]string{"/nonexistent/cosign.pub"}, "imagePolicy.keys[0]: open /nonexistent/cosign.pub"},
 		{[]string{inline, bad}, "imagePolicy.keys[1] (" + bad + "): a PEM \"PRIVATE KEY\" block"},
-		{nil, "no keys"},
+		{nil, "no keys and no identities"},
 	} {
 		if _, err := New(config.ImagePolicy{Keys: c.keys}); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("New(%q) = %v, want an error with %q", c.keys, err, c.want)
@@ -70,7 +73,7 @@ func TestErrorWords(t *testing.T) {
 		t.Errorf("no signature: %q", got)
 	}
 	bad := &Error{Repository: "r.example/app", Digests: []string{"sha256:abc"}, Reasons: []string{"bundle sha256:0: signed by another key"}}
-	if got := bad.Error(); !strings.Contains(got, "no valid signature by the image policy's keys: bundle sha256:0: signed by another key") {
+	if got := bad.Error(); !strings.Contains(got, "no valid signature by the image policy's keys or identities: bundle sha256:0: signed by another key") {
 		t.Errorf("bad signature: %q", got)
 	}
 }

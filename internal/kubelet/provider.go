@@ -67,6 +67,8 @@ type Options struct {
 	// stopped is started again; it doubles up to MaxBackoff (defaults 10s
 	// and 5m, a kubelet's).
 	Backoff, MaxBackoff time.Duration
+	// Secrets reads a pod's imagePullSecrets (nil: they are not used).
+	Secrets SecretGetter
 	// Recorder records the provider's events on pods.
 	Recorder record.EventRecorder
 	// Log is the provider's log.
@@ -154,12 +156,14 @@ func New(opts Options) (*Provider, error) {
 	return p, nil
 }
 
-// mapVM makes k the pod's VM (on its subnet).
+// mapVM makes k the pod's VM (on its subnet), with the logins of its
+// pull secrets once they are read.
 func (pd *pod) mapVM(k *corev1.Pod) error {
 	vm, err := podvm.Map(k, pd.rec.Subnet)
 	if err != nil {
 		return err
 	}
+	vm.Spec.Registries = pd.rec.Logins
 	entry, err := vmEntry(vm.Spec)
 	if err != nil {
 		return err

@@ -2,7 +2,9 @@ package kubelet
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
+	"go.yaml.in/yaml/v3"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -27,6 +31,7 @@ import (
 	"microvm.dev/microvm/internal/daemon"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/podvm"
+	"microvm.dev/microvm/internal/secrets"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/testutil"
@@ -54,6 +59,9 @@ type providerLab struct {
 	cancel context.CancelFunc
 	events *record.FakeRecorder
 	seen   []string // the events read from events
+	// secrets are the Secrets the provider reads, by namespace/name (the
+	// API server's, for the pull secrets).
+	secrets map[string]*corev1.Secret
 
 	mu       sync.Mutex
 	statuses map[string]corev1.PodStatus
@@ -80,11 +88,17 @@ func newProviderLab(t *testing.T) *providerLab {
 	ns := testutil.NewNetns(t, "kprov")
 	ns.IP(t, "link", "add", "up0", "type", "bridge")
 	dir := t.TempDir()
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
 	lab := &providerLab{
-		env:    launch.Env{StateDir: filepath.Join(dir, "state"), RunDir: filepath.Join(dir, "run"), NetNS: ns.Path},
-		socket: filepath.Join(dir, "microvm.sock"),
-		base:   filepath.Join(dir, "host.yaml"),
-		l:      &testvmm.Launcher{Script: script},
+		env: launch.Env{StateDir: filepath.Join(dir, "state"), RunDir: filepath.Join(dir, "run"), NetNS: ns.Path,
+			Identities: []secrets.Identity{{Identity: id, Path: "test", Recipient: id.Recipient().String()}}},
+		socket:  filepath.Join(dir, "microvm.sock"),
+		base:    filepath.Join(dir, "host.yaml"),
+		l:       &testvmm.Launcher{Script: script},
+		secrets: map[string]*corev1.Secret{},
 	}
 	if err := os.WriteFile(lab.base, []byte("host: { externalInterface: up0, ipv6Prefix: none }\nvms: {}\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -138,6 +152,12 @@ func (lab *providerLab) startProvider(t *testing.T) {
 		PodCIDR: netip.MustParsePrefix("10.244.1.0/24"), Poll: 200 * time.Millisecond,
 		Backoff: 200 * time.Millisecond, MaxBackoff: time.Second,
 		Recorder: lab.events, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Secrets: func(_ context.Context, namespace, name string) (*corev1.Secret, error) {
+			if s := lab.secrets[namespace+"/"+name]; s != nil {
+				return s, nil
+			}
+			return nil, fmt.Errorf("secrets %q not found", name)
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -446,4 +466,55 @@ func TestProviderRestarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	lab.waitFor(t, "late", "running", 2*time.Second, isRunning)
+}
+
+// A pod's imagePullSecrets reach its VM as registry logins encrypted to
+// the host: the daemon's entry for the VM and the provider's record hold
+// the age ciphertext, which the host's identity opens to the secret's
+// password, and never the password. A secret that is missing or not a
+// pull secret is a warning event, as a kubelet's, and the pod runs.
+func TestProviderPullSecrets(t *testing.T) {
+	lab := newProviderLab(t)
+	const password = "pull-s3cret"
+	auth := base64.StdEncoding.EncodeToString([]byte("puller:" + password))
+	lab.secrets["default/regcred"] = &corev1.Secret{Type: corev1.SecretTypeDockerConfigJson,
+		Data: map[string][]byte{corev1.DockerConfigJsonKey: []byte(`{"auths":{"https://r.test:5000/v1/":{"auth":"` + auth + `"}}}`)}}
+	lab.secrets["default/opaque"] = &corev1.Secret{Type: corev1.SecretTypeOpaque, Data: map[string][]byte{"a": []byte("b")}}
+	k := podOf("private", "nginx", "")
+	k.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}, {Name: "missing"}, {Name: "opaque"}}
+	if err := lab.p.CreatePod(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	lab.waitFor(t, "private", "running", 3*time.Second, isRunning)
+
+	name := podvm.Name("default", "private")
+	entries, err := state.Dir{Root: lab.env.StateDir}.APIVMs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := os.ReadFile(filepath.Join(filepath.Dir(lab.socket), "pods", name+".json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, data := range map[string][]byte{"the daemon's entry": entries[name], "the provider's record": rec} {
+		if strings.Contains(string(data), password) || !strings.Contains(string(data), "AGE ENCRYPTED") {
+			t.Errorf("%s holds the password in the clear, or no encrypted login:\n%s", what, data)
+		}
+	}
+	var spec config.VMSpec
+	if err := yaml.Unmarshal(entries[name], &spec); err != nil {
+		t.Fatal(err)
+	}
+	login, ok := spec.Registries["r.test:5000"]
+	if !ok || login.Username != "puller" {
+		t.Fatalf("the VM's registries = %+v, want puller's login for r.test:5000", spec.Registries)
+	}
+	if pw, err := secrets.Decrypt(login.Password, lab.env.Identities); err != nil || string(pw) != password {
+		t.Errorf("the host's identity opens the login to %q (%v), want the secret's password", pw, err)
+	}
+	for _, want := range []string{`imagePullSecret "missing": secrets "missing" not found`, `imagePullSecret "opaque": type Opaque is not a pull secret`} {
+		if len(lab.eventsWith("Warning FailedToRetrieveImagePullSecret", want)) == 0 {
+			t.Errorf("no warning event says %q: %q", want, lab.seen)
+		}
+	}
 }

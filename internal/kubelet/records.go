@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/state"
 )
 
@@ -19,13 +20,17 @@ import (
 // subnet it was given, why it was refused, if it was, and how it ended,
 // once it finished (a finished pod's VM is never started again), and the
 // restarts the daemon's count of the VM's no longer holds (the provider's
-// own starts of it, and the daemon's count before it restarted).
+// own starts of it, and the daemon's count before it restarted), and the
+// logins of its imagePullSecrets, their passwords age-encrypted to the
+// host (LoginsRead once the secrets were read, even if none was usable).
 type podRecord struct {
-	Pod      *corev1.Pod                      `json:"pod"`
-	Subnet   netip.Prefix                     `json:"subnet"`
-	Refusal  string                           `json:"refusal,omitempty"`
-	Finished *corev1.ContainerStateTerminated `json:"finished,omitempty"`
-	Restarts int32                            `json:"restarts,omitempty"`
+	Pod        *corev1.Pod                      `json:"pod"`
+	Subnet     netip.Prefix                     `json:"subnet"`
+	Refusal    string                           `json:"refusal,omitempty"`
+	Finished   *corev1.ContainerStateTerminated `json:"finished,omitempty"`
+	Restarts   int32                            `json:"restarts,omitempty"`
+	Logins     map[string]config.RegistryAuth   `json:"logins,omitempty"`
+	LoginsRead bool                             `json:"loginsRead,omitempty"`
 }
 
 // records is the directory of records, one JSON file per VM name.

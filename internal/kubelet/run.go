@@ -12,6 +12,7 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apiserver/pkg/server/dynamiccertificates"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -56,6 +57,11 @@ func Serve(ctx context.Context, client kubernetes.Interface, opts Options, so Se
 	eb := record.NewBroadcaster()
 	defer eb.Shutdown()
 	opts.Recorder = eb.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "microvm-kubelet", Host: opts.Node})
+	if opts.Secrets == nil {
+		opts.Secrets = func(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+			return client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+		}
+	}
 	p, err := New(opts)
 	if err != nil {
 		return err

@@ -54,6 +54,12 @@ func (p *Provider) syncPod(name string, pd *pod) {
 			p.mu.Unlock()
 			return
 		}
+		if !pd.rec.LoginsRead && len(pd.rec.Pod.Spec.ImagePullSecrets) > 0 {
+			k := pd.rec.Pod
+			p.mu.Unlock()
+			p.readLogins(name, pd, k)
+			continue
+		}
 		entry := pd.entry
 		p.mu.Unlock()
 		var res apitypes.PutResponse
@@ -77,6 +83,25 @@ func (p *Provider) syncPod(name string, pd *pod) {
 		}
 		p.push(name)
 	}
+}
+
+// readLogins reads the pod's pull secrets into its record and entry,
+// once: a warning event for each that could not be used.
+func (p *Provider) readLogins(name string, pd *pod, k *corev1.Pod) {
+	logins, warnings := p.pullLogins(context.Background(), k)
+	for _, w := range warnings {
+		p.event(k, corev1.EventTypeWarning, "FailedToRetrieveImagePullSecret", "%s; the image is pulled without it", w)
+		p.opts.Log.Warn("pull secret", "pod", k.Namespace+"/"+k.Name, "err", w)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pd.rec.Logins, pd.rec.LoginsRead = logins, true
+	if pd.vm != nil {
+		if err := pd.mapVM(pd.rec.Pod); err != nil {
+			p.opts.Log.Warn("map the pod's VM with its logins", "vm", name, "err", err)
+		}
+	}
+	p.saveLocked(name, pd)
 }
 
 // dueLocked says whether the pod's VM is to be put now: its entry is new

@@ -103,7 +103,7 @@ func imagePolicies(env Env, vm *config.VM) []imagePolicy {
 
 // policyAllows checks a stored image against vm's image policies: one
 // from a registry must have been verified by one of each policy's keys
-// when pulled, a local one imported with --trust or allowed by
+// or identities when pulled, a local one imported with --trust or allowed by
 // allowLocal.
 func policyAllows(env Env, vm *config.VM, img store.Image, ref bool) error {
 	for _, pol := range imagePolicies(env, vm) {
@@ -117,15 +117,16 @@ func policyAllows(env Env, vm *config.VM, img store.Image, ref bool) error {
 		if err != nil {
 			return fmt.Errorf("vms.%s.%w", vm.Name, err)
 		}
-		if !slices.ContainsFunc(v.KeyIDs(), func(id string) bool { return slices.Contains(img.Signers, id) }) {
-			return fmt.Errorf("vms.%s.image: %s in the store was not verified against %s's keys when pulled (microvm image pull --key KEY %s)", vm.Name, vm.Image, pol.what, vm.Image)
+		if !v.Allows(img.Signers) {
+			return fmt.Errorf("vms.%s.image: %s in the store was not verified against %s's keys or identities when pulled (microvm image pull --key KEY %s)", vm.Name, vm.Image, pol.what, vm.Image)
 		}
 	}
 	return nil
 }
 
 // Verification is a store pull's signature check against every one of
-// pols: the IDs of the keys that signed the image.
+// pols: the IDs of the keys or certificate identities that signed the
+// image.
 func Verification(pols ...config.ImagePolicy) (store.VerifyFunc, error) {
 	var vs []*imagesig.Verifier
 	for _, pol := range pols {
@@ -138,20 +139,36 @@ func Verification(pols ...config.ImagePolicy) (store.VerifyFunc, error) {
 	return func(ctx context.Context, repo name.Repository, digests []v1.Hash, opts []remote.Option) ([]string, error) {
 		var ids []string
 		for _, v := range vs {
-			key, err := v.Verify(ctx, repo, digests, opts...)
+			signer, err := v.Verify(ctx, repo, digests, opts...)
 			if err != nil {
 				return nil, err
 			}
-			if !slices.Contains(ids, key.ID) {
-				ids = append(ids, key.ID)
+			if !slices.Contains(ids, signer.ID) {
+				ids = append(ids, signer.ID)
 			}
 		}
 		return ids, nil
 	}, nil
 }
 
+// TagDigest is the image vm's tag names in its registry now
+// (repo@sha256:…), asked with the credentials a pull of it would use.
+func TagDigest(ctx context.Context, env Env, vm *config.VM) (string, error) {
+	d, err := store.Resolve(ctx, vm.Image, pullOptions(env, vm))
+	if err != nil {
+		return "", fmt.Errorf("vms.%s.image: %w", vm.Name, err)
+	}
+	return d, nil
+}
+
+// pullOptions are the registry options of a pull of vm's image: the
+// host's architecture and the VM's registry logins.
+func pullOptions(env Env, vm *config.VM) store.Options {
+	return store.Options{Arch: goarch(env.arch()), Keychain: RegistryLogins(vm.Supervision.Registries, env.Identities)}
+}
+
 func pullImage(ctx context.Context, env Env, st *store.Store, vm *config.VM) (store.Image, error) {
-	o := store.Options{Arch: goarch(env.arch()), Keychain: RegistryLogins(vm.Supervision.Registries, env.Identities)}
+	o := pullOptions(env, vm)
 	if pols := imagePolicies(env, vm); len(pols) > 0 {
 		var ps []config.ImagePolicy
 		for _, p := range pols {

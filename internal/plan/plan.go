@@ -111,6 +111,55 @@ type VMPlan struct {
 	Changes []Change   `json:"changes,omitempty"`
 	Steps   []Step     `json:"steps,omitempty"`
 	Desired *config.VM `json:"desired,omitempty"`
+	// TagMoved is set when the VM's image tag names another image in its
+	// registry than the one the VM runs.
+	TagMoved *TagMove `json:"tagMoved,omitempty"`
+}
+
+// TagMove is an image tag that moved since the VM booted it: the file
+// names the same tag, the registry gives another digest.
+type TagMove struct {
+	// Image is the tag as the file writes it.
+	Image string `json:"image"`
+	// Running is the image the VM runs (repo@sha256:…), Now the one the
+	// tag names in the registry.
+	Running string `json:"running"`
+	Now     string `json:"now"`
+	// Boots says what the VM will boot from the next start on: the new
+	// image (pullPolicy always), or the one in the store.
+	Boots string `json:"boots"`
+}
+
+// MarkMovedTags records in p each VM whose image is a tag that now names
+// another image than the one it runs (running: repo@sha256:… by VM, as
+// its run record says). resolve asks the registry; a VM it cannot ask
+// about is left unmarked and reported through warn.
+func (p *Plan) MarkMovedTags(running map[string]string, resolve func(*config.VM) (string, error), warn func(vm string, err error)) {
+	for i := range p.VMs {
+		v := &p.VMs[i]
+		was := running[v.Name]
+		if v.Desired == nil || was == "" || !config.IsReference(v.Desired.Image) || strings.Contains(v.Desired.Image, "@") {
+			continue
+		}
+		now, err := resolve(v.Desired)
+		if err != nil {
+			warn(v.Name, err)
+			continue
+		}
+		if now == was {
+			continue
+		}
+		m := &TagMove{Image: v.Desired.Image, Running: was, Now: now}
+		switch v.Desired.Supervision.PullPolicy {
+		case config.PullAlways:
+			m.Boots = "the new image at its next start (pullPolicy always)"
+		case config.PullNever:
+			m.Boots = "the stored image (pullPolicy never)"
+		default:
+			m.Boots = "the stored image until `microvm image pull " + v.Desired.Image + "` (pullPolicy missing)"
+		}
+		v.TagMoved = m
+	}
 }
 
 // Plan is the whole plan, removals first, then updates, then creations and

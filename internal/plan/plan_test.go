@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -191,5 +192,54 @@ vms:
 	}
 	if p.Empty() {
 		t.Error("a plan with steps is empty")
+	}
+}
+
+// A tag that names another image than the VM runs is marked, with what
+// the VM will boot; a digest reference, a store image, a VM not running
+// and a registry that cannot be asked are not.
+func TestMarkMovedTags(t *testing.T) {
+	cfg := parse(t, `vms:
+  moved: { index: 1, image: "r.test/app:1" }
+  always: { index: 2, image: "r.test/app:1", pullPolicy: always }
+  same: { index: 3, image: "r.test/app:2" }
+  pinned: { index: 4, image: "r.test/app@sha256:0000000000000000000000000000000000000000000000000000000000000000" }
+  local: { index: 5, image: base }
+  new: { index: 6, image: "r.test/app:1" }
+  down: { index: 7, image: "r.test/down:1" }
+`)
+	p := Compute(cfg, running(cfg), Host{})
+	runs := map[string]string{"moved": "r.test/app@sha256:old", "always": "r.test/app@sha256:old", "same": "r.test/app@sha256:two",
+		"pinned": "r.test/app@sha256:old", "local": "base", "down": "r.test/down@sha256:old"}
+	tags := map[string]string{"r.test/app:1": "r.test/app@sha256:new", "r.test/app:2": "r.test/app@sha256:two"}
+	var asked []string
+	var warned []string
+	p.MarkMovedTags(runs, func(vm *config.VM) (string, error) {
+		asked = append(asked, vm.Name)
+		if d, ok := tags[vm.Image]; ok {
+			return d, nil
+		}
+		return "", errors.New("registry down")
+	}, func(vm string, err error) { warned = append(warned, vm+": "+err.Error()) })
+	got := map[string]*TagMove{}
+	for _, v := range p.VMs {
+		got[v.Name] = v.TagMoved
+	}
+	if m := got["moved"]; m == nil || m.Running != "r.test/app@sha256:old" || m.Now != "r.test/app@sha256:new" || !strings.Contains(m.Boots, "stored image until `microvm image pull r.test/app:1`") {
+		t.Errorf("moved: %+v", m)
+	}
+	if m := got["always"]; m == nil || !strings.Contains(m.Boots, "new image at its next start") {
+		t.Errorf("always: %+v", m)
+	}
+	for _, n := range []string{"same", "pinned", "local", "new", "down"} {
+		if got[n] != nil {
+			t.Errorf("%s marked as moved: %+v", n, got[n])
+		}
+	}
+	if len(asked) != 4 {
+		t.Errorf("asked the registry about %v, want the running tags only", asked)
+	}
+	if len(warned) != 1 || warned[0] != "down: registry down" {
+		t.Errorf("warnings = %v", warned)
 	}
 }
