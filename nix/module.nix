@@ -120,7 +120,7 @@ let
     stopTimeout = mkOption { type = types.nullOr types.str; default = null; description = "How long a clean shutdown may take, e.g. \"30s\"."; };
     host = mkOption { type = types.nullOr types.str; default = null; description = "The hypervisor host that runs the VM (multi-host repositories)."; };
     healthCheck = mkOption { type = types.nullOr (types.attrsOf (types.either types.int types.str)); default = null; description = "{ tcp = PORT; } or { http = PORT; path = \"/healthz\"; }"; };
-    snapshots = mkOption { type = types.nullOr (types.attrsOf (types.either types.int types.str)); default = null; description = "{ keep = 7; every = \"24h\"; } volume snapshot retention and schedule."; };
+    snapshots = mkOption { type = types.nullOr (types.attrsOf types.anything); default = null; description = "{ keep = 7; every = \"24h\"; backup = { repository = \"/srv/restic\"; password = \"<age>\"; keep = 30; }; } volume snapshot retention, schedule and off-host backup."; };
     limits = mkOption { type = types.nullOr (types.attrsOf (types.either types.number types.str)); default = null; description = "{ cpuWeight, cpus, memory } cgroup caps on the hypervisor."; };
   };
 

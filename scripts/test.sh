@@ -16,6 +16,8 @@ apt_install mmdebstrap docker-registry dnsmasq-base
 # starts on loopback with a configuration of its own: the package's
 # service is not left running.
 apt_install openssh-server
+# Backups off the host are sent with Debian's restic.
+apt_install restic
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
 	systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
 	systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true

@@ -150,4 +150,27 @@ type Snapshot struct {
 	Size   int64     `json:"size"`
 	// Method is how it was made: reflink or sparse copy ("" when listed).
 	Method string `json:"method,omitempty"`
+	// Backup is the restic snapshot it was sent to off the host, when the
+	// VM's snapshots.backup asks for one; BackupError why that failed
+	// (the snapshot itself is kept either way).
+	Backup      string `json:"backup,omitempty"`
+	BackupError string `json:"backupError,omitempty"`
+}
+
+// Backup is a volume snapshot kept off the host, in a restic repository:
+// GET /v1/vms/{name}/backups.
+type Backup struct {
+	// ID is restic's snapshot ID (the short form restic prints).
+	ID string `json:"id"`
+	// VM, Volume and Snapshot say what it holds: Snapshot is the name of
+	// the volume snapshot it was sent from ("<volume>@<time>"), what
+	// `volume restore --from backup` takes.
+	VM       string    `json:"vm"`
+	Volume   string    `json:"volume"`
+	Snapshot string    `json:"snapshot"`
+	Time     time.Time `json:"time"`
+	// Size is the volume image's size (its holes included); 0 when listed.
+	Size int64 `json:"size,omitempty"`
+	// Host is the host that sent it.
+	Host string `json:"host"`
 }

@@ -36,6 +36,7 @@ func TestWireJSON(t *testing.T) {
 		"vm_sample":        VMSample{},
 		"ksm_stats":        KSMStats{},
 		"recipients":       Recipients{},
+		"backup":           Backup{},
 	} {
 		t.Run(name, func(t *testing.T) {
 			full := reflect.New(reflect.TypeOf(v))

@@ -249,6 +249,25 @@ type Snapshots struct {
 	Keep int `yaml:"keep,omitempty" json:"keep,omitempty" jsonschema:"minimum=0"`
 	// Every takes a snapshot of every volume this often (unset: only by hand).
 	Every Duration `yaml:"every,omitempty" json:"every,omitempty"`
+	// Backup sends every snapshot off the host, to a restic repository.
+	Backup *Backup `yaml:"backup,omitempty" json:"backup,omitempty"`
+}
+
+// Backup is where a VM's volume snapshots are sent off the host: a restic
+// repository (docs/operations.md, "Backups off the host").
+type Backup struct {
+	// Repository is restic's repository: a local path (a mounted disk),
+	// sftp:user@host:/path, s3:https://host/bucket, rest:https://….
+	Repository string `yaml:"repository" json:"repository"`
+	// Password is the repository's password, age-encrypted to the hosts
+	// (microvm secret encrypt): restic encrypts every backup with it.
+	Password string `yaml:"password" json:"password"`
+	// Keep is how many backups of each volume the repository keeps
+	// (restic forget --keep-last; 0: all).
+	Keep int `yaml:"keep,omitempty" json:"keep,omitempty" jsonschema:"minimum=0"`
+	// Env is more environment for restic, each value age-encrypted: an S3
+	// repository's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, say.
+	Env map[string]string `yaml:"env,omitempty" json:"env,omitempty"`
 }
 
 // HealthCheck is a check made from the host once the VM is ready.

@@ -258,6 +258,7 @@ func (v *validator) supervision(p string, s *VMSpec) {
 		if sn.Every != 0 && sn.Every < Duration(time.Minute) {
 			v.r.addf(joinPath(p, "snapshots.every"), "every %s is under a minute", sn.Every)
 		}
+		v.backup(joinPath(p, "snapshots.backup"), sn.Backup)
 	}
 }
 

@@ -1,11 +1,18 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
+	"microvm.dev/microvm/internal/backup"
+	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/secrets"
 	"microvm.dev/microvm/internal/snapshot"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/supervisor"
@@ -25,14 +32,16 @@ var ErrNoVolume = errors.New("no such volume")
 // Snapshot snapshots one volume of vm (all of them when vol is ""). A
 // running guest is asked to sync, then paused for the copy and resumed, so
 // the snapshot is at least crash-consistent and holds everything the
-// guest had written. Old snapshots beyond the VM's snapshots.keep are
-// pruned.
+// guest had written. With snapshots.backup, each snapshot is then sent to
+// the restic repository (from the snapshot copy, the guest already
+// resumed); a failed send is recorded on the snapshot, which is kept. Old
+// snapshots beyond the VM's snapshots.keep are pruned, and old backups
+// beyond backup.keep.
 func (d *Daemon) Snapshot(vm, vol string) ([]snapshot.Snapshot, error) {
 	spec := d.VMConfig(vm)
 	if spec == nil {
 		return nil, fmt.Errorf("%s: %w", vm, ErrUnknownVM)
 	}
-	vmDir := state.Dir{Root: d.env.StateDir}.VMDir(vm)
 	var names []string
 	for _, v := range spec.Volumes {
 		if vol == "" || v.Name == vol {
@@ -42,6 +51,28 @@ func (d *Daemon) Snapshot(vm, vol string) ([]snapshot.Snapshot, error) {
 	if len(names) == 0 {
 		return nil, fmt.Errorf("%s has no volume %q: %w", vm, vol, ErrNoVolume)
 	}
+	out, err := d.take(spec, names)
+	if err != nil {
+		return out, err
+	}
+	vmDir := state.Dir{Root: d.env.StateDir}.VMDir(vm)
+	if b := spec.Supervision.Snapshots.Backup; b != nil {
+		d.sendBackups(spec, b, out)
+	}
+	if keep := spec.Supervision.Snapshots.Keep; keep > 0 {
+		if removed, err := snapshot.Prune(snapshot.Dir(vmDir), keep); err != nil {
+			d.log.Error("prune snapshots", "vm", vm, "err", err)
+		} else if len(removed) > 0 {
+			d.log.Info("snapshots pruned", "vm", vm, "removed", removed)
+		}
+	}
+	return out, nil
+}
+
+// take copies the volumes names of spec's VM, the guest synced and
+// paused while it does when it runs.
+func (d *Daemon) take(spec *config.VM, names []string) ([]snapshot.Snapshot, error) {
+	vm := spec.Name
 	if r, ok := d.sup.Process(vm); ok {
 		// Best effort: flush the guest's page cache to its disks.
 		vmssh.Run(d.env.StateDir, vm, spec.Net.Address.String(), d.env.NetNS, "sync", 30*time.Second)
@@ -54,6 +85,7 @@ func (d *Daemon) Snapshot(vm, vol string) ([]snapshot.Snapshot, error) {
 			}
 		}()
 	}
+	vmDir := state.Dir{Root: d.env.StateDir}.VMDir(vm)
 	now := time.Now()
 	var out []snapshot.Snapshot
 	for _, n := range names {
@@ -64,14 +96,53 @@ func (d *Daemon) Snapshot(vm, vol string) ([]snapshot.Snapshot, error) {
 		out = append(out, s)
 		d.log.Info("volume snapshot", "vm", vm, "snapshot", s.Name, "method", s.Method)
 	}
-	if keep := spec.Supervision.Snapshots.Keep; keep > 0 {
-		if removed, err := snapshot.Prune(snapshot.Dir(vmDir), keep); err != nil {
-			d.log.Error("prune snapshots", "vm", vm, "err", err)
-		} else if len(removed) > 0 {
-			d.log.Info("snapshots pruned", "vm", vm, "removed", removed)
+	return out, nil
+}
+
+// sendBackups sends each of snaps to the VM's restic repository and
+// prunes its backups to b.Keep; the outcome is recorded on each snapshot.
+func (d *Daemon) sendBackups(spec *config.VM, b *config.Backup, snaps []snapshot.Snapshot) {
+	ctx := context.Background()
+	repo, err := d.repo(spec.Name, b)
+	dir := snapshot.Dir(state.Dir{Root: d.env.StateDir}.VMDir(spec.Name))
+	for i := range snaps {
+		s := &snaps[i]
+		if err != nil {
+			s.BackupError = err.Error()
+			continue
+		}
+		sent, serr := repo.Send(ctx, spec.Name, *s, filepath.Join(dir, s.Name+".img"))
+		if serr != nil {
+			s.BackupError = serr.Error()
+			d.log.Error("backup", "vm", spec.Name, "snapshot", s.Name, "repository", b.Repository, "err", serr)
+			continue
+		}
+		s.Backup = sent.ID
+		d.log.Info("backup", "vm", spec.Name, "snapshot", s.Name, "repository", b.Repository, "id", sent.ID)
+		if perr := repo.Prune(ctx, spec.Name, s.Volume, b.Keep); perr != nil {
+			d.log.Error("prune backups", "vm", spec.Name, "err", perr)
 		}
 	}
-	return out, nil
+}
+
+// repo is vm's restic repository, its password and environment
+// decrypted with the host's identities.
+func (d *Daemon) repo(vm string, b *config.Backup) (backup.Repo, error) {
+	pw, err := secrets.Decrypt(b.Password, d.env.Identities)
+	if err != nil {
+		return backup.Repo{}, fmt.Errorf("vms.%s.snapshots.backup.password: %w", vm, err)
+	}
+	env := map[string]string{}
+	for k, v := range b.Env {
+		plain, err := secrets.Decrypt(v, d.env.Identities)
+		if err != nil {
+			return backup.Repo{}, fmt.Errorf("vms.%s.snapshots.backup.env.%s: %w", vm, k, err)
+		}
+		env[k] = strings.TrimRight(string(plain), "\r\n")
+	}
+	host, _ := os.Hostname()
+	return backup.Repo{Repository: b.Repository, Password: strings.TrimRight(string(pw), "\r\n"), Env: env,
+		CacheDir: filepath.Join(d.env.StateDir, "cache", "restic"), Host: host}, nil
 }
 
 // Snapshots lists vm's snapshots, oldest first.
@@ -79,9 +150,33 @@ func (d *Daemon) Snapshots(vm string) ([]snapshot.Snapshot, error) {
 	return snapshot.List(snapshot.Dir(state.Dir{Root: d.env.StateDir}.VMDir(vm)))
 }
 
+// Backups lists vm's backups in its restic repository, oldest first:
+// those sent from any host.
+func (d *Daemon) Backups(vm string) ([]backup.Backup, error) {
+	spec := d.VMConfig(vm)
+	if spec == nil {
+		return nil, fmt.Errorf("%s: %w", vm, ErrUnknownVM)
+	}
+	b := spec.Supervision.Snapshots.Backup
+	if b == nil {
+		return nil, fmt.Errorf("%s: %w", vm, ErrNoBackup)
+	}
+	repo, err := d.repo(vm, b)
+	if err != nil {
+		return nil, err
+	}
+	return repo.List(context.Background(), vm)
+}
+
+// ErrNoBackup says the VM has no snapshots.backup.
+var ErrNoBackup = errors.New("the VM has no snapshots.backup in the file")
+
 // Restore copies snapshot name back over its volume; vm must be stopped.
-// The volume as it was is kept as a snapshot first (and returned).
-func (d *Daemon) Restore(vm, name string) (snapshot.Snapshot, error) {
+// fromBackup fetches the snapshot from the VM's restic repository first
+// (on any host whose file has the VM: one that never ran it too). The
+// volume as it was is kept as a snapshot first (and returned; none when
+// the volume did not exist yet).
+func (d *Daemon) Restore(vm, name string, fromBackup bool) (snapshot.Snapshot, error) {
 	spec := d.VMConfig(vm)
 	if spec == nil {
 		return snapshot.Snapshot{}, fmt.Errorf("%s: %w", vm, ErrUnknownVM)
@@ -91,7 +186,46 @@ func (d *Daemon) Restore(vm, name string) (snapshot.Snapshot, error) {
 	}
 	vmDir := state.Dir{Root: d.env.StateDir}.VMDir(vm)
 	vol, _, _ := strings.Cut(name, "@")
+	if !slices.ContainsFunc(spec.Volumes, func(v config.Volume) bool { return v.Name == vol }) {
+		return snapshot.Snapshot{}, fmt.Errorf("%s has no volume %q: %w", vm, vol, ErrNoVolume)
+	}
+	if fromBackup {
+		if err := d.fetchBackup(spec, name, snapshot.Dir(vmDir)); err != nil {
+			return snapshot.Snapshot{}, err
+		}
+	}
 	return snapshot.Restore(snapshot.Dir(vmDir), name, volume.Path(vmDir, vol), time.Now())
+}
+
+// fetchBackup brings snapshot name of spec's VM from its repository into
+// the snapshots directory dir (replacing a local copy of that name).
+func (d *Daemon) fetchBackup(spec *config.VM, name, dir string) error {
+	b := spec.Supervision.Snapshots.Backup
+	if b == nil {
+		return fmt.Errorf("%s: %w", spec.Name, ErrNoBackup)
+	}
+	repo, err := d.repo(spec.Name, b)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	found, err := repo.Find(ctx, spec.Name, name)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, ".fetch-"+name+".img")
+	if err := repo.Fetch(ctx, found, tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name+".img")); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	d.log.Info("backup fetched", "vm", spec.Name, "snapshot", name, "id", found.ID, "repository", b.Repository)
+	return nil
 }
 
 // snapshotDue takes the periodic snapshots the file asks for.

@@ -80,7 +80,8 @@ func List(dir string) ([]Snapshot, error) {
 
 // Restore copies snapshot name back over the volume image dst (the VM is
 // stopped). The volume as it was is kept first as a snapshot of its own,
-// which is returned.
+// which is returned; a volume not made yet (a VM restored on a host that
+// never ran it) has none, and the zero Snapshot is returned.
 func Restore(dir, name, dst string, now time.Time) (Snapshot, error) {
 	if strings.ContainsAny(name, "/\x00") || strings.HasPrefix(name, ".") {
 		return Snapshot{}, fmt.Errorf("%q is not a snapshot name", name)
@@ -90,9 +91,18 @@ func Restore(dir, name, dst string, now time.Time) (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("no snapshot %q: %w", name, err)
 	}
 	vol, _, _ := strings.Cut(name, "@")
-	before, err := Take(dir, vol, dst, now)
-	if err != nil {
-		return Snapshot{}, fmt.Errorf("keep the volume before restoring: %w", err)
+	var before Snapshot
+	switch _, err := os.Stat(dst); {
+	case err == nil:
+		if before, err = Take(dir, vol, dst, now); err != nil {
+			return Snapshot{}, fmt.Errorf("keep the volume before restoring: %w", err)
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+			return Snapshot{}, err
+		}
+	default:
+		return Snapshot{}, err
 	}
 	tmp := dst + ".restoring"
 	if _, err := copyImage(src, tmp); err != nil {
