@@ -34,6 +34,9 @@ type daemonLab struct {
 	state  string
 	socket string
 	daemon *exec.Cmd
+	// inNS runs the daemon in the lab's namespace, so that its TCP
+	// listeners are on the namespace's addresses.
+	inNS bool
 }
 
 // newDaemonLab gives a test its own namespace, state directory (sharing the
@@ -102,6 +105,9 @@ func (l *daemonLab) startDaemon(file string, extra ...string) {
 	}
 	args = append(args, extra...)
 	cmd := exec.Command(filepath.Join(shared.initDir, "microvm"), l.args(args...)...)
+	if l.inNS {
+		cmd = exec.Command("nsenter", append([]string{"--net=" + l.ns.Path, cmd.Path}, cmd.Args[1:]...)...)
+	}
 	logf, err := os.OpenFile(filepath.Join(l.state, "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		l.t.Fatal(err)

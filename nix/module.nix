@@ -167,6 +167,7 @@ in
           };
           defaults = mkOption { type = types.submodule { options = vmOptions; }; default = { }; description = "Merged into every VM."; };
           vms = mkOption { type = types.attrsOf (types.submodule { options = vmOptions; }); default = { }; description = "The VMs by name."; };
+          peers = mkOption { type = types.nullOr (types.attrsOf (types.submodule { options = { address = mkOption { type = types.str; description = "The daemon's --peer-listen address, host:port."; }; key = mkOption { type = types.str; description = "sha256:… of its peer key, as microvm peer key prints it there."; }; }; })); default = null; description = "The hosts whose daemons move VMs to each other (microvm move, drain)."; };
           network = mkOption {
             type = types.nullOr (types.submodule {
               options = {

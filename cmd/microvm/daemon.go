@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"microvm.dev/microvm/internal/deploy"
 	"microvm.dev/microvm/internal/logging"
 	"microvm.dev/microvm/internal/metrics"
+	"microvm.dev/microvm/internal/peer"
 	"microvm.dev/microvm/internal/webui"
 )
 
@@ -47,6 +49,7 @@ standard error otherwise (--log-format picks).`,
 	cmd.Flags().StringVar(&g.apiCert, "api-tls-cert", "", "certificate (PEM) for --api-listen")
 	cmd.Flags().StringVar(&g.apiKey, "api-tls-key", "", "private key (PEM) for --api-listen")
 	cmd.Flags().StringVar(&g.uiListen, "ui-listen", "", "also serve the web console (and the API, token required) over plain HTTP on this loopback address, for a quick look (off by default; the console is always on --api-listen)")
+	cmd.Flags().StringVar(&g.peerListen, "peer-listen", "", "serve the other hosts' daemons (the file's peers) on this TCP address, TLS with both ends' keys checked, to move VMs between hosts (off by default; this host is --host-name among the peers)")
 	cmd.Flags().StringVar(&g.metrics, "metrics-listen", "", "serve Prometheus metrics at /metrics on this address (off by default; a bare :PORT binds loopback)")
 	cmd.Flags().StringVar(&logFormat, "log-format", logging.FormatAuto, "auto (journald under systemd, else text), text, json or journald")
 	cmd.Flags().DurationVar(&g.sampleEvery, "sample-every", daemon.SampleEvery, "how often the VMs' host memory, CPU and network are measured (kept an hour) and the host's memory checked against host.reclaim")
@@ -121,6 +124,12 @@ func (a *app) runDaemon(file, logFormat string, o runOptions, g gitOptions) erro
 			return err
 		}
 	}
+	if g.peerListen != "" {
+		if err := servePeers(ctx, g.peerListen, g.hostName, a.stateDir, d, log); err != nil {
+			srv.Close()
+			return err
+		}
+	}
 	if g.metrics != "" {
 		if err := serveMetrics(ctx, g.metrics, metrics.New(d, dep), log); err != nil {
 			srv.Close()
@@ -182,6 +191,26 @@ func serveTCPAPI(ctx context.Context, addr, certFile, keyFile, tokenFile string,
 	}
 	serveUntil(ctx, ln, webui.Handler(h, token, true))
 	log.Info("TCP API and web console listening", "addr", ln.Addr().String(), "console", "https://"+ln.Addr().String()+"/ui/")
+	return nil
+}
+
+// servePeers serves the other hosts' daemons on addr: TLS with this
+// host's peer identity, clients checked against the file's peers.
+func servePeers(ctx context.Context, addr, host, stateDir string, d *daemon.Daemon, log interface{ Info(string, ...any) }) error {
+	if host == "" {
+		return usagef("--peer-listen needs --host-name: the name the file's peers know this host by")
+	}
+	id, err := peer.Load(peer.Dir(stateDir))
+	if err != nil {
+		return err
+	}
+	d.EnablePeers(host, id)
+	ln, err := tls.Listen("tcp", addr, id.ServerTLS(d.TrustPeer))
+	if err != nil {
+		return fmt.Errorf("--peer-listen %s: %w", addr, err)
+	}
+	serveUntil(ctx, ln, apiserver.PeerHandler(d))
+	log.Info("peers listening", "addr", ln.Addr().String(), "host", host, "key", id.Key)
 	return nil
 }
 

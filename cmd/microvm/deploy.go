@@ -35,6 +35,7 @@ type gitOptions struct {
 	history               int
 	metrics               string
 	apiListen, apiCert    string
+	peerListen            string
 	uiListen              string
 	apiKey                string
 	// sampleEvery is --sample-every (the daemon's, beside its listeners').

@@ -41,7 +41,8 @@ var (
 // Handler serves d's API; dep is the GitOps loop (nil when the daemon
 // applies a file instead, and the deploy endpoints answer 409). The
 // routes are grouped by resource: the VMs and the file (vms.go), a VM's
-// lifecycle (lifecycle.go), its volumes' snapshots (snapshots.go), the
+// lifecycle (lifecycle.go), its volumes' snapshots (snapshots.go), moves
+// between hosts (peers.go, with the peer listener's own handler), the
 // host, the event stream, consoles and logs (host.go), the GitOps loop
 // (deploy.go).
 func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
@@ -49,6 +50,7 @@ func Handler(d *daemon.Daemon, dep *deploy.Engine) http.Handler {
 	vmRoutes(mux, d)
 	lifecycleRoutes(mux, d)
 	snapshotRoutes(mux, d)
+	moveRoutes(mux, d)
 	hostRoutes(mux, d)
 	deployRoutes(mux, dep)
 	return mux

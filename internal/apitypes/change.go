@@ -174,3 +174,51 @@ type Backup struct {
 	// Host is the host that sent it.
 	Host string `json:"host"`
 }
+
+// MoveResult is POST /v1/vms/{name}/move: a VM moved to another host.
+type MoveResult struct {
+	VM   string `json:"vm"`
+	From string `json:"from"`
+	To   string `json:"to"`
+	// Mode is how it moved: "cold" (shut down cleanly, booted there).
+	Mode string `json:"mode"`
+	// Files are what was sent, each checked by its digest there.
+	Files []MovedFile `json:"files"`
+	// Seconds is the whole move; Downtime from the VM's stop here until
+	// it ran there.
+	Seconds  float64 `json:"seconds"`
+	Downtime float64 `json:"downtime"`
+}
+
+// MovedFile is one file of a move: its size (holes included), the bytes
+// of it sent (its allocated ranges) and on the wire (compressed), and the
+// digest both hosts computed.
+type MovedFile struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	Data   int64  `json:"data"`
+	Wire   int64  `json:"wire"`
+	SHA256 string `json:"sha256"`
+}
+
+// PeerHello is GET /peer/v1/hello on another host's peer listener: who it
+// is and the room its state directory has.
+type PeerHello struct {
+	Host      string `json:"host"`
+	FreeBytes int64  `json:"freeBytes"`
+}
+
+// PeerCommit is POST /peer/v1/incoming/{vm}/commit: the moved VM's entry
+// (as PUT /v1/vms/{name} takes it, when the receiving host's file does not
+// name the VM) and the host it comes from.
+type PeerCommit struct {
+	From  string `json:"from"`
+	Entry string `json:"entry"`
+}
+
+// DrainResult is POST /v1/drain: the VMs moved away, and those that could
+// not be, with why (they stay where they were).
+type DrainResult struct {
+	Moved  []MoveResult      `json:"moved"`
+	Failed map[string]string `json:"failed"`
+}

@@ -37,6 +37,10 @@ func TestWireJSON(t *testing.T) {
 		"ksm_stats":        KSMStats{},
 		"recipients":       Recipients{},
 		"backup":           Backup{},
+		"move_result":      MoveResult{},
+		"peer_hello":       PeerHello{},
+		"peer_commit":      PeerCommit{},
+		"drain_result":     DrainResult{},
 	} {
 		t.Run(name, func(t *testing.T) {
 			full := reflect.New(reflect.TypeOf(v))

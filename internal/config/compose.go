@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -87,5 +88,68 @@ func compose(file []byte, extra map[string][]byte) ([]byte, error) {
 		vms[n] = entry
 	}
 	doc["vms"] = vms
+	return yaml.Marshal(doc)
+}
+
+// Entry is the VM name's own entry in file (its keys as written, defaults
+// not merged), as PUT /v1/vms/{name} takes it; host, when it names one, is
+// set to host.
+func Entry(file []byte, name, host string) ([]byte, error) {
+	var doc struct {
+		VMs map[string]map[string]any `yaml:"vms"`
+	}
+	if err := yaml.Unmarshal(file, &doc); err != nil {
+		return nil, err
+	}
+	e, ok := doc.VMs[name]
+	if !ok {
+		return nil, fmt.Errorf("no VM %s in the file", name)
+	}
+	if e == nil {
+		e = map[string]any{}
+	}
+	if _, ok := e["host"]; ok {
+		e["host"] = host
+	}
+	return yaml.Marshal(e)
+}
+
+// WithoutVMs is file with the VMs names left out (those of other hosts,
+// or moved to them), and the network's allow rules and forwards that name
+// them.
+func WithoutVMs(file []byte, names []string) ([]byte, error) {
+	if len(names) == 0 {
+		return file, nil
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(file, &doc); err != nil {
+		return nil, err
+	}
+	gone := map[string]bool{}
+	for _, n := range names {
+		gone[n] = true
+	}
+	vms, _ := doc["vms"].(map[string]any)
+	for n := range gone {
+		delete(vms, n)
+	}
+	if netw, ok := doc["network"].(map[string]any); ok {
+		keep := func(key string, names func(map[string]any) []string) {
+			list, ok := netw[key].([]any)
+			if !ok {
+				return
+			}
+			netw[key] = slices.DeleteFunc(list, func(e any) bool {
+				m, _ := e.(map[string]any)
+				return slices.ContainsFunc(names(m), func(n string) bool { return gone[n] })
+			})
+		}
+		str := func(v any) string { s, _ := v.(string); return s }
+		keep("allow", func(m map[string]any) []string { return []string{str(m["from"]), str(m["to"])} })
+		keep("forwards", func(m map[string]any) []string {
+			vm, _, _ := strings.Cut(str(m["to"]), ":")
+			return []string{vm}
+		})
+	}
 	return yaml.Marshal(doc)
 }

@@ -58,6 +58,8 @@ type Config struct {
 	Egress Egress `json:"egress,omitzero"`
 	// Domain is the VMs' DNS domain (network.domain, lower case).
 	Domain string `json:"domain"`
+	// Peers are the file's peers, by host name.
+	Peers map[string]Peer `json:"peers,omitempty"`
 	// Source is the file as it was given to Parse (or ParseWith), without
 	// the VMs ParseWith added: what a later composition starts from.
 	Source []byte `json:"-"`
@@ -300,7 +302,8 @@ func hasPathPrefix(p, prefix string) bool {
 // reporting to r.
 func resolve(r *reporter, f *File, opts Options) *Config {
 	v := &validator{r: r, opts: opts}
-	cfg := &Config{Host: f.Host, byName: map[string]*VM{}}
+	cfg := &Config{Host: f.Host, byName: map[string]*VM{}, Peers: f.Peers}
+	v.peers(f.Peers)
 	if cfg.Host.ExternalInterface == "" {
 		cfg.Host.ExternalInterface = DefaultExternalInterface
 	}
@@ -446,11 +449,19 @@ func (c *Config) ForHost(host string) *Config {
 	}
 	out := *c
 	out.VMs, out.byName = nil, map[string]*VM{}
+	var others []string
 	for _, vm := range c.VMs {
 		if vm.Host == host {
 			out.VMs = append(out.VMs, vm)
 			out.byName[vm.Name] = vm
+		} else {
+			others = append(others, vm.Name)
 		}
+	}
+	// An apply composes the source again (with the VMs put through the
+	// API): it must hold this host's VMs only.
+	if src, err := WithoutVMs(c.Source, others); err == nil {
+		out.Source = src
 	}
 	out.Allow = nil
 	for _, a := range c.Allow {

@@ -284,6 +284,8 @@ var badConfigs = []badConfig{
 	{"backup without a repository", "vms: { a: { index: 1, snapshots: { backup: { password: " + testSecret + " } } } }", "vms.a.snapshots.backup.repository", "needs a restic repository", Options{}},
 	{"backup password not age", "vms: { a: { index: 1, snapshots: { backup: { repository: /srv/restic, password: hunter2 } } } }", "vms.a.snapshots.backup.password", "must be age-encrypted", Options{}},
 	{"backup env not age", "vms: { a: { index: 1, snapshots: { backup: { repository: /srv/restic, password: " + testSecret + ", env: { AWS_SECRET_ACCESS_KEY: plain } } } } }", "vms.a.snapshots.backup.env.AWS_SECRET_ACCESS_KEY", "must be age-encrypted", Options{}},
+	{"peer without a port", "peers: { b: { address: 10.0.0.2, key: sha256:0000000000000000000000000000000000000000000000000000000000000000 } }\nvms: {}", "peers.b.address", "is not host:port", Options{}},
+	{"peer key not a key", "peers: { b: { address: \"10.0.0.2:7444\", key: abc } }\nvms: {}", "peers.b.key", "is not a peer key", Options{}},
 	{"secret not age", "vms: { a: { index: 1, secrets: [{path: /run/s, age: hunter2}] } }", "vms.a.secrets[0].age", "not an ASCII-armored age file", Options{}},
 	{"secret relative path", "vms: { a: { index: 1, secrets: [{path: run/s, age: " + testSecret + "}] } }", "vms.a.secrets[0].path", "absolute, clean", Options{}},
 	{"secret no path", "vms: { a: { index: 1, secrets: [{age: " + testSecret + "}] } }", "vms.a.secrets[0].path", "needs the path", Options{}},
@@ -499,6 +501,11 @@ network:
 	h1 := c.ForHost("h1")
 	if len(h1.VMs) != 2 || h1.VM("c") != nil || len(h1.Allow) != 1 || len(h1.Forwards) != 1 {
 		t.Errorf("h1 = %d VMs, %d allows, %d forwards", len(h1.VMs), len(h1.Allow), len(h1.Forwards))
+	}
+	// An apply composes the source again: it holds h1's VMs and rules only.
+	again, err := ParseWith("h1", h1.Source, nil, Options{})
+	if err != nil || len(again.VMs) != 2 || again.VM("c") != nil || len(again.Allow) != 1 || len(again.Forwards) != 1 {
+		t.Errorf("h1's source parsed again: %v, %+v", err, again)
 	}
 	if h3 := c.ForHost("h3"); len(h3.VMs) != 0 {
 		t.Errorf("an unnamed host runs %d VMs", len(h3.VMs))

@@ -19,6 +19,19 @@ type File struct {
 	VMs map[string]VMSpec `yaml:"vms" json:"vms" jsonschema:"required"`
 	// Network holds the exceptions to VM isolation and the host port forwards.
 	Network Network `yaml:"network,omitempty" json:"network,omitempty"`
+	// Peers are the hosts whose daemons move VMs to each other (microvm
+	// move, drain), by the host names VMs give in host: each daemon's
+	// peer address and the key it is known by.
+	Peers map[string]Peer `yaml:"peers,omitempty" json:"peers,omitempty"`
+}
+
+// Peer is another host's daemon, as this one reaches and trusts it.
+type Peer struct {
+	// Address is the daemon's --peer-listen address, host:port.
+	Address string `yaml:"address" json:"address"`
+	// Key is "sha256:" and the hex SHA-256 of its public key, as `microvm
+	// peer key` prints it there: the only key that host is trusted by.
+	Key string `yaml:"key" json:"key"`
 }
 
 // Host holds settings of the hypervisor host.

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"runtime"
 	"slices"
 	"sort"
@@ -85,6 +86,9 @@ type Daemon struct {
 	proc        hostmem.Proc
 	ksm         ksm.Dir
 	short       atomic.Bool
+	// peers is how this daemon moves VMs to and from other hosts' (zero
+	// until EnablePeers).
+	peers peering
 }
 
 // OnApply registers f to be called after every apply with its result.
@@ -122,6 +126,9 @@ func NewWithLauncher(env launch.Env, l supervisor.Launcher, log *slog.Logger) (*
 	d := &Daemon{env: env, log: log.With("component", "daemon"), sup: sup, net: m, radv: adv, boots: make(chan struct{}, max(2, runtime.NumCPU())), api: api,
 		usage: usage.NewHistory(usage.DefaultWindow), resample: make(chan struct{}, 1), proc: "/proc", ksm: hostnet.KSMDir}
 	d.sampleEvery.Store(int64(SampleEvery))
+	// What peers were sending when the last daemon stopped is half a copy:
+	// the senders kept their VMs.
+	os.RemoveAll(state.Dir{Root: env.StateDir}.IncomingDir())
 	if _, err := d.sup.Adopt(); err != nil {
 		m.Close()
 		adv.Close()
@@ -207,7 +214,21 @@ func (d *Daemon) compose(name string, data []byte, api map[string][]byte) (*conf
 	if err != nil {
 		return nil, err
 	}
-	return config.ParseWith(name, data, api, opts)
+	// The file's VMs moved to other hosts are not this host's any more.
+	moved, err := state.Dir{Root: d.env.StateDir}.MovedVMs()
+	if err != nil {
+		return nil, err
+	}
+	here, err := config.WithoutVMs(data, slices.Collect(maps.Keys(moved)))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	cfg, err := config.ParseWith(name, here, api, opts)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Source = data // the file as given: a VM moved back is in it
+	return cfg, nil
 }
 
 // apiEntries are the entries of the VMs put through the API (a copy).

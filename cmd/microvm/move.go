@@ -1,0 +1,140 @@
+package main
+
+import (
+	"fmt"
+	"net/url"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"microvm.dev/microvm/internal/apitypes"
+	"microvm.dev/microvm/internal/peer"
+)
+
+func (a *app) moveCommand() *cobra.Command {
+	var to string
+	cmd := &cobra.Command{
+		Use:   "move VM --to HOST",
+		Short: "Move a VM and its data to another host's daemon",
+		Long: `move shuts the VM down cleanly, streams its volumes and SSH host key to the
+daemon of HOST (one of the file's peers, over TLS with both hosts' keys
+checked), which checks each file's digest and boots the VM; then this host
+forgets the VM and deletes its copy. Until HOST runs it the VM and its data
+stay here: a failure on the way (HOST unreachable, untrusting, out of room,
+or dying half-way) starts it here again and leaves nothing there. A VM of
+this host's file is recorded as moved (this host's applies leave it out)
+until the file names HOST for it or it is moved back.`,
+		Example: "  microvm move db --to host-b",
+		Args:    exactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if to == "" {
+				return usagef("move needs --to HOST")
+			}
+			var res apitypes.MoveResult
+			if err := a.client().Do("POST", "/v1/vms/"+url.PathEscape(args[0])+"/move?to="+url.QueryEscape(to), nil, &res); err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(res)
+			}
+			a.printMoves([]apitypes.MoveResult{res})
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "the host to move the VM to (a name in the file's peers)")
+	return cmd
+}
+
+func (a *app) drainCommand() *cobra.Command {
+	var to []string
+	var parallel int
+	cmd := &cobra.Command{
+		Use:   "drain [--to HOST,…] [--parallel N]",
+		Short: "Move every VM of this host to other hosts",
+		Long: `drain moves every VM of this host, as microvm move does, to the hosts --to
+names (every other peer of the file when unset), each to the one with the
+most room at that moment, N at a time. A VM that cannot move stays here as
+it was and is listed with the reason; drain then exits 1.`,
+		Example: "  microvm drain\n  microvm drain --to host-b,host-c --parallel 2",
+		Args:    exactArgs(0),
+		RunE: func(*cobra.Command, []string) error {
+			q := url.Values{}
+			if len(to) > 0 {
+				q.Set("to", strings.Join(to, ","))
+			}
+			if parallel > 0 {
+				q.Set("parallel", fmt.Sprint(parallel))
+			}
+			var res apitypes.DrainResult
+			if err := a.client().Do("POST", "/v1/drain?"+q.Encode(), nil, &res); err != nil {
+				return err
+			}
+			if a.output == "json" {
+				if err := a.printJSON(res); err != nil {
+					return err
+				}
+			} else {
+				a.printMoves(res.Moved)
+			}
+			if len(res.Failed) > 0 {
+				names := make([]string, 0, len(res.Failed))
+				for n := range res.Failed {
+					names = append(names, n)
+				}
+				sort.Strings(names)
+				var why []string
+				for _, n := range names {
+					why = append(why, n+": "+res.Failed[n])
+				}
+				return fmt.Errorf("%d VM(s) stay on this host:\n  %s", len(names), strings.Join(why, "\n  "))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringSliceVar(&to, "to", nil, "the hosts to move the VMs to (default: every other peer of the file)")
+	cmd.Flags().IntVar(&parallel, "parallel", 1, "how many VMs move at once")
+	return cmd
+}
+
+func (a *app) printMoves(list []apitypes.MoveResult) {
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VM\tFROM\tTO\tMODE\tDATA\tWIRE\tSECONDS\tDOWNTIME")
+	for _, m := range list {
+		var data, wire int64
+		for _, f := range m.Files {
+			data, wire = data+f.Data, wire+f.Wire
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\n", m.VM, m.From, m.To, m.Mode, humanBytes(data), humanBytes(wire), m.Seconds, m.Downtime)
+	}
+	tw.Flush()
+}
+
+func (a *app) peerCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "peer",
+		Short:   "This host's identity among the file's peers",
+		Example: "  microvm peer key",
+		Args:    exactArgs(0),
+		RunE:    func(*cobra.Command, []string) error { return usagef("peer needs a subcommand: key") },
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "key",
+		Short: "Print this host's peer key (made on first use), for the file's peers",
+		Long: `key prints the key this host's daemon is known by among the file's peers:
+write it as peers.<this host>.key in the file. The key pair is made once in
+<state>/peer and kept; the private key never leaves the host.`,
+		Example: "  microvm peer key",
+		Args:    exactArgs(0),
+		RunE: func(*cobra.Command, []string) error {
+			id, err := peer.Load(peer.Dir(a.stateDir))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, id.Key)
+			return nil
+		},
+	})
+	return cmd
+}

@@ -1,0 +1,150 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"syscall"
+	"time"
+
+	"microvm.dev/microvm/internal/apitypes"
+	"microvm.dev/microvm/internal/state"
+	"microvm.dev/microvm/internal/transfer"
+)
+
+// movedFileRE is a file a move may bring: a volume's image or the VM's
+// SSH host key.
+var movedFileRE = regexp.MustCompile(`^([a-z0-9][a-z0-9_-]{0,19}\.img|ssh_host_ed25519_key)$`)
+
+// ErrHere says the receiving host has the VM already.
+var ErrHere = errors.New("this host has a VM of that name already")
+
+// PeerHello says who this host is and the room its state directory has.
+func (d *Daemon) PeerHello() apitypes.PeerHello {
+	var fs syscall.Statfs_t
+	h := apitypes.PeerHello{Host: d.HostName()}
+	if syscall.Statfs(d.env.StateDir, &fs) == nil {
+		h.FreeBytes = int64(fs.Bavail) * fs.Bsize
+	}
+	return h
+}
+
+// incoming is where the files of vm arrive before the move commits.
+func (d *Daemon) incoming(vm string) string {
+	return filepath.Join(state.Dir{Root: d.env.StateDir}.IncomingDir(), vm)
+}
+
+// mayReceive says whether vm may move here: it is not running or held
+// here, unless this host's file names it and it was moved away (it comes
+// back).
+func (d *Daemon) mayReceive(vm string) error {
+	moved, err := state.Dir{Root: d.env.StateDir}.MovedVMs()
+	if err != nil {
+		return err
+	}
+	if _, back := moved[vm]; back {
+		return nil
+	}
+	if _, known := d.sup.Status(vm); known || d.VMConfig(vm) != nil {
+		return fmt.Errorf("%s: %w", vm, ErrHere)
+	}
+	if _, err := os.Stat(state.Dir{Root: d.env.StateDir}.VMDir(vm)); err == nil {
+		return fmt.Errorf("%s: %w (its directory %s is here)", vm, ErrHere, state.Dir{Root: d.env.StateDir}.VMDir(vm))
+	}
+	return nil
+}
+
+// Receive takes one file of vm from the peer from, into the VM's incoming
+// directory; it is kept only when its digest matches the sender's.
+func (d *Daemon) Receive(from, vm, file string, body io.Reader) (transfer.Stats, error) {
+	if !movedFileRE.MatchString(file) {
+		return transfer.Stats{}, fmt.Errorf("%q is not a file a move brings", file)
+	}
+	if err := d.mayReceive(vm); err != nil {
+		return transfer.Stats{}, err
+	}
+	dir := d.incoming(vm)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return transfer.Stats{}, err
+	}
+	dst := filepath.Join(dir, file)
+	os.Remove(dst) // a retry's
+	st, err := transfer.Receive(body, dst)
+	if err != nil {
+		return st, fmt.Errorf("receive %s of %s from %s: %w", file, vm, from, err)
+	}
+	d.log.Info("move: file received", "vm", vm, "from", from, "file", file, "data", st.Data, "wire", st.Wire)
+	return st, nil
+}
+
+// CommitMove runs vm, whose files arrived, on this host: they go into its
+// directory, and it is started, as this host's file says when the file
+// names it (it comes back), else as c.Entry put through the API. A VM
+// that does not start leaves nothing here: its files are removed and the
+// error says why (the sender keeps its copy).
+func (d *Daemon) CommitMove(ctx context.Context, vm string, c apitypes.PeerCommit) error {
+	if err := d.claim(vm); err != nil {
+		return err
+	}
+	defer d.release(vm)
+	if err := d.mayReceive(vm); err != nil {
+		return err
+	}
+	dir := state.Dir{Root: d.env.StateDir}
+	if err := os.MkdirAll(filepath.Dir(dir.VMDir(vm)), 0o711); err != nil {
+		return err
+	}
+	if err := os.Rename(d.incoming(vm), dir.VMDir(vm)); err != nil {
+		return fmt.Errorf("install %s's files: %w", vm, err)
+	}
+	err := d.runMovedIn(vm, c)
+	if err != nil {
+		d.log.Error("move: the VM did not start here", "vm", vm, "from", c.From, "err", err)
+		d.sup.Stop(vm)
+		d.forget(vm)
+		dir.RemoveAPIVM(vm)
+		os.RemoveAll(dir.VMDir(vm))
+		return err
+	}
+	d.log.Info("move: running here", "vm", vm, "from", c.From)
+	return nil
+}
+
+// runMovedIn starts a VM whose files are in place.
+func (d *Daemon) runMovedIn(vm string, c apitypes.PeerCommit) error {
+	dir := state.Dir{Root: d.env.StateDir}
+	moved, err := dir.MovedVMs()
+	if err != nil {
+		return err
+	}
+	if _, back := moved[vm]; back {
+		if err := dir.RemoveMoved(vm); err != nil {
+			return err
+		}
+		d.mu.Lock()
+		name, data := d.file, d.fileData
+		d.mu.Unlock()
+		if _, err := d.ApplyFile(name, data); err != nil {
+			dir.WriteMoved(vm, c.From, time.Now())
+			return fmt.Errorf("apply the file with %s back: %w", vm, err)
+		}
+		if st, _ := d.sup.Status(vm); st.PID == 0 {
+			return fmt.Errorf("%s did not start: %s", vm, st.Failure)
+		}
+		return nil
+	}
+	res, err := d.Put(vm, []byte(c.Entry))
+	if errors.Is(err, ErrInvalid) && res != nil {
+		return fmt.Errorf("%s: %w", vm, res.Problems)
+	}
+	return err
+}
+
+// AbortMove drops what arrived of vm.
+func (d *Daemon) AbortMove(vm string) error {
+	return os.RemoveAll(d.incoming(vm))
+}

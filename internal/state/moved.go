@@ -1,0 +1,75 @@
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Moved records a VM of this host's file that was moved to another host
+// (microvm move, drain): the file still names it here, but this host no
+// longer runs it or holds its data, so its applies leave it out until the
+// file names the other host or the VM is moved back.
+type Moved struct {
+	To   string    `json:"to"`
+	Time time.Time `json:"time"`
+}
+
+// MovedDir holds one record per VM moved away.
+func (d Dir) MovedDir() string { return filepath.Join(d.Root, "moved") }
+
+// WriteMoved records that the VM name was moved to the host to.
+func (d Dir) WriteMoved(name, to string, now time.Time) error {
+	if err := os.MkdirAll(d.MovedDir(), 0o700); err != nil {
+		return fmt.Errorf("record %s moved: %w", name, err)
+	}
+	data, err := json.Marshal(Moved{To: to, Time: now.UTC()})
+	if err != nil {
+		return err
+	}
+	return WriteFile(filepath.Join(d.MovedDir(), name+".json"), data, 0o600)
+}
+
+// RemoveMoved forgets that the VM name was moved away.
+func (d Dir) RemoveMoved(name string) error {
+	if err := os.Remove(filepath.Join(d.MovedDir(), name+".json")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("forget %s moved: %w", name, err)
+	}
+	return nil
+}
+
+// MovedVMs reads the records of the VMs moved away, by name.
+func (d Dir) MovedVMs() (map[string]Moved, error) {
+	out := map[string]Moved{}
+	entries, err := os.ReadDir(d.MovedDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the VMs moved away: %w", err)
+	}
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(d.MovedDir(), e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		var m Moved
+		if err := json.Unmarshal(data, &m); err != nil {
+			return nil, fmt.Errorf("the record of %s moved: %w", name, err)
+		}
+		out[name] = m
+	}
+	return out, nil
+}
+
+// IncomingDir holds what peers are sending this host (a VM's files while
+// they arrive): nothing in it outlives a daemon's restart.
+func (d Dir) IncomingDir() string { return filepath.Join(d.Root, "incoming") }
