@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"microvm.dev/microvm/internal/apitypes"
+	"microvm.dev/microvm/internal/generation"
 	"microvm.dev/microvm/internal/testutil"
 )
 
@@ -27,47 +28,15 @@ import (
 //     the allocated ranges were sent, and a holds nothing of it;
 //   - `drain` on b moves it back to a, whose file names it: b is empty.
 func TestMoveBetweenHosts(t *testing.T) {
-	requireGuestEnv(t)
-	testutil.RequireCommand(t, "nsenter")
-	a, b := newDaemonLab(t, "mva"), newDaemonLab(t, "mvb")
-	a.inNS, b.inNS = true, true
-	testutil.Veth(t, a.ns, "lan0", b.ns, "lan0")
-	for i, l := range []*daemonLab{a, b} {
-		l.ns.IP(t, "addr", "add", fmt.Sprintf("172.31.10.%d/24", i+1), "dev", "lan0")
-		l.ns.IP(t, "link", "set", "lan0", "up")
-	}
-	key := func(l *daemonLab) string {
-		out, err := l.cli("peer", "key")
-		if err != nil {
-			t.Fatalf("peer key: %v\n%s", err, out)
-		}
-		return strings.TrimSpace(out)
-	}
-	ka, kb := key(a), key(b)
-	peers := func(kb string) string {
-		return fmt.Sprintf("peers:\n  a: { address: \"172.31.10.1:7444\", key: %s }\n  b: { address: \"172.31.10.2:7444\", key: %s }\n", ka, kb)
-	}
-	const db = "vms:\n  db: { index: 1, memory: 256M, stopTimeout: 20s, volumes: [{ name: data, mountPoint: /data, size: 512M }] }\n"
-	host := "host: { externalInterface: lan0 }\n"
+	p := newHostPair(t)
+	a, b, host, db, peers, ka, kb := p.a, p.b, p.host, p.db, p.peers, p.ka, p.kb
 	fileA := a.writeFile(host + peers(kb) + db)
 	fileB := b.writeFile(host + peers(kb) + "vms: {}\n")
-	start := func(l *daemonLab, name, file string) {
-		l.startDaemon(file, "--peer-listen", fmt.Sprintf("172.31.10.%d:7444", map[string]int{"a": 1, "b": 2}[name]), "--host-name", name)
-	}
+	start := func(l *daemonLab, name, file string) { p.start(l, name, "--config", file) }
 	start(a, "a", fileA)
 	start(b, "b", fileB)
 	a.waitFor("db running on a", 3*time.Minute, allRunning("db"))
-	out, err := a.cli("exec", "db", "--", "sh", "-c", "head -c 134217728 /dev/urandom > /data/big && sync && sha256sum /data/big")
-	if err != nil {
-		t.Fatalf("write db's data: %v\n%s", err, out)
-	}
-	sum := strings.Fields(out)[0]
-	dataIs := func(l *daemonLab, where string) {
-		t.Helper()
-		if out, err := l.cli("exec", "db", "--", "sha256sum", "/data/big"); err != nil || !strings.HasPrefix(out, sum) {
-			t.Errorf("db's data on %s: %q (%v), want sha256 %s", where, out, err, sum)
-		}
-	}
+	dataIs := p.writeData(a)
 
 	// Refused before anything stops: a host not in the peers, and b while
 	// a's file names another key for it.
@@ -115,14 +84,14 @@ func TestMoveBetweenHosts(t *testing.T) {
 	a.waitFor("db running on a again", 3*time.Minute, allRunning("db"))
 	dataIs(a, "a after the failed move")
 	start(b, "b", fileB)
-	for _, p := range []string{filepath.Join(b.state, "incoming"), filepath.Join(b.state, "vms", "db")} {
-		if _, err := os.Stat(p); !os.IsNotExist(err) {
-			t.Errorf("b keeps %s after the failed move (%v)", p, err)
+	for _, path := range []string{filepath.Join(b.state, "incoming"), filepath.Join(b.state, "vms", "db")} {
+		if _, err := os.Stat(path); !os.IsNotExist(err) {
+			t.Errorf("b keeps %s after the failed move (%v)", path, err)
 		}
 	}
 
 	// The move.
-	out, err = a.cli("-o", "json", "move", "db", "--to", "b")
+	out, err := a.cli("-o", "json", "move", "db", "--to", "b")
 	var res apitypes.MoveResult
 	if err != nil || json.Unmarshal([]byte(out), &res) != nil {
 		t.Fatalf("move db --to b: %v\n%s", err, out)
@@ -151,5 +120,144 @@ func TestMoveBetweenHosts(t *testing.T) {
 	dataIs(a, "a after the drain")
 	if vms := b.list(); len(vms) != 0 {
 		t.Errorf("b after the drain: %v", vms)
+	}
+}
+
+// hostPair is two daemons in two namespaces joined by a LAN (172.31.10.0/24),
+// each to serve the other on its LAN address, with their peer keys.
+type hostPair struct {
+	t        *testing.T
+	a, b     *daemonLab
+	ka, kb   string
+	host, db string
+	peers    func(kb string) string
+}
+
+func newHostPair(t *testing.T) *hostPair {
+	requireGuestEnv(t)
+	testutil.RequireCommand(t, "nsenter")
+	p := &hostPair{t: t, a: newDaemonLab(t, "mva"), b: newDaemonLab(t, "mvb")}
+	p.a.inNS, p.b.inNS = true, true
+	testutil.Veth(t, p.a.ns, "lan0", p.b.ns, "lan0")
+	for i, l := range []*daemonLab{p.a, p.b} {
+		l.ns.IP(t, "addr", "add", fmt.Sprintf("172.31.10.%d/24", i+1), "dev", "lan0")
+		l.ns.IP(t, "link", "set", "lan0", "up")
+	}
+	key := func(l *daemonLab) string {
+		out, err := l.cli("peer", "key")
+		if err != nil {
+			t.Fatalf("peer key: %v\n%s", err, out)
+		}
+		return strings.TrimSpace(out)
+	}
+	p.ka, p.kb = key(p.a), key(p.b)
+	p.peers = func(kb string) string {
+		return fmt.Sprintf("peers:\n  a: { address: \"172.31.10.1:7444\", key: %s }\n  b: { address: \"172.31.10.2:7444\", key: %s }\n", p.ka, kb)
+	}
+	p.host = "host: { externalInterface: lan0 }\n"
+	p.db = "vms:\n  db: { index: 1, memory: 256M, stopTimeout: 20s, volumes: [{ name: data, mountPoint: /data, size: 512M }] }\n"
+	return p
+}
+
+// start starts l's daemon as host name, serving its peer on the LAN.
+func (p *hostPair) start(l *daemonLab, name string, extra ...string) {
+	l.startDaemon("", append([]string{"--peer-listen", fmt.Sprintf("172.31.10.%d:7444", map[string]int{"a": 1, "b": 2}[name]), "--host-name", name}, extra...)...)
+}
+
+// writeData writes 128 MiB of random data in db on l, and returns a check
+// that db has it on a host.
+func (p *hostPair) writeData(l *daemonLab) func(*daemonLab, string) {
+	t := p.t
+	out, err := l.cli("exec", "db", "--", "sh", "-c", "head -c 134217728 /dev/urandom > /data/big && sync && sha256sum /data/big")
+	if err != nil {
+		t.Fatalf("write db's data: %v\n%s", err, out)
+	}
+	sum := strings.Fields(out)[0]
+	return func(l *daemonLab, where string) {
+		t.Helper()
+		if out, err := l.cli("exec", "db", "--", "sha256sum", "/data/big"); err != nil || !strings.HasPrefix(out, sum) {
+			t.Errorf("db's data on %s: %q (%v), want sha256 %s", where, out, err, sum)
+		}
+	}
+}
+
+// TestMoveByDeploy: both hosts deploy one repository (--host-name a and
+// b, the file naming their peers); a commit that changes db's host: from
+// a to b moves db with its data when a deploys it, and b, deploying the
+// same commit afterwards, takes the VM over from the move as its file's
+// without restarting it. Nothing of db is left on a. Moving it back the
+// other way round (the receiving host deploying first) has a wait for
+// the move instead of making db on empty volumes.
+func TestMoveByDeploy(t *testing.T) {
+	testutil.RequireCommand(t, "git")
+	p := newHostPair(t)
+	a, b := p.a, p.b
+	repo := newGitRepo(t)
+	on := func(h string) string {
+		return p.host + p.peers(p.kb) + "vms:\n  db: { index: 1, host: " + h + ", memory: 256M, stopTimeout: 20s, volumes: [{ name: data, mountPoint: /data, size: 512M }] }\n"
+	}
+	repo.push(on("a"), "db on a")
+	git := []string{"--git-url", repo.remote, "--git-interval", "1h", "--health-timeout", "2m"}
+	p.start(a, "a", git...)
+	p.start(b, "b", git...)
+	a.waitGeneration(1, 3*time.Minute)
+	b.waitGeneration(1, 3*time.Minute)
+	a.waitFor("db running on a", 3*time.Minute, allRunning("db"))
+	if vms := b.list(); len(vms) != 0 {
+		t.Fatalf("b runs %v in generation 1", vms)
+	}
+	dataIs := p.writeData(a)
+
+	repo.push(on("b"), "db to b")
+	if out, err := a.cli("deploy", "trigger"); err != nil {
+		t.Fatalf("deploy trigger on a: %v\n%s", err, out)
+	}
+	if g := a.waitGeneration(2, 5*time.Minute); g.Status != generation.Succeeded {
+		t.Fatalf("a's generation 2: %s %s\n%s", g.Status, g.Error, tail(a.log(), 30))
+	}
+	b.waitFor("db running on b", 3*time.Minute, allRunning("db"))
+	pid := b.list()["db"].PID
+	if out, err := b.cli("deploy", "trigger"); err != nil {
+		t.Fatalf("deploy trigger on b: %v\n%s", err, out)
+	}
+	if g := b.waitGeneration(2, 5*time.Minute); g.Status != generation.Succeeded {
+		t.Fatalf("b's generation 2: %s %s\n%s", g.Status, g.Error, tail(b.log(), 30))
+	}
+	if st := b.list()["db"]; st.PID != pid || st.State != apitypes.Running {
+		t.Errorf("db on b after b deployed: pid %d (%s), want it left running as pid %d", st.PID, st.State, pid)
+	}
+	dataIs(b, "b")
+	if _, err := os.Stat(filepath.Join(b.state, "api-vms", "db.yaml")); !os.IsNotExist(err) {
+		t.Errorf("db is still held on b as put through the API once b's file names it (%v)", err)
+	}
+	if _, ok := a.list()["db"]; ok {
+		t.Error("a still lists db")
+	}
+	if _, err := os.Stat(filepath.Join(a.state, "vms", "db")); !os.IsNotExist(err) {
+		t.Errorf("a keeps db's directory (%v)", err)
+	}
+
+	// Back to a, the receiving host deploying first: a expects db (and
+	// makes no empty one), b's deploy moves it there.
+	repo.push(on("a"), "db back to a")
+	if out, err := a.cli("deploy", "trigger"); err != nil {
+		t.Fatalf("deploy trigger on a: %v\n%s", err, out)
+	}
+	if g := a.waitGeneration(3, 5*time.Minute); g.Status != generation.Succeeded {
+		t.Fatalf("a's generation 3: %s %s", g.Status, g.Error)
+	}
+	if _, ok := a.list()["db"]; ok {
+		t.Error("a made db before its move came")
+	}
+	if out, err := b.cli("deploy", "trigger"); err != nil {
+		t.Fatalf("deploy trigger on b: %v\n%s", err, out)
+	}
+	if g := b.waitGeneration(3, 5*time.Minute); g.Status != generation.Succeeded {
+		t.Fatalf("b's generation 3: %s %s\n%s", g.Status, g.Error, tail(b.log(), 30))
+	}
+	a.waitFor("db running on a again", 3*time.Minute, allRunning("db"))
+	dataIs(a, "a after the move back")
+	if vms := b.list(); len(vms) != 0 {
+		t.Errorf("b after db moved back: %v", vms)
 	}
 }

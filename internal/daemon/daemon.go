@@ -223,6 +223,14 @@ func (d *Daemon) compose(name string, data []byte, api map[string][]byte) (*conf
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	// A VM that arrived by a move is the file's once the file names it
+	// (Apply hands it over: adoptArrived).
+	api = maps.Clone(api)
+	for vm := range api {
+		if _, err := config.Entry(here, vm, ""); err == nil && (state.Dir{Root: d.env.StateDir}).Arrived(vm) {
+			delete(api, vm)
+		}
+	}
 	cfg, err := config.ParseWith(name, here, api, opts)
 	if err != nil {
 		return nil, err
@@ -299,6 +307,7 @@ func (d *Daemon) Apply(name string, file *config.Config) (res *ApplyResult, err 
 	// The file is composed again with the VMs put through the API now (one
 	// may have come since it was parsed), checked and committed in one go.
 	d.desired.Lock()
+	d.adoptArrived(file.Source)
 	vms, ps, err := d.decide(name, file.Source, d.apiEntries(), name, func(cfg *config.Config) []plan.VMPlan { return d.Plan(cfg).VMs }, nil)
 	d.desired.Unlock()
 	if len(ps) > 0 {

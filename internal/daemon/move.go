@@ -318,10 +318,8 @@ func sendFile(ctx context.Context, c *peerClient, vm string, f moveFile) (apityp
 func (d *Daemon) forgetMoved(vm, to string) error {
 	dir := state.Dir{Root: d.env.StateDir}
 	if d.IsPut(vm) {
-		if err := d.Remove(vm, true); err != nil {
-			return err
-		}
-		return nil
+		dir.RemoveArrived(vm)
+		return d.Remove(vm, true)
 	}
 	if err := dir.WriteMoved(vm, to, time.Now()); err != nil {
 		return err

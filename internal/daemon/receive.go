@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"microvm.dev/microvm/internal/apitypes"
+	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/transfer"
 )
@@ -141,7 +142,55 @@ func (d *Daemon) runMovedIn(vm string, c apitypes.PeerCommit) error {
 	if errors.Is(err, ErrInvalid) && res != nil {
 		return fmt.Errorf("%s: %w", vm, res.Problems)
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	return dir.WriteArrived(vm)
+}
+
+// ExpectMove records that the VM vm, which this host's file names now,
+// lives on the peer from and is to be moved here (a GitOps deploy changed
+// its host:): this host's applies leave it out, rather than make it again
+// on empty volumes, until its move comes.
+func (d *Daemon) ExpectMove(vm, from string) error {
+	dir := state.Dir{Root: d.env.StateDir}
+	if _, known := d.sup.Status(vm); known {
+		return nil // it is here already (it came before this deploy)
+	}
+	if _, err := os.Stat(dir.VMDir(vm)); err == nil {
+		return nil // its data is here
+	}
+	d.log.Info("move: expecting a VM", "vm", vm, "from", from)
+	return dir.WriteMoved(vm, from, time.Now())
+}
+
+// adoptArrived hands each VM that arrived by a move, held as put through
+// the API, to the file about to be applied when it names the VM: the API
+// entry goes, the running VM stays (its spec is the file's). And a VM
+// recorded as moved away that the file does not name any more is
+// forgotten.
+func (d *Daemon) adoptArrived(source []byte) {
+	dir := state.Dir{Root: d.env.StateDir}
+	named := func(vm string) bool {
+		_, err := config.Entry(source, vm, "")
+		return err == nil
+	}
+	d.mu.Lock()
+	for vm := range d.api {
+		if dir.Arrived(vm) && named(vm) {
+			delete(d.api, vm)
+			dir.RemoveAPIVM(vm)
+			dir.RemoveArrived(vm)
+			d.log.Info("move: the file takes over a VM that arrived", "vm", vm)
+		}
+	}
+	d.mu.Unlock()
+	moved, _ := dir.MovedVMs()
+	for vm := range moved {
+		if !named(vm) {
+			dir.RemoveMoved(vm)
+		}
+	}
 }
 
 // AbortMove drops what arrived of vm.

@@ -283,6 +283,9 @@ func (e *Engine) deploy(ctx context.Context, c gitsync.Commit, gens []*generatio
 func (e *Engine) finish(ctx context.Context, g *generation.Generation, gens []*generation.Generation) {
 	log := e.log.With("generation", g.Number, "commit", short(g.Commit.Hash))
 	cfg, err := e.parse(g)
+	if err == nil {
+		err = e.handOver(ctx, g, generation.LastGood(gens))
+	}
 	var res *daemon.ApplyResult
 	if err == nil {
 		res, err = e.d.Apply(label(g), cfg)

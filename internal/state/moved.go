@@ -73,3 +73,33 @@ func (d Dir) MovedVMs() (map[string]Moved, error) {
 // IncomingDir holds what peers are sending this host (a VM's files while
 // they arrive): nothing in it outlives a daemon's restart.
 func (d Dir) IncomingDir() string { return filepath.Join(d.Root, "incoming") }
+
+// arrivedPath records that the VM name came here by a move from a host
+// whose file named it: once this host's file names it too, the file
+// takes it over from the API.
+func (d Dir) arrivedPath(name string) string {
+	return filepath.Join(d.MovedDir(), name+".arrived")
+}
+
+// WriteArrived records that the VM name arrived by a move.
+func (d Dir) WriteArrived(name string) error {
+	if err := os.MkdirAll(d.MovedDir(), 0o700); err != nil {
+		return err
+	}
+	return WriteFile(d.arrivedPath(name), nil, 0o600)
+}
+
+// Arrived says whether the VM name arrived by a move and is still held
+// as put through the API.
+func (d Dir) Arrived(name string) bool {
+	_, err := os.Stat(d.arrivedPath(name))
+	return err == nil
+}
+
+// RemoveArrived forgets that the VM name arrived by a move.
+func (d Dir) RemoveArrived(name string) error {
+	if err := os.Remove(d.arrivedPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
