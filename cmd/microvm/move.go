@@ -48,7 +48,7 @@ until the file names HOST for it or it is moved back.`,
 }
 
 func (a *app) drainCommand() *cobra.Command {
-	var to []string
+	var to string
 	var parallel int
 	cmd := &cobra.Command{
 		Use:   "drain [--to HOST,…] [--parallel N]",
@@ -61,8 +61,8 @@ it was and is listed with the reason; drain then exits 1.`,
 		Args:    exactArgs(0),
 		RunE: func(*cobra.Command, []string) error {
 			q := url.Values{}
-			if len(to) > 0 {
-				q.Set("to", strings.Join(to, ","))
+			if to != "" {
+				q.Set("to", to)
 			}
 			if parallel > 0 {
 				q.Set("parallel", fmt.Sprint(parallel))
@@ -93,7 +93,7 @@ it was and is listed with the reason; drain then exits 1.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringSliceVar(&to, "to", nil, "the hosts to move the VMs to (default: every other peer of the file)")
+	cmd.Flags().StringVar(&to, "to", "", "the hosts to move the VMs to, comma-separated (default: every other peer of the file)")
 	cmd.Flags().IntVar(&parallel, "parallel", 1, "how many VMs move at once")
 	return cmd
 }
