@@ -1,16 +1,10 @@
 package e2e
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/asn1"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net/url"
 	"os"
 	"os/exec"
@@ -73,28 +67,12 @@ func (c *cosignLab) sign(ref, key string, legacy bool) {
 }
 
 // certificate issues a code-signing certificate for the public key at
-// pub from a certificate authority the test makes (standing in for a
-// Fulcio, which cannot run here), naming subject and the OIDC issuer as
-// Fulcio's certificates do. It returns the leaf's and the CA's PEM files.
+// pub from a certificate authority the test makes (testutil.SigningCA,
+// standing in for a Fulcio, which cannot run here), naming subject and
+// the OIDC issuer as Fulcio's certificates do. It returns the leaf's and the CA's PEM files.
 func (c *cosignLab) certificate(pub, subject, issuer string) (leaf, chain string) {
 	c.t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "microvm test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		c.t.Fatal(err)
-	}
+	ca := testutil.NewSigningCA(c.t)
 	pubPEM, err := os.ReadFile(pub)
 	if err != nil {
 		c.t.Fatal(err)
@@ -104,26 +82,13 @@ func (c *cosignLab) certificate(pub, subject, issuer string) (leaf, chain string
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	issuerDER, err := asn1.Marshal(issuer)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	san, err := url.Parse(subject)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: big.NewInt(2), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(2 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
-		URIs:            []*url.URL{san},
-		ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 57264, 1, 8}, Value: issuerDER}},
-	}, ca, key, caKey)
+	leafDER, err := ca.Issue(key, subject, issuer)
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	leaf, chain = filepath.Join(c.home, "leaf.pem"), filepath.Join(c.home, "ca.pem")
 	os.WriteFile(leaf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}), 0o644)
-	os.WriteFile(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644)
+	os.WriteFile(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw}), 0o644)
 	return leaf, chain
 }
 

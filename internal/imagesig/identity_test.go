@@ -2,20 +2,12 @@ package imagesig
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/asn1"
 	"fmt"
-	"math/big"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/sigstore/sigstore-go/pkg/root"
@@ -23,45 +15,23 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/testutil"
 )
 
-// testCA is a private certificate authority standing in for a Fulcio
-// (none can run here): it issues code-signing certificates that name a
-// subject and an OIDC issuer the way Fulcio's do.
+// testCA issues sign.Bundle's certificates from a testutil.SigningCA,
+// naming subject and issuer.
 type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	// subject and issuer go in the next certificate it issues.
+	*testutil.SigningCA
 	subject, issuer string
 }
 
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key}
-}
+func newTestCA(t *testing.T) *testCA { return &testCA{SigningCA: testutil.NewSigningCA(t)} }
 
 // trustedRoot writes a sigstore trusted root naming only the CA.
 func (ca *testCA) trustedRoot(t *testing.T) string {
 	t.Helper()
 	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, []root.CertificateAuthority{&root.FulcioCertificateAuthority{
-		Root: ca.cert, ValidityPeriodStart: ca.cert.NotBefore, URI: "https://ca.test",
+		Root: ca.Cert, ValidityPeriodStart: ca.Cert.NotBefore, URI: "https://ca.test",
 	}}, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -80,23 +50,7 @@ func (ca *testCA) trustedRoot(t *testing.T) string {
 // GetCertificate issues a certificate for the keypair: sign.Bundle's
 // certificate provider.
 func (ca *testCA) GetCertificate(_ context.Context, kp sign.Keypair, _ *sign.CertificateProviderOptions) ([]byte, error) {
-	issuer, err := asn1.Marshal(ca.issuer)
-	if err != nil {
-		return nil, err
-	}
-	san, err := url.Parse(ca.subject)
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		NotBefore:    time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
-		URIs: []*url.URL{san},
-		// Fulcio's OIDC issuer extension (1.3.6.1.4.1.57264.1.8).
-		ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 57264, 1, 8}, Value: issuer}},
-	}
-	return x509.CreateCertificate(rand.Reader, tmpl, ca.cert, kp.GetPublicKey(), ca.key)
+	return ca.Issue(kp.GetPublicKey(), ca.subject, ca.issuer)
 }
 
 // signBundle signs an in-toto statement over digest as cosign 3 signs an
