@@ -90,4 +90,3 @@ vms:
 		t.Errorf("db's /data/blob on host b: %q (%v), want sha256 %s as written on host a", out, err, blobSum)
 	}
 }
-
