@@ -13,7 +13,8 @@ import (
 )
 
 // TestRollbackBootsTheRecordedDigest: a deploy records the digest each
-// VM's tag resolved to; `plan` shows the tag moving before any deploy;
+// VM's tag resolved to (each digest signed, the VM's imagePolicy asking
+// for the key); `plan` shows the tag moving before any deploy;
 // after the tag moved on (and a later deploy ran the new digest), `deploy rollback` boots the digest the old generation ran,
 // not what the tag names now, and a restarted daemon keeps it so.
 func TestRollbackBootsTheRecordedDigest(t *testing.T) {
@@ -21,13 +22,19 @@ func TestRollbackBootsTheRecordedDigest(t *testing.T) {
 	testutil.RequireCommand(t, "git")
 	reg := startRegistry(t)
 	cfg := v1.Config{Entrypoint: []string{"/bin/sh", "-c", "exec sleep 86400"}}
+	// Every digest the tag names is signed, and the VM's policy asks for
+	// the key.
+	c := newCosignLab(t, reg)
+	pub, priv := c.keyPair("release")
 	push := func(marker string) string {
-		return reg.push(t, "app/web:stable", cfg, baseLayer(t), filesLayer(t, map[string]string{"etc/image": marker + "\n"}))
+		ref := reg.push(t, "app/web:stable", cfg, baseLayer(t), filesLayer(t, map[string]string{"etc/image": marker + "\n"}))
+		c.sign(ref, priv, false)
+		return ref
 	}
 	ref := push("one")
 	first := digestRef(t, ref)
 	fleet := func(gen string) string {
-		return fmt.Sprintf("defaults: { vcpu: 1, memory: 256M, stopTimeout: 10s }\nvms:\n  w: { index: 1, image: %q, pullPolicy: always, env: { GEN: %q } }\n", ref, gen)
+		return fmt.Sprintf("defaults: { vcpu: 1, memory: 256M, stopTimeout: 10s }\nvms:\n  w: { index: 1, image: %q, pullPolicy: always, env: { GEN: %q }, imagePolicy: { keys: [%q] } }\n", ref, gen, pub)
 	}
 	repo := newGitRepo(t)
 	l := newDaemonLab(t, "pin")
