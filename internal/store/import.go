@@ -131,6 +131,13 @@ func (s *Store) Pull(ctx context.Context, ref string, o Options) (Image, error) 
 		return Image{}, fmt.Errorf("image %q: %w", ref, err)
 	}
 	opts := remoteOptions(ctx, o)
+	// One puller for the whole pull: the registry's ping and token are
+	// asked once, for the manifest, the signature lookups and the layers.
+	puller, err := remote.NewPuller(opts...)
+	if err != nil {
+		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	opts = append(opts, remote.Reuse(puller))
 	desc, err := remote.Get(r, opts...)
 	if err != nil {
 		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
