@@ -202,43 +202,6 @@ type ApplyResult = apitypes.ApplyResult
 // ErrInvalid is returned (wrapped) when the file has problems; nothing was changed.
 var ErrInvalid = errors.New("the file has problems; nothing was changed")
 
-// Parse validates a file against this host, with the VMs put through the
-// API added (config.ParseWith).
-func (d *Daemon) Parse(name string, data []byte) (*config.Config, error) {
-	return d.compose(name, data, d.apiEntries())
-}
-
-// compose is config.ParseWith against this host.
-func (d *Daemon) compose(name string, data []byte, api map[string][]byte) (*config.Config, error) {
-	opts, err := d.net.Host().HostOptions(runtime.NumCPU())
-	if err != nil {
-		return nil, err
-	}
-	// The file's VMs moved to other hosts are not this host's any more.
-	moved, err := state.Dir{Root: d.env.StateDir}.MovedVMs()
-	if err != nil {
-		return nil, err
-	}
-	here, err := config.WithoutVMs(data, slices.Collect(maps.Keys(moved)))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	// A VM that arrived by a move is the file's once the file names it
-	// (Apply hands it over: adoptArrived).
-	api = maps.Clone(api)
-	for vm := range api {
-		if _, err := config.Entry(here, vm, ""); err == nil && (state.Dir{Root: d.env.StateDir}).Arrived(vm) {
-			delete(api, vm)
-		}
-	}
-	cfg, err := config.ParseWith(name, here, api, opts)
-	if err != nil {
-		return nil, err
-	}
-	cfg.Source = data // the file as given: a VM moved back is in it
-	return cfg, nil
-}
-
 // apiEntries are the entries of the VMs put through the API (a copy).
 func (d *Daemon) apiEntries() map[string][]byte {
 	d.mu.Lock()
