@@ -108,6 +108,12 @@ func PeerHandler(d *daemon.Daemon) http.Handler {
 		st, _ := d.Status(vm)
 		writeJSON(w, http.StatusOK, st)
 	}))
+	mux.HandleFunc("GET /peer/v1/vms/{name}", from(func(w http.ResponseWriter, r *http.Request, host, vm string) {
+		_, known := d.Status(vm)
+		writeJSON(w, http.StatusOK, struct {
+			Known bool `json:"known"`
+		}{known})
+	}))
 	mux.HandleFunc("DELETE /peer/v1/incoming/{name}", from(func(w http.ResponseWriter, r *http.Request, host, vm string) {
 		if err := d.AbortMove(vm); err != nil {
 			writeErr(w, http.StatusInternalServerError, err)

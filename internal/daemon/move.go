@@ -131,9 +131,9 @@ func (c *peerClient) do(ctx context.Context, method, path string, body io.Reader
 		var e apitypes.ErrorResponse
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return fmt.Errorf("host %s: %s", c.name, e.Error)
+			return &peerAnswer{fmt.Sprintf("host %s: %s", c.name, e.Error)}
 		}
-		return fmt.Errorf("host %s: %s: %s", c.name, resp.Status, bytes.TrimSpace(data))
+		return &peerAnswer{fmt.Sprintf("host %s: %s: %s", c.name, resp.Status, bytes.TrimSpace(data))}
 	}
 	if out == nil {
 		return nil
@@ -214,7 +214,20 @@ func (d *Daemon) Move(ctx context.Context, vm, to string) (*apitypes.MoveResult,
 		}
 	}
 	down := time.Now()
-	if err := d.sendAndCommit(ctx, c, vm, files, entry, res); err != nil {
+	err = d.sendAndCommit(ctx, c, vm, files, entry, res)
+	if errors.Is(err, errCommitUnknown) {
+		// The commit was asked and its answer lost: the other host may run
+		// the VM. Starting it here too could make two running copies.
+		switch runs, qerr := c.has(vm); {
+		case qerr != nil:
+			d.log.Error("move: whether the other host runs the VM is unknown", "vm", vm, "to", to, "err", qerr)
+			return nil, fmt.Errorf("move %s to %s: %w; whether %s runs it is unknown (%v): %s keeps its data and leaves it stopped; run microvm status %s on %s, and start it here only if it is not there",
+				vm, to, err, to, qerr, res.From, vm, to)
+		case runs:
+			err = nil
+		}
+	}
+	if err != nil {
 		// Nothing is kept there; the VM runs here again, on its data.
 		abort, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		c.do(abort, http.MethodDelete, "/peer/v1/incoming/"+url.PathEscape(vm), nil, nil)
@@ -281,7 +294,33 @@ func (d *Daemon) sendAndCommit(ctx context.Context, c *peerClient, vm string, fi
 		res.Files = append(res.Files, got)
 	}
 	body, _ := json.Marshal(apitypes.PeerCommit{From: d.HostName(), Entry: string(entry)})
-	return c.do(ctx, http.MethodPost, "/peer/v1/incoming/"+url.PathEscape(vm)+"/commit", bytes.NewReader(body), nil)
+	err := c.do(ctx, http.MethodPost, "/peer/v1/incoming/"+url.PathEscape(vm)+"/commit", bytes.NewReader(body), nil)
+	if _, answered := errors.AsType[*peerAnswer](err); err != nil && !answered {
+		return fmt.Errorf("%w: %w", errCommitUnknown, err)
+	}
+	return err
+}
+
+// errCommitUnknown says a commit got no answer: whether the other host
+// runs the VM is to be asked.
+var errCommitUnknown = errors.New("the other host did not answer the commit")
+
+// peerAnswer is an error the peer answered with (not a lost connection).
+type peerAnswer struct{ msg string }
+
+func (e *peerAnswer) Error() string { return e.msg }
+
+// has asks the peer whether it has the VM now.
+func (c *peerClient) has(vm string) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var st struct {
+		Known bool `json:"known"`
+	}
+	if err := c.do(ctx, http.MethodGet, "/peer/v1/vms/"+url.PathEscape(vm), nil, &st); err != nil {
+		return false, err
+	}
+	return st.Known, nil
 }
 
 // sendFile streams one file and checks the peer received what was sent.
