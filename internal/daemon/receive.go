@@ -105,9 +105,12 @@ func (d *Daemon) CommitMove(ctx context.Context, vm string, c apitypes.PeerCommi
 	err := d.runMovedIn(vm, c)
 	if err != nil {
 		d.log.Error("move: the VM did not start here", "vm", vm, "from", c.From, "err", err)
-		d.sup.Stop(vm)
-		d.forget(vm)
-		dir.RemoveAPIVM(vm)
+		if d.IsPut(vm) {
+			d.Remove(vm, true)
+		} else {
+			d.sup.Stop(vm)
+			d.forget(vm)
+		}
 		os.RemoveAll(dir.VMDir(vm))
 		return err
 	}
@@ -129,12 +132,17 @@ func (d *Daemon) runMovedIn(vm string, c apitypes.PeerCommit) error {
 		d.mu.Lock()
 		name, data := d.file, d.fileData
 		d.mu.Unlock()
-		if _, err := d.ApplyFile(name, data); err != nil {
-			dir.WriteMoved(vm, c.From, time.Now())
-			return fmt.Errorf("apply the file with %s back: %w", vm, err)
+		_, err := d.ApplyFile(name, data)
+		if st, _ := d.sup.Status(vm); err == nil && st.PID == 0 {
+			err = fmt.Errorf("%s did not start: %s", vm, st.Failure)
 		}
-		if st, _ := d.sup.Status(vm); st.PID == 0 {
-			return fmt.Errorf("%s did not start: %s", vm, st.Failure)
+		if err != nil {
+			// It stays the other host's: recorded so again, and the
+			// file applied without it.
+			dir.WriteMoved(vm, c.From, time.Now())
+			d.sup.Stop(vm)
+			d.ApplyFile(name, data)
+			return fmt.Errorf("apply the file with %s back: %w", vm, err)
 		}
 		return nil
 	}
