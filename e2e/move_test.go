@@ -3,8 +3,12 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -22,16 +26,24 @@ import (
 //   - a move whose target daemon is SIGKILLed half-way through the
 //     transfer leaves the VM running on a with its data, and nothing on b
 //     once its daemon is back;
-//   - a move to a host the file does not name, and to one whose key in the
-//     file is another, are refused with the VM running on;
-//   - `move db --to b` moves it: on b its data is there (checksum), only
-//     the allocated ranges were sent, and a holds nothing of it;
-//   - `drain` on b moves it back to a, whose file names it: b is empty.
+//   - a move to a host the file does not name, to one whose key in the
+//     file is another, and to one without room for its data (c, its state
+//     directory a 64 MiB tmpfs) are refused with the VM running on;
+//   - `move db --to b` moves it live (store: block): on b its data is
+//     there (checksum), a process started on a still runs, and a holds
+//     nothing of it;
+//   - `drain --mode saved` on b moves it back to a, whose file names it,
+//     with its state saved: only the volume's allocated ranges were sent,
+//     the process still runs; and web, b's VM whose store (virtiofs or
+//     9p) moves neither live nor saved, moves cold, saying why; b is
+//     empty.
 func TestMoveBetweenHosts(t *testing.T) {
 	p := newHostPair(t)
 	a, b, host, db, peers, ka, kb := p.a, p.b, p.host, p.db, p.peers, p.ka, p.kb
 	fileA := a.writeFile(host + peers(kb) + db)
-	fileB := b.writeFile(host + peers(kb) + "vms: {}\n")
+	// web, on b, has the default store (virtiofs or 9p), which QEMU moves
+	// neither live nor saved.
+	fileB := b.writeFile(host + peers(kb) + "vms:\n  web: { index: 2, memory: 128M }\n")
 	start := func(l *daemonLab, name, file string) { p.start(l, name, "--config", file) }
 	start(a, "a", fileA)
 	start(b, "b", fileB)
@@ -49,8 +61,30 @@ func TestMoveBetweenHosts(t *testing.T) {
 	if out, err := a.cli("move", "db", "--to", "b"); err == nil || !strings.Contains(out, "not one the file's peers name") {
 		t.Errorf("move to a host whose key is not the file's: %v\n%s", err, out)
 	}
-	if out, err := a.cli("apply", "-f", a.writeFile(host+peers(kb)+db)); err != nil {
-		t.Fatalf("apply: %v\n%s", err, out)
+	// c, on a LAN of its own with a, has too little room for db's data:
+	// refused before db stops, nothing left on c.
+	c := newDaemonLab(t, "mvc")
+	c.inNS = true
+	smallStateDir(t, c, "64m")
+	testutil.Veth(t, a.ns, "lan1", c.ns, "lan0")
+	a.ns.IP(t, "addr", "add", "172.31.11.1/24", "dev", "lan1")
+	a.ns.IP(t, "link", "set", "lan1", "up")
+	c.ns.IP(t, "addr", "add", "172.31.11.2/24", "dev", "lan0")
+	c.ns.IP(t, "link", "set", "lan0", "up")
+	kc, err := c.cli("peer", "key")
+	if err != nil {
+		t.Fatalf("peer key on c: %v\n%s", err, kc)
+	}
+	withC := peers(kb) + fmt.Sprintf("  c: { address: \"172.31.11.2:7444\", key: %s }\n", strings.TrimSpace(kc))
+	c.startDaemon(c.writeFile(host+withC+"vms: {}\n"), "--peer-listen", "172.31.11.2:7444", "--host-name", "c")
+	if out, err := a.cli("apply", "-f", a.writeFile(host+withC+db)); err != nil {
+		t.Fatalf("apply with c: %v\n%s", err, out)
+	}
+	if out, err := a.cli("move", "db", "--to", "c"); err == nil || !regexp.MustCompile(`host c has \d+ bytes free, the VM's data needs \d+`).MatchString(out) {
+		t.Errorf("move to a host without room: %v\n%s", err, out)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(c.state, "vms")); len(entries) != 0 {
+		t.Errorf("c keeps %v after the refused move", entries)
 	}
 	if st := a.list()["db"]; st.State != apitypes.Running {
 		t.Fatalf("db after the refused moves: %s", st.State)
@@ -59,7 +93,7 @@ func TestMoveBetweenHosts(t *testing.T) {
 	// b's daemon is killed while db's volume streams to it.
 	moved := make(chan string, 1)
 	go func() {
-		out, err := a.cli("move", "db", "--to", "b")
+		out, err := a.cli("move", "db", "--to", "b", "--mode", "saved")
 		moved <- fmt.Sprintf("%v: %s", err, out)
 	}()
 	incoming := filepath.Join(b.state, "incoming", "db", "data.img")
@@ -90,21 +124,26 @@ func TestMoveBetweenHosts(t *testing.T) {
 		}
 	}
 
-	// The move.
-	out, err := a.cli("-o", "json", "move", "db", "--to", "b")
+	// The move, live: a process started on a runs on b.
+	out, err := a.cli("exec", "db", "--", "sh", "-c", "setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!")
+	if err != nil {
+		t.Fatalf("start a process in db: %v\n%s", err, out)
+	}
+	pid := strings.TrimSpace(out)
+	out, err = a.cli("-o", "json", "move", "db", "--to", "b")
 	var res apitypes.MoveResult
 	if err != nil || json.Unmarshal([]byte(out), &res) != nil {
 		t.Fatalf("move db --to b: %v\n%s", err, out)
 	}
-	var data, size int64
-	for _, f := range res.Files {
-		data, size = data+f.Data, size+f.Size
-	}
-	if res.To != "b" || res.From != "a" || data < 128<<20 || data > 200<<20 || size < 512<<20 {
-		t.Errorf("move result: %+v; want the 128 MiB written sent, not the 512 MiB volume", res)
+	t.Logf("moved: mode %s, %.1f s, downtime %.2f s, boot there: %s, files %+v", res.Mode, res.Seconds, res.Downtime, res.Boot, res.Files)
+	if res.To != "b" || res.From != "a" || res.Mode != "live" || !strings.HasPrefix(res.Boot, "resumed running from a") {
+		t.Errorf("the move was not a live one, resumed on b: %+v", res)
 	}
 	b.waitFor("db running on b", 3*time.Minute, allRunning("db"))
 	dataIs(b, "b")
+	if out, err := b.cli("exec", "db", "--", "kill", "-0", pid); err != nil {
+		t.Errorf("the process %s started on a does not run on b: %v\n%s", pid, err, out)
+	}
 	if _, ok := a.list()["db"]; ok {
 		t.Errorf("a still lists db after it moved")
 	}
@@ -112,12 +151,40 @@ func TestMoveBetweenHosts(t *testing.T) {
 		t.Errorf("a keeps db's directory after the move (%v)", err)
 	}
 
-	// Drain b: db goes back to a, whose file names it.
-	if out, err := b.cli("drain"); err != nil {
+	// Drain b: db goes back to a, whose file names it, with its state
+	// saved; web goes cold, saying why, and runs on a as put through the
+	// API.
+	b.waitFor("web running on b", 3*time.Minute, allRunning("web"))
+	out, err = b.cli("-o", "json", "drain", "--mode", "saved")
+	var drained apitypes.DrainResult
+	if err != nil || json.Unmarshal([]byte(out), &drained) != nil || len(drained.Moved) != 2 {
 		t.Fatalf("drain b: %v\n%s", err, out)
 	}
-	a.waitFor("db running on a after the drain", 3*time.Minute, allRunning("db"))
+	movedVM := map[string]apitypes.MoveResult{}
+	for _, m := range drained.Moved {
+		movedVM[m.VM] = m
+		t.Logf("drained %s: mode %s, %.1f s, downtime %.2f s, fallback %q, boot there: %s", m.VM, m.Mode, m.Seconds, m.Downtime, m.Fallback, m.Boot)
+	}
+	if w := movedVM["web"]; w.Mode != "cold" || !strings.Contains(w.Fallback, "not saved") || w.To != "a" {
+		t.Errorf("web's move: %+v; want a cold one saying why", w)
+	}
+	res = movedVM["db"]
+	sent := map[string]apitypes.MovedFile{}
+	for _, f := range res.Files {
+		sent[f.Name] = f
+	}
+	vol := sent["data.img"]
+	if vol.Data < 128<<20 || vol.Data > 200<<20 || vol.Size < 512<<20 {
+		t.Errorf("drain: sent %+v; want the 128 MiB written sent, not the 512 MiB volume", vol)
+	}
+	if _, ok := sent["saved.state"]; res.Mode != "saved" || !ok || !strings.HasPrefix(res.Boot, "resumed from the state saved at") {
+		t.Errorf("the drain was not a saved move resumed on a: mode %q, boot %q, files %v", res.Mode, res.Boot, slices.Collect(maps.Keys(sent)))
+	}
+	a.waitFor("db and web running on a after the drain", 3*time.Minute, allRunning("db", "web"))
 	dataIs(a, "a after the drain")
+	if out, err := a.cli("exec", "db", "--", "kill", "-0", pid); err != nil {
+		t.Errorf("the process %s does not run on a after the drain: %v\n%s", pid, err, out)
+	}
 	if vms := b.list(); len(vms) != 0 {
 		t.Errorf("b after the drain: %v", vms)
 	}
@@ -155,7 +222,7 @@ func newHostPair(t *testing.T) *hostPair {
 		return fmt.Sprintf("peers:\n  a: { address: \"172.31.10.1:7444\", key: %s }\n  b: { address: \"172.31.10.2:7444\", key: %s }\n", p.ka, kb)
 	}
 	p.host = "host: { externalInterface: lan0 }\n"
-	p.db = "vms:\n  db: { index: 1, memory: 256M, stopTimeout: 20s, volumes: [{ name: data, mountPoint: /data, size: 512M }] }\n"
+	p.db = "vms:\n  db: { index: 1, memory: 256M, store: block, stopTimeout: 20s, volumes: [{ name: data, mountPoint: /data, size: 512M }] }\n"
 	return p
 }
 
@@ -183,18 +250,19 @@ func (p *hostPair) writeData(l *daemonLab) func(*daemonLab, string) {
 
 // TestMoveByDeploy: both hosts deploy one repository (--host-name a and
 // b, the file naming their peers); a commit that changes db's host: from
-// a to b moves db with its data when a deploys it, and b, deploying the
-// same commit afterwards, takes the VM over from the move as its file's
-// without restarting it. Nothing of db is left on a. Moving it back the
-// other way round (the receiving host deploying first) has a wait for
-// the move instead of making db on empty volumes.
+// a to b moves db (store: block, so live) with its data and a process
+// started in it when a deploys it, and b, deploying the same commit
+// afterwards, takes the VM over from the move as its file's without
+// restarting it. Nothing of db is left on a. Moving it back the other way
+// round (the receiving host deploying first) has a wait for the move
+// instead of making db on empty volumes.
 func TestMoveByDeploy(t *testing.T) {
 	testutil.RequireCommand(t, "git")
 	p := newHostPair(t)
 	a, b := p.a, p.b
 	repo := newGitRepo(t)
 	on := func(h string) string {
-		return p.host + p.peers(p.kb) + "vms:\n  db: { index: 1, host: " + h + ", memory: 256M, stopTimeout: 20s, volumes: [{ name: data, mountPoint: /data, size: 512M }] }\n"
+		return p.host + p.peers(p.kb) + "vms:\n  db: { index: 1, host: " + h + ", memory: 256M, store: block, stopTimeout: 20s, volumes: [{ name: data, mountPoint: /data, size: 512M }] }\n"
 	}
 	repo.push(on("a"), "db on a")
 	git := []string{"--git-url", repo.remote, "--git-interval", "1h", "--health-timeout", "2m"}
@@ -207,6 +275,17 @@ func TestMoveByDeploy(t *testing.T) {
 		t.Fatalf("b runs %v in generation 1", vms)
 	}
 	dataIs := p.writeData(a)
+	out, err := a.cli("exec", "db", "--", "sh", "-c", "setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!")
+	if err != nil {
+		t.Fatalf("start a process in db: %v\n%s", err, out)
+	}
+	proc := strings.TrimSpace(out)
+	runs := func(l *daemonLab, where string) {
+		t.Helper()
+		if out, err := l.cli("exec", "db", "--", "kill", "-0", proc); err != nil {
+			t.Errorf("the process %s started on a does not run on %s: %v\n%s", proc, where, err, out)
+		}
+	}
 
 	repo.push(on("b"), "db to b")
 	if out, err := a.cli("deploy", "trigger"); err != nil {
@@ -216,6 +295,10 @@ func TestMoveByDeploy(t *testing.T) {
 		t.Fatalf("a's generation 2: %s %s\n%s", g.Status, g.Error, tail(a.log(), 30))
 	}
 	b.waitFor("db running on b", 3*time.Minute, allRunning("db"))
+	if log := a.log(); !strings.Contains(log, "mode=live") {
+		t.Errorf("a's log does not say db moved live:\n%s", tail(log, 20))
+	}
+	runs(b, "b")
 	pid := b.list()["db"].PID
 	if out, err := b.cli("deploy", "trigger"); err != nil {
 		t.Fatalf("deploy trigger on b: %v\n%s", err, out)
@@ -257,7 +340,23 @@ func TestMoveByDeploy(t *testing.T) {
 	}
 	a.waitFor("db running on a again", 3*time.Minute, allRunning("db"))
 	dataIs(a, "a after the move back")
+	runs(a, "a after the move back")
 	if vms := b.list(); len(vms) != 0 {
 		t.Errorf("b after db moved back: %v", vms)
+	}
+}
+
+// smallStateDir puts l's state directory on a tmpfs of size (its links to
+// the shared store and cache made again on it), unmounted at the end.
+func smallStateDir(t *testing.T, l *daemonLab, size string) {
+	t.Helper()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0711", "tmpfs", l.state).CombinedOutput(); err != nil {
+		t.Fatalf("mount a tmpfs on %s: %v: %s", l.state, err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", l.state).Run() })
+	for _, d := range []string{"store", "cache"} {
+		if err := os.Symlink(filepath.Join(shared.dir, d), filepath.Join(l.state, d)); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -87,8 +87,8 @@ func (l *Lab) CLI(args ...string) ([]byte, error) {
 	return exec.Command(filepath.Join(l.Bin, "microvm"), append(l.base(), args...)...).CombinedOutput()
 }
 
-// Close stops every VM (an empty file applied), then the daemon, and
-// removes the namespace and the state directory.
+// Close stops every VM (an empty file applied, then any left killed),
+// then the daemon, and removes the namespace and the state directory.
 func (l *Lab) Close() {
 	if l.daemon != nil {
 		empty := filepath.Join(l.State, "empty.yaml")
@@ -97,6 +97,10 @@ func (l *Lab) Close() {
 		l.daemon.Process.Kill()
 		l.daemon.Wait()
 	}
+	// Whatever still runs of this lab (a VM put through the API, which
+	// an empty file leaves): every command line of it names the state
+	// directory.
+	exec.Command("pkill", "-9", "-f", l.State).Run()
 	exec.Command("ip", "netns", "del", l.NS).Run()
 	os.RemoveAll(l.State)
 }

@@ -5,6 +5,8 @@ import (
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"microvm.dev/microvm/internal/guestroot"
 )
 
 // setClock sets the guest's wall clock to the host's time (Unix
@@ -20,4 +22,19 @@ func setClock(arg string) error {
 		return fmt.Errorf("set the clock: %w", err)
 	}
 	return nil
+}
+
+// authorize changes the keys the guest's SSH server lets in, as a host
+// does when the guest moves to another while it runs: `/run/microvm/init
+// authorize KEY…` adds keys, `authorize --only KEY…` leaves only them.
+// It runs in the guest's root (an SSH session's).
+func authorize(args []string) error {
+	var root guestroot.Root
+	if args[0] == "--only" {
+		if len(args) < 2 {
+			return fmt.Errorf("--only needs a key")
+		}
+		return root.WriteAuthorized(args[1:])
+	}
+	return root.AddAuthorized(args)
 }

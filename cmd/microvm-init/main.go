@@ -53,6 +53,13 @@ func main() {
 			}
 			return
 		}
+		if len(os.Args) >= 3 && os.Args[1] == "authorize" {
+			if err := authorize(os.Args[2:]); err != nil {
+				fmt.Fprintln(os.Stderr, "authorize:", err)
+				os.Exit(1)
+			}
+			return
+		}
 		if len(os.Args) >= 2 && os.Args[1] == "probe" {
 			if err := probe(os.Args[2:]); err != nil {
 				fmt.Fprintln(os.Stderr, err)

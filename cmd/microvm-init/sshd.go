@@ -26,18 +26,14 @@ func startSSH(spec guest.SSHSpec, procs *reaper, root guestroot.Root) error {
 	if err != nil {
 		return fmt.Errorf("host key: %w", err)
 	}
-	authorized := map[string]bool{}
-	for _, k := range spec.AuthorizedKeys {
-		pk, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k))
-		if err != nil {
-			logf("skipping an unreadable authorized key: %v", err)
-			continue
-		}
-		authorized[string(pk.Marshal())] = true
+	// The keys are read at every login, so that a move can change them
+	// while the guest runs (`init authorize`).
+	if err := root.WriteAuthorized(usableKeys(spec.AuthorizedKeys)); err != nil {
+		return fmt.Errorf("authorized keys: %w", err)
 	}
 	cfg := &ssh.ServerConfig{
 		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
-			if authorized[string(key.Marshal())] {
+			if root.IsAuthorized(key) {
 				return nil, nil
 			}
 			return nil, fmt.Errorf("key %s is not authorized", ssh.FingerprintSHA256(key))
@@ -60,6 +56,19 @@ func startSSH(spec guest.SSHSpec, procs *reaper, root guestroot.Root) error {
 		}
 	}()
 	return nil
+}
+
+// usableKeys are the keys that parse, the others logged and left out.
+func usableKeys(keys []string) []string {
+	var out []string
+	for _, k := range keys {
+		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k)); err != nil {
+			logf("skipping an unreadable authorized key: %v", err)
+			continue
+		}
+		out = append(out, k)
+	}
+	return out
 }
 
 func serveConn(c net.Conn, cfg *ssh.ServerConfig, procs *reaper, root guestroot.Root) {

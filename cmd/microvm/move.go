@@ -14,14 +14,23 @@ import (
 )
 
 func (a *app) moveCommand() *cobra.Command {
-	var to string
+	var to, mode string
 	cmd := &cobra.Command{
 		Use:   "move VM --to HOST",
 		Short: "Move a VM and its data to another host's daemon",
-		Long: `move shuts the VM down cleanly, streams its volumes and SSH host key to the
-daemon of HOST (one of the file's peers, over TLS with both hosts' keys
-checked), which checks each file's digest and boots the VM; then this host
-forgets the VM and deletes its copy. Until HOST runs it the VM and its data
+		Long: `move moves the VM to the daemon of HOST (one of the file's peers, over TLS
+with both hosts' keys checked). --mode says how, each falling back to the
+next where the VM's hypervisor and store cannot (QEMU with store: block
+can do all three), and the result says why:
+
+  live   the VM runs on while its volumes and memory are copied, and pauses
+         only for the last pass (about 0.3 s); its processes run on there
+  saved  its state is saved here, sent with its volumes and resumed there:
+         its processes run on, paused for the transfer
+  cold   it is shut down cleanly, its volumes sent, and booted there
+
+Volumes go as their allocated ranges, compressed, each file checked by its
+digest there; then this host forgets the VM and deletes its copy. Until HOST runs it the VM and its data
 stay here: a failure on the way (HOST unreachable, untrusting, out of room,
 or dying half-way) starts it here again and leaves nothing there. A VM of
 this host's file is recorded as moved (this host's applies leave it out)
@@ -33,7 +42,11 @@ until the file names HOST for it or it is moved back.`,
 				return usagef("move needs --to HOST")
 			}
 			var res apitypes.MoveResult
-			if err := a.client().Do("POST", "/v1/vms/"+url.PathEscape(args[0])+"/move?to="+url.QueryEscape(to), nil, &res); err != nil {
+			q := url.Values{"to": {to}}
+			if mode != "" {
+				q.Set("mode", mode)
+			}
+			if err := a.client().Do("POST", "/v1/vms/"+url.PathEscape(args[0])+"/move?"+q.Encode(), nil, &res); err != nil {
 				return err
 			}
 			if a.output == "json" {
@@ -44,14 +57,15 @@ until the file names HOST for it or it is moved back.`,
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "the host to move the VM to (a name in the file's peers)")
+	cmd.Flags().StringVar(&mode, "mode", "live", "how a running VM moves: live, saved or cold (each falls back to the next where it cannot)")
 	return cmd
 }
 
 func (a *app) drainCommand() *cobra.Command {
-	var to string
+	var to, mode string
 	var parallel int
 	cmd := &cobra.Command{
-		Use:   "drain [--to HOST,…] [--parallel N]",
+		Use:   "drain [--to HOST,…] [--parallel N] [--mode live|saved|cold]",
 		Short: "Move every VM of this host to other hosts",
 		Long: `drain moves every VM of this host, as microvm move does, to the hosts --to
 names (every other peer of the file when unset), each to the one with the
@@ -66,6 +80,9 @@ it was and is listed with the reason; drain then exits 1.`,
 			}
 			if parallel > 0 {
 				q.Set("parallel", fmt.Sprint(parallel))
+			}
+			if mode != "" {
+				q.Set("mode", mode)
 			}
 			var res apitypes.DrainResult
 			if err := a.client().Do("POST", "/v1/drain?"+q.Encode(), nil, &res); err != nil {
@@ -95,6 +112,7 @@ it was and is listed with the reason; drain then exits 1.`,
 	}
 	cmd.Flags().StringVar(&to, "to", "", "the hosts to move the VMs to, comma-separated (default: every other peer of the file)")
 	cmd.Flags().IntVar(&parallel, "parallel", 1, "how many VMs move at once")
+	cmd.Flags().StringVar(&mode, "mode", "live", "how running VMs move: live, saved or cold (as move --mode)")
 	return cmd
 }
 
@@ -109,6 +127,14 @@ func (a *app) printMoves(list []apitypes.MoveResult) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\n", m.VM, m.From, m.To, m.Mode, humanBytes(data), humanBytes(wire), m.Seconds, m.Downtime)
 	}
 	tw.Flush()
+	for _, m := range list {
+		if m.Fallback != "" {
+			fmt.Fprintf(a.stdout, "%s moved cold: %s\n", m.VM, m.Fallback)
+		}
+		if m.Boot != "" {
+			fmt.Fprintf(a.stdout, "%s on %s: %s\n", m.VM, m.To, m.Boot)
+		}
+	}
 }
 
 func (a *app) peerCommand() *cobra.Command {

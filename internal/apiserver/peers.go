@@ -9,9 +9,12 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/coder/websocket"
+
 	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/daemon"
 	"microvm.dev/microvm/internal/peer"
+	"microvm.dev/microvm/internal/transfer"
 )
 
 // moveRoutes move a VM to another host and drain this one.
@@ -24,7 +27,7 @@ func moveRoutes(mux *http.ServeMux, d *daemon.Daemon) {
 		}
 		// The move goes on if the client goes away: stopping half-way is
 		// what the move is careful about, not what a closed terminal asks.
-		res, err := d.Move(context.WithoutCancel(r.Context()), name, to)
+		res, err := d.Move(context.WithoutCancel(r.Context()), name, to, r.URL.Query().Get("mode"))
 		moveReply(w, res, err)
 	}))
 	mux.HandleFunc("POST /v1/drain", func(w http.ResponseWriter, r *http.Request) {
@@ -41,7 +44,7 @@ func moveRoutes(mux *http.ServeMux, d *daemon.Daemon) {
 			}
 			parallel = n
 		}
-		res, err := d.Drain(context.WithoutCancel(r.Context()), to, parallel)
+		res, err := d.Drain(context.WithoutCancel(r.Context()), to, parallel, r.URL.Query().Get("mode"))
 		moveReply(w, res, err)
 	})
 }
@@ -50,6 +53,8 @@ func moveReply(w http.ResponseWriter, v any, err error) {
 	switch {
 	case errors.Is(err, daemon.ErrUnknownVM):
 		writeErr(w, http.StatusNotFound, err)
+	case errors.Is(err, daemon.ErrMoveMode):
+		writeErr(w, http.StatusBadRequest, err)
 	case errors.Is(err, daemon.ErrNoPeers), errors.Is(err, daemon.ErrUnknownPeer), errors.Is(err, daemon.ErrMoving), errors.Is(err, daemon.ErrNoFile):
 		writeErr(w, http.StatusConflict, err)
 	case err != nil:
@@ -108,11 +113,25 @@ func PeerHandler(d *daemon.Daemon) http.Handler {
 		st, _ := d.Status(vm)
 		writeJSON(w, http.StatusOK, st)
 	}))
+	mux.HandleFunc("GET /peer/v1/incoming/{name}/tunnel/{stream}", from(func(w http.ResponseWriter, r *http.Request, host, vm string) {
+		// A live move's stream (its volumes over NBD, its memory), from
+		// the other host's hypervisor to the one waiting here.
+		conn, err := d.DialMove(r.Context(), vm, r.PathValue("stream"))
+		if err != nil {
+			writeErr(w, http.StatusConflict, err)
+			return
+		}
+		defer conn.Close()
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return // Accept has answered
+		}
+		ws.SetReadLimit(-1)
+		transfer.Splice(conn, websocket.NetConn(r.Context(), ws, websocket.MessageBinary))
+	}))
 	mux.HandleFunc("GET /peer/v1/vms/{name}", from(func(w http.ResponseWriter, r *http.Request, host, vm string) {
-		_, known := d.Status(vm)
-		writeJSON(w, http.StatusOK, struct {
-			Known bool `json:"known"`
-		}{known})
+		st, known := d.Status(vm)
+		writeJSON(w, http.StatusOK, apitypes.PeerVM{Known: known, State: st.State, Moving: d.Moving(vm), Waiting: d.WaitsForLiveMove(vm)})
 	}))
 	mux.HandleFunc("DELETE /peer/v1/incoming/{name}", from(func(w http.ResponseWriter, r *http.Request, host, vm string) {
 		if err := d.AbortMove(vm); err != nil {

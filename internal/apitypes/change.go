@@ -180,8 +180,16 @@ type MoveResult struct {
 	VM   string `json:"vm"`
 	From string `json:"from"`
 	To   string `json:"to"`
-	// Mode is how it moved: "cold" (shut down cleanly, booted there).
+	// Mode is how it moved: "saved" (its state saved here, resumed
+	// there: its processes run on) or "cold" (shut down cleanly, booted
+	// there).
 	Mode string `json:"mode"`
+	// Fallback says why a running VM moved cold: its state could not be
+	// saved (its hypervisor or store cannot).
+	Fallback string `json:"fallback,omitempty"`
+	// Boot is how it came up there ("resumed from …", or a cold boot
+	// and why its saved state was dropped).
+	Boot string `json:"boot,omitempty"`
 	// Files are what was sent, each checked by its digest there.
 	Files []MovedFile `json:"files"`
 	// Seconds is the whole move; Downtime from the VM's stop here until
@@ -206,6 +214,9 @@ type MovedFile struct {
 type PeerHello struct {
 	Host      string `json:"host"`
 	FreeBytes int64  `json:"freeBytes"`
+	// SSHKey is the host's microvm SSH client key: a guest that moves to
+	// it running (saved or live) lets it in first.
+	SSHKey string `json:"sshKey,omitempty"`
 }
 
 // PeerCommit is POST /peer/v1/incoming/{vm}/commit: the moved VM's entry
@@ -214,6 +225,20 @@ type PeerHello struct {
 type PeerCommit struct {
 	From  string `json:"from"`
 	Entry string `json:"entry"`
+	// Volumes are the empty volumes to make, by name and size, for a
+	// live move, which copies their data while the guest runs.
+	Volumes map[string]int64 `json:"volumes,omitempty"`
+}
+
+// PeerVM is GET /peer/v1/vms/{vm} on another host: whether it has the VM,
+// its state, and whether a move of it (in or out) is under way there.
+type PeerVM struct {
+	Known  bool  `json:"known"`
+	State  State `json:"state,omitempty"`
+	Moving bool  `json:"moving,omitempty"`
+	// Waiting says its hypervisor waits for a live move's guest there:
+	// the sender's may begin.
+	Waiting bool `json:"waiting,omitempty"`
 }
 
 // DrainResult is POST /v1/drain: the VMs moved away, and those that could

@@ -219,10 +219,11 @@ func (vm *VM) SpecHash() string {
 
 // RestartSpec is the part of the VM whose change restarts it: everything
 // but its supervision settings and its egress policy (taken by the running
-// VM and the firewall as they are).
+// VM and the firewall as they are), and the host it runs on (a change of
+// host moves the VM as it is).
 func (vm *VM) RestartSpec() VM {
 	c := *vm
-	c.Supervision, c.Egress = Supervision{}, Egress{}
+	c.Supervision, c.Egress, c.Host = Supervision{}, Egress{}, ""
 	return c
 }
 

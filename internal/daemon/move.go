@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -18,7 +20,9 @@ import (
 	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/peer"
+	"microvm.dev/microvm/internal/savestate"
 	"microvm.dev/microvm/internal/state"
+	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/transfer"
 	"microvm.dev/microvm/internal/vmssh"
 	"microvm.dev/microvm/internal/volume"
@@ -50,6 +54,13 @@ func (d *Daemon) EnablePeers(name string, id *peer.Identity) {
 	d.peers.mu.Lock()
 	defer d.peers.mu.Unlock()
 	d.peers.name, d.peers.id, d.peers.moving = name, id, map[string]bool{}
+}
+
+// Moving says whether vm is being moved in or out of this host now.
+func (d *Daemon) Moving(vm string) bool {
+	d.peers.mu.Lock()
+	defer d.peers.mu.Unlock()
+	return d.peers.moving[vm]
 }
 
 // HostName is this host's name among the file's peers ("" without them).
@@ -175,15 +186,21 @@ func allocated(path string) int64 {
 	return st.Blocks * 512
 }
 
-// Move moves vm to the peer host to: the VM is shut down cleanly here,
-// its volumes and SSH host key streamed to the other daemon over the
-// peers' TLS (allocated ranges only, compressed, each file checked by its
-// digest there), and booted there; then this host forgets it and deletes
-// its copy. Until the other host runs it, the VM and its data stay here:
-// any failure on the way (the other host refusing, unreachable, out of
-// room, dying half-way) restarts it here, and the other host keeps
-// nothing.
-func (d *Daemon) Move(ctx context.Context, vm, to string) (*apitypes.MoveResult, error) {
+// Move moves vm to the peer host to, in mode (live, saved or cold; ""
+// is live): a running VM moves live where its hypervisor and store allow
+// it (moveLive), else with its state saved, else shut down cleanly; its
+// volumes, SSH host key and saved state are streamed to the other daemon
+// over the peers' TLS (allocated ranges only, compressed, each file
+// checked by its digest there), which resumes or boots it; then this host
+// forgets it and deletes its copy. Until the other host runs it, the VM
+// and its data stay here: any failure on the way (the other host
+// refusing, unreachable, out of room, dying half-way) runs it here again,
+// and the other host keeps nothing.
+func (d *Daemon) Move(ctx context.Context, vm, to, mode string) (*apitypes.MoveResult, error) {
+	mode, err := moveMode(mode)
+	if err != nil {
+		return nil, fmt.Errorf("move %s: %w", vm, err)
+	}
 	if err := d.claim(vm); err != nil {
 		return nil, err
 	}
@@ -197,9 +214,10 @@ func (d *Daemon) Move(ctx context.Context, vm, to string) (*apitypes.MoveResult,
 		return nil, fmt.Errorf("move %s to %s: %w", vm, to, err)
 	}
 	t0 := time.Now()
-	res := &apitypes.MoveResult{VM: vm, From: d.HostName(), To: to, Mode: "cold", Files: []apitypes.MovedFile{}}
+	res := &apitypes.MoveResult{VM: vm, From: d.HostName(), To: to, Mode: modeCold, Files: []apitypes.MovedFile{}}
 	files := d.movingFiles(spec)
-	if err := d.checkRoom(ctx, c, files); err != nil {
+	hello, err := d.checkRoom(ctx, c, files)
+	if err != nil {
 		return nil, fmt.Errorf("move %s to %s: %w", vm, to, err)
 	}
 	entry, err := d.entryOf(vm, to)
@@ -208,17 +226,52 @@ func (d *Daemon) Move(ctx context.Context, vm, to string) (*apitypes.MoveResult,
 	}
 	st, _ := d.sup.Status(vm)
 	running := st.PID != 0
-	if running {
-		if err := d.sup.Stop(vm); err != nil {
-			return nil, fmt.Errorf("move %s to %s: stop it here: %w", vm, to, err)
+	if running && mode != modeCold {
+		// The guest goes on running there: the other host is let in.
+		if err := d.letIn(vm, hello.SSHKey); err != nil {
+			res.Fallback = "neither live nor saved: the guest does not let the other host in: " + err.Error()
+			mode = modeCold
 		}
 	}
+	if running && mode == modeLive {
+		r, why := d.liveGuest(vm)
+		if why == "" {
+			err := d.moveLive(ctx, c, r, spec, entry, res)
+			if err == nil {
+				return d.moved(vm, to, res, t0), nil
+			}
+			d.log.Error("live move failed", "vm", vm, "to", to, "err", err)
+			if errors.Is(err, errGuestHeld) {
+				return nil, fmt.Errorf("move %s to %s: %w", vm, to, err)
+			}
+			// It runs on here, as it was: it moves saved instead.
+			why = "it failed: " + err.Error()
+			res.Files = res.Files[:0]
+		}
+		res.Fallback = "not live: " + why
+		mode = modeSaved
+	}
 	down := time.Now()
+	if running {
+		if err := d.stopForMove(vm, mode == modeSaved, res); err != nil {
+			return nil, fmt.Errorf("move %s to %s: %w", vm, to, err)
+		}
+	}
+	if res.Mode == modeSaved {
+		saved, err := d.savedFiles(vm)
+		if err == nil {
+			files = append(files, saved...)
+			_, err = d.checkRoom(ctx, c, files)
+		}
+		if err != nil {
+			return nil, d.keepHere(c, spec, running, res, err)
+		}
+	}
 	err = d.sendAndCommit(ctx, c, vm, files, entry, res)
 	if errors.Is(err, errCommitUnknown) {
 		// The commit was asked and its answer lost: the other host may run
 		// the VM. Starting it here too could make two running copies.
-		switch runs, qerr := c.has(vm); {
+		switch runs, qerr := c.runs(vm); {
 		case qerr != nil:
 			d.log.Error("move: whether the other host runs the VM is unknown", "vm", vm, "to", to, "err", qerr)
 			return nil, fmt.Errorf("move %s to %s: %w; whether %s runs it is unknown (%v): %s keeps its data and leaves it stopped; run microvm status %s on %s, and start it here only if it is not there",
@@ -228,48 +281,127 @@ func (d *Daemon) Move(ctx context.Context, vm, to string) (*apitypes.MoveResult,
 		}
 	}
 	if err != nil {
-		// Nothing is kept there; the VM runs here again, on its data.
-		abort, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		c.do(abort, http.MethodDelete, "/peer/v1/incoming/"+url.PathEscape(vm), nil, nil)
-		cancel()
-		msg := fmt.Sprintf("move %s to %s: %v; %s keeps %s and its data", vm, to, err, res.From, vm)
-		if running {
-			if serr := d.sup.Start(context.Background(), spec); serr != nil {
-				msg += fmt.Sprintf(", but starting it here again failed: %v", serr)
-			} else {
-				msg += ", running again"
-			}
-		}
-		d.log.Error("move failed", "vm", vm, "to", to, "err", err)
-		return nil, errors.New(msg)
+		return nil, d.keepHere(c, spec, running, res, err)
 	}
 	res.Downtime = time.Since(down).Seconds()
+	return d.moved(vm, to, res, t0), nil
+}
+
+// ErrMoveMode says a move's mode is none of live, saved and cold.
+var ErrMoveMode = errors.New("a move's mode is live, saved or cold")
+
+// moveMode checks a move's mode ("" is live).
+func moveMode(mode string) (string, error) {
+	switch mode {
+	case "":
+		return modeLive, nil
+	case modeLive, modeSaved, modeCold:
+		return mode, nil
+	}
+	return "", fmt.Errorf("mode %q: %w", mode, ErrMoveMode)
+}
+
+// moved ends a move the other host runs the VM of: this host forgets it.
+func (d *Daemon) moved(vm, to string, res *apitypes.MoveResult, t0 time.Time) *apitypes.MoveResult {
 	if err := d.forgetMoved(vm, to); err != nil {
 		d.log.Error("forget the moved VM here", "vm", vm, "to", to, "err", err)
 	}
 	res.Seconds = time.Since(t0).Seconds()
-	d.log.Info("moved", "vm", vm, "to", to, "seconds", res.Seconds, "downtime", res.Downtime)
-	return res, nil
+	d.log.Info("moved", "vm", vm, "to", to, "mode", res.Mode, "fallback", res.Fallback, "seconds", res.Seconds, "downtime", res.Downtime)
+	return res
+}
+
+// The modes of a move (apitypes.MoveResult.Mode).
+const (
+	modeCold  = "cold"
+	modeSaved = "saved"
+	modeLive  = "live"
+)
+
+// stopForMove stops a running VM for its move: with its state saved
+// when save is set and its hypervisor and store allow it (the move is
+// then a saved one, and the guest resumes there), else cleanly, saying
+// why.
+func (d *Daemon) stopForMove(vm string, save bool, res *apitypes.MoveResult) error {
+	if !save {
+		return d.sup.Stop(vm)
+	}
+	out, err := d.sup.Save(vm)
+	switch {
+	case errors.Is(err, supervisor.ErrNotRunning):
+		// Still starting: it is stopped, not saved.
+		res.Fallback = joinWhy(res.Fallback, "not saved: it was not running yet")
+		return d.sup.Stop(vm)
+	case err != nil:
+		return fmt.Errorf("stop it here: %w", err)
+	case out.Saved:
+		res.Mode = modeSaved
+	default:
+		res.Fallback = joinWhy(res.Fallback, "not saved (shut down instead): "+out.Fallback)
+	}
+	return nil
+}
+
+func joinWhy(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
+}
+
+// savedFiles are the files of a VM's saved state that go with it: the
+// state, its record for the other host, and the read-only disks it ran
+// on.
+func (d *Daemon) savedFiles(vm string) ([]moveFile, error) {
+	dir := savestate.Of(state.Dir{Root: d.env.StateDir}.VMDir(vm))
+	meta, m, err := dir.ForMove(d.HostName())
+	if err != nil {
+		return nil, err
+	}
+	files := []moveFile{{savestate.MovedState, dir.StateFile()}, {savestate.MovedMeta, meta}}
+	for _, name := range slices.Sorted(maps.Keys(m.Key.Pins)) {
+		files = append(files, moveFile{savestate.PinPrefix + name, m.Key.Pins[name]})
+	}
+	return files, nil
+}
+
+// keepHere ends a move that failed before the other host ran the VM:
+// nothing is kept there, and the VM runs here again on its data (resumed
+// from its saved state, when it was saved for the move).
+func (d *Daemon) keepHere(c *peerClient, spec *config.VM, running bool, res *apitypes.MoveResult, err error) error {
+	to := c.name
+	d.abortIncoming(c, spec.Name)
+	msg := fmt.Sprintf("move %s to %s: %v; %s keeps %s and its data", spec.Name, to, err, res.From, spec.Name)
+	if running {
+		if serr := d.sup.Start(context.Background(), spec); serr != nil {
+			msg += fmt.Sprintf(", but starting it here again failed: %v", serr)
+		} else {
+			msg += ", running again"
+			d.onlyHere(spec.Name)
+		}
+	}
+	d.log.Error("move failed", "vm", spec.Name, "to", to, "err", err)
+	return errors.New(msg)
 }
 
 // checkRoom asks the peer who it is and whether its state directory has
-// room for the files' data.
-func (d *Daemon) checkRoom(ctx context.Context, c *peerClient, files []moveFile) error {
+// room for the files' data; it returns what the peer said.
+func (d *Daemon) checkRoom(ctx context.Context, c *peerClient, files []moveFile) (apitypes.PeerHello, error) {
 	var hello apitypes.PeerHello
 	if err := c.do(ctx, http.MethodGet, "/peer/v1/hello", nil, &hello); err != nil {
-		return err
+		return hello, err
 	}
 	if hello.Host != c.name {
-		return fmt.Errorf("the daemon at %s says it is %q, not %s", c.base, hello.Host, c.name)
+		return hello, fmt.Errorf("the daemon at %s says it is %q, not %s", c.base, hello.Host, c.name)
 	}
 	var need int64
 	for _, f := range files {
 		need += allocated(f.path)
 	}
 	if need > hello.FreeBytes {
-		return fmt.Errorf("host %s has %d bytes free, the VM's data needs %d", c.name, hello.FreeBytes, need)
+		return hello, fmt.Errorf("host %s has %d bytes free, the VM's data needs %d", c.name, hello.FreeBytes, need)
 	}
-	return nil
+	return hello, nil
 }
 
 // entryOf is vm's entry for the host to: its entry put through the API,
@@ -294,7 +426,9 @@ func (d *Daemon) sendAndCommit(ctx context.Context, c *peerClient, vm string, fi
 		res.Files = append(res.Files, got)
 	}
 	body, _ := json.Marshal(apitypes.PeerCommit{From: d.HostName(), Entry: string(entry)})
-	err := c.do(ctx, http.MethodPost, "/peer/v1/incoming/"+url.PathEscape(vm)+"/commit", bytes.NewReader(body), nil)
+	var there apitypes.VMStatus
+	err := c.do(ctx, http.MethodPost, "/peer/v1/incoming/"+url.PathEscape(vm)+"/commit", bytes.NewReader(body), &there)
+	res.Boot = there.Boot
 	if _, answered := errors.AsType[*peerAnswer](err); err != nil && !answered {
 		return fmt.Errorf("%w: %w", errCommitUnknown, err)
 	}
@@ -310,17 +444,26 @@ type peerAnswer struct{ msg string }
 
 func (e *peerAnswer) Error() string { return e.msg }
 
-// has asks the peer whether it has the VM now.
-func (c *peerClient) has(vm string) (bool, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var st struct {
-		Known bool `json:"known"`
+// runs asks the peer whether it runs the VM now, waiting while it is
+// still taking it (a commit whose answer was lost may be under way): true
+// once it runs there, false once it does not have it.
+func (c *peerClient) runs(vm string) (bool, error) {
+	for deadline := time.Now().Add(resumeTimeout + time.Minute); ; time.Sleep(time.Second) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		var st apitypes.PeerVM
+		err := c.do(ctx, http.MethodGet, "/peer/v1/vms/"+url.PathEscape(vm), nil, &st)
+		cancel()
+		switch {
+		case err != nil:
+			return false, err
+		case !st.Known:
+			return false, nil
+		case st.State == apitypes.Running && !st.Moving:
+			return true, nil
+		case time.Now().After(deadline):
+			return false, fmt.Errorf("host %s still has %s %s", c.name, vm, st.State)
+		}
 	}
-	if err := c.do(ctx, http.MethodGet, "/peer/v1/vms/"+url.PathEscape(vm), nil, &st); err != nil {
-		return false, err
-	}
-	return st.Known, nil
 }
 
 // sendFile streams one file and checks the peer received what was sent.
@@ -370,87 +513,4 @@ func (d *Daemon) forgetMoved(vm, to string) error {
 		return fmt.Errorf("apply the file without %s: %w", vm, err)
 	}
 	return os.RemoveAll(dir.VMDir(vm))
-}
-
-// DrainResult is POST /v1/drain: the VMs moved away, and those that could
-// not be (still here, with why).
-type DrainResult = apitypes.DrainResult
-
-// Drain moves every VM of this host to the peers to (every other peer of
-// the file when empty), parallel at a time: each goes to the one with the
-// most room then. A VM that cannot move stays here, running as it was,
-// and is named with the reason.
-func (d *Daemon) Drain(ctx context.Context, to []string, parallel int) (*DrainResult, error) {
-	cfg := d.applied()
-	if cfg == nil {
-		return nil, ErrNoFile
-	}
-	if d.HostName() == "" {
-		return nil, ErrNoPeers
-	}
-	if len(to) == 0 {
-		for name := range cfg.Peers {
-			if name != d.HostName() {
-				to = append(to, name)
-			}
-		}
-	}
-	if len(to) == 0 {
-		return nil, fmt.Errorf("drain: the file's peers name no other host: %w", ErrUnknownPeer)
-	}
-	for _, h := range to {
-		if _, ok := cfg.Peers[h]; !ok || h == d.HostName() {
-			return nil, fmt.Errorf("drain to %q: %w", h, ErrUnknownPeer)
-		}
-	}
-	res := &DrainResult{Moved: []apitypes.MoveResult{}, Failed: map[string]string{}}
-	var mu sync.Mutex
-	sem := make(chan struct{}, max(1, parallel))
-	var wg sync.WaitGroup
-	for _, st := range d.List() {
-		vm := st.Name
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			target, err := d.roomiest(ctx, to)
-			var moved *apitypes.MoveResult
-			if err == nil {
-				moved, err = d.Move(ctx, vm, target)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				res.Failed[vm] = err.Error()
-				return
-			}
-			res.Moved = append(res.Moved, *moved)
-		})
-	}
-	wg.Wait()
-	return res, nil
-}
-
-// roomiest is the host of hosts with the most free room now.
-func (d *Daemon) roomiest(ctx context.Context, hosts []string) (string, error) {
-	best, room := "", int64(-1)
-	var errs []error
-	for _, h := range hosts {
-		c, err := d.peerClient(h)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		var hello apitypes.PeerHello
-		if err := c.do(ctx, http.MethodGet, "/peer/v1/hello", nil, &hello); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if hello.FreeBytes > room {
-			best, room = h, hello.FreeBytes
-		}
-	}
-	if best == "" {
-		return "", fmt.Errorf("no host to move to: %w", errors.Join(errs...))
-	}
-	return best, nil
 }

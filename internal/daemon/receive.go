@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,23 +14,32 @@ import (
 
 	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/savestate"
 	"microvm.dev/microvm/internal/state"
+	"microvm.dev/microvm/internal/supervisor"
 	"microvm.dev/microvm/internal/transfer"
+	"microvm.dev/microvm/internal/vmssh"
 )
 
-// movedFileRE is a file a move may bring: a volume's image or the VM's
-// SSH host key.
-var movedFileRE = regexp.MustCompile(`^([a-z0-9][a-z0-9_-]{0,19}\.img|ssh_host_ed25519_key)$`)
+// movedFileRE is a file a move may bring: a volume's image, the VM's SSH
+// host key, and a saved state's files (savestate.InstallMoved).
+var movedFileRE = regexp.MustCompile(`^([a-z0-9][a-z0-9_-]{0,19}\.img|ssh_host_ed25519_key|saved\.state|saved\.json|pin\.[a-z0-9][a-zA-Z0-9._-]{0,200})$`)
 
 // ErrHere says the receiving host has the VM already.
 var ErrHere = errors.New("this host has a VM of that name already")
 
-// PeerHello says who this host is and the room its state directory has.
+// PeerHello says who this host is, the room its state directory has, and
+// its SSH key.
 func (d *Daemon) PeerHello() apitypes.PeerHello {
 	var fs syscall.Statfs_t
 	h := apitypes.PeerHello{Host: d.HostName()}
 	if syscall.Statfs(d.env.StateDir, &fs) == nil {
 		h.FreeBytes = int64(fs.Bavail) * fs.Bsize
+	}
+	if key, err := vmssh.ClientPublicKey(d.env.StateDir); err == nil {
+		h.SSHKey = key
+	} else {
+		d.log.Error("move: this host's SSH key", "err", err)
 	}
 	return h
 }
@@ -83,10 +93,12 @@ func (d *Daemon) Receive(from, vm, file string, body io.Reader) (transfer.Stats,
 }
 
 // CommitMove runs vm, whose files arrived, on this host: they go into its
-// directory, and it is started, as this host's file says when the file
-// names it (it comes back), else as c.Entry put through the API. A VM
-// that does not start leaves nothing here: its files are removed and the
-// error says why (the sender keeps its copy).
+// directory (with the empty volumes c.Volumes a live move copies into
+// while its hypervisor waits for the guest), and it is started, as this
+// host's file says when the file names it (it comes back), else as
+// c.Entry put through the API. A VM that does not start (or resume)
+// leaves nothing here: its files are removed and the error says why (the
+// sender keeps its copy).
 func (d *Daemon) CommitMove(ctx context.Context, vm string, c apitypes.PeerCommit) error {
 	if err := d.claim(vm); err != nil {
 		return err
@@ -99,10 +111,17 @@ func (d *Daemon) CommitMove(ctx context.Context, vm string, c apitypes.PeerCommi
 	if err := os.MkdirAll(filepath.Dir(dir.VMDir(vm)), 0o711); err != nil {
 		return err
 	}
+	if err := makeVolumes(d.incoming(vm), c.Volumes); err != nil {
+		d.AbortMove(vm)
+		return fmt.Errorf("make %s's volumes: %w", vm, err)
+	}
 	if err := os.Rename(d.incoming(vm), dir.VMDir(vm)); err != nil {
 		return fmt.Errorf("install %s's files: %w", vm, err)
 	}
-	err := d.runMovedIn(vm, c)
+	resumes, err := savestate.InstallMoved(dir.VMDir(vm))
+	if err == nil {
+		err = d.runMovedIn(vm, c, resumes)
+	}
 	if err != nil {
 		d.log.Error("move: the VM did not start here", "vm", vm, "from", c.From, "err", err)
 		if d.IsPut(vm) {
@@ -118,8 +137,38 @@ func (d *Daemon) CommitMove(ctx context.Context, vm string, c apitypes.PeerCommi
 	return nil
 }
 
-// runMovedIn starts a VM whose files are in place.
-func (d *Daemon) runMovedIn(vm string, c apitypes.PeerCommit) error {
+// resumeTimeout bounds how long a guest moved running may take to be
+// ready here once resumed (its clock set, this host let in).
+const resumeTimeout = 2 * time.Minute
+
+// waitReady waits until vm, just resumed, is running and ready; a VM that
+// failed, stopped or was restarted meanwhile did not resume.
+func (d *Daemon) waitReady(vm string, timeout time.Duration) error {
+	for deadline := time.Now().Add(timeout); ; time.Sleep(50 * time.Millisecond) {
+		st, ok := d.sup.Status(vm)
+		switch {
+		case !ok:
+			return fmt.Errorf("%s is gone", vm)
+		case st.Restarts > 0 || (st.State != supervisor.Starting && st.State != supervisor.Running):
+			return fmt.Errorf("%s did not resume here: %s %s", vm, st.State, st.Failure)
+		case st.State == supervisor.Running:
+			return nil
+		case time.Now().After(deadline):
+			return fmt.Errorf("%s not ready %s after it resumed here", vm, timeout)
+		}
+	}
+}
+
+// runMovedIn starts a VM whose files are in place; one that resumes is
+// waited for until it is ready: the sender still holds the guest (paused,
+// or its saved state) and lets go only of one that runs here.
+func (d *Daemon) runMovedIn(vm string, c apitypes.PeerCommit, resumes bool) error {
+	ready := func() error {
+		if !resumes {
+			return nil
+		}
+		return d.waitReady(vm, resumeTimeout)
+	}
 	dir := state.Dir{Root: d.env.StateDir}
 	moved, err := dir.MovedVMs()
 	if err != nil {
@@ -136,6 +185,9 @@ func (d *Daemon) runMovedIn(vm string, c apitypes.PeerCommit) error {
 		if st, _ := d.sup.Status(vm); err == nil && st.PID == 0 {
 			err = fmt.Errorf("%s did not start: %s", vm, st.Failure)
 		}
+		if err == nil {
+			err = ready()
+		}
 		if err != nil {
 			// It stays the other host's: recorded so again, and the
 			// file applied without it.
@@ -149,6 +201,9 @@ func (d *Daemon) runMovedIn(vm string, c apitypes.PeerCommit) error {
 	res, err := d.Put(vm, []byte(c.Entry))
 	if errors.Is(err, ErrInvalid) && res != nil {
 		return fmt.Errorf("%s: %w", vm, res.Problems)
+	}
+	if err == nil {
+		err = ready()
 	}
 	if err != nil {
 		return err
@@ -201,7 +256,23 @@ func (d *Daemon) adoptArrived(source []byte) {
 	}
 }
 
-// AbortMove drops what arrived of vm.
+// AbortMove drops what arrived of vm. A live move's hypervisor that waits
+// for the guest is given an empty migration (a connection closed at
+// once), so that its start fails and the commit removes the VM.
 func (d *Daemon) AbortMove(vm string) error {
+	d.peers.mu.Lock()
+	committing := d.peers.moving[vm]
+	d.peers.mu.Unlock()
+	if committing {
+		_, migration := d.env.Layout(vm).MoveSockets()
+		go func() {
+			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+				if conn, err := net.DialTimeout("unix", migration, time.Second); err == nil {
+					conn.Close()
+					return
+				}
+			}
+		}()
+	}
 	return os.RemoveAll(d.incoming(vm))
 }

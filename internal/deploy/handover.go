@@ -39,7 +39,7 @@ func (e *Engine) handOver(ctx context.Context, g, prev *generation.Generation) e
 		switch {
 		case old.Host == me && vm.Host != me && peer:
 			e.log.Info("moving a VM whose host changed", "vm", vm.Name, "to", vm.Host, "generation", g.Number)
-			if _, err := e.d.Move(ctx, vm.Name, vm.Host); err != nil {
+			if _, err := e.d.Move(ctx, vm.Name, vm.Host, ""); err != nil {
 				return fmt.Errorf("generation %d gives %s to %s: %w", g.Number, vm.Name, vm.Host, err)
 			}
 		case vm.Host == me && old.Host != me && hasPeer(was, old.Host):

@@ -152,6 +152,9 @@ func (pr *preparer) resolveImage(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := dropPins(p.layout.Dir()); err != nil {
+		return pr.fail(err)
+	}
 	if p.Resolved, err = Resolve(p.env, p.VM, img); err != nil {
 		return err
 	}

@@ -42,6 +42,9 @@ type Running struct {
 	// registry image's repo@sha256:… digest reference).
 	Image   string
 	console int64
+	// movedAway says the guest runs on another host now (a live move):
+	// this hypervisor holds it paused for good.
+	movedAway atomic.Bool
 }
 
 // starter is one Start: the command being built and what its steps opened.
@@ -365,7 +368,8 @@ func (r *Running) Pause() error { return r.Prepared.Backend.Pause(r.Prepared.Lau
 // Resume lets a paused guest run again.
 func (r *Running) Resume() error { return r.Prepared.Backend.Resume(r.Prepared.Launch) }
 
-// Stop asks the guest to shut down cleanly and waits up to timeout in all:
+// Stop asks the guest to shut down cleanly and waits up to timeout in all
+// (a guest moved away live is ended at once):
 // first the backend's polite request (the ACPI power button for QEMU and
 // cloud-hypervisor, Ctrl-Alt-Del for Firecracker), after a third of the
 // time its second request (Ctrl-Alt-Del for QEMU, which microvm-init also
@@ -377,6 +381,13 @@ func (r *Running) Stop(timeout time.Duration) error {
 	default:
 	}
 	b, l := r.Prepared.Backend, r.Prepared.Launch
+	if r.movedAway.Load() {
+		// Nothing to shut down: the guest runs elsewhere, and must never
+		// run here again.
+		r.Process.Signal(syscall.SIGKILL)
+		<-r.Exited
+		return nil
+	}
 	if err := b.Shutdown(l, 0); err != nil {
 		r.Process.Signal(syscall.SIGTERM)
 	}

@@ -13,16 +13,22 @@ import (
 // its workload, the same way for `microvm run` and the daemon: the
 // guest's ready line (WaitReady, echoing the console to echo); after a
 // resume, its clock set to the host's (it stood still while the VM was
-// saved); then, for a VM with a healthCheck, the check passing.
+// saved), and after a move only this host's key let in; then, for a VM
+// with a healthCheck, the check passing.
 func (r *Running) AwaitReady(timeout time.Duration, echo func(string)) (vmm.ReadyResult, error) {
 	deadline := time.Now().Add(timeout)
 	ready, err := r.WaitReady(timeout, echo)
 	if err != nil {
 		return ready, err
 	}
-	if r.Prepared.Boot.Resume != nil {
+	if m := r.Prepared.Boot.Resume; m != nil {
 		if err := r.setGuestClock(); err != nil {
 			return ready, fmt.Errorf("resumed, but its clock could not be set: %w", err)
+		}
+		if m.Moved != nil {
+			if err := r.authorizeOnlyHere(); err != nil {
+				return ready, fmt.Errorf("moved here from %s, but its SSH keys could not be set to this host's: %w", m.Moved.From, err)
+			}
 		}
 	}
 	return ready, health.Wait(r.Prepared.env.NetNS, r.Prepared.VM, deadline, r.Exited)
@@ -38,4 +44,15 @@ func (r *Running) InGuest(cmd string, timeout time.Duration) error {
 // setGuestClock sets a resumed guest's clock to the host's.
 func (r *Running) setGuestClock() error {
 	return r.InGuest(fmt.Sprintf("/run/microvm/init clock %d", time.Now().UnixNano()), 10*time.Second)
+}
+
+// authorizeOnlyHere lets only this host's microvm key and the VM's own
+// sshKeys into a guest that moved here while it ran: the host it left,
+// authorized for the move, is not any more.
+func (r *Running) authorizeOnlyHere() error {
+	own, err := vmssh.ClientPublicKey(r.Prepared.env.StateDir)
+	if err != nil {
+		return err
+	}
+	return r.InGuest(vmssh.AuthorizeCommand(true, append([]string{own}, r.Prepared.VM.SSHKeys...)...), 10*time.Second)
 }

@@ -39,6 +39,9 @@ type Resolved struct {
 	// Command is the command line, with Binary the hypervisor itself and
 	// Argv what runs (after nsenter and setpriv where they apply).
 	Command vmm.Command
+	// Pins are the read-only disks it runs on (store image, module tree)
+	// by the name a move keeps them under, and the path each has here.
+	Pins map[string]string
 	// User is who the hypervisor runs as (nil: root): the VM's own id
 	// when the hypervisors have a range of ids.
 	User *vmmuser.User
@@ -99,6 +102,7 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 			return nil, fmt.Errorf("vms.%s: %w", vm.Name, err)
 		}
 	}
+	pins := usePins(lay.Dir(), kern, &l)
 	l.Arch = arch
 	l.NoFreePageReporting, l.TBSizeMiB = env.NoFreePageReporting, env.TBSizeMiB
 	l.KVM = arch == vmm.HostArch() && vmm.HardwareKVM() && env.canOpen("/dev/kvm")
@@ -143,7 +147,7 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 	if env.NetNS != "" {
 		cmd.Argv = append([]string{"nsenter", "--net=" + env.NetNS, "--"}, cmd.Argv...)
 	}
-	return &Resolved{Backend: b, Kernel: kern, Share: share, Image: img, Launch: l, Command: cmd, User: user, Confined: jail}, nil
+	return &Resolved{Backend: b, Kernel: kern, Share: share, Image: img, Launch: l, Command: cmd, User: user, Confined: jail, Pins: pins}, nil
 }
 
 // confined is the root an unprivileged hypervisor is shut into: its VM's

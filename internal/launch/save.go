@@ -24,10 +24,15 @@ type Boot struct {
 	Dropped string
 }
 
-// String says it for status: "resumed (saved …)", "cold boot (saved state
-// dropped: …)" or "cold boot".
+// String says it for status: "resumed from the state saved at …" (on
+// another host, for a move), "resumed running from HOST (a live move)",
+// "cold boot: the saved state was dropped: …" or "cold boot".
 func (b Boot) String() string {
 	switch {
+	case b.Resume != nil && b.Resume.Live:
+		return "resumed running from " + b.Resume.Moved.From + " (a live move)"
+	case b.Resume != nil && b.Resume.Moved != nil:
+		return "resumed from the state saved at " + b.Resume.SavedAt.Format(time.RFC3339) + " on " + b.Resume.Moved.From
 	case b.Resume != nil:
 		return "resumed from the state saved at " + b.Resume.SavedAt.Format(time.RFC3339)
 	case b.Dropped != "":
@@ -53,7 +58,9 @@ func (p *Prepared) resumeKey() (savestate.Key, error) {
 	if p.Launch.Modules != "" {
 		files = append(files, p.Launch.Modules)
 	}
-	return savestate.NewKey(p.VM.SpecHash(), p.Resolved.Command.Argv, files)
+	k, err := savestate.NewKey(p.VM.SpecHash(), p.Resolved.Command.Argv, files)
+	k.Kernel, k.Pins = p.Launch.Kernel, p.Resolved.Pins
+	return k, err
 }
 
 // savedState decides whether the guest resumes from a saved state: only
@@ -74,11 +81,21 @@ func (pr *preparer) savedState(context.Context) error {
 	case kerr != nil:
 		why = kerr.Error()
 	default:
-		if _, ok := p.Backend.(vmm.Saver); !ok {
+		switch _, ok := p.Backend.(vmm.Saver); {
+		case !ok:
 			why = p.Backend.Name() + " cannot resume a saved state"
-		} else {
+		case m.Live && !isLiveMover(p.Backend):
+			why = p.Backend.Name() + " cannot take a running guest"
+		case m.Moved != nil:
+			why = savestate.MovedMismatch(m, key, savestate.PinsOf(p.layout.Dir()))
+		default:
 			why = savestate.Mismatch(m.Key, key)
 		}
+	}
+	if why != "" && m.Live {
+		// Its volumes are only now being copied here: it must not boot.
+		dir.Drop()
+		return pr.fail(fmt.Errorf("the live move from %s cannot resume here: %s", m.Moved.From, why))
 	}
 	if why != "" {
 		p.Boot.Dropped = why
@@ -107,6 +124,17 @@ func (s *starter) restore(ctx context.Context) error {
 		return nil
 	}
 	dir := p.savedDir()
+	if p.Boot.Resume.Live {
+		// The guest comes over the network, its volumes with it: there is
+		// nothing to boot cold instead.
+		nbd, migration := p.layout.MoveSockets()
+		err := p.Backend.(vmm.LiveMover).LiveIn(p.Launch, nbd, migration)
+		dir.Drop()
+		if err != nil {
+			return s.fail(fmt.Errorf("take the running guest from %s: %w", p.Boot.Resume.Moved.From, err))
+		}
+		return nil
+	}
 	f, err := os.Open(dir.StateFile())
 	if err == nil {
 		err = p.Backend.(vmm.Saver).Restore(p.Launch, f)
@@ -194,4 +222,9 @@ func (r *Running) Save() (SaveResult, error) {
 		return SaveResult{}, fmt.Errorf("%w (the guest was stopped without a clean shutdown; its volumes need a journal replay)", err)
 	}
 	return SaveResult{Bytes: m.Bytes, Seconds: time.Since(t0).Seconds()}, nil
+}
+
+func isLiveMover(b vmm.Backend) bool {
+	_, ok := b.(vmm.LiveMover)
+	return ok
 }

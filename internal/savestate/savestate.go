@@ -53,6 +53,11 @@ type Key struct {
 	Argv []string `json:"argv"`
 	// Files are the identities of the files the guest ran on, by path.
 	Files map[string]FileID `json:"files"`
+	// Kernel is the kernel's path, and Pins the read-only disks the guest
+	// ran on (its store image, its kernel's module tree) by the name a
+	// move keeps them under (see Pins): what a move takes along or checks.
+	Kernel string            `json:"kernel,omitempty"`
+	Pins   map[string]string `json:"pins,omitempty"`
 }
 
 // NewKey makes the key of a guest with spec hash and command line argv
@@ -108,6 +113,11 @@ type Meta struct {
 	Key Key `json:"key"`
 	// Ready is what the guest reported when it became ready.
 	Ready vmm.ReadyResult `json:"ready"`
+	// Moved is set on a state saved on another host and moved here.
+	Moved *Moved `json:"moved,omitempty"`
+	// Live says the state comes over the network while the guest runs
+	// there (a live move): there is no state file.
+	Live bool `json:"live,omitempty"`
 }
 
 // Dir is the saved state of one VM: a directory in the VM's directory.
@@ -184,7 +194,7 @@ func (d Dir) Load() (Meta, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return m, fmt.Errorf("saved state %s: %w", d.meta(), err)
 	}
-	if _, err := os.Stat(d.StateFile()); err != nil {
+	if _, err := os.Stat(d.StateFile()); err != nil && !m.Live {
 		return m, ErrNone
 	}
 	return m, nil
@@ -194,7 +204,7 @@ func (d Dir) Load() (Meta, error) {
 // be resumed): the guest's memory is not left on disk.
 func (d Dir) Drop() error {
 	var errs []error
-	for _, p := range []string{d.meta(), d.StateFile(), d.partial()} {
+	for _, p := range []string{d.meta(), d.StateFile(), d.partial(), filepath.Join(string(d), MovedMeta)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -84,6 +84,9 @@ type Capabilities struct {
 	// SaveShares are the store shares with which the backend can save a
 	// guest's state (vmm.Saver); none when it cannot save.
 	SaveShares []string
+	// LiveShares are the store shares with which the backend can move a
+	// running guest to another host (vmm.LiveMover); none when it cannot.
+	LiveShares []string
 	// Install says how to install the backend's binary.
 	Install string
 }

@@ -40,6 +40,13 @@ func (l Layout) Initrd() string { return filepath.Join(l.Run(), "initramfs.cpio"
 // VirtiofsSocket is the vhost-user socket of the store's virtiofsd.
 func (l Layout) VirtiofsSocket() string { return filepath.Join(l.Run(), "store.sock") }
 
+// MoveSockets are the unix sockets a live move's disks (NBD) and memory
+// (migration) pass through, in the run directory where the hypervisor
+// reaches them.
+func (l Layout) MoveSockets() (nbd, migration string) {
+	return filepath.Join(l.Run(), "move-nbd.sock"), filepath.Join(l.Run(), "move-migration.sock")
+}
+
 // VMMLog is the hypervisor's own output (and its helpers').
 func (l Layout) VMMLog() string { return filepath.Join(l.Dir(), "vmm.log") }
 

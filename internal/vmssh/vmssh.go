@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/crypto/ssh"
 
+	"microvm.dev/microvm/internal/sshkey"
 	"microvm.dev/microvm/internal/state"
 )
 
@@ -51,6 +52,30 @@ func KnownHosts(stateDir, vm, addr string) (string, error) {
 	return p, state.WriteFile(p, []byte(line), 0o600)
 }
 
+// ClientPublicKey is microvm's own SSH client key (made on first use) in
+// authorized_keys format: what another host authorizes in a guest that
+// moves to this one.
+func ClientPublicKey(stateDir string) (string, error) {
+	signer, _, err := sshkey.Ensure(ClientKeyPath(stateDir), "microvm")
+	if err != nil {
+		return "", fmt.Errorf("microvm's SSH key: %w", err)
+	}
+	return strings.TrimSpace(sshkey.AuthorizedLine(signer)), nil
+}
+
+// AuthorizeCommand is the command, run in a guest, that makes keys the
+// ones its SSH server lets in (only, or in addition to those it has).
+func AuthorizeCommand(only bool, keys ...string) string {
+	cmd := "/run/microvm/init authorize"
+	if only {
+		cmd += " --only"
+	}
+	for _, k := range keys {
+		cmd += " '" + strings.ReplaceAll(k, "'", `'\''`) + "'"
+	}
+	return cmd
+}
+
 // Dial connects to addr as root, from the namespace at nsPath when set.
 func Dial(stateDir, vm, addr, nsPath string, timeout time.Duration) (*ssh.Client, error) {
 	key, err := os.ReadFile(ClientKeyPath(stateDir))
@@ -70,6 +95,9 @@ func Dial(stateDir, vm, addr, nsPath string, timeout time.Duration) (*ssh.Client
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s (%s): %w", vm, hostport, err)
 	}
+	// The handshake within timeout too: a guest whose kernel takes the
+	// connection but whose SSH server does not answer is no answer.
+	conn.SetDeadline(time.Now().Add(timeout))
 	c, chans, reqs, err := ssh.NewClientConn(conn, hostport, &ssh.ClientConfig{
 		User:            "root",
 		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
@@ -80,6 +108,7 @@ func Dial(stateDir, vm, addr, nsPath string, timeout time.Duration) (*ssh.Client
 		conn.Close()
 		return nil, fmt.Errorf("ssh to %s: %w", vm, err)
 	}
+	conn.SetDeadline(time.Time{})
 	return ssh.NewClient(c, chans, reqs), nil
 }
 

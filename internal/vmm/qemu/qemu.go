@@ -45,6 +45,7 @@ func (Backend) Capabilities() vmm.Capabilities {
 		AppendsConsole:     true,
 		// QEMU 7.2 refuses to migrate vhost-user-fs, and 9p while mounted.
 		SaveShares: []string{vmm.ShareBlock},
+		LiveShares: []string{vmm.ShareBlock},
 		Install:    "apt install qemu-system-x86 (or qemu-system-arm for aarch64 guests)",
 	}
 }
@@ -313,6 +314,12 @@ func (Backend) Save(l vmm.Launch, f *os.File) error {
 }
 
 func migrate(s *session, f *os.File) error {
+	// One pass of a paused guest, whatever a live move left set.
+	if _, err := s.Run("migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{
+		{"capability": "pause-before-switchover", "state": false},
+	}}); err != nil {
+		return err
+	}
 	if _, err := s.Run("migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}); err != nil {
 		return err
 	}
@@ -332,45 +339,33 @@ const migrationFD = "microvm-state"
 func waitMigration(s *session, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		s.Deadline(10 * time.Second)
-		raw, err := s.Run("query-migrate", nil)
+		m, err := queryMigrate(s)
 		if err != nil {
 			return err
 		}
-		var st struct {
-			Status    string `json:"status"`
-			ErrorDesc string `json:"error-desc"`
-		}
-		if err := json.Unmarshal(raw, &st); err != nil {
-			return fmt.Errorf("qmp query-migrate: %w", err)
-		}
-		switch st.Status {
+		switch m.Status {
 		case "completed":
 			return nil
 		case "failed", "cancelled":
-			return fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
+			return fmt.Errorf("migration %s: %s", m.Status, m.ErrorDesc)
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("migration still %s after %s", st.Status, timeout)
+			return fmt.Errorf("migration still %s after %s", m.Status, timeout)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-// IncomingArgs start QEMU waiting for a migration given later over QMP.
-func (Backend) IncomingArgs() []string { return []string{"-incoming", "defer"} }
+// IncomingArgs start QEMU waiting for a migration given later over QMP,
+// with the guest left paused once it came (-S): Restore and LiveIn let it
+// run, the latter only after its NBD server, which held the volumes
+// writable, is gone (as libvirt does).
+func (Backend) IncomingArgs() []string { return []string{"-S", "-incoming", "defer"} }
 
 // Restore migrates the state in f into a QEMU started with IncomingArgs
 // and lets the guest run (it was paused when saved).
 func (Backend) Restore(l vmm.Launch, f *os.File) error {
-	var s *session
-	var err error
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if s, err = dialQMP(l.ControlSocket, 5*time.Second); err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	s, err := dialRetry(l.ControlSocket)
 	if err != nil {
 		return err
 	}
