@@ -115,6 +115,11 @@ func (d *Daemon) CommitMove(ctx context.Context, vm string, c apitypes.PeerCommi
 		d.AbortMove(vm)
 		return fmt.Errorf("make %s's volumes: %w", vm, err)
 	}
+	// A live move's sockets left by an earlier one would tell the sender
+	// to begin before this hypervisor waits.
+	nbd, migration := d.env.Layout(vm).MoveSockets()
+	os.Remove(nbd)
+	os.Remove(migration)
 	if err := os.Rename(d.incoming(vm), dir.VMDir(vm)); err != nil {
 		return fmt.Errorf("install %s's files: %w", vm, err)
 	}
