@@ -309,10 +309,7 @@ func (c *peerClient) awaitTarget(vm string, committed chan error) error {
 			return fmt.Errorf("host %s did not get ready for the guest: %w", c.name, err)
 		default:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		var st apitypes.PeerVM
-		err := c.do(ctx, http.MethodGet, "/peer/v1/vms/"+url.PathEscape(vm), nil, &st)
-		cancel()
+		st, err := c.vmState(vm)
 		switch {
 		case err != nil:
 			return err

@@ -444,15 +444,21 @@ type peerAnswer struct{ msg string }
 
 func (e *peerAnswer) Error() string { return e.msg }
 
+// vmState asks the peer what it has of vm.
+func (c *peerClient) vmState(vm string) (apitypes.PeerVM, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var st apitypes.PeerVM
+	err := c.do(ctx, http.MethodGet, "/peer/v1/vms/"+url.PathEscape(vm), nil, &st)
+	return st, err
+}
+
 // runs asks the peer whether it runs the VM now, waiting while it is
 // still taking it (a commit whose answer was lost may be under way): true
 // once it runs there, false once it does not have it.
 func (c *peerClient) runs(vm string) (bool, error) {
 	for deadline := time.Now().Add(resumeTimeout + time.Minute); ; time.Sleep(time.Second) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		var st apitypes.PeerVM
-		err := c.do(ctx, http.MethodGet, "/peer/v1/vms/"+url.PathEscape(vm), nil, &st)
-		cancel()
+		st, err := c.vmState(vm)
 		switch {
 		case err != nil:
 			return false, err
