@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -57,37 +56,37 @@ func (d *Daemon) liveGuest(vm string) (*launch.Running, string) {
 	return r, ""
 }
 
-// moveLive moves the running guest r of spec to the peer c while it runs:
-// the files that go with it (its SSH host key, the read-only disks it runs
-// on, the record the other host resumes it by) first; then the other host
+// moveLive moves the running guest r of spec, whose own files (volumes,
+// SSH host key) are vmFiles, to the peer c while it runs: the files that
+// go with it (its SSH host key, the read-only disks it runs on, the
+// record the other host resumes it by) first; then the other host
 // is asked to take it, with empty volumes of the same sizes, while the
 // hypervisors copy the volumes and the memory through the move's sockets,
 // forwarded over the peers' TLS. The guest pauses only for the last pass.
 // Any failure before the other host runs it leaves it running here.
-func (d *Daemon) moveLive(ctx context.Context, c *peerClient, r *launch.Running, spec *config.VM, entry []byte, res *apitypes.MoveResult) error {
+func (d *Daemon) moveLive(ctx context.Context, c *peerClient, r *launch.Running, spec *config.VM, vmFiles []moveFile, entry []byte, res *apitypes.MoveResult) error {
 	vm := spec.Name
 	record, pins, err := r.LiveRecord(d.HostName())
 	if err != nil {
 		return err
 	}
 	defer r.DropLiveRecord()
-	files := []moveFile{{savestate.MovedMeta, record}}
-	for _, name := range slices.Sorted(maps.Keys(pins)) {
-		files = append(files, moveFile{savestate.PinPrefix + name, pins[name]})
-	}
+	// The volumes are made empty there and mirrored; the rest is sent.
+	files := append([]moveFile{{savestate.MovedMeta, record}}, pinFiles(pins)...)
 	volumes := map[string]int64{}
-	for _, f := range d.movingFiles(spec) {
-		if name, ok := volumeName(f.name); ok {
-			fi, err := os.Stat(f.path)
-			if err != nil {
-				return err
-			}
-			volumes[name] = fi.Size()
+	for _, f := range vmFiles {
+		name, ok := volumeName(f.name)
+		if !ok {
+			files = append(files, f)
 			continue
 		}
-		files = append(files, f)
+		fi, err := os.Stat(f.path)
+		if err != nil {
+			return err
+		}
+		volumes[name] = fi.Size()
 	}
-	if _, err := d.checkRoom(ctx, c, append(files, d.movingFiles(spec)...)); err != nil {
+	if _, err := d.checkRoom(ctx, c, append(slices.Clip(files), vmFiles...)); err != nil {
 		return err
 	}
 	for _, f := range files {

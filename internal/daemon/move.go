@@ -236,7 +236,7 @@ func (d *Daemon) Move(ctx context.Context, vm, to, mode string) (*apitypes.MoveR
 	if running && mode == modeLive {
 		r, why := d.liveGuest(vm)
 		if why == "" {
-			err := d.moveLive(ctx, c, r, spec, entry, res)
+			err := d.moveLive(ctx, c, r, spec, files, entry, res)
 			if err == nil {
 				return d.moved(vm, to, res, t0), nil
 			}
@@ -359,10 +359,17 @@ func (d *Daemon) savedFiles(vm string) ([]moveFile, error) {
 		return nil, err
 	}
 	files := []moveFile{{savestate.MovedState, dir.StateFile()}, {savestate.MovedMeta, meta}}
-	for _, name := range slices.Sorted(maps.Keys(m.Key.Pins)) {
-		files = append(files, moveFile{savestate.PinPrefix + name, m.Key.Pins[name]})
+	return append(files, pinFiles(m.Key.Pins)...), nil
+}
+
+// pinFiles are the read-only disks a resumed guest runs on (pin name →
+// path), as files a move sends.
+func pinFiles(pins map[string]string) []moveFile {
+	var files []moveFile
+	for _, name := range slices.Sorted(maps.Keys(pins)) {
+		files = append(files, moveFile{savestate.PinPrefix + name, pins[name]})
 	}
-	return files, nil
+	return files
 }
 
 // keepHere ends a move that failed before the other host ran the VM:
