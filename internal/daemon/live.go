@@ -23,7 +23,6 @@ import (
 	"microvm.dev/microvm/internal/savestate"
 	"microvm.dev/microvm/internal/transfer"
 	"microvm.dev/microvm/internal/vmm"
-	"microvm.dev/microvm/internal/vmssh"
 	"microvm.dev/microvm/internal/volume"
 )
 
@@ -163,10 +162,7 @@ func (d *Daemon) letIn(vm, key string) error {
 	if err != nil {
 		return err
 	}
-	if key == "" {
-		return errors.New("the other host did not say its SSH key")
-	}
-	return r.InGuest(vmssh.AuthorizeCommand(false, key), 30*time.Second)
+	return r.LetIn(key)
 }
 
 // onlyHere lets only this host (and the VM's own sshKeys) into the guest
@@ -174,10 +170,7 @@ func (d *Daemon) letIn(vm, key string) error {
 func (d *Daemon) onlyHere(vm string) {
 	r, err := d.guest(vm)
 	if err == nil {
-		var own string
-		if own, err = vmssh.ClientPublicKey(d.env.StateDir); err == nil {
-			err = r.InGuest(vmssh.AuthorizeCommand(true, append([]string{own}, r.Prepared.VM.SSHKeys...)...), 30*time.Second)
-		}
+		err = r.LetOnlyThisHostIn()
 	}
 	if err != nil {
 		d.log.Warn("move: the other host stays let into the guest", "vm", vm, "err", err)

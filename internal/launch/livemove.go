@@ -15,7 +15,7 @@ import (
 // state that does not move).
 func (r *Running) CanMoveLive() string {
 	p := r.Prepared
-	if _, ok := p.Backend.(vmm.LiveMover); !ok {
+	if !canLive(p.Backend) {
 		return p.Backend.Name() + " cannot move a running guest"
 	}
 	if caps := p.Backend.Capabilities(); !slices.Contains(caps.LiveShares, p.Resolved.Share) {

@@ -1,6 +1,7 @@
 package launch
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -26,7 +27,7 @@ func (r *Running) AwaitReady(timeout time.Duration, echo func(string)) (vmm.Read
 			return ready, fmt.Errorf("resumed, but its clock could not be set: %w", err)
 		}
 		if m.Moved != nil {
-			if err := r.authorizeOnlyHere(); err != nil {
+			if err := r.LetOnlyThisHostIn(); err != nil {
 				return ready, fmt.Errorf("moved here from %s, but its SSH keys could not be set to this host's: %w", m.Moved.From, err)
 			}
 		}
@@ -46,13 +47,23 @@ func (r *Running) setGuestClock() error {
 	return r.InGuest(fmt.Sprintf("/run/microvm/init clock %d", time.Now().UnixNano()), 10*time.Second)
 }
 
-// authorizeOnlyHere lets only this host's microvm key and the VM's own
-// sshKeys into a guest that moved here while it ran: the host it left,
-// authorized for the move, is not any more.
-func (r *Running) authorizeOnlyHere() error {
+// LetOnlyThisHostIn lets only this host's microvm key and the VM's own
+// sshKeys into the guest: after it moved here while it ran (the host it
+// left, let in for the move, is not any more), or after such a move did
+// not happen (the host it was to go to is not).
+func (r *Running) LetOnlyThisHostIn() error {
 	own, err := vmssh.ClientPublicKey(r.Prepared.env.StateDir)
 	if err != nil {
 		return err
 	}
-	return r.InGuest(vmssh.AuthorizeCommand(true, append([]string{own}, r.Prepared.VM.SSHKeys...)...), 10*time.Second)
+	return r.InGuest(vmssh.AuthorizeCommand(true, append([]string{own}, r.Prepared.VM.SSHKeys...)...), 30*time.Second)
+}
+
+// LetIn lets the host whose microvm SSH key is key into the guest as
+// well, before it moves there running.
+func (r *Running) LetIn(key string) error {
+	if key == "" {
+		return errors.New("the other host did not say its SSH key")
+	}
+	return r.InGuest(vmssh.AuthorizeCommand(false, key), 30*time.Second)
 }

@@ -84,7 +84,7 @@ func (pr *preparer) savedState(context.Context) error {
 		switch _, ok := p.Backend.(vmm.Saver); {
 		case !ok:
 			why = p.Backend.Name() + " cannot resume a saved state"
-		case m.Live && !isLiveMover(p.Backend):
+		case m.Live && !canLive(p.Backend):
 			why = p.Backend.Name() + " cannot take a running guest"
 		case m.Moved != nil:
 			why = savestate.MovedMismatch(m, key, savestate.PinsOf(p.layout.Dir()))
@@ -224,7 +224,8 @@ func (r *Running) Save() (SaveResult, error) {
 	return SaveResult{Bytes: m.Bytes, Seconds: time.Since(t0).Seconds()}, nil
 }
 
-func isLiveMover(b vmm.Backend) bool {
+// canLive says whether backend b can take a running guest.
+func canLive(b vmm.Backend) bool {
 	_, ok := b.(vmm.LiveMover)
 	return ok
 }
