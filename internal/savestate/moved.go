@@ -69,41 +69,33 @@ func (d Dir) ForMove(from string) (string, Meta, error) {
 	if m.Key.Kernel == "" {
 		return "", m, errors.New("the state was saved by an older microvm, which did not record its kernel")
 	}
-	if m.Moved, err = movedFrom(from, m.Key); err != nil {
-		return "", m, err
-	}
-	path := filepath.Join(string(d), MovedMeta)
-	if err := state.WriteJSON(path, m); err != nil {
-		return "", m, fmt.Errorf("saved state: %w", err)
-	}
-	return path, m, nil
+	return d.writeMoved(from, m)
 }
 
 // ForLiveMove writes the record a live move sends (MovedMeta, Live set)
 // for a guest running with key and ready as it said, in the saved-state
 // directory, and returns its path.
 func (d Dir) ForLiveMove(from string, key Key, ready vmm.ReadyResult) (string, error) {
-	moved, err := movedFrom(from, key)
-	if err != nil {
-		return "", err
-	}
-	if err := os.MkdirAll(string(d), 0o700); err != nil {
-		return "", fmt.Errorf("saved state: %w", err)
-	}
-	path := filepath.Join(string(d), MovedMeta)
-	m := Meta{SavedAt: time.Now().UTC(), Key: key, Ready: ready, Moved: moved, Live: true}
-	if err := state.WriteJSON(path, m); err != nil {
-		return "", fmt.Errorf("saved state: %w", err)
-	}
-	return path, nil
+	path, _, err := d.writeMoved(from, Meta{SavedAt: time.Now().UTC(), Key: key, Ready: ready, Live: true})
+	return path, err
 }
 
-func movedFrom(from string, key Key) (*Moved, error) {
-	sum, err := FileSHA256(key.Kernel)
+// writeMoved writes m, from the host from with the digest of its kernel,
+// as the record a move sends.
+func (d Dir) writeMoved(from string, m Meta) (string, Meta, error) {
+	sum, err := FileSHA256(m.Key.Kernel)
 	if err != nil {
-		return nil, fmt.Errorf("saved state: %w", err)
+		return "", m, fmt.Errorf("saved state: %w", err)
 	}
-	return &Moved{From: from, Kernel: sum}, nil
+	m.Moved = &Moved{From: from, Kernel: sum}
+	if err := os.MkdirAll(string(d), 0o700); err != nil {
+		return "", m, fmt.Errorf("saved state: %w", err)
+	}
+	path := filepath.Join(string(d), MovedMeta)
+	if err := state.WriteJSON(path, m); err != nil {
+		return "", m, fmt.Errorf("saved state: %w", err)
+	}
+	return path, m, nil
 }
 
 // InstallMoved puts the saved-state files a move brought into vmDir in
