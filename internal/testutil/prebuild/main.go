@@ -1,7 +1,8 @@
 // Command prebuild builds the engines the tests run (tools/kube's etcd
-// and Kubernetes binaries, tools/tailnet's Tailscale, tools/cosign's cosign) into their caches
-// before the tests start (scripts/test.sh), so that no test package's
-// time limit holds a cold build of them.
+// and Kubernetes binaries, tools/tailnet's Tailscale, tools/cosign's
+// cosign, tools/s3's S3 gateway) into their caches before the tests start
+// (scripts/test.sh), so that no test package's time limit holds a cold
+// build of them.
 package main
 
 import (
@@ -20,6 +21,7 @@ func main() {
 		{"kube", testutil.KubeCache, testutil.KubePackages()},
 		{"tailnet", testutil.TailnetCache, testutil.TailnetPackages()},
 		{"cosign", testutil.CosignCache, testutil.CosignPackages()},
+		{"s3", testutil.S3Cache, testutil.S3Packages()},
 	} {
 		dir, took, err := testutil.Build(t.module, t.cache, t.pkgs...)
 		if err != nil {
