@@ -36,7 +36,10 @@ import (
 //     with its state saved: only the volume's allocated ranges were sent,
 //     the process still runs; and web, b's VM whose store (virtiofs or
 //     9p) moves neither live nor saved, moves cold, saying why; b is
-//     empty.
+//     empty;
+//   - db moves to b again: the read-only disks it runs on (the store
+//     image and module tree, which b kept from the first move) are not
+//     sent again but linked from b's cache, and it runs there.
 func TestMoveBetweenHosts(t *testing.T) {
 	p := newHostPair(t)
 	a, b, host, db, peers, ka, kb := p.a, p.b, p.host, p.db, p.peers, p.ka, p.kb
@@ -188,6 +191,28 @@ func TestMoveBetweenHosts(t *testing.T) {
 	if vms := b.list(); len(vms) != 0 {
 		t.Errorf("b after the drain: %v", vms)
 	}
+
+	// Again to b, which kept the read-only disks of the first move.
+	out, err = a.cli("-o", "json", "move", "db", "--to", "b")
+	res = apitypes.MoveResult{}
+	if err != nil || json.Unmarshal([]byte(out), &res) != nil {
+		t.Fatalf("move db --to b again: %v\n%s", err, out)
+	}
+	t.Logf("moved again: mode %s, %.1f s, downtime %.2f s, files %+v", res.Mode, res.Seconds, res.Downtime, res.Files)
+	pins := 0
+	for _, f := range res.Files {
+		if strings.HasPrefix(f.Name, "pin.") {
+			pins++
+			if !f.Cached || f.Wire != 0 {
+				t.Errorf("the second move to b sent %s again: %+v", f.Name, f)
+			}
+		}
+	}
+	if pins == 0 {
+		t.Errorf("the second move to b (%s) brought no read-only disks: %+v", res.Mode, res.Files)
+	}
+	b.waitFor("db running on b again", 3*time.Minute, allRunning("db"))
+	dataIs(b, "b after the second move")
 }
 
 // hostPair is two daemons in two namespaces joined by a LAN (172.31.10.0/24),

@@ -99,6 +99,24 @@ func PeerHandler(d *daemon.Daemon) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, st)
 	}))
+	mux.HandleFunc("POST /peer/v1/incoming/{name}/{file}/cached", from(func(w http.ResponseWriter, r *http.Request, host, vm string) {
+		var c apitypes.PeerCached
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBody)).Decode(&c); err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		st, err := d.ReceiveCached(host, vm, r.PathValue("file"), c.SHA256)
+		switch {
+		case errors.Is(err, daemon.ErrNotCached):
+			writeErr(w, http.StatusNotFound, err)
+		case errors.Is(err, daemon.ErrHere):
+			writeErr(w, http.StatusConflict, err)
+		case err != nil:
+			writeErr(w, http.StatusBadRequest, err)
+		default:
+			writeJSON(w, http.StatusOK, st)
+		}
+	}))
 	mux.HandleFunc("POST /peer/v1/incoming/{name}/commit", from(func(w http.ResponseWriter, r *http.Request, host, vm string) {
 		var c apitypes.PeerCommit
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBody)).Decode(&c); err != nil {

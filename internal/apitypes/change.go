@@ -207,6 +207,16 @@ type MovedFile struct {
 	Data   int64  `json:"data"`
 	Wire   int64  `json:"wire"`
 	SHA256 string `json:"sha256"`
+	// Cached says the other host had these bytes from an earlier move and
+	// linked them: nothing was sent (Wire 0).
+	Cached bool `json:"cached,omitempty"`
+}
+
+// PeerCached is POST /peer/v1/incoming/{vm}/{file}/cached: the file is
+// the one with this digest (transfer.Stats.SHA256) that the receiver kept
+// from an earlier move, if it has it (else 404, and the file is sent).
+type PeerCached struct {
+	SHA256 string `json:"sha256"`
 }
 
 // PeerHello is GET /peer/v1/hello on another host's peer listener: who it

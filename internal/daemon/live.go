@@ -89,7 +89,7 @@ func (d *Daemon) moveLive(ctx context.Context, c *peerClient, r *launch.Running,
 		return err
 	}
 	for _, f := range files {
-		got, err := sendFile(ctx, c, vm, f)
+		got, err := d.sendFile(ctx, c, vm, f)
 		if err != nil {
 			return fmt.Errorf("send %s: %w", f.name, err)
 		}

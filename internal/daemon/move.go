@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/config"
 	"microvm.dev/microvm/internal/peer"
+	"microvm.dev/microvm/internal/pincache"
 	"microvm.dev/microvm/internal/savestate"
 	"microvm.dev/microvm/internal/state"
 	"microvm.dev/microvm/internal/supervisor"
@@ -33,6 +35,9 @@ import (
 type peering struct {
 	name string
 	id   *peer.Identity
+	// pins are the read-only disks kept from moves here, and the digests
+	// of those sent from here (pincache).
+	pins *pincache.Cache
 
 	mu     sync.Mutex
 	moving map[string]bool
@@ -54,6 +59,7 @@ func (d *Daemon) EnablePeers(name string, id *peer.Identity) {
 	d.peers.mu.Lock()
 	defer d.peers.mu.Unlock()
 	d.peers.name, d.peers.id, d.peers.moving = name, id, map[string]bool{}
+	d.peers.pins = pincache.New(state.Dir{Root: d.env.StateDir}.PinCacheDir())
 }
 
 // Moving says whether vm is being moved in or out of this host now.
@@ -426,7 +432,7 @@ func (d *Daemon) entryOf(vm, to string) ([]byte, error) {
 // sendAndCommit streams each file to the peer and asks it to run the VM.
 func (d *Daemon) sendAndCommit(ctx context.Context, c *peerClient, vm string, files []moveFile, entry []byte, res *apitypes.MoveResult) error {
 	for _, f := range files {
-		got, err := sendFile(ctx, c, vm, f)
+		got, err := d.sendFile(ctx, c, vm, f)
 		if err != nil {
 			return fmt.Errorf("send %s: %w", f.name, err)
 		}
@@ -479,8 +485,34 @@ func (c *peerClient) runs(vm string) (bool, error) {
 	}
 }
 
-// sendFile streams one file and checks the peer received what was sent.
-func sendFile(ctx context.Context, c *peerClient, vm string, f moveFile) (apitypes.MovedFile, error) {
+// sendFile sends one file of vm to the peer: a read-only disk whose
+// bytes the peer kept from an earlier move is linked there from its
+// cache, anything else streamed (streamFile).
+func (d *Daemon) sendFile(ctx context.Context, c *peerClient, vm string, f moveFile) (apitypes.MovedFile, error) {
+	if !strings.HasPrefix(f.name, savestate.PinPrefix) {
+		return streamFile(ctx, c, vm, f)
+	}
+	if sum, ok := d.peers.pins.Sum(f.path); ok {
+		body, _ := json.Marshal(apitypes.PeerCached{SHA256: sum})
+		var got transfer.Stats
+		err := c.do(ctx, http.MethodPost, "/peer/v1/incoming/"+url.PathEscape(vm)+"/"+url.PathEscape(f.name)+"/cached", bytes.NewReader(body), &got)
+		if err == nil && got.SHA256 == sum {
+			return apitypes.MovedFile{Name: f.name, Size: got.Size, Data: got.Data, SHA256: sum, Cached: true}, nil
+		}
+		if _, answered := errors.AsType[*peerAnswer](err); err != nil && !answered {
+			return apitypes.MovedFile{}, err
+		}
+		// Not kept there (or a peer that keeps none): sent.
+	}
+	got, err := streamFile(ctx, c, vm, f)
+	if err == nil {
+		d.peers.pins.Note(f.path, got.SHA256)
+	}
+	return got, err
+}
+
+// streamFile streams one file and checks the peer received what was sent.
+func streamFile(ctx context.Context, c *peerClient, vm string, f moveFile) (apitypes.MovedFile, error) {
 	src, err := os.Open(f.path)
 	if err != nil {
 		return apitypes.MovedFile{}, err

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"syscall"
 	"time"
 
@@ -89,6 +90,46 @@ func (d *Daemon) Receive(from, vm, file string, body io.Reader) (transfer.Stats,
 		return st, fmt.Errorf("receive %s of %s from %s: %w", file, vm, from, err)
 	}
 	d.log.Info("move: file received", "vm", vm, "from", from, "file", file, "data", st.Data, "wire", st.Wire)
+	if strings.HasPrefix(file, savestate.PinPrefix) {
+		if err := d.peers.pins.Keep(dst, st.SHA256); err != nil {
+			d.log.Error("move: keep a read-only disk for later moves", "vm", vm, "file", file, "err", err)
+		}
+	}
+	return st, nil
+}
+
+// ErrNotCached says this host kept no file with the digest asked for.
+var ErrNotCached = errors.New("no file with that digest is kept here")
+
+// ReceiveCached takes one read-only disk of vm (a pin) from the bytes this
+// host kept from an earlier move, by the digest the peer from names:
+// linked into the VM's incoming directory, as Receive would have written
+// it.
+func (d *Daemon) ReceiveCached(from, vm, file, sum string) (transfer.Stats, error) {
+	if !movedFileRE.MatchString(file) || !strings.HasPrefix(file, savestate.PinPrefix) {
+		return transfer.Stats{}, fmt.Errorf("%q is not a read-only disk a move brings", file)
+	}
+	if err := d.mayReceive(vm); err != nil {
+		return transfer.Stats{}, err
+	}
+	dir := d.incoming(vm)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return transfer.Stats{}, err
+	}
+	dst := filepath.Join(dir, file)
+	ok, err := d.peers.pins.Link(sum, dst)
+	if err != nil {
+		return transfer.Stats{}, fmt.Errorf("%s of %s: %w", file, vm, err)
+	}
+	if !ok {
+		return transfer.Stats{}, fmt.Errorf("%s of %s: %w", file, vm, ErrNotCached)
+	}
+	fi, err := os.Stat(dst)
+	if err != nil {
+		return transfer.Stats{}, err
+	}
+	st := transfer.Stats{Size: fi.Size(), Data: allocated(dst), SHA256: sum}
+	d.log.Info("move: file linked from the kept ones", "vm", vm, "from", from, "file", file, "sha256", sum)
 	return st, nil
 }
 

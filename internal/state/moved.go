@@ -74,6 +74,10 @@ func (d Dir) MovedVMs() (map[string]Moved, error) {
 // they arrive): nothing in it outlives a daemon's restart.
 func (d Dir) IncomingDir() string { return filepath.Join(d.Root, "incoming") }
 
+// PinCacheDir keeps the read-only disks moved VMs ran on, by digest
+// (pincache), so that a later move of the same bytes links them.
+func (d Dir) PinCacheDir() string { return filepath.Join(d.Root, "pincache") }
+
 // arrivedPath records that the VM name came here by a move from a host
 // whose file named it: once this host's file names it too, the file
 // takes it over from the API.
