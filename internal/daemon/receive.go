@@ -176,11 +176,39 @@ func (d *Daemon) CommitMove(ctx context.Context, vm string, c apitypes.PeerCommi
 			d.sup.Stop(vm)
 			d.forget(vm)
 		}
+		if kept := d.keepFailedLogs(vm); kept != "" {
+			err = fmt.Errorf("%w (its console on %s: %s)", err, d.HostName(), kept)
+		}
 		os.RemoveAll(dir.VMDir(vm))
 		return err
 	}
 	d.log.Info("move: running here", "vm", vm, "from", c.From)
 	return nil
+}
+
+// keepFailedLogs keeps the console and hypervisor logs of vm, which moved
+// here and did not come up, in state.Dir.FailedMovesDir (dropping those
+// older than a week), and returns the console log's path there ("" when
+// none was kept).
+func (d *Daemon) keepFailedLogs(vm string) string {
+	dir := state.Dir{Root: d.env.StateDir}.FailedMovesDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return ""
+	}
+	if entries, err := os.ReadDir(dir); err == nil {
+		for _, e := range entries {
+			if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > 7*24*time.Hour {
+				os.Remove(filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+	lay := d.env.Layout(vm)
+	prefix := filepath.Join(dir, vm+"-"+time.Now().UTC().Format("20060102T150405Z"))
+	os.Rename(lay.VMMLog(), prefix+".vmm.log")
+	if err := os.Rename(lay.ConsoleLog(), prefix+".console.log"); err != nil {
+		return ""
+	}
+	return prefix + ".console.log"
 }
 
 // resumeTimeout bounds how long a guest moved running may take to be

@@ -74,6 +74,11 @@ func (d Dir) MovedVMs() (map[string]Moved, error) {
 // they arrive): nothing in it outlives a daemon's restart.
 func (d Dir) IncomingDir() string { return filepath.Join(d.Root, "incoming") }
 
+// FailedMovesDir keeps the console and hypervisor logs of VMs that moved
+// here and did not come up, for a week: the VM's own directory is gone
+// (its sender kept it).
+func (d Dir) FailedMovesDir() string { return filepath.Join(d.Root, "failed-moves") }
+
 // PinCacheDir keeps the read-only disks moved VMs ran on, by digest
 // (pincache), so that a later move of the same bytes links them.
 func (d Dir) PinCacheDir() string { return filepath.Join(d.Root, "pincache") }

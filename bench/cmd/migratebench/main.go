@@ -40,8 +40,9 @@ func main() {
 	fills := flag.String("fills", "10,60", "percent of each volume written")
 	modes := flag.String("modes", "cold,saved,live", "move modes, in the order run")
 	rounds := flag.Int("rounds", 3, "rounds of every mode, alternated")
+	keep := flag.String("keep-failed", "", "a directory to copy the logs of VMs that did not come up on the other host into (the hosts' failed-moves/), before the hosts go")
 	flag.Parse()
-	if err := run(*bin, *store, strings.Split(*sizes, ","), strings.Split(*fills, ","), strings.Split(*modes, ","), *rounds); err != nil {
+	if err := run(*bin, *store, strings.Split(*sizes, ","), strings.Split(*fills, ","), strings.Split(*modes, ","), *rounds, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "migratebench:", err)
 		os.Exit(1)
 	}
@@ -55,7 +56,7 @@ type host struct {
 	key  string
 }
 
-func run(bin, store string, sizes, fills, modes []string, rounds int) error {
+func run(bin, store string, sizes, fills, modes []string, rounds int, keep string) error {
 	var hosts [2]*host
 	// Interrupted, the daemons, their VMs and namespaces go all the same.
 	sig := make(chan os.Signal, 1)
@@ -75,6 +76,9 @@ func run(bin, store string, sizes, fills, modes []string, rounds int) error {
 			return err
 		}
 		defer l.Close()
+		if keep != "" {
+			defer keepFailed(l.State, filepath.Join(keep, name))
+		}
 		out, err := l.CLI("peer", "key")
 		if err != nil {
 			return fmt.Errorf("peer key: %v: %s", err, out)
@@ -357,4 +361,24 @@ func human(n int64) string {
 func tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// keepFailed copies a host's logs of VMs that did not come up there
+// (state.Dir.FailedMovesDir) into dir.
+func keepFailed(stateDir, dir string) {
+	src := filepath.Join(stateDir, "failed-moves")
+	entries, _ := os.ReadDir(src)
+	if len(entries) > 0 {
+		entries = append(entries, nil) // and the daemon's log
+	}
+	for _, e := range entries {
+		path := filepath.Join(stateDir, "daemon.log")
+		if e != nil {
+			path = filepath.Join(src, e.Name())
+		}
+		b, err := os.ReadFile(path)
+		if err == nil && os.MkdirAll(dir, 0o755) == nil {
+			os.WriteFile(filepath.Join(dir, filepath.Base(path)), b, 0o644)
+		}
+	}
 }
