@@ -31,7 +31,9 @@ type LiveMover interface {
 	// LiveOut copies each of the guest's disks to the NBD server at the
 	// unix socket nbd (each export named by its disk's Name) and mirrors
 	// their writes until the guest is paused; then migrates the guest to
-	// the unix socket migration, paused at most about downtime. The disks
+	// the unix socket migration, paused at most about downtime (where it
+	// can copy the memory while the guest runs; else paused for the
+	// memory's transfer). The disks
 	// are in sync before the other side may run. On an error the guest
 	// runs on here. On success this hypervisor holds the guest paused for
 	// good (the caller ends it), or runs it again by Resume when the other
@@ -45,7 +47,9 @@ type LiveMover interface {
 
 // LiveStats are what a live migration measured.
 type LiveStats struct {
-	// Downtime is how long the guest was paused, as the hypervisor says.
+	// Downtime is how long the guest was paused: as the hypervisor says
+	// after a pre-copy, from the pause until the migration completed
+	// after a stop and copy.
 	Downtime time.Duration
 	// RAMBytes are the guest memory's bytes sent (every pass), and
 	// DiskBytes the disks'.
