@@ -122,14 +122,16 @@ func (a *app) printMoves(list []apitypes.MoveResult) {
 	for _, m := range list {
 		var data, wire int64
 		for _, f := range m.Files {
-			data, wire = data+f.Data, wire+f.Wire
+			if !f.Cached { // linked from the other host's kept copy: nothing sent
+				data, wire = data+f.Data, wire+f.Wire
+			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\n", m.VM, m.From, m.To, m.Mode, humanBytes(data), humanBytes(wire), m.Seconds, m.Downtime)
 	}
 	tw.Flush()
 	for _, m := range list {
 		if m.Fallback != "" {
-			fmt.Fprintf(a.stdout, "%s moved cold: %s\n", m.VM, m.Fallback)
+			fmt.Fprintf(a.stdout, "%s moved %s: %s\n", m.VM, m.Mode, m.Fallback)
 		}
 		if m.Boot != "" {
 			fmt.Fprintf(a.stdout, "%s on %s: %s\n", m.VM, m.To, m.Boot)

@@ -40,7 +40,7 @@ func main() {
 	fills := flag.String("fills", "10,60", "percent of each volume written")
 	modes := flag.String("modes", "cold,saved,live", "move modes, in the order run")
 	rounds := flag.Int("rounds", 3, "rounds of every mode, alternated")
-	keep := flag.String("keep-failed", "", "a directory to copy the logs of VMs that did not come up on the other host into (the hosts' failed-moves/), before the hosts go")
+	keep := flag.String("keep-failed", "", "a directory to copy each host's daemon log and its logs of VMs that did not come up there (failed-moves/) into, before the hosts go")
 	flag.Parse()
 	if err := run(*bin, *store, strings.Split(*sizes, ","), strings.Split(*fills, ","), strings.Split(*modes, ","), *rounds, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "migratebench:", err)
@@ -363,14 +363,12 @@ func tail(s string, n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
-// keepFailed copies a host's logs of VMs that did not come up there
-// (state.Dir.FailedMovesDir) into dir.
+// keepFailed copies a host's daemon log, and its logs of VMs that did
+// not come up there (state.Dir.FailedMovesDir), into dir.
 func keepFailed(stateDir, dir string) {
 	src := filepath.Join(stateDir, "failed-moves")
 	entries, _ := os.ReadDir(src)
-	if len(entries) > 0 {
-		entries = append(entries, nil) // and the daemon's log
-	}
+	entries = append(entries, nil) // and the daemon's log
 	for _, e := range entries {
 		path := filepath.Join(stateDir, "daemon.log")
 		if e != nil {
