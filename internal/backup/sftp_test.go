@@ -39,6 +39,24 @@ func TestSendFetchOverSFTP(t *testing.T) {
 		Password:   "correct horse", Host: "host-a", CacheDir: filepath.Join(dir, "cache"),
 		Env: map[string]string{"PATH": wrapper(sshd.KnownHosts)},
 	}
+	sendAndFetch(t, repo, filepath.Join(dir, "repo", "config"))
+
+	other := repo
+	other.Env = map[string]string{"PATH": wrapper(sshd.OtherKnownHosts)}
+	// restic says only that ssh ended (ssh's own "Host key verification
+	// failed" goes to its standard error).
+	if _, err := other.List(ctx, "vm1"); err == nil || !strings.Contains(err.Error(), "unable to start the sftp session") {
+		t.Errorf("a server whose host key is not the known one: %v", err)
+	}
+}
+
+// sendAndFetch sends a sparse snapshot image to repo, checks that the
+// repository's config file is at config on the server's side, and that
+// the image fetched back has the same bytes.
+func sendAndFetch(t *testing.T, repo Repo, config string) {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
 	src := filepath.Join(dir, "data@1.img")
 	sparseImage(t, src)
 	snap := apitypes.Snapshot{Name: "data@20261201T000000.000Z", Volume: "data", Time: time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), Size: 64 << 20}
@@ -46,8 +64,8 @@ func TestSendFetchOverSFTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "repo", "config")); err != nil {
-		t.Fatalf("no repository on the SFTP server's side: %v", err)
+	if _, err := os.Stat(config); err != nil {
+		t.Fatalf("no repository on the server's side: %v", err)
 	}
 	b, err := repo.Find(ctx, "vm1", sent.Snapshot)
 	if err != nil {
@@ -58,14 +76,6 @@ func TestSendFetchOverSFTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	if sum(t, dst) != sum(t, src) {
-		t.Error("the image fetched over SFTP differs from the snapshot's")
-	}
-
-	other := repo
-	other.Env = map[string]string{"PATH": wrapper(sshd.OtherKnownHosts)}
-	// restic says only that ssh ended (ssh's own "Host key verification
-	// failed" goes to its standard error).
-	if _, err := other.List(ctx, "vm1"); err == nil || !strings.Contains(err.Error(), "unable to start the sftp session") {
-		t.Errorf("a server whose host key is not the known one: %v", err)
+		t.Errorf("the image fetched from %s differs from the snapshot's", repo.Repository)
 	}
 }

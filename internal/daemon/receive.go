@@ -70,21 +70,31 @@ func (d *Daemon) mayReceive(vm string) error {
 	return nil
 }
 
+// incomingFile is where file of vm arrives, once vm may move here: in its
+// incoming directory (made), a retry's copy removed.
+func (d *Daemon) incomingFile(vm, file string) (string, error) {
+	if err := d.mayReceive(vm); err != nil {
+		return "", err
+	}
+	dir := d.incoming(vm)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	dst := filepath.Join(dir, file)
+	os.Remove(dst)
+	return dst, nil
+}
+
 // Receive takes one file of vm from the peer from, into the VM's incoming
 // directory; it is kept only when its digest matches the sender's.
 func (d *Daemon) Receive(from, vm, file string, body io.Reader) (transfer.Stats, error) {
 	if !movedFileRE.MatchString(file) {
 		return transfer.Stats{}, fmt.Errorf("%q is not a file a move brings", file)
 	}
-	if err := d.mayReceive(vm); err != nil {
+	dst, err := d.incomingFile(vm, file)
+	if err != nil {
 		return transfer.Stats{}, err
 	}
-	dir := d.incoming(vm)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return transfer.Stats{}, err
-	}
-	dst := filepath.Join(dir, file)
-	os.Remove(dst) // a retry's
 	st, err := transfer.Receive(body, dst)
 	if err != nil {
 		return st, fmt.Errorf("receive %s of %s from %s: %w", file, vm, from, err)
@@ -109,14 +119,10 @@ func (d *Daemon) ReceiveCached(from, vm, file, sum string) (transfer.Stats, erro
 	if !movedFileRE.MatchString(file) || !strings.HasPrefix(file, savestate.PinPrefix) {
 		return transfer.Stats{}, fmt.Errorf("%q is not a read-only disk a move brings", file)
 	}
-	if err := d.mayReceive(vm); err != nil {
+	dst, err := d.incomingFile(vm, file)
+	if err != nil {
 		return transfer.Stats{}, err
 	}
-	dir := d.incoming(vm)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return transfer.Stats{}, err
-	}
-	dst := filepath.Join(dir, file)
 	ok, err := d.peers.pins.Link(sum, dst)
 	if err != nil {
 		return transfer.Stats{}, fmt.Errorf("%s of %s: %w", file, vm, err)

@@ -120,8 +120,8 @@ func (c *Cache) Keep(path, sum string) error {
 	return nil
 }
 
-// Link puts the kept file with the digest sum at dst (a hard link) and
-// says whether the cache had it.
+// Link puts the kept file with the digest sum at dst (a hard link; dst
+// must not exist) and says whether the cache had it.
 func (c *Cache) Link(sum, dst string) (bool, error) {
 	if !sumRE.MatchString(sum) {
 		return false, fmt.Errorf("%q: %w", sum, ErrBadSum)
@@ -130,7 +130,6 @@ func (c *Cache) Link(sum, dst string) (bool, error) {
 	if _, err := os.Stat(entry); errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}
-	os.Remove(dst) // a retry's
 	if err := os.Link(entry, dst); err != nil {
 		return false, fmt.Errorf("link the kept %s: %w", sum, err)
 	}

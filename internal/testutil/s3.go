@@ -2,12 +2,10 @@ package testutil
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
 )
 
 // S3Cache is where S3Server's gateway binary is kept, one directory per
@@ -36,32 +34,8 @@ func StartS3(t *testing.T) *S3 {
 	bin := filepath.Join(BuildTools(t, "s3", S3Cache, S3Packages()...), "versitygw")
 	port := FreePort(t)
 	s := &S3{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", port), AccessKey: "microvm-test", SecretKey: "a secret of the test's", Dir: t.TempDir()}
-	logf, err := os.Create(filepath.Join(t.TempDir(), "versitygw.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	cmd := exec.Command(bin, "--port", fmt.Sprintf("127.0.0.1:%d", port), "--access", s.AccessKey, "--secret", s.SecretKey, "posix", s.Dir)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // none of the ROOT_* or VGW_* settings of the caller
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("versitygw's log:\n%s", b)
-		}
-	})
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-			c.Close()
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("versitygw did not listen")
-		}
-	}
+	startServer(t, "versitygw", cmd, port)
+	return s
 }

@@ -2,13 +2,11 @@ package testutil
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 // SSHD is OpenSSH's own sshd on a free loopback port with a configuration
@@ -74,32 +72,6 @@ LogLevel VERBOSE
 Subsystem sftp internal-sftp
 `, s.Port, s.HostKey, s.Authorized, filepath.Join(dir, "sshd.pid")))
 	os.MkdirAll("/run/sshd", 0o755) // sshd's privilege separation directory
-	cmd := exec.Command(sshd, "-D", "-e", "-f", conf)
-	logf, err := os.Create(filepath.Join(dir, "sshd.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("sshd's log:\n%s", b)
-		}
-	})
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.Port)); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("sshd did not listen")
-		}
-	}
+	startServer(t, "sshd", exec.Command(sshd, "-D", "-e", "-f", conf), s.Port)
 	return s
 }
