@@ -40,6 +40,7 @@ func TestWireJSON(t *testing.T) {
 		"move_result":      MoveResult{},
 		"peer_hello":       PeerHello{},
 		"peer_commit":      PeerCommit{},
+		"peer_cached":      PeerCached{},
 		"peer_vm":          PeerVM{},
 		"drain_result":     DrainResult{},
 	} {
