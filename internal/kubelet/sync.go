@@ -141,7 +141,12 @@ func (p *Provider) tookLocked(name string, pd *pod, entry []byte, res *apitypes.
 		return
 	}
 	if err != nil {
-		pd.launchErr = err.Error()
+		// The daemon's answer is the pod's reason; a daemon that could not
+		// be asked (restarting, a request cut short) leaves the pod the
+		// reason it had, as a kubelet does while its runtime is away.
+		if _, answered := errors.AsType[*api.StatusError](err); answered || pd.launchErr == "" {
+			pd.launchErr = err.Error()
+		}
 		wait := p.backoffLocked(pd)
 		p.event(k, corev1.EventTypeWarning, "Failed", "the micro-VM could not be started: %v; next try in %s", err, wait)
 		p.opts.Log.Warn("start a pod's VM", "vm", name, "err", err, "retry", wait)
