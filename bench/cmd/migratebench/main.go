@@ -366,14 +366,9 @@ func tail(s string, n int) string {
 // keepFailed copies a host's daemon log, and its logs of VMs that did
 // not come up there (state.Dir.FailedMovesDir), into dir.
 func keepFailed(stateDir, dir string) {
-	src := filepath.Join(stateDir, "failed-moves")
-	entries, _ := os.ReadDir(src)
-	entries = append(entries, nil) // and the daemon's log
-	for _, e := range entries {
-		path := filepath.Join(stateDir, "daemon.log")
-		if e != nil {
-			path = filepath.Join(src, e.Name())
-		}
+	paths := []string{filepath.Join(stateDir, "daemon.log")}
+	failed, _ := filepath.Glob(filepath.Join(stateDir, "failed-moves", "*"))
+	for _, path := range append(paths, failed...) {
 		b, err := os.ReadFile(path)
 		if err == nil && os.MkdirAll(dir, 0o755) == nil {
 			os.WriteFile(filepath.Join(dir, filepath.Base(path)), b, 0o644)
