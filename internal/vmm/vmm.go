@@ -61,6 +61,16 @@ type Disk struct {
 	Path string
 }
 
+// TemplateMemory is a guest memory kept in a file, for templates and
+// their clones.
+type TemplateMemory struct {
+	// Path is the memory file (the template's).
+	Path string
+	// Clone maps it private and copy-on-write: the guest's writes stay its
+	// own and never reach the file.
+	Clone bool
+}
+
 // Launch is everything needed to start one VM besides its spec.
 type Launch struct {
 	// Arch is the guest (and host) architecture.
@@ -95,6 +105,12 @@ type Launch struct {
 	// to refine with, its guest needs the TSC's frequency (the host's, which
 	// a TCG guest's TSC runs at) on its command line.
 	TSCKHz int
+	// Template, when set, keeps the guest's memory in a file: a template's
+	// (shared: its saved state holds only its devices, the memory stays in
+	// the file) or a clone's (the template's file mapped copy-on-write:
+	// its resume loads only the devices, and its memory is the template's
+	// until it writes).
+	Template *TemplateMemory
 	// TBSizeMiB, when not 0, is the size of QEMU's TCG translation cache
 	// (-accel tcg,tb-size); 0 leaves QEMU's own (1 GiB).
 	TBSizeMiB int

@@ -139,7 +139,17 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 	default:
 		machine = MachineTCGQ35
 	}
-	if virtiofs {
+	switch {
+	case l.Template != nil:
+		// The memory in a file: shared for a template (a save leaves it
+		// there, x-ignore-shared), private for a clone (copy-on-write).
+		share := "on"
+		if l.Template.Clone {
+			share = "off"
+		}
+		machine += ",memory-backend=mem"
+		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=%s", vm.Memory.MiB(), l.Template.Path, share))
+	case virtiofs:
 		// vhost-user needs guest memory that virtiofsd can map: a shared memfd.
 		machine += ",memory-backend=mem"
 		args = append(args, "-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", vm.Memory.MiB()))
@@ -305,7 +315,7 @@ func (Backend) Save(l vmm.Launch, f *os.File) error {
 	if _, err := s.Run("stop", nil); err != nil {
 		return err
 	}
-	if err := migrate(s, f); err != nil {
+	if err := migrate(s, l, f); err != nil {
 		s.Deadline(10 * time.Second)
 		s.Run("cont", nil)
 		return err
@@ -313,10 +323,12 @@ func (Backend) Save(l vmm.Launch, f *os.File) error {
 	return nil
 }
 
-func migrate(s *session, f *os.File) error {
-	// One pass of a paused guest, whatever a live move left set.
+func migrate(s *session, l vmm.Launch, f *os.File) error {
+	// One pass of a paused guest, whatever a live move left set; a
+	// template's memory stays in its file.
 	if _, err := s.Run("migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{
 		{"capability": "pause-before-switchover", "state": false},
+		{"capability": "x-ignore-shared", "state": l.Template != nil},
 	}}); err != nil {
 		return err
 	}
@@ -372,6 +384,14 @@ func (Backend) Restore(l vmm.Launch, f *os.File) error {
 	defer s.Close()
 	if err := s.SendFD(migrationFD, f); err != nil {
 		return err
+	}
+	if l.Template != nil {
+		// A template's state holds no memory: a clone's is the file's.
+		if _, err := s.Run("migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{
+			{"capability": "x-ignore-shared", "state": true},
+		}}); err != nil {
+			return err
+		}
 	}
 	if _, err := s.Run("migrate-incoming", map[string]any{"uri": "fd:" + migrationFD}); err != nil {
 		return err

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -121,5 +122,22 @@ func TestTranslationCacheAndReporting(t *testing.T) {
 	l.TBSizeMiB = 128
 	if argv := strings.Join(Command(vm, l), " "); strings.Contains(argv, "tb-size") || !strings.Contains(argv, "accel=kvm") {
 		t.Errorf("a KVM guest's command line:\n%s", argv)
+	}
+}
+
+// A template keeps its memory in a shared file (its save leaves it
+// there); a clone maps the same file private, copy-on-write.
+func TestTemplateMemory(t *testing.T) {
+	for _, c := range []struct {
+		clone bool
+		share string
+	}{{false, "share=on"}, {true, "share=off"}} {
+		vm, l := launch(t, vmm.ArchX86_64, false, false)
+		l.Template = &vmm.TemplateMemory{Path: "/var/lib/microvm/vms/tmpl/memory", Clone: c.clone}
+		cmd := strings.Join(Command(vm, l), " ")
+		want := "memory-backend-file,id=mem,size=" + fmt.Sprint(vm.Memory.MiB()) + "M,mem-path=/var/lib/microvm/vms/tmpl/memory," + c.share
+		if !strings.Contains(cmd, want) || !strings.Contains(cmd, "memory-backend=mem") {
+			t.Errorf("clone %v: command line lacks %q:\n%s", c.clone, want, cmd)
+		}
 	}
 }
