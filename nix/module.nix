@@ -122,6 +122,8 @@ let
     healthCheck = mkOption { type = types.nullOr (types.attrsOf (types.either types.int types.str)); default = null; description = "{ tcp = PORT; } or { http = PORT; path = \"/healthz\"; }"; };
     snapshots = mkOption { type = types.nullOr (types.attrsOf types.anything); default = null; description = "{ keep = 7; every = \"24h\"; backup = { repository = \"/srv/restic\"; password = \"<age>\"; keep = 30; }; } volume snapshot retention, schedule and off-host backup."; };
     limits = mkOption { type = types.nullOr (types.attrsOf (types.either types.number types.str)); default = null; description = "{ cpuWeight, cpus, memory } cgroup caps on the hypervisor."; };
+    template = mkOption { type = types.nullOr types.bool; default = null; description = "The VM is a template: booted once, saved, and cloned (from), never run itself."; };
+    from = mkOption { type = types.nullOr types.str; default = null; description = "The template this VM is a clone of (docs/clones.md)."; };
   };
 
   # Drop unset (null) keys so the file says only what was written.

@@ -60,6 +60,20 @@ func main() {
 			}
 			return
 		}
+		if len(os.Args) == 3 && os.Args[1] == "template" {
+			if err := prepareTemplate(os.Args[2]); err != nil {
+				fmt.Fprintln(os.Stderr, "template:", err)
+				os.Exit(1)
+			}
+			return
+		}
+		if len(os.Args) == 5 && os.Args[1] == "identity-watch" {
+			if err := watchIdentity(os.Args[2], os.Args[3], os.Args[4]); err != nil {
+				fmt.Fprintln(os.Stderr, "identity-watch:", err)
+				os.Exit(1)
+			}
+			return
+		}
 		if len(os.Args) >= 2 && os.Args[1] == "probe" {
 			if err := probe(os.Args[2:]); err != nil {
 				fmt.Fprintln(os.Stderr, err)
@@ -174,6 +188,9 @@ func (in *initd) boot() error {
 			return fmt.Errorf("workload: %w", err)
 		}
 		in.workload = pid
+		if err := in.root.WriteWorkloadPID(pid); err != nil {
+			logf("record the workload's pid: %v", err)
+		}
 	}
 	watchPowerButton(in.requestShutdown)
 	t.finish()

@@ -52,10 +52,27 @@ func startSSH(spec guest.SSHSpec, procs *reaper, root guestroot.Root) error {
 				time.Sleep(100 * time.Millisecond)
 				continue
 			}
-			go serveConn(c, cfg, procs, root)
+			go serveConn(c, withHostKey(cfg, root), procs, root)
 		}
 	}()
 	return nil
+}
+
+// withHostKey is cfg, or a copy of it with the host key a clone was given
+// (guestroot.HostKeyPath) when there is one.
+func withHostKey(cfg *ssh.ServerConfig, root guestroot.Root) *ssh.ServerConfig {
+	pem := root.HostKey()
+	if pem == "" {
+		return cfg
+	}
+	signer, err := ssh.ParsePrivateKey([]byte(pem))
+	if err != nil {
+		logf("the clone's host key: %v (serving the spec's)", err)
+		return cfg
+	}
+	c := &ssh.ServerConfig{PublicKeyCallback: cfg.PublicKeyCallback}
+	c.AddHostKey(signer)
+	return c
 }
 
 // usableKeys are the keys that parse, the others logged and left out.

@@ -28,6 +28,9 @@ func lifecycleRoutes(mux *http.ServeMux, d *daemon.Daemon) {
 		if vm == nil {
 			return fmt.Errorf("%s is not in the applied file", name)
 		}
+		if vm.Template {
+			return fmt.Errorf("%s is a template: it is booted only to be saved for its clones (microvm clone %s NAME)", name, name)
+		}
 		// The boot goes on if the client goes away (as the restart policy's
 		// boots do); stopping the VM cancels it.
 		return sup.Start(context.Background(), vm)

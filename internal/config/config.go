@@ -101,6 +101,10 @@ type VM struct {
 	// Supervision is how the daemon runs the VM; it is not part of the spec
 	// hash, so changing it never restarts the VM.
 	Supervision Supervision `json:"supervision"`
+	// Template says the VM is a template, From names the template of a
+	// clone (whose machine and workload are then the template's).
+	Template bool   `json:"template,omitempty"`
+	From     string `json:"from,omitempty"`
 }
 
 // Supervision is how the daemon runs a VM.
@@ -222,6 +226,11 @@ func (vm *VM) SpecHash() string {
 // VM and the firewall as they are), and the host it runs on (a change of
 // host moves the VM as it is).
 func (vm *VM) RestartSpec() VM {
+	if vm.From != "" {
+		// A clone runs the template's state it started from: a change of
+		// the template makes a new state for the clones started after it.
+		return VM{Name: vm.Name, Index: vm.Index, From: vm.From, SSHKeys: vm.SSHKeys, Ports: vm.Ports, Net: vm.Net}
+	}
 	c := *vm
 	c.Supervision, c.Egress, c.Host = Supervision{}, Egress{}, ""
 	return c
@@ -334,6 +343,10 @@ func resolve(r *reporter, f *File, opts Options) *Config {
 		cfg.byName[name] = vm
 	}
 	v.spec("defaults", &f.Defaults)
+	if f.Defaults.Template != nil || f.Defaults.From != nil {
+		r.addf("defaults", "template and from are per VM; set them under vms.<name>")
+	}
+	v.clones(cfg, f.VMs)
 	v.crossVM(cfg)
 	cfg.Allow = v.allows(cfg, f.Network.Allow)
 	cfg.Forwards = v.forwards(cfg, f.Network.Forwards)
@@ -386,6 +399,8 @@ func merge(name string, d, s *VMSpec) *VM {
 	if s.Index != nil {
 		vm.Index = *s.Index
 	}
+	vm.Template = pick(s.Template, nil, false)
+	vm.From = pick(s.From, nil, "")
 	return vm
 }
 

@@ -254,6 +254,17 @@ type VMSpec struct {
 	Snapshots *Snapshots `yaml:"snapshots,omitempty" json:"snapshots,omitempty"`
 	// Limits caps the VM's hypervisor process with cgroups (unset: no caps).
 	Limits *Limits `yaml:"limits,omitempty" json:"limits,omitempty"`
+	// Template makes the VM a template: it is not run itself; the daemon
+	// boots it once, waits until it is ready (and its healthCheck passes),
+	// and saves it, and VMs with from: NAME start from that saved state
+	// instead of booting (docs/clones.md). It needs qemu and store: block.
+	Template *bool `yaml:"template,omitempty" json:"template,omitempty"`
+	// From names the template this VM is a clone of: it runs the template's
+	// machine and workload as saved, with its own name, network, SSH host
+	// key, machine-id and random seed. A clone may set only index, subnet,
+	// subnet6, ports, egress, sshKeys, healthCheck, host and how the daemon
+	// keeps it (autostart, restart, stopTimeout); the rest is the template's.
+	From *string `yaml:"from,omitempty" json:"from,omitempty"`
 }
 
 // Snapshots are the volume snapshot settings of a VM.

@@ -100,7 +100,13 @@ func (d *Daemon) OnApply(f func(*ApplyResult, error)) {
 
 // New creates a daemon for env, adopting VMs that are already running.
 func New(env launch.Env, log *slog.Logger) (*Daemon, error) {
-	return NewWithLauncher(env, hypervisors{env: env, log: log.With("component", "launch")}, log)
+	t := &templates{env: env, log: log.With("component", "templates")}
+	d, err := NewWithLauncher(env, hypervisors{env: env, log: log.With("component", "launch"), templates: t}, log)
+	if err != nil {
+		return nil, err
+	}
+	t.lookup = d.VMConfig
+	return d, nil
 }
 
 // NewWithLauncher is New with the supervisor's VMs launched by l (tests

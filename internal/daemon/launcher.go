@@ -17,15 +17,27 @@ import (
 )
 
 // hypervisors is the supervisor's launcher of real hypervisors; what a
-// launch warns of goes to log.
+// launch warns of goes to log; a clone's template is made by templates.
 type hypervisors struct {
-	env launch.Env
-	log *slog.Logger
+	env       launch.Env
+	log       *slog.Logger
+	templates *templates
 }
 
-// Launch prepares vm and starts its hypervisor.
+// Launch prepares vm and starts its hypervisor (a clone's from its
+// template's saved state, made first when it has to be).
 func (h hypervisors) Launch(ctx context.Context, vm *config.VM, observe func(steps.Timing)) (supervisor.Process, error) {
-	p, err := launch.Prepare(ctx, h.env, vm, observe)
+	if vm.Template {
+		return nil, fmt.Errorf("vms.%s: a template is booted only to be saved for its clones, never run", vm.Name)
+	}
+	prepare := func() (*launch.Prepared, error) { return launch.Prepare(ctx, h.env, vm, observe) }
+	var p *launch.Prepared
+	var err error
+	if vm.From != "" {
+		p, err = h.templates.prepareClone(ctx, vm, prepare)
+	} else {
+		p, err = prepare()
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -246,3 +246,29 @@ func TestModulePlan(t *testing.T) {
 		t.Errorf("ext4 in the wave of its dependency: %s", got)
 	}
 }
+
+func TestIdentityRoundTrip(t *testing.T) {
+	id := Identity{Generation: "g1", Name: "c1", Net: NetSpec{MAC: "02:00:00:00:00:09", Address: "10.9.0.2/24"},
+		MachineID: "0123456789abcdef0123456789abcdef", Seed: []byte{1, 2, 3}, ClockNS: 42}
+	b, err := EncodeIdentity(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) != IdentityDiskSize {
+		t.Fatalf("disk is %d bytes", len(b))
+	}
+	got, err := DecodeIdentity(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Name != "c1" || got.Net.Address != "10.9.0.2/24" || string(got.Seed) != "\x01\x02\x03" || got.ClockNS != 42 {
+		t.Fatalf("round trip: %+v", got)
+	}
+	if _, err := DecodeIdentity(make([]byte, IdentityDiskSize)); err == nil {
+		t.Fatal("a zeroed disk decoded")
+	}
+	b[len(identityMagic)+3] = 0xff // a length past the disk
+	if _, err := DecodeIdentity(b); err == nil {
+		t.Fatal("a damaged length decoded")
+	}
+}

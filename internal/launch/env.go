@@ -127,7 +127,7 @@ func (e Env) TAPOwners(cfg *config.Config, allocate bool) (map[string]hostnet.Ow
 		if b.Capabilities().TAPFromFD {
 			continue // opened by root and handed over
 		}
-		u, err := e.vmmUser(vm.Name, allocate)
+		u, err := e.vmmUser(hypervisorUser(vm), allocate)
 		if err != nil {
 			return nil, err
 		}

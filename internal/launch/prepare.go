@@ -97,6 +97,7 @@ func Prepare(ctx context.Context, env Env, vm *config.VM, observe func(steps.Tim
 		// Volumes are never removed by an undo: a volume holds data.
 		steps.Step{Name: "volumes", Do: pr.volumes},
 		steps.Step{Name: "initramfs", Do: pr.initramfs, Undo: func() { os.Remove(p.Launch.Initrd) }},
+		steps.Step{Name: "template files", Do: pr.templateFiles},
 		steps.Step{Name: "hand over to the hypervisor's user", Do: pr.handOver},
 		steps.Step{Name: "saved state", Do: pr.savedState},
 	)
@@ -111,7 +112,7 @@ func (pr *preparer) fail(err error) error { return fmt.Errorf("vms.%s: %w", pr.p
 // identity gives the VM's hypervisor its own id when the hypervisors have
 // a range (recorded in the VM's directory, so it keeps it).
 func (pr *preparer) identity(context.Context) error {
-	_, err := pr.p.env.vmmUser(pr.p.VM.Name, true)
+	_, err := pr.p.env.vmmUser(hypervisorUser(pr.p.VM), true)
 	return err
 }
 

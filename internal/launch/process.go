@@ -113,7 +113,7 @@ func (s *starter) checkBinaries(context.Context) error {
 // the console itself.
 func (s *starter) writeFiles(context.Context) error {
 	u, l, c := s.p.Resolved.User, s.p.Launch, s.p.Resolved.Command
-	if s.p.Boot.Resume == nil {
+	if s.p.Boot.Resume == nil || s.p.Boot.Template != "" {
 		os.Rename(l.ConsoleLog, l.ConsoleLog+".1") // a resumed guest's boot goes on in it
 	}
 	os.Remove(l.ControlSocket)
@@ -339,7 +339,7 @@ func WorkloadExit(consoleLog string, offset int64) *guest.WorkloadExit {
 // The VM's initramfs (its host key, its secrets) is removed then: the
 // hypervisor loaded it before the guest ran.
 func (r *Running) WaitReady(timeout time.Duration, echo func(string)) (vmm.ReadyResult, error) {
-	if m := r.Prepared.Boot.Resume; m != nil {
+	if m := r.Prepared.Boot.Resume; m != nil && r.Prepared.Boot.Template == "" {
 		// Resumed: ready as it was when saved; what it says now follows.
 		r.Ready = m.Ready
 		if fi, err := os.Stat(r.Prepared.Launch.ConsoleLog); err == nil {

@@ -79,7 +79,7 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 	}
 	lay := env.Layout(vm.Name)
 	caps := b.Capabilities()
-	user, err := env.vmmUser(vm.Name, false)
+	user, err := env.vmmUser(hypervisorUser(vm), false)
 	if err != nil {
 		return nil, err
 	}
@@ -95,6 +95,7 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 		}
 	}
 	l.Shares = []vmm.Share{sh}
+	l.Template = templateMemory(env, vm, lay)
 	// The kernel's own module tree, one read-only disk for every VM that
 	// boots this kernel.
 	if !env.NoModuleTree {
@@ -180,6 +181,13 @@ func confined(lay vmm.Layout, l vmm.Launch, cmd vmm.Command) *confine.Spec {
 		default:
 			add(&s.ReadOnly, sh.Path)
 		}
+	}
+	if t := l.Template; t != nil {
+		// A clone's QEMU opens its template's memory read-write to map it
+		// private (QEMU 7.2 maps a file it may only read as read-only
+		// memory); its writes stay its own.
+		add(&s.Writable, t.Path)
+		add(&s.ReadOnly, t.Identity)
 	}
 	for _, path := range slices.Sorted(maps.Keys(cmd.Files)) {
 		add(&s.Writable, path) // its configuration and its own log

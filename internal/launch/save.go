@@ -22,6 +22,9 @@ type Boot struct {
 	// Dropped says why a saved state was dropped instead of resumed
 	// ("" when there was none, or it was resumed).
 	Dropped string
+	// Template names the template whose saved state a clone started from
+	// (Resume is that state, which the clone leaves in place).
+	Template string
 }
 
 // String says it for status: "resumed from the state saved at …" (on
@@ -29,6 +32,8 @@ type Boot struct {
 // "cold boot: the saved state was dropped: …" or "cold boot".
 func (b Boot) String() string {
 	switch {
+	case b.Template != "":
+		return "cloned from the template " + b.Template + " saved at " + b.Resume.SavedAt.Format(time.RFC3339)
 	case b.Resume != nil && b.Resume.Live:
 		return "resumed running from " + b.Resume.Moved.From + " (a live move)"
 	case b.Resume != nil && b.Resume.Moved != nil:
@@ -69,6 +74,9 @@ func (p *Prepared) resumeKey() (savestate.Key, error) {
 // guest's memory) and the VM boots cold, saying why.
 func (pr *preparer) savedState(context.Context) error {
 	p := pr.p
+	if p.VM.From != "" {
+		return pr.cloneState()
+	}
 	dir := p.savedDir()
 	m, err := dir.Load()
 	if errors.Is(err, savestate.ErrNone) {
@@ -124,6 +132,9 @@ func (s *starter) restore(ctx context.Context) error {
 		return nil
 	}
 	dir := p.savedDir()
+	if p.Boot.Template != "" {
+		return s.restoreClone()
+	}
 	if p.Boot.Resume.Live {
 		// The guest comes over the network, its volumes with it: there is
 		// nothing to boot cold instead.
@@ -167,10 +178,19 @@ type SaveResult struct {
 }
 
 // Save saves the running guest's state to its VM's saved-state directory
-// and ends the hypervisor; the next launch resumes it. The state file is
+// and ends the hypervisor; the next launch resumes it (a clone is not
+// saved). The state file is
 // the hypervisor's user's alone. A save that fails leaves the guest
 // running (the caller then shuts it down cleanly) and no file behind.
 func (r *Running) Save() (SaveResult, error) {
+	if r.Prepared.VM.From != "" {
+		return SaveResult{}, fmt.Errorf("a clone is not saved: it starts again from its template %s", r.Prepared.VM.From)
+	}
+	return r.saveTo(r.Prepared.savedDir())
+}
+
+// saveTo saves the running guest's state in dir and ends the hypervisor.
+func (r *Running) saveTo(dir savestate.Dir) (SaveResult, error) {
 	p := r.Prepared
 	saver, ok := p.Backend.(vmm.Saver)
 	if !ok {
@@ -186,7 +206,6 @@ func (r *Running) Save() (SaveResult, error) {
 	if u := p.Resolved.User; u != nil {
 		uid, gid = int(u.UID), int(u.GID)
 	}
-	dir := p.savedDir()
 	f, err := dir.Create(uid, gid)
 	if err != nil {
 		return SaveResult{}, err

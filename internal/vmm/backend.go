@@ -26,6 +26,10 @@ const StoreSerial = "microvm-store"
 // (Launch.Modules) where the backend sets serials.
 const ModulesSerial = "microvm-modules"
 
+// IdentitySerial is the virtio serial of a template's or clone's identity
+// disk (TemplateMemory.Identity).
+const IdentitySerial = "microvm-identity"
+
 // Backend is one hypervisor: the command line that starts a VM, how the
 // running VMM is asked to shut the guest down, and what it can do
 // (Capabilities), so that no code outside a backend's own package decides

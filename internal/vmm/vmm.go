@@ -69,6 +69,10 @@ type TemplateMemory struct {
 	// Clone maps it private and copy-on-write: the guest's writes stay its
 	// own and never reach the file.
 	Clone bool
+	// Identity is the identity disk (IdentitySerial): the template's, read
+	// by its guest until it is saved, then each clone's own, which the
+	// guest finds changed when it resumes as that clone (guest.Identity).
+	Identity string
 }
 
 // Launch is everything needed to start one VM besides its spec.

@@ -223,6 +223,9 @@ func Command(vm *config.VM, l vmm.Launch) []string {
 	if l.Modules != "" {
 		args = append(args, readOnlyDisk(dev, "modules", l.Modules, vmm.ModulesSerial)...)
 	}
+	if l.Template != nil {
+		args = append(args, readOnlyDisk(dev, "identity", l.Template.Identity, vmm.IdentitySerial)...)
+	}
 	args = append(args, "-device", dev("virtio-rng-pci"),
 		// Free page reporting: the guest hands the pages it frees back to
 		// the host (QEMU discards them, also from the shared memfd

@@ -1,0 +1,162 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"microvm.dev/microvm/internal/apitypes"
+	"microvm.dev/microvm/internal/launch"
+)
+
+// cloneTemplate is a template whose workload warms up (32 MiB written to
+// its in-memory root, its pid recorded) before it serves HTTP, which its
+// health check waits for before it is saved.
+const cloneTemplate = `defaults: { memory: 256M, stopTimeout: 20s }
+vms:
+  tpl: { index: 1, store: block, template: true, healthCheck: { http: 8080 }ENV,
+         command: ["sh", "-c", "dd if=/dev/urandom of=/root/warm bs=1M count=32 2>/dev/null; echo $$ > /root/workload.pid; mkdir -p /www; echo warm > /www/index.html; exec httpd -f -p 8080 -h /www"] }
+`
+
+// TestClonesFromATemplate: real QEMU (TCG) boots a template once, freezes
+// its warm workload and saves it with its memory in a file; five clones
+// started at once each resume from that state (no boot: the workload's
+// pid and warm file are the template's) and come up as themselves: their
+// own hostname, address, MAC, SSH host key (microvm exec checks it),
+// machine-id and random stream. They cannot reach each other, and a
+// write to one's memory shows in no other. A change of the template's
+// spec makes a new state while the clones started from the old one keep
+// running; a damaged state is made again, never handed to a clone.
+func TestClonesFromATemplate(t *testing.T) {
+	requireGuestEnv(t)
+	l := newDaemonLab(t, "cln")
+	file := l.writeFile(strings.Replace(cloneTemplate, "ENV", "", 1))
+	l.startDaemon(file)
+	if out, err := l.cli("apply", "-f", file); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	names := []string{"c1", "c2", "c3", "c4", "c5"}
+	t0 := time.Now()
+	out, err := l.cli(append([]string{"clone", "tpl"}, names...)...)
+	if err != nil {
+		t.Fatalf("clone: %v\n%s\ndaemon log:\n%s", err, out, tail(l.log(), 30))
+	}
+	t.Logf("5 clones (the template made first) in %s:\n%s", time.Since(t0).Round(time.Millisecond), out)
+	var rec launch.TemplateRecord
+	b, err := os.ReadFile(filepath.Join(l.state, "vms", "tpl", "template", "template.json"))
+	if err != nil || json.Unmarshal(b, &rec) != nil {
+		t.Fatalf("the template's record: %v %s", err, b)
+	}
+	t.Logf("template: boot to ready and healthy %.1fs, save %.2fs", rec.BootSeconds, rec.SaveSeconds)
+
+	exec := func(vm, cmd string) string {
+		t.Helper()
+		out, err := l.cli("exec", vm, "--", "sh", "-c", cmd)
+		if err != nil {
+			t.Fatalf("exec in %s: %v\n%s", vm, err, out)
+		}
+		return strings.TrimSpace(out)
+	}
+	seen := map[string]map[string]string{}
+	facts := "cat /proc/sys/kernel/hostname /etc/machine-id /sys/class/net/eth0/address /root/workload.pid; md5sum /root/warm | cut -c1-32; head -c 16 /dev/urandom | md5sum | cut -c1-32; /run/microvm/init probe | grep ^hostname=; wget -qO- http://127.0.0.1:8080/"
+	vms := l.list()
+	for i, vm := range names {
+		st := vms[vm]
+		if st.State != apitypes.Running || !strings.HasPrefix(st.Boot, "cloned from the template tpl") {
+			t.Fatalf("%s: %s %q", vm, st.State, st.Boot)
+		}
+		f := strings.Split(exec(vm, facts), "\n")
+		if len(f) != 8 || f[7] != "warm" {
+			t.Fatalf("%s's facts: %q", vm, f)
+		}
+		got := map[string]string{"hostname": f[0], "machine-id": f[1], "mac": f[2], "random": f[5]}
+		if f[0] != vm || f[6] != "hostname="+vm {
+			t.Errorf("%s's hostname is %q (%q)", vm, f[0], f[6])
+		}
+		if want := st.Spec.Net.MAC; f[2] != want {
+			t.Errorf("%s's MAC is %s, want its own %s", vm, f[2], want)
+		}
+		for k, v := range got {
+			for other, o := range seen {
+				if o[k] == v {
+					t.Errorf("%s and %s have the same %s %q", vm, other, k, v)
+				}
+			}
+		}
+		seen[vm] = got
+		// One workload, started once in the template: the same pid and warm
+		// file in every clone.
+		if i > 0 {
+			if prev := strings.Split(exec(names[0], "cat /root/workload.pid; md5sum /root/warm | cut -c1-32"), "\n"); f[3] != prev[0] || f[4] != prev[1] {
+				t.Errorf("%s's workload is not the template's: pid %s warm %s, %s has %v", vm, f[3], f[4], names[0], prev)
+			}
+		}
+	}
+
+	// Isolated: a clone reaches its gateway's DNS, never another clone.
+	for _, vm := range names[1:] {
+		addr := vms[vm].Spec.Net.Address.String()
+		if out := exec("c1", "/run/microvm/init probe tcp peer="+addr+":22 | grep ^peer="); !strings.Contains(out, "blocked") {
+			t.Errorf("c1 → %s (%s:22): %s", vm, addr, out)
+		}
+	}
+	// A write to one clone's memory changes nothing in another.
+	exec("c1", "echo c1 > /root/warm")
+	if got := exec("c2", "md5sum /root/warm | cut -c1-32"); got != strings.Split(exec("c3", "md5sum /root/warm | cut -c1-32"), "\n")[0] || got == exec("c1", "md5sum /root/warm | cut -c1-32") {
+		t.Errorf("c1's write reached c2 (c2's warm file %s)", got)
+	}
+
+	// The template's spec changes: a new state for the next clone; the
+	// running ones keep theirs.
+	pid := vms["c1"].PID
+	file = l.writeFile(strings.Replace(cloneTemplate, "ENV", ", env: { GENERATION: two }", 1))
+	if out, err := l.cli("apply", "-f", file); err != nil {
+		t.Fatalf("apply the changed template: %v\n%s", err, out)
+	}
+	if out, err := l.cli("clone", "tpl", "c6"); err != nil {
+		t.Fatalf("clone c6 from the changed template: %v\n%s", err, out)
+	}
+	var rec2 launch.TemplateRecord
+	b, _ = os.ReadFile(filepath.Join(l.state, "vms", "tpl", "template", "template.json"))
+	json.Unmarshal(b, &rec2)
+	if !rec2.SavedAt.After(rec.SavedAt) {
+		t.Errorf("the template was not saved again after its spec changed (%v, %v)", rec.SavedAt, rec2.SavedAt)
+	}
+	if st := l.list()["c1"]; st.PID != pid || st.State != apitypes.Running {
+		t.Errorf("c1 after the template changed: pid %d → %d, %s", pid, st.PID, st.State)
+	}
+	if got := exec("c6", "tr '\\0' '\\n' < /proc/$(cat /root/workload.pid)/environ | grep ^GENERATION="); got != "GENERATION=two" {
+		t.Errorf("c6's workload environment: %q", got)
+	}
+
+	// A damaged state is made again by a cold boot, never handed over.
+	state := filepath.Join(l.state, "vms", "tpl", "template", "state")
+	fi, err := os.Stat(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(state, fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := l.cli("clone", "tpl", "c7"); err != nil {
+		t.Fatalf("clone c7 from a damaged state: %v\n%s", err, out)
+	}
+	var rec3 launch.TemplateRecord
+	b, _ = os.ReadFile(filepath.Join(l.state, "vms", "tpl", "template", "template.json"))
+	json.Unmarshal(b, &rec3)
+	if !rec3.SavedAt.After(rec2.SavedAt) {
+		t.Error("a damaged state was not made again")
+	}
+	if got := exec("c7", "cat /proc/sys/kernel/hostname"); got != "c7" {
+		t.Errorf("c7 is %q", got)
+	}
+
+	for _, vm := range append(names, "c6", "c7") {
+		if out, err := l.cli("rm", vm); err != nil {
+			t.Errorf("rm %s: %v\n%s", vm, err, out)
+		}
+	}
+}

@@ -1,0 +1,88 @@
+package config
+
+import (
+	"reflect"
+	"slices"
+	"strings"
+)
+
+// cloneKeys are the keys a clone may write itself: what a restore can
+// change (its name and network, the keys microvm-init lets in) and how the
+// daemon keeps it. Everything else is its template's.
+var cloneKeys = []string{"index", "subnet", "subnet6", "ports", "egress", "sshKeys", "healthCheck", "host",
+	"autostart", "restart", "stopTimeout", "from"}
+
+// clones checks the templates and their clones and gives every clone its
+// template's machine and workload (specs are what the file wrote, by VM
+// name): a clone names a template of the file, writes no key a restore
+// cannot change, and a template is a VM whose state QEMU can save with
+// its memory in a file.
+func (v *validator) clones(cfg *Config, specs map[string]VMSpec) {
+	for _, vm := range cfg.VMs {
+		p := joinPath("vms", vm.Name)
+		if vm.Template {
+			v.template(p, vm)
+		}
+		if vm.From == "" {
+			continue
+		}
+		t := cfg.byName[vm.From]
+		switch {
+		case vm.Template:
+			v.r.addf(joinPath(p, "from"), "a template cannot be a clone (from: %s)", vm.From)
+			continue
+		case t == nil:
+			v.r.addf(joinPath(p, "from"), "no VM %s in the file to clone", vm.From)
+			continue
+		case !t.Template:
+			v.r.addf(joinPath(p, "from"), "%s is not a template (set vms.%s.template: true)", vm.From, vm.From)
+			continue
+		}
+		for _, key := range writtenKeys(specs[vm.Name]) {
+			if !slices.Contains(cloneKeys, key) {
+				v.r.addf(joinPath(p, key), "a clone takes %s from its template %s (a restore cannot change it): set it there", key, vm.From)
+			}
+		}
+		own := *vm
+		*vm = *t
+		vm.Name, vm.Index, vm.Net, vm.From, vm.Template = own.Name, own.Index, own.Net, own.From, false
+		vm.Ports, vm.SSHKeys, vm.Egress, vm.Host, vm.Supervision = own.Ports, own.SSHKeys, own.Egress, own.Host, own.Supervision
+	}
+}
+
+// template checks that vm can be a template: QEMU keeps its memory in a
+// file its clones map, and saves it only with a block store; its volumes
+// would be shared by every clone.
+func (v *validator) template(p string, vm *VM) {
+	if vm.Hypervisor != HypervisorQEMU {
+		v.r.addf(joinPath(p, "hypervisor"), "a template needs qemu (its clones map its memory file), not %s", vm.Hypervisor)
+	}
+	if vm.Store != "block" {
+		v.r.addf(joinPath(p, "store"), "a template's state is saved, which QEMU can only do with store: block (this one's is %q)", storeName(vm.Store))
+	}
+	if len(vm.Volumes) > 0 {
+		v.r.addf(joinPath(p, "volumes"), "a template cannot have volumes: every clone would write the same disk")
+	}
+	vm.Supervision.Autostart = false // it is booted to be saved, never run
+}
+
+func storeName(s string) string {
+	if s == "" {
+		return "auto"
+	}
+	return s
+}
+
+// writtenKeys are the YAML keys s sets, in the struct's order.
+func writtenKeys(s VMSpec) []string {
+	var keys []string
+	rv, rt := reflect.ValueOf(s), reflect.TypeOf(s)
+	for i := range rt.NumField() {
+		f := rv.Field(i)
+		if (f.Kind() == reflect.Pointer || f.Kind() == reflect.Slice || f.Kind() == reflect.Map) && !f.IsNil() {
+			name, _, _ := strings.Cut(rt.Field(i).Tag.Get("yaml"), ",")
+			keys = append(keys, name)
+		}
+	}
+	return keys
+}
