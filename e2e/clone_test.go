@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +12,7 @@ import (
 
 	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/store"
 )
 
 // cloneTemplate is a template whose workload warms up (32 MiB written to
@@ -157,6 +160,50 @@ func TestClonesFromATemplate(t *testing.T) {
 	for _, vm := range append(names, "c6", "c7") {
 		if out, err := l.cli("rm", vm); err != nil {
 			t.Errorf("rm %s: %v\n%s", vm, err, out)
+		}
+	}
+}
+
+// TestClonesOfASystemdMachine: a Debian machine made from Debian's own
+// packages, run by systemd (init: image) with nginx, is the template: it
+// boots once to its normal target, nginx answering its health check, and
+// is saved with its services frozen (the agent that saves it left
+// running). Two clones come up as themselves (hostname, machine-id,
+// address, SSH host key) with the template's systemd and nginx thawed,
+// nginx answering on each clone's own address.
+func TestClonesOfASystemdMachine(t *testing.T) {
+	requireGuestEnv(t)
+	root := debianRoot(t, "systemd-sysv,dbus,nginx-light,procps")
+	l := newDaemonLab(t, "cls")
+	if _, err := store.Open(l.state).Import(context.Background(), "debian-systemd", root, store.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	file := l.writeFile(`vms:
+  machine: { index: 1, memory: 768M, image: debian-systemd, init: image, store: block, template: true, stopTimeout: 60s, healthCheck: { http: 80 } }
+`)
+	l.startDaemon(file)
+	out, err := l.cli("clone", "--timeout", "10m", "machine", "m1", "m2")
+	if err != nil {
+		t.Fatalf("clone: %v\n%s\ndaemon log:\n%s", err, out, tail(l.log(), 30))
+	}
+	t.Logf("clones of a systemd machine (the template made first):\n%s", out)
+	seen := map[string]string{}
+	for _, vm := range []string{"m1", "m2"} {
+		out, err := l.cli("exec", vm, "--", "sh", "-c", "cat /proc/1/comm /proc/sys/kernel/hostname /etc/machine-id; systemctl is-active nginx")
+		if err != nil {
+			t.Fatalf("exec in %s: %v\n%s", vm, err, out)
+		}
+		f := strings.Fields(out)
+		if len(f) != 4 || f[0] != "systemd" || f[1] != vm || len(f[2]) != 32 || f[3] != "active" {
+			t.Errorf("%s (init, hostname, machine-id, nginx): %q", vm, out)
+		}
+		if other, dup := seen[f[2]]; dup {
+			t.Errorf("%s has %s's machine-id", vm, other)
+		}
+		seen[f[2]] = vm
+		addr := l.list()[vm].Spec.Net.Address.String()
+		if got := httpGet(t, l.ns, net.JoinHostPort(addr, "80")); !strings.Contains(got, "Welcome to nginx") {
+			t.Errorf("nginx in %s answers %q", vm, got)
 		}
 	}
 }

@@ -352,6 +352,9 @@ func (r *Running) WaitReady(timeout time.Duration, echo func(string)) (vmm.Ready
 	if err == nil {
 		r.console, r.Ready = res.Offset, res
 		os.Remove(r.Prepared.Launch.Initrd)
+		if t := r.Prepared.Launch.Template; t != nil && t.Clone {
+			os.Remove(t.Identity) // it holds the clone's host key, read by now
+		}
 	}
 	return res, err
 }
