@@ -12,6 +12,7 @@ import (
 
 	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/launch"
+	"microvm.dev/microvm/internal/savestate"
 	"microvm.dev/microvm/internal/store"
 )
 
@@ -112,6 +113,11 @@ func TestClonesFromATemplate(t *testing.T) {
 		t.Errorf("c1's write reached c2 (c2's warm file %s)", got)
 	}
 
+	// Running clones leave the template's memory file as it was saved.
+	if mem, err := savestate.Identify(filepath.Join(l.state, "vms", "tpl", "template", "memory")); err != nil || mem != rec.Memory {
+		t.Errorf("the template's memory file changed under its clones: %+v, saved %+v (%v)", mem, rec.Memory, err)
+	}
+
 	// The template's spec changes: a new state for the next clone; the
 	// running ones keep theirs.
 	pid := vms["c1"].PID
@@ -156,6 +162,51 @@ func TestClonesFromATemplate(t *testing.T) {
 	if got := exec("c7", "cat /proc/sys/kernel/hostname"); got != "c7" {
 		t.Errorf("c7 is %q", got)
 	}
+
+	// A pool of two: kept ready, one taken at once, another started in
+	// its place; the taken one is the taker's.
+	file = l.writeFile(strings.Replace(cloneTemplate, "ENV", ", env: { GENERATION: two }, pool: 2", 1))
+	if out, err := l.cli("apply", "-f", file); err != nil {
+		t.Fatalf("apply the pool: %v\n%s", err, out)
+	}
+	pool := func() []string {
+		var ready []string
+		for name, st := range l.list() {
+			if strings.HasPrefix(name, "tpl-") && st.State == apitypes.Running {
+				ready = append(ready, name)
+			}
+		}
+		return ready
+	}
+	l.waitFor("the pool's two clones ready", 3*time.Minute, func(map[string]apitypes.VMStatus) bool { return len(pool()) == 2 })
+	t0 = time.Now()
+	out, err = l.cli("take", "tpl")
+	taken := strings.TrimSpace(out)
+	if err != nil || !strings.HasPrefix(taken, "tpl-") {
+		t.Fatalf("take: %v\n%s", err, out)
+	}
+	t.Logf("took %s from the pool in %s", taken, time.Since(t0).Round(time.Millisecond))
+	if got := exec(taken, "cat /proc/sys/kernel/hostname"); got != taken {
+		t.Errorf("the taken clone is %q", got)
+	}
+	l.waitFor("the pool refilled", 3*time.Minute, func(map[string]apitypes.VMStatus) bool {
+		n := 0
+		for _, name := range pool() {
+			if name != taken {
+				n++
+			}
+		}
+		return n == 2
+	})
+	if out, err := l.cli("rm", taken); err != nil {
+		t.Errorf("rm %s: %v\n%s", taken, err, out)
+	}
+	// Lowering the pool removes its clones, and only them.
+	file = l.writeFile(strings.Replace(cloneTemplate, "ENV", ", env: { GENERATION: two }", 1))
+	if out, err := l.cli("apply", "-f", file); err != nil {
+		t.Fatalf("apply without the pool: %v\n%s", err, out)
+	}
+	l.waitFor("the pool emptied", time.Minute, func(vms map[string]apitypes.VMStatus) bool { return len(pool()) == 0 && vms["c7"].State == apitypes.Running })
 
 	for _, vm := range append(names, "c6", "c7") {
 		if out, err := l.cli("rm", vm); err != nil {

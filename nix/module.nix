@@ -123,6 +123,7 @@ let
     snapshots = mkOption { type = types.nullOr (types.attrsOf types.anything); default = null; description = "{ keep = 7; every = \"24h\"; backup = { repository = \"/srv/restic\"; password = \"<age>\"; keep = 30; }; } volume snapshot retention, schedule and off-host backup."; };
     limits = mkOption { type = types.nullOr (types.attrsOf (types.either types.number types.str)); default = null; description = "{ cpuWeight, cpus, memory } cgroup caps on the hypervisor."; };
     template = mkOption { type = types.nullOr types.bool; default = null; description = "The VM is a template: booted once, saved, and cloned (from), never run itself."; };
+    pool = mkOption { type = types.nullOr types.int; default = null; description = "How many ready clones of this template the daemon keeps for microvm take."; };
     from = mkOption { type = types.nullOr types.str; default = null; description = "The template this VM is a clone of (docs/clones.md)."; };
   };
 

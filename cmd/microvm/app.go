@@ -127,7 +127,7 @@ read-only image store, an ephemeral /var and persistent data volumes.`,
 		a.vmVerb("start", "Start a VM of the applied file", "POST", "/start"),
 		a.stopCommand(),
 		a.vmVerb("restart", "Shut a VM down cleanly and start it again", "POST", "/restart"),
-		a.logsCommand(), a.rmCommand(), a.cloneCommand(), a.execCommand(), a.sshCommand(), a.consoleCommand(), a.verifyCommand(), a.imageCommand(), a.deployCommand(), a.doctorCommand(), a.volumeCommand(), a.moveCommand(), a.drainCommand(), a.peerCommand(), a.secretCommand(), a.versionCommand())
+		a.logsCommand(), a.rmCommand(), a.cloneCommand(), a.takeCommand(), a.execCommand(), a.sshCommand(), a.consoleCommand(), a.verifyCommand(), a.imageCommand(), a.deployCommand(), a.doctorCommand(), a.volumeCommand(), a.moveCommand(), a.drainCommand(), a.peerCommand(), a.secretCommand(), a.versionCommand())
 	return root
 }
 

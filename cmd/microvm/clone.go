@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
-	"strings"
 	"sync"
 	"time"
 
@@ -24,7 +23,7 @@ func (a *app) cloneCommand() *cobra.Command {
 		Long: `Clone starts one VM per NAME from the saved state of TEMPLATE (a VM of the
 applied file with template: true), all at once, and waits until each is ready.
 A clone is the template's machine and workload as they were saved, with its
-own name, index (the first free ones), network, MAC, SSH host key,
+own name, index (the lowest free ones), network, MAC, SSH host key,
 machine-id and random seed (docs/clones.md). The daemon saves the template
 first when it has no current state. Clones are put through the API like
 microvm-kubelet's VMs: they outlive the daemon's restarts and are removed
@@ -54,36 +53,19 @@ type cloneResult struct {
 }
 
 func (a *app) clone(template string, names []string, timeout time.Duration) error {
-	vms, err := a.client().VMs()
-	if err != nil {
+	t0 := time.Now()
+	body, _ := json.Marshal(apitypes.CloneRequest{Names: names})
+	var res apitypes.CloneResult
+	if err := a.client().Do("POST", "/v1/vms/"+url.PathEscape(template)+"/clone", bytes.NewReader(body), &res); err != nil {
+		if len(res.Problems) > 0 {
+			return res.Problems
+		}
 		return err
-	}
-	used := map[int]bool{}
-	for _, v := range vms {
-		if v.Spec != nil {
-			used[v.Spec.Index] = true
-		}
-	}
-	var mu sync.Mutex
-	next := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		for i := 1; i <= 255; i++ {
-			if !used[i] {
-				used[i] = true
-				return i
-			}
-		}
-		return 0
 	}
 	results := make([]cloneResult, len(names))
 	var wg sync.WaitGroup
 	for i, name := range names {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i] = a.cloneOne(template, name, next, timeout)
-		}()
+		wg.Go(func() { results[i] = a.awaitClone(name, t0, timeout) })
 	}
 	wg.Wait()
 	if a.output == "json" {
@@ -108,33 +90,10 @@ func (a *app) clone(template string, names []string, timeout time.Duration) erro
 	return nil
 }
 
-// cloneOne puts the clone name of template with the first free index (the
-// next one when another VM took it meanwhile) and waits until it is ready.
-func (a *app) cloneOne(template, name string, next func() int, timeout time.Duration) cloneResult {
-	t0 := time.Now()
+// awaitClone waits until the clone name is ready (from t0), or failed.
+func (a *app) awaitClone(name string, t0 time.Time, timeout time.Duration) cloneResult {
 	res := cloneResult{Name: name}
-	for range 8 {
-		res.Index = next()
-		if res.Index == 0 {
-			res.Error = "no free index (1-255) left"
-			return res
-		}
-		entry, _ := json.Marshal(map[string]any{"from": template, "index": res.Index})
-		var put apitypes.PutResult
-		err := a.client().Do("PUT", "/v1/vms/"+url.PathEscape(name), bytes.NewReader(entry), &put)
-		if err == nil {
-			break
-		}
-		if len(put.Problems) == 1 && strings.HasSuffix(put.Problems[0].Path, ".index") {
-			continue // taken by a VM put meanwhile
-		}
-		res.Error = err.Error()
-		if len(put.Problems) > 0 {
-			res.Error = put.Problems.Error()
-		}
-		return res
-	}
-	for deadline := time.Now().Add(timeout); ; time.Sleep(100 * time.Millisecond) {
+	for deadline := t0.Add(timeout); ; time.Sleep(50 * time.Millisecond) {
 		var st apitypes.VMStatus
 		if err := a.client().Do("GET", "/v1/vms/"+url.PathEscape(name), nil, &st); err != nil {
 			res.Error = err.Error()
@@ -153,4 +112,33 @@ func (a *app) cloneOne(template, name string, next func() int, timeout time.Dura
 			return res
 		}
 	}
+}
+
+// takeCommand is `take TEMPLATE`: a ready clone from the template's pool.
+func (a *app) takeCommand() *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "take TEMPLATE",
+		Short: "Take a ready clone from a template's pool (pool: N); it is yours until rm",
+		Long: `Take hands out one of the clones the daemon keeps started and ready for a
+template with pool: N, at once, and starts another in its place. The clone
+is then like one made by microvm clone: yours until microvm rm NAME. With
+none ready (all taken, or still starting), take waits up to --timeout.`,
+		Example: "  vm=$(microvm take sandbox) && microvm exec $vm -- make test; microvm rm $vm",
+		Args:    exactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var st apitypes.VMStatus
+			path := "/v1/vms/" + url.PathEscape(args[0]) + "/take?timeout=" + url.QueryEscape(timeout.String())
+			if err := a.client().Do("POST", path, nil, &st); err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(st)
+			}
+			fmt.Fprintln(a.stdout, st.Name)
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait when no clone is ready")
+	return cmd
 }

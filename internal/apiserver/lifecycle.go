@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/daemon"
@@ -37,6 +38,23 @@ func lifecycleRoutes(mux *http.ServeMux, d *daemon.Daemon) {
 	}
 	mux.HandleFunc("POST /v1/vms/{name}/start", action(start))
 	mux.HandleFunc("POST /v1/vms/{name}/stop", action(d.Stop))
+	mux.HandleFunc("POST /v1/vms/{name}/take", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
+		timeout := 2 * time.Minute
+		if s := r.URL.Query().Get("timeout"); s != "" {
+			t, err := time.ParseDuration(s)
+			if err != nil {
+				writeErr(w, http.StatusBadRequest, fmt.Errorf("timeout: %w", err))
+				return
+			}
+			timeout = t
+		}
+		st, err := d.Take(name, timeout)
+		if err != nil {
+			writeErr(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	}))
 	mux.HandleFunc("POST /v1/vms/{name}/save", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
 		out, err := d.Save(name)
 		if err != nil {

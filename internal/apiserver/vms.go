@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -78,6 +79,24 @@ func vmRoutes(mux *http.ServeMux, d *daemon.Daemon) {
 			*out.Status = redact(*out.Status)
 		}
 		writeJSON(w, code, out)
+	}))
+	mux.HandleFunc("POST /v1/vms/{name}/clone", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
+		var req apitypes.CloneRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBody)).Decode(&req); err != nil || len(req.Names) == 0 {
+			writeErr(w, http.StatusBadRequest, fmt.Errorf("want {\"names\": [NAME, …]}: %v", err))
+			return
+		}
+		res, err := d.Clone(name, req.Names)
+		switch {
+		case errors.Is(err, daemon.ErrInvalid):
+			writeJSON(w, http.StatusUnprocessableEntity, res)
+		case err != nil && len(res.VMs) == 0:
+			writeErr(w, http.StatusConflict, err)
+		case err != nil:
+			writeJSON(w, http.StatusInternalServerError, res)
+		default:
+			writeJSON(w, http.StatusCreated, res)
+		}
 	}))
 	mux.HandleFunc("DELETE /v1/vms/{name}", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
 		purge, _ := strconv.ParseBool(r.URL.Query().Get("purge"))

@@ -257,3 +257,24 @@ type DrainResult struct {
 	Moved  []MoveResult      `json:"moved"`
 	Failed map[string]string `json:"failed"`
 }
+
+// CloneRequest asks POST /v1/vms/{template}/clone for clones of the
+// template, one per name.
+type CloneRequest struct {
+	Names []string `json:"names"`
+}
+
+// CloneResult answers it: the clones put together (checked as one, the
+// network reconciled once, their hypervisors started at once), each with
+// the index it was given; their readiness comes in their status.
+type CloneResult struct {
+	// File names what the clones were checked against.
+	File string `json:"file"`
+	// Problems are why they were refused; nothing changed.
+	Problems config.Problems `json:"problems,omitempty"`
+	// VMs are the plan's action done for each, by name.
+	VMs     []VMAction     `json:"vms"`
+	Network *NetworkResult `json:"network,omitempty"`
+	// Warnings are problems that did not fail the change.
+	Warnings []string `json:"warnings,omitempty"`
+}

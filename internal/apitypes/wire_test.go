@@ -25,6 +25,8 @@ func TestWireJSON(t *testing.T) {
 		"apply_failure":    ApplyFailure{},
 		"put_result":       PutResult{},
 		"put_response":     PutResponse{},
+		"clone_request":    CloneRequest{},
+		"clone_result":     CloneResult{},
 		"stop_result":      StopResult{},
 		"snapshot":         Snapshot{},
 		"host_info":        HostInfo{},

@@ -124,6 +124,9 @@ type Supervision struct {
 	// ImagePolicy is which signatures the VM's image must carry; it is
 	// checked when the image is pulled or the VM started.
 	ImagePolicy ImagePolicy `json:"imagePolicy,omitzero"`
+	// Pool is how many ready clones of a template the daemon keeps for
+	// microvm take (0: none).
+	Pool int `json:"pool,omitempty"`
 	// Registries are the VM's own registries laid over host.registries
 	// (the VM's login wins for a registry both name): the logins the VM's
 	// image is pulled
@@ -343,8 +346,8 @@ func resolve(r *reporter, f *File, opts Options) *Config {
 		cfg.byName[name] = vm
 	}
 	v.spec("defaults", &f.Defaults)
-	if f.Defaults.Template != nil || f.Defaults.From != nil {
-		r.addf("defaults", "template and from are per VM; set them under vms.<name>")
+	if f.Defaults.Template != nil || f.Defaults.From != nil || f.Defaults.Pool != nil {
+		r.addf("defaults", "template, from and pool are per VM; set them under vms.<name>")
 	}
 	v.clones(cfg, f.VMs)
 	v.crossVM(cfg)
@@ -392,6 +395,7 @@ func merge(name string, d, s *VMSpec) *VM {
 			MemoryMin:   pick(s.MemoryMin, d.MemoryMin, 0),
 			ImagePolicy: pick(s.ImagePolicy, d.ImagePolicy, ImagePolicy{}),
 			Registries:  mergeMaps(d.Registries, s.Registries),
+			Pool:        pick(s.Pool, nil, 0),
 		},
 		Host:   pick(s.Host, d.Host, ""),
 		Egress: pick(s.Egress, d.Egress, Egress{}),

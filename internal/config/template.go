@@ -6,6 +6,9 @@ import (
 	"strings"
 )
 
+// MaxPool is the most clones a template's pool keeps ready.
+const MaxPool = 64
+
 // cloneKeys are the keys a clone may write itself: what a restore can
 // change (its name and network, the keys microvm-init lets in) and how the
 // daemon keeps it. Everything else is its template's.
@@ -22,6 +25,12 @@ func (v *validator) clones(cfg *Config, specs map[string]VMSpec) {
 		p := joinPath("vms", vm.Name)
 		if vm.Template {
 			v.template(p, vm)
+		}
+		switch n := vm.Supervision.Pool; {
+		case n != 0 && !vm.Template:
+			v.r.addf(joinPath(p, "pool"), "only a template has a pool of clones (set template: true)")
+		case n < 0 || n > MaxPool:
+			v.r.addf(joinPath(p, "pool"), "pool %d is outside 0-%d", n, MaxPool)
 		}
 		if vm.From == "" {
 			continue
@@ -47,6 +56,7 @@ func (v *validator) clones(cfg *Config, specs map[string]VMSpec) {
 		*vm = *t
 		vm.Name, vm.Index, vm.Net, vm.From, vm.Template = own.Name, own.Index, own.Net, own.From, false
 		vm.Ports, vm.SSHKeys, vm.Egress, vm.Host, vm.Supervision = own.Ports, own.SSHKeys, own.Egress, own.Host, own.Supervision
+		vm.Supervision.MemoryMin = 0 // see template
 	}
 }
 
@@ -62,6 +72,9 @@ func (v *validator) template(p string, vm *VM) {
 	}
 	if len(vm.Volumes) > 0 {
 		v.r.addf(joinPath(p, "volumes"), "a template cannot have volumes: every clone would write the same disk")
+	}
+	if vm.Supervision.MemoryMin != 0 {
+		v.r.addf(joinPath(p, "memoryMin"), "a template's clones cannot give memory back: QEMU 7.2 would punch the pages out of the template's memory file, under its other clones")
 	}
 	vm.Supervision.Autostart = false // it is booted to be saved, never run
 }

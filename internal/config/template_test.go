@@ -42,6 +42,8 @@ func TestBadTemplatesAndClones(t *testing.T) {
 		{"clone of a missing VM", `c: { index: 2, from: nothere }`, "vms.c.from: no VM nothere in the file to clone"},
 		{"clone of a plain VM", `a: { index: 1 }
   c: { index: 2, from: a }`, "vms.c.from: a is not a template (set vms.a.template: true)"},
+		{"pool on a plain VM", `a: { index: 1, pool: 2 }`, "vms.a.pool: only a template has a pool"},
+		{"pool too large", `tpl: { index: 1, store: block, template: true, pool: 65 }`, "vms.tpl.pool: pool 65 is outside 0-64"},
 		{"template that is a clone", `tpl: { index: 1, store: block, template: true }
   t2: { index: 2, store: block, template: true, from: tpl }`, "vms.t2.from: a template cannot be a clone"},
 	} {
@@ -52,7 +54,7 @@ func TestBadTemplatesAndClones(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Parse("infra.yaml", []byte("defaults: { template: true }\nvms: {}\n"), Options{}); err == nil || !strings.Contains(err.Error(), "template and from are per VM") {
+	if _, err := Parse("infra.yaml", []byte("defaults: { template: true }\nvms: {}\n"), Options{}); err == nil || !strings.Contains(err.Error(), "template, from and pool are per VM") {
 		t.Errorf("template in the defaults: %v", err)
 	}
 }

@@ -265,6 +265,10 @@ type VMSpec struct {
 	// subnet6, ports, egress, sshKeys, healthCheck, host and how the daemon
 	// keeps it (autostart, restart, stopTimeout); the rest is the template's.
 	From *string `yaml:"from,omitempty" json:"from,omitempty"`
+	// Pool keeps this many clones of a template started and ready, each
+	// handed out by microvm take (and replaced at once). A supervision
+	// setting; 0 (the default): none.
+	Pool *int `yaml:"pool,omitempty" json:"pool,omitempty" jsonschema:"minimum=0,maximum=64"`
 }
 
 // Snapshots are the volume snapshot settings of a VM.

@@ -86,6 +86,12 @@ type Daemon struct {
 	proc        hostmem.Proc
 	ksm         ksm.Dir
 	short       atomic.Bool
+	// pools keeps every template's pool of ready clones; poolStarting are
+	// the members recorded whose put is under way (guarded by mu).
+	pools        poolKeeper
+	poolStarting map[string]bool
+	// cloneMu orders clones' puts, so that two do not pick one index.
+	cloneMu sync.Mutex
 	// peers is how this daemon moves VMs to and from other hosts' (zero
 	// until EnablePeers).
 	peers peering
@@ -142,6 +148,8 @@ func NewWithLauncher(env launch.Env, l supervisor.Launcher, log *slog.Logger) (*
 	}
 	d.stop = make(chan struct{})
 	d.tailnet.poke = make(chan struct{}, 1)
+	d.pools.poke, d.poolStarting = make(chan struct{}, 1), map[string]bool{}
+	go d.keepPools()
 	go d.rotateConsoles(15 * time.Second)
 	go d.measureLoop()
 	go d.tailnet.run(d)
@@ -313,6 +321,7 @@ func (d *Daemon) Apply(name string, file *config.Config) (res *ApplyResult, err 
 	tStart := time.Now()
 	d.startAll(toStart)
 	res.Phases.Start = time.Since(tStart).Seconds()
+	d.pokePools()
 	for _, c := range changes {
 		res.VMs = append(res.VMs, *c.a)
 	}

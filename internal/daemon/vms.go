@@ -2,10 +2,13 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 
 	"microvm.dev/microvm/internal/apitypes"
@@ -36,8 +39,6 @@ type PutResult = apitypes.PutResult
 // Changes to one VM are done in the order they come; changes to different
 // VMs do not wait for each other's boots.
 func (d *Daemon) Put(name string, entry []byte) (*PutResult, error) {
-	lock := d.vmLocks.lock(name)
-	defer lock.Unlock()
 	file := "PUT /v1/vms/" + name
 	res := &PutResult{File: file, VM: VMAction{Name: name}}
 	data, err := config.ParseEntry(entry)
@@ -45,60 +46,152 @@ func (d *Daemon) Put(name string, entry []byte) (*PutResult, error) {
 		res.Problems = config.Problems{{File: file, Path: "vms." + name, Message: err.Error()}}
 		return res, ErrInvalid
 	}
+	out, err := d.putAll(file, map[string][]byte{name: data})
+	if errors.Is(err, ErrFileVM) {
+		return nil, err
+	}
+	res.Problems, res.Network, res.Warnings = out.Problems, out.Network, out.Warnings
+	if len(out.VMs) == 1 {
+		res.VM = out.VMs[0]
+	}
+	if err != nil && len(out.VMs) == 0 && len(out.Problems) == 0 {
+		return nil, err // nothing was done
+	}
+	return res, err
+}
+
+// putAll puts the VMs of entries (parsed entries, by name) as Put does
+// one: checked together with the applied file and the other VMs (any
+// problem changes nothing), recorded, torn down where they change, the
+// network reconciled once for all of them, then started at once (as many
+// booting together as the host's boots allow). It returns once their
+// hypervisors run.
+func (d *Daemon) putAll(file string, entries map[string][]byte) (*CloneResult, error) {
+	names := slices.Sorted(maps.Keys(entries))
+	for _, name := range names { // in order: two puts never wait for each other's
+		lock := d.vmLocks.lock(name)
+		defer lock.Unlock()
+	}
+	res := &CloneResult{File: file, VMs: []VMAction{}}
 	d.desired.Lock()
 	d.mu.Lock()
 	fileName, fileData, api := d.file, d.fileData, maps.Clone(d.api)
-	inFile := d.cfg != nil && d.cfg.VM(name) != nil && d.api[name] == nil
+	var inFile []string
+	for _, name := range names {
+		if d.cfg != nil && d.cfg.VM(name) != nil && d.api[name] == nil {
+			inFile = append(inFile, name)
+		}
+	}
 	d.mu.Unlock()
-	if inFile {
+	if len(inFile) > 0 {
 		d.desired.Unlock()
-		return nil, fmt.Errorf("%w %s: change %s there", ErrFileVM, fileName, name)
+		return res, fmt.Errorf("%w %s: change %s there", ErrFileVM, fileName, strings.Join(inFile, ", "))
 	}
 	if fileData == nil {
 		fileData = noFile
 	}
-	api[name] = data
+	maps.Copy(api, entries)
 	vms, ps, err := d.decide(fileName, fileData, api, file,
-		func(cfg *config.Config) []plan.VMPlan { return []plan.VMPlan{d.planOf(cfg, name)} },
-		func() error { return state.Dir{Root: d.env.StateDir}.WriteAPIVM(name, data) })
+		func(cfg *config.Config) []plan.VMPlan {
+			var out []plan.VMPlan
+			for _, name := range names {
+				out = append(out, d.planOf(cfg, name))
+			}
+			return out
+		},
+		func() error {
+			for _, name := range names {
+				if err := (state.Dir{Root: d.env.StateDir}).WriteAPIVM(name, entries[name]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 	d.desired.Unlock()
 	if len(ps) > 0 {
 		res.Problems = ps
 		return res, ErrInvalid
 	}
 	if err != nil {
-		return nil, err
+		return res, err
 	}
-	c := d.newChange(vms[0])
-	defer func() { res.VM = *c.a }()
-	start := d.teardown(c)
-	if c.a.Error != "" {
-		return res, fmt.Errorf("%s: %s", name, c.a.Error)
+	changes := make([]*change, len(vms))
+	var toStart []*change
+	changed := false
+	for i, v := range vms {
+		changes[i] = d.newChange(v)
+		if d.teardown(changes[i]) {
+			toStart = append(toStart, changes[i])
+		}
+		changed = changed || v.Action != plan.Unchanged
 	}
-	if c.plan.Action != plan.Unchanged {
+	defer func() {
+		for _, c := range changes {
+			res.VMs = append(res.VMs, *c.a)
+		}
+	}()
+	for _, c := range changes {
+		if c.a.Error != "" {
+			return res, fmt.Errorf("%s: %s", c.plan.Name, c.a.Error)
+		}
+	}
+	if changed {
 		// An unchanged VM's network is the one reconciled already: a
 		// provider putting every pod's VM again does no host work.
 		var apply ApplyResult
 		res.Network, err = d.reconcile(&apply)
 		res.Warnings = apply.Warnings
 		if res.Network != nil {
-			networkDone([]*change{c}, res.Network.Links)
+			networkDone(changes, res.Network.Links)
 		}
 		if err != nil {
 			return res, err
 		}
 	}
-	if start {
-		d.boots <- struct{}{}
-		err := d.sup.Launch(context.Background(), c.plan.Desired)
-		<-d.boots
-		d.started(c, err)
-		if err != nil {
-			return res, err
-		}
+	errs := make([]error, len(toStart))
+	var wg sync.WaitGroup
+	for i, c := range toStart {
+		wg.Go(func() {
+			d.boots <- struct{}{}
+			err := d.sup.Launch(context.Background(), c.plan.Desired)
+			<-d.boots
+			d.started(c, err)
+			errs[i] = err
+		})
 	}
-	d.log.Info("VM put", "vm", name, "action", c.a.Action)
-	return res, nil
+	wg.Wait()
+	for _, c := range changes {
+		d.log.Info("VM put", "vm", c.plan.Name, "action", c.a.Action)
+	}
+	return res, errors.Join(errs...)
+}
+
+// CloneResult is what putting clones did.
+type CloneResult = apitypes.CloneResult
+
+// Clone puts a clone of template under each name (microvm clone), each
+// with the lowest index free, all at once (putAll): checked together,
+// the network reconciled once, their hypervisors started together. A
+// name a VM has already is refused.
+func (d *Daemon) Clone(template string, names []string) (*CloneResult, error) {
+	d.cloneMu.Lock()
+	defer d.cloneMu.Unlock()
+	file := "POST /v1/vms/" + template + "/clone"
+	if vm := d.VMConfig(template); vm == nil || !vm.Template {
+		return &CloneResult{File: file}, fmt.Errorf("%s is not a template of the applied file", template)
+	}
+	entries := map[string][]byte{}
+	free := d.freeIndexes(len(names))
+	if len(free) < len(names) {
+		return &CloneResult{File: file}, fmt.Errorf("only %d free indexes (1-255) for %d clones", len(free), len(names))
+	}
+	for i, name := range names {
+		if _, ok := d.Status(name); ok || entries[name] != nil {
+			return &CloneResult{File: file}, fmt.Errorf("%s: a VM of that name exists", name)
+		}
+		entries[name], _ = json.Marshal(map[string]any{"from": template, "index": free[i]})
+	}
+	return d.putAll(file, entries)
 }
 
 // planOf is the plan of the VM name in cfg, against what the supervisor
