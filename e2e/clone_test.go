@@ -100,6 +100,12 @@ func TestClonesFromATemplate(t *testing.T) {
 		}
 	}
 
+	// The clock: set from the identity disk as the clone resumed (the
+	// template's stood still while it was saved).
+	if skew := parseFloat(t, exec("c1", "date +%s")) - float64(time.Now().Unix()); skew < -2 || skew > 2 {
+		t.Errorf("c1's clock is %.0f s off the host's", skew)
+	}
+
 	// Isolated: a clone reaches its gateway's DNS, never another clone.
 	for _, vm := range names[1:] {
 		addr := vms[vm].Spec.Net.Address.String()

@@ -47,6 +47,8 @@ type Prepared struct {
 
 	env    Env
 	layout vmm.Layout
+	// identity is a clone's identity disk's content (nil for other VMs).
+	identity *guest.Identity
 	// run holds the undo of every step done so far, until the guest runs.
 	run *steps.Runner
 }

@@ -14,7 +14,8 @@ import (
 // its workload, the same way for `microvm run` and the daemon: the
 // guest's ready line (WaitReady, echoing the console to echo); after a
 // resume, its clock set to the host's (it stood still while the VM was
-// saved), and after a move only this host's key let in; then, for a VM
+// saved; a clone's from its identity disk), and after a move only this
+// host's key let in; then, for a VM
 // with a healthCheck, the check passing.
 func (r *Running) AwaitReady(timeout time.Duration, echo func(string)) (vmm.ReadyResult, error) {
 	deadline := time.Now().Add(timeout)
@@ -22,7 +23,8 @@ func (r *Running) AwaitReady(timeout time.Duration, echo func(string)) (vmm.Read
 	if err != nil {
 		return ready, err
 	}
-	if m := r.Prepared.Boot.Resume; m != nil {
+	// A clone set its clock from its identity disk, written as it resumed.
+	if m := r.Prepared.Boot.Resume; m != nil && r.Prepared.Boot.Template == "" {
 		if err := r.setGuestClock(); err != nil {
 			return ready, fmt.Errorf("resumed, but its clock could not be set: %w", err)
 		}

@@ -95,12 +95,6 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 		}
 	}
 	l.Shares = []vmm.Share{sh}
-	// QEMU 7.2 gives a page back from a clone's private mapping of its
-	// template's memory file by punching a hole in the file (seen here:
-	// the file changed under the template's other clones), so neither a
-	// template nor a clone reports free pages (NoFreePageReporting, below;
-	// the device must be the same on both sides of the restore) nor has a
-	// memoryMin (config).
 	l.Template = templateMemory(env, vm, lay)
 	// The kernel's own module tree, one read-only disk for every VM that
 	// boots this kernel.
@@ -111,6 +105,11 @@ func Resolve(env Env, vm *config.VM, img store.Image) (*Resolved, error) {
 	}
 	pins := usePins(lay.Dir(), kern, &l)
 	l.Arch = arch
+	// QEMU 7.2 gives a page back from a clone's private mapping of its
+	// template's memory file by punching a hole in the file (seen here:
+	// the file changed under the template's other clones), so neither a
+	// template nor a clone reports free pages (the device is the same on
+	// both sides of the restore), nor has a memoryMin (config).
 	l.NoFreePageReporting, l.TBSizeMiB = env.NoFreePageReporting || l.Template != nil, env.TBSizeMiB
 	l.KVM = arch == vmm.HostArch() && vmm.HardwareKVM() && env.canOpen("/dev/kvm")
 	if !l.KVM && l.TBSizeMiB == 0 {

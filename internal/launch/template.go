@@ -189,6 +189,7 @@ func (pr *preparer) templateFiles(context.Context) error {
 	id := guest.Identity{Generation: newGeneration()}
 	if t.Clone {
 		id = pr.cloneIdentity(id.Generation)
+		p.identity = &id
 	} else {
 		if err := os.MkdirAll(filepath.Dir(t.Path), 0o700); err != nil {
 			return pr.fail(err)
@@ -227,7 +228,24 @@ func (pr *preparer) cloneIdentity(generation string) guest.Identity {
 	seed := make([]byte, 64)
 	rand.Read(seed)
 	return guest.Identity{Generation: generation, Name: p.VM.Name, Net: spec.Net, HostKey: string(pr.hostPEM),
-		AuthorizedKeys: pr.authorized, MachineID: spec.MachineID, Seed: seed, ClockNS: time.Now().UnixNano()}
+		AuthorizedKeys: pr.authorized, MachineID: spec.MachineID, Seed: seed}
+}
+
+// rewriteIdentity writes id over the identity disk at path, in place.
+func rewriteIdentity(path string, id guest.Identity) error {
+	b, err := guest.EncodeIdentity(id)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteAt(b, 0)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 func newGeneration() string {
@@ -267,7 +285,14 @@ func (pr *preparer) cloneState() error {
 func (s *starter) restoreClone() error {
 	p := s.p
 	dir := savestate.Dir(TemplateDir(p.env, p.Boot.Template))
-	f, err := os.Open(dir.StateFile())
+	// The clock the guest sets as it resumes: now, not when the launch
+	// was prepared. Written in place: QEMU has the disk open.
+	p.identity.ClockNS = time.Now().UnixNano()
+	err := rewriteIdentity(p.Launch.Template.Identity, *p.identity)
+	var f *os.File
+	if err == nil {
+		f, err = os.Open(dir.StateFile())
+	}
 	if err == nil {
 		err = p.Backend.(vmm.Saver).Restore(p.Launch, f)
 		f.Close()
