@@ -212,7 +212,9 @@ func TestClonesFromATemplate(t *testing.T) {
 	if out, err := l.cli("apply", "-f", file); err != nil {
 		t.Fatalf("apply without the pool: %v\n%s", err, out)
 	}
-	l.waitFor("the pool emptied", time.Minute, func(vms map[string]apitypes.VMStatus) bool { return len(pool()) == 0 && vms["c7"].State == apitypes.Running })
+	l.waitFor("the pool emptied", time.Minute, func(vms map[string]apitypes.VMStatus) bool {
+		return len(pool()) == 0 && vms["c7"].State == apitypes.Running
+	})
 
 	for _, vm := range append(names, "c6", "c7") {
 		if out, err := l.cli("rm", vm); err != nil {
