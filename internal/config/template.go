@@ -41,7 +41,7 @@ func (v *validator) clones(cfg *Config, specs map[string]VMSpec) {
 			v.r.addf(joinPath(p, "from"), "a template cannot be a clone (from: %s)", vm.From)
 			continue
 		case t == nil:
-			v.r.addf(joinPath(p, "from"), "no VM %s in the file to clone", vm.From)
+			v.r.addf(joinPath(p, "from"), "no VM %s in the file to clone (remove the clone first, or keep its template)", vm.From)
 			continue
 		case !t.Template:
 			v.r.addf(joinPath(p, "from"), "%s is not a template (set vms.%s.template: true)", vm.From, vm.From)

@@ -212,8 +212,13 @@ func (d *Daemon) Move(ctx context.Context, vm, to, mode string) (*apitypes.MoveR
 	}
 	defer d.release(vm)
 	spec := d.VMConfig(vm)
-	if spec == nil {
+	switch {
+	case spec == nil:
 		return nil, fmt.Errorf("%s: %w", vm, ErrUnknownVM)
+	case spec.From != "":
+		return nil, fmt.Errorf("move %s: a clone is not moved: clone %s on %s instead", vm, spec.From, to)
+	case spec.Template:
+		return nil, fmt.Errorf("move %s: a template is not moved: its state is made where its clones start", vm)
 	}
 	c, err := d.peerClient(to)
 	if err != nil {
