@@ -49,11 +49,16 @@ func TestClonesFromATemplate(t *testing.T) {
 		t.Fatalf("clone: %v\n%s\ndaemon log:\n%s", err, out, tail(l.log(), 30))
 	}
 	t.Logf("5 clones (the template made first) in %s:\n%s", time.Since(t0).Round(time.Millisecond), out)
-	var rec launch.TemplateRecord
-	b, err := os.ReadFile(filepath.Join(l.state, "vms", "tpl", "template", "template.json"))
-	if err != nil || json.Unmarshal(b, &rec) != nil {
-		t.Fatalf("the template's record: %v %s", err, b)
+	record := func() launch.TemplateRecord {
+		t.Helper()
+		var rec launch.TemplateRecord
+		b, err := os.ReadFile(filepath.Join(l.state, "vms", "tpl", "template", "template.json"))
+		if err != nil || json.Unmarshal(b, &rec) != nil {
+			t.Fatalf("the template's record: %v %s", err, b)
+		}
+		return rec
 	}
+	rec := record()
 	t.Logf("template: boot to ready and healthy %.1fs, save %.2fs", rec.BootSeconds, rec.SaveSeconds)
 
 	exec := func(vm, cmd string) string {
@@ -134,9 +139,7 @@ func TestClonesFromATemplate(t *testing.T) {
 	if out, err := l.cli("clone", "tpl", "c6"); err != nil {
 		t.Fatalf("clone c6 from the changed template: %v\n%s", err, out)
 	}
-	var rec2 launch.TemplateRecord
-	b, _ = os.ReadFile(filepath.Join(l.state, "vms", "tpl", "template", "template.json"))
-	json.Unmarshal(b, &rec2)
+	rec2 := record()
 	if !rec2.SavedAt.After(rec.SavedAt) {
 		t.Errorf("the template was not saved again after its spec changed (%v, %v)", rec.SavedAt, rec2.SavedAt)
 	}
@@ -159,10 +162,7 @@ func TestClonesFromATemplate(t *testing.T) {
 	if out, err := l.cli("clone", "tpl", "c7"); err != nil {
 		t.Fatalf("clone c7 from a damaged state: %v\n%s", err, out)
 	}
-	var rec3 launch.TemplateRecord
-	b, _ = os.ReadFile(filepath.Join(l.state, "vms", "tpl", "template", "template.json"))
-	json.Unmarshal(b, &rec3)
-	if !rec3.SavedAt.After(rec2.SavedAt) {
+	if !record().SavedAt.After(rec2.SavedAt) {
 		t.Error("a damaged state was not made again")
 	}
 	if got := exec("c7", "cat /proc/sys/kernel/hostname"); got != "c7" {
