@@ -207,6 +207,24 @@ func TestClonesFromATemplate(t *testing.T) {
 	if out, err := l.cli("rm", taken); err != nil {
 		t.Errorf("rm %s: %v\n%s", taken, err, out)
 	}
+	// The template changes: its pool is made again of clones of the new
+	// one, which take hands out.
+	file = l.writeFile(strings.Replace(cloneTemplate, "ENV", ", env: { GENERATION: three }, pool: 2", 1))
+	if out, err := l.cli("apply", "-f", file); err != nil {
+		t.Fatalf("apply the changed template with its pool: %v\n%s", err, out)
+	}
+	l.waitFor("the pool made of the new template's clones", 3*time.Minute, func(map[string]apitypes.VMStatus) bool {
+		ready := pool()
+		if len(ready) != 2 {
+			return false
+		}
+		for _, vm := range ready {
+			if out, err := l.cli("exec", vm, "--", "sh", "-c", "tr '\\0' '\\n' < /proc/$(cat /root/workload.pid)/environ | grep ^GENERATION="); err != nil || strings.TrimSpace(out) != "GENERATION=three" {
+				return false
+			}
+		}
+		return true
+	})
 	// Lowering the pool removes its clones, and only them.
 	file = l.writeFile(strings.Replace(cloneTemplate, "ENV", ", env: { GENERATION: two }", 1))
 	if out, err := l.cli("apply", "-f", file); err != nil {

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/config"
+	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/state"
 )
 
@@ -66,6 +68,7 @@ func (d *Daemon) fillPools() {
 		if !vm.Template {
 			continue
 		}
+		d.dropStaleMembers(vm)
 		members := d.trimPool(vm.Name, vm.Supervision.Pool)
 		var names []string
 		for range vm.Supervision.Pool - len(members) {
@@ -78,6 +81,31 @@ func (d *Daemon) fillPools() {
 		}
 		if len(names) > 0 {
 			go d.startPoolMembers(vm.Name, names)
+		}
+	}
+}
+
+// dropStaleMembers removes the clones of template's pool that started
+// from another state than its current one, or from its spec before a
+// change: take hands out clones of the template as it is.
+func (d *Daemon) dropStaleMembers(template *config.VM) {
+	_, saved, err := launch.TemplateState(d.env, template)
+	changed := errors.Is(err, launch.ErrTemplateChanged)
+	if err != nil && !changed {
+		return // none made yet, or damaged: the next clone makes it
+	}
+	dir := filepath.Join(PoolsDir(d.env.StateDir), template.Name)
+	for _, name := range d.poolMembers(template.Name) {
+		st, ok := d.Status(name)
+		if d.starting(name) || !ok || st.Boot == "" {
+			continue
+		}
+		if !changed && strings.Contains(st.Boot, saved.SavedAt.Format(time.RFC3339)) {
+			continue
+		}
+		os.Remove(filepath.Join(dir, name))
+		if err := d.Remove(name, true); err != nil {
+			d.log.Warn("cannot remove a pool's clone of an old template", "vm", name, "err", err)
 		}
 	}
 }

@@ -76,12 +76,16 @@ type TemplateRecord struct {
 // it is damaged. It is made again by a cold boot of the template.
 var ErrTemplateStale = errors.New("the template's saved state cannot be used")
 
+// ErrTemplateChanged is ErrTemplateStale for a template whose spec changed
+// since its state was saved.
+var ErrTemplateChanged = fmt.Errorf("%w: its spec changed since it was saved", ErrTemplateStale)
+
 // TemplateState is the saved state clones of the template vm start from,
 // or why there is none they may use (ErrTemplateStale).
 func TemplateState(env Env, vm *config.VM) (TemplateRecord, savestate.Meta, error) {
 	rec, m, err := loadTemplate(env, vm.Name)
 	if err == nil && rec.SpecHash != vm.SpecHash() {
-		err = fmt.Errorf("%w: its spec changed since it was saved", ErrTemplateStale)
+		err = ErrTemplateChanged
 	}
 	return rec, m, err
 }
