@@ -14,8 +14,7 @@ import (
 // its workload, the same way for `microvm run` and the daemon: the
 // guest's ready line (WaitReady, echoing the console to echo); after a
 // resume, its clock set to the host's (it stood still while the VM was
-// saved; a clone's from its identity disk), and after a move only this
-// host's key let in; then, for a VM
+// saved), and after a move only this host's key let in; then, for a VM
 // with a healthCheck, the check passing.
 func (r *Running) AwaitReady(timeout time.Duration, echo func(string)) (vmm.ReadyResult, error) {
 	deadline := time.Now().Add(timeout)
@@ -23,8 +22,10 @@ func (r *Running) AwaitReady(timeout time.Duration, echo func(string)) (vmm.Read
 	if err != nil {
 		return ready, err
 	}
-	// A clone set its clock from its identity disk, written as it resumed.
-	if m := r.Prepared.Boot.Resume; m != nil && r.Prepared.Boot.Template == "" {
+	// A clone set its clock from its identity disk as it resumed, before
+	// its workload ran again; that is seconds late when many resume at
+	// once, so it is set again here as a resumed guest's is.
+	if m := r.Prepared.Boot.Resume; m != nil {
 		if err := r.setGuestClock(); err != nil {
 			return ready, fmt.Errorf("resumed, but its clock could not be set: %w", err)
 		}
