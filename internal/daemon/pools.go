@@ -94,7 +94,6 @@ func (d *Daemon) dropStaleMembers(template *config.VM) {
 	if err != nil && !changed {
 		return // none made yet, or damaged: the next clone makes it
 	}
-	dir := filepath.Join(PoolsDir(d.env.StateDir), template.Name)
 	for _, name := range d.poolMembers(template.Name) {
 		st, ok := d.Status(name)
 		if d.starting(name) || !ok || st.Boot == "" {
@@ -103,10 +102,15 @@ func (d *Daemon) dropStaleMembers(template *config.VM) {
 		if !changed && strings.Contains(st.Boot, saved.SavedAt.Format(time.RFC3339)) {
 			continue
 		}
-		os.Remove(filepath.Join(dir, name))
-		if err := d.Remove(name, true); err != nil {
-			d.log.Warn("cannot remove a pool's clone of an old template", "vm", name, "err", err)
-		}
+		d.dropPoolMember(template.Name, name)
+	}
+}
+
+// dropPoolMember removes the clone name from template's pool, and the VM.
+func (d *Daemon) dropPoolMember(template, name string) {
+	os.Remove(filepath.Join(PoolsDir(d.env.StateDir), template, name))
+	if err := d.Remove(name, true); err != nil {
+		d.log.Warn("cannot remove the pool's clone", "template", template, "vm", name, "err", err)
 	}
 }
 
@@ -121,22 +125,20 @@ func (d *Daemon) poolMembers(template string) []string {
 }
 
 // trimPool forgets the members of template's pool that are gone (removed,
-// or their put failed) and removes those over keep; it returns the ones
-// kept.
+// or their put failed), removes those that failed (a new one takes the
+// place) and those over keep; it returns the ones kept.
 func (d *Daemon) trimPool(template string, keep int) []string {
 	dir := filepath.Join(PoolsDir(d.env.StateDir), template)
 	var kept []string
 	for _, name := range d.poolMembers(template) {
+		st, _ := d.Status(name)
 		switch {
 		case d.starting(name):
 			kept = append(kept, name) // its put decides; over the size, removed at the next pass
 		case !d.IsPut(name):
 			os.Remove(filepath.Join(dir, name))
-		case len(kept) >= keep:
-			os.Remove(filepath.Join(dir, name))
-			if err := d.Remove(name, true); err != nil {
-				d.log.Warn("cannot remove a clone over the pool's size", "vm", name, "err", err)
-			}
+		case len(kept) >= keep || st.State == apitypes.Failed:
+			d.dropPoolMember(template, name)
 		default:
 			kept = append(kept, name)
 		}
