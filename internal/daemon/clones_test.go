@@ -34,7 +34,10 @@ func (lab *putLab) waitPool(t *testing.T, n int, except string) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		members := lab.poolMembers()
-		if len(members) == n && !slices.Contains(members, except) {
+		switch {
+		case n == 0 && len(lab.d.poolMembers("tpl")) == 0: // removed, records too
+			return
+		case n > 0 && len(members) == n && !slices.Contains(members, except):
 			return
 		}
 		if time.Now().After(deadline) {

@@ -106,12 +106,14 @@ func (d *Daemon) dropStaleMembers(template *config.VM) {
 	}
 }
 
-// dropPoolMember removes the clone name from template's pool, and the VM.
+// dropPoolMember removes the clone name of template's pool, then its
+// record (a record whose VM is gone is forgotten at the next pass).
 func (d *Daemon) dropPoolMember(template, name string) {
-	os.Remove(filepath.Join(PoolsDir(d.env.StateDir), template, name))
 	if err := d.Remove(name, true); err != nil {
 		d.log.Warn("cannot remove the pool's clone", "template", template, "vm", name, "err", err)
+		return
 	}
+	os.Remove(filepath.Join(PoolsDir(d.env.StateDir), template, name))
 }
 
 // poolMembers are the clones recorded in template's pool.
