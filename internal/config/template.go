@@ -3,7 +3,6 @@ package config
 import (
 	"reflect"
 	"slices"
-	"strings"
 )
 
 // MaxPool is the most clones a template's pool keeps ready.
@@ -86,16 +85,15 @@ func storeName(s string) string {
 	return s
 }
 
-// writtenKeys are the YAML keys s sets, in the struct's order.
+// writtenKeys are the YAML keys s sets (by the decoder's own names).
 func writtenKeys(s VMSpec) []string {
 	var keys []string
-	rv, rt := reflect.ValueOf(s), reflect.TypeOf(s)
-	for i := range rt.NumField() {
-		f := rv.Field(i)
-		if (f.Kind() == reflect.Pointer || f.Kind() == reflect.Slice || f.Kind() == reflect.Map) && !f.IsNil() {
-			name, _, _ := strings.Cut(rt.Field(i).Tag.Get("yaml"), ",")
+	rv := reflect.ValueOf(s)
+	for name, i := range yamlFields(rv.Type()) {
+		if f := rv.Field(i); (f.Kind() == reflect.Pointer || f.Kind() == reflect.Slice || f.Kind() == reflect.Map) && !f.IsNil() {
 			keys = append(keys, name)
 		}
 	}
+	slices.Sort(keys) // problems in a stable order
 	return keys
 }

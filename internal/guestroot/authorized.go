@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
@@ -27,15 +26,7 @@ func (r Root) WriteAuthorized(keys []string) error {
 		}
 		b.WriteString(strings.TrimSpace(k) + "\n")
 	}
-	path := r.Path(AuthorizedKeysPath)
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp := path + ".new"
-	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return writeAtomic(r.Path(AuthorizedKeysPath), []byte(b.String()), 0o600)
 }
 
 // AddAuthorized adds keys to the authorized keys in r.

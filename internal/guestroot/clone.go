@@ -75,6 +75,8 @@ func (r Root) Reidentify(id guest.Identity) error {
 	return nil
 }
 
+// writeAtomic replaces the file at path (its directory made) by a new one
+// renamed over it: a reader sees the old content or the new.
 func writeAtomic(path string, b []byte, mode os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err

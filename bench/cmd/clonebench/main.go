@@ -22,6 +22,7 @@ import (
 
 	"microvm.dev/microvm/bench/lab"
 	"microvm.dev/microvm/internal/apitypes"
+	"microvm.dev/microvm/internal/hostmem"
 )
 
 const workload = `["sh", "-c", "dd if=/dev/urandom of=/root/warm bs=1M count=32 2>/dev/null; mkdir -p /www; echo warm > /www/index.html; exec httpd -f -p 8080 -h /www"]`
@@ -309,48 +310,39 @@ func names(prefix string, n int) []string {
 	return out
 }
 
-// cpu is the CPU time vm's hypervisor has used (user and system, from
-// /proc: the process the daemon started and its descendants, since it
-// runs QEMU confined in a PID namespace of its own).
+// cpu is the CPU time vm's hypervisor has used (hostmem.Proc.CPUSeconds
+// over the process the daemon started and its descendants: it runs QEMU
+// confined in a PID namespace of its own).
 func (b bench) cpu(vm string) float64 {
 	out, err := b.l.CLI("status", vm, "-o", "json")
 	var st apitypes.VMStatus
 	if err != nil || json.Unmarshal(out, &st) != nil || st.PID == 0 {
 		return 0
 	}
-	type proc struct {
-		ppid int
-		cpu  float64
-	}
-	procs := map[int]proc{}
-	dirs, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, d := range dirs {
-		b, err := os.ReadFile(d)
+	parent := map[int]int{}
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, path := range stats {
+		b, err := os.ReadFile(path)
 		if err != nil {
 			continue
 		}
-		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(d)))
-		// After the command's closing parenthesis: state, ppid, …, utime
-		// and stime (the 12th and 13th).
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		if len(f) < 13 {
-			continue
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(path)))
+		// state, then ppid, after the command's closing parenthesis
+		if f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:])); len(f) > 1 {
+			parent[pid], _ = strconv.Atoi(f[1])
 		}
-		ppid, _ := strconv.Atoi(f[1])
-		ut, _ := strconv.ParseFloat(f[11], 64)
-		stt, _ := strconv.ParseFloat(f[12], 64)
-		procs[pid] = proc{ppid, (ut + stt) / 100} // USER_HZ
 	}
-	total := 0.0
-	for pid, p := range procs {
-		for q := pid; q > 1; q = procs[q].ppid {
+	var tree []int
+	for pid := range parent {
+		for q := pid; q > 1; q = parent[q] {
 			if q == st.PID {
-				total += p.cpu
+				tree = append(tree, pid)
 				break
 			}
 		}
 	}
-	return total
+	secs, _ := hostmem.Proc("/proc").CPUSeconds(tree...)
+	return secs
 }
 
 // memUsed is the host's memory in use, page cache included (MemTotal -
