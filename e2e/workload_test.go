@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -117,7 +118,7 @@ vms:
 	if st := vms["fails"]; st.ExitCode == nil || *st.ExitCode != 3 || !strings.Contains(st.LastExit, "status 3") {
 		t.Errorf("fails: %+v, want exit 3", st)
 	}
-	if out, _ := l.cli("status", "fails"); !strings.Contains(out, "exit code:  3") && !strings.Contains(out, "exit code: 3") {
+	if out, _ := l.cli("status", "fails"); !regexp.MustCompile(`(?m)^exit code: +3$`).MatchString(out) {
 		t.Errorf("status fails does not show the exit code:\n%s", out)
 	}
 	if out, _ := l.cli("list"); !strings.Contains(out, "EXIT") {
