@@ -1,8 +1,12 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,7 +17,9 @@ import (
 	"microvm.dev/microvm/internal/apitypes"
 	"microvm.dev/microvm/internal/launch"
 	"microvm.dev/microvm/internal/savestate"
+	"microvm.dev/microvm/internal/secrets"
 	"microvm.dev/microvm/internal/store"
+	"microvm.dev/microvm/internal/testutil"
 )
 
 // cloneTemplate is a template whose workload warms up (32 MiB written to
@@ -33,7 +39,8 @@ vms:
 // machine-id and random stream. They cannot reach each other, and a
 // write to one's memory shows in no other. A change of the template's
 // spec makes a new state while the clones started from the old one keep
-// running; a damaged state is made again, never handed to a clone.
+// running; a damaged state, or one saved by another microvm-init, is made
+// again, never handed to a clone.
 func TestClonesFromATemplate(t *testing.T) {
 	requireGuestEnv(t)
 	l := newDaemonLab(t, "cln")
@@ -59,6 +66,9 @@ func TestClonesFromATemplate(t *testing.T) {
 		return rec
 	}
 	rec := record()
+	if !strings.HasPrefix(rec.Init, "initramfs-") {
+		t.Errorf("the template's record names no initramfs base: %+v", rec)
+	}
 	t.Logf("template: boot to ready and healthy %.1fs, save %.2fs", rec.BootSeconds, rec.SaveSeconds)
 
 	exec := func(vm, cmd string) string {
@@ -169,6 +179,24 @@ func TestClonesFromATemplate(t *testing.T) {
 		t.Errorf("c7 is %q", got)
 	}
 
+	// A state saved by another microvm-init (microvm updated since) is
+	// made again: the old guest code would not know the new identity disk.
+	rec3 := record()
+	old := rec3
+	old.Init = "initramfs-from-an-older-microvm.cpio"
+	if b, err := json.Marshal(old); err != nil || os.WriteFile(filepath.Join(l.state, "vms", "tpl", "template", "template.json"), b, 0o600) != nil {
+		t.Fatal("rewrite the template's record")
+	}
+	if out, err := l.cli("clone", "tpl", "c8"); err != nil {
+		t.Fatalf("clone c8 from an older microvm-init's state: %v\n%s", err, out)
+	}
+	if rec4 := record(); !rec4.SavedAt.After(rec3.SavedAt) || rec4.Init != rec3.Init {
+		t.Errorf("an older microvm-init's state was not made again: %+v", rec4)
+	}
+	if got := exec("c8", "cat /proc/sys/kernel/hostname"); got != "c8" {
+		t.Errorf("c8 is %q", got)
+	}
+
 	// A pool of two: kept ready, one taken at once, another started in
 	// its place; the taken one is the taker's.
 	file = l.writeFile(strings.Replace(cloneTemplate, "ENV", ", env: { GENERATION: two }, pool: 2", 1))
@@ -231,10 +259,10 @@ func TestClonesFromATemplate(t *testing.T) {
 		t.Fatalf("apply without the pool: %v\n%s", err, out)
 	}
 	l.waitFor("the pool emptied", time.Minute, func(vms map[string]apitypes.VMStatus) bool {
-		return len(pool()) == 0 && vms["c7"].State == apitypes.Running
+		return len(pool()) == 0 && vms["c7"].State == apitypes.Running && vms["c8"].State == apitypes.Running
 	})
 
-	for _, vm := range append(names, "c6", "c7") {
+	for _, vm := range append(names, "c6", "c7", "c8") {
 		if out, err := l.cli("rm", vm); err != nil {
 			t.Errorf("rm %s: %v\n%s", vm, err, out)
 		}
@@ -245,9 +273,11 @@ func TestClonesFromATemplate(t *testing.T) {
 // packages, run by systemd (init: image) with nginx, is the template: it
 // boots once to its normal target, nginx answering its health check, and
 // is saved with its services frozen (the agent that saves it left
-// running). Two clones come up as themselves (hostname, machine-id,
+// running). Three clones come up as themselves (hostname, machine-id,
 // address, SSH host key) with the template's systemd and nginx thawed,
-// nginx answering on each clone's own address.
+// nginx answering on each clone's own address: m3, a clone in the file,
+// with a secret of its own written as it resumed (its mode and owner as
+// the file says, in no other clone), the template's secret in all.
 func TestClonesOfASystemdMachine(t *testing.T) {
 	requireGuestEnv(t)
 	root := debianRoot(t, "systemd-sysv,dbus,nginx-light,procps")
@@ -255,24 +285,62 @@ func TestClonesOfASystemdMachine(t *testing.T) {
 	if _, err := store.Open(l.state).Import(context.Background(), "debian-systemd", root, store.Options{}); err != nil {
 		t.Fatal(err)
 	}
+	id, keyFile := ageIdentity(t)
+	seal := func(s string) string {
+		armored, err := secrets.Encrypt([]byte(s+"\n"), id.Recipient())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return testutil.Indent(armored, "          ")
+	}
+	tplSecret, jobSecret := "tpl-"+randomToken(t), "job-"+randomToken(t)
 	file := l.writeFile(`vms:
-  machine: { index: 1, memory: 768M, image: debian-systemd, init: image, store: block, template: true, stopTimeout: 60s, healthCheck: { http: 80 } }
+  machine:
+    index: 1
+    memory: 768M
+    image: debian-systemd
+    init: image
+    store: block
+    template: true
+    stopTimeout: 60s
+    healthCheck: { http: 80 }
+    secrets:
+      - path: /etc/app/token
+        age: |
+` + seal(tplSecret) + `
+  m3:
+    index: 4
+    from: machine
+    secrets:
+      - path: /run/secrets/job
+        mode: "0440"
+        owner: www-data
+        age: |
+` + seal(jobSecret) + `
 `)
-	l.startDaemon(file)
+	l.startDaemon(file, "--age-identity", keyFile)
 	out, err := l.cli("clone", "--timeout", "10m", "machine", "m1", "m2")
 	if err != nil {
 		t.Fatalf("clone: %v\n%s\ndaemon log:\n%s", err, out, tail(l.log(), 30))
 	}
 	t.Logf("clones of a systemd machine (the template made first):\n%s", out)
+	l.waitFor("m3 running", 5*time.Minute, allRunning("m3"))
 	seen := map[string]string{}
-	for _, vm := range []string{"m1", "m2"} {
-		out, err := l.cli("exec", vm, "--", "sh", "-c", "cat /proc/1/comm /proc/sys/kernel/hostname /etc/machine-id; systemctl is-active nginx")
+	for _, vm := range []string{"m1", "m2", "m3"} {
+		out, err := l.cli("exec", vm, "--", "sh", "-c", "cat /proc/1/comm /proc/sys/kernel/hostname /etc/machine-id; systemctl is-active nginx; cat /etc/app/token; stat -c '%a:%U:%s' /run/secrets/job 2>/dev/null || echo none")
 		if err != nil {
 			t.Fatalf("exec in %s: %v\n%s", vm, err, out)
 		}
 		f := strings.Fields(out)
-		if len(f) != 4 || f[0] != "systemd" || f[1] != vm || len(f[2]) != 32 || f[3] != "active" {
-			t.Errorf("%s (init, hostname, machine-id, nginx): %q", vm, out)
+		if len(f) != 6 || f[0] != "systemd" || f[1] != vm || len(f[2]) != 32 || f[3] != "active" {
+			t.Errorf("%s (init, hostname, machine-id, nginx, secrets): %q", vm, out)
+			continue
+		}
+		if f[4] != tplSecret {
+			t.Errorf("%s's template secret is %q", vm, f[4])
+		}
+		if want := map[bool]string{true: fmt.Sprintf("440:www-data:%d", len(jobSecret)+1), false: "none"}[vm == "m3"]; f[5] != want {
+			t.Errorf("%s's /run/secrets/job (mode, owner, size): %s, want %s", vm, f[5], want)
 		}
 		if other, dup := seen[f[2]]; dup {
 			t.Errorf("%s has %s's machine-id", vm, other)
@@ -283,4 +351,22 @@ func TestClonesOfASystemdMachine(t *testing.T) {
 			t.Errorf("nginx in %s answers %q", vm, got)
 		}
 	}
+	if out, err := l.cli("exec", "m3", "--", "cat", "/run/secrets/job"); err != nil || strings.TrimSpace(out) != jobSecret {
+		t.Errorf("m3's own secret: %q (%v)", out, err)
+	}
+	// Once m3 is up, no file the host keeps holds its secret (the identity
+	// disk and initramfs that carried it are gone; memory files and
+	// images, which cannot hold it, are skipped by size).
+	filepath.WalkDir(l.state, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return nil
+		}
+		if fi, err := d.Info(); err != nil || fi.Size() > 64<<20 {
+			return nil
+		}
+		if b, err := os.ReadFile(path); err == nil && (bytes.Contains(b, []byte(jobSecret)) || bytes.Contains(b, []byte(base64.StdEncoding.EncodeToString([]byte(jobSecret+"\n"))))) {
+			t.Errorf("m3's secret is in %s on the host", path)
+		}
+		return nil
+	})
 }

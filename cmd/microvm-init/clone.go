@@ -78,8 +78,8 @@ func defaultRouteLink() (netlink.Link, error) {
 // identity disk every 10 ms until its generation is another (the guest now
 // runs as a clone), then applies the clone's identity: the clock, the
 // kernel's random pool, the NIC's MAC, addresses and routes, the hostname,
-// machine-id, SSH host key and authorized keys; then it thaws the workload
-// and reports the clone ready on the console.
+// machine-id, SSH host key, authorized keys and the clone's own secret
+// files; then it thaws the workload and reports the clone ready on the console.
 func watchIdentity(disk, generation, mac string) error {
 	var root guestroot.Root
 	var id guest.Identity
@@ -119,7 +119,10 @@ func applyIdentity(root guestroot.Root, id guest.Identity, mac string) error {
 	if err := unix.Sethostname([]byte(id.Name)); err != nil {
 		return fmt.Errorf("hostname: %w", err)
 	}
-	return root.Reidentify(id)
+	if err := root.Reidentify(id); err != nil {
+		return err
+	}
+	return root.WriteSecrets(id.Secrets)
 }
 
 // reseed credits seed to the kernel's random pool and has it reseed its

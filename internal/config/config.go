@@ -232,7 +232,7 @@ func (vm *VM) RestartSpec() VM {
 	if vm.From != "" {
 		// A clone runs the template's state it started from: a change of
 		// the template makes a new state for the clones started after it.
-		return VM{Name: vm.Name, Index: vm.Index, From: vm.From, SSHKeys: vm.SSHKeys, Ports: vm.Ports, Net: vm.Net}
+		return VM{Name: vm.Name, Index: vm.Index, From: vm.From, SSHKeys: vm.SSHKeys, Secrets: vm.Secrets, Ports: vm.Ports, Net: vm.Net}
 	}
 	c := *vm
 	c.Supervision, c.Egress, c.Host = Supervision{}, Egress{}, ""

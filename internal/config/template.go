@@ -9,9 +9,10 @@ import (
 const MaxPool = 64
 
 // cloneKeys are the keys a clone may write itself: what a restore can
-// change (its name and network, the keys microvm-init lets in) and how the
-// daemon keeps it. Everything else is its template's.
-var cloneKeys = []string{"index", "subnet", "subnet6", "ports", "egress", "sshKeys", "healthCheck", "host",
+// change (its name and network, the keys microvm-init lets in, the secret
+// files it writes as the clone resumes) and how the daemon keeps it.
+// Everything else is its template's.
+var cloneKeys = []string{"index", "subnet", "subnet6", "ports", "egress", "sshKeys", "secrets", "healthCheck", "host",
 	"autostart", "restart", "stopTimeout", "from"}
 
 // clones checks the templates and their clones and gives every clone its
@@ -55,6 +56,13 @@ func (v *validator) clones(cfg *Config, specs map[string]VMSpec) {
 		*vm = *t
 		vm.Name, vm.Index, vm.Net, vm.From, vm.Template = own.Name, own.Index, own.Net, own.From, false
 		vm.Ports, vm.SSHKeys, vm.Egress, vm.Host, vm.Supervision = own.Ports, own.SSHKeys, own.Egress, own.Host, own.Supervision
+		// The template's secrets are in the clone's memory as saved; those
+		// the clone writes itself are written as it resumes (defaults'
+		// reach only the template, as the rest of its machine).
+		vm.Secrets = nil
+		if specs[vm.Name].Secrets != nil {
+			vm.Secrets = own.Secrets
+		}
 		vm.Supervision.MemoryMin = 0 // see template
 	}
 }

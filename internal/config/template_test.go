@@ -58,3 +58,28 @@ func TestBadTemplatesAndClones(t *testing.T) {
 		t.Errorf("template in the defaults: %v", err)
 	}
 }
+
+// TestCloneSecrets: a clone's own secrets are its (written as it resumes);
+// the template's and the defaults' are the template's, in its memory.
+func TestCloneSecrets(t *testing.T) {
+	src := "defaults: { secrets: [{path: /run/secrets/fleet, age: " + testSecret + "}] }\nvms:\n" +
+		"  tpl: { index: 1, store: block, template: true, secrets: [{path: /run/secrets/tpl, age: " + testSecret + "}] }\n" +
+		"  c1: { index: 2, from: tpl, secrets: [{path: /run/secrets/job, age: " + testSecret + "}] }\n" +
+		"  c2: { index: 3, from: tpl }\n"
+	cfg := mustParse(t, src, Options{})
+	if s := cfg.VM("c1").Secrets; len(s) != 1 || s[0].Path != "/run/secrets/job" {
+		t.Errorf("c1's secrets: %+v, want its own only", s)
+	}
+	if s := cfg.VM("c2").Secrets; len(s) != 0 {
+		t.Errorf("c2 wrote no secrets but has %+v", s)
+	}
+	if s := cfg.VM("tpl").Secrets; len(s) != 1 || s[0].Path != "/run/secrets/tpl" {
+		t.Errorf("the template's secrets: %+v", s)
+	}
+	// A clone's secret changes its spec (it restarts with the new one).
+	hash := cfg.VM("c1").SpecHash()
+	cfg2 := mustParse(t, strings.Replace(src, "/run/secrets/job", "/run/secrets/job2", 1), Options{})
+	if cfg2.VM("c1").SpecHash() == hash {
+		t.Error("a change of a clone's secret left its spec hash as it was")
+	}
+}

@@ -249,7 +249,8 @@ func TestModulePlan(t *testing.T) {
 
 func TestIdentityRoundTrip(t *testing.T) {
 	id := Identity{Generation: "g1", Name: "c1", Net: NetSpec{MAC: "02:00:00:00:00:09", Address: "10.9.0.2/24"},
-		MachineID: "0123456789abcdef0123456789abcdef", Seed: []byte{1, 2, 3}, ClockNS: 42}
+		MachineID: "0123456789abcdef0123456789abcdef", Seed: []byte{1, 2, 3}, ClockNS: 42,
+		Secrets: []SecretFile{{Path: "/run/secrets/job", Mode: 0o400, Owner: "app", Data: []byte("token\n")}}}
 	b, err := EncodeIdentity(id)
 	if err != nil {
 		t.Fatal(err)
@@ -261,8 +262,14 @@ func TestIdentityRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Name != "c1" || got.Net.Address != "10.9.0.2/24" || string(got.Seed) != "\x01\x02\x03" || got.ClockNS != 42 {
+	if got.Name != "c1" || got.Net.Address != "10.9.0.2/24" || string(got.Seed) != "\x01\x02\x03" || got.ClockNS != 42 ||
+		len(got.Secrets) != 1 || string(got.Secrets[0].Data) != "token\n" || got.Secrets[0].Owner != "app" {
 		t.Fatalf("round trip: %+v", got)
+	}
+	// Secrets too large for the disk are refused, not cut.
+	id.Secrets[0].Data = make([]byte, IdentityDiskSize)
+	if _, err := EncodeIdentity(id); err == nil || !strings.Contains(err.Error(), "over the disk's") {
+		t.Errorf("an identity over the disk: %v", err)
 	}
 	if _, err := DecodeIdentity(make([]byte, IdentityDiskSize)); err == nil {
 		t.Fatal("a zeroed disk decoded")

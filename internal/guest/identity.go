@@ -34,6 +34,9 @@ type Identity struct {
 	MachineID string `json:"machineID,omitempty"`
 	// Seed is fresh randomness the guest's kernel pool is reseeded with.
 	Seed []byte `json:"seed,omitempty"`
+	// Secrets are the clone's own secret files, written into its root
+	// before its workload runs again (the template's are in its memory).
+	Secrets []SecretFile `json:"secrets,omitempty"`
 	// ClockNS is the host's time (Unix nanoseconds) when the disk was
 	// written: the guest's clock stood still while it was saved.
 	ClockNS int64 `json:"clockNS,omitempty"`

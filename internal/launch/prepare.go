@@ -49,6 +49,9 @@ type Prepared struct {
 	layout vmm.Layout
 	// identity is a clone's identity disk's content (nil for other VMs).
 	identity *guest.Identity
+	// initBase names the shared initramfs base the guest boots from: its
+	// content hash, microvm-init's with the kernel's modules.
+	initBase string
 	// run holds the undo of every step done so far, until the guest runs.
 	run *steps.Runner
 }
@@ -191,6 +194,7 @@ func (pr *preparer) storeBlock(context.Context) error {
 func (pr *preparer) initramfsBase(context.Context) (err error) {
 	ir := guest.Initramfs{Init: pr.initBin, CacheDir: filepath.Join(pr.p.env.StateDir, "cache")}
 	pr.base, pr.p.BaseCached, err = ir.Base(pr.kern)
+	pr.p.initBase = filepath.Base(pr.base)
 	return err
 }
 

@@ -293,8 +293,13 @@ func (s *starter) watch() *Running {
 			// helper's death: the VM failed, whatever QEMU's status says.
 			r.ExitErr = *e
 		}
-		os.Remove(s.p.Launch.Initrd) // never left behind, whatever happened
-		s.killHelpers()              // helpers never outlive the hypervisor
+		// Never left behind, whatever happened: the initramfs and a
+		// clone's identity disk hold its host key and secrets.
+		os.Remove(s.p.Launch.Initrd)
+		if t := s.p.Launch.Template; t != nil && t.Clone {
+			os.Remove(t.Identity)
+		}
+		s.killHelpers() // helpers never outlive the hypervisor
 		if r.ExitErr != nil {
 			if b, _ := os.ReadFile(s.p.layout.VMMLog()); len(b) > 0 {
 				r.ExitErr = fmt.Errorf("%w: %s", r.ExitErr, strings.TrimSpace(string(b)))
@@ -353,7 +358,7 @@ func (r *Running) WaitReady(timeout time.Duration, echo func(string)) (vmm.Ready
 		r.console, r.Ready = res.Offset, res
 		os.Remove(r.Prepared.Launch.Initrd)
 		if t := r.Prepared.Launch.Template; t != nil && t.Clone {
-			os.Remove(t.Identity) // it holds the clone's host key, read by now
+			os.Remove(t.Identity) // it holds the clone's host key and secrets, read by now
 		}
 	}
 	return res, err

@@ -60,6 +60,9 @@ func templateMemory(env Env, vm *config.VM, lay vmm.Layout) *vmm.TemplateMemory 
 type TemplateRecord struct {
 	// SpecHash is the template's spec when it was saved.
 	SpecHash string `json:"specHash"`
+	// Init names the initramfs base the template booted (microvm-init's
+	// and the modules' content hash): the guest code its clones resume.
+	Init string `json:"init"`
 	// SavedAt is when.
 	SavedAt time.Time `json:"savedAt"`
 	// Memory and State are the memory and state files as they were left.
@@ -159,7 +162,7 @@ func MakeTemplate(ctx context.Context, env Env, vm *config.VM, timeout time.Dura
 	if err != nil {
 		return fail(err)
 	}
-	rec := TemplateRecord{SpecHash: vm.SpecHash(), SavedAt: time.Now().UTC(), BootSeconds: boot, SaveSeconds: res.Seconds}
+	rec := TemplateRecord{SpecHash: vm.SpecHash(), Init: p.initBase, SavedAt: time.Now().UTC(), BootSeconds: boot, SaveSeconds: res.Seconds}
 	if rec.Memory, err = savestate.Identify(filepath.Join(work, "memory")); err == nil {
 		rec.State, err = savestate.Identify(savestate.Dir(work).StateFile())
 	}
@@ -213,6 +216,9 @@ func (pr *preparer) templateFiles(context.Context) error {
 		}
 	}
 	b, err := guest.EncodeIdentity(id)
+	if err != nil && len(id.Secrets) > 0 {
+		err = fmt.Errorf("vms.%s.secrets: a clone's secrets go on its identity disk (%d KiB with its keys and network): %w", p.VM.Name, guest.IdentityDiskSize>>10, err)
+	}
 	if err != nil {
 		return pr.fail(err)
 	}
@@ -232,7 +238,7 @@ func (pr *preparer) cloneIdentity(generation string) guest.Identity {
 	seed := make([]byte, 64)
 	rand.Read(seed)
 	return guest.Identity{Generation: generation, Name: p.VM.Name, Net: spec.Net, HostKey: string(pr.hostPEM),
-		AuthorizedKeys: pr.authorized, MachineID: spec.MachineID, Seed: seed}
+		AuthorizedKeys: pr.authorized, MachineID: spec.MachineID, Seed: seed, Secrets: pr.secrets}
 }
 
 // rewriteIdentity writes id over the identity disk at path, in place.
@@ -259,15 +265,20 @@ func newGeneration() string {
 }
 
 // cloneState is the clone's savedState: its template's state, when its
-// files are as saved and it ran on the kernel, module tree and store image
-// the clone runs on. A clone never boots cold: without a usable state it
+// files are as saved and it ran on the kernel, module tree, store image
+// and microvm-init the clone runs on (an older microvm-init, frozen in the
+// template's memory, would not know what a newer host writes on the
+// identity disk). A clone never boots cold: without a usable state it
 // fails with ErrTemplateStale (the daemon then makes the template's state
 // again and starts the clone once more).
 func (pr *preparer) cloneState() error {
 	p := pr.p
-	_, m, err := loadTemplate(p.env, p.VM.From)
+	rec, m, err := loadTemplate(p.env, p.VM.From)
 	if err != nil {
 		return pr.fail(fmt.Errorf("from: %s: %w", p.VM.From, err))
+	}
+	if rec.Init != p.initBase {
+		return pr.fail(fmt.Errorf("from: %s: %w: it runs another microvm-init than the clone's (microvm was updated since it was saved)", p.VM.From, ErrTemplateStale))
 	}
 	key, err := p.resumeKey()
 	if err != nil {
