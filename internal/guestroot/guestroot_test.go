@@ -326,3 +326,17 @@ func TestIdentityAndSecrets(t *testing.T) {
 		t.Error("a secret for a user the image lacks was written")
 	}
 }
+
+// TestWriteSecretsInTheRunningRoot: the root "" (a clone's watcher writes
+// into the guest's own root) makes missing directories at their absolute
+// path, not under the working directory.
+func TestWriteSecretsInTheRunningRoot(t *testing.T) {
+	target := filepath.Join(t.TempDir(), "secrets", "job")
+	t.Chdir(t.TempDir())
+	if err := Root("").WriteSecrets([]guest.SecretFile{{Path: target, Mode: 0o440, Data: []byte("token")}}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(target); err != nil || string(b) != "token" {
+		t.Errorf("%s: %q %v", target, b, err)
+	}
+}

@@ -35,7 +35,7 @@ func (r Root) writeSecret(f guest.SecretFile) error {
 		}
 		uid, gid = u.UID, u.GID
 	}
-	dir := string(r)
+	dir := r.Path("/") // absolute also for the running guest's own root, ""
 	parts := strings.Split(strings.TrimPrefix(filepath.Dir(f.Path), "/"), "/")
 	for _, part := range parts {
 		if part == "" {
