@@ -56,6 +56,16 @@ type Prepared struct {
 	run *steps.Runner
 }
 
+// dropHostCopies removes what carries the guest's host key and secrets
+// to it: its initramfs and a clone's identity disk (read by the guest by
+// then, or never to be).
+func (p *Prepared) dropHostCopies() {
+	os.Remove(p.Launch.Initrd)
+	if t := p.Launch.Template; t != nil && t.Clone {
+		os.Remove(t.Identity)
+	}
+}
+
 // Layout names the VM's files and sockets.
 func (p *Prepared) Layout() vmm.Layout { return p.layout }
 
@@ -102,7 +112,7 @@ func Prepare(ctx context.Context, env Env, vm *config.VM, observe func(steps.Tim
 		// Volumes are never removed by an undo: a volume holds data.
 		steps.Step{Name: "volumes", Do: pr.volumes},
 		steps.Step{Name: "initramfs", Do: pr.initramfs, Undo: func() { os.Remove(p.Launch.Initrd) }},
-		steps.Step{Name: "template files", Do: pr.templateFiles},
+		steps.Step{Name: "template files", Do: pr.templateFiles, Undo: p.dropHostCopies},
 		steps.Step{Name: "hand over to the hypervisor's user", Do: pr.handOver},
 		steps.Step{Name: "saved state", Do: pr.savedState},
 	)
@@ -247,7 +257,11 @@ func (pr *preparer) initramfs(context.Context) error {
 	if err := makeRunDir(p.layout.Run()); err != nil {
 		return pr.fail(err)
 	}
-	spec := guestSpec(p.env, p.VM, p.Resolved, p.Volumes, pr.hostPEM, pr.authorized, pr.secrets)
+	secrets := pr.secrets
+	if t := p.Launch.Template; t != nil && t.Clone {
+		secrets = nil // a clone never boots this: its own go on its identity disk
+	}
+	spec := guestSpec(p.env, p.VM, p.Resolved, p.Volumes, pr.hostPEM, pr.authorized, secrets)
 	if err := guest.WriteVM(pr.base, p.Launch.Initrd, spec); err != nil {
 		os.Remove(p.Launch.Initrd)
 		return err

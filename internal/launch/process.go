@@ -293,13 +293,8 @@ func (s *starter) watch() *Running {
 			// helper's death: the VM failed, whatever QEMU's status says.
 			r.ExitErr = *e
 		}
-		// Never left behind, whatever happened: the initramfs and a
-		// clone's identity disk hold its host key and secrets.
-		os.Remove(s.p.Launch.Initrd)
-		if t := s.p.Launch.Template; t != nil && t.Clone {
-			os.Remove(t.Identity)
-		}
-		s.killHelpers() // helpers never outlive the hypervisor
+		s.p.dropHostCopies() // never left behind, whatever happened
+		s.killHelpers()      // helpers never outlive the hypervisor
 		if r.ExitErr != nil {
 			if b, _ := os.ReadFile(s.p.layout.VMMLog()); len(b) > 0 {
 				r.ExitErr = fmt.Errorf("%w: %s", r.ExitErr, strings.TrimSpace(string(b)))
@@ -341,8 +336,8 @@ func WorkloadExit(consoleLog string, offset int64) *guest.WorkloadExit {
 }
 
 // WaitReady waits for the guest's ready line on the console.
-// The VM's initramfs (its host key, its secrets) is removed then: the
-// hypervisor loaded it before the guest ran.
+// The VM's initramfs and a clone's identity disk (its host key, its
+// secrets) are removed then: the guest has read them.
 func (r *Running) WaitReady(timeout time.Duration, echo func(string)) (vmm.ReadyResult, error) {
 	if m := r.Prepared.Boot.Resume; m != nil && r.Prepared.Boot.Template == "" {
 		// Resumed: ready as it was when saved; what it says now follows.
@@ -350,16 +345,13 @@ func (r *Running) WaitReady(timeout time.Duration, echo func(string)) (vmm.Ready
 		if fi, err := os.Stat(r.Prepared.Launch.ConsoleLog); err == nil {
 			r.console, r.Ready.Offset = fi.Size(), fi.Size()
 		}
-		os.Remove(r.Prepared.Launch.Initrd)
+		r.Prepared.dropHostCopies()
 		return r.Ready, nil
 	}
 	res, err := vmm.WaitConsole(r.Prepared.Launch.ConsoleLog, r.console, guest.ReadyPrefix, guest.FailedPrefix, timeout, r.Exited, echo)
 	if err == nil {
 		r.console, r.Ready = res.Offset, res
-		os.Remove(r.Prepared.Launch.Initrd)
-		if t := r.Prepared.Launch.Template; t != nil && t.Clone {
-			os.Remove(t.Identity) // it holds the clone's host key and secrets, read by now
-		}
+		r.Prepared.dropHostCopies() // read by now
 	}
 	return res, err
 }
